@@ -640,7 +640,9 @@ def get_args_parser(add_help: bool = True) -> argparse.ArgumentParser:
     parser.add_argument(
         "--threshold", type=float, default=None, help="confidence threshold (default: the one in the checkpoint)"
     )
-    parser.add_argument("--batch-size", type=int, default=DEFAULT_BATCH_SIZE, help="images per forward pass (default: 32)")
+    parser.add_argument(
+        "--batch-size", type=int, default=DEFAULT_BATCH_SIZE, help="images per forward pass (default: 32)"
+    )
     parser.add_argument("--device", default=None, help="cpu, cuda, cuda:1, mps (default: cuda, then mps, then cpu)")
     parser.add_argument("--top-k", type=int, default=1, help="how many classes to show per image (default: 1)")
     parser.add_argument("--json", action="store_true", help="print one JSON object per image instead of a table")
@@ -702,7 +704,9 @@ def main(argv: Sequence[str] | None = None) -> int:
             writer.writerow(["path", "predicted_class", "confidence", *clf.classes, "error"])
             for row in rows:
                 probs = [row["probabilities"].get(c, "") for c in clf.classes]
-                writer.writerow([row["path"], row["predicted_class"] or "", row["confidence"], *probs, row["error"] or ""])
+                writer.writerow(
+                    [row["path"], row["predicted_class"] or "", row["confidence"], *probs, row["error"] or ""]
+                )
     return 1 if any(row["error"] for row in rows) else 0
 
 
