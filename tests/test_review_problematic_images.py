@@ -1,0 +1,420 @@
+"""Tests for review_problematic_images.py, on reports following PROBLEMATIC_REPORT.md over generated datasets."""
+
+from __future__ import annotations
+
+import io
+import json
+import math
+import os
+import subprocess
+import sys
+from pathlib import Path, PurePosixPath
+from typing import Any
+
+import numpy as np
+import pytest
+from conftest import ROOT, make_dataset, tree_snapshot
+from PIL import Image
+
+import review_problematic_images as review
+
+CLASSES = ["bird", "other", "plane", "superman"]
+
+
+def make_report(dataset: Path, per_class: int = 3, epochs: int = 3, seed: int = 0) -> dict[str, Any]:
+    """A schema-1 report over the first ``per_class`` train images of each class, losses made up but consistent.
+
+    The first image of every class is flagged as a label issue whose suggested class is the next class.
+    """
+    rng = np.random.default_rng(seed)
+    problematic, summary = {}, {}
+    for class_index, class_name in enumerate(CLASSES):
+        files = sorted((dataset / "train" / class_name).iterdir())[:per_class]
+        entries = []
+        for rank, path in enumerate(files, start=1):
+            base = 3.0 / rank
+            losses = [float(base + rng.uniform(-0.2, 0.2)) for _ in range(epochs)]
+            other = CLASSES[(class_index + 1) % len(CLASSES)]
+            own_probability = float(math.exp(-np.mean(losses)))
+            probabilities = {name: (1 - own_probability) / (len(CLASSES) - 1) for name in CLASSES}
+            probabilities[class_name] = own_probability
+            is_issue = rank == 1
+            entries.append(
+                {
+                    "rank": rank,
+                    "path": path.relative_to(dataset).as_posix(),
+                    "class": class_name,
+                    "mean_loss": float(np.mean(losses)),
+                    "max_loss": max(losses),
+                    "min_loss": min(losses),
+                    "std_loss": float(np.std(losses)),
+                    "losses": losses,
+                    "predicted_class": other if is_issue else class_name,
+                    "given_label_probability": own_probability,
+                    "suggested_class": other,
+                    "probabilities": probabilities,
+                    "is_label_issue": is_issue,
+                    "label_issue_reason": f"p({class_name})=0.05 < {class_name} threshold 0.81 while p({other})=0.90"
+                    if is_issue
+                    else None,
+                }
+            )
+        problematic[class_name] = entries
+        means = [entry["mean_loss"] for entry in entries]
+        summary[class_name] = {
+            "count": 8,
+            "reported": len(entries),
+            "label_issues": 1,
+            "highest_mean_loss": max(means),
+            "lowest_mean_loss": 0.01,
+            "average_mean_loss": 0.5,
+        }
+    return {
+        "schema_version": 1,
+        "report_type": "problematic_images",
+        "created": "2026-11-29T01:23:45+00:00",
+        "dataset_dir": str(dataset),
+        "arguments": {"analysis_epochs": epochs},
+        "classes": CLASSES,
+        "analysis_epochs": epochs,
+        "method": "in_sample",
+        "cross_val_folds": None,
+        "num_images": 8 * len(CLASSES),
+        "class_thresholds": {name: 0.8 for name in CLASSES},
+        "summary_by_class": summary,
+        "problematic_images": problematic,
+    }
+
+
+@pytest.fixture
+def reviewed(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> tuple[Path, Path, dict[str, Any]]:
+    """(dataset, report path, report) with no display, so every figure goes to a PNG file."""
+    monkeypatch.delenv("DISPLAY", raising=False)
+    monkeypatch.delenv("WAYLAND_DISPLAY", raising=False)
+    dataset = make_dataset(tmp_path / "dataset", classes=CLASSES, train_per_class=4, val_per_class=1)
+    report = make_report(dataset)
+    report_path = dataset / "problematic_images_report.json"
+    report_path.write_text(json.dumps(report), encoding="utf-8")
+    return dataset, report_path, report
+
+
+def run_interactive(
+    monkeypatch: pytest.MonkeyPatch, report_path: Path, answers: list[str], *extra: str
+) -> tuple[int, list[str]]:
+    """Run --mode interactive with ``answers`` on stdin; returns (exit code, unused answers)."""
+    stdin = io.StringIO("".join(f"{answer}\n" for answer in answers))
+    monkeypatch.setattr(sys, "stdin", stdin)
+    code = review.main(["--report-path", str(report_path), "--mode", "interactive", *extra])
+    return code, stdin.read().splitlines()
+
+
+def is_png(path: Path) -> bool:
+    with Image.open(path) as image:
+        return image.format == "PNG" and image.width > 100 and image.height > 100
+
+
+# --------------------------------------------------------------------------------------------------- pure functions
+
+
+def test_validate_report_accepts_generated_report_and_names_what_is_wrong(tmp_path: Path) -> None:
+    report = make_report(make_dataset(tmp_path / "d", classes=CLASSES, train_per_class=3, val_per_class=0))
+    assert review.validate_report(report) is report
+    bad_version = {**report, "schema_version": 2}
+    with pytest.raises(review.ReportError, match="schema_version 2"):
+        review.validate_report(bad_version)
+    with pytest.raises(review.ReportError, match="report_type"):
+        review.validate_report({**report, "report_type": "duplicates"})
+    broken = json.loads(json.dumps(report))
+    del broken["problematic_images"]["plane"][1]["losses"]
+    with pytest.raises(review.ReportError, match="entry 1 of class 'plane' lacks losses"):
+        review.validate_report(broken)
+
+
+def test_select_and_limit_follow_class_order_and_rank(tmp_path: Path) -> None:
+    report = make_report(make_dataset(tmp_path / "d", classes=CLASSES, train_per_class=3, val_per_class=0))
+    report["problematic_images"]["bird"].reverse()  # listed out of order: rank decides
+    selected = review.select_entries(report, ["plane", "bird"])
+    assert [entry["class"] for entry in selected] == ["bird"] * 3 + ["plane"] * 3
+    assert [entry["rank"] for entry in selected[:3]] == [1, 2, 3]
+    limited = review.limit_per_class(selected, 2)
+    assert [(entry["class"], entry["rank"]) for entry in limited] == [
+        ("bird", 1),
+        ("bird", 2),
+        ("plane", 1),
+        ("plane", 2),
+    ]
+    issues = review.select_entries(report, None, only_label_issues=True)
+    assert [entry["class"] for entry in issues] == CLASSES and all(entry["is_label_issue"] for entry in issues)
+
+
+def test_parse_answer_refuses_relabel_to_missing_or_same_class() -> None:
+    entry = {"class": "bird", "suggested_class": "plane"}
+    targets = ["other", "plane"]
+    assert review.parse_answer("k", entry, targets) == ("keep", None)
+    assert review.parse_answer(" d ", entry, targets) == ("delete", None)
+    assert review.parse_answer("r", entry, targets) == ("relabel", "plane")
+    assert review.parse_answer("relabel other", entry, targets) == ("relabel", "other")
+    assert review.parse_answer("", entry, targets) == ("next", None)
+    with pytest.raises(ValueError, match="no class folder 'dragon'"):
+        review.parse_answer("r dragon", entry, targets)
+    with pytest.raises(ValueError, match="already in class"):
+        review.parse_answer("r bird", entry, targets)
+    with pytest.raises(ValueError, match="unknown answer"):
+        review.parse_answer("maybe", entry, targets)
+
+
+def test_plan_moves_never_overwrites_a_file_or_another_move() -> None:
+    taken = {PurePosixPath("train/plane/a.jpg"), PurePosixPath("train/plane/a_1.jpg")}
+    decisions = [
+        {"path": "train/bird/a.jpg", "action": "relabel", "target_class": "plane", "class": "bird"},
+        {"path": "train/other/a.jpg", "action": "relabel", "target_class": "plane", "class": "other"},
+        {"path": "train/bird/b.jpg", "action": "delete", "class": "bird"},
+        {"path": "train/bird/c.jpg", "action": "keep", "class": "bird"},
+    ]
+    moves = review.plan_moves(decisions, PurePosixPath(".trash/review_x"), lambda path: path in taken)
+    assert [(move["source"], move["destination"]) for move in moves] == [
+        ("train/bird/a.jpg", "train/plane/a_2.jpg"),
+        ("train/other/a.jpg", "train/plane/a_3.jpg"),
+        ("train/bird/b.jpg", ".trash/review_x/train/bird/b.jpg"),
+    ]
+    assert review.page_paths(Path("g.png"), 1) == [Path("g.png")]
+    assert review.page_paths(Path("g.png"), 2) == [Path("g_page1.png"), Path("g_page2.png")]
+    assert [len(page) for page in review.grid_pages(100, 48)] == [48, 48, 4]
+
+
+# --------------------------------------------------------------------------------------------------- modes
+
+
+def test_summary_is_text_only_and_respects_class_and_limit(
+    reviewed: tuple[Path, Path, dict[str, Any]], capsys: pytest.CaptureFixture[str], tmp_path: Path
+) -> None:
+    dataset, report_path, report = reviewed
+    out_file = tmp_path / "summary.txt"
+    code = review.main(
+        [
+            "--report-path",
+            str(report_path),
+            "--mode",
+            "summary",
+            "--class",
+            "plane",
+            "--limit",
+            "2",
+            "--save",
+            str(out_file),
+        ]
+    )
+    assert code == 0
+    text = out_file.read_text(encoding="utf-8")
+    assert text in capsys.readouterr().out
+    shown = [entry["path"] for entry in report["problematic_images"]["plane"][:2]]
+    assert all(path in text for path in shown)
+    assert report["problematic_images"]["plane"][2]["path"] not in text  # beyond --limit
+    assert "train/bird/" not in text  # other class
+    assert "LABEL ISSUE" in text and "p(plane)=0.05" in text
+    for class_name in CLASSES:  # the per-class summary lists every class
+        assert f"\n{class_name} " in text
+
+
+def test_summary_imports_neither_matplotlib_nor_torch(reviewed: tuple[Path, Path, dict[str, Any]]) -> None:
+    _, report_path, _ = reviewed
+    code = (
+        "import sys; import review_problematic_images as r; "
+        f"rc = r.main(['--report-path', {str(report_path)!r}, '--mode', 'summary']); "
+        "heavy = sorted(m for m in ('matplotlib', 'torch', 'torchvision', 'classifier') if m in sys.modules); "
+        "print('HEAVY', heavy); sys.exit(rc)"
+    )
+    result = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=60)
+    assert result.returncode == 0, result.stderr
+    assert "HEAVY []" in result.stdout
+
+
+def test_help_runs_as_a_script() -> None:
+    result = subprocess.run(
+        [sys.executable, str(ROOT / "review_problematic_images.py"), "--help"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert result.returncode == 0
+    assert "--mode" in result.stdout and "--undo" in result.stdout
+
+
+@pytest.mark.parametrize(
+    ("content", "expected"),
+    [
+        (None, "does not exist"),
+        ('{"schema_version": 1, "report_type": "problematic_images", "classes": ["bi', "not valid JSON"),
+        ('{"schema_version": 7, "report_type": "problematic_images"}', "schema_version 7"),
+    ],
+    ids=["missing", "truncated", "wrong-schema"],
+)
+def test_bad_report_gives_one_sentence(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], content: str | None, expected: str
+) -> None:
+    report_path = tmp_path / "report.json"
+    if content is not None:
+        report_path.write_text(content, encoding="utf-8")
+    assert review.main(["--report-path", str(report_path), "--mode", "summary"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert expected in err and "Traceback" not in err
+    assert len(err.splitlines()) == 1 and err.endswith(".")
+
+
+def test_unknown_class_is_a_usage_error(reviewed: tuple[Path, Path, dict[str, Any]]) -> None:
+    _, report_path, _ = reviewed
+    with pytest.raises(SystemExit) as raised:
+        review.main(["--report-path", str(report_path), "--mode", "summary", "--class", "dragon"])
+    assert raised.value.code == 2
+
+
+def test_moved_and_deleted_files_are_skipped_with_a_note(
+    reviewed: tuple[Path, Path, dict[str, Any]], capsys: pytest.CaptureFixture[str], caplog: pytest.LogCaptureFixture
+) -> None:
+    dataset, report_path, report = reviewed
+    gone = report["problematic_images"]["bird"][0]["path"]
+    moved = report["problematic_images"]["plane"][1]["path"]
+    (dataset / gone).unlink()
+    (dataset / moved).rename(dataset / "train" / "other" / "moved_here.jpg")
+    assert review.main(["--report-path", str(report_path), "--mode", "summary"]) == 1
+    captured = capsys.readouterr()
+    skipped = captured.out.split("Skipped 2 image(s):")[1]
+    assert gone in skipped and moved in skipped and "no longer on disk" in skipped
+    assert any(gone in record.getMessage() for record in caplog.records if record.levelname == "WARNING")
+    # the rest is still listed
+    assert report["problematic_images"]["bird"][1]["path"] in captured.out.split("Skipped")[0]
+
+
+def test_grid_without_display_writes_png_and_placeholder_for_unreadable(
+    reviewed: tuple[Path, Path, dict[str, Any]], caplog: pytest.LogCaptureFixture
+) -> None:
+    dataset, report_path, report = reviewed
+    broken = report["problematic_images"]["other"][0]["path"]
+    (dataset / broken).write_bytes((dataset / broken).read_bytes()[:200])  # truncated JPEG
+    code = review.main(["--report-path", str(report_path), "--limit", "2"])
+    assert code == 1  # done, but one image could not be read
+    png = report_path.with_name("problematic_images_report_grid.png")
+    assert is_png(png)
+    assert any(broken in record.getMessage() and "truncated" in record.getMessage() for record in caplog.records)
+
+
+def test_grid_and_trajectory_save_to_given_file(reviewed: tuple[Path, Path, dict[str, Any]], tmp_path: Path) -> None:
+    _, report_path, _ = reviewed
+    grid, trajectory = tmp_path / "out" / "grid.png", tmp_path / "out" / "trajectory.png"
+    assert review.main(["--report-path", str(report_path), "--class", "bird", "--save", str(grid)]) == 0
+    assert review.main(["--report-path", str(report_path), "--mode", "trajectory", "--save", str(trajectory)]) == 0
+    assert is_png(grid) and is_png(trajectory)
+    assert not report_path.with_name("problematic_images_report_trajectory.png").exists()
+
+
+def test_trajectory_without_display_writes_default_png(reviewed: tuple[Path, Path, dict[str, Any]]) -> None:
+    _, report_path, _ = reviewed
+    assert review.main(["--report-path", str(report_path), "--mode", "trajectory", "--label-issues-only"]) == 0
+    assert is_png(report_path.with_name("problematic_images_report_trajectory.png"))
+
+
+# --------------------------------------------------------------------------------------------------- interactive
+
+
+def test_interactive_keep_delete_relabel_quit_then_undo_restores_bytes(
+    reviewed: tuple[Path, Path, dict[str, Any]], monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    dataset, report_path, report = reviewed
+    before = tree_snapshot(dataset / "train")
+    birds = [entry["path"] for entry in report["problematic_images"]["bird"]]
+    trash = dataset / ".trash" / "t"
+    answers = ["k", "d", "r dragon", "r plane", "q", "y"]  # a refused relabel, then a valid one; quit; confirm
+    code, unused = run_interactive(monkeypatch, report_path, answers, "--trash-dir", str(trash))
+    assert code == 0 and unused == []
+    assert (dataset / birds[0]).exists()  # kept
+    assert not (dataset / birds[1]).exists() and (trash / birds[1]).read_bytes() == before[birds[1][len("train/") :]]
+    relabelled = dataset / "train" / "plane" / PurePosixPath(birds[2]).name
+    assert not (dataset / birds[2]).exists() and relabelled.read_bytes() == before[birds[2][len("train/") :]]
+    decisions = json.loads(report_path.with_name(review.DECISIONS_FILE_NAME).read_text(encoding="utf-8"))["decisions"]
+    assert {path: decision["action"] for path, decision in decisions.items()} == {
+        birds[0]: "keep",
+        birds[1]: "delete",
+        birds[2]: "relabel",
+    }
+    assert decisions[birds[2]]["target_class"] == "plane" and decisions[birds[2]]["applied"] is True
+    log = json.loads((trash / review.MOVE_LOG_NAME).read_text(encoding="utf-8"))
+    assert log["status"] == "complete" and all(move["done"] for move in log["moves"])
+
+    assert review.main(["--undo", str(trash / review.MOVE_LOG_NAME)]) == 0
+    assert tree_snapshot(dataset / "train") == before
+    assert review.main(["--undo", str(trash / review.MOVE_LOG_NAME)]) == 0  # twice is harmless
+    assert tree_snapshot(dataset / "train") == before
+
+
+def test_interactive_declined_changes_nothing_and_rerun_resumes(
+    reviewed: tuple[Path, Path, dict[str, Any]], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    dataset, report_path, report = reviewed
+    before = tree_snapshot(dataset)
+    first_plane = report["problematic_images"]["plane"][0]["path"]
+    # bird: skip the class; other: no decision; plane: delete, then end of input (quit) and no confirmation
+    code, _ = run_interactive(monkeypatch, report_path, ["s", "", "n", "n", "d"])
+    assert code == 0
+    decisions_path = report_path.with_name(review.DECISIONS_FILE_NAME)
+    after = tree_snapshot(dataset)
+    assert after.pop(decisions_path.relative_to(dataset).as_posix())
+    assert after == before  # only the decisions file is new
+    assert json.loads(decisions_path.read_text(encoding="utf-8"))["decisions"][first_plane]["action"] == "delete"
+
+    # the rerun skips the decided image, so the first prompt is bird's first image; quit and confirm
+    code, _ = run_interactive(monkeypatch, report_path, ["q", "yes"])
+    assert code == 0
+    assert not (dataset / first_plane).exists()
+    assert len(list((dataset / ".trash").rglob(PurePosixPath(first_plane).name))) == 1
+
+
+def test_relabel_into_taken_name_does_not_overwrite(
+    reviewed: tuple[Path, Path, dict[str, Any]], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    dataset, report_path, report = reviewed
+    source = dataset / report["problematic_images"]["bird"][0]["path"]
+    occupant = dataset / "train" / "plane" / source.name
+    occupant.write_bytes(b"occupant bytes")  # same name already in the target folder
+    before = tree_snapshot(dataset / "train")
+    code, _ = run_interactive(monkeypatch, report_path, ["r plane", "q", "y"], "--trash-dir", str(dataset / ".t"))
+    assert code == 0
+    assert occupant.read_bytes() == b"occupant bytes"
+    assert occupant.with_name(f"{source.stem}_1{source.suffix}").read_bytes() == before[f"bird/{source.name}"]
+    assert review.main(["--undo", str(dataset / ".t" / review.MOVE_LOG_NAME)]) == 0
+    assert tree_snapshot(dataset / "train") == before
+
+
+def test_interrupt_while_moving_leaves_no_half_moved_file_and_undo_restores(
+    reviewed: tuple[Path, Path, dict[str, Any]], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    dataset, report_path, report = reviewed
+    before = tree_snapshot(dataset / "train")
+    real_replace, calls = os.replace, []
+
+    def replace_then_interrupt(source: Any, destination: Any) -> None:
+        if str(destination).endswith((".jpg", ".png")):  # an image move, not a JSON write
+            calls.append(source)
+            if len(calls) == 2:
+                raise KeyboardInterrupt
+        real_replace(source, destination)
+
+    monkeypatch.setattr(review.os, "replace", replace_then_interrupt)
+    trash = dataset / ".trash" / "x"
+    code, _ = run_interactive(monkeypatch, report_path, ["d", "d", "d", "q", "y"], "--trash-dir", str(trash))
+    monkeypatch.setattr(review.os, "replace", real_replace)
+    assert code == review.INTERRUPTED_EXIT_CODE
+    log = json.loads((trash / review.MOVE_LOG_NAME).read_text(encoding="utf-8"))
+    assert log["status"] == "interrupted"
+    assert [move["done"] for move in log["moves"]] == [True, False, False]
+    for move in log["moves"]:  # every file is in exactly one place, whole
+        places = [path for path in (dataset / move["source"], dataset / move["destination"]) if path.exists()]
+        assert len(places) == 1 and places[0].read_bytes() == before[move["source"][len("train/") :]]
+    assert review.main(["--undo", str(trash / review.MOVE_LOG_NAME)]) == 0
+    assert tree_snapshot(dataset / "train") == before
+
+
+def test_undo_refuses_a_file_that_is_not_a_move_log(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    log = tmp_path / "log.json"
+    log.write_text('{"log_type": "something else"}', encoding="utf-8")
+    assert review.main(["--undo", str(log)]) == 2
+    assert "not a move log" in capsys.readouterr().err
