@@ -419,7 +419,9 @@ def write_atomically(path: str | os.PathLike, obj: Any) -> None:
 def _torch_load_safely(path: Path, map_location: str | torch.device = "cpu") -> Any:
     """``torch.load`` with ``weights_only=True``; every failure becomes a one-sentence CheckpointError."""
     try:
-        return torch.load(path, map_location=map_location, weights_only=True)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # torch warns about pickle protocols before refusing them
+            return torch.load(path, map_location=map_location, weights_only=True)
     except FileNotFoundError:
         raise CheckpointError(f"Model file {path} does not exist; train one with train_classifier.py.") from None
     except IsADirectoryError:
@@ -427,15 +429,25 @@ def _torch_load_safely(path: Path, map_location: str | torch.device = "cpu") -> 
     except PermissionError:
         raise CheckpointError(f"Model file {path} is not readable (permission denied).") from None
     except pickle.UnpicklingError as error:
-        if "weights only" in str(error).lower() or "weights_only" in str(error):
+        if "weights only" in str(error).lower() and _looks_like_torch_file(path):
             raise CheckpointError(
                 f"Refusing {path}: loading it needs more than weights_only=True (it could run code), so it is not "
                 "a safe birdplane checkpoint."
             ) from None
         raise CheckpointError(f"{path} is not a PyTorch checkpoint (unreadable pickle data).") from None
-    except (RuntimeError, EOFError, ValueError, OSError, AttributeError, ImportError) as error:
+    except Exception as error:  # noqa: BLE001 - any garbage must end in one sentence, never a traceback
         detail = str(error).splitlines()[0][:120] if str(error) else type(error).__name__
         raise CheckpointError(f"{path} is not a PyTorch checkpoint ({detail}).") from None
+
+
+def _looks_like_torch_file(path: Path) -> bool:
+    """True for torch.save's zip container or a pickle stream (protocol 2+), the shapes a real checkpoint has."""
+    try:
+        with open(path, "rb") as handle:
+            head = handle.read(4)
+    except OSError:
+        return False
+    return head.startswith(b"PK\x03\x04") or head[:1] == b"\x80"
 
 
 def load_checkpoint(path: str | os.PathLike, map_location: str | torch.device = "cpu") -> dict[str, Any]:

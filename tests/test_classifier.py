@@ -1,0 +1,382 @@
+"""classifier.py: checkpoint round trip, preprocessing of every bad file, threshold semantics, refusals, CLI."""
+
+from __future__ import annotations
+
+import ast
+import csv
+import json
+import logging
+import math
+import pickle
+import subprocess
+import sys
+import urllib.error
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from conftest import (
+    BAD_FILE_EXPECTATIONS,
+    ROOT,
+    exif_rotated_jpeg,
+    make_class_image,
+    make_dataset,
+    refused_bad_files,
+    save_image,
+)
+from PIL import Image
+
+import classifier
+from classifier import BirdPlaneSupermanClassifier, CheckpointError, ImageLoadError
+
+CLASSES = ["bird", "plane", "superman", "other"]
+ALLOWED_IMPORTS = {"torch", "torchvision", "PIL", "numpy"}
+
+
+def save_tiny_model(path: Path, *, classes=CLASSES, arch="resnet18", image_size=64, **fields) -> torch.nn.Module:
+    torch.manual_seed(0)
+    model = classifier.build_model(arch, len(classes), weights=None).eval()
+    classifier.save_checkpoint(path, model, arch=arch, classes=classes, image_size=image_size, **fields)
+    return model
+
+
+def save_constant_model(path: Path, probabilities: list[float], temperature: float = 1.0, **fields) -> None:
+    """A model whose logits are log(probabilities) * temperature whatever the image: its outputs are known."""
+    model = classifier.build_model("resnet18", len(probabilities), weights=None)
+    with torch.no_grad():
+        model.fc.weight.zero_()
+        model.fc.bias.copy_(torch.log(torch.tensor(probabilities)) * temperature)
+    classifier.save_checkpoint(
+        path,
+        model,
+        arch="resnet18",
+        classes=CLASSES[: len(probabilities)],
+        image_size=32,
+        temperature=temperature,
+        **fields,
+    )
+
+
+@pytest.fixture(scope="module")
+def model_path(tmp_path_factory) -> Path:
+    path = tmp_path_factory.mktemp("model") / "best_model.pth"
+    save_tiny_model(path, confidence_threshold=0.0)
+    return path
+
+
+@pytest.fixture(scope="module")
+def clf(model_path) -> BirdPlaneSupermanClassifier:
+    return BirdPlaneSupermanClassifier(model_path, device="cpu")
+
+
+def plain_types_only(value) -> bool:
+    if isinstance(value, dict):
+        return all(isinstance(k, str) and plain_types_only(v) for k, v in value.items())
+    if isinstance(value, list | tuple):
+        return all(plain_types_only(v) for v in value)
+    return isinstance(value, str | int | float | bool | torch.Tensor) or value is None
+
+
+# -- checkpoint round trip ---------------------------------------------------------------------------------------
+
+
+def test_round_trip_predicts_what_the_model_computes(tmp_path):
+    path = tmp_path / "m.pth"
+    model = save_tiny_model(path, confidence_threshold=0.0, extra={"epoch": 3, "metrics": {"macro_f1": 0.5}})
+    raw = torch.load(path, weights_only=True)
+    assert plain_types_only(raw)
+    assert raw["format_version"] == classifier.CHECKPOINT_FORMAT_VERSION
+    assert raw["classes"] == CLASSES and raw["arch"] == "resnet18" and raw["image_size"] == 64
+    assert raw["resize_size"] == 73 and raw["temperature"] == 1.0 and raw["epoch"] == 3
+
+    image_path = save_image(make_class_image(1, 5, (100, 80)), tmp_path / "img.png")
+    expected_input = classifier.build_eval_transform(64, 73)(classifier.load_image(image_path))
+    with torch.no_grad():
+        expected = torch.softmax(model(expected_input.unsqueeze(0)), dim=1)[0].numpy()
+
+    clf = BirdPlaneSupermanClassifier(path, device="cpu")
+    pred_class, confidence, probs = clf.predict(image_path)
+    assert list(probs) == CLASSES
+    np.testing.assert_allclose([probs[c] for c in CLASSES], expected, atol=1e-5)
+    assert pred_class == CLASSES[int(np.argmax(expected))]
+    assert confidence == pytest.approx(float(expected.max()), abs=1e-5)
+    # a PIL image gives the same answer as its file
+    assert clf.predict(Image.open(image_path))[2] == pytest.approx(probs, abs=1e-6)
+
+
+def test_settings_come_from_the_checkpoint(tmp_path):
+    path = tmp_path / "m.pth"
+    save_tiny_model(
+        path,
+        classes=["cat", "dog"],
+        image_size=48,
+        resize_size=60,
+        mean=(0.5, 0.5, 0.5),
+        std=(0.25, 0.25, 0.25),
+        confidence_threshold=0.55,
+        temperature=1.7,
+    )
+    clf = BirdPlaneSupermanClassifier(path, device="cpu")
+    assert clf.classes == ["cat", "dog"]
+    assert (clf.image_size, clf.resize_size) == (48, 60)
+    assert clf.mean == (0.5, 0.5, 0.5) and clf.std == (0.25, 0.25, 0.25)
+    assert clf.confidence_threshold == 0.55 and clf.temperature == 1.7
+    assert BirdPlaneSupermanClassifier(path, confidence_threshold=0.9, device="cpu").confidence_threshold == 0.9
+
+
+# -- threshold and temperature -----------------------------------------------------------------------------------
+
+
+def test_threshold_below_gives_other_and_exactly_at_keeps_the_class(tmp_path):
+    path = tmp_path / "m.pth"
+    save_constant_model(path, [0.1, 0.6, 0.2, 0.1], confidence_threshold=0.5)
+    image = make_class_image(0, 1, (40, 40))
+    clf = BirdPlaneSupermanClassifier(path, device="cpu")
+    pred_class, confidence, probs = clf.predict(image)
+    assert pred_class == "plane" and confidence == pytest.approx(0.6, abs=1e-5)
+
+    clf.set_confidence_threshold(confidence)  # exactly at: kept
+    assert clf.predict(image)[0] == "plane"
+    clf.set_confidence_threshold(math.nextafter(confidence, 1.0))  # just above: fallback, numbers unchanged
+    below_class, below_confidence, below_probs = clf.predict(image)
+    assert below_class == classifier.FALLBACK_LABEL
+    assert below_confidence == confidence and below_probs == probs
+
+    for bad in (-0.01, 1.01, float("nan")):
+        with pytest.raises(ValueError):
+            clf.set_confidence_threshold(bad)
+    with pytest.raises(ValueError):
+        BirdPlaneSupermanClassifier(path, confidence_threshold=2.0, device="cpu")
+
+
+def test_probabilities_use_the_stored_temperature(tmp_path):
+    path = tmp_path / "m.pth"
+    # logits are log(p) * 2; with T = 2 the probabilities come back as p
+    save_constant_model(path, [0.1, 0.6, 0.2, 0.1], temperature=2.0)
+    _, _, probs = BirdPlaneSupermanClassifier(path, device="cpu").predict(make_class_image(0, 1, (40, 40)))
+    np.testing.assert_allclose([probs[c] for c in CLASSES], [0.1, 0.6, 0.2, 0.1], atol=1e-5)
+
+
+# -- preprocessing of bad inputs ---------------------------------------------------------------------------------
+
+
+def test_every_bad_file_through_predict(clf, bad_files):
+    refused = refused_bad_files()
+    for name, path in bad_files.items():
+        if name in refused:
+            with pytest.raises(ImageLoadError):
+                clf.predict(path)
+        else:
+            _, _, probs = clf.predict(path)
+            assert sum(probs.values()) == pytest.approx(1.0, abs=1e-4), name
+
+
+def test_every_bad_file_through_predict_batch_keeps_order_and_warns(clf, bad_files, caplog):
+    names = sorted(bad_files)
+    paths = [bad_files[name] for name in names]
+    with caplog.at_level(logging.WARNING, logger="classifier"):
+        results = list(clf.predict_batch(paths, batch_size=4))
+    assert [r[0] for r in results] == paths
+    refused = refused_bad_files()
+    for name, (path, pred_class, confidence, probs) in zip(names, results):
+        if name in refused:
+            assert (pred_class, confidence, probs) == (None, 0.0, {})
+            assert any(path.name in record.getMessage() for record in caplog.records), name
+        else:
+            assert pred_class in CLASSES + [classifier.FALLBACK_LABEL] and probs, name
+    assert len(refused) >= 4
+
+
+def test_load_image_respects_exif_alpha_and_16_bit(bad_files, tmp_path):
+    upright = classifier.load_image(exif_rotated_jpeg(tmp_path / "rot.jpg"))
+    assert upright.size == (40, 80)
+    top, bottom = np.asarray(upright)[5, 20], np.asarray(upright)[75, 20]
+    assert top[0] > 200 and top[2] < 60 and bottom[2] > 200  # red half on top after the rotation
+
+    rgba = np.asarray(classifier.load_image(bad_files["rgba.png"]))
+    assert tuple(rgba[40, 40]) == (255, 255, 255)  # transparent -> white, not black
+    assert tuple(rgba[2, 2]) == (255, 0, 0)
+
+    eight = np.asarray(classifier.load_image(bad_files["grayscale.png"]), dtype=float)
+    sixteen = np.asarray(classifier.load_image(bad_files["sixteen_bit.png"]), dtype=float)
+    assert np.abs(eight - sixteen).max() <= 1  # scaled down, not clipped to white
+
+    gif = classifier.load_image(bad_files["animated.gif"])
+    assert gif.mode == "RGB" and np.asarray(gif)[..., 0].mean() > np.asarray(gif)[..., 2].mean()  # first (red) frame
+
+    with pytest.raises(ImageLoadError, match="bomb"):
+        classifier.load_image(bad_files["bomb.png"])
+    with pytest.raises(ImageLoadError, match="HTML"):
+        classifier.load_image(bad_files["html_page.jpg"])
+
+
+def test_draft_decoding_is_close_to_full_decoding(tmp_path):
+    path = save_image(make_class_image(2, 9, (1000, 750)), tmp_path / "big.jpg", quality=90)
+    drafted = classifier.load_image(path, draft_size=(256, 256))
+    assert min(drafted.size) >= 256 and drafted.size[0] < 1000  # decoded at reduced scale, still big enough
+    full = classifier.image_to_uint8(classifier.load_image(path), 224, 256).astype(float)
+    fast = classifier.image_to_uint8(drafted, 224, 256).astype(float)
+    assert np.abs(full - fast).mean() < 3.0
+
+
+def test_extreme_aspect_ratio_is_cropped_without_a_giant_resize():
+    box = classifier.center_crop_box(2000, 10, 224, 256)
+    side = 10 * 224 / 256  # the square the centre crop keeps, in original pixels
+    assert box[3] - box[1] == pytest.approx(side) and box[2] - box[0] == pytest.approx(side)
+    assert (box[0] + box[2]) / 2 == pytest.approx(1000)
+    array = classifier.image_to_uint8(make_class_image(0, 0, (2000, 10)), 224, 256)
+    assert array.shape == (224, 224, 3)
+
+
+def test_find_image_files_by_content_and_any_case(bad_files):
+    found = {path.name for path in classifier.find_image_files(bad_files["IMG.JPG"].parent)}
+    assert {"IMG.JPG", "photo.Jpeg", "no_extension", "my photo.jpg", "fötö_鳥.png", "-dash.jpg"} <= found
+    assert found == set(BAD_FILE_EXPECTATIONS)
+
+
+# -- refusing bad model files -------------------------------------------------------------------------------------
+
+
+class _RunsCode:
+    marker: Path
+
+    def __reduce__(self):
+        return (Path.touch, (self.marker,))
+
+
+def test_refuses_bad_model_files(tmp_path):
+    text = tmp_path / "notes.pth"
+    text.write_text("not a model")
+    with pytest.raises(CheckpointError, match="not a PyTorch checkpoint"):
+        BirdPlaneSupermanClassifier(text, device="cpu")
+
+    state_only = tmp_path / "state.pth"
+    torch.save(classifier.build_model("resnet18", 4).state_dict(), state_only)
+    with pytest.raises(CheckpointError, match="not a birdplane checkpoint"):
+        BirdPlaneSupermanClassifier(state_only, device="cpu")
+
+    future = tmp_path / "future.pth"
+    checkpoint = classifier.make_checkpoint(classifier.build_model("resnet18", 4), arch="resnet18", classes=CLASSES)
+    torch.save({**checkpoint, "format_version": 99}, future)
+    with pytest.raises(CheckpointError, match="format version 99"):
+        BirdPlaneSupermanClassifier(future, device="cpu")
+
+    other_arch = tmp_path / "arch.pth"
+    torch.save({**checkpoint, "arch": "resnet34"}, other_arch)
+    with pytest.raises(CheckpointError, match="do not match a resnet34"):
+        BirdPlaneSupermanClassifier(other_arch, device="cpu")
+
+    other_count = tmp_path / "count.pth"
+    torch.save({**checkpoint, "classes": CLASSES[:3], "num_classes": 3}, other_count)
+    with pytest.raises(CheckpointError, match="4 outputs but the checkpoint lists 3 classes"):
+        BirdPlaneSupermanClassifier(other_count, device="cpu")
+
+    with pytest.raises(CheckpointError, match="does not exist"):
+        BirdPlaneSupermanClassifier(tmp_path / "missing.pth", device="cpu")
+
+
+def test_refuses_a_pickle_that_would_run_code(tmp_path):
+    marker = tmp_path / "code_ran"
+    payload = _RunsCode()
+    payload.marker = marker
+    evil = tmp_path / "evil.pth"
+    evil.write_bytes(pickle.dumps({"format_version": 1, "model_state_dict": payload}))
+    with pytest.raises(CheckpointError, match="weights_only"):
+        BirdPlaneSupermanClassifier(evil, device="cpu")
+    assert not marker.exists()
+    # the same payload through torch.save's zip format is refused too
+    evil_zip = tmp_path / "evil_zip.pth"
+    torch.save({"format_version": 1, "model_state_dict": payload}, evil_zip)
+    with pytest.raises(CheckpointError, match="weights_only"):
+        classifier.load_checkpoint(evil_zip)
+    assert not marker.exists()
+
+
+def test_build_model_weights_from_file_and_without_network(tmp_path, monkeypatch):
+    donor = classifier.build_model("resnet18", 10)
+    weights_file = tmp_path / "backbone.pth"
+    torch.save(donor.state_dict(), weights_file)
+    model = classifier.build_model("resnet18", 4, weights=str(weights_file))
+    assert torch.equal(model.layer4[0].conv1.weight, donor.layer4[0].conv1.weight)
+    assert model.fc.out_features == 4
+    with pytest.raises(CheckpointError, match="do not fit a resnet34"):
+        classifier.build_model("resnet34", 4, weights=str(weights_file))
+    with pytest.raises(ValueError, match="resnet50"):
+        classifier.build_model("vgg16", 4)
+
+    def no_network(*args, **kwargs):
+        raise urllib.error.URLError("Temporary failure in name resolution")
+
+    monkeypatch.setattr(torch.hub, "load_state_dict_from_url", no_network)
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path / "hub"))
+    with pytest.raises(classifier.WeightsUnavailableError, match="--weights none"):
+        classifier.build_model("resnet18", 4, weights="imagenet")
+
+
+def test_embed_batch_gives_unit_vectors_in_order(clf, bad_files):
+    paths = [bad_files["IMG.JPG"], bad_files["zero_bytes.jpg"], bad_files["rgba.png"]]
+    results = list(clf.embed_batch(paths, batch_size=2))
+    assert [r[0] for r in results] == paths
+    assert results[1][1] is None and "empty" in results[1][2]
+    for _, vector, _ in (results[0], results[2]):
+        assert vector.shape == (512,) and np.linalg.norm(vector) == pytest.approx(1.0, abs=1e-5)
+
+
+# -- command line --------------------------------------------------------------------------------------------------
+
+
+def test_cli_on_a_file_and_a_folder(model_path, tmp_path, capsys):
+    folder = make_dataset(tmp_path / "ds", classes=("bird", "plane"), train_per_class=2, val_per_class=0) / "train"
+    image = folder / "bird" / "bird_000.jpg"
+    assert classifier.main([str(model_path), str(image)]) == 0
+    table = capsys.readouterr().out
+    assert "bird_000.jpg" in table and "1 classified, 0 failed" in table
+
+    assert classifier.main([str(model_path), str(folder), "--recursive", "--json", "--top-k", "2"]) == 0
+    rows = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
+    assert [Path(r["path"]).name for r in rows] == ["bird_000.jpg", "bird_001.jpg", "plane_000.jpg", "plane_001.jpg"]
+    for row in rows:
+        assert len(row["top_k"]) == 2 and sum(row["probabilities"].values()) == pytest.approx(1.0, abs=1e-4)
+    assert classifier.main([str(model_path), str(folder)]) == 1  # no images directly in train/, only in subfolders
+    capsys.readouterr()
+
+
+def test_cli_reports_bad_files_with_exit_code_1_and_writes_csv(model_path, bad_files, tmp_path, capsys):
+    out_csv = tmp_path / "predictions.csv"
+    code = classifier.main([str(model_path), str(bad_files["IMG.JPG"].parent), "--csv", str(out_csv), "--json"])
+    assert code == 1
+    rows = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
+    failed = {Path(r["path"]).name for r in rows if r["error"]}
+    assert failed == refused_bad_files()
+    with open(out_csv, newline="", encoding="utf-8") as handle:
+        assert len(list(csv.DictReader(handle))) == len(rows)
+
+
+def test_cli_bad_model_is_one_sentence(tmp_path, bad_files, capsys):
+    bogus = tmp_path / "bogus.pth"
+    bogus.write_text("hello")
+    assert classifier.main([str(bogus), str(bad_files["IMG.JPG"])]) == 1
+    err = capsys.readouterr().err
+    assert err.startswith("error:") and "Traceback" not in err and len(err.strip().splitlines()) == 1
+
+
+def test_help_runs_in_a_subprocess():
+    result = subprocess.run([sys.executable, str(ROOT / "classifier.py"), "--help"], capture_output=True, text=True)
+    assert result.returncode == 0 and "--threshold" in result.stdout and "--top-k" in result.stdout
+
+
+def test_classifier_imports_nothing_of_ours():
+    tree = ast.parse((ROOT / "classifier.py").read_text(encoding="utf-8"))
+    imported = set()
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Import):
+            imported |= {alias.name.split(".")[0] for alias in node.names}
+        elif isinstance(node, ast.ImportFrom):
+            imported.add((node.module or "").split(".")[0])
+    assert imported - ALLOWED_IMPORTS <= set(sys.stdlib_module_names)
+    ours = {p.stem for p in ROOT.glob("*.py")} | {p.stem for p in (ROOT / "data_collection").glob("*.py")}
+    code = "import sys, classifier; print('\\n'.join(sorted(sys.modules)))"
+    result = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, check=True)
+    loaded = set(result.stdout.split())
+    assert loaded & (ours - {"classifier"}) == set()
