@@ -220,7 +220,7 @@ def build_report(
     return to_plain(report)
 
 
-def format_summary(report: dict[str, Any], report_path: Path | None = None) -> str:
+def format_summary(report: dict[str, Any], report_path: Path | None = None, notes: Sequence[str] = ()) -> str:
     """The lines a detector prints on stdout: what was scanned, the groups per category, where the report is."""
     summary = report["summary"]
     skipped = len(report["errors"])
@@ -237,6 +237,7 @@ def format_summary(report: dict[str, Any], report_path: Path | None = None) -> s
         lines.append(
             f"  {category:<22}{counts['groups']:>6} groups {counts['files']:>7} files   ({CATEGORY_NOTES[category]})"
         )
+    lines.extend(notes)
     if report_path is not None:
         lines.append(f"Report: {report_path}")
         if summary["groups"]:
@@ -502,6 +503,30 @@ def file_entry(item: ScanItem, width: int, height: int, **method_values: Any) ->
     }
 
 
+def entry_groups_for(
+    groups: Sequence[Sequence[int]],
+    describe: Any,
+    errors: list[dict[str, str]],
+) -> list[list[dict[str, Any]]]:
+    """Report entries for groups of indices; ``describe(index)`` gives (ScanItem, width, height, method values).
+
+    A file that disappeared since it was read is added to ``errors`` and left out; a group left with one file is
+    dropped.
+    """
+    entry_groups = []
+    for group in groups:
+        entries = []
+        for index in group:
+            item, width, height, values = describe(index)
+            try:
+                entries.append(file_entry(item, width, height, **values))
+            except OSError as error:
+                errors.append({"path": item.rel, "reason": f"disappeared during the scan ({error.strerror})"})
+        if len(entries) > 1:
+            entry_groups.append(entries)
+    return entry_groups
+
+
 # ----------------------------------------------------------------------------------------------------------------
 # Files: hashing, atomic JSON, loading reports, the gallery
 
@@ -680,11 +705,11 @@ def log_errors(errors: Sequence[dict[str, str]]) -> None:
         logger.warning("Skipped %s: %s", error["path"], error["reason"])
 
 
-def finish(report: dict[str, Any], args: argparse.Namespace, method: str) -> int:
+def finish(report: dict[str, Any], args: argparse.Namespace, method: str, notes: Sequence[str] = ()) -> int:
     """Write the report (and the gallery), print the summary; the exit code: 1 when files were skipped, else 0."""
     output = report_path(args, method)
     write_json_atomic(output, report)
-    print(format_summary(report, output))
+    print(format_summary(report, output, notes))
     if args.gallery is not None:
         gallery = args.gallery if str(args.gallery) not in ("", ".") else output.with_suffix(".png")
         shown = write_gallery(report, args.dataset_dir, gallery)

@@ -1,0 +1,311 @@
+"""Find near copies (resized, recompressed, slightly cropped or brightened) with imagehash's perceptual hash (pHash).
+
+Images are decoded at reduced size (JPEG draft mode: the hash needs only 32x32 pixels) and hashed in parallel
+processes; pairs within the Hamming ``--threshold`` are found by multi-index hashing (no all-pairs comparison) and
+verified exactly; groups are the connected components of those pairs.
+
+    python data_collection/detect_duplicates_by_phash.py --threshold 5
+    python data_collection/detect_duplicates_by_phash.py --threshold 8 --flip-invariant --gallery
+    python data_collection/detect_duplicates_by_phash.py --dataset-dir photos --hash-size 16 --threshold 20
+
+Writes dataset/duplicate_report_phash.json (the shared report format of duplicate_report.py; each file's own value
+is its "phash" in hex), and with --gallery a PNG contact sheet of the largest groups.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import sys
+from collections.abc import Iterator, Sequence
+from concurrent.futures import ProcessPoolExecutor
+from pathlib import Path
+
+import duplicate_report as dr  # the sibling module (Python puts the script's folder on sys.path)
+import imagehash
+import numpy as np
+from PIL import ImageOps
+from tqdm import tqdm
+
+logger = logging.getLogger(__name__)
+
+METHOD = "phash"
+DEFAULT_THRESHOLD = 5  # of 64 bits: resized / recompressed / 5%-cropped / brightened copies stay within it
+DEFAULT_HASH_SIZE = 8  # 8x8 = 64-bit hashes, imagehash's default
+HIGHFREQ_FACTOR = 4  # imagehash.phash's default: the DCT runs on (hash_size * 4) pixels square
+DEFAULT_WORKERS = os.cpu_count() or 1  # decoding is CPU-bound: one process per core
+MIN_FILES_FOR_PROCESSES = 64  # below this, starting processes costs more than it saves
+CHUNKSIZE = 16  # files per task sent to a worker process: amortises the inter-process round trip
+LOW_INFORMATION_FRACTION = 0.25  # hashes with fewer set bits come from nearly uniform images (normal: about 0.5)
+MIH_MIN_KEYS_PER_CANDIDATE = 16  # multi-index hashing only when a chunk's 2**bits values keep buckets this sparse
+MAX_CANDIDATES_PER_BATCH = 1 << 22  # candidate pairs verified at once: bounds memory for skewed hash sets
+BRUTE_FORCE_BLOCK_ELEMENTS = 1 << 23  # pairs compared per numpy step in the brute force (about 64 MB of uint64)
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Pure functions: hashes as bit arrays, Hamming distances, near-duplicate search
+
+
+def pack_hashes(bit_rows: np.ndarray) -> np.ndarray:
+    """(n, bits) booleans -> (n, words) uint64, zero padded (padding never changes a distance)."""
+    packed = np.packbits(np.asarray(bit_rows, dtype=bool), axis=1)
+    padding = (-packed.shape[1]) % 8
+    if padding:
+        packed = np.pad(packed, ((0, 0), (0, padding)))
+    return np.ascontiguousarray(packed).view(np.uint64)
+
+
+def unpack_hashes(words: np.ndarray, bits: int) -> np.ndarray:
+    """(n, words) uint64 -> (n, bits) booleans: the inverse of pack_hashes."""
+    return np.unpackbits(np.ascontiguousarray(words).view(np.uint8), axis=1)[:, :bits].astype(bool)
+
+
+def bits_from_packed(packed: Sequence[bytes], bits: int) -> np.ndarray:
+    """(n, bits) booleans from hashes packed with np.packbits (what the worker processes return)."""
+    matrix = np.frombuffer(b"".join(packed), dtype=np.uint8).reshape(len(packed), -1)
+    return np.unpackbits(matrix, axis=1)[:, :bits].astype(bool)
+
+
+def is_low_information(bit_rows: np.ndarray) -> np.ndarray:
+    """True for hashes of nearly uniform images: a pHash has about half its bits set, a flat image almost none.
+
+    Such hashes say nothing about the picture (a plain red and a plain blue image hash alike), so they are never
+    matched.
+    """
+    return np.asarray(bit_rows, dtype=bool).sum(axis=1) < bit_rows.shape[1] * LOW_INFORMATION_FRACTION
+
+
+def hamming_distances(first: np.ndarray, second: np.ndarray) -> np.ndarray:
+    """Row-wise Hamming distances of two (k, words) uint64 arrays (broadcasting like ``^``)."""
+    return np.bitwise_count(first ^ second).sum(axis=-1, dtype=np.int32)
+
+
+def brute_force_pairs(words: np.ndarray, max_distance: int) -> np.ndarray:
+    """All pairs (i < j) within ``max_distance``, comparing every pair in blocks (XOR + popcount); (k, 2) int64.
+
+    The reference for find_near_duplicate_pairs and its fallback for thresholds too large for multi-indexing.
+    """
+    count = len(words)
+    found = [np.empty((0, 2), dtype=np.int64)]
+    rows_per_block = max(1, BRUTE_FORCE_BLOCK_ELEMENTS // max(1, count))
+    for start in range(0, count, rows_per_block):
+        stop = min(count, start + rows_per_block)
+        distances = hamming_distances(words[start:stop, None, :], words[None, start:, :])
+        rows, columns = np.nonzero(distances <= max_distance)
+        first, second = rows + start, columns + start
+        keep = second > first
+        found.append(np.stack([first[keep], second[keep]], axis=1).astype(np.int64))
+    return np.concatenate(found)
+
+
+def _chunk_labels(chunk_bits: np.ndarray) -> np.ndarray:
+    """One integer per row, equal exactly when the rows' bits are equal."""
+    if chunk_bits.shape[1] <= 62:
+        return chunk_bits.astype(np.int64) @ (np.int64(1) << np.arange(chunk_bits.shape[1], dtype=np.int64))
+    packed = np.ascontiguousarray(np.packbits(chunk_bits, axis=1))
+    as_bytes = packed.view(np.dtype((np.void, packed.shape[1]))).ravel()
+    return np.unique(as_bytes, return_inverse=True)[1].astype(np.int64)
+
+
+def _pairs_within_runs(order: np.ndarray, run_end: np.ndarray) -> Iterator[tuple[np.ndarray, np.ndarray]]:
+    """All pairs of items sharing a bucket, in batches of at most MAX_CANDIDATES_PER_BATCH pairs.
+
+    ``order`` lists items sorted by bucket; ``run_end[p]`` is the end (exclusive) of the bucket holding position p.
+    """
+    positions = np.arange(len(order))
+    partners = run_end - positions - 1  # the later items of the same bucket
+    cumulative = np.cumsum(partners)
+    start = 0
+    while start < len(order):
+        base = cumulative[start - 1] if start else 0
+        stop = max(start + 1, int(np.searchsorted(cumulative, base + MAX_CANDIDATES_PER_BATCH, side="right")))
+        counts = partners[start:stop]
+        total = int(counts.sum())
+        if total:
+            first_positions = np.repeat(positions[start:stop], counts)
+            offsets = np.arange(total) - np.repeat(np.cumsum(counts) - counts, counts) + 1
+            yield order[first_positions], order[first_positions + offsets]
+        start = stop
+
+
+def find_near_duplicate_pairs(words: np.ndarray, max_distance: int, bits: int) -> np.ndarray:
+    """All pairs (i < j) of hashes within ``max_distance`` bits, sorted; (k, 2) int64. Same result as brute force.
+
+    Multi-index hashing: split the ``bits`` into max_distance + 1 chunks; two hashes within max_distance differ in
+    at most max_distance chunks, so they agree exactly on at least one. Only pairs sharing a chunk value are
+    compared. Falls back to brute force when chunks are too short to narrow the search.
+    """
+    count = len(words)
+    chunks = max_distance + 1
+    if count < 2:
+        return np.empty((0, 2), dtype=np.int64)
+    if chunks > bits or 2 ** (bits // chunks) < MIH_MIN_KEYS_PER_CANDIDATE * chunks:
+        return brute_force_pairs(words, max_distance)
+    bit_rows = unpack_hashes(words, bits)
+    bounds = np.linspace(0, bits, chunks + 1).round().astype(int)
+    found = [np.empty(0, dtype=np.int64)]
+    for chunk in range(chunks):
+        labels = _chunk_labels(bit_rows[:, bounds[chunk] : bounds[chunk + 1]])
+        order = np.argsort(labels, kind="stable")
+        run_starts = np.flatnonzero(np.diff(labels[order])) + 1
+        run_lengths = np.diff(np.concatenate(([0], run_starts, [count])))
+        run_end = np.repeat(np.concatenate((run_starts, [count])), run_lengths)
+        for first, second in _pairs_within_runs(order, run_end):
+            close = hamming_distances(words[first], words[second]) <= max_distance
+            low, high = np.minimum(first[close], second[close]), np.maximum(first[close], second[close])
+            found.append(low * count + high)
+    codes = np.unique(np.concatenate(found))
+    return np.stack([codes // count, codes % count], axis=1)
+
+
+def near_duplicate_groups(
+    words: np.ndarray, max_distance: int, bits: int, mirrored_words: np.ndarray | None = None
+) -> list[list[int]]:
+    """Connected components of "within max_distance", optionally also against each image's mirrored hash.
+
+    Identical hashes are collapsed first, so a thousand copies of one image cost one search entry, not a million
+    pairs.
+    """
+    count = len(words)
+    rows = words if mirrored_words is None else np.concatenate([words, mirrored_words])
+    unique_rows, first_row, inverse = np.unique(rows, axis=0, return_index=True, return_inverse=True)
+    inverse = inverse.ravel()
+    pairs = find_near_duplicate_pairs(unique_rows, max_distance, bits)
+    image_of_row = np.arange(len(rows)) % count
+    same_hash = np.stack([image_of_row, image_of_row[first_row[inverse]]], axis=1)
+    close = image_of_row[first_row[pairs]] if len(pairs) else np.empty((0, 2), dtype=np.int64)
+    return dr.connected_components(count, np.concatenate([same_hash, close]).tolist())
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Disk: hashing files in worker processes
+
+
+def hash_file(task: tuple[str, int, bool]) -> tuple[str | None, bytes, bytes, int, int, str | None]:
+    """(phash hex, packed bits, packed bits of the mirror image or b"", width, height, error) for one file.
+
+    Runs in worker processes: takes and returns plain values. A JPEG is decoded in draft mode straight to
+    greyscale at no less than the hash's working size.
+    """
+    path, hash_size, is_flip_invariant = task
+    side = hash_size * HIGHFREQ_FACTOR
+    try:
+        image, (width, height) = dr.read_image(Path(path), draft_size=(side, side), mode="L")
+        phash = imagehash.phash(image, hash_size=hash_size, highfreq_factor=HIGHFREQ_FACTOR)
+        packed = np.packbits(phash.hash.ravel()).tobytes()
+        mirrored = b""
+        if is_flip_invariant:
+            mirror_hash = imagehash.phash(ImageOps.mirror(image), hash_size=hash_size, highfreq_factor=HIGHFREQ_FACTOR)
+            mirrored = np.packbits(mirror_hash.hash.ravel()).tobytes()
+        return str(phash), packed, mirrored, width, height, None
+    except dr.ImageReadError as error:
+        return None, b"", b"", 0, 0, str(error)
+    except Exception as error:  # noqa: BLE001 - one odd file must never stop the scan
+        return None, b"", b"", 0, 0, f"{type(error).__name__}: {error}"
+
+
+def hash_files(paths: Sequence[Path], hash_size: int, is_flip_invariant: bool, workers: int) -> list[tuple]:
+    """hash_file for every path in order, in ``workers`` processes (in this one for few files), with a progress bar."""
+    tasks = [(str(path), hash_size, is_flip_invariant) for path in paths]
+    progress = {"total": len(tasks), "desc": "Hashing", "unit": "img", "file": sys.stderr}
+    if workers == 1 or len(tasks) < MIN_FILES_FOR_PROCESSES:
+        return [hash_file(task) for task in tqdm(tasks, **progress)]
+    with ProcessPoolExecutor(max_workers=workers) as pool:
+        return list(tqdm(pool.map(hash_file, tasks, chunksize=CHUNKSIZE), **progress))
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Command line
+
+
+def get_args_parser(add_help: bool = True) -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        description="Find near copies with a perceptual hash (imagehash pHash) and a Hamming-distance threshold.",
+        add_help=add_help,
+    )
+    dr.add_common_arguments(parser, METHOD)
+    parser.add_argument(
+        "--threshold",
+        type=int,
+        default=DEFAULT_THRESHOLD,
+        help=f"largest Hamming distance between hashes counted as a copy, 0 to hash-size**2 "
+        f"(default: {DEFAULT_THRESHOLD})",
+    )
+    parser.add_argument(
+        "--hash-size",
+        type=int,
+        default=DEFAULT_HASH_SIZE,
+        help=f"hash side: the hash has hash-size**2 bits (default: {DEFAULT_HASH_SIZE}, i.e. 64 bits)",
+    )
+    parser.add_argument(
+        "--flip-invariant", action="store_true", help="also find mirrored (left-right flipped) copies (default: off)"
+    )
+    parser.add_argument(
+        "--workers",
+        type=int,
+        default=DEFAULT_WORKERS,
+        help=f"processes decoding and hashing images (default: {DEFAULT_WORKERS}, the CPU count)",
+    )
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = get_args_parser()
+    args = parser.parse_args(argv)
+    dr.configure_logging()
+    if args.hash_size < 2:
+        parser.error("--hash-size must be at least 2")
+    bits = args.hash_size**2
+    if not 0 <= args.threshold <= bits:
+        parser.error(f"--threshold must be between 0 and {bits} (the bits of a hash of --hash-size {args.hash_size})")
+    if args.workers < 1:
+        parser.error("--workers must be at least 1")
+    try:
+        items, sets = dr.scan_dataset(args.dataset_dir, dr.parse_sets(args.sets))
+    except FileNotFoundError as error:
+        parser.error(str(error))
+    if not items:
+        parser.error(f"no images found in {args.dataset_dir} (looked in: {', '.join(dr.parse_sets(args.sets))})")
+
+    results = hash_files([item.path for item in items], args.hash_size, args.flip_invariant, args.workers)
+    errors = [{"path": item.rel, "reason": result[5]} for item, result in zip(items, results) if result[5]]
+    hashed = [(item, result) for item, result in zip(items, results) if result[5] is None]
+    entry_groups: list[list[dict]] = []
+    plain: list[str] = []
+    if hashed:
+        bit_rows = bits_from_packed([result[1] for _, result in hashed], bits)
+        is_plain = is_low_information(bit_rows)
+        plain = [hashed[index][0].rel for index in np.flatnonzero(is_plain)]
+        compared = np.flatnonzero(~is_plain)
+        mirrored = None
+        if args.flip_invariant:
+            mirrored = pack_hashes(bits_from_packed([hashed[i][1][2] for i in compared], bits))
+        groups = near_duplicate_groups(pack_hashes(bit_rows[compared]), args.threshold, bits, mirrored)
+
+        def describe(index: int) -> tuple[dr.ScanItem, int, int, dict[str, str]]:
+            item, (phash, _, _, width, height, _) = hashed[compared[index]]
+            return item, width, height, {"phash": phash}
+
+        entry_groups = dr.entry_groups_for(groups, describe, errors)
+    dr.log_errors(errors)
+    report = dr.build_report(
+        METHOD,
+        args.dataset_dir,
+        sets,
+        dr.arguments_for_report(args),
+        files_scanned=len(items),
+        images_read=len(hashed),
+        duplicate_groups=dr.make_groups(entry_groups),
+        errors=errors,
+        extra={"plain_images": plain},
+    )
+    notes = [
+        f"{len(plain)} nearly uniform images were not compared: a pHash cannot tell plain images apart "
+        "(listed under 'plain_images' in the report)"
+    ]
+    return dr.finish(report, args, METHOD, notes if plain else ())
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
