@@ -375,6 +375,21 @@ def candidates_from_results(class_name: str, query: str, results: Iterable[dict[
     return candidates
 
 
+def take_evenly(groups: Sequence[Sequence[T]], per_group: int, wanted: int) -> list[list[T]]:
+    """The first ``per_group`` of each group, then one more from each group that has spare, round by round, until
+    ``wanted`` are taken in all or no group has spare."""
+    taken = [min(len(group), per_group) for group in groups]
+    missing = wanted - sum(taken)
+    while missing > 0:
+        has_spare = [index for index, group in enumerate(groups) if taken[index] < len(group)]
+        if not has_spare:
+            break
+        for index in has_spare[:missing]:
+            taken[index] += 1
+        missing -= min(missing, len(has_spare))
+    return [list(group[:count]) for group, count in zip(groups, taken)]
+
+
 def unique_by_url(candidates: Iterable[Candidate]) -> list[Candidate]:
     seen: set[str] = set()
     unique = []
@@ -731,7 +746,8 @@ def search_query(
     state: SearchState,
     refresh: bool,
 ) -> tuple[list[dict[str, Any]], str | None]:
-    """Up to ``wanted`` results for ``query``, from the cache or by paging; and why it came back short, if it did.
+    """Results for ``query`` (at least ``wanted`` if it has them), from the cache or by paging; and why it came back
+    short, if it did. Whole pages are returned: the caller may use the spare results to make up for short queries.
 
     Each page is cached as it arrives, so a later run carries on where this one stopped.
     """
@@ -777,7 +793,7 @@ def search_query(
         )
     if len(results) < wanted and short_reason is None:
         short_reason = "results ran out" if is_exhausted else f"stopped after {MAX_SEARCH_PAGES} pages"
-    return results[:wanted], short_reason
+    return results, short_reason
 
 
 def collect_search_candidates(
@@ -789,19 +805,22 @@ def collect_search_candidates(
     sleep: SleepFn,
     state: SearchState,
 ) -> tuple[list[Candidate], list[ShortQuery]]:
-    """About ``wanted`` candidates for one class, spread evenly over its queries and interleaved."""
+    """About ``wanted`` candidates for one class, spread evenly over its queries and interleaved.
+
+    Queries that came back short are made up for with the spare results the others already returned.
+    """
     per_query = math.ceil(wanted / len(queries))
     cache_dir = config.dataset_dir / SEARCH_CACHE_DIR
-    groups: list[list[Candidate]] = []
+    found: list[list[Candidate]] = []
     short: list[ShortQuery] = []
     for query in queries:
         results, short_reason = search_query(
             query, per_query, config.options, cache_dir, search_fn, sleep, state, config.refresh_search
         )
-        groups.append(candidates_from_results(class_name, query, results))
+        found.append(candidates_from_results(class_name, query, results))
         if short_reason is not None:
             short.append(ShortQuery(class_name, query, len(results), per_query, short_reason))
-    return unique_by_url(interleave(groups)), short
+    return unique_by_url(interleave(take_evenly(found, per_query, wanted))), short
 
 
 # ------------------------------------------------------------------------------------------------------ download
@@ -816,6 +835,7 @@ class RunState:
     manifest: ManifestWriter
     known_hashes: dict[str, str]  # sha256 -> relative path, for files on disk and files saved by earlier runs
     on_disk_hashes: set[str]
+    recorded_hashes: set[str]  # hashes with a "saved" manifest line, from earlier runs or this one
     latest: dict[str, dict[str, Any]]  # url -> latest manifest record
     claimed_urls: dict[str, str] = field(default_factory=dict)  # url -> class that fetches it in this run
     errors: list[dict[str, Any]] = field(default_factory=list)
@@ -856,8 +876,11 @@ def record_failure(record: dict[str, Any], stats: ClassStats, state: RunState) -
     state.manifest.write(record)
 
 
-def commit_result(result: FetchResult, stats: ClassStats, state: RunState) -> bool:
-    """Save a good image (or note the duplicate or failure) and append its manifest line; True for a new file."""
+def commit_result(result: FetchResult, stats: ClassStats, state: RunState, has_room: bool = True) -> bool:
+    """Save a good image (or note the duplicate or failure) and append its manifest line; True for a new file.
+
+    Without ``has_room`` (the class is full) a new image is neither kept nor recorded, so a later run may use it.
+    """
     record = base_record(result.candidate)
     if result.has_response and not state.has_any_response:
         state.has_any_response = True
@@ -887,7 +910,10 @@ def commit_result(result: FetchResult, stats: ClassStats, state: RunState) -> bo
         sha256=result.sha256,
     )
     existing = state.known_hashes.get(result.sha256)
-    is_ours = existing == relative and result.sha256 in state.on_disk_hashes  # saved before its line was written
+    # Our own file whose manifest line a kill cut off: same hash, same place, no line. Adopt it, do not copy it.
+    is_ours = (
+        existing == relative and result.sha256 in state.on_disk_hashes and result.sha256 not in state.recorded_hashes
+    )
     if existing is not None and not is_ours:
         where = existing if result.sha256 in state.on_disk_hashes else f"{existing}, removed since"
         record.update(status="duplicate", duplicate_of=where)
@@ -897,11 +923,14 @@ def commit_result(result: FetchResult, stats: ClassStats, state: RunState) -> bo
         return False
     path = state.config.dataset_dir / relative
     is_new = not path.exists()
+    if is_new and not has_room:
+        return False
     if is_new:
         save_bytes_atomic(result.data, path)
         stats.on_disk[split] += 1
     state.known_hashes[result.sha256] = relative
     state.on_disk_hashes.add(result.sha256)
+    state.recorded_hashes.add(result.sha256)
     stats.downloaded += 1
     record.update(status="saved", path=relative, split=split)
     state.manifest.write(record)
@@ -955,9 +984,7 @@ def download_class(class_name: str, candidates: Sequence[Candidate], stats: Clas
                 break
             done, pending = wait(pending, return_when=FIRST_COMPLETED)
             for future in done:
-                if needed is not None and saved >= needed:
-                    continue  # enough: the rest is not recorded, so a later run may still use it
-                if commit_result(future.result(), stats, state):
+                if commit_result(future.result(), stats, state, has_room=needed is None or saved < needed):
                     saved += 1
                     progress.update(1)
                 elif needed is None:
@@ -982,15 +1009,18 @@ def run_download(
     known_hashes, counts = scan_existing_images(dataset_dir)
     on_disk_hashes = set(known_hashes)
     records = read_manifest(dataset_dir / MANIFEST_NAME)
+    recorded_hashes = set()
     for record in records:  # images saved by earlier runs and removed since still count as seen
         if record.get("status") == "saved" and isinstance(record.get("sha256"), str) and record.get("path"):
             known_hashes.setdefault(record["sha256"], record["path"])
+            recorded_hashes.add(record["sha256"])
     state = RunState(
         config=config,
         sleep=sleep,
         manifest=ManifestWriter(dataset_dir / MANIFEST_NAME),
         known_hashes=known_hashes,
         on_disk_hashes=on_disk_hashes,
+        recorded_hashes=recorded_hashes,
         latest=latest_records_by_url(records),
     )
     stats = {

@@ -1,0 +1,562 @@
+"""download_images.py and search_queries.py against a local image server and a fake search: no network needed."""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import json
+import math
+import os
+import socket
+import subprocess
+import sys
+import types
+from pathlib import Path
+
+import download_images
+import pytest
+import search_queries
+from _download_helpers import FakeSearch, ImageServer, Route, bad_routes, encode_good_image, good_routes
+from conftest import ROOT
+from download_images import (
+    FORMAT_EXTENSIONS,
+    MANIFEST_NAME,
+    REPORT_NAME,
+    SEARCH_BACKOFF_S,
+    SEARCH_RETRIES,
+    ImageRejectedError,
+    ManifestWriter,
+    backoff_delay,
+    inspect_image,
+    interleave,
+    is_allowed_content_type,
+    is_done,
+    is_retryable,
+    latest_records_by_url,
+    parse_url_lines,
+    read_manifest,
+    split_for_hash,
+    take_evenly,
+)
+from PIL import Image
+
+try:
+    from ddgs.exceptions import DDGSException
+except ImportError:  # ddgs is a runtime requirement, but these tests never need it
+
+    class DDGSException(Exception):
+        pass
+
+
+MAX_BYTES = 200_000
+FAST = ["--workers", "4", "--timeout", "0.25", "--retries", "1", "--min-size", "32", "--max-bytes", str(MAX_BYTES)]
+FAST += ["--no-progress"]
+
+
+class RecordingSleep:
+    """Stands in for time.sleep: records the delays asked for and returns at once."""
+
+    def __init__(self) -> None:
+        self.delays: list[float] = []
+
+    def __call__(self, seconds: float) -> None:
+        self.delays.append(seconds)
+
+
+def run(argv: list[str], search: FakeSearch | None = None, sleep: RecordingSleep | None = None) -> int:
+    return download_images.main(argv, search_fn=search or FakeSearch({}), sleep=sleep or RecordingSleep())
+
+
+def image_files(dataset: Path) -> dict[str, bytes]:
+    """Every file under train/ and val/ (relative POSIX path -> bytes), hidden ones included."""
+    return {
+        path.relative_to(dataset).as_posix(): path.read_bytes()
+        for split in ("train", "val")
+        if (dataset / split).exists()
+        for path in sorted((dataset / split).rglob("*"))
+        if path.is_file()
+    }
+
+
+def latest_manifest(dataset: Path) -> dict[str, dict]:
+    return latest_records_by_url(read_manifest(dataset / MANIFEST_NAME))
+
+
+def write_queries(path: Path, queries: dict[str, list[str]]) -> Path:
+    path.write_text(json.dumps(queries), encoding="utf-8")
+    return path
+
+
+def check_saved_file(dataset: Path, relative: str, data: bytes, class_name: str, val_fraction: float = 0.2) -> None:
+    """A saved image sits in its class folder, in the split its hash picks, named by hash + its real extension."""
+    digest = hashlib.sha256(data).hexdigest()
+    with Image.open(io.BytesIO(data)) as image:
+        extension = FORMAT_EXTENSIONS[image.format]
+        image.load()
+    assert relative == f"{split_for_hash(digest, val_fraction)}/{class_name}/{digest}{extension}"
+
+
+# ------------------------------------------------------------------------------------------------ the whole flow
+
+
+@pytest.fixture
+def web(tmp_path: Path):
+    """A server with 16 distinct good images per class, every bad case, a redirect and two copies of one image;
+    a fake search returning them (bad cases first, so all are tried before the class is full)."""
+    bad = bad_routes(MAX_BYTES, slow_s=1.0)
+    bird_good = good_routes("bird", 0, 15)
+    other_good = good_routes("other", 3, 15)
+    copy = encode_good_image("png", 0, 500)
+    hidden = encode_good_image("jpeg", 3, 501)
+    routes = {path: route for path, (route, _) in bad.items()} | bird_good | other_good
+    routes["/bird/copy-a.png"] = Route(copy, content_type="image/png")
+    routes["/bird/copy-b.png"] = Route(copy, content_type="image/png")
+    routes["/other/moved.jpg"] = Route(status=301, location="/hidden/final.jpg")
+    routes["/hidden/final.jpg"] = Route(hidden)
+    bird_bad = ["missing", "server-error", "slow", "loop", "big", "big-unannounced", "page"]
+    bird_paths = [f"/bad/{name}.jpg" for name in bird_bad] + ["/bird/copy-a.png", "/bird/copy-b.png", *bird_good]
+    other_bad = ["/bad/served-as-html.png", "/bad/truncated.jpg", "/bad/bomb.png", "/bad/tiny.png", "/bad/empty.jpg"]
+    shared_path = next(iter(bird_good))  # also found by the "other" search: must be fetched once only
+    other_paths = [*other_bad, shared_path, "/other/moved.jpg", *other_good]
+    with ImageServer(routes) as server:
+        search = FakeSearch(
+            {"bird q": [server.url(path) for path in bird_paths], "other q": [server.url(path) for path in other_paths]}
+        )
+        yield types.SimpleNamespace(
+            server=server,
+            search=search,
+            bad=bad,
+            bird_good={route.body for route in bird_good.values()} | {copy},
+            other_good={route.body for route in other_good.values()} | {hidden},
+            shared_path=shared_path,
+            queries=write_queries(tmp_path / "queries.json", {"bird": ["bird q"], "other": ["other q"]}),
+            dataset=tmp_path / "dataset",
+        )
+
+
+def test_download_saves_exactly_the_good_images_and_records_every_url(web, capsys) -> None:
+    argv = ["--duckduckgo", "--queries", str(web.queries), "--dataset-dir", str(web.dataset), "--per-class", "16"]
+    assert run(argv + FAST, web.search) == 0
+    output = capsys.readouterr()
+
+    files = image_files(web.dataset)
+    saved = {data for data in files.values()}
+    assert len(files) == len(saved) == 32  # each good image once, nothing else, no temporary files left
+    assert saved == web.bird_good | web.other_good
+    for relative, data in files.items():
+        check_saved_file(web.dataset, relative, data, "bird" if data in web.bird_good else "other")
+
+    latest = latest_manifest(web.dataset)
+    for url in web.search.urls_by_query["bird q"] + web.search.urls_by_query["other q"]:
+        assert url in latest, f"{url} missing from the manifest"
+    for path, (_, reason) in web.bad.items():
+        record = latest[web.server.url(path)]
+        assert (record["status"], record["reason"]) == ("failed", reason), path
+        assert record["retryable"] == (reason in ("http 500", "timeout"))
+        assert record["path"] is None
+    copies = [latest[web.server.url(f"/bird/copy-{name}.png")] for name in "ab"]
+    assert sorted(record["status"] for record in copies) == ["duplicate", "saved"]
+    kept = next(record for record in copies if record["status"] == "saved")
+    assert next(record for record in copies if record["status"] == "duplicate")["duplicate_of"] == kept["path"]
+    for record in latest.values():
+        if record["status"] == "saved":
+            assert files[record["path"]] and record["sha256"] == Path(record["path"]).stem
+            assert (record["width"], record["height"]) == (64, 64) and record["query"] in ("bird q", "other q")
+            assert record["source_page"].startswith("https://pages.example/") and record["title"]
+    assert latest[web.server.url("/other/moved.jpg")]["status"] == "saved"
+
+    hits = web.server.hits
+    for url in web.search.urls_by_query["bird q"] + web.search.urls_by_query["other q"]:
+        path = "/" + url.split("/", 3)[3]
+        if not path.startswith("/bad/"):
+            assert hits[path] == 1, f"{path} fetched {hits[path]} times"
+    assert hits["/bad/server-error.jpg"] == hits["/bad/slow.jpg"] == 2  # --retries 1
+    assert hits["/bad/missing.jpg"] == 1  # a 404 is not retried
+
+    report = json.loads((web.dataset / REPORT_NAME).read_text())
+    assert report["schema_version"] == 1
+    assert {error["url"] for error in report["errors"]} == {web.server.url(path) for path in web.bad}
+    assert report["classes"]["bird"]["downloaded"] == report["classes"]["other"]["downloaded"] == 16
+    assert report["classes"]["bird"]["duplicates"] == 1 and report["classes"]["other"]["duplicates"] == 1
+    assert report["classes"]["bird"]["failures_by_reason"]["too large"] == 2
+    assert "bird" in output.out and "other" in output.out and "too large 2" in output.out
+    assert "missing.jpg: http 404" in output.err
+
+    # A re-run finds everything done: no search, no download, the same files.
+    hits_before, calls_before = dict(hits), len(web.search.calls)
+    assert run(argv + FAST, web.search) == 0
+    assert image_files(web.dataset) == files
+    assert dict(web.server.hits) == hits_before and len(web.search.calls) == calls_before
+
+
+def test_split_is_80_20_and_stable_when_more_images_are_added(tmp_path: Path) -> None:
+    routes = good_routes("bird", 0, 100)
+    paths = list(routes)
+    dataset = tmp_path / "dataset"
+    queries = write_queries(tmp_path / "q.json", {"bird": ["birds"]})
+    with ImageServer(routes) as server:
+        search = FakeSearch({"birds": [server.url(path) for path in paths[:40]]})
+        argv = ["--duckduckgo", "--queries", str(queries), "--dataset-dir", str(dataset), *FAST]
+        assert run([*argv, "--per-class", "40"], search) == 0
+        first = {path: (path.read_bytes(), path.stat().st_mtime_ns) for path in dataset.glob("*/bird/*")}
+        search.urls_by_query["birds"] = [server.url(path) for path in paths]
+        assert run([*argv, "--per-class", "100", "--refresh-search"], search) == 0
+    files = image_files(dataset)
+    assert len(files) == 100
+    for path, (data, mtime) in first.items():  # nothing existing was moved, rewritten or touched
+        assert path.read_bytes() == data and path.stat().st_mtime_ns == mtime
+    for relative, data in files.items():
+        check_saved_file(dataset, relative, data, "bird")
+    val = sum(relative.startswith("val/") for relative in files)
+    # The split is per image, by hash, so it is binomial: 20 +- 3 standard deviations.
+    assert abs(val - 20) <= 3 * math.sqrt(100 * 0.2 * 0.8)
+
+
+def test_split_by_hash_is_80_20_over_many_images() -> None:
+    hashes = [hashlib.sha256(str(number).encode()).hexdigest() for number in range(20000)]
+    for fraction in (0.1, 0.2, 0.5):
+        share = sum(split_for_hash(digest, fraction) == "val" for digest in hashes) / len(hashes)
+        assert abs(share - fraction) < 0.012
+    assert {split_for_hash(hashes[7], 0.2) for _ in range(3)} == {split_for_hash(hashes[7], 0.2)}
+    assert all(split_for_hash(digest, 0.0) == "train" for digest in hashes[:200])
+
+
+def test_interrupted_run_resumes_to_the_same_tree(tmp_path: Path) -> None:
+    routes = good_routes("bird", 0, 12) | good_routes("plane", 1, 12)
+    routes["/bad/missing.jpg"] = Route(status=404, content_type="text/plain")
+    queries = write_queries(tmp_path / "q.json", {"bird": ["b"], "plane": ["p"]})
+    with ImageServer(routes) as server:
+        urls = {name: [server.url(path) for path in routes if name in path] for name in ("bird", "plane")}
+        urls["bird"].insert(3, server.url("/bad/missing.jpg"))
+        search = FakeSearch({"b": urls["bird"], "p": urls["plane"]})
+
+        def download(dataset: Path) -> int:
+            argv = ["--duckduckgo", "--queries", str(queries), "--dataset-dir", str(dataset), "--per-class", "12"]
+            return run(argv + FAST, search)
+
+        assert download(tmp_path / "reference") == 0
+        server.stop_after = sum(server.hits.values()) + 9  # the server goes away 9 requests into the next run
+        assert download(tmp_path / "interrupted") == 1  # some images are missing: the classes came up short
+        partial = image_files(tmp_path / "interrupted")
+        assert 0 < len(partial) < 24
+        for data in partial.values():  # what the interrupted run kept is whole
+            Image.open(io.BytesIO(data)).load()
+        refused = [r for r in latest_manifest(tmp_path / "interrupted").values() if r["reason"] == "connection error"]
+        assert refused and all(record["retryable"] for record in refused)
+        server.start()
+        assert download(tmp_path / "interrupted") == 0
+    assert image_files(tmp_path / "interrupted") == image_files(tmp_path / "reference")
+
+
+def test_ctrl_c_keeps_complete_files_and_a_rerun_finishes(tmp_path: Path, capsys) -> None:
+    routes = good_routes("bird", 0, 5) | good_routes("plane", 1, 5)
+    queries = write_queries(tmp_path / "q.json", {"bird": ["b"], "plane": ["p"]})
+    dataset = tmp_path / "dataset"
+    with ImageServer(routes) as server:
+        urls = {name: [server.url(path) for path in routes if name in path] for name in ("bird", "plane")}
+        search = FakeSearch({"b": urls["bird"], "p": urls["plane"]}, failures={"p": 1}, error_type=KeyboardInterrupt)
+        argv = ["--duckduckgo", "--queries", str(queries), "--dataset-dir", str(dataset), "--per-class", "5", *FAST]
+        assert run(argv, search) == 130
+        assert "re-run the same command to resume" in capsys.readouterr().err
+        files = image_files(dataset)
+        assert len(files) == 5 and all(relative.split("/")[1] == "bird" for relative in files)
+        lines = (dataset / MANIFEST_NAME).read_text().splitlines()
+        assert len(lines) == 5 and all(json.loads(line)["status"] == "saved" for line in lines)
+        assert run(argv, search) == 0
+    assert len(image_files(dataset)) == 10 and image_files(dataset).items() >= files.items()
+
+
+# ------------------------------------------------------------------------------------------------ search
+
+
+def test_search_errors_are_retried_with_growing_backoff(tmp_path: Path, capsys) -> None:
+    routes = good_routes("bird", 0, 8)
+    queries = write_queries(tmp_path / "q.json", {"bird": ["flaky", "broken"]})
+    with ImageServer(routes) as server:
+        search = FakeSearch(
+            {"flaky": [server.url(path) for path in routes]},
+            failures={"flaky": 2, "broken": 99},
+            error_type=DDGSException,
+        )
+        sleep = RecordingSleep()
+        argv = ["--duckduckgo", "--queries", str(queries), "--dataset-dir", str(tmp_path / "d"), "--per-class", "4"]
+        assert run(argv + FAST, search, sleep) == 0  # the broken query's share is made up from the flaky one
+    assert [query for query, _ in search.calls] == ["flaky"] * 3 + ["broken"] * (SEARCH_RETRIES + 1)
+    first, second = sleep.delays[:2]  # the two waits before flaky's 2nd and 3rd tries
+    assert SEARCH_BACKOFF_S <= first < second <= 3 * SEARCH_BACKOFF_S
+    assert len(image_files(tmp_path / "d")) == 4
+    output = capsys.readouterr()
+    assert "'broken'" in output.out and "search failed" in output.out  # named at the end as short
+    assert "retrying in" in output.err
+
+
+def test_search_stops_when_queries_keep_failing_and_says_which(tmp_path: Path, capsys) -> None:
+    queries = write_queries(tmp_path / "q.json", {"bird": ["a", "b", "c", "d"]})
+    search = FakeSearch({}, failures={name: 99 for name in "abcd"}, error_type=DDGSException)
+    argv = ["--duckduckgo", "--queries", str(queries), "--dataset-dir", str(tmp_path / "d"), "--per-class", "4"]
+    assert run(argv + FAST, search) == 1  # the class ended with fewer images than asked
+    assert {query for query, _ in search.calls} == {"a", "b", "c"}  # after 3 failed queries it stops asking
+    out = capsys.readouterr().out
+    assert all(f"'{name}' gave 0" in out for name in "abcd") and "failed in a row" in out
+    assert "fewer than the 4 asked" in out
+
+
+def test_search_results_are_cached_until_refresh(tmp_path: Path) -> None:
+    queries = write_queries(tmp_path / "q.json", {"bird": ["nothing here"]})
+    search = FakeSearch({"nothing here": ["http://127.0.0.1:9/none.jpg"]})
+    argv = ["--duckduckgo", "--queries", str(queries), "--dataset-dir", str(tmp_path / "d"), "--per-class", "1"]
+    run(argv + FAST, search)
+    calls = len(search.calls)
+    assert calls >= 1 and list((tmp_path / "d" / ".search_cache").glob("*.json"))
+    run(argv + FAST, search)
+    assert len(search.calls) == calls
+    run([*argv, *FAST, "--refresh-search"], search)
+    assert len(search.calls) == 2 * calls
+
+
+class FakeDDGS:
+    """Replaces ddgs.DDGS: records the keyword arguments of images() and answers with ``behaviour``."""
+
+    calls: list[dict] = []
+    behaviour: object = None
+
+    def __init__(self, timeout: int | None = None) -> None:
+        pass
+
+    def images(self, query: str, **kwargs: object) -> list[dict]:
+        FakeDDGS.calls.append({"query": query, **kwargs})
+        if isinstance(FakeDDGS.behaviour, Exception):
+            raise FakeDDGS.behaviour
+        return []
+
+
+def install_fake_ddgs(monkeypatch, behaviour: object) -> None:
+    module = types.ModuleType("ddgs")
+    module.DDGS = FakeDDGS
+    FakeDDGS.calls, FakeDDGS.behaviour = [], behaviour
+    monkeypatch.setitem(sys.modules, "ddgs", module)
+
+
+def test_real_backend_passes_the_search_options_through(tmp_path: Path, monkeypatch) -> None:
+    install_fake_ddgs(monkeypatch, behaviour=None)
+    argv = ["--duckduckgo", "--classes", "bird", "--per-class", "1", "--dataset-dir", str(tmp_path / "d"), *FAST]
+    argv += ["--safesearch", "off", "--size", "Large", "--type-image", "photo", "--license", "Public"]
+    assert download_images.main(argv, sleep=RecordingSleep()) == 1  # no results at all: bird is short
+    assert len(FakeDDGS.calls) == len(search_queries.QUERIES["bird"])
+    call = FakeDDGS.calls[0]
+    assert call["query"] == search_queries.QUERIES["bird"][0] and call["page"] == 1
+    assert (call["safesearch"], call["size"], call["type_image"], call["license_image"]) == (
+        "off",
+        "Large",
+        "photo",
+        "Public",
+    )
+    assert call["backend"] == "duckduckgo"
+
+
+def test_no_network_during_search_says_so_in_one_sentence(tmp_path: Path, monkeypatch, capsys) -> None:
+    install_fake_ddgs(monkeypatch, behaviour=DDGSException("DNSError: error resolving DNS"))
+    monkeypatch.setattr(download_images, "host_resolves", lambda host: False)
+    dataset = tmp_path / "dataset"
+    assert download_images.main(["--duckduckgo", "--dataset-dir", str(dataset), "--no-progress"]) == 1
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("No network: cannot reach duckduckgo.com") and "--urls-file" in err
+    assert len(err.splitlines()) == 1 and len(FakeDDGS.calls) == 1
+    assert not dataset.exists()
+
+
+# ------------------------------------------------------------------------------------------------ --urls-file
+
+
+def closed_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+def test_no_network_for_url_list_leaves_nothing_behind(tmp_path: Path, capsys) -> None:
+    port = closed_port()
+    urls = tmp_path / "urls.csv"
+    urls.write_text("".join(f"bird,http://127.0.0.1:{port}/{n}.jpg\n" for n in range(5)))
+    dataset = tmp_path / "dataset"
+    assert run(["--urls-file", str(urls), "--dataset-dir", str(dataset), *FAST]) == 1
+    err = capsys.readouterr().err.strip()
+    assert err == f"No network: cannot reach 127.0.0.1; {download_images.NO_NETWORK_HINT}."
+    assert not dataset.exists()
+
+
+def test_urls_file_names_malformed_lines_and_downloads_the_rest(tmp_path: Path, capsys) -> None:
+    routes = good_routes("cat", 0, 3)
+    with ImageServer(routes) as server:
+        good = [server.url(path) for path in routes]
+        lines = [
+            "class,url",
+            "# my own list",
+            f"cat,{good[0]}",
+            "cat no comma here",
+            f"cat,{good[1]}",
+            "cat,ftp://example.com/x.jpg",
+            f"../up,{good[2]}",
+            "",
+            f'"cat","{good[2]}"',
+            f"dog,{good[0]}",  # the same URL again: fetched once, kept under the first class
+        ]
+        urls = tmp_path / "urls.csv"
+        urls.write_text("\n".join(lines) + "\n")
+        dataset = tmp_path / "dataset"
+        assert run(["--urls-file", str(urls), "--dataset-dir", str(dataset), *FAST]) == 1
+    err = capsys.readouterr().err
+    for line_number in (4, 6, 7):
+        assert f"urls.csv line {line_number}:" in err
+    assert "line 10: URL already listed as 'cat' on line 3" in err
+    files = image_files(dataset)
+    assert sorted(Path(relative).parent.name for relative in files) == ["cat"] * 3
+    assert all(server.hits[path] == 1 for path in routes)
+    report = json.loads((dataset / REPORT_NAME).read_text())
+    assert sum("line" in error.get("input", "") for error in report["errors"]) == 3
+
+
+def test_existing_images_are_respected(tmp_path: Path) -> None:
+    routes = good_routes("bird", 0, 4)
+    paths = list(routes)
+    dataset = tmp_path / "dataset"
+    users_copy = dataset / "train" / "bird" / "my photo.jpg"  # the same bytes as one the server has
+    users_own = dataset / "val" / "bird" / "-keep me.png"
+    users_copy.parent.mkdir(parents=True)
+    users_own.parent.mkdir(parents=True)
+    users_copy.write_bytes(routes[paths[0]].body)
+    users_own.write_bytes(encode_good_image("png", 0, 777))
+    before = image_files(dataset)
+    with ImageServer(routes) as server:
+        urls = tmp_path / "urls.csv"
+        urls.write_text("".join(f"bird,{server.url(path)}\n" for path in paths))
+        assert run(["--urls-file", str(urls), "--dataset-dir", str(dataset), "--per-class", "5", *FAST]) == 0
+        latest = latest_manifest(dataset)
+    after = image_files(dataset)
+    assert {key: after[key] for key in before} == before  # the user's files: untouched
+    assert len(after) == 5  # 2 of the user's + 3 new; the copy was not saved again
+    record = latest[server.url(paths[0])]
+    assert record["status"] == "duplicate" and record["duplicate_of"] == "train/bird/my photo.jpg"
+
+
+def test_a_cut_manifest_line_is_skipped_and_the_run_carries_on(tmp_path: Path) -> None:
+    routes = good_routes("bird", 0, 2)
+    dataset = tmp_path / "dataset"
+    with ImageServer(routes) as server:
+        urls = tmp_path / "urls.csv"
+        urls.write_text("".join(f"bird,{server.url(path)}\n" for path in routes))
+        assert run(["--urls-file", str(urls), "--dataset-dir", str(dataset), *FAST]) == 0
+        manifest = dataset / MANIFEST_NAME
+        manifest.write_text(manifest.read_text() + '{"url": "http://half-written')  # killed mid-line
+        assert run(["--urls-file", str(urls), "--dataset-dir", str(dataset), *FAST]) == 0
+        assert sum(server.hits.values()) == 2
+    records = read_manifest(manifest)
+    assert len(records) == 2 and all(record["status"] == "saved" for record in records)
+
+
+# ------------------------------------------------------------------------------------------------ pure functions
+
+
+def test_inspect_image_refuses_each_bad_download() -> None:
+    cases = {reason: route.body for route, reason in bad_routes(MAX_BYTES, 0).values() if route.status == 200}
+    for reason, data in cases.items():
+        if reason in ("too large", "wrong content type", "timeout"):
+            continue  # decided from the HTTP answer, not the bytes
+        with pytest.raises(ImageRejectedError) as refused:
+            inspect_image(data, min_size=32)
+        assert refused.value.reason == reason
+    with pytest.raises(ImageRejectedError, match="an HTML page"):
+        inspect_image(b"<!DOCTYPE html><html></html>", 32)
+    facts = inspect_image(encode_good_image("cmyk_jpeg", 0, 1), min_size=32)
+    assert (facts.image_format, facts.width, facts.height) == ("JPEG", 64, 64)
+    with pytest.raises(ImageRejectedError, match="too small"):
+        inspect_image(encode_good_image("png", 0, 1, size=(2000, 10)), min_size=32)
+
+
+def test_small_pure_helpers() -> None:
+    delays = [backoff_delay(attempt, 4.0, jitter) for attempt, jitter in enumerate([0.99, 0.0, 0.99, 0.0])]
+    assert delays == sorted(delays) and delays[0] >= 4.0
+    assert is_retryable("timeout") and is_retryable("http 503") and is_retryable("http 429")
+    assert not is_retryable("http 404") and not is_retryable("too small")
+    assert is_allowed_content_type(None) and is_allowed_content_type("image/webp")
+    assert is_allowed_content_type("application/octet-stream")
+    assert not is_allowed_content_type("text/html; charset=utf-8")
+    assert interleave([[1, 2, 3], [4], [5, 6]]) == [1, 4, 5, 2, 6, 3]
+    assert take_evenly([[1, 2, 3, 4], [5], []], per_group=2, wanted=6) == [[1, 2, 3, 4], [5], []]
+    assert take_evenly([[1, 2, 3], [4, 5, 6]], per_group=1, wanted=3) == [[1, 2], [4]]
+    entries, problems = parse_url_lines(["bird,http://a/x.jpg?a=1,2", "bad", "bird,file:///etc/passwd"], "f")
+    assert entries == [(1, "bird", "http://a/x.jpg?a=1,2")]
+    assert problems[0].startswith("f line 2:") and problems[1].startswith("f line 3:")
+    records = [{"url": "u", "status": "failed", "retryable": True}, {"url": "u", "status": "saved"}]
+    assert is_done(latest_records_by_url(records)["u"])
+    assert not is_done(records[0]) and is_done({"status": "failed", "retryable": False})
+
+
+def test_manifest_writer_ends_a_cut_line_before_appending(tmp_path: Path) -> None:
+    path = tmp_path / MANIFEST_NAME
+    path.write_text('{"url": "a", "status": "saved"}\n{"url": "b", "sta')
+    writer = ManifestWriter(path)
+    writer.write({"url": "c", "status": "saved"})
+    writer.close()
+    assert [record["url"] for record in read_manifest(path)] == ["a", "c"]
+
+
+# ------------------------------------------------------------------------------------------------ queries and CLI
+
+
+def test_default_queries_are_varied_with_hard_negatives_in_other() -> None:
+    queries = search_queries.load_queries()
+    assert list(queries) == ["bird", "plane", "superman", "other"]
+    assert all(len(set(class_queries)) >= 10 for class_queries in queries.values())
+    other = " ".join(queries["other"])
+    assert all(word in other for word in ("kite", "drone", "batman", "helicopter"))
+    assert len(queries["other"]) > 2 * len(queries["bird"])
+
+
+@pytest.mark.parametrize(
+    ("content", "message"),
+    [
+        ("{not json", "not valid JSON (line 1"),
+        ('["bird"]', "expected a JSON object"),
+        ('{"bird": "one query"}', "must map to a list"),
+        ('{"../bird": ["x"]}', "cannot be a folder name"),
+        ('{"bird": ["  "]}', "has no queries"),
+    ],
+)
+def test_bad_query_files_are_refused_with_the_reason(tmp_path: Path, content: str, message: str, capsys) -> None:
+    path = tmp_path / "q.json"
+    path.write_text(content)
+    with pytest.raises(ValueError, match=message.replace("(", r"\(")):
+        search_queries.load_queries(path)
+    with pytest.raises(SystemExit) as exit_info:
+        run(["--duckduckgo", "--queries", str(path), "--dataset-dir", str(tmp_path / "d")])
+    assert exit_info.value.code == 2 and message in capsys.readouterr().err
+
+
+def test_query_file_round_trip_and_usage_errors(tmp_path: Path, capsys) -> None:
+    assert search_queries.main([]) == 0
+    path = tmp_path / "mine.json"
+    path.write_text(capsys.readouterr().out)
+    assert search_queries.load_queries(path) == search_queries.QUERIES
+    for argv, message in [
+        (["--duckduckgo", "--classes", "cat"], "no queries for class cat"),
+        (["--duckduckgo", "--val-fraction", "1.5"], "--val-fraction"),
+        (["--urls-file", str(tmp_path / "none.csv")], "no such file"),
+        (["--duckduckgo", "--urls-file", str(path)], "not allowed with"),
+    ]:
+        with pytest.raises(SystemExit) as exit_info:
+            run([*argv, "--dataset-dir", str(tmp_path / "d")])
+        assert exit_info.value.code == 2 and message in capsys.readouterr().err
+    assert not (tmp_path / "d").exists()
+
+
+@pytest.mark.parametrize("script", ["download_images.py", "search_queries.py"])
+def test_help_runs(script: str) -> None:
+    result = subprocess.run(
+        [sys.executable, str(ROOT / "data_collection" / script), "--help"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        env={**os.environ, "PYTHONDONTWRITEBYTECODE": "1"},
+    )
+    assert result.returncode == 0 and "(default" in result.stdout
