@@ -1,0 +1,1774 @@
+"""Fine-tune a ResNet on dataset/train/<class>/ and keep the model with the best validation macro F1.
+
+Weighted sampling balances the classes, augmentation follows one per-class table, every epoch records metrics, the
+confusion matrix and the most confident mistakes, and after training the probabilities are calibrated (temperature
+scaling) and a confidence threshold is recommended.
+
+    python train_classifier.py
+    python train_classifier.py --epochs 15 --batch-size 32 --learning-rate 0.0001 --freeze-until layer3
+    python train_classifier.py --resume                 # carries on after a crash or Ctrl-C
+    python train_classifier.py --weights none --arch resnet18 --image-size 128 --device cpu
+
+Writes into --output-dir (default models/):
+    best_model.pth             classifier.py's checkpoint: best val macro F1, calibrated temperature
+    last_checkpoint.pth        model, optimizer, scheduler, RNG states and history, for --resume
+    training_metadata.json     config, class counts, sampling, augmentation policy, skipped files, per-epoch metrics,
+                               calibration and the threshold table (rewritten atomically after every epoch)
+    training_curves.png, confusion_matrix.png (best epoch)
+    error_analysis/epoch_XX/<true_class>_errors.json and contact_sheet.png (most confident mistakes)
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import hashlib
+import json
+import logging
+import math
+import os
+import random
+import sys
+import tempfile
+import time
+from collections.abc import Callable, Iterator, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any, NamedTuple
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from PIL import Image
+from torch import nn
+from torch.utils.data import DataLoader, Dataset, Sampler, WeightedRandomSampler
+from tqdm import tqdm
+
+import classifier
+
+logger = logging.getLogger(__name__)
+
+SCHEMA_VERSION = 1  # of training_metadata.json and the error-analysis files
+BEST_MODEL_NAME = "best_model.pth"
+LAST_CHECKPOINT_NAME = "last_checkpoint.pth"
+METADATA_NAME = "training_metadata.json"
+FREEZE_CHOICES = ("layer1", "layer2", "layer3", "none")  # freeze the stem and every stage up to this one
+BACKBONE_BLOCKS = ("conv1", "bn1", "layer1", "layer2", "layer3", "layer4")  # ResNet stem and stages, input first
+ERRORS_PER_CLASS = 10  # most confident mistakes kept per true class and epoch
+THRESHOLDS = tuple(round(0.50 + 0.05 * i, 2) for i in range(10))  # 0.50 ... 0.95, the confidence thresholds tried
+ECE_BINS = 15  # the usual number of equal-width confidence bins for the expected calibration error
+TEMPERATURE_RANGE = (0.25, 20.0)  # searched temperatures; a perfectly separated val set would push T towards 0
+GOLDEN_SECTION_STEPS = 80  # shrinks the temperature search interval by 0.618**80, far below float precision
+CROP_RATIO = (3 / 4, 4 / 3)  # aspect ratios of random crops, torchvision's RandomResizedCrop default
+TRAINING_COPY_MAX_ASPECT = 2.0  # cached training copies keep at most a 2:1 centre band of a panorama
+ROTATION_FILL = (124, 116, 104)  # ImageNet mean colour: corners uncovered by a rotation normalise to about zero
+GRAY_WEIGHTS = (0.299, 0.587, 0.114)  # ITU-R 601 luma, as torchvision's rgb_to_grayscale
+DEFAULT_CACHE_MAX_GB = 4.0  # downsized copies kept in memory; a 4:3 photo at 224 px takes 0.26 MB
+PREPARE_THREADS = max(1, min(8, os.cpu_count() or 1))  # Pillow releases the GIL while decoding and resizing
+EXIT_INTERRUPTED = 130  # the shell's code for Ctrl-C
+
+
+@dataclasses.dataclass(frozen=True)
+class AugmentationPolicy:
+    """What random changes a training image of one class may get (probabilities, degrees, +/- factors)."""
+
+    horizontal_flip: float
+    vertical_flip: float
+    rotation_degrees: float
+    crop_scale: tuple[float, float]  # share of the image area a random crop keeps
+    brightness: float
+    contrast: float
+    saturation: float
+    grayscale: float
+
+
+# The one table of class-specific augmentation. Birds and planes never fly upside down, so they are never flipped
+# vertically; Superman strikes comic poses at any angle; "other" is anything, so it gets the full suite. A class name
+# not in the table gets DEFAULT_AUGMENTATION. Flipping only some classes can teach the model that "upside down means
+# superman or other": --uniform-augmentation gives every class DEFAULT_AUGMENTATION instead.
+DEFAULT_AUGMENTATION = AugmentationPolicy(0.5, 0.0, 10.0, (0.5, 1.0), 0.2, 0.2, 0.2, 0.05)
+AUGMENTATION_TABLE: dict[str, AugmentationPolicy] = {
+    "bird": AugmentationPolicy(0.5, 0.0, 15.0, (0.5, 1.0), 0.3, 0.3, 0.3, 0.05),
+    "plane": AugmentationPolicy(0.5, 0.0, 10.0, (0.5, 1.0), 0.3, 0.3, 0.2, 0.05),
+    "superman": AugmentationPolicy(0.5, 0.2, 25.0, (0.4, 1.0), 0.3, 0.3, 0.3, 0.05),
+    "other": AugmentationPolicy(0.5, 0.5, 30.0, (0.3, 1.0), 0.4, 0.4, 0.4, 0.1),
+}
+
+
+class DatasetError(ValueError):
+    """The dataset cannot be trained on as it is; the message is one sentence saying why and what to do."""
+
+
+class Sample(NamedTuple):
+    """One image of the dataset: where it is, its class index, and its path relative to the dataset folder."""
+
+    path: Path
+    label: int
+    relpath: str
+
+
+class LoadedSample(NamedTuple):
+    pixels: np.ndarray  # HWC uint8, image_size square
+    label: int
+    index: int
+    jitter: np.ndarray  # brightness, contrast, saturation factors (1, 1, 1 = unchanged)
+
+
+class FailedSample(NamedTuple):
+    index: int
+    reason: str
+
+
+NO_JITTER = np.ones(3, dtype=np.float32)
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Pure functions: classes, sampling, augmentation
+
+
+def compare_class_sets(train_classes: Sequence[str], val_classes: Sequence[str]) -> str | None:
+    """One sentence naming how val's class folders differ from train's, or None when they match."""
+    missing = sorted(set(train_classes) - set(val_classes))
+    extra = sorted(set(val_classes) - set(train_classes))
+    parts = []
+    if missing:
+        parts.append(f"val/ lacks the class folder(s) {', '.join(missing)} that train/ has")
+    if extra:
+        parts.append(f"val/ has the class folder(s) {', '.join(extra)} that train/ lacks")
+    if not parts:
+        return None
+    return "; ".join(parts) + "; give val/ exactly the class folders of train/."
+
+
+def class_counts(labels: Sequence[int], num_classes: int) -> list[int]:
+    return np.bincount(np.asarray(labels, dtype=np.int64), minlength=num_classes).astype(int).tolist()
+
+
+def inverse_frequency_weights(labels: Sequence[int], num_classes: int) -> tuple[list[float], list[float]]:
+    """(per-class weight 1/count, per-sample weight): sampling by these gives every class the same expected share."""
+    counts = class_counts(labels, num_classes)
+    class_weights = [1.0 / count if count else 0.0 for count in counts]
+    return class_weights, [class_weights[label] for label in labels]
+
+
+def epoch_seed(seed: int, epoch: int) -> int:
+    """The seed of everything random in one epoch: an epoch replays exactly, whether resumed or not."""
+    return (int(seed) * 1_000_003 + int(epoch) * 7919) % (2**63 - 1)
+
+
+def draw_epoch(
+    labels: Sequence[int],
+    num_classes: int,
+    is_weighted: bool,
+    seed: int,
+    epoch: int,
+    excluded: frozenset[int] = frozenset(),
+) -> list[tuple[int, int]]:
+    """The (sample index, augmentation seed) pairs of one epoch, as many as there are usable samples.
+
+    Weighted: a WeightedRandomSampler with inverse class frequency (with replacement), so the classes come about
+    equally often. Otherwise a random permutation. Excluded indices (images that failed to decode) never come.
+    """
+    generator = torch.Generator().manual_seed(epoch_seed(seed, epoch))
+    usable = [i for i in range(len(labels)) if i not in excluded]
+    if not usable:
+        return []
+    if is_weighted:
+        _, weights = inverse_frequency_weights([labels[i] for i in usable], num_classes)
+        picks = list(WeightedRandomSampler(weights, len(usable), replacement=True, generator=generator))
+        indices = [usable[p] for p in picks]
+    else:
+        indices = [usable[p] for p in torch.randperm(len(usable), generator=generator).tolist()]
+    augmentation_seeds = torch.randint(0, 2**62, (len(indices),), generator=generator).tolist()
+    return list(zip(indices, augmentation_seeds))
+
+
+def augmentation_policy_for(class_name: str, is_uniform: bool = False) -> AugmentationPolicy:
+    """The table's row for the class, DEFAULT_AUGMENTATION for unknown names or with --uniform-augmentation."""
+    return DEFAULT_AUGMENTATION if is_uniform else AUGMENTATION_TABLE.get(class_name, DEFAULT_AUGMENTATION)
+
+
+def random_resized_crop_box(
+    width: int, height: int, scale: tuple[float, float], ratio: tuple[float, float], rng: np.random.Generator
+) -> tuple[int, int, int, int]:
+    """A random box covering ``scale`` of the area with aspect ``ratio`` (torchvision's RandomResizedCrop rule)."""
+    area = width * height
+    log_ratio = (math.log(ratio[0]), math.log(ratio[1]))
+    for _ in range(10):
+        target_area = area * rng.uniform(scale[0], scale[1])
+        aspect = math.exp(rng.uniform(*log_ratio))
+        crop_w = int(round(math.sqrt(target_area * aspect)))
+        crop_h = int(round(math.sqrt(target_area / aspect)))
+        if 0 < crop_w <= width and 0 < crop_h <= height:
+            left = int(rng.integers(0, width - crop_w + 1))
+            top = int(rng.integers(0, height - crop_h + 1))
+            return left, top, left + crop_w, top + crop_h
+    in_ratio = width / height
+    if in_ratio < ratio[0]:
+        crop_w, crop_h = width, int(round(width / ratio[0]))
+    elif in_ratio > ratio[1]:
+        crop_w, crop_h = int(round(height * ratio[1])), height
+    else:
+        crop_w, crop_h = width, height
+    left, top = (width - crop_w) // 2, (height - crop_h) // 2
+    return left, top, left + max(1, crop_w), top + max(1, crop_h)
+
+
+def augment_image(
+    pixels: np.ndarray, policy: AugmentationPolicy, image_size: int, rng: np.random.Generator
+) -> tuple[np.ndarray, np.ndarray]:
+    """A random ``image_size`` square view of an HWC uint8 image, and its colour jitter factors.
+
+    Crop, rotation and flips happen here (per image, in the data loader); the colour jitter is only drawn here and
+    applied to the whole batch by ``apply_color_jitter`` (on the GPU when there is one).
+    """
+    height, width = pixels.shape[:2]
+    box = random_resized_crop_box(width, height, policy.crop_scale, CROP_RATIO, rng)
+    image = Image.fromarray(pixels).resize((image_size, image_size), Image.Resampling.BILINEAR, box=box)
+    if policy.rotation_degrees > 0:
+        angle = rng.uniform(-policy.rotation_degrees, policy.rotation_degrees)
+        image = image.rotate(angle, Image.Resampling.BILINEAR, fillcolor=ROTATION_FILL)
+    if rng.random() < policy.horizontal_flip:
+        image = image.transpose(Image.Transpose.FLIP_LEFT_RIGHT)
+    if rng.random() < policy.vertical_flip:
+        image = image.transpose(Image.Transpose.FLIP_TOP_BOTTOM)
+    brightness = rng.uniform(1 - policy.brightness, 1 + policy.brightness)
+    contrast = rng.uniform(1 - policy.contrast, 1 + policy.contrast)
+    saturation = 0.0 if rng.random() < policy.grayscale else rng.uniform(1 - policy.saturation, 1 + policy.saturation)
+    return np.asarray(image, dtype=np.uint8), np.array([brightness, contrast, saturation], dtype=np.float32)
+
+
+def apply_color_jitter(images: torch.Tensor, jitter: torch.Tensor) -> torch.Tensor:
+    """NHWC uint8 images with per-image (brightness, contrast, saturation) factors applied; still NHWC uint8.
+
+    Same formulas as torchvision's ColorJitter (blend with black, with the mean grey, with the grey image), in a
+    fixed order; saturation 0 gives a grey image.
+    """
+    x = images.float()
+    gray_weights = torch.tensor(GRAY_WEIGHTS, dtype=x.dtype, device=x.device)
+    brightness, contrast, saturation = (jitter[:, i].to(x).view(-1, 1, 1, 1) for i in range(3))
+    x = (x * brightness).clamp_(0, 255)
+    mean_gray = (x @ gray_weights).mean(dim=(1, 2)).view(-1, 1, 1, 1)
+    x = ((x - mean_gray) * contrast + mean_gray).clamp_(0, 255)
+    gray = (x @ gray_weights).unsqueeze(-1)
+    x = ((x - gray) * saturation + gray).clamp_(0, 255)
+    return x.round_().to(torch.uint8)
+
+
+def training_copy_box(width: int, height: int) -> tuple[int, int, int, int]:
+    """The centre band of the image kept in the training copy: all of it unless it is wider than 2:1 (or taller)."""
+    if width > TRAINING_COPY_MAX_ASPECT * height:
+        band = int(math.ceil(TRAINING_COPY_MAX_ASPECT * height))
+        left = (width - band) // 2
+        return left, 0, left + band, height
+    if height > TRAINING_COPY_MAX_ASPECT * width:
+        band = int(math.ceil(TRAINING_COPY_MAX_ASPECT * width))
+        top = (height - band) // 2
+        return 0, top, width, top + band
+    return 0, 0, width, height
+
+
+def training_copy_size(box_width: int, box_height: int, resize_size: int) -> tuple[int, int]:
+    """Size of the training copy: the shorter side becomes ``resize_size``, the aspect ratio is kept."""
+    scale = resize_size / min(box_width, box_height)
+    return max(resize_size, int(round(box_width * scale))), max(resize_size, int(round(box_height * scale)))
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Pure functions: metrics, calibration, thresholds, schedule
+
+
+def confusion_matrix(labels: Sequence[int], predictions: Sequence[int], num_classes: int) -> np.ndarray:
+    """Counts with rows = true class, columns = predicted class."""
+    matrix = np.zeros((num_classes, num_classes), dtype=np.int64)
+    np.add.at(matrix, (np.asarray(labels, dtype=np.int64), np.asarray(predictions, dtype=np.int64)), 1)
+    return matrix
+
+
+def classification_metrics(matrix: np.ndarray, classes: Sequence[str]) -> dict[str, Any]:
+    """Accuracy, per-class precision/recall/F1/support and macro F1 over the classes present (support > 0)."""
+    matrix = np.asarray(matrix, dtype=np.int64)
+    true_positive = np.diag(matrix).astype(float)
+    support = matrix.sum(axis=1)
+    predicted = matrix.sum(axis=0)
+    per_class: dict[str, dict[str, float | int]] = {}
+    f1_present = []
+    for i, name in enumerate(classes):
+        precision = true_positive[i] / predicted[i] if predicted[i] else 0.0
+        recall = true_positive[i] / support[i] if support[i] else 0.0
+        f1 = 2 * precision * recall / (precision + recall) if precision + recall else 0.0
+        per_class[name] = {
+            "precision": float(precision),
+            "recall": float(recall),
+            "f1": float(f1),
+            "support": int(support[i]),
+        }
+        if support[i]:
+            f1_present.append(f1)
+    total = int(matrix.sum())
+    return {
+        "accuracy": float(true_positive.sum() / total) if total else 0.0,
+        "macro_f1": float(np.mean(f1_present)) if f1_present else 0.0,
+        "per_class": per_class,
+    }
+
+
+def negative_log_likelihood(logits: torch.Tensor, labels: torch.Tensor, temperature: float = 1.0) -> float:
+    return float(F.cross_entropy(logits.float() / temperature, labels.long()).item()) if len(labels) else 0.0
+
+
+def fit_temperature(logits: torch.Tensor, labels: torch.Tensor) -> float:
+    """The temperature T minimising the NLL of softmax(logits / T).
+
+    The NLL is convex in 1/T, so a golden-section search over 1/T finds the optimum exactly. T is kept within
+    TEMPERATURE_RANGE: with no mistakes on val the NLL keeps falling as T shrinks, and a tiny T would make the
+    classifier absurdly sure of itself.
+    """
+    if len(labels) == 0:
+        return 1.0
+    logits, labels = logits.float(), labels.long()
+    low, high = 1.0 / TEMPERATURE_RANGE[1], 1.0 / TEMPERATURE_RANGE[0]
+    golden = (math.sqrt(5) - 1) / 2
+
+    def nll(inverse_temperature: float) -> float:
+        return float(F.cross_entropy(logits * inverse_temperature, labels).item())
+
+    a, b = low, high
+    c, d = b - golden * (b - a), a + golden * (b - a)
+    fc, fd = nll(c), nll(d)
+    for _ in range(GOLDEN_SECTION_STEPS):
+        if fc <= fd:
+            b, d, fd = d, c, fc
+            c = b - golden * (b - a)
+            fc = nll(c)
+        else:
+            a, c, fc = c, d, fd
+            d = a + golden * (b - a)
+            fd = nll(d)
+    return float(1.0 / ((a + b) / 2))
+
+
+def expected_calibration_error(probabilities: np.ndarray, labels: Sequence[int], bins: int = ECE_BINS) -> float:
+    """Sum over equal-width confidence bins of (share of images) x |accuracy - mean confidence|."""
+    probabilities = np.asarray(probabilities, dtype=np.float64)
+    labels = np.asarray(labels)
+    if len(labels) == 0:
+        return 0.0
+    confidence = probabilities.max(axis=1)
+    correct = probabilities.argmax(axis=1) == labels
+    bin_index = np.minimum((confidence * bins).astype(int), bins - 1)
+    error = 0.0
+    for b in range(bins):
+        members = bin_index == b
+        if members.any():
+            error += members.mean() * abs(correct[members].mean() - confidence[members].mean())
+    return float(error)
+
+
+def threshold_table(
+    probabilities: np.ndarray, labels: Sequence[int], classes: Sequence[str], thresholds: Sequence[float] = THRESHOLDS
+) -> list[dict[str, Any]]:
+    """Per threshold: accuracy when predictions below it become FALLBACK_LABEL, and the share sent there.
+
+    Without a FALLBACK_LABEL class a rejected image counts as wrong. ``accepted_accuracy`` is the accuracy of the
+    predictions that were kept.
+    """
+    probabilities = np.asarray(probabilities, dtype=np.float64)
+    labels = np.asarray(labels)
+    predicted = probabilities.argmax(axis=1) if len(labels) else np.zeros(0, dtype=int)
+    confidence = probabilities.max(axis=1) if len(labels) else np.zeros(0)
+    fallback = list(classes).index(classifier.FALLBACK_LABEL) if classifier.FALLBACK_LABEL in classes else -1
+    rows = []
+    for threshold in thresholds:
+        rejected = confidence < threshold
+        final = np.where(rejected, fallback, predicted)
+        kept = ~rejected
+        rows.append(
+            {
+                "threshold": float(threshold),
+                "accuracy": float((final == labels).mean()) if len(labels) else 0.0,
+                "sent_to_other": float(rejected.mean()) if len(labels) else 0.0,
+                "accepted_accuracy": float((predicted[kept] == labels[kept]).mean()) if kept.any() else None,
+            }
+        )
+    return rows
+
+
+def recommend_threshold(table: Sequence[dict[str, Any]]) -> float:
+    """The threshold with the best accuracy; ties go to the lowest (fewest images sent to "other")."""
+    best = max(table, key=lambda row: (round(row["accuracy"], 9), -row["threshold"]))
+    return float(best["threshold"])
+
+
+def top_confident_mistakes(
+    probabilities: np.ndarray,
+    labels: Sequence[int],
+    relpaths: Sequence[str],
+    classes: Sequence[str],
+    per_class: int = ERRORS_PER_CLASS,
+) -> dict[str, list[dict[str, Any]]]:
+    """For every true class, its ``per_class`` wrong predictions with the highest confidence, most confident first."""
+    probabilities = np.asarray(probabilities, dtype=np.float64)
+    mistakes: dict[str, list[dict[str, Any]]] = {name: [] for name in classes}
+    for row, (label, relpath) in enumerate(zip(labels, relpaths)):
+        predicted = int(probabilities[row].argmax())
+        if predicted != int(label):
+            mistakes[classes[int(label)]].append(
+                {
+                    "image_path": relpath,
+                    "true_label": classes[int(label)],
+                    "predicted_label": classes[predicted],
+                    "confidence": float(probabilities[row, predicted]),
+                    "all_probabilities": {c: float(p) for c, p in zip(classes, probabilities[row])},
+                }
+            )
+    for name in classes:
+        mistakes[name].sort(key=lambda item: (-item["confidence"], item["image_path"]))
+        del mistakes[name][per_class:]
+    return mistakes
+
+
+def learning_rate_factor(step: int, warmup_steps: int, total_steps: int) -> float:
+    """Linear warm-up over ``warmup_steps``, then cosine decay to zero at ``total_steps``."""
+    if step < warmup_steps:
+        return (step + 1) / warmup_steps
+    progress = (step - warmup_steps) / max(1, total_steps - warmup_steps)
+    return 0.5 * (1.0 + math.cos(math.pi * min(1.0, progress)))
+
+
+def frozen_blocks(freeze_until: str) -> list[str]:
+    """The ResNet blocks whose weights stay fixed: the stem and every stage up to ``freeze_until`` ("none": none)."""
+    if freeze_until == "none":
+        return []
+    return list(BACKBONE_BLOCKS[: BACKBONE_BLOCKS.index(freeze_until) + 1])
+
+
+def freeze_blocks(model: nn.Module, blocks: Sequence[str]) -> None:
+    for name in blocks:
+        for parameter in getattr(model, name).parameters():
+            parameter.requires_grad_(False)
+
+
+def set_train_mode(model: nn.Module, blocks: Sequence[str]) -> None:
+    """Training mode, except BatchNorm layers in frozen blocks: their statistics are not retrained on small batches."""
+    model.train()
+    for name in blocks:
+        for module in getattr(model, name).modules():
+            if isinstance(module, nn.modules.batchnorm._BatchNorm):
+                module.eval()
+
+
+def history_for_comparison(history: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Epoch records without the timing fields, which differ between otherwise identical runs."""
+    return [{k: v for k, v in record.items() if k not in ("seconds", "images_per_second")} for record in history]
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Images on disk: scanning, decoding, caching
+
+
+def discover_classes(split_dir: Path) -> list[str]:
+    """The class folders of a split (sorted, hidden folders skipped)."""
+    if not split_dir.is_dir():
+        return []
+    return sorted(p.name for p in split_dir.iterdir() if p.is_dir() and not p.name.startswith("."))
+
+
+def check_image_header(path: Path) -> str | None:
+    """A cheap check (header only, no decoding): None when the file looks usable, else the reason it is not."""
+    if not path.exists():
+        return "file not found (broken symlink)" if path.is_symlink() else "file not found"
+    try:
+        if path.stat().st_size == 0:
+            return "empty file (0 bytes)"
+        with open(path, "rb"):
+            pass
+    except PermissionError:
+        return "permission denied (the file is not readable)"
+    except OSError as error:
+        return f"unreadable ({error})"
+    if not classifier.is_image_file(path):
+        return f"not an image: {classifier.describe_content(path)}"
+    try:
+        with Image.open(path) as image:
+            width, height = image.size
+    except (Image.DecompressionBombError, Image.DecompressionBombWarning) as error:
+        return f"refused as a possible decompression bomb: {error}"
+    except Exception as error:  # noqa: BLE001 - any header Pillow cannot parse makes the file unusable
+        return f"corrupt image header ({type(error).__name__}: {error})"
+    if width * height > classifier.MAX_IMAGE_PIXELS:
+        return f"refused: {width}x{height} pixels is over the {classifier.MAX_IMAGE_PIXELS} pixel limit"
+    return None
+
+
+def scan_split(dataset_dir: Path, split: str, classes: Sequence[str]) -> tuple[list[Sample], list[dict[str, str]]]:
+    """The image files of ``dataset_dir/split/<class>/`` (found by content) and the files there that are not images."""
+    samples: list[Sample] = []
+    skipped: list[dict[str, str]] = []
+    for label, name in enumerate(classes):
+        folder = dataset_dir / split / name
+        images = classifier.find_image_files(folder)
+        image_set = set(images)
+        for path in images:
+            samples.append(Sample(path, label, path.relative_to(dataset_dir).as_posix()))
+        for directory, subdirs, names in os.walk(folder):
+            subdirs[:] = [d for d in subdirs if not d.startswith(".")]
+            for file_name in names:
+                path = Path(directory) / file_name
+                if not file_name.startswith(".") and path not in image_set:
+                    reason = f"not an image: {classifier.describe_content(path)}"
+                    skipped.append(skip_record(dataset_dir, path, split, reason))
+    return samples, skipped
+
+
+def skip_record(dataset_dir: Path, path: Path, split: str, reason: str) -> dict[str, str]:
+    return {"path": path.relative_to(dataset_dir).as_posix(), "split": split, "reason": reason}
+
+
+def decode_training_copy(path: Path, resize_size: int) -> np.ndarray:
+    """HWC uint8: the image with its shorter side at ``resize_size`` (what random crops are cut from)."""
+    image = classifier.load_image(path, draft_size=(resize_size, resize_size))
+    box = training_copy_box(image.width, image.height)
+    size = training_copy_size(box[2] - box[0], box[3] - box[1], resize_size)
+    return np.asarray(image.resize(size, Image.Resampling.BILINEAR, box=box), dtype=np.uint8)
+
+
+def decode_eval_view(path: Path, image_size: int, resize_size: int) -> np.ndarray:
+    """HWC uint8: exactly the model input classifier.py makes of the file, before normalisation."""
+    image = classifier.load_image(path, draft_size=(resize_size, resize_size))
+    return classifier.image_to_uint8(image, image_size, resize_size)
+
+
+def decode_view(path: Path, view: str, image_size: int, resize_size: int) -> np.ndarray:
+    if view == "train":
+        return decode_training_copy(path, resize_size)
+    return decode_eval_view(path, image_size, resize_size)
+
+
+def disk_cache_path(cache_dir: Path, path: Path, view: str, image_size: int, resize_size: int) -> Path:
+    """Where the cached copy of one file lives; the name changes when the file or the sizes change."""
+    stat = path.stat()
+    key = f"{path.resolve()}|{stat.st_size}|{stat.st_mtime_ns}|{view}|{image_size}|{resize_size}"
+    return cache_dir / f"{hashlib.sha1(key.encode('utf-8')).hexdigest()}.npy"
+
+
+def save_array_atomically(path: Path, array: np.ndarray) -> None:
+    fd, tmp_name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as handle:
+            np.save(handle, array, allow_pickle=False)
+        os.replace(tmp_name, path)
+    except BaseException:
+        Path(tmp_name).unlink(missing_ok=True)
+        raise
+
+
+@dataclasses.dataclass
+class PreparedImages:
+    """Per sample: the cached copy in memory (ndarray), on disk (Path) or not cached (None), for one view."""
+
+    view: str
+    entries: list[np.ndarray | Path | None]
+    memory_bytes: int = 0
+
+
+def prepare_images(
+    samples: Sequence[Sample],
+    view: str,
+    image_size: int,
+    resize_size: int,
+    memory_budget_bytes: int,
+    cache_dir: Path | None,
+    description: str,
+) -> tuple[PreparedImages, list[tuple[int, str]]]:
+    """Check every file once before training and keep downsized copies, so later epochs skip JPEG decoding.
+
+    With a memory budget or a cache folder each file is decoded (draft mode: only at the size needed) and resized
+    once; without either, only the header is checked and bad data shows up when the file is read in an epoch.
+    Returns the cache and the (index, reason) of every file that cannot be used.
+    """
+    is_decoding = memory_budget_bytes > 0 or cache_dir is not None
+    if cache_dir is not None:
+        cache_dir.mkdir(parents=True, exist_ok=True)
+
+    def prepare(sample: Sample) -> tuple[np.ndarray | Path | None, str | None]:
+        try:
+            if not is_decoding:
+                return None, check_image_header(sample.path)
+            cached = disk_cache_path(cache_dir, sample.path, view, image_size, resize_size) if cache_dir else None
+            if cached is not None and cached.is_file():
+                return (np.load(cached, allow_pickle=False) if memory_budget_bytes > 0 else cached), None
+            pixels = decode_view(sample.path, view, image_size, resize_size)
+            if cached is not None:
+                save_array_atomically(cached, pixels)
+            return pixels, None
+        except classifier.ImageLoadError as error:
+            return None, str(error)
+        except Exception as error:  # noqa: BLE001 - one bad file must never stop the run
+            return None, f"{type(error).__name__}: {error}"
+
+    prepared = PreparedImages(view, [None] * len(samples))
+    failures: list[tuple[int, str]] = []
+    with ThreadPoolExecutor(max_workers=PREPARE_THREADS, thread_name_prefix="prepare") as pool:
+        results = pool.map(prepare, samples)
+        for index, (entry, reason) in enumerate(
+            tqdm(results, total=len(samples), desc=description, leave=False, file=sys.stderr, disable=None)
+        ):
+            if reason is not None:
+                failures.append((index, reason))
+            elif isinstance(entry, np.ndarray):
+                if prepared.memory_bytes + entry.nbytes <= memory_budget_bytes:
+                    prepared.entries[index] = entry
+                    prepared.memory_bytes += entry.nbytes
+                elif cache_dir is not None:
+                    prepared.entries[index] = disk_cache_path(
+                        cache_dir, samples[index].path, view, image_size, resize_size
+                    )
+            else:
+                prepared.entries[index] = entry
+    return prepared, failures
+
+
+class ImageDataset(Dataset):
+    """Images of one split as HWC uint8 squares: augmented (view "train") or as classifier.py sees them ("eval").
+
+    Keys are a sample index (eval) or (index, augmentation seed) pairs from EpochSampler (train), so the random
+    changes depend only on the seed, never on which worker process loads the image. An image that cannot be read
+    comes back as a FailedSample, which ``collate_samples`` sets aside.
+    """
+
+    def __init__(
+        self,
+        samples: Sequence[Sample],
+        view: str,
+        image_size: int,
+        resize_size: int,
+        prepared: PreparedImages | None = None,
+        policies: Sequence[AugmentationPolicy] | None = None,
+    ) -> None:
+        if view not in ("train", "eval"):
+            raise ValueError(f"view must be 'train' or 'eval', got {view!r}")
+        if prepared is not None and prepared.view == "eval" and view == "train":
+            raise ValueError("training images cannot be cut from eval-view copies")
+        if view == "train" and policies is None:
+            raise ValueError("the train view needs one augmentation policy per class")
+        self.samples = list(samples)
+        self.view = view
+        self.image_size = image_size
+        self.resize_size = resize_size
+        self.prepared = prepared
+        self.policies = list(policies) if policies is not None else []
+        self.excluded: set[int] = set()  # images that failed to decode; the samplers leave them out
+
+    def __len__(self) -> int:
+        return len(self.samples)
+
+    def pixels(self, index: int) -> np.ndarray:
+        """The image in this dataset's view, from the cache when there is a copy, else decoded from the file."""
+        entry = self.prepared.entries[index] if self.prepared is not None else None
+        if isinstance(entry, Path):
+            entry = np.load(entry, allow_pickle=False)
+        if entry is None:
+            return decode_view(self.samples[index].path, self.view, self.image_size, self.resize_size)
+        if self.view == "eval" and self.prepared.view == "train":
+            # The training copy already has its shorter side at resize_size, so this is classifier.py's centre crop
+            # (up to a half-pixel resampling difference) without decoding the file again.
+            return classifier.image_to_uint8(Image.fromarray(entry), self.image_size, self.resize_size)
+        return entry
+
+    def __getitem__(self, key: int | tuple[int, int]) -> LoadedSample | FailedSample:
+        index, augmentation_seed = key if isinstance(key, tuple) else (key, None)
+        sample = self.samples[index]
+        try:
+            pixels = self.pixels(index)
+            if self.view == "eval":
+                return LoadedSample(pixels, sample.label, index, NO_JITTER)
+            rng = np.random.default_rng(augmentation_seed)
+            crop, jitter = augment_image(pixels, self.policies[sample.label], self.image_size, rng)
+            return LoadedSample(crop, sample.label, index, jitter)
+        except classifier.ImageLoadError as error:
+            return FailedSample(index, str(error))
+        except Exception as error:  # noqa: BLE001 - a file that breaks mid-epoch is skipped, never a crash
+            return FailedSample(index, f"{type(error).__name__}: {error}")
+
+
+class EpochSampler(Sampler):
+    """Yields the (index, augmentation seed) pairs of ``draw_epoch`` for the epoch set with ``set_epoch``."""
+
+    def __init__(self, dataset: ImageDataset, num_classes: int, is_weighted: bool, seed: int) -> None:
+        self.dataset = dataset
+        self.labels = [sample.label for sample in dataset.samples]
+        self.num_classes = num_classes
+        self.is_weighted = is_weighted
+        self.seed = seed
+        self.epoch = 0
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    def __len__(self) -> int:
+        return len(self.labels) - len(self.dataset.excluded)
+
+    def __iter__(self) -> Iterator[tuple[int, int]]:
+        excluded = frozenset(self.dataset.excluded)
+        return iter(draw_epoch(self.labels, self.num_classes, self.is_weighted, self.seed, self.epoch, excluded))
+
+
+class UsableIndices(Sampler):
+    """Every index of the dataset in order, except the excluded ones (for evaluation)."""
+
+    def __init__(self, dataset: ImageDataset) -> None:
+        self.dataset = dataset
+
+    def __len__(self) -> int:
+        return len(self.dataset) - len(self.dataset.excluded)
+
+    def __iter__(self) -> Iterator[int]:
+        return iter([i for i in range(len(self.dataset)) if i not in self.dataset.excluded])
+
+
+def collate_samples(items: Sequence[LoadedSample | FailedSample]) -> dict[str, Any]:
+    """Stack the images that loaded (NHWC uint8) and set the failures aside as (index, reason)."""
+    loaded = [item for item in items if isinstance(item, LoadedSample)]
+    failures = [(item.index, item.reason) for item in items if isinstance(item, FailedSample)]
+    if loaded:
+        images = torch.from_numpy(np.stack([item.pixels for item in loaded]))
+        jitter = torch.from_numpy(np.stack([item.jitter for item in loaded]))
+    else:
+        images, jitter = torch.zeros((0, 1, 1, 3), dtype=torch.uint8), torch.zeros((0, 3))
+    return {
+        "images": images,
+        "labels": torch.tensor([item.label for item in loaded], dtype=torch.long),
+        "indices": torch.tensor([item.index for item in loaded], dtype=torch.long),
+        "jitter": jitter,
+        "failures": failures,
+    }
+
+
+def make_loader(
+    dataset: ImageDataset, sampler: Sampler, batch_size: int, num_workers: int, device: torch.device, drop_last: bool
+) -> DataLoader:
+    return DataLoader(
+        dataset,
+        batch_size=batch_size,
+        sampler=sampler,
+        num_workers=num_workers,
+        collate_fn=collate_samples,
+        pin_memory=device.type == "cuda",
+        drop_last=drop_last,
+        persistent_workers=num_workers > 0,
+        prefetch_factor=4 if num_workers > 0 else None,
+    )
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Training and evaluation
+
+
+@dataclasses.dataclass
+class TrainingContext:
+    """Everything one run needs, built once in ``setup_training``; after-epoch hooks receive it."""
+
+    args: argparse.Namespace
+    dataset_dir: Path
+    output_dir: Path
+    classes: list[str]
+    train_dataset: ImageDataset
+    val_dataset: ImageDataset
+    train_loader: DataLoader
+    val_loader: DataLoader
+    model: nn.Module
+    frozen: list[str]
+    device: torch.device
+    amp_dtype: torch.dtype | None
+    channels_last: bool
+    num_workers: int
+    policies: dict[str, AugmentationPolicy]
+    metadata: dict[str, Any]
+    skipped_files: list[dict[str, str]] = dataclasses.field(default_factory=list)
+    history: list[dict[str, Any]] = dataclasses.field(default_factory=list)
+
+    def eval_loader(self, dataset: ImageDataset) -> DataLoader:
+        """A loader over ``dataset`` in order, no augmentation (for per-image scores of any split)."""
+        return make_loader(
+            dataset, UsableIndices(dataset), self.args.batch_size, self.num_workers, self.device, drop_last=False
+        )
+
+    def train_images_eval_view(self) -> ImageDataset:
+        """The training images as classifier.py sees them (no augmentation), reusing the training cache."""
+        train = self.train_dataset
+        dataset = ImageDataset(train.samples, "eval", train.image_size, train.resize_size, train.prepared)
+        dataset.excluded = train.excluded
+        return dataset
+
+
+@dataclasses.dataclass
+class Predictions:
+    """Per-image results of ``evaluate_dataset``: rows follow ``indices`` (positions in the dataset's samples)."""
+
+    logits: torch.Tensor  # (N, C) float32, CPU
+    labels: torch.Tensor  # (N,)
+    indices: torch.Tensor  # (N,)
+    failures: list[tuple[int, str]]
+
+    @property
+    def losses(self) -> torch.Tensor:
+        """Per-image cross-entropy loss."""
+        return F.cross_entropy(self.logits, self.labels, reduction="none")
+
+    def probabilities(self, temperature: float = 1.0) -> np.ndarray:
+        return classifier.softmax_with_temperature(self.logits, temperature).numpy()
+
+    def relpaths(self, dataset: ImageDataset) -> list[str]:
+        return [dataset.samples[i].relpath for i in self.indices.tolist()]
+
+
+def model_input(
+    batch: dict[str, Any], context: TrainingContext, is_training: bool
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """The normalised NCHW float input on the device (colour jitter applied when training) and the labels."""
+    images = batch["images"].to(context.device, non_blocking=True)
+    if is_training:
+        images = apply_color_jitter(images, batch["jitter"].to(context.device, non_blocking=True))
+    mean, std = classifier.IMAGENET_MEAN, classifier.IMAGENET_STD
+    inputs = classifier.normalize_batch(images, mean, std)
+    if not context.channels_last:
+        inputs = inputs.contiguous()
+    return inputs, batch["labels"].to(context.device, non_blocking=True)
+
+
+def autocast(context: TrainingContext) -> torch.autocast:
+    return torch.autocast(
+        device_type=context.device.type,
+        dtype=context.amp_dtype or torch.float32,
+        enabled=context.amp_dtype is not None,
+    )
+
+
+@torch.no_grad()
+def evaluate_dataset(model: nn.Module, loader: DataLoader, context: TrainingContext, description: str) -> Predictions:
+    """Run ``model`` in eval mode over ``loader`` (no augmentation); per-image logits, labels and dataset indices."""
+    was_training = model.training
+    model.eval()
+    logits, labels, indices, failures = [], [], [], []
+    for batch in tqdm(loader, desc=description, leave=False, file=sys.stderr, disable=None):
+        failures.extend(batch["failures"])
+        if len(batch["labels"]) == 0:
+            continue
+        inputs, _ = model_input(batch, context, is_training=False)
+        with autocast(context):
+            logits.append(model(inputs).float().cpu())
+        labels.append(batch["labels"])
+        indices.append(batch["indices"])
+    model.train(was_training)
+    num_classes = len(context.classes)
+    return Predictions(
+        torch.cat(logits) if logits else torch.zeros((0, num_classes)),
+        torch.cat(labels) if labels else torch.zeros(0, dtype=torch.long),
+        torch.cat(indices) if indices else torch.zeros(0, dtype=torch.long),
+        failures,
+    )
+
+
+def train_one_epoch(
+    context: TrainingContext,
+    optimizer: torch.optim.Optimizer,
+    scheduler: torch.optim.lr_scheduler.LRScheduler,
+    scaler: torch.amp.GradScaler,
+    epoch: int,
+) -> dict[str, Any]:
+    """One pass over the epoch's weighted draw; returns loss, accuracy, image count and decode failures."""
+    model = context.model
+    set_train_mode(model, context.frozen)
+    context.train_loader.sampler.set_epoch(epoch)
+    total_loss = torch.zeros((), device=context.device)
+    total_correct = torch.zeros((), device=context.device, dtype=torch.long)
+    seen = 0
+    failures: list[tuple[int, str]] = []
+    bar = tqdm(context.train_loader, desc=f"epoch {epoch + 1} train", leave=False, file=sys.stderr, disable=None)
+    for batch in bar:
+        failures.extend(batch["failures"])
+        if len(batch["labels"]) == 0:
+            continue
+        inputs, labels = model_input(batch, context, is_training=True)
+        with autocast(context):
+            logits = model(inputs)
+            loss = F.cross_entropy(logits, labels)
+        optimizer.zero_grad(set_to_none=True)
+        scaler.scale(loss).backward()
+        scaler.step(optimizer)
+        scaler.update()
+        scheduler.step()
+        total_loss += loss.detach().float() * len(labels)
+        total_correct += (logits.detach().argmax(dim=1) == labels).sum()
+        seen += len(labels)
+    return {
+        "train_loss": float(total_loss.item() / seen) if seen else float("nan"),
+        "train_accuracy": float(total_correct.item() / seen) if seen else 0.0,
+        "train_images": seen,
+        "failures": failures,
+    }
+
+
+def record_failures(context: TrainingContext, dataset: ImageDataset, split: str, failures: Sequence[tuple[int, str]]):
+    """Exclude images that failed to decode from later epochs and list them in ``skipped_files`` (once each)."""
+    known = {item["path"] for item in context.skipped_files}
+    for index, reason in failures:
+        dataset.excluded.add(index)
+        sample = dataset.samples[index]
+        if sample.relpath not in known:
+            logger.warning("Skipping %s: %s", sample.relpath, reason)
+            context.skipped_files.append({"path": sample.relpath, "split": split, "reason": reason})
+            known.add(sample.relpath)
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Writing results
+
+
+def write_json_atomically(path: Path, data: Any) -> None:
+    """JSON to a temp file beside ``path``, then renamed over it: a crash never leaves half a file."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp_name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as handle:
+            json.dump(data, handle, indent=2, ensure_ascii=False, allow_nan=False)
+            handle.write("\n")
+        os.replace(tmp_name, path)
+    except BaseException:
+        Path(tmp_name).unlink(missing_ok=True)
+        raise
+
+
+def now_iso() -> str:
+    return datetime.now(timezone.utc).replace(microsecond=0).isoformat()
+
+
+def write_metadata(context: TrainingContext, status: str) -> None:
+    metadata = context.metadata
+    metadata["status"] = status
+    metadata["updated"] = now_iso()
+    metadata["skipped_files"] = sorted(context.skipped_files, key=lambda item: (item["split"], item["path"]))
+    metadata["epochs"] = context.history
+    best = best_record(context.history)
+    metadata["best_epoch"] = best["epoch"] if best else None
+    metadata["best_macro_f1"] = best["macro_f1"] if best else None
+    write_json_atomically(context.output_dir / METADATA_NAME, metadata)
+
+
+def best_record(history: Sequence[dict[str, Any]]) -> dict[str, Any] | None:
+    best = [record for record in history if record["is_best"]]
+    return best[-1] if best else None
+
+
+def _pyplot():
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def plot_training_curves(history: Sequence[dict[str, Any]], path: Path) -> None:
+    """Loss, accuracy and macro F1 per epoch, train against val, as one PNG."""
+    plt = _pyplot()
+    epochs = [record["epoch"] for record in history]
+    figure, axes = plt.subplots(1, 3, figsize=(15, 4.2))
+    panels = (
+        ("loss", [("train_loss", "train"), ("val_loss", "val")]),
+        ("accuracy", [("train_accuracy", "train"), ("val_accuracy", "val")]),
+        ("macro F1", [("macro_f1", "val")]),
+    )
+    for axis, (title, series) in zip(axes, panels):
+        for key, label in series:
+            axis.plot(epochs, [record[key] for record in history], marker="o", label=label)
+        axis.set_title(title)
+        axis.set_xlabel("epoch")
+        axis.grid(alpha=0.3)
+        axis.legend()
+    best = best_record(history)
+    if best:
+        axes[2].axvline(best["epoch"], color="grey", linestyle="--", linewidth=1)
+    figure.tight_layout()
+    save_figure(figure, path)
+
+
+def plot_confusion_matrix(matrix: Sequence[Sequence[int]], classes: Sequence[str], title: str, path: Path) -> None:
+    plt = _pyplot()
+    matrix = np.asarray(matrix)
+    size = 1.2 + 0.9 * len(classes)
+    figure, axis = plt.subplots(figsize=(size + 1.5, size))
+    row_share = matrix / np.maximum(matrix.sum(axis=1, keepdims=True), 1)
+    image = axis.imshow(row_share, cmap="Blues", vmin=0, vmax=1)
+    for i in range(len(classes)):
+        for j in range(len(classes)):
+            colour = "white" if row_share[i, j] > 0.5 else "black"
+            axis.text(j, i, str(int(matrix[i, j])), ha="center", va="center", color=colour)
+    axis.set_xticks(range(len(classes)), classes, rotation=45, ha="right")
+    axis.set_yticks(range(len(classes)), classes)
+    axis.set_xlabel("predicted")
+    axis.set_ylabel("true")
+    axis.set_title(title)
+    figure.colorbar(image, ax=axis, label="share of the true class")
+    figure.tight_layout()
+    save_figure(figure, path)
+
+
+def write_contact_sheet(
+    mistakes: dict[str, list[dict[str, Any]]], dataset: ImageDataset, title: str, path: Path
+) -> None:
+    """One row of thumbnails per true class: its most confident mistakes, labelled with prediction and confidence."""
+    plt = _pyplot()
+    by_path = {sample.relpath: i for i, sample in enumerate(dataset.samples)}
+    rows = [(name, items) for name, items in mistakes.items() if items]
+    columns = max((len(items) for _, items in rows), default=1)
+    figure, axes = plt.subplots(
+        max(1, len(rows)), columns, figsize=(1.7 * columns + 0.6, 2.0 * max(1, len(rows))), squeeze=False
+    )
+    for axis in axes.flat:
+        axis.axis("off")
+    if not rows:
+        axes[0, 0].text(0.5, 0.5, "no mistakes", ha="center", va="center", fontsize=12)
+    for r, (name, items) in enumerate(rows):
+        for c, item in enumerate(items):
+            axis = axes[r, c]
+            try:
+                axis.imshow(dataset.pixels(by_path[item["image_path"]]))
+            except Exception as error:  # noqa: BLE001 - a thumbnail that cannot be shown must not stop training
+                axis.text(0.5, 0.5, f"unreadable\n{type(error).__name__}", ha="center", va="center", fontsize=6)
+            axis.set_title(f"{name} -> {item['predicted_label']}\n{item['confidence']:.2f}", fontsize=7)
+    figure.suptitle(title, fontsize=9)
+    figure.tight_layout()
+    save_figure(figure, path)
+
+
+def save_figure(figure: Any, path: Path) -> None:
+    """Save a matplotlib figure as PNG atomically and close it."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp_name = tempfile.mkstemp(prefix=f".{path.stem}.", suffix=".png", dir=path.parent)
+    os.close(fd)
+    try:
+        figure.savefig(tmp_name, dpi=100, format="png")
+        os.replace(tmp_name, path)
+    finally:
+        Path(tmp_name).unlink(missing_ok=True)
+        figure.clear()
+        _pyplot().close(figure)
+
+
+def write_error_analysis(
+    context: TrainingContext, predictions: Predictions, epoch: int
+) -> dict[str, list[dict[str, Any]]]:
+    """error_analysis/epoch_XX/<true_class>_errors.json and contact_sheet.png for one epoch."""
+    folder = context.output_dir / "error_analysis" / f"epoch_{epoch + 1:02d}"
+    mistakes = top_confident_mistakes(
+        predictions.probabilities(),
+        predictions.labels.tolist(),
+        predictions.relpaths(context.val_dataset),
+        context.classes,
+    )
+    for name, items in mistakes.items():
+        report = {
+            "schema_version": SCHEMA_VERSION,
+            "epoch": epoch + 1,
+            "true_class": name,
+            "split": "val",
+            "errors": items,
+        }
+        write_json_atomically(folder / f"{name}_errors.json", report)
+    write_contact_sheet(
+        mistakes, context.val_dataset, f"epoch {epoch + 1}: most confident mistakes", folder / "contact_sheet.png"
+    )
+    return mistakes
+
+
+def rng_states() -> dict[str, Any]:
+    """The global RNG states as plain types and tensors (loadable with weights_only=True)."""
+    numpy_state = np.random.get_state()
+    python_state = random.getstate()
+    states: dict[str, Any] = {
+        "torch": torch.get_rng_state(),
+        "numpy": [numpy_state[0], numpy_state[1].tolist(), int(numpy_state[2]), int(numpy_state[3]), numpy_state[4]],
+        "python": [python_state[0], list(python_state[1]), python_state[2]],
+    }
+    if torch.cuda.is_available():
+        states["cuda"] = torch.cuda.get_rng_state_all()
+    return states
+
+
+def restore_rng_states(states: dict[str, Any]) -> None:
+    torch.set_rng_state(states["torch"])
+    kind, keys, position, has_gauss, cached = states["numpy"]
+    np.random.set_state((kind, np.asarray(keys, dtype=np.uint32), position, has_gauss, cached))
+    version, internal, gauss = states["python"]
+    random.setstate((version, tuple(internal), gauss))
+    if "cuda" in states and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(states["cuda"])
+
+
+def checkpoint_fields(context: TrainingContext) -> dict[str, Any]:
+    """The classifier.py checkpoint fields of this run (everything but the weights and the extras)."""
+    return {
+        "arch": context.args.arch,
+        "classes": context.classes,
+        "image_size": context.args.image_size,
+        "resize_size": classifier.default_resize_size(context.args.image_size),
+        "mean": classifier.IMAGENET_MEAN,
+        "std": classifier.IMAGENET_STD,
+        "confidence_threshold": context.args.confidence_threshold,
+    }
+
+
+def run_summary(context: TrainingContext, record: dict[str, Any] | None) -> dict[str, Any]:
+    """The extras stored in best_model.pth: enough to know how the model was made and how good it is."""
+    return {
+        "epoch": record["epoch"] if record else None,
+        "metrics": {k: v for k, v in record.items() if k != "confusion_matrix"} if record else None,
+        "confusion_matrix": record["confusion_matrix"] if record else None,
+        "arguments": plain_arguments(context.args),
+        "class_counts": context.metadata["class_counts"],
+        "augmentation_policy": context.metadata["augmentation"]["policy"],
+        "created": now_iso(),
+        "trainer": "train_classifier.py",
+    }
+
+
+def save_last_checkpoint(
+    context: TrainingContext,
+    optimizer: torch.optim.Optimizer,
+    scheduler: torch.optim.lr_scheduler.LRScheduler,
+    scaler: torch.amp.GradScaler,
+    epoch: int,
+) -> None:
+    """Everything --resume needs to continue after ``epoch`` exactly as if the run had not stopped."""
+    extra = {
+        "epoch": epoch + 1,
+        "arguments": plain_arguments(context.args),
+        "history": context.history,
+        "skipped_files": context.skipped_files,
+        "optimizer_state_dict": optimizer.state_dict(),
+        "scheduler_state_dict": scheduler.state_dict(),
+        "scaler_state_dict": scaler.state_dict(),
+        "rng_states": rng_states(),
+    }
+    classifier.save_checkpoint(
+        context.output_dir / LAST_CHECKPOINT_NAME, context.model, **checkpoint_fields(context), extra=extra
+    )
+
+
+def plain_arguments(args: argparse.Namespace) -> dict[str, Any]:
+    return {key: (str(value) if isinstance(value, Path) else value) for key, value in sorted(vars(args).items())}
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# The run: setup, epochs, calibration
+
+
+def load_dataset(dataset_dir: Path) -> tuple[list[str], list[Sample], list[Sample], list[dict[str, str]]]:
+    """Classes, train and val samples, and non-image files; DatasetError when the layout cannot be trained on."""
+    if not dataset_dir.is_dir():
+        raise DatasetError(f"The dataset folder {dataset_dir} does not exist; pass --dataset-dir with train/ and val/.")
+    classes = discover_classes(dataset_dir / "train")
+    if not classes:
+        raise DatasetError(f"{dataset_dir / 'train'} has no class folders; expected train/<class>/ with images.")
+    if len(classes) < 2:
+        raise DatasetError(f"{dataset_dir / 'train'} has only the class {classes[0]!r}; a classifier needs two.")
+    val_classes = discover_classes(dataset_dir / "val")
+    if not val_classes:
+        raise DatasetError(f"{dataset_dir / 'val'} has no class folders; expected val/<class>/ like train/.")
+    difference = compare_class_sets(classes, val_classes)
+    if difference:
+        raise DatasetError(difference[0].upper() + difference[1:])
+    train_samples, skipped = scan_split(dataset_dir, "train", classes)
+    val_samples, val_skipped = scan_split(dataset_dir, "val", classes)
+    return classes, train_samples, val_samples, skipped + val_skipped
+
+
+def check_class_counts(classes: Sequence[str], counts: dict[str, list[int]]) -> None:
+    """DatasetError naming the empty splits or classes (after bad files are set aside)."""
+    for split, split_counts in counts.items():
+        if sum(split_counts) == 0:
+            raise DatasetError(f"The {split}/ split has no usable images; add images to {split}/<class>/.")
+        empty = [name for name, count in zip(classes, split_counts) if count == 0]
+        if empty:
+            raise DatasetError(
+                f"The class folder(s) {', '.join(f'{split}/{name}' for name in empty)} have no usable images; "
+                "add images or remove the class from train/ and val/."
+            )
+
+
+def resolve_num_workers(requested: int | None, device: torch.device) -> int:
+    """Data loader processes: as asked, else enough to feed a GPU, and none on a small CPU machine.
+
+    With the downsized cache an augmented image costs about 1 ms, while a CPU training step costs tens of ms per
+    image: extra processes on a few cores would only take CPU time from the model.
+    """
+    if requested is not None:
+        return requested
+    cpus = os.cpu_count() or 1
+    if device.type == "cpu":
+        return 0 if cpus <= 4 else min(2, cpus // 8)
+    return max(1, min(8, cpus - 1))
+
+
+def build_optimizer(model: nn.Module, args: argparse.Namespace) -> torch.optim.Optimizer:
+    """AdamW on the trainable parameters; no weight decay on biases and BatchNorm weights (as usual)."""
+    decay, no_decay = [], []
+    for parameter in model.parameters():
+        if parameter.requires_grad:
+            (decay if parameter.ndim > 1 else no_decay).append(parameter)
+    groups = [{"params": decay, "weight_decay": args.weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+    return torch.optim.AdamW(groups, lr=args.learning_rate)
+
+
+def setup_training(args: argparse.Namespace, resume: dict[str, Any] | None) -> TrainingContext:
+    """Scan and check the dataset, prepare the image cache, build the model and the loaders; no training yet."""
+    dataset_dir, output_dir = Path(args.dataset_dir), Path(args.output_dir)
+    classes, train_samples, val_samples, skipped = load_dataset(dataset_dir)
+    if resume is not None and resume["classes"] != classes:
+        raise DatasetError(
+            f"The checkpoint to resume was trained on the classes {', '.join(resume['classes'])} but the dataset now "
+            f"has {', '.join(classes)}; resume with the same class folders or train from scratch."
+        )
+    device = classifier.pick_device(args.device)
+    image_size = args.image_size
+    resize_size = classifier.default_resize_size(image_size)
+    budget = int(args.cache_max_gb * 1024**3)
+    cache_dir = Path(args.cache_dir) if args.cache_dir else None
+    skipped_files = list(skipped)
+    prepared_sets = {}
+    for split, samples, view in (("train", train_samples, "train"), ("val", val_samples, "eval")):
+        prepared, failures = prepare_images(
+            samples, view, image_size, resize_size, budget, cache_dir, description=f"checking {split} images"
+        )
+        prepared_sets[split] = (prepared, failures)
+        for index, reason in failures:
+            logger.warning("Skipping %s: %s", samples[index].relpath, reason)
+            skipped_files.append({"path": samples[index].relpath, "split": split, "reason": reason})
+    if resume is not None:  # images that failed mid-epoch before the interruption stay skipped
+        known = {item["path"] for item in skipped_files}
+        skipped_files.extend(item for item in resume.get("skipped_files", []) if item["path"] not in known)
+    bad = {item["path"] for item in skipped_files}
+
+    policies = {name: augmentation_policy_for(name, args.uniform_augmentation) for name in classes}
+    train_dataset = ImageDataset(
+        train_samples, "train", image_size, resize_size, prepared_sets["train"][0], [policies[c] for c in classes]
+    )
+    val_dataset = ImageDataset(val_samples, "eval", image_size, resize_size, prepared_sets["val"][0])
+    for dataset in (train_dataset, val_dataset):
+        dataset.excluded.update(i for i, sample in enumerate(dataset.samples) if sample.relpath in bad)
+    counts = {
+        split: class_counts([s.label for i, s in enumerate(d.samples) if i not in d.excluded], len(classes))
+        for split, d in (("train", train_dataset), ("val", val_dataset))
+    }
+    check_class_counts(classes, counts)
+
+    torch.manual_seed(args.seed)
+    model = classifier.build_model(args.arch, len(classes), weights=None if resume else args.weights)
+    if resume is not None:
+        model.load_state_dict(resume["model_state_dict"])
+    frozen = frozen_blocks(args.freeze_until)
+    freeze_blocks(model, frozen)
+    channels_last = args.channels_last if args.channels_last is not None else True
+    model = model.to(device)
+    if channels_last:
+        model = model.to(memory_format=torch.channels_last)
+    amp = args.amp if args.amp is not None else device.type == "cuda"
+    amp_dtype = None
+    if amp and device.type == "cuda":
+        amp_dtype = torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+    elif amp:
+        logger.warning("--amp is only used on CUDA; training in float32 on %s.", device)
+
+    num_workers = resolve_num_workers(args.num_workers, device)
+    sampler = EpochSampler(train_dataset, len(classes), not args.no_weighted_sampling, args.seed)
+    drop_last = len(train_samples) > args.batch_size  # a last batch of one or two images gives noisy BatchNorm
+    train_loader = make_loader(train_dataset, sampler, args.batch_size, num_workers, device, drop_last)
+    val_loader = make_loader(
+        val_dataset, UsableIndices(val_dataset), args.batch_size, num_workers, device, drop_last=False
+    )
+
+    class_weights, _ = inverse_frequency_weights([s.label for s in train_samples], len(classes))
+    usable_train = counts["train"]
+    weighted = not args.no_weighted_sampling
+    expected_share = [(1 / len(classes)) if weighted else count / sum(usable_train) for count in usable_train]
+    trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
+    metadata = {
+        "schema_version": SCHEMA_VERSION,
+        "status": "running",
+        "started": now_iso(),
+        "updated": now_iso(),
+        "dataset_dir": str(args.dataset_dir),
+        "output_dir": str(args.output_dir),
+        "arguments": plain_arguments(args),
+        "classes": classes,
+        "config": {
+            "arch": args.arch,
+            "weights": args.weights,
+            "image_size": image_size,
+            "resize_size": resize_size,
+            "mean": list(classifier.IMAGENET_MEAN),
+            "std": list(classifier.IMAGENET_STD),
+            "freeze_until": args.freeze_until,
+            "frozen_blocks": frozen,
+            "trainable_parameters": trainable,
+            "total_parameters": sum(p.numel() for p in model.parameters()),
+            "device": str(device),
+            "amp_dtype": str(amp_dtype).removeprefix("torch.") if amp_dtype else None,
+            "channels_last": channels_last,
+            "num_workers": num_workers,
+            "optimizer": "AdamW",
+            "schedule": f"linear warm-up {args.warmup_epochs} epoch(s), then cosine to 0",
+            "memory_cache_mb": round(
+                (prepared_sets["train"][0].memory_bytes + prepared_sets["val"][0].memory_bytes) / 1024**2, 1
+            ),
+            "cache_dir": str(cache_dir) if cache_dir else None,
+            "torch": torch.__version__,
+        },
+        "class_counts": {split: dict(zip(classes, split_counts)) for split, split_counts in counts.items()},
+        "sampling": {
+            "weighted": weighted,
+            "class_weights": {c: float(w) for c, w in zip(classes, class_weights)},
+            "expected_share_per_epoch": {c: float(s) for c, s in zip(classes, expected_share)},
+        },
+        "augmentation": {
+            "uniform": bool(args.uniform_augmentation),
+            "policy": {c: dataclasses.asdict(p) for c, p in policies.items()},
+            "note": "colour jitter factors are drawn in [1 - x, 1 + x]; grayscale sets saturation to 0",
+        },
+        "skipped_files": [],
+        "epochs": [],
+        "best_epoch": None,
+        "best_macro_f1": None,
+        "calibration": None,
+        "thresholds": None,
+        "recommended_threshold": None,
+    }
+    if resume is not None and isinstance(resume.get("metadata_started"), str):
+        metadata["started"] = resume["metadata_started"]
+    return TrainingContext(
+        args=args,
+        dataset_dir=dataset_dir,
+        output_dir=output_dir,
+        classes=classes,
+        train_dataset=train_dataset,
+        val_dataset=val_dataset,
+        train_loader=train_loader,
+        val_loader=val_loader,
+        model=model,
+        frozen=frozen,
+        device=device,
+        amp_dtype=amp_dtype,
+        channels_last=channels_last,
+        num_workers=num_workers,
+        policies=policies,
+        metadata=metadata,
+        skipped_files=skipped_files,
+    )
+
+
+def print_setup(context: TrainingContext) -> None:
+    metadata = context.metadata
+    config = metadata["config"]
+    print(
+        f"Training {config['arch']} on {context.dataset_dir} ({', '.join(context.classes)}) on {config['device']}, "
+        f"{config['trainable_parameters']:,} of {config['total_parameters']:,} parameters trainable "
+        f"(frozen: {', '.join(config['frozen_blocks']) or 'none'})."
+    )
+    print(f"{'class':<16}{'train':>7}{'val':>7}{'weight':>10}{'share/epoch':>13}")
+    for name in context.classes:
+        print(
+            f"{name:<16}{metadata['class_counts']['train'][name]:>7}{metadata['class_counts']['val'][name]:>7}"
+            f"{metadata['sampling']['class_weights'][name]:>10.4f}"
+            f"{metadata['sampling']['expected_share_per_epoch'][name]:>13.1%}"
+        )
+    if context.skipped_files:
+        print(f"Skipping {len(context.skipped_files)} file(s) that cannot be used (listed in {METADATA_NAME}).")
+
+
+def epoch_record(
+    epoch: int,
+    train_stats: dict[str, Any],
+    predictions: Predictions,
+    classes: Sequence[str],
+    learning_rate: float,
+    seconds: float,
+) -> dict[str, Any]:
+    """The history entry of one epoch: train and val loss/accuracy, per-class metrics and the confusion matrix."""
+    labels = predictions.labels.tolist()
+    predicted = predictions.logits.argmax(dim=1).tolist() if len(labels) else []
+    matrix = confusion_matrix(labels, predicted, len(classes))
+    metrics = classification_metrics(matrix, classes)
+    return {
+        "epoch": epoch + 1,
+        "learning_rate": float(learning_rate),
+        "train_loss": train_stats["train_loss"],
+        "train_accuracy": train_stats["train_accuracy"],
+        "train_images": train_stats["train_images"],
+        "val_loss": negative_log_likelihood(predictions.logits, predictions.labels),
+        "val_accuracy": metrics["accuracy"],
+        "val_images": len(labels),
+        "macro_f1": metrics["macro_f1"],
+        "per_class": metrics["per_class"],
+        "confusion_matrix": matrix.tolist(),
+        "is_best": False,
+        "seconds": round(seconds, 3),
+        "images_per_second": round(train_stats["train_images"] / seconds, 2) if seconds > 0 else None,
+    }
+
+
+AfterEpochHook = Callable[[TrainingContext, dict[str, Any], Predictions], None]
+
+
+def run_epochs(
+    context: TrainingContext,
+    resume: dict[str, Any] | None,
+    after_epoch_hooks: Sequence[AfterEpochHook] = (),
+) -> None:
+    """The epoch loop: train, evaluate, record, save; stops early after --patience epochs without a better F1."""
+    args = context.args
+    model = context.model
+    optimizer = build_optimizer(model, args)
+    steps_per_epoch = max(1, len(context.train_loader))
+    total_steps = steps_per_epoch * args.epochs
+    warmup_steps = min(total_steps, steps_per_epoch * args.warmup_epochs)
+    scheduler = torch.optim.lr_scheduler.LambdaLR(
+        optimizer, lambda step: learning_rate_factor(step, warmup_steps, total_steps)
+    )
+    scaler = torch.amp.GradScaler(context.device.type, enabled=context.amp_dtype == torch.float16)
+    start_epoch = 0
+    if resume is not None:
+        optimizer.load_state_dict(resume["optimizer_state_dict"])
+        scheduler.load_state_dict(resume["scheduler_state_dict"])
+        scaler.load_state_dict(resume["scaler_state_dict"])
+        restore_rng_states(resume["rng_states"])
+        context.history = list(resume["history"])
+        start_epoch = int(resume["epoch"])
+        print(f"Resuming after epoch {start_epoch} of {args.epochs}.")
+    write_metadata(context, "running")
+
+    best = best_record(context.history)
+    best_f1 = best["macro_f1"] if best else -1.0
+    epochs_without_improvement = (len(context.history) - best["epoch"]) if best else 0
+    if args.patience and epochs_without_improvement >= args.patience:
+        print(f"Early stopping already reached ({args.patience} epochs without a better macro F1).")
+        return
+    for epoch in tqdm(range(start_epoch, args.epochs), desc="epochs", file=sys.stderr, disable=None):
+        started = time.perf_counter()
+        learning_rate = optimizer.param_groups[0]["lr"]
+        train_stats = train_one_epoch(context, optimizer, scheduler, scaler, epoch)
+        record_failures(context, context.train_dataset, "train", train_stats["failures"])
+        predictions = evaluate_dataset(model, context.val_loader, context, f"epoch {epoch + 1} val")
+        record_failures(context, context.val_dataset, "val", predictions.failures)
+        record = epoch_record(
+            epoch, train_stats, predictions, context.classes, learning_rate, time.perf_counter() - started
+        )
+        if record["macro_f1"] > best_f1:
+            best_f1 = record["macro_f1"]
+            record["is_best"] = True
+            epochs_without_improvement = 0
+        else:
+            epochs_without_improvement += 1
+        context.history.append(record)
+        write_error_analysis(context, predictions, epoch)
+        if record["is_best"]:
+            classifier.save_checkpoint(
+                context.output_dir / BEST_MODEL_NAME,
+                model,
+                **checkpoint_fields(context),
+                extra=run_summary(context, record),
+            )
+            plot_confusion_matrix(
+                record["confusion_matrix"],
+                context.classes,
+                f"val confusion matrix, epoch {record['epoch']} (best macro F1 {record['macro_f1']:.3f})",
+                context.output_dir / "confusion_matrix.png",
+            )
+        plot_training_curves(context.history, context.output_dir / "training_curves.png")
+        # After-epoch hooks (e.g. per-image loss tracking) run here: the epoch's record, model and val predictions
+        # are final, and the checkpoint below makes --resume start after whatever they did.
+        for hook in after_epoch_hooks:
+            hook(context, record, predictions)
+        write_metadata(context, "running")
+        save_last_checkpoint(context, optimizer, scheduler, scaler, epoch)
+        tqdm.write(format_epoch_line(record), file=sys.stdout)
+        if args.patience and epochs_without_improvement >= args.patience:
+            print(f"Stopping early: no better val macro F1 for {args.patience} epochs.")
+            break
+
+
+def format_epoch_line(record: dict[str, Any]) -> str:
+    return (
+        f"epoch {record['epoch']:>3}  train loss {record['train_loss']:.4f} acc {record['train_accuracy']:.3f}  "
+        f"val loss {record['val_loss']:.4f} acc {record['val_accuracy']:.3f}  macro F1 {record['macro_f1']:.3f}"
+        f"{'  *best*' if record['is_best'] else ''}  ({record['seconds']:.1f} s)"
+    )
+
+
+def calibrate_best_model(context: TrainingContext) -> dict[str, Any] | None:
+    """Fit a temperature on the val logits of the best model, store it in best_model.pth, sweep the thresholds."""
+    path = context.output_dir / BEST_MODEL_NAME
+    if not path.is_file():
+        return None
+    checkpoint = classifier.load_checkpoint(path)
+    model = classifier.model_from_checkpoint(checkpoint, str(path)).to(context.device)
+    if context.channels_last:
+        model = model.to(memory_format=torch.channels_last)
+    predictions = evaluate_dataset(model, context.val_loader, context, "calibrating")
+    record_failures(context, context.val_dataset, "val", predictions.failures)
+    temperature = fit_temperature(predictions.logits, predictions.labels)
+    if min(abs(temperature - bound) for bound in TEMPERATURE_RANGE) < 1e-3:
+        logger.warning(
+            "The fitted temperature %.2f is at the edge of the range searched %s: the val set is too small or too "
+            "easy to calibrate on.",
+            temperature,
+            TEMPERATURE_RANGE,
+        )
+    labels = predictions.labels.tolist()
+    calibrated = predictions.probabilities(temperature)
+    table = threshold_table(calibrated, labels, context.classes)
+    recommended = recommend_threshold(table)
+    calibration = {
+        "temperature": temperature,
+        "val_images": len(labels),
+        "nll_before": negative_log_likelihood(predictions.logits, predictions.labels),
+        "nll_after": negative_log_likelihood(predictions.logits, predictions.labels, temperature),
+        "ece_before": expected_calibration_error(predictions.probabilities(), labels),
+        "ece_after": expected_calibration_error(calibrated, labels),
+        "ece_bins": ECE_BINS,
+    }
+    core = set(checkpoint_fields(context)) | {"format_version", "num_classes", "temperature", "model_state_dict"}
+    extra = {k: v for k, v in checkpoint.items() if k not in core}
+    extra.update({"calibration": calibration, "thresholds": table, "recommended_confidence_threshold": recommended})
+    classifier.save_checkpoint(path, model, **checkpoint_fields(context), temperature=temperature, extra=extra)
+    context.metadata["calibration"] = calibration
+    context.metadata["thresholds"] = table
+    context.metadata["recommended_threshold"] = recommended
+    return calibration
+
+
+def print_summary(context: TrainingContext) -> None:
+    """The per-epoch table, the best epoch's per-class metrics, calibration and the threshold sweep."""
+    print()
+    print(f"{'epoch':>5} {'train loss':>10} {'train acc':>9} {'val loss':>9} {'val acc':>8} {'macro F1':>9} {'lr':>9}")
+    for record in context.history:
+        print(
+            f"{record['epoch']:>5} {record['train_loss']:>10.4f} {record['train_accuracy']:>9.3f} "
+            f"{record['val_loss']:>9.4f} {record['val_accuracy']:>8.3f} {record['macro_f1']:>9.3f} "
+            f"{record['learning_rate']:>9.2e}{'  best' if record['is_best'] else ''}"
+        )
+    best = best_record(context.history)
+    if best is None:
+        return
+    print(f"\nBest epoch {best['epoch']}: val accuracy {best['val_accuracy']:.3f}, macro F1 {best['macro_f1']:.3f}")
+    print(f"{'class':<16}{'precision':>10}{'recall':>8}{'F1':>7}{'support':>9}")
+    for name, values in best["per_class"].items():
+        print(
+            f"{name:<16}{values['precision']:>10.3f}{values['recall']:>8.3f}{values['f1']:>7.3f}{values['support']:>9}"
+        )
+    calibration = context.metadata.get("calibration")
+    if calibration:
+        print(
+            f"\nTemperature {calibration['temperature']:.3f}: ECE {calibration['ece_before']:.4f} -> "
+            f"{calibration['ece_after']:.4f}, NLL {calibration['nll_before']:.4f} -> {calibration['nll_after']:.4f}"
+        )
+        print(f"{'threshold':>9} {'accuracy':>9} {'to other':>9}")
+        for row in context.metadata["thresholds"]:
+            print(f"{row['threshold']:>9.2f} {row['accuracy']:>9.3f} {row['sent_to_other']:>9.1%}")
+        print(
+            f"Recommended confidence threshold: {context.metadata['recommended_threshold']:.2f} "
+            f"(stored in the checkpoint: {context.args.confidence_threshold:.2f}; change it with "
+            "BirdPlaneSupermanClassifier(..., confidence_threshold=...))"
+        )
+    print(f"\nModel: {context.output_dir / BEST_MODEL_NAME}   metadata: {context.output_dir / METADATA_NAME}")
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Command line
+
+
+def get_args_parser(add_help: bool = True) -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        description="Fine-tune a ResNet on dataset/train/<class>/ with weighted sampling, class-specific "
+        "augmentation, per-epoch metrics and error analysis, then calibrate it.",
+        add_help=add_help,
+    )
+    parser.add_argument(
+        "--dataset-dir", default="dataset", help="folder with train/<class>/ and val/<class>/ (default: dataset)"
+    )
+    parser.add_argument("--output-dir", default="models", help="where models, metadata and plots go (default: models)")
+    parser.add_argument("--epochs", type=int, default=15, help="number of epochs (default: 15)")
+    parser.add_argument("--batch-size", type=int, default=32, help="images per training step (default: 32)")
+    parser.add_argument("--learning-rate", type=float, default=1e-4, help="peak AdamW learning rate (default: 0.0001)")
+    parser.add_argument("--weight-decay", type=float, default=0.01, help="AdamW weight decay (default: 0.01)")
+    parser.add_argument(
+        "--warmup-epochs", type=int, default=1, help="linear warm-up epochs before the cosine decay (default: 1)"
+    )
+    parser.add_argument(
+        "--patience",
+        type=int,
+        default=5,
+        help="stop after this many epochs without a better val macro F1; 0 never stops early (default: 5)",
+    )
+    parser.add_argument(
+        "--confidence-threshold",
+        type=float,
+        default=classifier.DEFAULT_CONFIDENCE_THRESHOLD,
+        help="stored in the checkpoint: predictions below it become 'other' (default: 0.7)",
+    )
+    parser.add_argument(
+        "--freeze-until",
+        choices=FREEZE_CHOICES,
+        default="layer3",
+        help="freeze the stem and every stage up to this one; 'none' trains everything (default: layer3)",
+    )
+    parser.add_argument(
+        "--arch", choices=classifier.SUPPORTED_ARCHS, default=classifier.DEFAULT_ARCH, help="ResNet (default: resnet50)"
+    )
+    parser.add_argument(
+        "--weights",
+        default="imagenet",
+        help="starting weights: imagenet (torchvision, downloaded once), none (random), or a local file "
+        "(default: imagenet)",
+    )
+    parser.add_argument(
+        "--image-size",
+        type=int,
+        default=classifier.DEFAULT_IMAGE_SIZE,
+        help="model input size in pixels (default: 224)",
+    )
+    parser.add_argument(
+        "--num-workers",
+        type=int,
+        default=None,
+        help="data loader processes (default: up to 8 with a GPU, 0 on a CPU with 4 cores or fewer)",
+    )
+    parser.add_argument("--device", default=None, help="cpu, cuda, cuda:1, mps (default: cuda, then mps, then cpu)")
+    parser.add_argument(
+        "--seed", type=int, default=42, help="seed for initialisation, sampling and augmentation (default: 42)"
+    )
+    parser.add_argument(
+        "--resume",
+        action="store_true",
+        help="continue from <output-dir>/last_checkpoint.pth with its settings; flags given now override them "
+        "(default: off)",
+    )
+    parser.add_argument(
+        "--no-weighted-sampling",
+        action="store_true",
+        help="draw images uniformly instead of balancing the classes (default: off, classes balanced)",
+    )
+    parser.add_argument(
+        "--uniform-augmentation",
+        action="store_true",
+        help="give every class the same augmentation policy instead of the per-class table (default: off)",
+    )
+    parser.add_argument(
+        "--amp",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help="mixed precision (bfloat16, or float16 with loss scaling) (default: on with CUDA, off elsewhere)",
+    )
+    parser.add_argument(
+        "--channels-last",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help="channels_last memory format, faster convolutions on GPUs and recent CPUs (default: on)",
+    )
+    parser.add_argument(
+        "--cache-dir",
+        default=None,
+        help="also keep the downsized copies of the images here, reused by later runs (default: none, memory only)",
+    )
+    parser.add_argument(
+        "--cache-max-gb",
+        type=float,
+        default=DEFAULT_CACHE_MAX_GB,
+        help="memory for downsized copies of the images; 0 decodes every file every epoch (default: 4.0)",
+    )
+    return parser
+
+
+def check_arguments(parser: argparse.ArgumentParser, args: argparse.Namespace) -> None:
+    """parser.error (exit 2) for values no run can use."""
+    for name, minimum in (("epochs", 1), ("batch_size", 1), ("image_size", 32), ("warmup_epochs", 0), ("patience", 0)):
+        if getattr(args, name) < minimum:
+            parser.error(f"--{name.replace('_', '-')} must be at least {minimum}, got {getattr(args, name)}")
+    if not args.learning_rate > 0:
+        parser.error(f"--learning-rate must be positive, got {args.learning_rate}")
+    if args.weight_decay < 0:
+        parser.error(f"--weight-decay must not be negative, got {args.weight_decay}")
+    if not 0.0 <= args.confidence_threshold <= 1.0:
+        parser.error(f"--confidence-threshold must be between 0 and 1, got {args.confidence_threshold}")
+    if args.num_workers is not None and args.num_workers < 0:
+        parser.error(f"--num-workers must not be negative, got {args.num_workers}")
+    if args.cache_max_gb < 0:
+        parser.error(f"--cache-max-gb must not be negative, got {args.cache_max_gb}")
+
+
+def load_resume_checkpoint(
+    parser: argparse.ArgumentParser, argv: Sequence[str] | None, args: argparse.Namespace
+) -> tuple[argparse.Namespace, dict[str, Any]]:
+    """The last checkpoint and the run's settings: those stored in it, overridden by the flags given now."""
+    path = Path(args.output_dir) / LAST_CHECKPOINT_NAME
+    if not path.is_file():
+        raise DatasetError(f"There is no {path} to resume from; run without --resume to start training.")
+    checkpoint = classifier.load_checkpoint(path)
+    stored = dict(checkpoint.get("arguments") or {})
+    # argparse sets a default only for attributes missing from the namespace, so the stored settings survive unless
+    # a flag is given on this command line; flags added since the checkpoint was written get their defaults.
+    merged = parser.parse_args(argv, namespace=argparse.Namespace(**stored))
+    merged.output_dir = args.output_dir
+    merged.resume = True
+    for name, key in (("arch", "arch"), ("image_size", "image_size")):
+        if getattr(merged, name) != checkpoint[key]:
+            raise DatasetError(
+                f"The checkpoint in {path} was trained with --{name.replace('_', '-')} {checkpoint[key]}, not "
+                f"{getattr(merged, name)}; resume with the same setting or train from scratch."
+            )
+    return merged, checkpoint
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = get_args_parser()
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(levelname)s: %(message)s")
+    check_arguments(parser, args)
+    context = None
+    try:
+        resume = None
+        if args.resume:
+            args, resume = load_resume_checkpoint(parser, argv, args)
+            check_arguments(parser, args)
+        context = setup_training(args, resume)
+        print_setup(context)
+        run_epochs(context, resume)
+        calibrate_best_model(context)
+        write_metadata(context, "completed")
+        print_summary(context)
+    except DatasetError as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 2
+    except classifier.CheckpointError as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 2
+    except classifier.WeightsUnavailableError as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        if context is not None and context.history:
+            write_metadata(context, "interrupted")
+        done = len(context.history) if context is not None else 0
+        print(
+            f"\nInterrupted after {done} finished epoch(s); {args.output_dir}/{BEST_MODEL_NAME} and "
+            f"{METADATA_NAME} are intact. Run again with --resume to continue.",
+            file=sys.stderr,
+        )
+        return EXIT_INTERRUPTED
+    return 1 if context.skipped_files else 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
