@@ -1,0 +1,337 @@
+"""Find semantic duplicates (the same picture after crops, edits, re-renders) with the trained model's embeddings.
+
+Each image goes through the model of ``--model`` exactly as classifier.py preprocesses it; its pooled features
+(2048 numbers for a ResNet50), L2-normalised, are compared by cosine similarity. The search runs in blocks, so no
+N x N matrix is ever held; embeddings are cached, so a re-run only embeds new or changed images.
+
+    python data_collection/detect_duplicates_by_embedding.py --threshold 0.95
+    python data_collection/detect_duplicates_by_embedding.py --model models/best_model.pth --threshold 0.9 --gallery
+    python data_collection/detect_duplicates_by_embedding.py --dataset-dir photos --no-cache --device cpu
+
+Writes dataset/duplicate_report_embedding.json (the shared report format of duplicate_report.py; each file's own
+value is its cosine "similarity" to its group's mean embedding), dataset/.embedding_cache.npz (the cache, keyed
+by path, size, modification time and the model file), and with --gallery a PNG contact sheet of the largest groups.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import sys
+import tempfile
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import duplicate_report as dr  # the sibling module (Python puts the script's folder on sys.path)
+import numpy as np
+from tqdm import tqdm
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # classifier.py lives in the project root
+import classifier  # noqa: E402 - needs the line above
+
+logger = logging.getLogger(__name__)
+
+METHOD = "embedding"
+DEFAULT_MODEL = "models/best_model.pth"
+DEFAULT_THRESHOLD = 0.95  # cosine similarity: copies, crops and re-encodes of one photo score above it
+DEFAULT_BATCH_SIZE = 32
+CACHE_NAME = ".embedding_cache.npz"  # hidden: the detectors and the trainer never take it for an image
+CACHE_VERSION = 1  # bump when the cache layout changes; an unknown cache is ignored and rebuilt
+BLOCK_BYTES = 64 << 20  # one block of similarities (rows x all later columns, float32) stays under 64 MB
+MAX_BLOCK_ROWS = 1024  # smaller blocks follow the upper triangle closely (less wasted work below the diagonal)
+PRUNE_MIN_ROWS = 2048  # below this many embeddings the plain blocked product is already fast
+PRUNE_MIN_DIM = 128  # below this many dimensions there is nothing to gain from a reduced basis
+PRUNE_DIM_FRACTION = 8  # the reduced basis has dim / 8 directions (256 for ResNet50's 2048)
+PRUNE_SAMPLE_ROWS = 1024  # rows sampled to find the directions the embeddings mostly lie in
+PRUNE_SLACK = 1e-3  # float32 rounding margin of the bound: a candidate is kept unless surely below the threshold
+EXACT_FALLBACK_FRACTION = 0.02  # when more of a block's pairs survive the bound, compute that block exactly
+VERIFY_CHUNK = 1 << 14  # candidate pairs checked per step (two gathers of this many rows)
+SEED = 0  # the random directions of the reduced basis; the result is exact whatever they are
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Pure functions: similarity search over L2-normalised embeddings
+
+
+def normalize_rows(embeddings: np.ndarray) -> np.ndarray:
+    """Rows scaled to unit length (zero rows stay zero), float32."""
+    embeddings = np.asarray(embeddings, dtype=np.float32)
+    norms = np.linalg.norm(embeddings, axis=1, keepdims=True)
+    return embeddings / np.where(norms > 0, norms, 1.0)
+
+
+def orthonormal_basis(vectors: np.ndarray) -> np.ndarray:
+    """Orthonormal columns spanning the columns of ``vectors`` (d, k), numerically rank-deficient ones dropped.
+
+    Two passes of eigen-decomposition of the small k x k Gram matrix, in float64: cheap, and exact to ~1e-12.
+    """
+    basis = np.asarray(vectors, dtype=np.float64)
+    for _ in range(2):
+        values, vectors_k = np.linalg.eigh(basis.T @ basis)
+        keep = values > values.max(initial=0.0) * 1e-10
+        basis = basis @ (vectors_k[:, keep] / np.sqrt(values[keep]))
+    return basis
+
+
+def pruning_basis(embeddings: np.ndarray, size: int, seed: int = SEED) -> np.ndarray:
+    """(d, about ``size``) orthonormal directions close to those the embeddings mostly lie in (randomised range finder).
+
+    Found on a sample of rows with one power iteration; any orthonormal basis keeps the search exact, a good one
+    only makes it faster.
+    """
+    rng = np.random.default_rng(seed)
+    count = len(embeddings)
+    sample = (
+        embeddings[np.sort(rng.choice(count, PRUNE_SAMPLE_ROWS, replace=False))]
+        if count > PRUNE_SAMPLE_ROWS
+        else embeddings
+    )
+    probe = rng.standard_normal((embeddings.shape[1], size)).astype(np.float32)
+    return orthonormal_basis(sample.T @ (sample @ probe)).astype(np.float32)
+
+
+def _verified(embeddings: np.ndarray, first: np.ndarray, second: np.ndarray, threshold: float) -> np.ndarray:
+    """The candidate pairs whose exact cosine similarity reaches ``threshold``; (k, 2) int64."""
+    kept = [np.empty((0, 2), dtype=np.int64)]
+    for start in range(0, len(first), VERIFY_CHUNK):
+        a, b = first[start : start + VERIFY_CHUNK], second[start : start + VERIFY_CHUNK]
+        similar = np.einsum("ij,ij->i", embeddings[a], embeddings[b]) >= threshold
+        kept.append(np.stack([a[similar], b[similar]], axis=1).astype(np.int64))
+    return np.concatenate(kept)
+
+
+def find_similar_pairs(embeddings: np.ndarray, threshold: float, block_bytes: int = BLOCK_BYTES) -> np.ndarray:
+    """All pairs (i < j) of unit-length rows with cosine similarity >= ``threshold``, sorted; (k, 2) int64.
+
+    Blocked matrix products over the upper triangle: a block of rows against all later rows, never N x N. For many
+    high-dimensional rows, each block is first bounded in a reduced orthonormal basis B: for unit rows a, b,
+    a.b = (aB).(bB) + (residual of a).(residual of b) <= (aB).(bB) + |res a| |res b| (Cauchy-Schwarz), one product
+    of dim/8 + 1 columns. Only pairs whose bound reaches the threshold are checked exactly, so the result equals the
+    full similarity matrix's; a block where the bound prunes little is computed exactly instead.
+    """
+    embeddings = np.ascontiguousarray(embeddings, dtype=np.float32)
+    count, dim = embeddings.shape
+    is_pruned = count >= PRUNE_MIN_ROWS and dim >= PRUNE_MIN_DIM
+    if is_pruned:
+        basis = pruning_basis(embeddings, dim // PRUNE_DIM_FRACTION)
+        bounded = np.empty((count, basis.shape[1] + 1), dtype=np.float32)
+        np.matmul(embeddings, basis, out=bounded[:, :-1])
+        squared = np.einsum("ij,ij->i", embeddings, embeddings) - np.einsum(
+            "ij,ij->i", bounded[:, :-1], bounded[:, :-1]
+        )
+        bounded[:, -1] = np.sqrt(np.maximum(squared, 0.0))  # the residual's length as one more coordinate
+    rows_per_block = int(max(16, min(MAX_BLOCK_ROWS, block_bytes // (4 * max(1, count)))))
+    found = [np.empty((0, 2), dtype=np.int64)]
+    for start in range(0, count, rows_per_block):
+        stop = min(count, start + rows_per_block)
+        if is_pruned:
+            bound = bounded[start:stop] @ bounded[start:].T
+            first, second = np.nonzero(bound >= threshold - PRUNE_SLACK)
+            del bound
+            first, second = first + start, second + start
+            upper = second > first
+            first, second = first[upper], second[upper]
+            if len(first) <= EXACT_FALLBACK_FRACTION * (stop - start) * (count - start):
+                found.append(_verified(embeddings, first, second, threshold))
+                continue
+        similarity = embeddings[start:stop] @ embeddings[start:].T
+        first, second = np.nonzero(similarity >= threshold)
+        del similarity
+        first, second = first + start, second + start
+        upper = second > first
+        found.append(np.stack([first[upper], second[upper]], axis=1).astype(np.int64))
+    pairs = np.concatenate(found)
+    return pairs[np.lexsort((pairs[:, 1], pairs[:, 0]))]
+
+
+def similarity_to_group(embeddings: np.ndarray, members: Sequence[int]) -> np.ndarray:
+    """Cosine similarity of each member to the normalised mean embedding of its group."""
+    vectors = embeddings[list(members)]
+    centre = vectors.mean(axis=0)
+    centre /= max(float(np.linalg.norm(centre)), 1e-12)
+    return vectors @ centre
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Disk: the model key, the cache, embedding
+
+
+def model_key(model_path: Path) -> str:
+    """What identifies the model for the cache: its content hash (a retrained model has other embeddings)."""
+    return dr.sha256_file(model_path)
+
+
+def load_cache(path: Path, key: str) -> dict[tuple[str, int, int], np.ndarray]:
+    """{(relative path, size, mtime_ns): embedding} from a cache made with the same model; {} otherwise."""
+    if not path.is_file():
+        return {}
+    try:
+        with np.load(path, allow_pickle=False) as data:
+            if int(data["version"]) != CACHE_VERSION or str(data["model_key"]) != key:
+                logger.info("Embedding cache %s is for another model: embedding everything again", path)
+                return {}
+            keys = zip(data["paths"].tolist(), data["sizes"].tolist(), data["mtimes"].tolist())
+            return {(str(p), int(s), int(m)): vector for (p, s, m), vector in zip(keys, data["embeddings"])}
+    except (OSError, KeyError, ValueError) as error:
+        logger.warning("Ignoring unreadable embedding cache %s (%s): embedding everything again", path, error)
+        return {}
+
+
+def save_cache(path: Path, key: str, cache: dict[tuple[str, int, int], np.ndarray]) -> None:
+    """Write the cache atomically (temp file beside it, then rename)."""
+    items = sorted(cache.items())
+    dim = len(items[0][1]) if items else 0
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp_name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as handle:
+            np.savez(
+                handle,
+                version=np.int64(CACHE_VERSION),
+                model_key=np.str_(key),
+                paths=np.array([k[0] for k, _ in items], dtype=str),
+                sizes=np.array([k[1] for k, _ in items], dtype=np.int64),
+                mtimes=np.array([k[2] for k, _ in items], dtype=np.int64),
+                embeddings=np.array([v for _, v in items], dtype=np.float32).reshape(len(items), dim),
+            )
+        os.replace(tmp_name, path)
+    except BaseException:
+        Path(tmp_name).unlink(missing_ok=True)
+        raise
+
+
+def cache_key(item: dr.ScanItem) -> tuple[str, int, int] | None:
+    """(relative path, size, mtime_ns) of a file, or None when it cannot be stat'ed (e.g. a broken symlink)."""
+    try:
+        stat = item.path.stat()
+    except OSError:
+        return None
+    return (item.rel, stat.st_size, stat.st_mtime_ns)
+
+
+def embed_items(
+    model: classifier.BirdPlaneSupermanClassifier, items: Sequence[dr.ScanItem], batch_size: int
+) -> tuple[dict[int, np.ndarray], dict[int, str]]:
+    """({index: embedding}, {index: error}) for ``items``, through classifier.py's own preprocessing and model."""
+    vectors: dict[int, np.ndarray] = {}
+    errors: dict[int, str] = {}
+    results = model.embed_batch([item.path for item in items], batch_size=batch_size)
+    for index, (_, vector, error) in enumerate(
+        tqdm(results, total=len(items), desc="Embedding", unit="img", file=sys.stderr)
+    ):
+        if vector is None:
+            errors[index] = error or "could not be embedded"
+        else:
+            vectors[index] = np.asarray(vector, dtype=np.float32)
+    return vectors, errors
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Command line
+
+
+def get_args_parser(add_help: bool = True) -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        description="Find semantic duplicates by cosine similarity of the trained model's embeddings.",
+        add_help=add_help,
+    )
+    dr.add_common_arguments(parser, METHOD)
+    parser.add_argument(
+        "--model", type=Path, default=Path(DEFAULT_MODEL), help=f"checkpoint (default: {DEFAULT_MODEL})"
+    )
+    parser.add_argument(
+        "--threshold",
+        type=float,
+        default=DEFAULT_THRESHOLD,
+        help=f"smallest cosine similarity counted as a duplicate, above 0 and at most 1 (default: {DEFAULT_THRESHOLD})",
+    )
+    parser.add_argument(
+        "--batch-size",
+        type=int,
+        default=DEFAULT_BATCH_SIZE,
+        help=f"images per forward pass (default: {DEFAULT_BATCH_SIZE})",
+    )
+    parser.add_argument("--device", default=None, help="cpu, cuda, cuda:1, mps (default: cuda, then mps, then cpu)")
+    parser.add_argument(
+        "--cache", type=Path, default=None, help=f"embedding cache file (default: <dataset-dir>/{CACHE_NAME})"
+    )
+    parser.add_argument("--no-cache", action="store_true", help="neither read nor write the cache (default: off)")
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = get_args_parser()
+    args = parser.parse_args(argv)
+    dr.configure_logging()
+    if not 0.0 < args.threshold <= 1.0:
+        parser.error("--threshold must be above 0 and at most 1 (a cosine similarity)")
+    if args.batch_size < 1:
+        parser.error("--batch-size must be at least 1")
+    if not args.model.is_file():
+        parser.error(
+            f"model file {args.model} not found: train one first (python train_classifier.py) or pass --model FILE"
+        )
+    try:
+        items, sets = dr.scan_dataset(args.dataset_dir, dr.parse_sets(args.sets))
+    except FileNotFoundError as error:
+        parser.error(str(error))
+    if not items:
+        parser.error(f"no images found in {args.dataset_dir} (looked in: {', '.join(dr.parse_sets(args.sets))})")
+    try:
+        model = classifier.BirdPlaneSupermanClassifier(args.model, device=args.device)
+    except (classifier.CheckpointError, ValueError, RuntimeError) as error:
+        parser.error(f"cannot use {args.model}: {error}")
+
+    cache_path = args.cache if args.cache is not None else args.dataset_dir / CACHE_NAME
+    key = model_key(args.model)
+    cache = {} if args.no_cache else load_cache(cache_path, key)
+    keys = [cache_key(item) for item in items]
+    vectors = {index: cache[k] for index, k in enumerate(keys) if k is not None and k in cache}
+    to_embed = [index for index in range(len(items)) if index not in vectors]
+    new_vectors, failures = embed_items(model, [items[index] for index in to_embed], args.batch_size)
+    vectors.update({to_embed[position]: vector for position, vector in new_vectors.items()})
+    errors = [{"path": items[to_embed[position]].rel, "reason": reason} for position, reason in failures.items()]
+    if not args.no_cache:
+        save_cache(cache_path, key, {keys[i]: v for i, v in vectors.items() if keys[i] is not None})
+
+    order = sorted(vectors)
+    matrix = normalize_rows(np.stack([vectors[index] for index in order])) if order else np.zeros((0, 1), np.float32)
+    groups = dr.connected_components(len(order), find_similar_pairs(matrix, args.threshold).tolist())
+    similarity = {
+        member: float(value) for group in groups for member, value in zip(group, similarity_to_group(matrix, group))
+    }
+
+    def describe(position: int) -> tuple[dr.ScanItem, int, int, dict[str, Any]]:
+        item = items[order[position]]
+        try:
+            width, height = dr.probe_image(item.path)
+        except dr.ImageReadError:
+            width, height = 0, 0
+        return item, width, height, {"similarity": round(similarity[position], 6)}
+
+    entry_groups = dr.entry_groups_for(groups, describe, errors)
+    dr.log_errors(errors)
+    report = dr.build_report(
+        METHOD,
+        args.dataset_dir,
+        sets,
+        dr.arguments_for_report(args),
+        files_scanned=len(items),
+        images_read=len(vectors),
+        duplicate_groups=dr.make_groups(entry_groups),
+        errors=errors,
+        extra={
+            "model": str(args.model),
+            "embedding_dim": int(matrix.shape[1]) if order else 0,
+            "embedded": len(new_vectors),
+            "from_cache": len(vectors) - len(new_vectors),
+        },
+    )
+    notes = [f"Embedded {len(new_vectors)} images, {len(vectors) - len(new_vectors)} taken from the cache"]
+    return dr.finish(report, args, METHOD, notes)
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
