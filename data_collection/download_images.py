@@ -71,7 +71,7 @@ CHUNK_BYTES = 64 * 1024
 USER_AGENT = "Mozilla/5.0 (X11; Linux x86_64) AppleWebKit/537.36 (KHTML, like Gecko) Chrome/126.0 Safari/537.36"
 # Content types an image may come with; octet-stream is what many CDNs send for any file.
 ALLOWED_CONTENT_TYPES = ("image/", "application/octet-stream", "binary/octet-stream")
-# The formats kept, with the extension each is saved under; the other scripts and torchvision read all of them.
+# The formats kept, with the extension each is saved under: the extensions every script of this project reads.
 FORMAT_EXTENSIONS = {
     "JPEG": ".jpg",
     "MPO": ".jpg",  # a camera JPEG with extra frames: a plain JPEG to every reader
@@ -657,7 +657,8 @@ def ddgs_search(query: str, page: int, options: SearchOptions) -> list[dict[str,
     """One page of DuckDuckGo image results through ``ddgs`` (about 100 per page).
 
     ddgs reports rate limits, network errors and the end of the results alike as ``DDGSException``; the caller
-    retries any error with backoff. Raises NoNetworkError when the error is that the machine is offline.
+    retries any error with backoff. An empty page after the first means the results ran out. Raises
+    NoNetworkError when the error is that the machine is offline.
     """
     from ddgs import DDGS  # only this backend needs ddgs; tests pass their own search function
 
@@ -677,6 +678,8 @@ def ddgs_search(query: str, page: int, options: SearchOptions) -> list[dict[str,
     except Exception as error:
         if not host_resolves(SEARCH_HOST):
             raise NoNetworkError(f"cannot reach {SEARCH_HOST}") from error
+        if page > 1 and "No results found" in str(error):
+            return []  # past the last page; on page 1 the same words usually mean a rate limit
         raise
 
 
