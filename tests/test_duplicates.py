@@ -1,0 +1,304 @@
+"""Tests of duplicate_report.py and the file-size and perceptual-hash detectors (no torch needed)."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import detect_duplicates_by_filesize as by_filesize
+import detect_duplicates_by_phash as by_phash
+import duplicate_report as dr
+import imagehash
+import numpy as np
+import pytest
+from conftest import (
+    ROOT,
+    make_class_image,
+    make_dataset,
+    make_near_duplicates,
+    refused_bad_files,
+    save_image,
+    write_bad_files,
+)
+from PIL import Image
+
+NEAR_SIZE = (256, 192)  # measured: at this size resized/recompressed copies stay within 4 bits, distinct >= 16 apart
+NEAR_THRESHOLD = 8  # brightening by 10% clips highlights and moved one of 40 measured hashes by 6 bits
+
+
+def load(path: Path) -> dict:
+    return json.loads(path.read_text(encoding="utf-8"))
+
+
+def group_paths(report: dict) -> dict[str, list[set[str]]]:
+    """{category: [set of paths of each group]}."""
+    return {
+        category: [{entry["path"] for entry in group["files"]} for group in groups]
+        for category, groups in report["duplicate_groups"].items()
+    }
+
+
+def all_grouped(report: dict) -> set[str]:
+    return {entry["path"] for group in dr.iter_groups(report) for entry in group["files"]}
+
+
+def copy(dataset: Path, source: str, destination: str) -> str:
+    (dataset / destination).parent.mkdir(parents=True, exist_ok=True)
+    shutil.copyfile(dataset / source, dataset / destination)
+    return destination
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# duplicate_report.py
+
+
+def test_connected_components_do_not_depend_on_pair_order() -> None:
+    rng = np.random.default_rng(0)
+    pairs = [(0, 5), (5, 9), (2, 3), (7, 7), (11, 4), (4, 10)]
+    expected = [[0, 5, 9], [2, 3], [4, 10, 11]]
+    for _ in range(5):
+        shuffled = [tuple(rng.permutation(pair)) for pair in rng.permutation(np.array(pairs))]
+        assert dr.connected_components(12, shuffled) == expected
+
+
+def test_categories_follow_classes_and_sets() -> None:
+    def entry(set_name: str, class_name: str) -> dict:
+        return {"set": set_name, "class": class_name}
+
+    assert dr.categorize([entry("train", "bird"), entry("train", "bird")]) == "same_class_and_set"
+    assert dr.categorize([entry("train", "bird"), entry("val", "bird")]) == "same_class_diff_set"
+    assert dr.categorize([entry("train", "bird"), entry("train", "plane")]) == "diff_class_same_set"
+    assert dr.categorize([entry("train", "bird"), entry("val", "plane")]) == "diff_class_diff_set"
+
+
+def test_find_image_files_by_content_and_name(tmp_path: Path) -> None:
+    files = write_bad_files(tmp_path / "bad")
+    (tmp_path / "bad" / "notes.txt").write_text("not an image", encoding="utf-8")
+    (tmp_path / "bad" / ".hidden.jpg").write_bytes(files["IMG.JPG"].read_bytes())
+    found = {path.name for path in dr.find_image_files(tmp_path / "bad")}
+    assert found == set(files)  # every bad file (so it can be reported), no text file, no hidden file
+
+
+def test_missing_report_fields_are_refused(tmp_path: Path) -> None:
+    with pytest.raises(dr.ReportError, match="schema version"):
+        dr.validate_report({"schema_version": 99, "duplicate_groups": {}})
+    with pytest.raises(dr.ReportError, match="not a duplicate report"):
+        dr.validate_report({"schema_version": 1})
+    with pytest.raises(dr.ReportError, match="malformed group"):
+        dr.validate_report({"schema_version": 1, "duplicate_groups": {"same_class_and_set": [{"id": 1}]}})
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# File size + content hash
+
+
+def test_filesize_finds_exact_copies_with_categories(tmp_path: Path) -> None:
+    dataset = make_dataset(tmp_path / "dataset", train_per_class=3, val_per_class=1)
+    copy(dataset, "train/bird/bird_000.jpg", "train/bird/again.jpg")  # a plain copy
+    copy(dataset, "train/plane/plane_000.jpg", "val/plane/leak.jpg")  # train/val leakage
+    copy(dataset, "train/superman/superman_001.jpg", "train/other/conflict.jpg")  # label conflict
+    copy(dataset, "train/other/other_002.jpg", "val/bird/both.jpg")  # conflict and leakage
+    make_class_image(0, 1, (40, 30)).save(dataset / "train" / "bird" / "same_size_a.bmp")
+    make_class_image(0, 2, (40, 30)).save(dataset / "train" / "bird" / "same_size_b.bmp")
+    assert (dataset / "train/bird/same_size_a.bmp").stat().st_size == (
+        dataset / "train/bird/same_size_b.bmp"
+    ).stat().st_size
+
+    assert by_filesize.main(["--dataset-dir", str(dataset)]) == 0
+    report = load(dataset / "duplicate_report_filesize.json")
+    assert report["schema_version"] == dr.SCHEMA_VERSION and report["method"] == "filesize"
+    assert group_paths(report) == {
+        "same_class_and_set": [{"train/bird/bird_000.jpg", "train/bird/again.jpg"}],
+        "same_class_diff_set": [{"train/plane/plane_000.jpg", "val/plane/leak.jpg"}],
+        "diff_class_same_set": [{"train/superman/superman_001.jpg", "train/other/conflict.jpg"}],
+        "diff_class_diff_set": [{"train/other/other_002.jpg", "val/bird/both.jpg"}],
+    }
+    # the equal-size bitmaps were hashed (their size is shared) but, with different bytes, never grouped
+    assert report["files_hashed"] >= 10 and "train/bird/same_size_a.bmp" not in all_grouped(report)
+    entry = report["duplicate_groups"]["same_class_diff_set"][0]["files"][1]
+    assert entry["path"] == "val/plane/leak.jpg" and entry["set"] == "val" and entry["class"] == "plane"
+    assert (entry["width"], entry["height"], entry["filename"]) == (64, 64, "leak.jpg")
+    assert entry["sha256"] == dr.sha256_file(dataset / "val/plane/leak.jpg")
+    assert report["summary"]["removable_copies"] == 4
+
+
+def test_filesize_only_hashes_files_whose_size_is_shared() -> None:
+    assert sorted(by_filesize.sizes_to_hash([10, 20, 10, 30, 20, 40])) == [0, 1, 2, 4]
+    assert by_filesize.exact_duplicate_groups([10, 10, 10], ["a", "b", "a"]) == [[0, 2]]
+    assert by_filesize.exact_duplicate_groups([10, 10], [None, None]) == []
+
+
+def test_filesize_skips_every_bad_file_with_a_reason(tmp_path: Path) -> None:
+    dataset = make_dataset(tmp_path / "dataset", train_per_class=1, val_per_class=1)
+    write_bad_files(dataset / "train" / "bird")
+    try:
+        assert by_filesize.main(["--dataset-dir", str(dataset)]) == 1
+    finally:
+        os.chmod(dataset / "train" / "bird" / "unreadable.jpg", 0o644)
+    report = load(dataset / "duplicate_report_filesize.json")
+    assert {Path(error["path"]).name for error in report["errors"]} == refused_bad_files()
+    assert all(error["reason"] for error in report["errors"])
+    # the byte-identical good files among the bad ones are found by content, whatever their names
+    grouped = {Path(path).name for path in all_grouped(report)}
+    assert {
+        "IMG.JPG",
+        "photo.Jpeg",
+        "my photo.jpg",
+        "-dash.jpg",
+        "symlink.jpg",
+        "no_extension",
+        "fötö_鳥.png",
+    } <= grouped
+
+
+def test_detectors_refuse_a_missing_or_empty_dataset(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    for main in (by_filesize.main, by_phash.main):
+        with pytest.raises(SystemExit) as exit_info:
+            main(["--dataset-dir", str(tmp_path / "nowhere")])
+        assert exit_info.value.code == 2
+        (tmp_path / "empty" / "train" / "bird").mkdir(parents=True, exist_ok=True)
+        with pytest.raises(SystemExit) as exit_info:
+            main(["--dataset-dir", str(tmp_path / "empty")])
+        assert exit_info.value.code == 2
+    assert "no images found" in capsys.readouterr().err
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Perceptual hash
+
+
+@pytest.fixture
+def near_copy_dataset(tmp_path: Path) -> Path:
+    """3 distinct images per class and split, plus planted near copies (see the test for which)."""
+    dataset = make_dataset(tmp_path / "dataset", train_per_class=2, val_per_class=1, size=NEAR_SIZE)
+    original = make_class_image(0, 900, NEAR_SIZE)
+    save_image(original, dataset / "train" / "bird" / "original.jpg")
+    variants = make_near_duplicates(original)
+    for name in ("resized_50", "jpeg_q40", "brightened_10"):
+        save_image(variants[name], dataset / "train" / "bird" / f"{name}.jpg")
+    save_image(variants["mirrored"], dataset / "train" / "bird" / "mirrored.jpg")
+    plane = make_class_image(1, 901, NEAR_SIZE)
+    save_image(plane, dataset / "train" / "plane" / "plane_orig.jpg")
+    save_image(make_near_duplicates(plane)["resized_50"], dataset / "val" / "plane" / "plane_small.jpg")
+    hero = make_class_image(2, 902, NEAR_SIZE)
+    save_image(hero, dataset / "train" / "superman" / "hero.jpg")
+    save_image(make_near_duplicates(hero)["jpeg_q40"], dataset / "train" / "other" / "hero_q40.jpg")
+    return dataset
+
+
+def test_phash_groups_near_copies_and_nothing_else(near_copy_dataset: Path) -> None:
+    dataset = near_copy_dataset
+    assert by_phash.main(["--dataset-dir", str(dataset), "--threshold", str(NEAR_THRESHOLD), "--workers", "1"]) == 0
+    report = load(dataset / "duplicate_report_phash.json")
+    bird = {"train/bird/original.jpg", "train/bird/resized_50.jpg", "train/bird/jpeg_q40.jpg"}
+    assert group_paths(report) == {
+        "same_class_and_set": [bird | {"train/bird/brightened_10.jpg"}],
+        "same_class_diff_set": [{"train/plane/plane_orig.jpg", "val/plane/plane_small.jpg"}],
+        "diff_class_same_set": [{"train/superman/hero.jpg", "train/other/hero_q40.jpg"}],
+        "diff_class_diff_set": [],
+    }  # the mirrored copy and the 12 generated images are in no group
+    hashes = {entry["path"]: entry["phash"] for group in dr.iter_groups(report) for entry in group["files"]}
+    naive = imagehash.phash(Image.open(dataset / "train/bird/original.jpg").convert("RGB"))
+    assert imagehash.hex_to_hash(hashes["train/bird/original.jpg"]) - naive <= 2  # imagehash's pHash, as hex
+
+    assert by_phash.main(["--dataset-dir", str(dataset), "--threshold", str(NEAR_THRESHOLD), "--flip-invariant"]) == 0
+    flipped = load(dataset / "duplicate_report_phash.json")
+    assert group_paths(flipped)["same_class_and_set"] == [
+        bird | {"train/bird/brightened_10.jpg", "train/bird/mirrored.jpg"}
+    ]
+
+
+def test_phash_default_threshold_keeps_resized_and_recompressed(near_copy_dataset: Path) -> None:
+    assert by_phash.main(["--dataset-dir", str(near_copy_dataset), "--workers", "1", "--gallery"]) == 0
+    report = load(near_copy_dataset / "duplicate_report_phash.json")
+    groups = [paths for category in group_paths(report).values() for paths in category]
+    assert {"train/bird/original.jpg", "train/bird/resized_50.jpg", "train/bird/jpeg_q40.jpg"} <= groups[0]
+    assert {"train/plane/plane_orig.jpg", "val/plane/plane_small.jpg"} in groups
+    with Image.open(near_copy_dataset / "duplicate_report_phash.png") as gallery:
+        assert gallery.format == "PNG" and gallery.width > 200
+
+
+def test_phash_skips_every_bad_file_and_reads_the_others(tmp_path: Path) -> None:
+    dataset = make_dataset(tmp_path / "dataset", train_per_class=1, val_per_class=1)
+    files = write_bad_files(dataset / "val" / "plane")
+    try:
+        assert by_phash.main(["--dataset-dir", str(dataset), "--workers", "1"]) == 1
+    finally:
+        os.chmod(files["unreadable.jpg"], 0o644)
+    report = load(dataset / "duplicate_report_phash.json")
+    assert {Path(error["path"]).name for error in report["errors"]} == refused_bad_files()
+    assert report["images_read"] == report["files_scanned"] - len(report["errors"])
+    # the same picture saved as JPEG, PNG, WebP, GIF, grey, 16-bit, CMYK: one group of near copies
+    grouped = {Path(path).name for path in all_grouped(report)}
+    assert {"IMG.JPG", "grayscale.png", "sixteen_bit.png", "cmyk.jpg", "image.webp", "animated.gif"} <= grouped
+    assert {"exif_rotated.jpg", "tiny_1x1.png"} <= {Path(path).name for path in report["plain_images"]}
+
+
+def test_phash_in_processes_equals_in_process(tmp_path: Path) -> None:
+    dataset = make_dataset(tmp_path / "dataset", train_per_class=16, val_per_class=1)
+    copy(dataset, "train/bird/bird_003.jpg", "val/bird/copy.jpg")
+    reports = []
+    for workers in ("1", "2"):
+        assert by_phash.main(["--dataset-dir", str(dataset), "--workers", workers]) == 0
+        reports.append(load(dataset / "duplicate_report_phash.json"))
+    assert reports[0]["files_scanned"] > by_phash.MIN_FILES_FOR_PROCESSES
+    assert reports[0]["duplicate_groups"] == reports[1]["duplicate_groups"]
+    assert {"train/bird/bird_003.jpg", "val/bird/copy.jpg"} in group_paths(reports[0])["same_class_diff_set"]
+
+
+def test_draft_decoded_hashes_match_full_decodes(tmp_path: Path) -> None:
+    distances = []
+    for seed in range(4):
+        path = save_image(make_class_image(seed % 4, seed, (800, 600)), tmp_path / f"{seed}.jpg")
+        naive = imagehash.phash(Image.open(path).convert("RGB"))
+        ours = imagehash.hex_to_hash(by_phash.hash_file((str(path), 8, False))[0])
+        distances.append(naive - ours)
+    assert np.mean(distances) < 2
+
+
+@pytest.mark.parametrize(("bits", "max_distance"), [(64, 0), (64, 3), (64, 5), (64, 10), (64, 24), (256, 12), (36, 4)])
+def test_near_duplicate_search_equals_brute_force(bits: int, max_distance: int) -> None:
+    rng = np.random.default_rng(bits * 100 + max_distance)
+    base = rng.random((1500, bits)) < 0.5
+    near = base[:300] ^ (rng.random((300, bits)) < max(1, max_distance) / bits)  # many pairs near the threshold
+    clustered = np.repeat(base[300:310], 5, axis=0)  # identical hashes in groups
+    words = by_phash.pack_hashes(np.concatenate([base, near, clustered]))
+    expected = by_phash.brute_force_pairs(words, max_distance)
+    expected = expected[np.lexsort((expected[:, 1], expected[:, 0]))]
+    found = by_phash.find_near_duplicate_pairs(words, max_distance, bits)
+    assert len(expected) > 0
+    np.testing.assert_array_equal(found, expected)
+
+
+def test_mirrored_hash_groups_connect_copies() -> None:
+    bits = 64
+    rng = np.random.default_rng(5)
+    hashes = rng.random((6, bits)) < 0.5
+    mirrored = rng.random((6, bits)) < 0.5
+    hashes[3] = mirrored[0]  # image 3 looks like image 0 mirrored
+    words, mirror_words = by_phash.pack_hashes(hashes), by_phash.pack_hashes(mirrored)
+    assert by_phash.near_duplicate_groups(words, 2, bits) == []
+    assert by_phash.near_duplicate_groups(words, 2, bits, mirror_words) == [[0, 3]]
+
+
+def test_help_runs_as_a_script() -> None:
+    for script in ("detect_duplicates_by_filesize.py", "detect_duplicates_by_phash.py"):
+        result = subprocess.run(
+            [sys.executable, str(ROOT / "data_collection" / script), "--help"], capture_output=True, text=True
+        )
+        assert result.returncode == 0 and "--dataset-dir" in result.stdout and "default" in result.stdout
+
+
+def test_classes_of_any_name_and_a_dataset_without_sets(tmp_path: Path) -> None:
+    folder = tmp_path / "photos"
+    for index, name in enumerate(("cats", "dogs")):
+        save_image(make_class_image(index, 3, (64, 48)), folder / name / "a.jpg")
+    copy(folder, "cats/a.jpg", "dogs/b.jpg")
+    assert by_filesize.main(["--dataset-dir", str(folder), "--output", str(tmp_path / "r.json")]) == 0
+    report = load(tmp_path / "r.json")
+    assert report["sets"] == [dr.WHOLE_FOLDER_SET]
+    assert group_paths(report)["diff_class_same_set"] == [{"cats/a.jpg", "dogs/b.jpg"}]
