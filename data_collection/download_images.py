@@ -972,7 +972,7 @@ def download_class(class_name: str, candidates: Sequence[Candidate], stats: Clas
         desc=class_name,
         unit="img",
         file=sys.stderr,
-        disable=not config.show_progress,
+        disable=None if config.show_progress else True,  # None: only on a terminal
         leave=True,
     )
     pool = ThreadPoolExecutor(max_workers=config.workers, thread_name_prefix="download")

@@ -119,6 +119,11 @@ def _tiny_png() -> bytes:
     return buffer.getvalue()
 
 
+class _QuietThreadingServer(ThreadingHTTPServer):
+    daemon_threads = True
+    request_queue_size = 128  # the default 5 drops connections when 8+ workers connect at once: 1 s SYN retries
+
+
 class ImageServer:
     """Serves ``routes`` on 127.0.0.1 from a background thread; ``latency_s`` is added to every answer."""
 
@@ -137,8 +142,7 @@ class ImageServer:
 
     def start(self) -> ImageServer:
         """Start (or restart on the same port after stop())."""
-        server = ThreadingHTTPServer(("127.0.0.1", self.port), self._handler_class())
-        server.daemon_threads = True
+        server = _QuietThreadingServer(("127.0.0.1", self.port), self._handler_class())
         self._server = server
         self.port = server.server_address[1]
         self._thread = threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True)
