@@ -339,8 +339,12 @@ def protect_symlink_targets(plans: Sequence[GroupPlan], dataset_dir: Path) -> No
                 plan.notes.append(f"kept {entry['path']}: a kept symlink points to it")
 
 
-def ask_keep(group: dict[str, Any], suggested: int, read: Callable[[str], str] = input) -> list[int] | None:
-    """Show a group on stdout and read which files to keep; None keeps all; raises StopAsking on q or end of input."""
+def ask_keep(group: dict[str, Any], suggested: int, read: Callable[[str], str] | None = None) -> list[int] | None:
+    """Show a group on stdout and read which files to keep; None keeps all; raises StopAsking on q or end of input.
+
+    ``read`` defaults to ``input`` (looked up at call time).
+    """
+    read = read or input
     print(f"\ngroup {group['id']} ({group['category']}, {dr.CATEGORY_NOTES[group['category']]}):")
     for number, entry in enumerate(group["files"], start=1):
         print(f"  {number}. {entry['path']}  [{entry['set']}/{entry['class']}, {describe_entry(entry)}]")
