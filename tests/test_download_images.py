@@ -128,7 +128,6 @@ def web(tmp_path: Path):
             bad=bad,
             bird_good={route.body for route in bird_good.values()} | {copy},
             other_good={route.body for route in other_good.values()} | {hidden},
-            shared_path=shared_path,
             queries=write_queries(tmp_path / "queries.json", {"bird": ["bird q"], "other": ["other q"]}),
             dataset=tmp_path / "dataset",
         )
@@ -439,19 +438,33 @@ def test_existing_images_are_respected(tmp_path: Path) -> None:
     assert record["status"] == "duplicate" and record["duplicate_of"] == "train/bird/my photo.jpg"
 
 
-def test_a_cut_manifest_line_is_skipped_and_the_run_carries_on(tmp_path: Path) -> None:
-    routes = good_routes("bird", 0, 2)
+def test_leftovers_of_a_killed_run_are_cleaned_up_or_adopted(tmp_path: Path) -> None:
+    routes = good_routes("bird", 0, 3)
+    paths = list(routes)
     dataset = tmp_path / "dataset"
     with ImageServer(routes) as server:
         urls = tmp_path / "urls.csv"
-        urls.write_text("".join(f"bird,{server.url(path)}\n" for path in routes))
+        urls.write_text("".join(f"bird,{server.url(path)}\n" for path in paths[:2]))
         assert run(["--urls-file", str(urls), "--dataset-dir", str(dataset), *FAST]) == 0
+        # Killed mid-line, after renaming an image into place but before its manifest line, and mid-write.
         manifest = dataset / MANIFEST_NAME
-        manifest.write_text(manifest.read_text() + '{"url": "http://half-written')  # killed mid-line
+        manifest.write_text(manifest.read_text() + '{"url": "http://half-written')
+        data = routes[paths[2]].body
+        digest = hashlib.sha256(data).hexdigest()
+        landed = dataset / split_for_hash(digest, 0.2) / "bird" / f"{digest}.png"
+        landed.parent.mkdir(parents=True, exist_ok=True)
+        landed.write_bytes(data)
+        dead_pid = next(pid for pid in range(999_999, 2_000_000) if not download_images.is_process_alive(pid))
+        half = dataset / "train" / "bird" / f".{'0' * 64}.jpg.{dead_pid}.part"
+        half.write_bytes(data[:10])
+        urls.write_text("".join(f"bird,{server.url(path)}\n" for path in paths))
         assert run(["--urls-file", str(urls), "--dataset-dir", str(dataset), *FAST]) == 0
-        assert sum(server.hits.values()) == 2
+        assert sum(server.hits.values()) == 3  # only the URL without a manifest line was fetched again
+    assert not half.exists() and landed.read_bytes() == data
+    assert len(image_files(dataset)) == 3
     records = read_manifest(manifest)
-    assert len(records) == 2 and all(record["status"] == "saved" for record in records)
+    assert [record["status"] for record in records] == ["saved"] * 3
+    assert records[-1]["path"] == landed.relative_to(dataset).as_posix()
 
 
 # ------------------------------------------------------------------------------------------------ pure functions
