@@ -1,0 +1,380 @@
+"""Tests for train_classifier.py: tiny runs (resnet18, 64 px, random weights) on generated data, and the pure parts.
+
+Each run takes a few seconds on 2 CPU cores; the full file stays well under a minute.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import urllib.error
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+import torchvision
+from conftest import ROOT, make_class_image, make_dataset, refused_bad_files, save_image, write_bad_files
+from PIL import Image
+
+import classifier
+import train_classifier
+
+TINY = ["--arch", "resnet18", "--image-size", "64", "--num-workers", "0", "--device", "cpu", "--seed", "3"]
+FROZEN_PREFIXES = ("conv1.", "bn1.", "layer1.", "layer2.", "layer3.")  # what --freeze-until layer3 keeps fixed
+
+
+def run_trainer(dataset: Path, output: Path, *extra: str) -> int:
+    return train_classifier.main(["--dataset-dir", str(dataset), "--output-dir", str(output), *TINY, *extra])
+
+
+def read_json(path: Path) -> dict:
+    return json.loads(path.read_text(encoding="utf-8"))
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# One real training run, shared by the tests that inspect its outputs
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory: pytest.TempPathFactory) -> dict:
+    root = tmp_path_factory.mktemp("trained")
+    dataset = make_dataset(root / "dataset", train_per_class=[8, 4, 4, 4], val_per_class=4)
+    torch.manual_seed(0)
+    initial = torchvision.models.resnet18(num_classes=4).state_dict()
+    torch.save(initial, root / "init.pth")
+    output = root / "models"
+    arguments = [
+        "--weights", str(root / "init.pth"), "--epochs", "3", "--batch-size", "4", "--learning-rate", "0.002",
+        "--warmup-epochs", "0", "--patience", "0",
+    ]  # fmt: skip
+    code = run_trainer(dataset, output, *arguments)
+    return {"code": code, "dataset": dataset, "output": output, "initial": initial, "arguments": arguments}
+
+
+def test_run_writes_every_output_and_they_parse(trained: dict) -> None:
+    output = trained["output"]
+    assert trained["code"] == 0
+    metadata = read_json(output / "training_metadata.json")
+    assert metadata["schema_version"] == 1 and metadata["status"] == "completed"
+    assert metadata["classes"] == ["bird", "other", "plane", "superman"]
+    assert metadata["class_counts"]["train"] == {"bird": 8, "other": 4, "plane": 4, "superman": 4}
+    assert metadata["sampling"]["class_weights"]["bird"] == pytest.approx(1 / 8)
+    assert metadata["augmentation"]["policy"]["bird"]["vertical_flip"] == 0.0
+    assert metadata["skipped_files"] == []
+    assert [record["epoch"] for record in metadata["epochs"]] == [1, 2, 3]
+    for name in ("training_curves.png", "confusion_matrix.png"):
+        with Image.open(output / name) as image:
+            assert image.format == "PNG" and image.width > 100
+    for epoch in (1, 2, 3):
+        folder = output / "error_analysis" / f"epoch_{epoch:02d}"
+        with Image.open(folder / "contact_sheet.png") as image:
+            assert image.format == "PNG"
+        for name in metadata["classes"]:
+            report = read_json(folder / f"{name}_errors.json")
+            assert report["true_class"] == name and len(report["errors"]) <= 10
+            for error in report["errors"]:
+                assert set(error) == {"image_path", "true_label", "predicted_label", "confidence", "all_probabilities"}
+                assert error["true_label"] == name != error["predicted_label"]
+                assert error["image_path"].startswith(f"val/{name}/")
+                assert error["confidence"] == max(error["all_probabilities"].values())
+    last = torch.load(output / "last_checkpoint.pth", weights_only=True)
+    assert last["epoch"] == 3 and len(last["history"]) == 3 and "optimizer_state_dict" in last
+
+
+def test_best_model_is_a_calibrated_classifier_checkpoint(trained: dict) -> None:
+    output, dataset = trained["output"], trained["dataset"]
+    metadata = read_json(output / "training_metadata.json")
+    checkpoint = classifier.load_checkpoint(output / "best_model.pth")
+    assert checkpoint["epoch"] == metadata["best_epoch"]
+    assert checkpoint["confidence_threshold"] == 0.7
+    assert checkpoint["temperature"] == pytest.approx(metadata["calibration"]["temperature"])
+    assert metadata["calibration"]["nll_after"] <= metadata["calibration"]["nll_before"] + 1e-6
+    assert [row["threshold"] for row in metadata["thresholds"]] == pytest.approx([0.5 + 0.05 * i for i in range(10)])
+    assert metadata["recommended_threshold"] in [row["threshold"] for row in metadata["thresholds"]]
+    clf = classifier.BirdPlaneSupermanClassifier(output / "best_model.pth", device="cpu")
+    predicted, confidence, probabilities = clf.predict(dataset / "val" / "plane" / "plane_000.jpg")
+    assert set(probabilities) == set(metadata["classes"]) and 0 <= confidence <= 1
+
+
+def test_metrics_agree_with_the_confusion_matrix_and_beat_chance(trained: dict) -> None:
+    metadata = read_json(trained["output"] / "training_metadata.json")
+    classes = metadata["classes"]
+    for record in metadata["epochs"]:
+        matrix = np.array(record["confusion_matrix"])
+        assert matrix.sum() == record["val_images"] == 16
+        assert record["val_accuracy"] == pytest.approx(np.trace(matrix) / matrix.sum())
+        f1s = []
+        for i, name in enumerate(classes):
+            precision = matrix[i, i] / matrix[:, i].sum() if matrix[:, i].sum() else 0.0
+            recall = matrix[i, i] / matrix[i].sum()
+            assert record["per_class"][name]["precision"] == pytest.approx(precision)
+            assert record["per_class"][name]["recall"] == pytest.approx(recall)
+            assert record["per_class"][name]["support"] == matrix[i].sum() == 4
+            f1s.append(2 * precision * recall / (precision + recall) if precision + recall else 0.0)
+        assert record["macro_f1"] == pytest.approx(np.mean(f1s))
+    best = max(metadata["epochs"], key=lambda record: record["macro_f1"])
+    assert metadata["best_epoch"] == best["epoch"]
+    assert best["val_accuracy"] >= 0.75  # four clearly separable classes: chance is 0.25
+
+
+def test_frozen_parameters_and_their_batchnorm_statistics_do_not_change(trained: dict) -> None:
+    state = classifier.load_checkpoint(trained["output"] / "best_model.pth")["model_state_dict"]
+    initial = trained["initial"]
+    frozen = [key for key in state if key.startswith(FROZEN_PREFIXES)]
+    assert any("running_mean" in key for key in frozen)
+    for key in frozen:
+        assert torch.equal(state[key], initial[key]), key
+    changed = [key for key in state if key.startswith("layer4.") and not torch.equal(state[key], initial[key])]
+    assert any(key.endswith("conv1.weight") for key in changed)
+    assert any(key.endswith("running_mean") for key in changed)  # layer4's BatchNorm does train
+    assert not torch.equal(state["fc.weight"], initial["fc.weight"])
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Resume
+
+
+def test_resume_after_an_interruption_gives_the_same_history(
+    trained: dict, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    straight = read_json(trained["output"] / "training_metadata.json")["epochs"]  # 3 epochs without a break
+
+    real_train_one_epoch = train_classifier.train_one_epoch
+    calls = []
+
+    def interrupted_in_second_epoch(*args, **kwargs):
+        calls.append(1)
+        if len(calls) == 2:
+            raise KeyboardInterrupt
+        return real_train_one_epoch(*args, **kwargs)
+
+    monkeypatch.setattr(train_classifier, "train_one_epoch", interrupted_in_second_epoch)
+    assert run_trainer(trained["dataset"], tmp_path / "resumed", *trained["arguments"]) == 130  # like Ctrl-C
+    monkeypatch.undo()
+    partial = read_json(tmp_path / "resumed" / "training_metadata.json")
+    assert partial["status"] == "interrupted" and len(partial["epochs"]) == 1
+    classifier.load_checkpoint(tmp_path / "resumed" / "best_model.pth")  # still a valid model
+
+    code = train_classifier.main(["--resume", "--output-dir", str(tmp_path / "resumed")])
+    assert code == 0
+    resumed = read_json(tmp_path / "resumed" / "training_metadata.json")["epochs"]
+    assert train_classifier.history_for_comparison(resumed) == train_classifier.history_for_comparison(straight)
+
+
+def test_resume_without_a_checkpoint_is_a_clear_error(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    assert train_classifier.main(["--resume", "--output-dir", str(tmp_path / "nothing")]) == 2
+    assert "last_checkpoint.pth" in capsys.readouterr().err
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Bad input
+
+
+@pytest.mark.parametrize("cache_gb", ["4", "0"], ids=["checked-up-front", "found-mid-epoch"])
+def test_bad_files_are_skipped_and_listed(tmp_path: Path, cache_gb: str) -> None:
+    dataset = make_dataset(tmp_path / "dataset", train_per_class=4, val_per_class=2)
+    files = write_bad_files(dataset / "train" / "bird")
+    try:
+        refused = refused_bad_files()
+        usable = 4 * 4 + len(files) - len(refused) + (1 if cache_gb == "0" else 0)  # truncated passes a header check
+        code = run_trainer(
+            dataset, tmp_path / "models", "--weights", "none", "--epochs", "1", "--cache-max-gb", cache_gb,
+            "--no-weighted-sampling", "--batch-size", str(usable),
+        )  # fmt: skip
+    finally:
+        os.chmod(files["unreadable.jpg"], 0o644)
+    assert code == 1
+    metadata = read_json(tmp_path / "models" / "training_metadata.json")
+    skipped = {Path(item["path"]).name: item for item in metadata["skipped_files"]}
+    assert set(skipped) == refused
+    assert all(item["reason"] and item["split"] == "train" for item in skipped.values())
+    assert "truncated" in skipped["truncated.jpg"]["reason"] or "corrupt" in skipped["truncated.jpg"]["reason"]
+    assert metadata["status"] == "completed" and len(metadata["epochs"]) == 1
+    assert metadata["epochs"][0]["train_images"] == 4 * 4 + len(files) - len(refused)
+    assert (tmp_path / "models" / "best_model.pth").is_file()
+
+
+def test_val_missing_a_class_stops_with_one_sentence(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    dataset = make_dataset(tmp_path / "dataset", train_per_class=2, val_per_class=1)
+    for path in (dataset / "val" / "superman").iterdir():
+        path.unlink()
+    (dataset / "val" / "superman").rmdir()
+    assert run_trainer(dataset, tmp_path / "models", "--weights", "none") == 2
+    error = capsys.readouterr().err
+    assert "superman" in error and "val/" in error and "Traceback" not in error
+    assert not (tmp_path / "models" / "best_model.pth").exists()
+
+
+@pytest.mark.parametrize("problem", ["empty-class", "only-bad-files", "empty-split", "no-dataset"])
+def test_unusable_datasets_stop_before_training(tmp_path: Path, problem: str, capsys: pytest.CaptureFixture) -> None:
+    dataset = make_dataset(tmp_path / "dataset", classes=("bird", "plane"), train_per_class=2, val_per_class=1)
+    if problem == "empty-class":
+        for path in (dataset / "train" / "plane").iterdir():
+            path.unlink()
+    elif problem == "only-bad-files":
+        for path in (dataset / "val" / "bird").iterdir():
+            path.write_bytes(b"")
+    elif problem == "empty-split":
+        for folder in (dataset / "train").iterdir():
+            for path in folder.iterdir():
+                path.unlink()
+            folder.rmdir()
+    else:
+        dataset = tmp_path / "missing"
+    assert run_trainer(dataset, tmp_path / "models", "--weights", "none") == 2
+    error = capsys.readouterr().err
+    assert error.startswith("error: ") and "Traceback" not in error
+    expected = {"empty-class": "train/plane", "only-bad-files": "val/bird", "empty-split": "class folders"}
+    assert expected.get(problem, "does not exist") in error
+    assert not (tmp_path / "models" / "best_model.pth").exists()
+
+
+def test_no_network_for_imagenet_weights_is_one_sentence(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture
+) -> None:
+    def offline(*args, **kwargs):
+        raise urllib.error.URLError("no network")
+
+    monkeypatch.setattr(torchvision.models._api, "load_state_dict_from_url", offline)
+    dataset = make_dataset(tmp_path / "dataset", classes=("bird", "plane"), train_per_class=2, val_per_class=1)
+    assert run_trainer(dataset, tmp_path / "models", "--weights", "imagenet") == 1
+    error = capsys.readouterr().err.strip()
+    assert "--weights none" in error and "--weights FILE" in error and "Traceback" not in error
+
+
+def test_help_runs_as_a_script() -> None:
+    result = subprocess.run(
+        [sys.executable, str(ROOT / "train_classifier.py"), "--help"], capture_output=True, text=True, timeout=120
+    )
+    assert result.returncode == 0
+    assert "--freeze-until" in result.stdout and "--uniform-augmentation" in result.stdout
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Pure parts: sampling, augmentation, metrics, calibration, schedule
+
+
+def test_weighted_sampler_balances_skewed_classes() -> None:
+    labels = [0] * 40 + [1] * 10 + [2] * 10 + [3] * 10
+    counts = np.zeros(4)
+    for epoch in range(100):
+        draw = train_classifier.draw_epoch(labels, 4, True, seed=1, epoch=epoch)
+        assert len(draw) == len(labels)
+        counts += np.bincount([labels[index] for index, _ in draw], minlength=4)
+    assert counts / counts.sum() == pytest.approx([0.25] * 4, abs=0.02)
+    plain = train_classifier.draw_epoch(labels, 4, False, seed=1, epoch=0)
+    assert sorted(index for index, _ in plain) == list(range(70))  # without weighting: each image once
+    assert train_classifier.draw_epoch(labels, 4, True, 1, 5) == train_classifier.draw_epoch(labels, 4, True, 1, 5)
+    assert train_classifier.draw_epoch(labels, 4, True, 1, 5) != train_classifier.draw_epoch(labels, 4, True, 1, 6)
+    excluded = train_classifier.draw_epoch(labels, 4, True, 1, 0, excluded=frozenset(range(40, 50)))
+    assert not {index for index, _ in excluded} & set(range(40, 50))
+
+
+def _top_red_bottom_blue(size: int = 96) -> np.ndarray:
+    pixels = np.zeros((size, size, 3), dtype=np.uint8)
+    pixels[: size // 2] = (230, 20, 20)
+    pixels[size // 2 :] = (20, 20, 230)
+    return pixels
+
+
+def _is_upside_down(pixels: np.ndarray) -> bool:
+    half = pixels.shape[0] // 2
+    redness = pixels[..., 0].astype(float) - pixels[..., 2]
+    return redness[:half].mean() < redness[half:].mean()
+
+
+def test_augmentation_never_flips_birds_or_planes_upside_down() -> None:
+    assert train_classifier.AUGMENTATION_TABLE["bird"].vertical_flip == 0.0
+    assert train_classifier.AUGMENTATION_TABLE["plane"].vertical_flip == 0.0
+    image = _top_red_bottom_blue()
+    rng = np.random.default_rng(0)
+    flips = {}
+    for name in ("bird", "plane", "other"):
+        policy = train_classifier.augmentation_policy_for(name)
+        views = [train_classifier.augment_image(image, policy, 64, rng) for _ in range(200)]
+        assert all(view.shape == (64, 64, 3) and view.dtype == np.uint8 for view, _ in views)
+        flips[name] = sum(_is_upside_down(view) for view, _ in views)
+    assert flips["bird"] == 0 and flips["plane"] == 0
+    assert 60 < flips["other"] < 140  # the check does see flips: "other" is flipped half the time
+
+
+def test_unknown_classes_and_uniform_augmentation_use_the_default_row() -> None:
+    default = train_classifier.DEFAULT_AUGMENTATION
+    assert train_classifier.augmentation_policy_for("cat") == default
+    assert all(train_classifier.augmentation_policy_for(name, is_uniform=True) == default for name in ("bird", "other"))
+    assert train_classifier.augmentation_policy_for("superman").vertical_flip > 0
+
+
+def test_color_jitter_is_identity_at_one_and_grey_at_zero_saturation() -> None:
+    images = torch.from_numpy(np.stack([np.asarray(make_class_image(i, 1, (16, 16))) for i in range(2)]))
+    same = train_classifier.apply_color_jitter(images, torch.ones(2, 3))
+    assert (same.int() - images.int()).abs().max() <= 1
+    grey = train_classifier.apply_color_jitter(images, torch.tensor([[1.0, 1.0, 0.0], [1.0, 1.0, 0.0]]))
+    assert (grey.int().amax(dim=-1) - grey.int().amin(dim=-1)).max() <= 1
+    darker = train_classifier.apply_color_jitter(images, torch.tensor([[0.5, 1.0, 1.0], [0.5, 1.0, 1.0]]))
+    assert darker.float().mean() < images.float().mean() * 0.6
+
+
+def test_training_copies_keep_the_shorter_side_and_centre_of_panoramas(tmp_path: Path) -> None:
+    wide = save_image(make_class_image(0, 1, (2000, 10)), tmp_path / "wide.png")
+    pixels = train_classifier.decode_training_copy(wide, 73)
+    assert pixels.shape[0] == 73 and pixels.shape[1] <= 2 * 73 + 1
+    photo = save_image(make_class_image(1, 1, (400, 300)), tmp_path / "photo.jpg")
+    assert train_classifier.decode_training_copy(photo, 73).shape == (73, 97, 3)
+
+
+def test_classification_metrics_match_sklearn() -> None:
+    from sklearn.metrics import f1_score, precision_recall_fscore_support
+
+    rng = np.random.default_rng(4)
+    labels = rng.integers(0, 3, 200)
+    predicted = np.where(rng.random(200) < 0.7, labels, rng.integers(0, 4, 200))  # class 3 is never true
+    matrix = train_classifier.confusion_matrix(labels, predicted, 4)
+    metrics = train_classifier.classification_metrics(matrix, ["a", "b", "c", "d"])
+    precision, recall, f1, support = precision_recall_fscore_support(labels, predicted, labels=[0, 1, 2, 3])
+    for i, name in enumerate("abcd"):
+        assert metrics["per_class"][name]["precision"] == pytest.approx(precision[i])
+        assert metrics["per_class"][name]["recall"] == pytest.approx(recall[i])
+        assert metrics["per_class"][name]["support"] == support[i]
+    assert metrics["macro_f1"] == pytest.approx(f1_score(labels, predicted, labels=[0, 1, 2], average="macro"))
+    assert metrics["accuracy"] == pytest.approx((labels == predicted).mean())
+
+
+def test_temperature_fit_recovers_a_known_temperature() -> None:
+    generator = torch.Generator().manual_seed(0)
+    logits = torch.randn(4000, 4, generator=generator) * 4
+    labels = torch.multinomial(torch.softmax(logits / 2.5, dim=1), 1, generator=generator).squeeze(1)
+    temperature = train_classifier.fit_temperature(logits, labels)
+    assert temperature == pytest.approx(2.5, rel=0.1)
+    before = train_classifier.expected_calibration_error(torch.softmax(logits, 1).numpy(), labels.numpy())
+    after = train_classifier.expected_calibration_error(torch.softmax(logits / temperature, 1).numpy(), labels.numpy())
+    assert after < before / 2
+
+
+def test_threshold_table_sends_unsure_predictions_to_other() -> None:
+    classes = ["bird", "other", "plane"]
+    probabilities = np.array([[0.9, 0.05, 0.05], [0.62, 0.08, 0.3], [0.2, 0.1, 0.7], [0.56, 0.4, 0.04]])
+    labels = [0, 1, 2, 1]  # the two unsure "bird" predictions are really "other"
+    table = {row["threshold"]: row for row in train_classifier.threshold_table(probabilities, labels, classes)}
+    assert (table[0.5]["accuracy"], table[0.5]["sent_to_other"]) == (0.5, 0.0)
+    assert (table[0.6]["accuracy"], table[0.6]["sent_to_other"]) == (0.75, 0.25)
+    assert (table[0.65]["accuracy"], table[0.65]["sent_to_other"]) == (1.0, 0.5)
+    assert table[0.7]["accuracy"] == 1.0  # a probability exactly at the threshold keeps its class
+    assert (table[0.95]["accuracy"], table[0.95]["sent_to_other"], table[0.95]["accepted_accuracy"]) == (0.5, 1.0, None)
+    assert train_classifier.recommend_threshold(list(table.values())) == 0.65  # ties go to the lowest threshold
+
+
+def test_learning_rate_warms_up_then_decays_to_zero() -> None:
+    factors = [train_classifier.learning_rate_factor(step, 10, 100) for step in range(100)]
+    assert factors[0] == pytest.approx(0.1) and factors[9] == pytest.approx(1.0)
+    assert all(a >= b for a, b in zip(factors[9:], factors[10:]))
+    assert train_classifier.learning_rate_factor(100, 10, 100) == pytest.approx(0.0)
+
+
+def test_class_set_difference_names_both_sides() -> None:
+    message = train_classifier.compare_class_sets(["bird", "plane"], ["bird", "cat"])
+    assert "plane" in message and "cat" in message
+    assert train_classifier.compare_class_sets(["a", "b"], ["b", "a"]) is None
