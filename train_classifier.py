@@ -789,6 +789,7 @@ class TrainingContext:
     metadata: dict[str, Any]
     skipped_files: list[dict[str, str]] = dataclasses.field(default_factory=list)
     history: list[dict[str, Any]] = dataclasses.field(default_factory=list)
+    hook_state: dict[str, Any] = dataclasses.field(default_factory=dict)  # saved in last_checkpoint.pth for --resume
 
     def eval_loader(self, dataset: ImageDataset) -> DataLoader:
         """A loader over ``dataset`` in order, no augmentation (for per-image scores of any split)."""
@@ -912,7 +913,9 @@ def train_one_epoch(
     }
 
 
-def record_failures(context: TrainingContext, dataset: ImageDataset, split: str, failures: Sequence[tuple[int, str]]):
+def record_failures(
+    context: TrainingContext, dataset: ImageDataset, split: str, failures: Sequence[tuple[int, str]]
+) -> None:
     """Exclude images that failed to decode from later epochs and list them in ``skipped_files`` (once each)."""
     known = {item["path"] for item in context.skipped_files}
     for index, reason in failures:
@@ -1160,6 +1163,7 @@ def save_last_checkpoint(
         "arguments": plain_arguments(context.args),
         "history": context.history,
         "skipped_files": context.skipped_files,
+        "hook_state": context.hook_state,
         "optimizer_state_dict": optimizer.state_dict(),
         "scheduler_state_dict": scheduler.state_dict(),
         "scaler_state_dict": scaler.state_dict(),
@@ -1435,7 +1439,9 @@ def epoch_record(
     }
 
 
-AfterEpochHook = Callable[[TrainingContext, dict[str, Any], Predictions], None]
+# Called after every epoch with the context, the epoch's record and its val predictions; may keep what it needs in
+# context.hook_state (plain types and tensors: saved for --resume). Returning True stops training after this epoch.
+AfterEpochHook = Callable[[TrainingContext, dict[str, Any], Predictions], bool | None]
 
 
 def run_epochs(
@@ -1461,6 +1467,7 @@ def run_epochs(
         scaler.load_state_dict(resume["scaler_state_dict"])
         restore_rng_states(resume["rng_states"])
         context.history = list(resume["history"])
+        context.hook_state = dict(resume.get("hook_state") or {})
         start_epoch = int(resume["epoch"])
         print(f"Resuming after epoch {start_epoch} of {args.epochs}.")
     write_metadata(context, "running")
@@ -1505,11 +1512,12 @@ def run_epochs(
         plot_training_curves(context.history, context.output_dir / "training_curves.png")
         # After-epoch hooks (e.g. per-image loss tracking) run here: the epoch's record, model and val predictions
         # are final, and the checkpoint below makes --resume start after whatever they did.
-        for hook in after_epoch_hooks:
-            hook(context, record, predictions)
+        is_stop_requested = any([bool(hook(context, record, predictions)) for hook in after_epoch_hooks])
         write_metadata(context, "running")
         save_last_checkpoint(context, optimizer, scheduler, scaler, epoch)
         tqdm.write(format_epoch_line(record), file=sys.stdout)
+        if is_stop_requested:
+            break
         if args.patience and epochs_without_improvement >= args.patience:
             print(f"Stopping early: no better val macro F1 for {args.patience} epochs.")
             break
