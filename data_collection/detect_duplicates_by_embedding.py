@@ -16,6 +16,7 @@ by path, size, modification time and the model file), and with --gallery a PNG c
 from __future__ import annotations
 
 import argparse
+import functools
 import logging
 import os
 import sys
@@ -26,6 +27,7 @@ from typing import Any
 
 import duplicate_report as dr  # the sibling module (Python puts the script's folder on sys.path)
 import numpy as np
+from threadpoolctl import ThreadpoolController  # installed with scikit-learn
 from tqdm import tqdm
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # classifier.py lives in the project root
@@ -40,11 +42,14 @@ DEFAULT_BATCH_SIZE = 32
 CACHE_NAME = ".embedding_cache.npz"  # hidden: the detectors and the trainer never take it for an image
 CACHE_VERSION = 1  # bump when the cache layout changes; an unknown cache is ignored and rebuilt
 BLOCK_BYTES = 64 << 20  # one block of similarities (rows x all later columns, float32) stays under 64 MB
-MAX_BLOCK_ROWS = 1024  # smaller blocks follow the upper triangle closely (less wasted work below the diagonal)
+MAX_BLOCK_ROWS = 512  # smaller blocks follow the upper triangle closely (less wasted work below the diagonal)
 PRUNE_MIN_ROWS = 2048  # below this many embeddings the plain blocked product is already fast
-PRUNE_MIN_DIM = 128  # below this many dimensions there is nothing to gain from a reduced basis
-PRUNE_DIM_FRACTION = 8  # the reduced basis has dim / 8 directions (256 for ResNet50's 2048)
-PRUNE_SAMPLE_ROWS = 1024  # rows sampled to find the directions the embeddings mostly lie in
+PRUNE_MIN_DIM = 128  # below this many dimensions there is nothing to gain from fewer coordinates
+PRUNE_DIM_FRACTION = 8  # at most dim / 8 coordinates (256 for ResNet50's 2048): an 8x cheaper product
+BASIS_SAMPLE_ROWS = 512  # rows sampled to find the directions the embeddings mostly lie in
+CHECK_SAMPLE_ROWS = 256  # other rows, to predict how well a choice of coordinates will bound the similarities
+TYPICAL_QUANTILE = 0.99  # the similarity most non-duplicate pairs stay below (in the check sample)
+PRUNE_MARGIN = 0.02  # the bound must predictably stay this far below the threshold for typical pairs
 PRUNE_SLACK = 1e-3  # float32 rounding margin of the bound: a candidate is kept unless surely below the threshold
 EXACT_FALLBACK_FRACTION = 0.02  # when more of a block's pairs survive the bound, compute that block exactly
 VERIFY_CHUNK = 1 << 14  # candidate pairs checked per step (two gathers of this many rows)
@@ -62,6 +67,12 @@ def normalize_rows(embeddings: np.ndarray) -> np.ndarray:
     return embeddings / np.where(norms > 0, norms, 1.0)
 
 
+@functools.cache
+def blas_controller() -> ThreadpoolController:
+    """The BLAS/LAPACK thread pools of this process (found once: scanning the loaded libraries takes a while)."""
+    return ThreadpoolController()
+
+
 def orthonormal_basis(vectors: np.ndarray) -> np.ndarray:
     """Orthonormal columns spanning the columns of ``vectors`` (d, k), numerically rank-deficient ones dropped.
 
@@ -69,27 +80,71 @@ def orthonormal_basis(vectors: np.ndarray) -> np.ndarray:
     """
     basis = np.asarray(vectors, dtype=np.float64)
     for _ in range(2):
-        values, vectors_k = np.linalg.eigh(basis.T @ basis)
+        gram = basis.T @ basis
+        # Threaded LAPACK on a small matrix can stall for a second when the cores are busy; one thread: ~10 ms.
+        with blas_controller().limit(limits=1, user_api="blas"):
+            values, vectors_k = np.linalg.eigh(gram)
         keep = values > values.max(initial=0.0) * 1e-10
         basis = basis @ (vectors_k[:, keep] / np.sqrt(values[keep]))
     return basis
 
 
-def pruning_basis(embeddings: np.ndarray, size: int, seed: int = SEED) -> np.ndarray:
-    """(d, about ``size``) orthonormal directions close to those the embeddings mostly lie in (randomised range finder).
+def pruning_basis(sample: np.ndarray, size: int, seed: int = SEED) -> np.ndarray:
+    """(d, about ``size``) orthonormal directions the ``sample`` rows mostly lie in, the strongest first.
 
-    Found on a sample of rows with one power iteration; any orthonormal basis keeps the search exact, a good one
+    A randomised range finder with one power iteration; any orthonormal basis keeps the search exact, a good one
     only makes it faster.
     """
+    probe = np.random.default_rng(seed).standard_normal((sample.shape[1], size)).astype(np.float32)
+    basis = orthonormal_basis(sample.T @ (sample @ probe)).astype(np.float32)
+    energy = np.square(sample @ basis).sum(axis=0)
+    return np.ascontiguousarray(basis[:, np.argsort(-energy)])
+
+
+def with_residual(embeddings: np.ndarray, reduced: np.ndarray) -> np.ndarray:
+    """``reduced`` (orthonormal coordinates of the rows) plus one column: the length of what they leave out.
+
+    The dot product of two such rows is an upper bound of the rows' own dot product (Cauchy-Schwarz on the rest).
+    """
+    bounded = np.empty((len(reduced), reduced.shape[1] + 1), dtype=np.float32)
+    bounded[:, :-1] = reduced
+    left_out = np.einsum("ij,ij->i", embeddings, embeddings) - np.einsum("ij,ij->i", reduced, reduced)
+    bounded[:, -1] = np.sqrt(np.maximum(left_out, 0.0))
+    return bounded
+
+
+def bounding_coordinates(embeddings: np.ndarray, threshold: float, seed: int = SEED) -> np.ndarray | None:
+    """(n, k + 1) rows whose dot products bound the cosine similarities from above; None when that would not help.
+
+    For unit rows a, b and orthonormal directions B: a.b = (aB).(bB) + (rest of a).(rest of b)
+    <= (aB).(bB) + |rest of a| |rest of b|. The bound prunes a pair when the left-out lengths are small next to
+    threshold - similarity. Chosen on samples, cheapest first: the dim/8 raw coordinates with the most energy
+    (free: right for embeddings spread evenly over all directions), else the fewest principal directions that leave
+    little out (embeddings that lie near a subspace, as CNN features do), else None (no bound pays off).
+    """
+    count, dim = embeddings.shape
+    if count < PRUNE_MIN_ROWS or dim < PRUNE_MIN_DIM:
+        return None
     rng = np.random.default_rng(seed)
-    count = len(embeddings)
-    sample = (
-        embeddings[np.sort(rng.choice(count, PRUNE_SAMPLE_ROWS, replace=False))]
-        if count > PRUNE_SAMPLE_ROWS
-        else embeddings
-    )
-    probe = rng.standard_normal((embeddings.shape[1], size)).astype(np.float32)
-    return orthonormal_basis(sample.T @ (sample @ probe)).astype(np.float32)
+    picked = rng.choice(count, BASIS_SAMPLE_ROWS + CHECK_SAMPLE_ROWS, replace=False)
+    sample, check = embeddings[np.sort(picked[:BASIS_SAMPLE_ROWS])], embeddings[np.sort(picked[BASIS_SAMPLE_ROWS:])]
+    similarities = (check @ check.T)[np.triu_indices(len(check), 1)]
+    affordable = threshold - PRUNE_MARGIN - float(np.quantile(similarities, TYPICAL_QUANTILE))
+    size = dim // PRUNE_DIM_FRACTION
+
+    def left_out(reduced_check: np.ndarray) -> float:
+        return float(np.mean(1.0 - np.einsum("ij,ij->i", reduced_check, reduced_check)))
+
+    columns = np.sort(np.argsort(-np.square(sample).sum(axis=0))[:size])
+    if left_out(check[:, columns]) <= affordable:
+        return with_residual(embeddings, embeddings[:, columns])
+    for basis_size in (size // 2, size):  # the smaller basis first: cheaper to find and to use
+        basis = pruning_basis(sample, basis_size, seed)
+        reduced_check = check @ basis
+        for used in (basis_size // 8, basis_size // 4, basis_size // 2, basis_size):
+            if left_out(reduced_check[:, :used]) <= affordable:
+                return with_residual(embeddings, embeddings @ basis[:, :used])
+    return None
 
 
 def _verified(embeddings: np.ndarray, first: np.ndarray, second: np.ndarray, threshold: float) -> np.ndarray:
@@ -102,46 +157,42 @@ def _verified(embeddings: np.ndarray, first: np.ndarray, second: np.ndarray, thr
     return np.concatenate(kept)
 
 
+def upper_pairs_at_least(block: np.ndarray, threshold: float, start: int) -> tuple[np.ndarray, np.ndarray]:
+    """(i, j) with i < j of a block of rows start.. against columns start.. whose value reaches ``threshold``.
+
+    Looks for the (rare) rows with a hit first: far cheaper than np.nonzero over the whole block.
+    """
+    rows = np.flatnonzero(block.max(axis=1) >= threshold)
+    first, second = np.nonzero(block[rows] >= threshold)
+    first, second = rows[first] + start, second + start
+    upper = second > first
+    return first[upper], second[upper]
+
+
 def find_similar_pairs(embeddings: np.ndarray, threshold: float, block_bytes: int = BLOCK_BYTES) -> np.ndarray:
     """All pairs (i < j) of unit-length rows with cosine similarity >= ``threshold``, sorted; (k, 2) int64.
 
     Blocked matrix products over the upper triangle: a block of rows against all later rows, never N x N. For many
-    high-dimensional rows, each block is first bounded in a reduced orthonormal basis B: for unit rows a, b,
-    a.b = (aB).(bB) + (residual of a).(residual of b) <= (aB).(bB) + |res a| |res b| (Cauchy-Schwarz), one product
-    of dim/8 + 1 columns. Only pairs whose bound reaches the threshold are checked exactly, so the result equals the
-    full similarity matrix's; a block where the bound prunes little is computed exactly instead.
+    high-dimensional rows, each block is first bounded with at most dim/8 + 1 coordinates (bounding_coordinates);
+    only pairs whose bound reaches the threshold are checked exactly, so the result equals the full similarity
+    matrix's. A block where the bound prunes little is computed exactly instead.
     """
     embeddings = np.ascontiguousarray(embeddings, dtype=np.float32)
-    count, dim = embeddings.shape
-    is_pruned = count >= PRUNE_MIN_ROWS and dim >= PRUNE_MIN_DIM
-    if is_pruned:
-        basis = pruning_basis(embeddings, dim // PRUNE_DIM_FRACTION)
-        bounded = np.empty((count, basis.shape[1] + 1), dtype=np.float32)
-        np.matmul(embeddings, basis, out=bounded[:, :-1])
-        squared = np.einsum("ij,ij->i", embeddings, embeddings) - np.einsum(
-            "ij,ij->i", bounded[:, :-1], bounded[:, :-1]
-        )
-        bounded[:, -1] = np.sqrt(np.maximum(squared, 0.0))  # the residual's length as one more coordinate
+    count = len(embeddings)
+    bounded = bounding_coordinates(embeddings, threshold)
     rows_per_block = int(max(16, min(MAX_BLOCK_ROWS, block_bytes // (4 * max(1, count)))))
     found = [np.empty((0, 2), dtype=np.int64)]
     for start in range(0, count, rows_per_block):
         stop = min(count, start + rows_per_block)
-        if is_pruned:
-            bound = bounded[start:stop] @ bounded[start:].T
-            first, second = np.nonzero(bound >= threshold - PRUNE_SLACK)
-            del bound
-            first, second = first + start, second + start
-            upper = second > first
-            first, second = first[upper], second[upper]
+        if bounded is not None:
+            first, second = upper_pairs_at_least(
+                bounded[start:stop] @ bounded[start:].T, threshold - PRUNE_SLACK, start
+            )
             if len(first) <= EXACT_FALLBACK_FRACTION * (stop - start) * (count - start):
                 found.append(_verified(embeddings, first, second, threshold))
                 continue
-        similarity = embeddings[start:stop] @ embeddings[start:].T
-        first, second = np.nonzero(similarity >= threshold)
-        del similarity
-        first, second = first + start, second + start
-        upper = second > first
-        found.append(np.stack([first[upper], second[upper]], axis=1).astype(np.int64))
+        first, second = upper_pairs_at_least(embeddings[start:stop] @ embeddings[start:].T, threshold, start)
+        found.append(np.stack([first, second], axis=1).astype(np.int64))
     pairs = np.concatenate(found)
     return pairs[np.lexsort((pairs[:, 1], pairs[:, 0]))]
 

@@ -1,0 +1,251 @@
+"""Speed of the duplicate detectors against the obvious naive code, on the same generated data, in one process.
+
+Three measurements, each printed with both throughputs, the ratio and the goal from the issue:
+  1. pHash of 1000x750 JPEGs: detect_duplicates_by_phash.hash_files (draft decoding, worker processes) against
+     ``imagehash.phash(Image.open(p).convert("RGB"))`` in a loop; also the mean Hamming distance between the two.
+  2. Near-duplicate search over 64-bit hashes (random plus planted pairs) at threshold 5: multi-index hashing
+     against a blocked numpy XOR-and-popcount brute force; the pairs must be identical.
+  3. Embedding search over 2048-d unit vectors at cosine 0.95: find_similar_pairs against the full cosine matrix
+     followed by a Python double loop; identical pairs; then a larger set searched alone, with its peak memory.
+
+    python benchmarks/bench_duplicates.py
+    python benchmarks/bench_duplicates.py --only search embedding --hashes 20000
+    python benchmarks/bench_duplicates.py --images 100 --workers 2
+
+Writes the generated JPEGs to benchmarks/_out/phash_images/ (reused by the next run; git-ignored).
+"""
+
+from __future__ import annotations
+
+import argparse
+import gc
+import os
+import platform
+import resource
+import sys
+import time
+import tracemalloc
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+from PIL import Image, ImageDraw
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT / "data_collection"))
+import detect_duplicates_by_phash as by_phash  # noqa: E402 - found through the line above
+import imagehash  # noqa: E402
+
+OUT_DIR = ROOT / "benchmarks" / "_out"
+IMAGE_SIZE = (1000, 750)  # a typical web photo
+JPEG_QUALITY = 90
+HASH_BITS = 64
+HASH_THRESHOLD = 5
+PLANTED_PAIRS = 1000
+EMBEDDING_DIM = 2048  # ResNet50's pooled features
+COSINE_THRESHOLD = 0.95
+EMBEDDING_CLUSTERS = 40  # classes/themes real features fall into
+EMBEDDING_RANK = 96  # real CNN features vary along a few directions (low intrinsic dimension)
+GOALS = {"phash": 6.0, "search": 10.0, "embedding": 20.0, "memory_gb": 1.5}  # from the issue
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Generated data
+
+
+def make_photo(seed: int, size: tuple[int, int] = IMAGE_SIZE) -> Image.Image:
+    """A photo-like RGB image: a smooth gradient background, soft noise and random shapes."""
+    rng = np.random.default_rng(seed)
+    width, height = size
+    x = np.linspace(0, 1, width, dtype=np.float32)[None, :, None]
+    y = np.linspace(0, 1, height, dtype=np.float32)[:, None, None]
+    colours = rng.uniform(0, 255, (3, 3)).astype(np.float32)
+    pixels = colours[0] * (1 - x) * (1 - y) + colours[1] * x + colours[2] * y * (1 - x)
+    pixels += rng.normal(0, 6, (height, width, 1)).astype(np.float32)
+    image = Image.fromarray(np.clip(pixels, 0, 255).astype(np.uint8), "RGB")
+    draw = ImageDraw.Draw(image)
+    for _ in range(25):
+        x0, x1 = sorted(rng.integers(0, width, 2).tolist())
+        y0, y1 = sorted(rng.integers(0, height, 2).tolist())
+        fill = tuple(rng.integers(0, 256, 3).tolist())
+        (draw.ellipse if rng.random() < 0.5 else draw.rectangle)([x0, y0, x1 + 3, y1 + 3], fill=fill)
+    return image
+
+
+def generated_jpegs(count: int) -> list[Path]:
+    """``count`` JPEGs in OUT_DIR/phash_images, generated once and reused."""
+    folder = OUT_DIR / "phash_images"
+    folder.mkdir(parents=True, exist_ok=True)
+    paths = [folder / f"photo_{index:05d}.jpg" for index in range(count)]
+    for index, path in enumerate(paths):
+        if not path.exists():
+            make_photo(index).save(path, "JPEG", quality=JPEG_QUALITY)
+    return paths
+
+
+def planted_hashes(count: int, pairs: int, rng: np.random.Generator) -> np.ndarray:
+    """(count + pairs, 64) random bits; the last ``pairs`` rows are copies of earlier rows with 1 to 5 bits flipped."""
+    bits = rng.random((count, HASH_BITS)) < 0.5
+    sources = rng.choice(count, pairs, replace=False)
+    copies = bits[sources].copy()
+    for row, flips in enumerate(rng.integers(1, HASH_THRESHOLD + 1, pairs)):
+        copies[row, rng.choice(HASH_BITS, flips, replace=False)] ^= True
+    return np.concatenate([bits, copies])
+
+
+def planted_embeddings(count: int, pairs: int, rng: np.random.Generator, is_clustered: bool) -> np.ndarray:
+    """Unit vectors; clustered = like CNN features (non-negative, low rank, in clusters); last rows near-duplicates."""
+    if is_clustered:
+        centres = rng.standard_normal((EMBEDDING_CLUSTERS, EMBEDDING_RANK)).astype(np.float32)
+        mixing = rng.standard_normal((EMBEDDING_RANK, EMBEDDING_DIM)).astype(np.float32)
+        latent = centres[rng.integers(0, EMBEDDING_CLUSTERS, count)]
+        latent += 0.8 * rng.standard_normal((count, EMBEDDING_RANK)).astype(np.float32)
+        data = np.maximum(latent @ mixing + 0.3 * rng.standard_normal((count, EMBEDDING_DIM)), 0).astype(np.float32)
+    else:
+        data = rng.standard_normal((count, EMBEDDING_DIM)).astype(np.float32)
+    data /= np.linalg.norm(data, axis=1, keepdims=True)
+    sources, targets = np.split(rng.choice(count, 2 * pairs, replace=False), 2)
+    noise = rng.standard_normal((pairs, EMBEDDING_DIM)).astype(np.float32) * 0.15 / np.sqrt(EMBEDDING_DIM)
+    data[targets] = data[sources] + noise
+    return data / np.linalg.norm(data, axis=1, keepdims=True)
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Naive baselines
+
+
+def naive_phash(paths: Sequence[Path]) -> list[imagehash.ImageHash]:
+    return [imagehash.phash(Image.open(path).convert("RGB")) for path in paths]
+
+
+def naive_similar_pairs(embeddings: np.ndarray, threshold: float) -> list[tuple[int, int]]:
+    """The full cosine matrix, then a Python double loop over its upper triangle."""
+    similarity = embeddings @ embeddings.T
+    count = len(embeddings)
+    pairs = []
+    for i in range(count):
+        for j in range(i + 1, count):
+            if similarity[i, j] >= threshold:
+                pairs.append((i, j))
+    return pairs
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Measurements
+
+
+def timed(function, *args):  # noqa: ANN001, ANN202 - any callable
+    start = time.perf_counter()
+    result = function(*args)
+    return result, time.perf_counter() - start
+
+
+def verdict(ratio: float, goal: float) -> str:
+    return f"{ratio:.1f}x (goal >= {goal:g}x: {'met' if ratio >= goal else 'NOT met'})"
+
+
+def bench_phash(image_count: int, workers: int) -> None:
+    paths = generated_jpegs(image_count)
+    for path in paths:  # both paths read from the page cache
+        path.read_bytes()
+    naive, naive_seconds = timed(naive_phash, paths)
+    ours, our_seconds = timed(by_phash.hash_files, paths, by_phash.DEFAULT_HASH_SIZE, False, workers)
+    distances = [hash_a - imagehash.hex_to_hash(result[0]) for hash_a, result in zip(naive, ours)]
+    print(f"pHash, {image_count} JPEGs {IMAGE_SIZE[0]}x{IMAGE_SIZE[1]}:")
+    print(f"  naive imagehash.phash(Image.open(p).convert('RGB')): {image_count / naive_seconds:8.1f} images/s")
+    print(f"  ours (draft decode, {workers} processes):            {image_count / our_seconds:8.1f} images/s")
+    mean_distance = float(np.mean(distances))
+    print(f"  speed-up {verdict(naive_seconds / our_seconds, GOALS['phash'])}")
+    print(f"  mean Hamming distance to the naive hashes: {mean_distance:.2f} bits (goal < 2), max {max(distances)}")
+
+
+def bench_search(hash_count: int) -> None:
+    rng = np.random.default_rng(0)
+    words = by_phash.pack_hashes(planted_hashes(hash_count, PLANTED_PAIRS, rng))
+    expected, brute_seconds = timed(by_phash.brute_force_pairs, words, HASH_THRESHOLD)
+    expected = expected[np.lexsort((expected[:, 1], expected[:, 0]))]
+    found, our_seconds = timed(by_phash.find_near_duplicate_pairs, words, HASH_THRESHOLD, HASH_BITS)
+    print(f"Near-duplicate search, {len(words)} hashes ({PLANTED_PAIRS} planted pairs), threshold {HASH_THRESHOLD}:")
+    print(f"  blocked numpy XOR + popcount brute force: {brute_seconds:7.2f} s")
+    print(f"  multi-index hashing:                      {our_seconds:7.2f} s")
+    print(f"  speed-up {verdict(brute_seconds / our_seconds, GOALS['search'])}")
+    print(f"  pairs: {len(found)} found, identical to brute force: {np.array_equal(found, expected)}")
+
+
+def bench_embedding(count: int, large_count: int) -> None:
+    sys.path.insert(0, str(ROOT))
+    import detect_duplicates_by_embedding as by_embedding  # imports torch (through classifier.py): only here
+
+    for is_clustered in (True, False):
+        rng = np.random.default_rng(1)
+        data = planted_embeddings(count, count // 50, rng, is_clustered)
+        naive, naive_seconds = timed(naive_similar_pairs, data, COSINE_THRESHOLD)
+        found, our_seconds = timed(by_embedding.find_similar_pairs, data, COSINE_THRESHOLD)
+        kind = "clustered non-negative (CNN-like)" if is_clustered else "isotropic random"
+        print(f"Embedding search, {count} x {EMBEDDING_DIM} {kind}, cosine >= {COSINE_THRESHOLD}:")
+        print(f"  naive full matrix + Python double loop: {naive_seconds:7.2f} s")
+        print(f"  blocked, bounded in a reduced basis:    {our_seconds:7.2f} s")
+        print(f"  speed-up {verdict(naive_seconds / our_seconds, GOALS['embedding'])}")
+        print(f"  pairs: {len(found)} found, identical to the naive loop: {found.tolist() == [list(p) for p in naive]}")
+        del naive, data
+        gc.collect()
+    data = planted_embeddings(large_count, large_count // 50, np.random.default_rng(2), True)
+    tracemalloc.start()
+    found, seconds = timed(by_embedding.find_similar_pairs, data, COSINE_THRESHOLD)
+    _, peak = tracemalloc.get_traced_memory()
+    tracemalloc.stop()
+    total_gb = (peak + data.nbytes) / 1e9
+    rss_gb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1e6  # KiB on Linux
+    print(f"Embedding search alone, {large_count} x {EMBEDDING_DIM}: {seconds:.2f} s, {len(found)} pairs")
+    print(
+        f"  peak memory of the search {peak / 1e9:.3f} GB + the embeddings {data.nbytes / 1e9:.3f} GB = "
+        f"{total_gb:.3f} GB (goal < {GOALS['memory_gb']} GB: {'met' if total_gb < GOALS['memory_gb'] else 'NOT met'});"
+        f" whole process max RSS so far {rss_gb:.2f} GB (includes torch and the earlier runs)"
+    )
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Command line
+
+
+def get_args_parser(add_help: bool = True) -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        description="Benchmark the duplicate detectors against naive code.", add_help=add_help
+    )
+    parser.add_argument(
+        "--only",
+        nargs="+",
+        choices=("phash", "search", "embedding"),
+        default=["phash", "search", "embedding"],
+        help="which measurements to run (default: all three)",
+    )
+    parser.add_argument("--images", type=int, default=500, help="JPEGs to hash (default: 500)")
+    parser.add_argument(
+        "--workers", type=int, default=os.cpu_count() or 1, help="hashing processes (default: CPU count)"
+    )
+    parser.add_argument("--hashes", type=int, default=100_000, help="random hashes to search (default: 100000)")
+    parser.add_argument("--embeddings", type=int, default=5000, help="embeddings, naive vs ours (default: 5000)")
+    parser.add_argument(
+        "--large-embeddings", type=int, default=20_000, help="embeddings searched alone for memory (default: 20000)"
+    )
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = get_args_parser()
+    args = parser.parse_args(argv)
+    print(
+        f"Machine: {platform.machine()}, {os.cpu_count()} CPUs, Python {platform.python_version()}, numpy "
+        f"{np.__version__}, load average {', '.join(f'{x:.1f}' for x in os.getloadavg())}"
+    )
+    if "phash" in args.only:
+        bench_phash(args.images, args.workers)
+    if "search" in args.only:
+        bench_search(args.hashes)
+    if "embedding" in args.only:
+        bench_embedding(args.embeddings, args.large_embeddings)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
