@@ -242,7 +242,8 @@ def format_summary(report: dict[str, Any], report_path: Path | None = None, note
         lines.append(f"Report: {report_path}")
         if summary["groups"]:
             lines.append(
-                f"Next: python data_collection/remove_duplicates.py --report {report_path} --strategy prefer-train"
+                f"Next (a dry run): python data_collection/remove_duplicates.py --report {report_path} "
+                "--strategy prefer-train"
             )
     return "\n".join(lines)
 

@@ -72,8 +72,9 @@ def shortest_path_key(entry: dict[str, Any]) -> tuple:
 
 
 def best_key(entry: dict[str, Any]) -> tuple:
-    """Highest resolution first, then largest file, then path (smallest key = the file to keep)."""
-    return (-int(entry.get("width", 0)) * int(entry.get("height", 0)), -int(entry.get("size", 0)), entry["path"])
+    """Highest resolution first, then largest file, then shortest path, then path (smallest key = the file to keep)."""
+    pixels = int(entry.get("width", 0)) * int(entry.get("height", 0))
+    return (-pixels, -int(entry.get("size", 0)), *shortest_path_key(entry))
 
 
 def all_key(entry: dict[str, Any]) -> tuple:
@@ -85,7 +86,7 @@ KEEP_ONE = {  # strategies that keep exactly one file per group: the smallest ke
     "first-alpha": (alpha_key, "comes first alphabetically"),
     "shortest-path": (shortest_path_key, "has the shortest path"),
     "keep-best": (best_key, "has the highest resolution (then the largest file)"),
-    "all": (all_key, "is kept as a train copy (if any), then the best copy"),
+    "all": (all_key, "is the best train copy"),
 }
 
 
@@ -97,6 +98,8 @@ def plan_keep_one(group: dict[str, Any], strategy: str) -> GroupPlan:
     key, why = KEEP_ONE[strategy]
     files = sorted(group["files"], key=key)
     keeper = files[0]
+    if strategy == "all" and keeper["set"] != TRAIN_SET:
+        why = "is the best copy (there is no train copy)"
     removed = []
     for entry in files[1:]:
         if entry["set"] != keeper["set"] and {entry["set"], keeper["set"]} == {TRAIN_SET, VAL_SET}:
@@ -125,14 +128,15 @@ def plan_prefer_set(group: dict[str, Any], preferred: str, other: str) -> GroupP
 
 
 def plan_safe(group: dict[str, Any]) -> GroupPlan:
-    """Only byte-identical copies (same "sha256") within the same class and set; one of each identical set stays."""
+    """Only byte-identical copies (same "sha256") within the same class and set; of each identical set the shortest
+    path stays."""
     plan = GroupPlan(group["id"], group["category"], [])
     if group["category"] != "same_class_and_set":
         plan.keep = list(group["files"])
         plan.notes.append(f"untouched: safe only removes exact copies within one class and set ({group['category']})")
         return plan
     by_hash: dict[str, list[dict[str, Any]]] = {}
-    for entry in sorted(group["files"], key=alpha_key):
+    for entry in sorted(group["files"], key=shortest_path_key):  # "a.jpg" stays, "a (1).jpg" goes
         by_hash.setdefault(entry.get("sha256") or f"unknown:{entry['path']}", []).append(entry)
     for copies in by_hash.values():
         plan.keep.append(copies[0])
@@ -256,6 +260,10 @@ def plan_totals(plans: Sequence[GroupPlan]) -> dict[str, int]:
         "files_kept_in_changed_groups": sum(len(plan.keep) for plan in removing),
         "groups_untouched": len(plans) - len(removing),
     }
+
+
+def format_bytes(count: int) -> str:
+    return f"{count / 1e6:.1f} MB" if count >= 100_000 else f"{count / 1e3:.1f} kB"
 
 
 def is_inside(relative: str) -> bool:
@@ -664,7 +672,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     for line in format_plan(plans, skipped):
         print(line)
     print(
-        f"Summary: remove {totals['files_removed']} files ({totals['bytes_removed'] / 1e6:.1f} MB) from "
+        f"Summary: remove {totals['files_removed']} files ({format_bytes(totals['bytes_removed'])}) from "
         f"{totals['groups_changed']} groups, keeping {totals['files_kept_in_changed_groups']} of their files; "
         f"{totals['groups_untouched']} groups untouched; {len(skipped)} groups skipped"
     )
