@@ -684,8 +684,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     if not totals["files_removed"]:
         print("Nothing to remove.")
         return 1 if skipped else 0
-    action = "Permanently delete" if args.delete else f"Move to {dataset_dir / TRASH_DIR}/"
-    if not args.yes and not confirm(f"{action} {totals['files_removed']} files?"):
+    count = totals["files_removed"]
+    trash = dataset_dir / TRASH_DIR
+    question = f"Permanently delete {count} files?" if args.delete else f"Move {count} files to {trash}/?"
+    if not args.yes and not confirm(question):
         print("Cancelled: nothing was changed.")
         return 1
 
