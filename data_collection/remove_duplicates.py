@@ -616,6 +616,13 @@ def get_args_parser(add_help: bool = True) -> argparse.ArgumentParser:
         help="dataset folder the report's paths are relative to (default: the one named in the report or log)",
     )
     parser.add_argument(
+        "--output",
+        type=Path,
+        default=None,
+        metavar="LOG",
+        help="with --apply: where to write the deletion log (default: <dataset>/deletion_log_<timestamp>.json)",
+    )
+    parser.add_argument(
         "--apply", action="store_true", help="act on the plan; without it nothing changes (default: off)"
     )
     parser.add_argument("--yes", action="store_true", help="with --apply: do not ask for confirmation (default: off)")
@@ -644,8 +651,10 @@ def main(argv: Sequence[str] | None = None) -> int:
             return undo(args.undo, args.dataset_dir)
         except dr.ReportError as error:
             parser.error(str(error))
-    if (args.yes or args.delete) and not args.apply:
-        parser.error("--yes and --delete only make sense with --apply")
+    if (args.yes or args.delete or args.output) and not args.apply:
+        parser.error("--yes, --delete and --output only make sense with --apply")
+    if args.output is not None and args.output.exists():
+        parser.error(f"{args.output} already exists: a deletion log is never overwritten (it is what --undo needs)")
     try:
         report = dr.load_report(args.report)
     except dr.ReportError as error:
@@ -692,7 +701,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 1
 
     run_id = new_run_id(dataset_dir)
-    log_path = dataset_dir / f"{LOG_PREFIX}{run_id}.json"
+    log_path = args.output if args.output is not None else dataset_dir / f"{LOG_PREFIX}{run_id}.json"
     try:
         log = build_log(plans, dataset_dir, run_id, args, report)
     except KeyboardInterrupt:

@@ -282,10 +282,13 @@ def test_a_failing_move_is_reported_and_the_rest_goes_on(copies_dataset: Path, m
     assert (copies_dataset / "val/plane/leaked.jpg").exists()
 
 
-def test_delete_is_permanent_and_undo_says_so(copies_dataset: Path) -> None:
-    assert rd.main(["--report", report_of(copies_dataset), "--strategy", "all", "--apply", "--yes", "--delete"]) == 0
+def test_delete_is_permanent_and_undo_says_so(copies_dataset: Path, tmp_path: Path) -> None:
+    log_path = tmp_path / "my_log.json"
+    arguments = ["--report", report_of(copies_dataset), "--strategy", "all", "--apply", "--yes", "--delete"]
+    assert rd.main([*arguments, "--output", str(log_path)]) == 0
     assert not (copies_dataset / "val/plane/leaked.jpg").exists() and not (copies_dataset / rd.TRASH_DIR).exists()
-    (log_path,) = copies_dataset.glob(f"{rd.LOG_PREFIX}*.json")
+    with pytest.raises(SystemExit):  # an existing log is never overwritten
+        rd.main([*arguments, "--output", str(log_path)])
     assert {r["status"] for r in load(log_path)["entries"]} == {"deleted"}
     assert rd.main(["--undo", str(log_path)]) == 1
 
