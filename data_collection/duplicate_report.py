@@ -587,6 +587,8 @@ def validate_report(report: Any, source: str = "the report") -> dict[str, Any]:
             f"{source} has schema version {version!r} but this script reads version {SCHEMA_VERSION}; "
             "run the detector again to make a new report"
         )
+    if report.get("method") not in METHODS:
+        raise ReportError(f"{source} names an unknown method {report.get('method')!r} (known: {', '.join(METHODS)})")
     groups = report["duplicate_groups"]
     if not isinstance(groups, dict) or not set(groups) <= set(CATEGORIES):
         raise ReportError(f"{source} has unknown duplicate group categories; expected {', '.join(CATEGORIES)}")

@@ -88,8 +88,12 @@ def test_missing_report_fields_are_refused(tmp_path: Path) -> None:
         dr.validate_report({"schema_version": 99, "duplicate_groups": {}})
     with pytest.raises(dr.ReportError, match="not a duplicate report"):
         dr.validate_report({"schema_version": 1})
+    with pytest.raises(dr.ReportError, match="unknown method"):
+        dr.validate_report({"schema_version": 1, "method": "guess", "duplicate_groups": {}})
     with pytest.raises(dr.ReportError, match="malformed group"):
-        dr.validate_report({"schema_version": 1, "duplicate_groups": {"same_class_and_set": [{"id": 1}]}})
+        dr.validate_report(
+            {"schema_version": 1, "method": "phash", "duplicate_groups": {"same_class_and_set": [{"id": 1}]}}
+        )
 
 
 # ----------------------------------------------------------------------------------------------------------------
