@@ -1,0 +1,240 @@
+"""Benchmark train_classifier.py's input pipeline and training epoch against the naive path, on generated photos.
+
+    python benchmarks/bench_train.py                                  # 256 JPEGs of 1000x750, ResNet50, 224 px, CPU
+    python benchmarks/bench_train.py --images 64 --skip-training      # the input pipeline only, in a minute
+
+(a) Input pipeline alone: the trainer's loader (JPEG draft decode, a downsized in-memory copy kept after the first
+    pass, per-class augmentation as one affine resampling and one colour pass, its DataLoader settings) against a
+    naive torchvision pipeline (full-size decode, RandomResizedCrop + flip + ColorJitter on PIL, num_workers=0).
+(b) Training: real epochs through the trainer's loader (train_one_epoch) against the same training steps on ready
+    tensors; the ratio says how much of the training time the input pipeline costs.
+Writes only the generated images, under benchmarks/_out/train/ (deleted afterwards unless --keep).
+"""
+
+from __future__ import annotations
+
+import argparse
+import platform
+import shutil
+import sys
+import time
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+import torchvision
+from PIL import Image, ImageDraw
+from torch.utils.data import DataLoader, Dataset
+from torchvision import transforms
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+import classifier  # noqa: E402
+import train_classifier  # noqa: E402
+
+CLASSES = ("bird", "plane", "superman", "other")
+VAL_PER_CLASS = 2  # the trainer needs a val split; it is not timed
+JPEG_QUALITY = 90  # what photos from an image search typically are
+NAIVE_JITTER = 0.3  # the naive pipeline's ColorJitter strength, as the trainer's table
+
+
+def make_photo(seed: int, width: int, height: int) -> Image.Image:
+    """A photo-like picture: smooth gradients, shapes and sensor noise (so JPEG sizes and decode times are real)."""
+    rng = np.random.default_rng(seed)
+    base = rng.uniform(40, 215, 3)
+    ramp_x = np.linspace(-60, 60, width, dtype=np.float32)[None, :, None] * rng.uniform(-1, 1, 3)
+    ramp_y = np.linspace(-60, 60, height, dtype=np.float32)[:, None, None] * rng.uniform(-1, 1, 3)
+    pixels = base + ramp_x + ramp_y + rng.normal(0, 6, (height, width, 3))
+    image = Image.fromarray(np.clip(pixels, 0, 255).astype(np.uint8), "RGB")
+    draw = ImageDraw.Draw(image)
+    for _ in range(12):
+        x0, x1 = sorted(rng.integers(0, width, 2))
+        y0, y1 = sorted(rng.integers(0, height, 2))
+        colour = tuple(int(c) for c in rng.integers(0, 256, 3))
+        (draw.ellipse if rng.random() < 0.5 else draw.rectangle)([x0, y0, x1 + 4, y1 + 4], fill=colour)
+    return image
+
+
+def generate_dataset(root: Path, images: int, width: int, height: int) -> Path:
+    """``root/train/<class>/`` with ``images`` JPEGs in all, and a small val split."""
+    for split, count in (("train", images), ("val", VAL_PER_CLASS * len(CLASSES))):
+        for i in range(count):
+            name = CLASSES[i % len(CLASSES)]
+            folder = root / split / name
+            folder.mkdir(parents=True, exist_ok=True)
+            path = folder / f"{split}_{i:04d}.jpg"
+            if not path.exists():
+                make_photo(i + (0 if split == "train" else 10**6), width, height).save(path, quality=JPEG_QUALITY)
+    return root
+
+
+class NaiveDataset(Dataset):
+    """What a first version of a trainer does: open the full-size file and run torchvision's PIL transforms."""
+
+    def __init__(self, samples: Sequence[train_classifier.Sample], image_size: int) -> None:
+        self.samples = list(samples)
+        self.transform = transforms.Compose(
+            [
+                transforms.RandomResizedCrop(image_size),
+                transforms.RandomHorizontalFlip(),
+                transforms.ColorJitter(NAIVE_JITTER, NAIVE_JITTER, NAIVE_JITTER),
+                transforms.ToTensor(),
+                transforms.Normalize(classifier.IMAGENET_MEAN, classifier.IMAGENET_STD),
+            ]
+        )
+
+    def __len__(self) -> int:
+        return len(self.samples)
+
+    def __getitem__(self, index: int) -> tuple[torch.Tensor, int]:
+        sample = self.samples[index]
+        with Image.open(sample.path) as image:
+            return self.transform(image.convert("RGB")), sample.label
+
+
+def time_naive_epoch(samples: Sequence[train_classifier.Sample], image_size: int, batch_size: int) -> float:
+    """Seconds for one epoch of the naive pipeline (num_workers=0)."""
+    loader = DataLoader(NaiveDataset(samples, image_size), batch_size=batch_size, shuffle=True, num_workers=0)
+    started = time.perf_counter()
+    for inputs, _ in loader:
+        inputs.sum()  # touch the batch, as the model would
+    return time.perf_counter() - started
+
+
+def time_our_epoch(context: train_classifier.TrainingContext, epoch: int) -> tuple[float, int]:
+    """Seconds and images for one epoch of the trainer's loader, up to the normalised model input."""
+    context.train_loader.sampler.set_epoch(epoch)
+    images = 0
+    started = time.perf_counter()
+    for batch in context.train_loader:
+        inputs, labels = train_classifier.model_input(batch, context)
+        inputs.sum()
+        images += len(labels)
+    return time.perf_counter() - started, images
+
+
+def ready_batches(context: train_classifier.TrainingContext, epoch: int) -> list[tuple[torch.Tensor, torch.Tensor]]:
+    """The model inputs of one epoch, computed ahead (not timed)."""
+    context.train_loader.sampler.set_epoch(epoch)
+    return [train_classifier.model_input(batch, context) for batch in context.train_loader]
+
+
+def time_steps_on_tensors(
+    context: train_classifier.TrainingContext,
+    batches: Sequence[tuple[torch.Tensor, torch.Tensor]],
+    optimizer: torch.optim.Optimizer,
+    scheduler: torch.optim.lr_scheduler.LRScheduler,
+    scaler: torch.amp.GradScaler,
+) -> tuple[float, int]:
+    """The training steps of train_one_epoch on ready inputs: the speed the model alone allows."""
+    train_classifier.set_train_mode(context.model, context.frozen)
+    images = 0
+    started = time.perf_counter()
+    for inputs, labels in batches:
+        with train_classifier.autocast(context):
+            logits = context.model(inputs)
+            loss = F.cross_entropy(logits, labels)
+        optimizer.zero_grad(set_to_none=True)
+        scaler.scale(loss).backward()
+        scaler.step(optimizer)
+        scaler.update()
+        scheduler.step()
+        loss.item()
+        images += len(labels)
+    return time.perf_counter() - started, images
+
+
+def get_args_parser(add_help: bool = True) -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        description="Benchmark the trainer's input pipeline and epochs.", add_help=add_help
+    )
+    parser.add_argument("--images", type=int, default=256, help="training images to generate (default: 256)")
+    parser.add_argument("--width", type=int, default=1000, help="generated photo width (default: 1000)")
+    parser.add_argument("--height", type=int, default=750, help="generated photo height (default: 750)")
+    parser.add_argument("--image-size", type=int, default=224, help="model input size (default: 224)")
+    parser.add_argument("--arch", default="resnet50", help="architecture, random weights (default: resnet50)")
+    parser.add_argument("--batch-size", type=int, default=32, help="batch size (default: 32)")
+    parser.add_argument("--pipeline-epochs", type=int, default=3, help="epochs of each input pipeline (default: 3)")
+    parser.add_argument("--num-workers", type=int, default=None, help="trainer loader workers (default: its own)")
+    parser.add_argument("--device", default="cpu", help="device for (b) (default: cpu)")
+    parser.add_argument("--skip-training", action="store_true", help="measure (a) only (default: off)")
+    parser.add_argument(
+        "--out", default="benchmarks/_out/train", help="scratch folder (default: benchmarks/_out/train)"
+    )
+    parser.add_argument("--keep", action="store_true", help="keep the generated images for the next run (default: off)")
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = get_args_parser().parse_args(argv)
+    out = Path(args.out)
+    print(
+        f"machine: {platform.machine()}, {torch.get_num_threads()} torch threads, Python {platform.python_version()}, "
+        f"torch {torch.__version__}, torchvision {torchvision.__version__}"
+    )
+    started = time.perf_counter()
+    dataset = generate_dataset(out / "dataset", args.images, args.width, args.height)
+    print(
+        f"data: {args.images} JPEGs of {args.width}x{args.height} (generated in {time.perf_counter() - started:.1f} s)"
+    )
+
+    trainer_argv = [
+        "--dataset-dir", str(dataset), "--output-dir", str(out / "models"), "--arch", args.arch,
+        "--weights", "none", "--image-size", str(args.image_size), "--batch-size", str(args.batch_size),
+        "--device", args.device, "--freeze-until", "layer3",
+    ] + (["--num-workers", str(args.num_workers)] if args.num_workers is not None else [])  # fmt: skip
+    trainer_args = train_classifier.get_args_parser().parse_args(trainer_argv)
+
+    # (a) the input pipeline alone
+    context = train_classifier.setup_training(trainer_args, None)  # scans, decodes once (draft), builds the model
+    print(f"trainer: num_workers={context.num_workers}, cache {context.metadata['config']['memory_cache_mb']} MB")
+    samples = context.train_dataset.samples
+    started = time.perf_counter()  # the one-off pass setup_training made over the files, timed on its own
+    resize_size = classifier.default_resize_size(args.image_size)
+    budget = int(trainer_args.cache_max_gb * 1024**3)
+    train_classifier.prepare_images(samples, "train", args.image_size, resize_size, budget, None, "timing")
+    setup_seconds = time.perf_counter() - started
+    naive = [time_naive_epoch(samples, args.image_size, args.batch_size) for _ in range(args.pipeline_epochs)]
+    ours = [time_our_epoch(context, epoch)[0] for epoch in range(args.pipeline_epochs)]
+    naive_rate = len(samples) * len(naive) / sum(naive)
+    ours_rate = len(samples) * len(ours) / (setup_seconds + sum(ours))
+    print(f"\n(a) input pipeline, {args.pipeline_epochs} epochs of {len(samples)} images (images/s)")
+    print(f"    naive (full decode, num_workers=0): {naive_rate:8.1f}   per epoch: {[round(t, 2) for t in naive]} s")
+    print(
+        f"    trainer (one draft decode per file {setup_seconds:.2f} s, then epochs): {ours_rate:8.1f}"
+        f"   per epoch: {[round(t, 2) for t in ours]} s"
+    )
+    first_epoch_ratio = (len(samples) / (setup_seconds + ours[0])) / (len(samples) / naive[0])
+    cached_ratio = (len(samples) / np.mean(ours[1:] or ours)) / (len(samples) * len(naive) / sum(naive))
+    print(f"    ratio trainer/naive: {ours_rate / naive_rate:.2f}x over all epochs (target >= 2x)")
+    print(f"    first epoch incl. setup: {first_epoch_ratio:.2f}x, later epochs (cached): {cached_ratio:.2f}x")
+    if args.skip_training:
+        return 0
+
+    # (b) a real training epoch against the same steps on ready tensors
+    model = context.model
+    optimizer = train_classifier.build_optimizer(model, trainer_args)
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: 1.0)
+    scaler = torch.amp.GradScaler(context.device.type, enabled=context.amp_dtype == torch.float16)
+    warmup = ready_batches(context, 100)[:1]
+    time_steps_on_tensors(context, warmup, optimizer, scheduler, scaler)  # first-call allocations, not timed
+    batches = ready_batches(context, 101)
+    ready_seconds, ready_images = time_steps_on_tensors(context, batches, optimizer, scheduler, scaler)
+    started = time.perf_counter()
+    stats = train_classifier.train_one_epoch(context, optimizer, scheduler, scaler, 102)
+    real_seconds = time.perf_counter() - started
+    ready_rate, real_rate = ready_images / ready_seconds, stats["train_images"] / real_seconds
+    first_rate = stats["train_images"] / (real_seconds + setup_seconds)
+    print(f"\n(b) training {args.arch}, freeze-until layer3, {context.device} (images/s)")
+    print(f"    same steps on ready tensors:      {ready_rate:8.2f}  ({ready_seconds:.1f} s)")
+    print(f"    real epoch through the loader:    {real_rate:8.2f}  ({real_seconds:.1f} s)")
+    print(f"    ratio real/ready: {real_rate / ready_rate:.3f} (target >= 0.85)")
+    print(f"    a first epoch, counting the one-off setup and cache build: {first_rate / ready_rate:.3f}")
+    if not args.keep:
+        shutil.rmtree(out, ignore_errors=True)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
