@@ -15,6 +15,7 @@ is its "phash" in hex), and with --gallery a PNG contact sheet of the largest gr
 from __future__ import annotations
 
 import argparse
+import importlib
 import logging
 import os
 import sys
@@ -211,6 +212,7 @@ def hash_files(paths: Sequence[Path], hash_size: int, is_flip_invariant: bool, w
     progress = {"total": len(tasks), "desc": "Hashing", "unit": "img", "file": sys.stderr}
     if workers == 1 or len(tasks) < MIN_FILES_FOR_PROCESSES:
         return [hash_file(task) for task in tqdm(tasks, **progress)]
+    importlib.import_module("scipy.fftpack")  # imagehash.phash imports it on first use: once here, not per worker
     with ProcessPoolExecutor(max_workers=workers) as pool:
         return list(tqdm(pool.map(hash_file, tasks, chunksize=CHUNKSIZE), **progress))
 

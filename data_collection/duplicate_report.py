@@ -28,6 +28,7 @@ import hashlib
 import json
 import logging
 import os
+import stat as stat_module
 import sys
 import tempfile
 import warnings
@@ -320,14 +321,18 @@ def scan_dataset(dataset_dir: Path, sets: Sequence[str]) -> tuple[list[ScanItem]
 
 def _open_checked(path: Path) -> Image.Image:
     """Image.open with the reasons a user understands; refuses bombs. The caller closes the image."""
-    if not os.path.lexists(path):
-        raise ImageReadError("file not found (deleted since the scan?)")
-    if not path.exists():
-        raise ImageReadError("broken symlink (its target does not exist)")
-    if path.is_dir():
+    try:
+        stat = os.stat(path)  # one system call for the usual case; the reasons below only when it fails
+    except FileNotFoundError:
+        if os.path.lexists(path):
+            raise ImageReadError("broken symlink (its target does not exist)") from None
+        raise ImageReadError("file not found (deleted since the scan?)") from None
+    except OSError as error:
+        raise ImageReadError(f"cannot read the file ({error.strerror or error})") from None
+    if stat_module.S_ISDIR(stat.st_mode):
         raise ImageReadError("is a folder, not an image")
     try:
-        if path.stat().st_size == 0:
+        if stat.st_size == 0:
             raise ImageReadError("empty file (0 bytes)")
         with warnings.catch_warnings():
             warnings.simplefilter("error", Image.DecompressionBombWarning)
