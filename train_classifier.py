@@ -134,7 +134,7 @@ def compare_class_sets(train_classes: Sequence[str], val_classes: Sequence[str])
         parts.append(f"val/ has the class folder(s) {', '.join(extra)} that train/ lacks")
     if not parts:
         return None
-    return "; ".join(parts) + "; give val/ exactly the class folders of train/."
+    return "The class folders differ: " + "; ".join(parts) + "; give val/ exactly the class folders of train/."
 
 
 def class_counts(labels: Sequence[int], num_classes: int) -> list[int]:
@@ -1190,7 +1190,7 @@ def load_dataset(dataset_dir: Path) -> tuple[list[str], list[Sample], list[Sampl
         raise DatasetError(f"{dataset_dir / 'val'} has no class folders; expected val/<class>/ like train/.")
     difference = compare_class_sets(classes, val_classes)
     if difference:
-        raise DatasetError(difference[0].upper() + difference[1:])
+        raise DatasetError(difference)
     train_samples, skipped = scan_split(dataset_dir, "train", classes)
     val_samples, val_skipped = scan_split(dataset_dir, "val", classes)
     return classes, train_samples, val_samples, skipped + val_skipped
