@@ -157,16 +157,23 @@ def _verified(embeddings: np.ndarray, first: np.ndarray, second: np.ndarray, thr
     return np.concatenate(kept)
 
 
+@functools.cache
+def lower_triangle(size: int) -> tuple[np.ndarray, np.ndarray]:
+    """Indices of a size x size square's diagonal and below (cached: every full block has the same size)."""
+    return np.tril_indices(size)
+
+
 def upper_pairs_at_least(block: np.ndarray, threshold: float, start: int) -> tuple[np.ndarray, np.ndarray]:
     """(i, j) with i < j of a block of rows start.. against columns start.. whose value reaches ``threshold``.
 
-    Looks for the (rare) rows with a hit first: far cheaper than np.nonzero over the whole block.
+    The block's own square (each row against itself and the rows before it) is blanked out first (in place), then
+    only the rare rows with a hit are searched: far cheaper than np.nonzero over the whole block.
     """
+    square = block[:, : len(block)]
+    square[lower_triangle(len(block))] = -np.inf
     rows = np.flatnonzero(block.max(axis=1) >= threshold)
     first, second = np.nonzero(block[rows] >= threshold)
-    first, second = rows[first] + start, second + start
-    upper = second > first
-    return first[upper], second[upper]
+    return rows[first] + start, second + start
 
 
 def find_similar_pairs(embeddings: np.ndarray, threshold: float, block_bytes: int = BLOCK_BYTES) -> np.ndarray:
@@ -181,17 +188,22 @@ def find_similar_pairs(embeddings: np.ndarray, threshold: float, block_bytes: in
     count = len(embeddings)
     bounded = bounding_coordinates(embeddings, threshold)
     rows_per_block = int(max(16, min(MAX_BLOCK_ROWS, block_bytes // (4 * max(1, count)))))
+    buffer = np.empty(rows_per_block * count, dtype=np.float32)  # reused by every block: no fresh pages each time
+
+    def product(rows: np.ndarray, columns: np.ndarray) -> np.ndarray:
+        return np.matmul(rows, columns.T, out=buffer[: len(rows) * len(columns)].reshape(len(rows), len(columns)))
+
     found = [np.empty((0, 2), dtype=np.int64)]
     for start in range(0, count, rows_per_block):
         stop = min(count, start + rows_per_block)
         if bounded is not None:
-            first, second = upper_pairs_at_least(
-                bounded[start:stop] @ bounded[start:].T, threshold - PRUNE_SLACK, start
-            )
+            bound = product(bounded[start:stop], bounded[start:])
+            first, second = upper_pairs_at_least(bound, threshold - PRUNE_SLACK, start)
             if len(first) <= EXACT_FALLBACK_FRACTION * (stop - start) * (count - start):
                 found.append(_verified(embeddings, first, second, threshold))
                 continue
-        first, second = upper_pairs_at_least(embeddings[start:stop] @ embeddings[start:].T, threshold, start)
+        similarity = product(embeddings[start:stop], embeddings[start:])
+        first, second = upper_pairs_at_least(similarity, threshold, start)
         found.append(np.stack([first, second], axis=1).astype(np.int64))
     pairs = np.concatenate(found)
     return pairs[np.lexsort((pairs[:, 1], pairs[:, 0]))]
