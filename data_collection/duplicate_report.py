@@ -306,8 +306,10 @@ def scan_dataset(dataset_dir: Path, sets: Sequence[str]) -> tuple[list[ScanItem]
     if not dataset_dir.is_dir():
         raise FileNotFoundError(f"dataset folder {dataset_dir} does not exist (pass --dataset-dir)")
     present = [name for name in sets if (dataset_dir / name).is_dir()]
+    if not present:
+        logger.info("No %s folder in %s: scanning the whole folder as one set", " or ".join(sets), dataset_dir)
     for name in sets:
-        if name not in present:
+        if present and name not in present:
             logger.warning("%s not found: skipped", dataset_dir / name)
     roots = [(dataset_dir / name, name) for name in present] or [(dataset_dir, WHOLE_FOLDER_SET)]
     items: list[ScanItem] = []
