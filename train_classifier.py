@@ -1298,14 +1298,14 @@ def setup_training(args: argparse.Namespace, resume: dict[str, Any] | None) -> T
 
     num_workers = resolve_num_workers(args.num_workers, device)
     sampler = EpochSampler(train_dataset, len(classes), not args.no_weighted_sampling, args.seed)
-    drop_last = len(train_samples) > args.batch_size  # a last batch of one or two images gives noisy BatchNorm
+    drop_last = sum(counts["train"]) > args.batch_size  # a last batch of one or two images gives noisy BatchNorm
     train_loader = make_loader(train_dataset, sampler, args.batch_size, num_workers, device, drop_last)
     val_loader = make_loader(
         val_dataset, UsableIndices(val_dataset), args.batch_size, num_workers, device, drop_last=False
     )
 
-    class_weights, _ = inverse_frequency_weights([s.label for s in train_samples], len(classes))
     usable_train = counts["train"]
+    class_weights = [1.0 / count for count in usable_train]  # what draw_epoch uses (check_class_counts: none is 0)
     weighted = not args.no_weighted_sampling
     expected_share = [(1 / len(classes)) if weighted else count / sum(usable_train) for count in usable_train]
     trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)

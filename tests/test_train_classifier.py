@@ -194,6 +194,9 @@ def test_bad_files_are_skipped_and_listed(tmp_path: Path, cache_gb: str) -> None
     assert "truncated" in skipped["truncated.jpg"]["reason"] or "corrupt" in skipped["truncated.jpg"]["reason"]
     assert metadata["status"] == "completed" and len(metadata["epochs"]) == 1
     assert metadata["epochs"][0]["train_images"] == 4 * 4 + len(files) - len(refused)
+    usable_birds = metadata["class_counts"]["train"]["bird"]  # counted before training: the truncated file was
+    assert usable_birds == 4 + len(files) - len(refused) + (1 if cache_gb == "0" else 0)  # still usable then
+    assert metadata["sampling"]["class_weights"]["bird"] == pytest.approx(1 / usable_birds)
     assert (tmp_path / "models" / "best_model.pth").is_file()
 
 
