@@ -21,7 +21,9 @@ import logging
 import os
 import sys
 import tempfile
+import threading
 from collections.abc import Sequence
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
@@ -52,6 +54,7 @@ TYPICAL_QUANTILE = 0.99  # the similarity most non-duplicate pairs stay below (i
 PRUNE_MARGIN = 0.02  # the bound must predictably stay this far below the threshold for typical pairs
 PRUNE_SLACK = 1e-3  # float32 rounding margin of the bound: a candidate is kept unless surely below the threshold
 EXACT_FALLBACK_FRACTION = 0.02  # when more of a block's pairs survive the bound, compute that block exactly
+SEARCH_THREADS = max(1, min(8, os.cpu_count() or 1))  # threads for the blocks; 8 already saturate memory bandwidth
 VERIFY_CHUNK = 1 << 14  # candidate pairs checked per step (two gathers of this many rows)
 SEED = 0  # the random directions of the reduced basis; the result is exact whatever they are
 
@@ -77,13 +80,12 @@ def orthonormal_basis(vectors: np.ndarray) -> np.ndarray:
     """Orthonormal columns spanning the columns of ``vectors`` (d, k), numerically rank-deficient ones dropped.
 
     Two passes of eigen-decomposition of the small k x k Gram matrix, in float64: cheap, and exact to ~1e-12.
+    (Called under find_similar_pairs' single-threaded BLAS: threaded LAPACK on a small matrix can stall for a second
+    when the cores are busy.)
     """
     basis = np.asarray(vectors, dtype=np.float64)
     for _ in range(2):
-        gram = basis.T @ basis
-        # Threaded LAPACK on a small matrix can stall for a second when the cores are busy; one thread: ~10 ms.
-        with blas_controller().limit(limits=1, user_api="blas"):
-            values, vectors_k = np.linalg.eigh(gram)
+        values, vectors_k = np.linalg.eigh(basis.T @ basis)
         keep = values > values.max(initial=0.0) * 1e-10
         basis = basis @ (vectors_k[:, keep] / np.sqrt(values[keep]))
     return basis
@@ -176,36 +178,45 @@ def upper_pairs_at_least(block: np.ndarray, threshold: float, start: int) -> tup
     return rows[first] + start, second + start
 
 
-def find_similar_pairs(embeddings: np.ndarray, threshold: float, block_bytes: int = BLOCK_BYTES) -> np.ndarray:
+def find_similar_pairs(
+    embeddings: np.ndarray, threshold: float, block_bytes: int = BLOCK_BYTES, threads: int = SEARCH_THREADS
+) -> np.ndarray:
     """All pairs (i < j) of unit-length rows with cosine similarity >= ``threshold``, sorted; (k, 2) int64.
 
     Blocked matrix products over the upper triangle: a block of rows against all later rows, never N x N. For many
     high-dimensional rows, each block is first bounded with at most dim/8 + 1 coordinates (bounding_coordinates);
     only pairs whose bound reaches the threshold are checked exactly, so the result equals the full similarity
-    matrix's. A block where the bound prunes little is computed exactly instead.
+    matrix's. A block where the bound prunes little is computed exactly instead. Blocks run in ``threads`` threads,
+    each with a single-threaded BLAS: that scales on idle cores and, unlike BLAS's own spinning threads, does not
+    slow down when other programs use the cores.
     """
     embeddings = np.ascontiguousarray(embeddings, dtype=np.float32)
     count = len(embeddings)
-    bounded = bounding_coordinates(embeddings, threshold)
-    rows_per_block = int(max(16, min(MAX_BLOCK_ROWS, block_bytes // (4 * max(1, count)))))
-    buffer = np.empty(rows_per_block * count, dtype=np.float32)  # reused by every block: no fresh pages each time
+    rows_per_block = int(max(16, min(MAX_BLOCK_ROWS, block_bytes // (4 * max(1, count) * threads))))
+    local = threading.local()  # one block buffer per thread, reused: no fresh pages for every block
 
     def product(rows: np.ndarray, columns: np.ndarray) -> np.ndarray:
-        return np.matmul(rows, columns.T, out=buffer[: len(rows) * len(columns)].reshape(len(rows), len(columns)))
+        if getattr(local, "buffer", None) is None:
+            local.buffer = np.empty(rows_per_block * count, dtype=np.float32)
+        out = local.buffer[: len(rows) * len(columns)].reshape(len(rows), len(columns))
+        return np.matmul(rows, columns.T, out=out)
 
-    found = [np.empty((0, 2), dtype=np.int64)]
-    for start in range(0, count, rows_per_block):
+    def search_block(start: int) -> np.ndarray:
         stop = min(count, start + rows_per_block)
         if bounded is not None:
-            bound = product(bounded[start:stop], bounded[start:])
-            first, second = upper_pairs_at_least(bound, threshold - PRUNE_SLACK, start)
+            first, second = upper_pairs_at_least(
+                product(bounded[start:stop], bounded[start:]), threshold - PRUNE_SLACK, start
+            )
             if len(first) <= EXACT_FALLBACK_FRACTION * (stop - start) * (count - start):
-                found.append(_verified(embeddings, first, second, threshold))
-                continue
-        similarity = product(embeddings[start:stop], embeddings[start:])
-        first, second = upper_pairs_at_least(similarity, threshold, start)
-        found.append(np.stack([first, second], axis=1).astype(np.int64))
-    pairs = np.concatenate(found)
+                return _verified(embeddings, first, second, threshold)
+        first, second = upper_pairs_at_least(product(embeddings[start:stop], embeddings[start:]), threshold, start)
+        return np.stack([first, second], axis=1).astype(np.int64)
+
+    with blas_controller().limit(limits=1, user_api="blas"):
+        bounded = bounding_coordinates(embeddings, threshold)
+        with ThreadPoolExecutor(max_workers=threads) as pool:
+            found = list(pool.map(search_block, range(0, count, rows_per_block)))
+    pairs = np.concatenate([np.empty((0, 2), dtype=np.int64), *found])
     return pairs[np.lexsort((pairs[:, 1], pairs[:, 0]))]
 
 
