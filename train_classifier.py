@@ -867,6 +867,26 @@ def evaluate_dataset(model: nn.Module, loader: DataLoader, context: TrainingCont
     )
 
 
+def training_step(
+    context: TrainingContext,
+    optimizer: torch.optim.Optimizer,
+    scheduler: torch.optim.lr_scheduler.LRScheduler,
+    scaler: torch.amp.GradScaler,
+    inputs: torch.Tensor,
+    labels: torch.Tensor,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """One optimisation step on a batch (forward, loss, backward, optimizer and schedule); returns logits and loss."""
+    with autocast(context):
+        logits = context.model(inputs)
+        loss = F.cross_entropy(logits, labels)
+    optimizer.zero_grad(set_to_none=True)
+    scaler.scale(loss).backward()
+    scaler.step(optimizer)
+    scaler.update()
+    scheduler.step()
+    return logits, loss
+
+
 def train_one_epoch(
     context: TrainingContext,
     optimizer: torch.optim.Optimizer,
@@ -888,14 +908,7 @@ def train_one_epoch(
         if len(batch["labels"]) == 0:
             continue
         inputs, labels = model_input(batch, context)
-        with autocast(context):
-            logits = model(inputs)
-            loss = F.cross_entropy(logits, labels)
-        optimizer.zero_grad(set_to_none=True)
-        scaler.scale(loss).backward()
-        scaler.step(optimizer)
-        scaler.update()
-        scheduler.step()
+        logits, loss = training_step(context, optimizer, scheduler, scaler, inputs, labels)
         total_loss += loss.detach().float() * len(labels)
         total_correct += (logits.detach().argmax(dim=1) == labels).sum()
         seen += len(labels)
