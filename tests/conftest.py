@@ -210,6 +210,17 @@ def tree_snapshot(root: Path) -> dict[str, bytes]:
     return snapshot
 
 
+@pytest.fixture(scope="session", autouse=True)
+def one_torch_thread():
+    """One intra-op thread: on a 2-core machine two spinning torch threads can be many times slower than one."""
+    import torch
+
+    previous = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(previous)
+
+
 @pytest.fixture
 def tiny_dataset(tmp_path: Path) -> Path:
     """dataset/ with 4 classes, 8 train and 3 val 64x64 JPEGs per class."""
