@@ -1616,6 +1616,373 @@ def print_summary(context: TrainingContext) -> None:
     print(f"\nModel: {context.output_dir / BEST_MODEL_NAME}   metadata: {context.output_dir / METADATA_NAME}")
 
 
+# ================================================================================================================
+# Problematic-image analysis (--detect-problematic): BEGIN
+# Pure functions over per-image losses and probabilities, the after-epoch hook that collects them with the trainer's
+# own evaluation pass (evaluate_dataset over train_images_eval_view), and the optional out-of-fold version. Writes
+# the report described in review_problematic_images.py (schema 1), read by that script.
+
+PROBLEMATIC_REPORT_SCHEMA_VERSION = 1  # the version review_problematic_images.py reads
+PROBLEMATIC_REPORT_NAME = (
+    "problematic_images_report.json"  # default: inside the dataset folder, where the reviewer looks
+)
+ANALYSIS_OUTPUT_SUBDIR = "problematic_analysis"  # --stop-after-analysis writes its short run's model here, never over
+# <output-dir>/best_model.pth of a full training
+ANALYSIS_STATE_KEY = "problematic_analysis"  # key in context.hook_state: the losses so far survive --resume
+REPORT_PREVIEW_PER_CLASS = 3  # images per class printed after the report is written
+
+
+def loss_statistics(loss_history: np.ndarray) -> dict[str, np.ndarray]:
+    """Per image, the mean, max, min and (population) standard deviation of an (images, epochs) array of losses."""
+    return {
+        "mean_loss": loss_history.mean(axis=1),
+        "max_loss": loss_history.max(axis=1),
+        "min_loss": loss_history.min(axis=1),
+        "std_loss": loss_history.std(axis=1),
+    }
+
+
+def class_thresholds(probabilities: np.ndarray, labels: np.ndarray, num_classes: int) -> np.ndarray:
+    """Confident learning's per-class threshold: the mean probability of class j over the images labelled j (its
+    average self-confidence); NaN for a class without images, so no image is ever at or above it."""
+    thresholds = np.full(num_classes, np.nan)
+    for class_index in range(num_classes):
+        mask = labels == class_index
+        if mask.any():
+            thresholds[class_index] = probabilities[mask, class_index].mean()
+    return thresholds
+
+
+def find_label_issues(
+    probabilities: np.ndarray, labels: np.ndarray, thresholds: np.ndarray
+) -> tuple[np.ndarray, np.ndarray]:
+    """(is_label_issue, other_class) per image: the confident-learning rule of cleanlab's find_label_issues.
+
+    An image is a likely label issue when the probability of its given label is below that class's threshold while
+    another class is at or above its own threshold; other_class is the most probable such class (-1 when none).
+    """
+    rows = np.arange(len(labels))
+    with np.errstate(invalid="ignore"):  # NaN thresholds of empty classes compare False
+        above = probabilities >= thresholds[None, :]
+        below_own = probabilities[rows, labels] < thresholds[labels]
+    above[rows, labels] = False
+    has_other = above.any(axis=1)
+    other_class = np.where(has_other, np.where(above, probabilities, -1.0).argmax(axis=1), -1)
+    return below_own & has_other, other_class
+
+
+def assign_folds(labels: np.ndarray, folds: int, seed: int) -> np.ndarray:
+    """A fold index per image, stratified (each class spread evenly over the folds), the same for the same seed."""
+    rng = np.random.default_rng(seed)
+    fold_of = np.empty(len(labels), dtype=np.int64)
+    position = 0
+    for class_index in np.unique(labels):
+        members = np.flatnonzero(labels == class_index)
+        rng.shuffle(members)
+        fold_of[members] = (np.arange(len(members)) + position) % folds
+        position += len(members)  # the next class starts where this one stopped, so the fold sizes stay balanced
+    return fold_of
+
+
+def build_problematic_report(
+    *,
+    relative_paths: Sequence[str],
+    labels: np.ndarray,
+    classes: Sequence[str],
+    loss_history: np.ndarray,
+    probabilities: np.ndarray,
+    top_n: int,
+    method: str,
+    arguments: dict[str, Any],
+    dataset_dir: str,
+    folds: np.ndarray | None = None,
+    errors: Sequence[str] = (),
+) -> dict[str, Any]:
+    """The problematic-images report (schema 1) in plain types.
+
+    ``loss_history`` is (images, analysis epochs); ``probabilities`` (images, classes) is from the last analysis epoch
+    or out of fold. Within a class images are ranked by mean loss, highest first (ties by path); the report keeps the
+    top ``top_n`` plus every other image the confident-learning rule flags, so no likely label issue is left out.
+    ``folds``: the fold that scored each image (cross-validation), written per entry.
+    """
+    stats = loss_statistics(loss_history)
+    thresholds = class_thresholds(probabilities, labels, len(classes))
+    is_issue, issue_class = find_label_issues(probabilities, labels, thresholds)
+    rows = np.arange(len(labels))
+    others = probabilities.copy()
+    others[rows, labels] = -np.inf
+    suggested, predicted = others.argmax(axis=1), probabilities.argmax(axis=1)
+
+    def entry(index: int, rank: int) -> dict[str, Any]:
+        own = int(labels[index])
+        item = {
+            "rank": rank,
+            "path": relative_paths[index],
+            "class": classes[own],
+            **{key: float(values[index]) for key, values in stats.items()},
+            "losses": [float(value) for value in loss_history[index]],
+            "predicted_class": classes[int(predicted[index])],
+            "given_label_probability": float(probabilities[index, own]),
+            "suggested_class": classes[int(suggested[index])] if len(classes) > 1 else None,
+            "probabilities": {name: float(probabilities[index, j]) for j, name in enumerate(classes)},
+            "is_label_issue": bool(is_issue[index]),
+            "label_issue_reason": None,
+        }
+        if is_issue[index]:
+            other = int(issue_class[index])
+            item["label_issue_reason"] = (
+                f"p({classes[own]})={probabilities[index, own]:.2f} < {classes[own]} threshold {thresholds[own]:.2f} "
+                f"while p({classes[other]})={probabilities[index, other]:.2f} >= {classes[other]} threshold "
+                f"{thresholds[other]:.2f}"
+            )
+        if folds is not None:
+            item["fold"] = int(folds[index])
+        return item
+
+    problematic: dict[str, list[dict[str, Any]]] = {}
+    summary: dict[str, dict[str, Any]] = {}
+    for class_index, class_name in enumerate(classes):
+        members = sorted(
+            np.flatnonzero(labels == class_index).tolist(), key=lambda i: (-stats["mean_loss"][i], relative_paths[i])
+        )
+        problematic[class_name] = [
+            entry(index, rank) for rank, index in enumerate(members, start=1) if rank <= top_n or is_issue[index]
+        ]
+        means = stats["mean_loss"][members]
+        summary[class_name] = {
+            "count": len(members),
+            "reported": len(problematic[class_name]),
+            "label_issues": int(is_issue[members].sum()),
+            "highest_mean_loss": float(means.max()) if members else None,
+            "lowest_mean_loss": float(means.min()) if members else None,
+            "average_mean_loss": float(means.mean()) if members else None,
+        }
+    return {
+        "schema_version": PROBLEMATIC_REPORT_SCHEMA_VERSION,
+        "report_type": "problematic_images",
+        "created": now_iso(),
+        "dataset_dir": dataset_dir,
+        "arguments": arguments,
+        "classes": list(classes),
+        "analysis_epochs": int(loss_history.shape[1]),
+        "method": method,
+        "cross_val_folds": int(folds.max()) + 1 if folds is not None and len(folds) else None,
+        "num_images": len(labels),
+        "class_thresholds": {name: None if np.isnan(t) else float(t) for name, t in zip(classes, thresholds)},
+        "summary_by_class": summary,
+        "problematic_images": problematic,
+        "errors": list(errors),
+    }
+
+
+def problematic_report_path(args: argparse.Namespace) -> Path:
+    return (
+        Path(args.problematic_report) if args.problematic_report else Path(args.dataset_dir) / PROBLEMATIC_REPORT_NAME
+    )
+
+
+def write_problematic_report(
+    context: TrainingContext,
+    loss_history: np.ndarray,
+    probabilities: np.ndarray,
+    method: str,
+    folds: np.ndarray | None = None,
+) -> Path:
+    """Build the report from per-sample scores (NaN rows: not scored), write it atomically and print a summary.
+
+    Rows follow context.train_dataset.samples; an image missing a score in any analysis epoch is left out (it failed
+    to decode and is listed under errors).
+    """
+    args, samples = context.args, context.train_dataset.samples
+    scored = np.flatnonzero(np.isfinite(loss_history).all(axis=1) & np.isfinite(probabilities).all(axis=1))
+    report = build_problematic_report(
+        relative_paths=[samples[i].relpath for i in scored],
+        labels=np.array([samples[i].label for i in scored], dtype=np.int64),
+        classes=context.classes,
+        loss_history=loss_history[scored],
+        probabilities=probabilities[scored],
+        top_n=args.top_n_problematic,
+        method=method,
+        arguments=plain_arguments(args),
+        dataset_dir=str(args.dataset_dir),
+        folds=folds[scored] if folds is not None else None,
+        errors=[f"{item['path']}: {item['reason']}" for item in context.skipped_files if item["split"] == "train"],
+    )
+    path = problematic_report_path(args)
+    write_json_atomically(path, report)
+    issues = {name: stats["label_issues"] for name, stats in report["summary_by_class"].items()}
+    context.metadata["problematic_analysis"] = {
+        "report": str(path),
+        "method": method,
+        "analysis_epochs": report["analysis_epochs"],
+        "label_issues": issues,
+    }
+    print(
+        f"\nProblematic-images report ({method.replace('_', ' ')}, {report['analysis_epochs']} analysis epoch(s), "
+        f"{report['num_images']} train images): {path}"
+    )
+    print(f"{'class':<16}{'images':>7}{'label issues':>14}   highest mean losses")
+    for name, stats in report["summary_by_class"].items():
+        print(f"{name:<16}{stats['count']:>7}{stats['label_issues']:>14}")
+        for item in report["problematic_images"][name][:REPORT_PREVIEW_PER_CLASS]:
+            flag = f"  (likely label issue: {item['suggested_class']}?)" if item["is_label_issue"] else ""
+            print(f"{'':<37}   {item['mean_loss']:.3f} {item['path']}{flag}")
+    review = ["python review_problematic_images.py"]
+    if path.resolve().parent != Path(args.dataset_dir).resolve():
+        review += ["--report-path", str(path), "--dataset-dir", str(args.dataset_dir)]
+    elif path != Path("dataset") / PROBLEMATIC_REPORT_NAME:
+        review += ["--report-path", str(path)]
+    print(f"Review them with: {' '.join(review)}")
+    return path
+
+
+class ProblematicImageTracker:
+    """After-epoch hook of --detect-problematic (in sample).
+
+    After each of the first --analysis-epochs epochs it runs the trainer's evaluation pass over the training images
+    (no augmentation, eval mode), so each image gets exactly one loss per analysis epoch; after the last it writes
+    the report and, with --stop-after-analysis, asks run_epochs to stop. The losses so far live in
+    context.hook_state, so --resume continues an interrupted analysis.
+    """
+
+    def __init__(self, context: TrainingContext) -> None:
+        self.dataset = context.train_images_eval_view()
+        self.loader = context.eval_loader(self.dataset)
+        self.relpaths = [sample.relpath for sample in self.dataset.samples]
+
+    def __call__(self, context: TrainingContext, record: dict[str, Any], predictions: Predictions) -> bool:
+        args = context.args
+        state = context.hook_state.setdefault(
+            ANALYSIS_STATE_KEY, {"relpaths": self.relpaths, "epochs": [], "losses": [], "report": None}
+        )
+        if state["report"] is not None or len(state["epochs"]) >= args.analysis_epochs:
+            return False
+        if state["epochs"] != list(range(1, record["epoch"])) or state["relpaths"] != self.relpaths:
+            if not state.get("warned"):
+                logger.warning(
+                    "The per-image losses of the epochs before %d are missing (the dataset changed, or the run was "
+                    "resumed from a checkpoint without them); no problematic-images report this run. Start a new run "
+                    "with --detect-problematic.",
+                    record["epoch"],
+                )
+                state["warned"] = True
+            return False
+        scores = evaluate_dataset(context.model, self.loader, context, f"epoch {record['epoch']} scoring train images")
+        record_failures(context, context.train_dataset, "train", scores.failures)
+        losses = torch.full((len(self.relpaths),), float("nan"), dtype=torch.float64)
+        losses[scores.indices] = scores.losses.double()
+        state["losses"].append(losses)
+        state["epochs"].append(record["epoch"])
+        if len(state["epochs"]) < args.analysis_epochs:
+            return False
+        probabilities = np.full((len(self.relpaths), len(context.classes)), np.nan)
+        probabilities[scores.indices.numpy()] = scores.probabilities()
+        history = torch.stack(state["losses"], dim=1).numpy()
+        state["report"] = str(write_problematic_report(context, history, probabilities, "in_sample"))
+        if args.stop_after_analysis:
+            print(f"Stopping after the {args.analysis_epochs} analysis epoch(s) (--stop-after-analysis).")
+        return bool(args.stop_after_analysis)
+
+
+def cross_validation_scores(context: TrainingContext, folds: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Out-of-fold (losses per analysis epoch, last-epoch probabilities, fold) per training sample; NaN when unscored.
+
+    The usable training images are split into ``folds`` stratified folds; for each, a fresh model (same arch,
+    weights, freezing, optimizer and schedule as the main run) trains on the other folds for --analysis-epochs epochs
+    with the trainer's own train_one_epoch, and evaluate_dataset scores the held-out fold after every epoch. The
+    global RNG states are restored afterwards, so the main training that may follow is unchanged.
+    """
+    args, train = context.args, context.train_dataset
+    num_samples, num_classes, epochs = len(train.samples), len(context.classes), args.analysis_epochs
+    usable = np.array([i for i in range(num_samples) if i not in train.excluded], dtype=np.int64)
+    fold_of = np.full(num_samples, -1, dtype=np.int64)
+    fold_of[usable] = assign_folds(np.array([train.samples[i].label for i in usable]), folds, args.seed)
+    losses = np.full((num_samples, epochs), np.nan)
+    probabilities = np.full((num_samples, num_classes), np.nan)
+    saved_rng = rng_states()
+    for fold in range(folds):
+        held_out = set(np.flatnonzero(fold_of == fold).tolist())
+        fold_train = ImageDataset(
+            train.samples, "train", train.image_size, train.resize_size, train.prepared, train.policies
+        )
+        fold_train.excluded = set(train.excluded) | held_out
+        fold_eval = ImageDataset(train.samples, "eval", train.image_size, train.resize_size, train.prepared)
+        fold_eval.excluded = set(range(num_samples)) - held_out
+        torch.manual_seed(epoch_seed(args.seed, fold + 1))
+        model = classifier.build_model(args.arch, num_classes, weights=args.weights)
+        freeze_blocks(model, context.frozen)
+        model = model.to(context.device)
+        if context.channels_last:
+            model = model.to(memory_format=torch.channels_last)
+        sampler = EpochSampler(fold_train, num_classes, not args.no_weighted_sampling, epoch_seed(args.seed, fold + 1))
+        drop_last = len(train.samples) - len(fold_train.excluded) > args.batch_size
+        fold_context = dataclasses.replace(
+            context,
+            model=model,
+            train_dataset=fold_train,
+            train_loader=make_loader(
+                fold_train, sampler, args.batch_size, context.num_workers, context.device, drop_last
+            ),
+            history=[],
+            hook_state={},
+        )
+        optimizer = build_optimizer(model, args)
+        steps_per_epoch = max(1, len(fold_context.train_loader))
+        total_steps = steps_per_epoch * args.epochs  # the main run's schedule, so fold epochs match its first epochs
+        warmup_steps = min(total_steps, steps_per_epoch * args.warmup_epochs)
+        scheduler = torch.optim.lr_scheduler.LambdaLR(
+            optimizer, lambda step, warmup=warmup_steps, total=total_steps: learning_rate_factor(step, warmup, total)
+        )
+        scaler = torch.amp.GradScaler(context.device.type, enabled=context.amp_dtype == torch.float16)
+        eval_loader = context.eval_loader(fold_eval)
+        for epoch in range(epochs):
+            stats = train_one_epoch(fold_context, optimizer, scheduler, scaler, epoch)
+            record_failures(context, train, "train", stats["failures"])
+            scores = evaluate_dataset(model, eval_loader, fold_context, f"fold {fold + 1}/{folds} epoch {epoch + 1}")
+            record_failures(context, train, "train", scores.failures)
+            losses[scores.indices.numpy(), epoch] = scores.losses.double().numpy()
+            if epoch == epochs - 1:
+                probabilities[scores.indices.numpy()] = scores.probabilities()
+        print(
+            f"fold {fold + 1}/{folds}: trained {epochs} epoch(s) on {num_samples - len(fold_train.excluded)} images, "
+            f"scored {len(held_out)} held-out images"
+        )
+        del model, optimizer, fold_context
+    restore_rng_states(saved_rng)
+    return losses, probabilities, fold_of
+
+
+def check_problematic_arguments(parser: argparse.ArgumentParser, args: argparse.Namespace) -> None:
+    """parser.error (exit 2) for --detect-problematic settings no run can use."""
+    if not args.detect_problematic:
+        for flag, value in (
+            ("--stop-after-analysis", args.stop_after_analysis),
+            ("--cross-val-folds", args.cross_val_folds),
+        ):
+            if value:
+                parser.error(f"{flag} only works with --detect-problematic")
+        return
+    for name, minimum in (("analysis_epochs", 1), ("top_n_problematic", 1)):
+        if getattr(args, name) < minimum:
+            parser.error(f"--{name.replace('_', '-')} must be at least {minimum}, got {getattr(args, name)}")
+    if args.cross_val_folds is not None and args.cross_val_folds < 2:
+        parser.error(f"--cross-val-folds must be at least 2, got {args.cross_val_folds}")
+    if args.cross_val_folds is None and args.epochs < args.analysis_epochs:
+        parser.error(
+            f"--analysis-epochs {args.analysis_epochs} needs --epochs of at least {args.analysis_epochs}: the analysis "
+            "scores the images during the first epochs of training"
+        )
+    if args.cross_val_folds is None and args.patience and args.patience + 1 < args.analysis_epochs:
+        parser.error(
+            f"--patience {args.patience} could stop training before the {args.analysis_epochs} analysis epochs; "
+            f"use --patience 0 or at least {args.analysis_epochs - 1}"
+        )
+
+
+# Problematic-image analysis (--detect-problematic): END
+# ================================================================================================================
+
+
 # ----------------------------------------------------------------------------------------------------------------
 # Command line
 
@@ -1719,6 +2086,43 @@ def get_args_parser(add_help: bool = True) -> argparse.ArgumentParser:
         default=DEFAULT_CACHE_MAX_GB,
         help="memory for downsized copies of the images; 0 decodes every file every epoch (default: 4.0)",
     )
+    analysis = parser.add_argument_group("problematic images (see review_problematic_images.py)")
+    analysis.add_argument(
+        "--detect-problematic",
+        action="store_true",
+        help="score every training image in the first --analysis-epochs epochs and write a report of the hardest and "
+        "likely mislabeled ones (default: off)",
+    )
+    analysis.add_argument(
+        "--analysis-epochs", type=int, default=3, help="epochs whose per-image losses are recorded (default: 3)"
+    )
+    analysis.add_argument(
+        "--top-n-problematic",
+        type=int,
+        default=50,
+        help="images per class kept in the report, by mean loss; likely label issues are always kept (default: 50)",
+    )
+    analysis.add_argument(
+        "--stop-after-analysis",
+        action="store_true",
+        help=f"stop once the report is written; the short run's model goes to <output-dir>/{ANALYSIS_OUTPUT_SUBDIR}/ "
+        "(default: off, training continues to --epochs)",
+    )
+    analysis.add_argument(
+        "--cross-val-folds",
+        type=int,
+        default=None,
+        metavar="K",
+        help="score each image out of sample: K models each train --analysis-epochs epochs on K-1 folds and score "
+        "the fold they never saw, before the main training; costs about K-1 times the analysis epochs of training "
+        "(default: off, in-sample scores from the main run)",
+    )
+    analysis.add_argument(
+        "--problematic-report",
+        default=None,
+        metavar="PATH",
+        help=f"where the report goes (default: <dataset-dir>/{PROBLEMATIC_REPORT_NAME})",
+    )
     return parser
 
 
@@ -1737,6 +2141,7 @@ def check_arguments(parser: argparse.ArgumentParser, args: argparse.Namespace) -
         parser.error(f"--num-workers must not be negative, got {args.num_workers}")
     if args.cache_max_gb < 0:
         parser.error(f"--cache-max-gb must not be negative, got {args.cache_max_gb}")
+    check_problematic_arguments(parser, args)
 
 
 def load_resume_checkpoint(
@@ -1767,6 +2172,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(levelname)s: %(message)s")
     check_arguments(parser, args)
+    if args.detect_problematic and args.stop_after_analysis:  # a 3-epoch model must never replace a trained one
+        args.output_dir = str(Path(args.output_dir) / ANALYSIS_OUTPUT_SUBDIR)
     context = None
     try:
         resume = None
@@ -1775,7 +2182,16 @@ def main(argv: Sequence[str] | None = None) -> int:
             check_arguments(parser, args)
         context = setup_training(args, resume)
         print_setup(context)
-        run_epochs(context, resume)
+        hooks: list[AfterEpochHook] = []
+        if args.detect_problematic and args.cross_val_folds:
+            if resume is None:  # a resumed run did its cross-validation before its first epoch
+                losses, probabilities, folds = cross_validation_scores(context, args.cross_val_folds)
+                write_problematic_report(context, losses, probabilities, "cross_validation", folds)
+            if args.stop_after_analysis:
+                return 1 if context.skipped_files else 0
+        elif args.detect_problematic:
+            hooks.append(ProblematicImageTracker(context))
+        run_epochs(context, resume, hooks)
         calibrate_best_model(context)
         write_metadata(context, "completed")
         print_summary(context)
