@@ -22,12 +22,14 @@ import errno
 import logging
 import os
 import shutil
+import sys
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import duplicate_report as dr  # the sibling module (Python puts the script's folder on sys.path)
+from tqdm import tqdm
 
 logger = logging.getLogger(__name__)
 
@@ -393,9 +395,11 @@ def build_log(
     """The deletion log, every entry "pending" with its SHA-256 (read now); unreadable files become "skipped"."""
     trash_root = f"{TRASH_DIR}/{run_id}"
     entries = []
+    progress = tqdm(total=sum(len(plan.remove) for plan in plans), desc="Hashing", unit="file", file=sys.stderr)
     for plan in plans:
         kept = [entry["path"] for entry in plan.keep]
         for entry, reason in plan.remove:
+            progress.update()
             record = {
                 "path": entry["path"],
                 "action": "delete" if args.delete else "trash",
@@ -413,6 +417,7 @@ def build_log(
             except OSError as error:
                 record.update(status=STATUS_SKIPPED, note=f"cannot read it ({error.strerror or error})")
             entries.append(record)
+    progress.close()
     return {
         "schema_version": LOG_SCHEMA_VERSION,
         "kind": LOG_KIND,
@@ -470,7 +475,8 @@ def apply_plan(log: dict[str, Any], log_path: Path, dataset_dir: Path) -> tuple[
     journal = journal_path(log_path)
     try:
         with open(journal, "a", encoding="utf-8") as handle:
-            for index, record in enumerate(log["entries"]):
+            entries = tqdm(log["entries"], desc="Removing", unit="file", file=sys.stderr)
+            for index, record in enumerate(entries):
                 if record["status"] != STATUS_PENDING:
                     problems += 1
                     continue
