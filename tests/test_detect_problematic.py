@@ -223,43 +223,64 @@ def test_cross_validation_scores_each_image_once_out_of_fold_and_flags_the_misla
 
 
 def test_in_sample_analysis_ranks_mislabels_first_then_training_continues(tmp_path: Path, colour_weights: Path) -> None:
-    dataset, planted, _ = make_mislabeled_dataset(tmp_path / "dataset")
+    dataset, planted, _ = make_mislabeled_dataset(tmp_path / "dataset", train_per_class=8)
     output = tmp_path / "models"
     code = train_classifier.main(
         ["--dataset-dir", str(dataset), "--output-dir", str(output), *TINY, *ANALYSIS, "--weights", str(colour_weights)]
-        + ["--detect-problematic", "--analysis-epochs", "3", "--epochs", "4", "--top-n-problematic", "3", "--seed", "0"]
+        + ["--detect-problematic", "--analysis-epochs", "2", "--epochs", "3", "--top-n-problematic", "3", "--seed", "0"]
     )
     assert code == 0
     report_path = dataset / train_classifier.PROBLEMATIC_REPORT_NAME  # the default: where the reviewer looks
     report = review_problematic_images.validate_report(json.loads(report_path.read_text(encoding="utf-8")))
-    assert report["method"] == "in_sample" and report["analysis_epochs"] == 3
+    assert report["method"] == "in_sample" and report["analysis_epochs"] == 2
     entries = entries_by_path(report)
-    assert all(len(entry["losses"]) == 3 for entry in entries.values())
+    assert all(len(entry["losses"]) == 2 for entry in entries.values())
     for path in planted:
         assert entries[path]["rank"] == 1, f"{path} is not the highest mean loss of its class"
     metadata = json.loads((output / train_classifier.METADATA_NAME).read_text(encoding="utf-8"))
-    assert len(metadata["epochs"]) == 4  # training went on to --epochs after the analysis
+    assert len(metadata["epochs"]) == 3  # training went on to --epochs after the analysis
     assert metadata["problematic_analysis"]["report"] == str(report_path)
     # the reviewer reads it as it is
     assert review_problematic_images.main(["--report-path", str(report_path), "--mode", "summary"]) == 0
 
 
-def test_stop_after_analysis_keeps_the_trained_model(tmp_path: Path, colour_weights: Path) -> None:
+def test_stop_after_analysis_keeps_the_trained_model_and_resumes_after_an_interruption(
+    tmp_path: Path, colour_weights: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     dataset = make_dataset(tmp_path / "dataset", CLASSES, train_per_class=4, val_per_class=1, size=SIZE)
     output = tmp_path / "models"
     output.mkdir()
     (output / "best_model.pth").write_bytes(b"a model trained for hours")
-    code = train_classifier.main(
-        ["--dataset-dir", str(dataset), "--output-dir", str(output), *TINY, *ANALYSIS, "--weights", str(colour_weights)]
-        + ["--detect-problematic", "--analysis-epochs", "1", "--stop-after-analysis"]
-    )
-    assert code == 0
+    argv = ["--dataset-dir", str(dataset), "--output-dir", str(output), *TINY, *ANALYSIS]
+    argv += [
+        "--weights",
+        str(colour_weights),
+        "--detect-problematic",
+        "--analysis-epochs",
+        "2",
+        "--stop-after-analysis",
+    ]
+    real_train_one_epoch, calls = train_classifier.train_one_epoch, []
+
+    def interrupted_in_second_epoch(*args: Any, **kwargs: Any) -> dict[str, Any]:
+        calls.append(1)
+        if len(calls) == 2:
+            raise KeyboardInterrupt
+        return real_train_one_epoch(*args, **kwargs)
+
+    monkeypatch.setattr(train_classifier, "train_one_epoch", interrupted_in_second_epoch)
+    assert train_classifier.main(argv) == 130  # like Ctrl-C during the second analysis epoch
+    monkeypatch.undo()
+    report_path = dataset / train_classifier.PROBLEMATIC_REPORT_NAME
+    assert not report_path.exists()  # no report from half an analysis
+    assert train_classifier.main([*argv, "--resume"]) == 0  # the first epoch's losses come from the checkpoint
+
     assert (output / "best_model.pth").read_bytes() == b"a model trained for hours"
     analysis_run = output / train_classifier.ANALYSIS_OUTPUT_SUBDIR
     metadata = json.loads((analysis_run / train_classifier.METADATA_NAME).read_text(encoding="utf-8"))
-    assert len(metadata["epochs"]) == 1  # stopped after the analysis epoch, not at --epochs 15
-    report = json.loads((dataset / train_classifier.PROBLEMATIC_REPORT_NAME).read_text(encoding="utf-8"))
-    assert report["num_images"] == 12 and all(len(e["losses"]) == 1 for e in entries_by_path(report).values())
+    assert len(metadata["epochs"]) == 2  # stopped after the analysis epochs, not at --epochs 15
+    report = json.loads(report_path.read_text(encoding="utf-8"))
+    assert report["num_images"] == 12 and all(len(e["losses"]) == 2 for e in entries_by_path(report).values())
 
 
 def test_help_lists_the_analysis_flags() -> None:
