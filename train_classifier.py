@@ -1847,7 +1847,7 @@ class ProblematicImageTracker:
 
     def __init__(self, context: TrainingContext) -> None:
         self.dataset = context.train_images_eval_view()
-        self.loader = context.eval_loader(self.dataset)
+        self.loader: DataLoader | None = context.eval_loader(self.dataset)
         self.relpaths = [sample.relpath for sample in self.dataset.samples]
 
     def __call__(self, context: TrainingContext, record: dict[str, Any], predictions: Predictions) -> bool:
@@ -1879,6 +1879,7 @@ class ProblematicImageTracker:
         probabilities[scores.indices.numpy()] = scores.probabilities()
         history = torch.stack(state["losses"], dim=1).numpy()
         state["report"] = str(write_problematic_report(context, history, probabilities, "in_sample"))
+        self.loader = None  # its worker processes are not needed for the rest of the training
         if args.stop_after_analysis:
             print(f"Stopping after the {args.analysis_epochs} analysis epoch(s) (--stop-after-analysis).")
         return bool(args.stop_after_analysis)
