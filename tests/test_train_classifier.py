@@ -343,7 +343,9 @@ def test_classification_metrics_match_sklearn() -> None:
     predicted = np.where(rng.random(200) < 0.7, labels, rng.integers(0, 4, 200))  # class 3 is never true
     matrix = train_classifier.confusion_matrix(labels, predicted, 4)
     metrics = train_classifier.classification_metrics(matrix, ["a", "b", "c", "d"])
-    precision, recall, f1, support = precision_recall_fscore_support(labels, predicted, labels=[0, 1, 2, 3])
+    precision, recall, f1, support = precision_recall_fscore_support(
+        labels, predicted, labels=[0, 1, 2, 3], zero_division=0
+    )
     for i, name in enumerate("abcd"):
         assert metrics["per_class"][name]["precision"] == pytest.approx(precision[i])
         assert metrics["per_class"][name]["recall"] == pytest.approx(recall[i])
