@@ -1171,6 +1171,7 @@ def save_last_checkpoint(
         "history": context.history,
         "skipped_files": context.skipped_files,
         "hook_state": context.hook_state,
+        "metadata_started": context.metadata["started"],
         "optimizer_state_dict": optimizer.state_dict(),
         "scheduler_state_dict": scheduler.state_dict(),
         "scaler_state_dict": scaler.state_dict(),
