@@ -1,8 +1,9 @@
 """Classify images with a trained birdplane model: one self-contained file to copy into any project.
 
 Copy this file and ``models/best_model.pth`` into another project; it needs torch, torchvision, Pillow and numpy only.
-It is the single definition of the model (``build_model``), the preprocessing (``load_image``,
-``build_eval_transform``) and the checkpoint format (``save_checkpoint``, ``load_checkpoint``).
+It is the single definition of the model (``build_model``), of how images are found and read (``find_image_files``,
+``open_image``, ``load_image``: the reasons a bad file is refused), the preprocessing (``build_eval_transform``) and
+the checkpoint format (``save_checkpoint``, ``load_checkpoint``); the trainer and the duplicate detectors import it.
 
     python classifier.py models/best_model.pth test_image.jpg
     python classifier.py models/best_model.pth test_images/ --recursive --top-k 3
@@ -25,6 +26,7 @@ import logging
 import math
 import os
 import pickle
+import stat as stat_module
 import sys
 import tempfile
 import warnings
@@ -35,7 +37,6 @@ from typing import Any
 
 import numpy as np
 import torch
-import torchvision
 from PIL import Image, ImageOps, UnidentifiedImageError
 from torch import nn
 
@@ -53,6 +54,7 @@ RESIZE_RATIO = 256 / 224  # resize the shorter side to this times the crop, then
 IMAGE_EXTENSIONS = frozenset({".jpg", ".jpeg", ".jpe", ".png", ".gif", ".webp", ".bmp", ".tif", ".tiff"})
 MAX_IMAGE_PIXELS = 89_478_485  # Pillow's own bomb limit; larger images are refused instead of decoded
 BACKGROUND = (255, 255, 255)  # transparent pixels are composited onto white, as a browser shows them
+IMAGE_MODES = ("RGB", "L")  # what load_image returns: colour for the model, greyscale for perceptual hashes
 DEFAULT_BATCH_SIZE = 32
 DECODE_THREADS = max(1, min(4, os.cpu_count() or 1))  # Pillow releases the GIL while decoding
 _MAGIC = (  # file signatures: images are found by content, not by name
@@ -169,8 +171,71 @@ def find_image_files(folder: str | os.PathLike, recursive: bool = True) -> list[
     return sorted(found)
 
 
-def _to_rgb(image: Image.Image) -> Image.Image:
-    """Any Pillow mode to RGB: alpha on white, palette transparency kept, 16-bit scaled down, CMYK converted."""
+def describe_content(path: str | os.PathLike) -> str:
+    """A short guess at what a non-image file is, for error messages."""
+    try:
+        with open(path, "rb") as handle:
+            head = handle.read(256).lstrip().lower()
+    except OSError:
+        return "unreadable content"
+    if head.startswith((b"<!doctype html", b"<html")) or b"<html" in head:
+        return "HTML page saved with an image name"
+    if head.startswith((b"{", b"[")):
+        return "JSON/text content"
+    return "unrecognised content"
+
+
+def open_image(path: str | os.PathLike) -> Image.Image:
+    """The image opened lazily (header read, no pixel decoded); raises ImageLoadError with the reason a user reads.
+
+    Refuses decompression bombs (more than MAX_IMAGE_PIXELS pixels). The caller closes the image.
+    """
+    try:
+        stat = os.stat(path)  # one system call for the usual case; the reasons below only when it fails
+    except (FileNotFoundError, NotADirectoryError):
+        raise ImageLoadError("file not found" + (" (broken symlink)" if os.path.islink(path) else "")) from None
+    except PermissionError:
+        raise ImageLoadError("permission denied (the file is not readable)") from None
+    except OSError as error:
+        raise ImageLoadError(f"cannot read the file ({error.strerror or error})") from None
+    if stat_module.S_ISDIR(stat.st_mode):
+        raise ImageLoadError("is a folder, not an image")
+    if stat.st_size == 0:
+        raise ImageLoadError("empty file (0 bytes)")
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("error", Image.DecompressionBombWarning)
+            image = Image.open(path)
+    except (Image.DecompressionBombError, Image.DecompressionBombWarning) as error:
+        raise ImageLoadError(f"refused as a possible decompression bomb: {error}") from None
+    except PermissionError:
+        raise ImageLoadError("permission denied (the file is not readable)") from None
+    except UnidentifiedImageError:
+        raise ImageLoadError(f"not an image: {describe_content(path)}") from None
+    except (OSError, SyntaxError, ValueError, EOFError) as error:
+        raise ImageLoadError(f"corrupt image header ({error})") from None
+    if image.width * image.height > MAX_IMAGE_PIXELS:
+        image.close()
+        raise ImageLoadError(
+            f"refused: {image.width}x{image.height} pixels is over the {MAX_IMAGE_PIXELS} pixel limit "
+            "(possible decompression bomb)"
+        )
+    return image
+
+
+def upright_size(image: Image.Image) -> tuple[int, int]:
+    """(width, height) as shown, after the EXIF orientation; read from the header, nothing decoded."""
+    try:
+        orientation = image.getexif().get(0x0112, 1)
+    except Exception:  # noqa: BLE001 - broken EXIF only loses the orientation, never the image
+        orientation = 1
+    return (image.height, image.width) if orientation in (5, 6, 7, 8) else (image.width, image.height)
+
+
+def to_mode(image: Image.Image, mode: str = "RGB") -> Image.Image:
+    """Any Pillow mode to ``mode`` ("RGB" or "L"): alpha on white, palette transparency kept, 16-bit scaled, CMYK."""
+    if mode not in IMAGE_MODES:
+        raise ValueError(f"mode must be one of {', '.join(IMAGE_MODES)}, got {mode!r}")
     if image.mode == "P" and "transparency" in image.info:
         image = image.convert("RGBA")
     if image.mode in ("I;16", "I;16B", "I;16L", "I;16N", "I", "F"):
@@ -181,65 +246,52 @@ def _to_rgb(image: Image.Image) -> Image.Image:
         rgba = image.convert("RGBA")
         background = Image.new("RGBA", rgba.size, BACKGROUND + (255,))
         image = Image.alpha_composite(background, rgba)
-    return image if image.mode == "RGB" else image.convert("RGB")
+    if image.mode not in IMAGE_MODES:
+        image = image.convert("RGB")
+    return image if image.mode == mode else image.convert(mode)
 
 
-def load_image(source: str | os.PathLike | Image.Image, draft_size: tuple[int, int] | None = None) -> Image.Image:
-    """A fully decoded, upright RGB image; raises ImageLoadError with the reason when the file cannot be used.
+def _to_rgb(image: Image.Image) -> Image.Image:
+    """Any Pillow mode to RGB (see to_mode)."""
+    return to_mode(image, "RGB")
+
+
+def decode_image(image: Image.Image, draft_size: tuple[int, int] | None = None, mode: str = "RGB") -> Image.Image:
+    """An image from open_image fully decoded, upright, in ``mode`` "RGB" or "L"; raises ImageLoadError.
 
     ``draft_size``: for JPEGs, let the decoder scale down by 1/2, 1/4 or 1/8 while keeping both sides at least this
-    large (much faster for big photos, and exact enough for a resize to that size that follows).
+    large (much faster for big photos, and exact enough for a resize to that size that follows); with ``mode`` "L"
+    a colour JPEG is also decoded straight to greyscale. The first frame of an animation is used.
+    """
+    try:
+        if getattr(image, "is_animated", False):
+            image.seek(0)
+        if draft_size is not None and image.format == "JPEG":
+            image.draft(mode, draft_size)
+        image.load()
+        return to_mode(ImageOps.exif_transpose(image), mode)
+    except (Image.DecompressionBombError, Image.DecompressionBombWarning) as error:
+        raise ImageLoadError(f"refused as a possible decompression bomb: {error}") from None
+    except PermissionError:
+        raise ImageLoadError("permission denied (the file is not readable)") from None
+    except (OSError, SyntaxError, ValueError, EOFError) as error:
+        raise ImageLoadError(f"corrupt or truncated image data ({error})") from None
+
+
+def load_image(
+    source: str | os.PathLike | Image.Image, draft_size: tuple[int, int] | None = None, mode: str = "RGB"
+) -> Image.Image:
+    """A fully decoded, upright image in ``mode`` ("RGB" or "L"); raises ImageLoadError with the reason if unusable.
+
+    ``draft_size``: see decode_image (for files; a PIL image given is used as it is).
     """
     if isinstance(source, Image.Image):
         image = source
         if getattr(image, "is_animated", False):
             image.seek(0)
-        return _to_rgb(ImageOps.exif_transpose(image))
-    path = Path(source)
-    if not path.exists():
-        raise ImageLoadError("file not found" + (" (broken symlink)" if path.is_symlink() else ""))
-    if path.is_dir():
-        raise ImageLoadError("is a folder, not an image")
-    try:
-        if path.stat().st_size == 0:
-            raise ImageLoadError("empty file (0 bytes)")
-        with warnings.catch_warnings():
-            warnings.simplefilter("error", Image.DecompressionBombWarning)
-            with Image.open(path) as image:
-                if image.width * image.height > MAX_IMAGE_PIXELS:
-                    raise ImageLoadError(
-                        f"refused: {image.width}x{image.height} pixels is over the {MAX_IMAGE_PIXELS} pixel limit "
-                        "(possible decompression bomb)"
-                    )
-                if getattr(image, "is_animated", False):
-                    image.seek(0)
-                if draft_size is not None and image.format == "JPEG":
-                    image.draft("RGB", draft_size)
-                image.load()
-                return _to_rgb(ImageOps.exif_transpose(image))
-    except ImageLoadError:
-        raise
-    except (Image.DecompressionBombError, Image.DecompressionBombWarning) as error:
-        raise ImageLoadError(f"refused as a possible decompression bomb: {error}") from None
-    except PermissionError:
-        raise ImageLoadError("permission denied (the file is not readable)") from None
-    except UnidentifiedImageError:
-        raise ImageLoadError(f"not an image: {describe_content(path)}") from None
-    except (OSError, SyntaxError, ValueError, EOFError) as error:
-        raise ImageLoadError(f"corrupt or truncated image data ({error})") from None
-
-
-def describe_content(path: Path) -> str:
-    """A short guess at what a non-image file is, for error messages."""
-    try:
-        head = path.read_bytes()[:256].lstrip().lower()
-    except OSError:
-        return "unreadable content"
-    if head.startswith((b"<!doctype html", b"<html")) or b"<html" in head:
-        return "HTML page saved with an image name"
-    if head.startswith((b"{", b"[")):
-        return "JSON/text content"
-    return "unrecognised content"
+        return to_mode(ImageOps.exif_transpose(image), mode)
+    with open_image(source) as image:
+        return decode_image(image, draft_size, mode)
 
 
 def resize_for_model(image: Image.Image, image_size: int, resize_size: int) -> Image.Image:
@@ -287,6 +339,8 @@ def build_model(arch: str, num_classes: int, weights: str | None = None) -> nn.M
     ``weights``: None or "none" for random initialisation; "imagenet" for torchvision's default pretrained weights
     (downloaded once into the torch hub cache); anything else is a local file holding a state dict or a checkpoint.
     """
+    import torchvision  # here, not at the top: it takes seconds to import and only building a model needs it
+
     if arch not in SUPPORTED_ARCHS:
         raise ValueError(f"unknown architecture {arch!r}; choose one of {', '.join(SUPPORTED_ARCHS)}")
     if num_classes < 1:

@@ -16,8 +16,9 @@ Report layout (``SCHEMA_VERSION`` 1)::
     entry = {"path": "train/bird/a.jpg", "size": 51234, "mtime_ns": ..., "set": "train", "class": "bird",
              "filename": "a.jpg", "width": 640, "height": 480, "is_symlink": false, ...method's own value}
 
-Paths are relative to the dataset folder, in POSIX form. This module never imports torch (the file-size and
-perceptual-hash detectors start fast); it repeats classifier.py's small image-reading rules for that reason.
+Paths are relative to the dataset folder, in POSIX form. How images are found and read (by content, the reasons a
+bad file is refused, the mode conversion) is classifier.py's, imported from the project root; what is added here is
+what only duplicates need: the completeness check of a file, the full upright size next to a small decode.
 """
 
 from __future__ import annotations
@@ -28,7 +29,6 @@ import hashlib
 import json
 import logging
 import os
-import stat as stat_module
 import sys
 import tempfile
 import warnings
@@ -38,7 +38,10 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from PIL import Image, ImageOps, UnidentifiedImageError
+from PIL import Image
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # classifier.py lives in the project root
+import classifier  # noqa: E402 - needs the line above
 
 logger = logging.getLogger(__name__)
 
@@ -54,27 +57,12 @@ CATEGORY_NOTES = {  # what each category means for the user, printed next to the
 DEFAULT_DATASET_DIR = "dataset"
 DEFAULT_SETS = ("train", "val")  # the sub-folders a dataset made by download_images.py has
 WHOLE_FOLDER_SET = "."  # the set name of images when the dataset folder has none of the set folders
-IMAGE_EXTENSIONS = frozenset({".jpg", ".jpeg", ".jpe", ".png", ".gif", ".webp", ".bmp", ".tif", ".tiff"})
-MAX_IMAGE_PIXELS = 89_478_485  # Pillow's own bomb limit (as classifier.py); larger images are refused, not decoded
-BACKGROUND = (255, 255, 255)  # transparent pixels are composited onto white, as a browser shows them
 HASH_CHUNK_BYTES = 1 << 20  # read files in 1 MiB pieces for hashing: constant memory for any file size
 TAIL_BYTES = 65536  # a complete JPEG normally ends with its end marker within this many bytes of the end
 GALLERY_MAX_GROUPS = 12  # rows of the contact sheet: the largest groups
 GALLERY_MAX_FILES = 8  # columns: files shown per group
 GALLERY_THUMB_PIXELS = 160  # thumbnails are decoded at about this size (JPEG draft mode)
-_MAGIC = (  # file signatures: images are found by content, not by name (same list as classifier.py)
-    (b"\xff\xd8\xff", "JPEG"),
-    (b"\x89PNG\r\n\x1a\n", "PNG"),
-    (b"GIF87a", "GIF"),
-    (b"GIF89a", "GIF"),
-    (b"BM", "BMP"),
-    (b"II*\x00", "TIFF"),
-    (b"MM\x00*", "TIFF"),
-)
-
-
-class ImageReadError(ValueError):
-    """An image that cannot be used; ``str(error)`` is the reason shown to the user."""
+ImageReadError = classifier.ImageLoadError  # an image that cannot be used; ``str(error)`` is the reason
 
 
 class ReportError(ValueError):
@@ -261,40 +249,7 @@ def parse_sets(values: Sequence[str]) -> list[str]:
 
 
 # ----------------------------------------------------------------------------------------------------------------
-# Reading images (no torch): find by content, probe the header, decode small
-
-
-def sniff_image_format(path: str | os.PathLike) -> str | None:
-    """The image format from the first bytes of the file, or None when it is not a (known) image or unreadable."""
-    try:
-        with open(path, "rb") as handle:
-            head = handle.read(16)
-    except OSError:
-        return None
-    for magic, name in _MAGIC:
-        if head.startswith(magic):
-            return name
-    if head[:4] == b"RIFF" and head[8:12] == b"WEBP":
-        return "WEBP"
-    return None
-
-
-def find_image_files(folder: str | os.PathLike) -> list[Path]:
-    """Image files under ``folder``, sorted: any case of a common extension, or any name whose content is an image.
-
-    Hidden files and folders (``.trash``, caches) are skipped. Files with an image extension are listed even when
-    broken (empty, HTML, a dangling symlink), so that the detectors can report why they failed.
-    """
-    found: list[Path] = []
-    for directory, subdirs, names in os.walk(folder, followlinks=False):
-        subdirs[:] = sorted(name for name in subdirs if not name.startswith("."))
-        for name in names:
-            if name.startswith("."):
-                continue
-            path = Path(directory) / name
-            if path.suffix.lower() in IMAGE_EXTENSIONS or sniff_image_format(path) is not None:
-                found.append(path)
-    return sorted(found)
+# Reading images (classifier.py's rules): find by content, probe the header, decode small
 
 
 def scan_dataset(dataset_dir: Path, sets: Sequence[str]) -> tuple[list[ScanItem], list[str]]:
@@ -314,71 +269,11 @@ def scan_dataset(dataset_dir: Path, sets: Sequence[str]) -> tuple[list[ScanItem]
     roots = [(dataset_dir / name, name) for name in present] or [(dataset_dir, WHOLE_FOLDER_SET)]
     items: list[ScanItem] = []
     for root, set_name in roots:
-        for path in find_image_files(root):
+        for path in classifier.find_image_files(root):
             below_set = path.relative_to(root).parts
             set_value, class_name = split_location(below_set, set_name)
             items.append(ScanItem(path, path.relative_to(dataset_dir).as_posix(), set_value, class_name))
     return items, [name for _, name in roots]
-
-
-def _open_checked(path: Path) -> Image.Image:
-    """Image.open with the reasons a user understands; refuses bombs. The caller closes the image."""
-    try:
-        stat = os.stat(path)  # one system call for the usual case; the reasons below only when it fails
-    except FileNotFoundError:
-        if os.path.lexists(path):
-            raise ImageReadError("broken symlink (its target does not exist)") from None
-        raise ImageReadError("file not found (deleted since the scan?)") from None
-    except OSError as error:
-        raise ImageReadError(f"cannot read the file ({error.strerror or error})") from None
-    if stat_module.S_ISDIR(stat.st_mode):
-        raise ImageReadError("is a folder, not an image")
-    try:
-        if stat.st_size == 0:
-            raise ImageReadError("empty file (0 bytes)")
-        with warnings.catch_warnings():
-            warnings.simplefilter("error", Image.DecompressionBombWarning)
-            image = Image.open(path)
-        if image.width * image.height > MAX_IMAGE_PIXELS:
-            image.close()
-            raise ImageReadError(
-                f"refused: {image.width}x{image.height} pixels is over the {MAX_IMAGE_PIXELS} pixel limit "
-                "(possible decompression bomb)"
-            )
-        return image
-    except ImageReadError:
-        raise
-    except (Image.DecompressionBombError, Image.DecompressionBombWarning) as error:
-        raise ImageReadError(f"refused as a possible decompression bomb: {error}") from None
-    except PermissionError:
-        raise ImageReadError("permission denied (the file is not readable)") from None
-    except UnidentifiedImageError:
-        raise ImageReadError(f"not an image: {describe_content(path)}") from None
-    except (OSError, SyntaxError, ValueError, EOFError) as error:
-        raise ImageReadError(f"corrupt image header ({error})") from None
-
-
-def describe_content(path: Path) -> str:
-    """A short guess at what a non-image file is, for error messages."""
-    try:
-        with open(path, "rb") as handle:
-            head = handle.read(256).lstrip().lower()
-    except OSError:
-        return "unreadable content"
-    if head.startswith((b"<!doctype html", b"<html")) or b"<html" in head:
-        return "HTML page saved with an image name"
-    if head.startswith((b"{", b"[")):
-        return "JSON/text content"
-    return "unrecognised content"
-
-
-def upright_size(image: Image.Image) -> tuple[int, int]:
-    """(width, height) as shown, after the EXIF orientation; read from the header, nothing decoded."""
-    try:
-        orientation = image.getexif().get(0x0112, 1)
-    except Exception:  # noqa: BLE001 - broken EXIF only loses the orientation, never the image
-        orientation = 1
-    return (image.height, image.width) if orientation in (5, 6, 7, 8) else (image.width, image.height)
 
 
 def _jpeg_first_scan_offset(handle: Any) -> int | None:
@@ -442,29 +337,13 @@ def check_file_complete(path: Path, image_format: str | None) -> str | None:
 
 def probe_image(path: Path) -> tuple[int, int]:
     """(width, height) upright from the header plus a completeness check; raises ImageReadError. Decodes nothing."""
-    with _open_checked(path) as image:
+    with classifier.open_image(path) as image:
         image_format = image.format
-        size = upright_size(image)
+        size = classifier.upright_size(image)
     problem = check_file_complete(path, image_format)
     if problem:
         raise ImageReadError(problem)
     return size
-
-
-def _to_mode(image: Image.Image, mode: str) -> Image.Image:
-    """Any Pillow mode to RGB or L: alpha on white, palette transparency kept, 16-bit scaled down, CMYK converted."""
-    if image.mode == "P" and "transparency" in image.info:
-        image = image.convert("RGBA")
-    if image.mode in ("I;16", "I;16B", "I;16L", "I;16N", "I", "F"):
-        pixels = np.asarray(image, dtype=np.float64)
-        scale = 257.0 if image.mode.startswith("I;16") or pixels.max(initial=0) > 255 else 1.0
-        image = Image.fromarray(np.clip(pixels / scale, 0, 255).astype(np.uint8), "L")
-    if image.mode in ("RGBA", "LA", "PA", "La", "RGBa"):
-        rgba = image.convert("RGBA")
-        image = Image.alpha_composite(Image.new("RGBA", rgba.size, BACKGROUND + (255,)), rgba)
-    if image.mode not in ("RGB", "L"):
-        image = image.convert("RGB")
-    return image if image.mode == mode else image.convert(mode)
 
 
 def read_image(
@@ -473,25 +352,11 @@ def read_image(
     """(decoded upright image in ``mode`` "RGB" or "L", the full upright (width, height)); raises ImageReadError.
 
     ``draft_size``: JPEGs are decoded scaled by 1/2, 1/4 or 1/8 (DCT scaling) while both sides stay at least this
-    large: far faster when only a small version is needed (a 32x32 hash, a thumbnail).
+    large: far faster when only a small version is needed (a 32x32 hash, a thumbnail); see classifier.decode_image.
     """
-    image = _open_checked(path)
-    try:
-        size = upright_size(image)
-        if getattr(image, "is_animated", False):
-            image.seek(0)
-        if draft_size is not None and image.format == "JPEG":
-            image.draft("L" if mode == "L" and image.mode in ("RGB", "L") else image.mode, draft_size)
-        image.load()
-        return _to_mode(ImageOps.exif_transpose(image), mode), size
-    except ImageReadError:
-        raise
-    except PermissionError:
-        raise ImageReadError("permission denied (the file is not readable)") from None
-    except (OSError, SyntaxError, ValueError, EOFError) as error:
-        raise ImageReadError(f"corrupt or truncated image data ({error})") from None
-    finally:
-        image.close()
+    with classifier.open_image(path) as image:
+        size = classifier.upright_size(image)
+        return classifier.decode_image(image, draft_size, mode), size
 
 
 def file_entry(item: ScanItem, width: int, height: int, **method_values: Any) -> dict[str, Any]:

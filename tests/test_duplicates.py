@@ -1,4 +1,4 @@
-"""Tests of duplicate_report.py and the file-size and perceptual-hash detectors (no torch needed)."""
+"""Tests of duplicate_report.py and the file-size and perceptual-hash detectors (no model needed)."""
 
 from __future__ import annotations
 
@@ -75,12 +75,13 @@ def test_categories_follow_classes_and_sets() -> None:
     assert dr.categorize([entry("train", "bird"), entry("val", "plane")]) == "diff_class_diff_set"
 
 
-def test_find_image_files_by_content_and_name(tmp_path: Path) -> None:
+def test_scan_finds_images_by_content_and_name(tmp_path: Path) -> None:
     files = write_bad_files(tmp_path / "bad")
     (tmp_path / "bad" / "notes.txt").write_text("not an image", encoding="utf-8")
     (tmp_path / "bad" / ".hidden.jpg").write_bytes(files["IMG.JPG"].read_bytes())
-    found = {path.name for path in dr.find_image_files(tmp_path / "bad")}
-    assert found == set(files)  # every bad file (so it can be reported), no text file, no hidden file
+    items, sets = dr.scan_dataset(tmp_path / "bad", ["train"])
+    assert sets == [dr.WHOLE_FOLDER_SET]
+    assert {item.rel for item in items} == set(files)  # every bad file (so it is reported), no text, no hidden file
 
 
 def test_missing_report_fields_are_refused(tmp_path: Path) -> None:
