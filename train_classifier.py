@@ -479,28 +479,10 @@ def discover_classes(split_dir: Path) -> list[str]:
 
 def check_image_header(path: Path) -> str | None:
     """A cheap check (header only, no decoding): None when the file looks usable, else the reason it is not."""
-    if not path.exists():
-        return "file not found (broken symlink)" if path.is_symlink() else "file not found"
     try:
-        if path.stat().st_size == 0:
-            return "empty file (0 bytes)"
-        with open(path, "rb"):
-            pass
-    except PermissionError:
-        return "permission denied (the file is not readable)"
-    except OSError as error:
-        return f"unreadable ({error})"
-    if not classifier.is_image_file(path):
-        return f"not an image: {classifier.describe_content(path)}"
-    try:
-        with Image.open(path) as image:
-            width, height = image.size
-    except (Image.DecompressionBombError, Image.DecompressionBombWarning) as error:
-        return f"refused as a possible decompression bomb: {error}"
-    except Exception as error:  # noqa: BLE001 - any header Pillow cannot parse makes the file unusable
-        return f"corrupt image header ({type(error).__name__}: {error})"
-    if width * height > classifier.MAX_IMAGE_PIXELS:
-        return f"refused: {width}x{height} pixels is over the {classifier.MAX_IMAGE_PIXELS} pixel limit"
+        classifier.open_image(path).close()
+    except classifier.ImageLoadError as error:
+        return str(error)
     return None
 
 
