@@ -213,7 +213,7 @@ def open_image(path: str | os.PathLike) -> Image.Image:
     except UnidentifiedImageError:
         raise ImageLoadError(f"not an image: {describe_content(path)}") from None
     except (OSError, SyntaxError, ValueError, EOFError) as error:
-        raise ImageLoadError(f"corrupt image header ({error})") from None
+        raise ImageLoadError(f"corrupt or truncated image header ({error})") from None
     if image.width * image.height > MAX_IMAGE_PIXELS:
         image.close()
         raise ImageLoadError(
