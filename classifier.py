@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import argparse
 import collections
+import contextlib
 import csv
 import json
 import logging
@@ -454,20 +455,40 @@ def save_checkpoint(path: str | os.PathLike, model: nn.Module, **fields: Any) ->
     return checkpoint
 
 
-def write_atomically(path: str | os.PathLike, obj: Any) -> None:
-    """``torch.save`` to a temp file beside ``path`` and rename it over, so a crash never leaves half a file."""
+@contextlib.contextmanager
+def atomic_file(path: str | os.PathLike, mode: str = "wb") -> Iterator[Any]:
+    """A handle on a temp file beside ``path``; on success it is fsynced and renamed over ``path``, else removed.
+
+    Readers see the old file or the new one, never half of one, whatever happens (crash, Ctrl-C, full disk).
+    """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp_name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     try:
-        with os.fdopen(fd, "wb") as handle:
-            torch.save(obj, handle)
+        umask = os.umask(0)
+        os.umask(umask)
+        os.chmod(tmp_name, 0o666 & ~umask)  # mkstemp makes 0600; the result is an ordinary file
+        with os.fdopen(fd, mode, **({} if "b" in mode else {"encoding": "utf-8"})) as handle:
+            yield handle
             handle.flush()
             os.fsync(handle.fileno())
         os.replace(tmp_name, path)
     except BaseException:
         Path(tmp_name).unlink(missing_ok=True)
         raise
+
+
+def write_atomically(path: str | os.PathLike, obj: Any) -> None:
+    """``torch.save`` to a temp file beside ``path`` and rename it over, so a crash never leaves half a file."""
+    with atomic_file(path, "wb") as handle:
+        torch.save(obj, handle)
+
+
+def write_json_atomically(path: str | os.PathLike, data: Any, indent: int = 2) -> None:
+    """Strict JSON (no NaN), UTF-8, written atomically: the way every birdplane report reaches the disk."""
+    with atomic_file(path, "w") as handle:
+        json.dump(data, handle, indent=indent, ensure_ascii=False, allow_nan=False)
+        handle.write("\n")
 
 
 def _torch_load_safely(path: Path, map_location: str | torch.device = "cpu") -> Any:

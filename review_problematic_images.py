@@ -307,17 +307,10 @@ def utc_now() -> str:
 
 
 def write_json_atomic(path: Path, data: dict[str, Any]) -> None:
-    """Write JSON to a temp file in the same folder, then os.replace: a reader never sees half a file."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    handle, temp_name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(handle, "w", encoding="utf-8") as file:
-            json.dump(data, file, indent=2, ensure_ascii=False)
-            file.write("\n")
-        os.replace(temp_name, path)
-    except BaseException:
-        Path(temp_name).unlink(missing_ok=True)
-        raise
+    """Write JSON atomically (temp file, then os.replace) with classifier.py's writer: never half a file."""
+    import classifier  # imported here so --mode summary never loads torch
+
+    classifier.write_json_atomically(path, data)
 
 
 def read_json(path: Path, what: str) -> Any:

@@ -23,7 +23,6 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import hashlib
-import json
 import logging
 import math
 import os
@@ -538,14 +537,8 @@ def disk_cache_path(cache_dir: Path, path: Path, view: str, image_size: int, res
 
 
 def save_array_atomically(path: Path, array: np.ndarray) -> None:
-    fd, tmp_name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as handle:
-            np.save(handle, array, allow_pickle=False)
-        os.replace(tmp_name, path)
-    except BaseException:
-        Path(tmp_name).unlink(missing_ok=True)
-        raise
+    with classifier.atomic_file(path, "wb") as handle:
+        np.save(handle, array, allow_pickle=False)
 
 
 @dataclasses.dataclass
@@ -920,20 +913,6 @@ def record_failures(
 # Writing results
 
 
-def write_json_atomically(path: Path, data: Any) -> None:
-    """JSON to a temp file beside ``path``, then renamed over it: a crash never leaves half a file."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp_name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as handle:
-            json.dump(data, handle, indent=2, ensure_ascii=False, allow_nan=False)
-            handle.write("\n")
-        os.replace(tmp_name, path)
-    except BaseException:
-        Path(tmp_name).unlink(missing_ok=True)
-        raise
-
-
 def now_iso() -> str:
     return datetime.now(timezone.utc).replace(microsecond=0).isoformat()
 
@@ -947,7 +926,7 @@ def write_metadata(context: TrainingContext, status: str) -> None:
     best = best_record(context.history)
     metadata["best_epoch"] = best["epoch"] if best else None
     metadata["best_macro_f1"] = best["macro_f1"] if best else None
-    write_json_atomically(context.output_dir / METADATA_NAME, metadata)
+    classifier.write_json_atomically(context.output_dir / METADATA_NAME, metadata)
 
 
 def best_record(history: Sequence[dict[str, Any]]) -> dict[str, Any] | None:
@@ -1081,7 +1060,7 @@ def write_error_analysis(
             "split": "val",
             "errors": items,
         }
-        write_json_atomically(folder / f"{name}_errors.json", report)
+        classifier.write_json_atomically(folder / f"{name}_errors.json", report)
     write_contact_sheet(
         mistakes, context.val_dataset, f"epoch {epoch + 1}: most confident mistakes", folder / "contact_sheet.png"
     )
@@ -1792,7 +1771,7 @@ def write_problematic_report(
         errors=[f"{item['path']}: {item['reason']}" for item in context.skipped_files if item["split"] == "train"],
     )
     path = problematic_report_path(args)
-    write_json_atomically(path, report)
+    classifier.write_json_atomically(path, report)
     issues = {name: stats["label_issues"] for name, stats in report["summary_by_class"].items()}
     context.metadata["problematic_analysis"] = {
         "report": str(path),
