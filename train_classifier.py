@@ -607,6 +607,17 @@ def prepare_images(
     return prepared, failures
 
 
+_LOADER_THREADS: tuple[int, ThreadPoolExecutor] | None = None
+
+
+def loader_threads() -> ThreadPoolExecutor:
+    """This process's pool for loading batches; a loader worker forked from a process with a pool makes its own."""
+    global _LOADER_THREADS
+    if _LOADER_THREADS is None or _LOADER_THREADS[0] != os.getpid():
+        _LOADER_THREADS = (os.getpid(), ThreadPoolExecutor(max_workers=PREPARE_THREADS, thread_name_prefix="load"))
+    return _LOADER_THREADS[1]
+
+
 class ImageDataset(Dataset):
     """Images of one split as HWC uint8 squares: augmented (view "train") or as classifier.py sees them ("eval").
 
@@ -653,6 +664,14 @@ class ImageDataset(Dataset):
             # (up to a half-pixel resampling difference) without decoding the file again.
             return classifier.image_to_uint8(Image.fromarray(entry), self.image_size, self.resize_size)
         return entry
+
+    def __getitems__(self, keys: Sequence[int | tuple[int, int]]) -> list[LoadedSample | FailedSample]:
+        """A batch (the DataLoader asks for whole batches), loaded in threads: Pillow releases the GIL while it
+        resamples, so both cores work even with num_workers=0. Same order as ``keys``, and each image's random
+        changes come from its own seed, so the result does not depend on the threads."""
+        if len(keys) < 2:
+            return [self[key] for key in keys]
+        return list(loader_threads().map(self.__getitem__, keys))
 
     def __getitem__(self, key: int | tuple[int, int]) -> LoadedSample | FailedSample:
         index, augmentation_seed = key if isinstance(key, tuple) else (key, None)
