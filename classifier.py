@@ -398,14 +398,28 @@ def feature_extractor(model: nn.Module) -> Callable[[torch.Tensor], torch.Tensor
 
 
 def pick_device(device: str | None = None) -> torch.device:
-    """The given device, or the best available: cuda, then mps, then cpu."""
+    """The given device, or the best available: cuda, then mps, then cpu; ValueError for one this machine lacks."""
     if device:
-        return torch.device(device)
+        try:
+            chosen = torch.device(device)
+        except (RuntimeError, ValueError):
+            raise ValueError(f"unknown device {device!r}; use cpu, cuda, cuda:N or mps") from None
+        if chosen.type == "cuda" and not torch.cuda.is_available():
+            raise ValueError(f"device {device!r}: no CUDA GPU is available here; use cpu")
+        if chosen.type == "cuda" and chosen.index is not None and chosen.index >= torch.cuda.device_count():
+            raise ValueError(f"device {device!r}: this machine has {torch.cuda.device_count()} CUDA GPU(s)")
+        if chosen.type == "mps" and not _has_mps():
+            raise ValueError(f"device {device!r}: Apple's MPS is not available here; use cpu")
+        return chosen
     if torch.cuda.is_available():
         return torch.device("cuda")
-    if getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available():
+    if _has_mps():
         return torch.device("mps")
     return torch.device("cpu")
+
+
+def _has_mps() -> bool:
+    return getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available()
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -468,7 +482,7 @@ def atomic_file(path: str | os.PathLike, mode: str = "wb") -> Iterator[Any]:
         umask = os.umask(0)
         os.umask(umask)
         os.chmod(tmp_name, 0o666 & ~umask)  # mkstemp makes 0600; the result is an ordinary file
-        with os.fdopen(fd, mode, **({} if "b" in mode else {"encoding": "utf-8"})) as handle:
+        with os.fdopen(fd, mode, **({} if "b" in mode else {"encoding": "utf-8", "newline": ""})) as handle:
             yield handle
             handle.flush()
             os.fsync(handle.fileno())
@@ -547,9 +561,35 @@ def load_checkpoint(path: str | os.PathLike, map_location: str | torch.device = 
     for key in ("image_size", "resize_size", "mean", "std", "confidence_threshold", "temperature"):
         if key not in checkpoint:
             raise CheckpointError(f"{path} lacks the field {key!r} of the checkpoint format.")
-    if not float(checkpoint["temperature"]) > 0:
-        raise CheckpointError(f"{path} has a non-positive temperature {checkpoint['temperature']!r}.")
+    problem = _invalid_settings(checkpoint)
+    if problem:
+        raise CheckpointError(f"{path} has an invalid {problem}.")
     return checkpoint
+
+
+def _invalid_settings(checkpoint: dict[str, Any]) -> str | None:
+    """What is wrong with the preprocessing and decision settings of a checkpoint, or None."""
+
+    def is_number(value: Any) -> bool:
+        return isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value)
+
+    for key in ("image_size", "resize_size"):
+        value = checkpoint[key]
+        if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+            return f"{key} {value!r} (a positive whole number is needed)"
+    for key in ("mean", "std"):
+        value = checkpoint[key]
+        if not isinstance(value, list | tuple) or len(value) != 3 or not all(is_number(v) for v in value):
+            return f"{key} {value!r} (three numbers, one per colour channel, are needed)"
+    if not all(v > 0 for v in checkpoint["std"]):
+        return f"std {checkpoint['std']!r} (all three must be positive)"
+    threshold = checkpoint["confidence_threshold"]
+    if not is_number(threshold) or not 0.0 <= threshold <= 1.0:
+        return f"confidence_threshold {threshold!r} (a number from 0 to 1 is needed)"
+    temperature = checkpoint["temperature"]
+    if not is_number(temperature) or not temperature > 0:
+        return f"temperature {temperature!r} (a positive number is needed)"
+    return None
 
 
 def model_from_checkpoint(checkpoint: dict[str, Any], source: str = "the checkpoint") -> nn.Module:
@@ -751,6 +791,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     if missing:
         parser.error(f"no such file or folder: {', '.join(missing)}")
     try:
+        pick_device(args.device)
+    except ValueError as error:
+        parser.error(f"--device: {error}")
+    if args.csv and not Path(args.csv).resolve().parent.is_dir():
+        parser.error(f"--csv: the folder of {args.csv} does not exist")
+    try:
         clf = BirdPlaneSupermanClassifier(args.model, confidence_threshold=args.threshold, device=args.device)
     except CheckpointError as error:
         print(f"error: {error}", file=sys.stderr)
@@ -786,7 +832,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         failed = sum(row["error"] is not None for row in rows)
         print(f"\n{len(rows) - failed} classified, {failed} failed, threshold {clf.confidence_threshold:.2f}")
     if args.csv:
-        with open(args.csv, "w", newline="", encoding="utf-8") as handle:
+        with atomic_file(args.csv, "w") as handle:
             writer = csv.writer(handle)
             writer.writerow(["path", "predicted_class", "confidence", *clf.classes, "error"])
             for row in rows:

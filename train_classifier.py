@@ -2123,6 +2123,10 @@ def check_arguments(parser: argparse.ArgumentParser, args: argparse.Namespace) -
         parser.error(f"--num-workers must not be negative, got {args.num_workers}")
     if args.cache_max_gb < 0:
         parser.error(f"--cache-max-gb must not be negative, got {args.cache_max_gb}")
+    try:
+        classifier.pick_device(args.device)
+    except ValueError as error:
+        parser.error(f"--device: {error}")
     check_problematic_arguments(parser, args)
 
 

@@ -380,3 +380,39 @@ def test_classifier_imports_nothing_of_ours():
     result = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, check=True)
     loaded = set(result.stdout.split())
     assert loaded & (ours - {"classifier"}) == set()
+
+
+@pytest.mark.parametrize(
+    ("field", "value", "message"),
+    [
+        ("confidence_threshold", 1.5, "confidence_threshold"),
+        ("temperature", "abc", "temperature"),
+        ("temperature", 0.0, "temperature"),
+        ("mean", [0.5], "mean"),
+        ("std", [0.2, 0.2, 0.0], "std"),
+        ("image_size", -4, "image_size"),
+    ],
+)
+def test_refuses_checkpoints_with_invalid_settings(tmp_path, field, value, message):
+    checkpoint = classifier.make_checkpoint(classifier.build_model("resnet18", 4), arch="resnet18", classes=CLASSES)
+    path = tmp_path / "odd.pth"
+    torch.save({**checkpoint, field: value}, path)
+    with pytest.raises(CheckpointError, match=f"invalid {message}"):
+        BirdPlaneSupermanClassifier(path, device="cpu")
+
+
+def test_cli_refuses_unavailable_device_and_missing_csv_folder(model_path, bad_files, tmp_path, capsys):
+    image = str(bad_files["IMG.JPG"])
+    for device in ("bogus", "cuda:7" if torch.cuda.is_available() else "cuda"):
+        with pytest.raises(SystemExit) as exit_info:
+            classifier.main([str(model_path), image, "--device", device])
+        assert exit_info.value.code == 2
+        assert "--device" in capsys.readouterr().err
+    with pytest.raises(SystemExit) as exit_info:
+        classifier.main([str(model_path), image, "--csv", str(tmp_path / "no_such_folder" / "out.csv")])
+    assert exit_info.value.code == 2 and "does not exist" in capsys.readouterr().err
+    # an existing CSV is replaced whole, never left half-written
+    out_csv = tmp_path / "out.csv"
+    out_csv.write_text("old\n")
+    assert classifier.main([str(model_path), image, "--csv", str(out_csv)]) == 0
+    assert out_csv.read_text(encoding="utf-8").splitlines()[0].startswith("path,predicted_class,confidence")

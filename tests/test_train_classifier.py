@@ -400,3 +400,11 @@ def test_class_set_difference_names_both_sides() -> None:
     message = train_classifier.compare_class_sets(["bird", "plane"], ["bird", "cat"])
     assert "plane" in message and "cat" in message
     assert train_classifier.compare_class_sets(["a", "b"], ["b", "a"]) is None
+
+
+def test_an_unavailable_device_is_a_usage_error(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    dataset = make_dataset(tmp_path / "dataset", classes=("bird", "plane"), train_per_class=2, val_per_class=1)
+    with pytest.raises(SystemExit) as exit_info:
+        run_trainer(dataset, tmp_path / "models", "--weights", "none", "--device", "bogus")
+    assert exit_info.value.code == 2 and "--device" in capsys.readouterr().err
+    assert not (tmp_path / "models").exists()
