@@ -10,8 +10,10 @@ their loss across the analysis epochs, as text, or one by one in the terminal to
 
 Writes: PNG figures (to ``--save FILE``, or next to the report when there is no display); in interactive mode a
 decisions file (default ``<report folder>/problematic_review_decisions.json``, rewritten after every answer) and, once
-the changes are confirmed, ``move_log.json`` in the trash folder (default ``<dataset>/.trash/review_<timestamp>/``),
-which ``--undo`` reverses exactly. Nothing on disk changes before that confirmation.
+the changes are confirmed, ``move_log.json`` in the trash folder (default ``<dataset>/.trash/review_<timestamp>/``;
+``move_log_1.json``, ... when a log is already there, never overwritten), which ``--undo`` reverses exactly, also
+dropping the restored images' entries from the decisions file so a rerun shows them again. Nothing on disk changes
+before that confirmation.
 """
 
 from __future__ import annotations
@@ -38,6 +40,7 @@ DECISIONS_FILE_NAME = "problematic_review_decisions.json"  # next to the report,
 DECISIONS_SCHEMA_VERSION = 1  # version of the decisions file written here
 DECISIONS_TYPE = "problematic_review_decisions"
 MOVE_LOG_NAME = "move_log.json"  # inside the trash folder, so the log and the deleted files stay together
+MOVE_LOG_MAX_NUMBER = 10_000  # move_log_1.json ... this: a bound on the search for a free name, never reached in use
 MOVE_LOG_SCHEMA_VERSION = 1  # version of the move log that --undo reads
 MOVE_LOG_TYPE = "problematic_review_moves"
 TRASH_FOLDER = ".trash"  # hidden, so the trainer and the duplicate detectors never scan deleted images
@@ -608,21 +611,46 @@ def dataset_relative(path: Path, dataset_dir: Path) -> PurePosixPath:
         return PurePosixPath(absolute.as_posix())
 
 
-def apply_moves(moves: list[dict[str, Any]], dataset_dir: Path, log_path: Path, trash_dir: Path) -> list[str]:
-    """Carry out the planned moves with os.replace, logging each one; returns one error line per move that failed.
+def create_move_log_file(trash_dir: Path, dataset_dir: Path) -> Path:
+    """Create the trash folder and an empty move log in it with an exclusive create, so no earlier log is overwritten.
 
-    The log is written before the first move and rewritten after each, so an interrupt leaves every file either
-    where it was or where the log says it went (os.replace is atomic), and --undo can put it back.
+    The name is move_log.json, or move_log_1.json, move_log_2.json... when taken (another run into the same folder).
     """
     trash_dir.mkdir(parents=True, exist_ok=True)
     if os.stat(trash_dir).st_dev != os.stat(dataset_dir).st_dev:
         raise ReportError(f"the trash folder {trash_dir} is not on the dataset's filesystem; choose one that is")
+    name = PurePosixPath(MOVE_LOG_NAME)
+    for number in range(MOVE_LOG_MAX_NUMBER + 1):
+        candidate = trash_dir / (name.name if number == 0 else f"{name.stem}_{number}{name.suffix}")
+        try:
+            os.close(os.open(candidate, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644))
+        except FileExistsError:
+            continue
+        return candidate
+    raise ReportError(f"the trash folder {trash_dir} already holds {MOVE_LOG_MAX_NUMBER} move logs; choose another")
+
+
+def apply_moves(
+    moves: list[dict[str, Any]],
+    dataset_dir: Path,
+    log_path: Path,
+    trash_dir: Path,
+    decisions_path: Path | None = None,
+) -> list[str]:
+    """Carry out the planned moves with os.replace, logging each one; returns one error line per move that failed.
+
+    The log is written before the first move and rewritten after each, so an interrupt leaves every file either
+    where it was or where the log says it went (os.replace is atomic), and --undo can put it back. ``log_path``
+    should come from create_move_log_file, so it never replaces another run's log.
+    """
+    trash_dir.mkdir(parents=True, exist_ok=True)
     log = {
         "schema_version": MOVE_LOG_SCHEMA_VERSION,
         "log_type": MOVE_LOG_TYPE,
         "created": utc_now(),
         "dataset_dir": dataset_dir.resolve().as_posix(),
         "trash_dir": trash_dir.resolve().as_posix(),
+        "decisions_path": decisions_path.resolve().as_posix() if decisions_path is not None else None,
         "status": "in_progress",
         "moves": moves,
     }
@@ -664,11 +692,7 @@ def undo_moves(log_path: Path) -> tuple[int, list[str]]:
     What is on disk decides, not the log's 'done' marks: a file found at its destination and not at its source is
     moved back; one already at its source is left alone; when both exist nothing is overwritten.
     """
-    data = read_json(log_path, "move log")
-    if not isinstance(data, dict) or data.get("log_type") != MOVE_LOG_TYPE or not isinstance(data.get("moves"), list):
-        raise ReportError(f"{log_path} is not a move log written by review_problematic_images.py")
-    if data.get("schema_version") != MOVE_LOG_SCHEMA_VERSION:
-        raise ReportError(f"the move log {log_path} has schema_version {data.get('schema_version')!r}, not 1")
+    data = validate_move_log(read_json(log_path, "move log"), log_path)
     dataset_dir = Path(data["dataset_dir"])
     restored, errors = 0, []
     for move in reversed(data["moves"]):
@@ -690,7 +714,87 @@ def undo_moves(log_path: Path) -> tuple[int, list[str]]:
     data["status"] = "undone" if not errors else "undone_with_errors"
     data["undone"] = utc_now()
     write_json_atomic(log_path, data)
+    back = [move for move in data["moves"] if path_is_present(dataset_dir / move["source"])]
+    forget_undone_decisions(data.get("decisions_path"), back, errors)
     return restored, errors
+
+
+def is_inside(path: Path, folder: Path) -> bool:
+    """True when ``path``, with links and '..' resolved, is ``folder`` or lies below it."""
+    return path.resolve().is_relative_to(folder.resolve())
+
+
+def validate_move_log(data: Any, log_path: Path) -> dict[str, Any]:
+    """Check a loaded move log before anything moves; raises ReportError(reason) otherwise.
+
+    Every source must be a relative path inside the recorded dataset folder and every destination inside the dataset
+    or the recorded trash folder (which must hold the log), so a tampered or foreign log cannot move files elsewhere.
+    """
+    if not isinstance(data, dict) or data.get("log_type") != MOVE_LOG_TYPE:
+        raise ReportError(f"{log_path} is not a move log written by review_problematic_images.py")
+    if data.get("schema_version") != MOVE_LOG_SCHEMA_VERSION:
+        raise ReportError(f"the move log {log_path} has schema_version {data.get('schema_version')!r}, not 1")
+    for key in ("dataset_dir", "trash_dir"):
+        if not isinstance(data.get(key), str) or not Path(data[key]).is_absolute():
+            raise ReportError(f"the move log {log_path} has no absolute {key!r}, so it cannot be undone")
+    if data.get("decisions_path") is not None and not isinstance(data["decisions_path"], str):
+        raise ReportError(f"the move log {log_path} has a 'decisions_path' that is not text")
+    if not isinstance(data.get("moves"), list):
+        raise ReportError(f"the move log {log_path} has no 'moves' list")
+    dataset_dir, trash_dir = Path(data["dataset_dir"]), Path(data["trash_dir"])
+    if not is_inside(log_path.parent, trash_dir) or not is_inside(trash_dir, log_path.parent):
+        raise ReportError(f"the move log {log_path} is not in the trash folder it records ({trash_dir})")
+    for index, move in enumerate(data["moves"]):
+        if not isinstance(move, dict) or not all(isinstance(move.get(key), str) for key in ("source", "destination")):
+            raise ReportError(f"move {index} of the move log {log_path} lacks a text 'source' or 'destination'")
+        source = move["source"]
+        if not is_safe_relative_path(source) or not is_inside(dataset_dir / source, dataset_dir):
+            raise ReportError(f"move {index} of the move log {log_path} has source {source!r} outside the dataset")
+        destination = dataset_dir / move["destination"]
+        if not move["destination"] or not (is_inside(destination, dataset_dir) or is_inside(destination, trash_dir)):
+            raise ReportError(
+                f"move {index} of the move log {log_path} has destination {move['destination']!r} outside the "
+                "dataset and the trash folder"
+            )
+    return data
+
+
+def forget_undone_decisions(decisions_path: str | None, moves: Sequence[dict[str, Any]], errors: list[str]) -> None:
+    """Drop the decisions of images an undo put back, so a rerun of --mode interactive shows them again.
+
+    Only delete/relabel entries of those images that are unapplied or applied by exactly these moves are dropped;
+    the file is rewritten atomically. A missing or unreadable decisions file is left alone (a line says so).
+    """
+    if not decisions_path or not moves:
+        if moves and not decisions_path:
+            print("This move log names no decisions file; delete it to review the restored images again.")
+        return
+    path = Path(decisions_path)
+    if not path.exists():
+        return
+    try:
+        data = read_json(path, "decisions file")
+    except ReportError as error:
+        errors.append(f"{error}; delete it to review the restored images again")
+        return
+    decisions = data.get("decisions") if isinstance(data, dict) else None
+    if not isinstance(data, dict) or data.get("decisions_type") != DECISIONS_TYPE or not isinstance(decisions, dict):
+        errors.append(f"{path} is not a decisions file; not updated")
+        return
+    dropped = 0
+    for move in moves:
+        decision = decisions.get(move["source"])
+        if (
+            isinstance(decision, dict)
+            and decision.get("action") in {"delete", "relabel"}
+            and (not decision.get("applied") or decision.get("moved_to") == move["destination"])
+        ):
+            del decisions[move["source"]]
+            dropped += 1
+    if dropped:
+        data["updated"] = utc_now()
+        write_json_atomic(path, data)
+        print(f"Dropped {dropped} decision(s) from {path}, so a rerun shows those images again.")
 
 
 def review_interactively(
@@ -787,10 +891,10 @@ def confirm_and_apply(
             f"Nothing changed on disk. Decisions are kept in {decisions_path}; run --mode interactive again to apply."
         )
         return [], False
-    log_path = trash_dir / MOVE_LOG_NAME
+    log_path = create_move_log_file(trash_dir, dataset_dir)
     interrupted = False
     try:
-        errors = apply_moves(moves, dataset_dir, log_path, trash_dir)
+        errors = apply_moves(moves, dataset_dir, log_path, trash_dir, decisions_path)
     except KeyboardInterrupt:
         interrupted, errors = True, ["interrupted while moving files"]
     moved = [move for move in moves if move["done"]]

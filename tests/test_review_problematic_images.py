@@ -418,3 +418,86 @@ def test_undo_refuses_a_file_that_is_not_a_move_log(tmp_path: Path, capsys: pyte
     log.write_text('{"log_type": "something else"}', encoding="utf-8")
     assert review.main(["--undo", str(log)]) == 2
     assert "not a move log" in capsys.readouterr().err
+
+
+def test_second_run_into_same_trash_keeps_first_log_and_both_undo(
+    reviewed: tuple[Path, Path, dict[str, Any]], monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    dataset, report_path, report = reviewed
+    before = tree_snapshot(dataset / "train")
+    birds = [entry["path"] for entry in report["problematic_images"]["bird"]]
+    trash = dataset / ".trash" / "same"
+    assert run_interactive(monkeypatch, report_path, ["d", "q", "y"], "--trash-dir", str(trash))[0] == 0
+    first_log = trash / review.MOVE_LOG_NAME
+    first_text = first_log.read_text(encoding="utf-8")
+    # the rerun resumes after the decided image, so its first prompt is the second bird; exit 1 notes the deleted one
+    assert run_interactive(monkeypatch, report_path, ["r plane", "q", "y"], "--trash-dir", str(trash))[0] == 1
+    second_log = trash / "move_log_1.json"
+    assert f"move log {second_log}" in capsys.readouterr().out
+    assert first_log.read_text(encoding="utf-8") == first_text  # not overwritten
+    assert [move["source"] for move in json.loads(second_log.read_text(encoding="utf-8"))["moves"]] == [birds[1]]
+    assert not (dataset / birds[0]).exists() and not (dataset / birds[1]).exists()
+
+    assert review.main(["--undo", str(first_log)]) == 0
+    assert review.main(["--undo", str(second_log)]) == 0
+    assert tree_snapshot(dataset / "train") == before
+
+
+def test_undo_drops_restored_decisions_so_a_rerun_shows_them_again(
+    reviewed: tuple[Path, Path, dict[str, Any]], monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    dataset, report_path, report = reviewed
+    birds = [entry["path"] for entry in report["problematic_images"]["bird"]]
+    trash = dataset / ".trash" / "d"
+    assert run_interactive(monkeypatch, report_path, ["k", "d", "q", "y"], "--trash-dir", str(trash))[0] == 0
+    decisions_path = report_path.with_name(review.DECISIONS_FILE_NAME)
+    assert json.loads(decisions_path.read_text(encoding="utf-8"))["decisions"][birds[1]]["applied"] is True
+    assert review.main(["--undo", str(trash / review.MOVE_LOG_NAME)]) == 0
+    decisions = json.loads(decisions_path.read_text(encoding="utf-8"))["decisions"]
+    assert set(decisions) == {birds[0]}  # the kept image's decision stays, the restored one is gone
+    capsys.readouterr()
+    # the rerun shows the restored image first again (the kept one stays decided)
+    assert run_interactive(monkeypatch, report_path, ["q"], "--trash-dir", str(trash))[0] == 0
+    assert "[1/" in capsys.readouterr().out.split(birds[1])[0].splitlines()[-1]
+
+
+def move_log_for(dataset: Path, trash: Path, moves: Any) -> dict[str, Any]:
+    return {
+        "schema_version": 1,
+        "log_type": review.MOVE_LOG_TYPE,
+        "dataset_dir": dataset.resolve().as_posix(),
+        "trash_dir": trash.resolve().as_posix(),
+        "moves": moves,
+    }
+
+
+@pytest.mark.parametrize(
+    ("change", "expected"),
+    [
+        ({"dataset_dir": None}, "no absolute 'dataset_dir'"),
+        ({"moves": {"source": "a"}}, "no 'moves' list"),
+        ({"moves": [{"source": "train/bird/x.jpg"}]}, "lacks a text 'source' or 'destination'"),
+        ({"moves": [{"source": 3, "destination": "x"}]}, "lacks a text 'source' or 'destination'"),
+        # undoing would move a dataset image out of the dataset
+        ({"moves": [{"source": "../moved_out.jpg", "destination": "train/bird/x.jpg"}]}, "outside the dataset"),
+        # undoing would pull a file from outside into the dataset
+        ({"moves": [{"source": "train/bird/new.jpg", "destination": "../outside.jpg"}]}, "outside the dataset and"),
+    ],
+    ids=["no-dataset-dir", "moves-not-list", "missing-key", "wrong-type", "source-escapes", "destination-escapes"],
+)
+def test_undo_refuses_malformed_or_escaping_log_and_moves_nothing(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], change: dict[str, Any], expected: str
+) -> None:
+    dataset = make_dataset(tmp_path / "dataset", classes=["bird"], train_per_class=1, val_per_class=0)
+    trash = dataset / ".trash" / "t"
+    trash.mkdir(parents=True)
+    outside = tmp_path / "outside.jpg"
+    outside.write_bytes(b"outside bytes")
+    next((dataset / "train" / "bird").iterdir()).rename(dataset / "train" / "bird" / "x.jpg")
+    log = trash / review.MOVE_LOG_NAME
+    log.write_text(json.dumps({**move_log_for(dataset, trash, []), **change}), encoding="utf-8")
+    before = tree_snapshot(tmp_path)
+    assert review.main(["--undo", str(log)]) == 2
+    err = capsys.readouterr().err.strip()
+    assert expected in err and "Traceback" not in err and len(err.splitlines()) == 1
+    assert tree_snapshot(tmp_path) == before  # nothing moved, the log untouched
