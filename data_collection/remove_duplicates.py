@@ -25,7 +25,7 @@ import shutil
 import sys
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 from typing import Any
 
 import duplicate_report as dr  # the sibling module (Python puts the script's folder on sys.path)
@@ -268,6 +268,36 @@ def format_bytes(count: int) -> str:
     return f"{count / 1e6:.1f} MB" if count >= 100_000 else f"{count / 1e3:.1f} kB"
 
 
+def normal_path(path: Any) -> str | None:
+    """``path`` as one canonical relative POSIX path ("./" and "//" collapsed), or None when it is not a string or
+    could leave the dataset folder (absolute, "..", empty)."""
+    if not isinstance(path, str):
+        return None
+    pure = PurePosixPath(path)
+    if pure.is_absolute() or ".." in pure.parts or not pure.parts:
+        return None
+    return pure.as_posix()
+
+
+def normalise_group(group: dict[str, Any]) -> tuple[dict[str, Any], str | None]:
+    """(the group with canonical paths and each file listed once, None), or (group, why it cannot be used).
+
+    A report that lists one file under two spellings (a.jpg and ./a.jpg) would otherwise let a strategy keep one
+    spelling and remove the other, i.e. remove the only copy.
+    """
+    files, seen = [], set()
+    for entry in group["files"]:
+        path = normal_path(entry["path"])
+        if path is None:
+            return group, f"{entry['path']!r} is not a path inside the dataset"
+        if path in seen:
+            logger.warning("Group %s lists %s twice (also as %r): counted once", group["id"], path, entry["path"])
+            continue
+        seen.add(path)
+        files.append({**entry, "path": path})
+    return {**group, "files": files}, None
+
+
 def is_inside(relative: str) -> bool:
     """True for a relative POSIX path that stays inside the dataset folder (no absolute path, no '..')."""
     parts = Path(relative).parts
@@ -331,22 +361,33 @@ def add_content_hashes(groups: Sequence[dict[str, Any]], dataset_dir: Path) -> l
     return unreadable
 
 
-def protect_symlink_targets(plans: Sequence[GroupPlan], dataset_dir: Path) -> None:
-    """Keep a file that a kept symlink points to: removing it would leave the kept copy dangling."""
+def entry_location(full: Path) -> str:
+    """The folder entry that moving or deleting ``full`` acts on: its folders resolved, its own name not followed."""
+    return os.path.join(os.path.realpath(full.parent), full.name)
+
+
+def kept_file_it_is(path: str, kept: Sequence[str], dataset_dir: Path) -> str | None:
+    """The kept path that removing ``path`` would take away with it, or None: the same file under another spelling
+    (or through a symlinked folder), or the file a kept symlink points to. Removing a symlink itself is harmless."""
+    full = dataset_dir / path
+    data = None if full.is_symlink() else os.path.realpath(full)
+    for other in kept:
+        kept_full = dataset_dir / other
+        if entry_location(full) == entry_location(kept_full) or data == os.path.realpath(kept_full):
+            return other
+    return None
+
+
+def protect_kept_files(plans: Sequence[GroupPlan], dataset_dir: Path) -> None:
+    """Keep a file that is a kept file of its group under another path (or a kept symlink's target)."""
     for plan in plans:
-        targets = {
-            os.path.realpath(dataset_dir / entry["path"])
-            for entry in plan.keep
-            if (dataset_dir / entry["path"]).is_symlink()
-        }
-        if not targets:
-            continue
+        kept = [entry["path"] for entry in plan.keep]
         for entry, reason in list(plan.remove):
-            full = dataset_dir / entry["path"]
-            if not full.is_symlink() and os.path.realpath(full) in targets:
+            other = kept_file_it_is(entry["path"], kept, dataset_dir)
+            if other is not None:
                 plan.remove.remove((entry, reason))
                 plan.keep.append(entry)
-                plan.notes.append(f"kept {entry['path']}: a kept symlink points to it")
+                plan.notes.append(f"kept {entry['path']}: it is the kept file {other} (or its target) on disk")
 
 
 def ask_keep(group: dict[str, Any], suggested: int, read: Callable[[str], str] | None = None) -> list[int] | None:
@@ -453,6 +494,9 @@ def remove_one(record: dict[str, Any], dataset_dir: Path) -> tuple[str, str | No
     missing = [path for path in record["kept"] if not (dataset_dir / path).exists()]
     if missing:
         return STATUS_SKIPPED, f"its kept copy {missing[0]} is gone: not removing the last copy"
+    same = kept_file_it_is(record["path"], record["kept"], dataset_dir)
+    if same is not None:
+        return STATUS_SKIPPED, f"it is its kept copy {same} on disk: not removing the last copy"
     try:
         if dr.sha256_file(source) != record["sha256"]:
             return STATUS_SKIPPED, "changed after the log was written"
@@ -648,29 +692,24 @@ def resolve_dataset_dir(args: argparse.Namespace, report: dict[str, Any]) -> Pat
     return recorded if str(recorded) and recorded.is_dir() else args.report.parent
 
 
-def main(argv: Sequence[str] | None = None) -> int:
-    parser = get_args_parser()
-    args = parser.parse_args(argv)
-    dr.configure_logging()
-    if args.undo is not None:
-        try:
-            return undo(args.undo, args.dataset_dir)
-        except dr.ReportError as error:
-            parser.error(str(error))
-    if (args.yes or args.delete or args.output) and not args.apply:
-        parser.error("--yes, --delete and --output only make sense with --apply")
-    if args.output is not None and args.output.exists():
-        parser.error(f"{args.output} already exists: a deletion log is never overwritten (it is what --undo needs)")
-    try:
-        report = dr.load_report(args.report)
-    except dr.ReportError as error:
-        parser.error(str(error))
-    dataset_dir = resolve_dataset_dir(args, report)
-    if not dataset_dir.is_dir():
-        parser.error(f"dataset folder {dataset_dir} does not exist (pass --dataset-dir)")
+def plan_and_confirm(
+    args: argparse.Namespace, report: dict[str, Any], dataset_dir: Path
+) -> int | tuple[dict[str, Any], Path, str, bool]:
+    """Plan, print the plan and ask: the exit code when nothing is to be done, else the pending deletion log,
+    its path, the run id and whether any group was skipped.
 
-    groups = [group for group in dr.iter_groups(report) if group["category"] in args.categories]
-    usable, skipped = usable_groups(groups, dataset_dir)
+    Changes nothing on disk, so Ctrl-C anywhere in here (a prompt, hashing) leaves the dataset as it was.
+    """
+    groups, skipped = [], []
+    for group in dr.iter_groups(report):
+        if group["category"] in args.categories:
+            normal, problem = normalise_group(group)
+            if problem:
+                skipped.append((group, problem))
+            else:
+                groups.append(normal)
+    usable, unusable = usable_groups(groups, dataset_dir)
+    skipped += unusable
     if args.strategy == "safe":
         unreadable = add_content_hashes(usable, dataset_dir)
         skipped += unreadable
@@ -680,7 +719,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         return ask_keep(group, group["files"].index(min(group["files"], key=all_key)))
 
     plans = make_plan(usable, args.strategy, choose if args.strategy == "interactive" else None)
-    protect_symlink_targets(plans, dataset_dir)
+    protect_kept_files(plans, dataset_dir)
     totals = plan_totals(plans)
 
     print(f"Plan for {args.report} ({report['method']}, strategy {args.strategy}), dataset {dataset_dir}:")
@@ -708,11 +747,39 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     run_id = new_run_id(dataset_dir)
     log_path = args.output if args.output is not None else dataset_dir / f"{LOG_PREFIX}{run_id}.json"
+    log = build_log(plans, dataset_dir, run_id, args, report)
+    return log, log_path, run_id, bool(skipped)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = get_args_parser()
+    args = parser.parse_args(argv)
+    dr.configure_logging()
+    if args.undo is not None:
+        try:
+            return undo(args.undo, args.dataset_dir)
+        except dr.ReportError as error:
+            parser.error(str(error))
+    if (args.yes or args.delete or args.output) and not args.apply:
+        parser.error("--yes, --delete and --output only make sense with --apply")
+    if args.output is not None and args.output.exists():
+        parser.error(f"{args.output} already exists: a deletion log is never overwritten (it is what --undo needs)")
     try:
-        log = build_log(plans, dataset_dir, run_id, args, report)
+        report = dr.load_report(args.report)
+    except dr.ReportError as error:
+        parser.error(str(error))
+    dataset_dir = resolve_dataset_dir(args, report)
+    if not dataset_dir.is_dir():
+        parser.error(f"dataset folder {dataset_dir} does not exist (pass --dataset-dir)")
+
+    try:  # Ctrl-C at a prompt or while hashing: nothing has moved yet
+        outcome = plan_and_confirm(args, report, dataset_dir)
     except KeyboardInterrupt:
-        print("Interrupted before anything was moved: nothing was changed.")
+        print("\nInterrupted: nothing was changed.")
         return 130
+    if isinstance(outcome, int):
+        return outcome
+    log, log_path, run_id, skipped = outcome
     problems, interrupted = apply_plan(log, log_path, dataset_dir)
     done = sum(record["status"] in (STATUS_MOVED, STATUS_DELETED) for record in log["entries"])
     verb = "Deleted" if args.delete else f"Moved to {dataset_dir / TRASH_DIR / run_id}:"

@@ -224,6 +224,60 @@ def test_a_kept_symlink_keeps_its_target(tmp_path: Path) -> None:
     assert (dataset / "train/bird/a_link.jpg").exists() and (dataset / "train/bird/bird_000.jpg").is_file()
 
 
+def one_file_twice_report(tmp_path: Path, second_spelling: str) -> tuple[Path, Path]:
+    """A dataset with one image and a hand-made report whose only group lists it as train/bird/a.jpg and again as
+    ``second_spelling``; (dataset, report)."""
+    dataset = tmp_path / "dataset"
+    image = save_image(make_class_image(0, seed=1), dataset / "train/bird/a.jpg")
+    os.symlink("train", dataset / "alias")  # a second way into the same folder
+    stat = image.stat()
+    files = [{"path": path, "size": stat.st_size, "mtime_ns": stat.st_mtime_ns, "set": "train", "class": "bird",
+              "width": 64, "height": 64} for path in ("train/bird/a.jpg", second_spelling)]  # fmt: skip
+    report = {"schema_version": dr.SCHEMA_VERSION, "method": "filesize", "dataset_dir": str(dataset),
+              "duplicate_groups": {"same_class_and_set": [{"id": 1, "category": "same_class_and_set",
+                                                           "files": files}]}}  # fmt: skip
+    report_path = tmp_path / "report.json"
+    report_path.write_text(json.dumps(report), encoding="utf-8")
+    return dataset, report_path
+
+
+@pytest.mark.parametrize(
+    "spelling", ["train/bird/./a.jpg", "train//bird/a.jpg", "./train/bird/a.jpg", "alias/bird/a.jpg"]
+)
+@pytest.mark.parametrize("strategy", ["all", "first-alpha", "shortest-path", "keep-best"])
+def test_one_file_under_two_spellings_is_never_removed(
+    tmp_path: Path, spelling: str, strategy: str, capsys: pytest.CaptureFixture
+) -> None:
+    dataset, report_path = one_file_twice_report(tmp_path, spelling)
+    before = tree_snapshot(dataset)
+    assert rd.main(["--report", str(report_path), "--strategy", strategy, "--apply", "--yes"]) == 0
+    assert "Summary: remove 0 files" in capsys.readouterr().out
+    assert tree_snapshot(dataset) == before and (dataset / "train/bird/a.jpg").is_file()
+    assert not list(dataset.glob(f"{rd.LOG_PREFIX}*")) and not (dataset / rd.TRASH_DIR).exists()
+
+
+def test_the_removal_step_never_removes_a_kept_file_under_another_spelling(tmp_path: Path) -> None:
+    dataset, _ = one_file_twice_report(tmp_path, "alias/bird/a.jpg")
+    for kept in ("train/bird/./a.jpg", "alias/bird/a.jpg"):  # a log written by a planner without the checks
+        record = {"path": "train/bird/a.jpg", "kept": [kept], "action": "trash", "trash_path": ".trash/x/a.jpg",
+                  "sha256": dr.sha256_file(dataset / "train/bird/a.jpg")}  # fmt: skip
+        status, note = rd.remove_one(record, dataset)
+        assert status == "skipped" and "last copy" in note
+    assert (dataset / "train/bird/a.jpg").is_file()
+
+
+def test_report_paths_are_normalised_and_listed_once() -> None:
+    files = [entry("train/bird/a.jpg"), entry("train//bird/./a.jpg"), entry("train/bird/b.jpg/")]
+    group = {"id": 7, "category": "same_class_and_set", "files": files}
+    normal, problem = rd.normalise_group(group)
+    assert problem is None and [e["path"] for e in normal["files"]] == ["train/bird/a.jpg", "train/bird/b.jpg"]
+    for bad in ("/etc/passwd", "train/../../x.jpg", "", "."):
+        _, problem = rd.normalise_group(
+            dict(group, files=[entry("train/bird/a.jpg"), dict(entry("train/b/c"), path=bad)])
+        )
+        assert problem and "not a path inside the dataset" in problem
+
+
 def test_ctrl_c_during_removal_leaves_an_exact_log_and_undo_works(
     copies_dataset: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -301,6 +355,25 @@ def test_apply_asks_first(copies_dataset: Path, monkeypatch: pytest.MonkeyPatch)
     monkeypatch.setattr(builtins, "input", lambda prompt="": "y")
     assert rd.main(["--report", report_of(copies_dataset), "--strategy", "all", "--apply"]) == 0
     assert not (copies_dataset / "val/plane/leaked.jpg").exists()
+
+
+@pytest.mark.parametrize("where", ["confirmation", "interactive"])
+def test_ctrl_c_at_a_prompt_changes_nothing(
+    copies_dataset: Path, where: str, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture
+) -> None:
+    before = tree_snapshot(copies_dataset)
+    prompts = []
+
+    def interrupt(prompt: str = "") -> str:
+        prompts.append(prompt)
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(builtins, "input", interrupt)
+    strategy = "all" if where == "confirmation" else "interactive"
+    assert rd.main(["--report", report_of(copies_dataset), "--strategy", strategy, "--apply"]) == 130
+    assert "Interrupted: nothing was changed." in capsys.readouterr().out
+    assert ("Move" in prompts[0]) == (where == "confirmation") and len(prompts) == 1
+    assert tree_snapshot(copies_dataset) == before  # no file moved, no log, no trash
 
 
 # ----------------------------------------------------------------------------------------------------------------
