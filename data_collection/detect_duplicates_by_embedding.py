@@ -386,15 +386,13 @@ def main(argv: Sequence[str] | None = None) -> int:
         return item, width, height, {"similarity": round(similarity[position], 6)}
 
     entry_groups = dr.entry_groups_for(groups, describe, errors)
-    dr.log_errors(errors)
-    report = dr.build_report(
+    return dr.finish(
+        args,
         METHOD,
-        args.dataset_dir,
         sets,
-        dr.arguments_for_report(args),
         files_scanned=len(items),
         images_read=len(vectors),
-        duplicate_groups=dr.make_groups(entry_groups),
+        entry_groups=entry_groups,
         errors=errors,
         extra={
             "model": str(args.model),
@@ -402,9 +400,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             "embedded": len(new_vectors),
             "from_cache": len(vectors) - len(new_vectors),
         },
+        notes=[f"Embedded {len(new_vectors)} images, {len(vectors) - len(new_vectors)} taken from the cache"],
     )
-    notes = [f"Embedded {len(new_vectors)} images, {len(vectors) - len(new_vectors)} taken from the cache"]
-    return dr.finish(report, args, METHOD, notes)
 
 
 if __name__ == "__main__":

@@ -129,19 +129,16 @@ def main(argv: Sequence[str] | None = None) -> int:
                 errors.append({"path": item.rel, "reason": f"disappeared during the scan ({error.strerror})"})
         if len(entries) > 1:
             entry_groups.append(entries)
-    dr.log_errors(errors)
-    report = dr.build_report(
+    return dr.finish(
+        args,
         METHOD,
-        args.dataset_dir,
         sets,
-        dr.arguments_for_report(args),
         files_scanned=len(items),
         images_read=len(good),
-        duplicate_groups=dr.make_groups(entry_groups),
+        entry_groups=entry_groups,
         errors=errors,
         extra={"files_hashed": len(candidates)},
     )
-    return dr.finish(report, args, METHOD)
 
 
 if __name__ == "__main__":

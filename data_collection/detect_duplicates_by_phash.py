@@ -290,23 +290,21 @@ def main(argv: Sequence[str] | None = None) -> int:
             return item, width, height, {"phash": phash}
 
         entry_groups = dr.entry_groups_for(groups, describe, errors)
-    dr.log_errors(errors)
-    report = dr.build_report(
-        METHOD,
-        args.dataset_dir,
-        sets,
-        dr.arguments_for_report(args),
-        files_scanned=len(items),
-        images_read=len(hashed),
-        duplicate_groups=dr.make_groups(entry_groups),
-        errors=errors,
-        extra={"plain_images": plain},
-    )
     notes = [
         f"{len(plain)} nearly uniform images were not compared: a pHash cannot tell plain images apart "
         "(listed under 'plain_images' in the report)"
     ]
-    return dr.finish(report, args, METHOD, notes if plain else ())
+    return dr.finish(
+        args,
+        METHOD,
+        sets,
+        files_scanned=len(items),
+        images_read=len(hashed),
+        entry_groups=entry_groups,
+        errors=errors,
+        extra={"plain_images": plain},
+        notes=notes if plain else (),
+    )
 
 
 if __name__ == "__main__":

@@ -2,7 +2,7 @@
 
 Not a script. ``detect_duplicates_by_{filesize,phash,embedding}.py`` scan a dataset with ``scan_dataset``, turn the
 "is a duplicate of" pairs they find into groups with ``connected_components``, and write one report format with
-``build_report`` + ``write_json_atomic``; ``remove_duplicates.py`` reads it back with ``load_report``.
+``finish`` (``build_report`` + ``write_json_atomic``); ``remove_duplicates.py`` reads it back with ``load_report``.
 
 Report layout (``SCHEMA_VERSION`` 1)::
 
@@ -568,8 +568,34 @@ def log_errors(errors: Sequence[dict[str, str]]) -> None:
         logger.warning("Skipped %s: %s", error["path"], error["reason"])
 
 
-def finish(report: dict[str, Any], args: argparse.Namespace, method: str, notes: Sequence[str] = ()) -> int:
-    """Write the report (and the gallery), print the summary; the exit code: 1 when files were skipped, else 0."""
+def finish(
+    args: argparse.Namespace,
+    method: str,
+    sets: Sequence[str],
+    *,
+    files_scanned: int,
+    images_read: int,
+    entry_groups: Sequence[Sequence[dict[str, Any]]],
+    errors: Sequence[dict[str, str]],
+    extra: dict[str, Any] | None = None,
+    notes: Sequence[str] = (),
+) -> int:
+    """The end of every detector: warn about skipped files, write the report (and the gallery), print the summary.
+
+    Returns the exit code: 1 when files were skipped, else 0.
+    """
+    log_errors(errors)
+    report = build_report(
+        method,
+        args.dataset_dir,
+        sets,
+        arguments_for_report(args),
+        files_scanned=files_scanned,
+        images_read=images_read,
+        duplicate_groups=make_groups(entry_groups),
+        errors=errors,
+        extra=extra,
+    )
     output = report_path(args, method)
     write_json_atomic(output, report)
     print(format_summary(report, output, notes))
