@@ -1,0 +1,124 @@
+"""The command-line convention every birdplane script follows, written once.
+
+Imported by every script except classifier.py (which imports nothing of ours); not a script. Standard library and
+tqdm only.
+
+- Exit codes (one table for every script): 0 done, 1 done but some inputs unusable (reported), 2 usage error or
+  unusable input (one sentence), 130 interrupted.
+- One error printer: ``error(message)`` writes ``error: <message>`` on stderr and returns EXIT_USAGE.
+- One verbosity flag and one progress switch: ``add_output_flags(parser)`` adds ``-v/--verbose`` and
+  ``--no-progress``; ``setup_logging(args)`` configures logging from them (only scripts' ``main`` calls it).
+- Progress bars on stderr, only when stderr is a terminal: ``progress(iterable, ...)``.
+- Report flags are named the same way everywhere: ``add_report_flag(parser, ...)`` adds ``--report`` and keeps a
+  script's old spellings as hidden aliases so existing commands still work.
+- Everything printed that holds a file name goes through ``printable`` so control and right-to-left characters
+  cannot spoof a listing.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import sys
+import unicodedata
+from collections.abc import Iterable, Sequence
+from typing import Any, TypeVar
+
+EXIT_OK = 0  # done
+EXIT_PARTIAL = 1  # done, but some inputs were unusable (each reported by path with the reason)
+EXIT_USAGE = 2  # usage error or unusable input (one sentence on stderr); nothing was changed
+EXIT_INTERRUPTED = 130  # Ctrl-C: the shell's convention (128 + SIGINT)
+EXIT_CODES_HELP = (
+    "exit codes: 0 done, 1 done but some inputs unusable, 2 usage error or unusable input, 130 interrupted"
+)
+
+T = TypeVar("T")
+
+
+def printable(text: Any) -> str:
+    """``text`` with control, format (bidi overrides, zero-width) and surrogate characters escaped, for printing.
+
+    A file name such as ``"a\\nb.jpg"`` or one with U+202E cannot break a listing into false lines or reverse it; a
+    non-UTF-8 name (lone surrogates) is shown as ``\\xff`` escapes. Ordinary letters of any script are left alone.
+    """
+    text = os.fspath(text) if isinstance(text, os.PathLike) else str(text)
+    out = []
+    for char in text:
+        category = unicodedata.category(char)
+        if category in ("Cc", "Cf", "Cs", "Zl", "Zp"):
+            code = ord(char)
+            if 0xDC80 <= code <= 0xDCFF:  # a byte that was not UTF-8, kept by Python's surrogateescape
+                out.append(f"\\x{code - 0xDC00:02x}")
+            elif code <= 0xFF:
+                out.append(f"\\x{code:02x}")
+            else:
+                out.append(f"\\u{code:04x}")
+        else:
+            out.append(char)
+    return "".join(out)
+
+
+def error(message: str) -> int:
+    """Print ``error: <message>`` on stderr (the one format every script uses) and return EXIT_USAGE."""
+    print(f"error: {message}", file=sys.stderr)
+    return EXIT_USAGE
+
+
+def add_output_flags(parser: argparse.ArgumentParser) -> None:
+    """``-v/--verbose`` and ``--no-progress``: the same two switches in every script."""
+    parser.add_argument("-v", "--verbose", action="store_true", help="log more detail on stderr (default: off)")
+    parser.add_argument(
+        "--no-progress",
+        action="store_true",
+        help="never draw progress bars (default: bars only when stderr is a terminal)",
+    )
+
+
+def add_report_flag(
+    parser: argparse.ArgumentParser | Any,
+    help_text: str,
+    aliases: Sequence[str] = (),
+    **options: Any,
+) -> None:
+    """``--report PATH`` with ``help_text``; each old spelling in ``aliases`` still works but is hidden from --help."""
+    parser.add_argument("--report", dest="report", help=help_text, **options)
+    for alias in aliases:
+        parser.add_argument(
+            alias, dest="report", help=argparse.SUPPRESS, **{k: v for k, v in options.items() if k != "default"}
+        )
+
+
+def setup_logging(verbose: bool = False) -> None:
+    """INFO (DEBUG with --verbose) as ``LEVEL: message`` on stderr; called once, from a script's ``main``."""
+    logging.basicConfig(
+        level=logging.DEBUG if verbose else logging.INFO,
+        format="%(levelname)s: %(message)s",
+        stream=sys.stderr,
+        force=True,
+    )
+
+
+_progress_enabled = True
+
+
+def set_progress(enabled: bool) -> None:
+    """Turn progress bars off for this process (``--no-progress``)."""
+    global _progress_enabled
+    _progress_enabled = enabled
+
+
+def progress_wanted() -> bool:
+    """True when bars should be drawn: not switched off and stderr is a terminal (never into a log file)."""
+    return _progress_enabled and sys.stderr.isatty()
+
+
+def progress(iterable: Iterable[T] | None = None, **options: Any) -> Any:
+    """A tqdm bar on stderr when ``progress_wanted()``; otherwise tqdm's no-op (same interface, draws nothing)."""
+    from tqdm import tqdm
+
+    return tqdm(iterable, disable=not progress_wanted(), file=sys.stderr, **options)
+
+
+if __name__ == "__main__":
+    raise SystemExit("cli.py is a module imported by the birdplane scripts, not a script; see README.md")

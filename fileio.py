@@ -1,0 +1,263 @@
+"""File helpers shared by every birdplane script except classifier.py (which imports nothing of ours).
+
+Imported by train_classifier.py, review_problematic_images.py, the trainer's sibling modules, trash.py and the scripts
+in data_collection/; not a script. Standard library only, so importing it costs nothing (no torch, no numpy).
+
+One meaning per helper:
+- ``atomic_write`` / ``write_json``: temp file beside the target, fsync, ``os.replace``; the result has ordinary
+  permissions (0666 minus the umask), never mkstemp's 0600. Readers see the old file or the new one, never half.
+- ``sha256_file``: hex SHA-256 of a file's bytes.
+- ``is_safe_relative`` is lexical (no absolute path, no '..'); ``resolve_inside`` resolves symlinks and checks the
+  real path against the real folder. Use the second right before touching a file.
+- ``utc_now``: every timestamp the project writes is UTC, ISO 8601, to the second.
+- ``read_json``: parsed JSON, or ``ReportError`` with one sentence.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import json
+import os
+import stat
+import tempfile
+from collections.abc import Iterator
+from datetime import datetime, timezone
+from pathlib import Path, PurePosixPath
+from typing import Any
+
+HASH_CHUNK_BYTES = 1 << 20  # read files in 1 MiB pieces: constant memory, few system calls
+TEMP_SUFFIX = ".tmp"  # every temp file the project writes is ".<name>.<random>.tmp" beside its target
+STALE_TEMP_SECONDS = 3600  # a temp file of our kind older than this belongs to a killed run and may be removed
+
+
+class ReportError(ValueError):
+    """A report, log or decisions file that cannot be used; ``str(error)`` is one sentence saying why."""
+
+
+class UnsafePathError(ValueError):
+    """A path that would leave the folder it must stay in (absolute, '..', or a symlink pointing out)."""
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# Pure helpers
+# ---------------------------------------------------------------------------------------------------------------------
+
+
+def utc_now() -> str:
+    """Now, in UTC, ISO 8601 to the second: ``2026-11-29T20:01:02+00:00``."""
+    return datetime.now(timezone.utc).isoformat(timespec="seconds")
+
+
+def utc_stamp() -> str:
+    """Now, in UTC, for file names: ``20261129T200102Z``."""
+    return datetime.now(timezone.utc).strftime("%Y%m%dT%H%M%SZ")
+
+
+def is_safe_relative(path: str) -> bool:
+    """True for a non-empty relative POSIX path with no '..' part (lexical: says nothing about symlinks)."""
+    if not isinstance(path, str) or not path or path.startswith(("/", "\\")) or "\x00" in path:
+        return False
+    pure = PurePosixPath(path)
+    return not pure.is_absolute() and ".." not in pure.parts and not (len(path) > 1 and path[1] == ":")
+
+
+def relative_posix(path: str | os.PathLike, root: str | os.PathLike) -> str:
+    """``path`` relative to ``root`` in POSIX form (lexical; both as given, not resolved)."""
+    return Path(path).relative_to(root).as_posix()
+
+
+def is_valid_utf8_name(path: str | os.PathLike) -> bool:
+    """False for a name Linux allows but UTF-8 cannot hold (Python keeps its bytes as lone surrogates)."""
+    try:
+        os.fspath(path).encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# Paths on disk
+# ---------------------------------------------------------------------------------------------------------------------
+
+
+def is_inside(path: str | os.PathLike, folder: str | os.PathLike) -> bool:
+    """True when ``path`` with every symlink and '..' resolved is ``folder`` (resolved too) or lies below it."""
+    return Path(path).resolve().is_relative_to(Path(folder).resolve())
+
+
+def resolve_inside(root: str | os.PathLike, relative: str) -> Path:
+    """``root / relative`` after checking it cannot leave ``root``; raises UnsafePathError(reason) otherwise.
+
+    The check is made on the real path: every parent folder is resolved through its symlinks and must lie inside the
+    real ``root``. The last component itself is not followed, so a symlinked file is returned as the link (callers that
+    remove files must refuse links: see ``regular_file_reason``).
+    """
+    if not is_safe_relative(relative):
+        raise UnsafePathError(f"{relative!r} is not a relative path inside the dataset")
+    real_root = Path(root).resolve()
+    candidate = Path(root) / relative
+    real_parent = candidate.parent.resolve()
+    if not real_parent.is_relative_to(real_root):
+        raise UnsafePathError(f"{relative} leads outside {root} through a symlinked folder")
+    return real_parent / candidate.name
+
+
+def regular_file_reason(path: str | os.PathLike) -> str | None:
+    """None for a regular file (not followed through a symlink); else why not, as words for the user."""
+    try:
+        mode = os.lstat(path).st_mode
+    except FileNotFoundError:
+        return "does not exist"
+    except OSError as error:
+        return f"cannot be examined ({error.strerror or error})"
+    if stat.S_ISREG(mode):
+        return None
+    return describe_kind(mode)
+
+
+def describe_kind(mode: int) -> str:
+    """Words for a file that is not a regular file, from its ``st_mode``."""
+    if stat.S_ISLNK(mode):
+        return "is a symbolic link"
+    if stat.S_ISDIR(mode):
+        return "is a folder"
+    if stat.S_ISFIFO(mode):
+        return "is a named pipe (FIFO), not a file"
+    if stat.S_ISSOCK(mode):
+        return "is a socket, not a file"
+    if stat.S_ISCHR(mode) or stat.S_ISBLK(mode):
+        return "is a device node, not a file"
+    return "is not a regular file"
+
+
+def is_regular_file(path: str | os.PathLike, follow_symlinks: bool = True) -> bool:
+    """True for a regular file (through a symlink when ``follow_symlinks``); never opens it, so a FIFO cannot hang."""
+    try:
+        return stat.S_ISREG(os.stat(path, follow_symlinks=follow_symlinks).st_mode)
+    except OSError:
+        return False
+
+
+def writable_folder_reason(folder: str | os.PathLike) -> str | None:
+    """None when files can be created in ``folder`` (or in the nearest existing parent); else one sentence."""
+    probe = Path(folder)
+    while not probe.exists() and probe != probe.parent:
+        probe = probe.parent
+    if not os.access(probe, os.W_OK | os.X_OK):
+        return f"{probe} is read-only: cannot write there"
+    return None
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# Reading and writing
+# ---------------------------------------------------------------------------------------------------------------------
+
+
+def sha256_file(path: str | os.PathLike) -> str:
+    """Hex SHA-256 of the file's bytes, read in pieces (follows symlinks)."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        while chunk := handle.read(HASH_CHUNK_BYTES):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+@contextlib.contextmanager
+def atomic_write(path: str | os.PathLike, mode: str = "wb") -> Iterator[Any]:
+    """A handle on a temp file beside ``path``; on success it is fsynced and renamed over ``path``, else removed.
+
+    Text mode writes UTF-8; a lone surrogate (a non-UTF-8 file name) is written as the JSON escape ``\\udcXX``.
+    """
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp_name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=TEMP_SUFFIX, dir=path.parent)
+    try:
+        umask = os.umask(0)
+        os.umask(umask)
+        os.chmod(tmp_name, 0o666 & ~umask)  # mkstemp makes 0600; the result is an ordinary file
+        text_options = {"encoding": "utf-8", "errors": "backslashreplace", "newline": ""}
+        with os.fdopen(fd, mode, **({} if "b" in mode else text_options)) as handle:
+            yield handle
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.replace(tmp_name, path)
+    except BaseException:
+        Path(tmp_name).unlink(missing_ok=True)
+        raise
+
+
+def write_json(path: str | os.PathLike, data: Any, indent: int | None = 2) -> None:
+    """Strict JSON (no NaN), UTF-8, written atomically: the way every birdplane report and log reaches the disk.
+
+    Strings holding a non-UTF-8 file name (lone surrogates) are written as ``\\udcXX`` escapes, so the file stays valid
+    UTF-8 and ``read_json`` gives back the same string (``os.fsencode`` then gives back the same bytes).
+    """
+    with atomic_write(path, "w") as handle:
+        json.dump(data, handle, indent=indent, ensure_ascii=False, allow_nan=False)
+        handle.write("\n")
+
+
+def read_json(path: str | os.PathLike, what: str) -> Any:
+    """Parsed JSON; ReportError with one sentence when the file is missing, not a file, unreadable or not JSON."""
+    path = Path(path)
+    if not path.exists():
+        raise ReportError(f"the {what} {path} does not exist")
+    reason = regular_file_reason(path.resolve())
+    if reason:
+        raise ReportError(f"the {what} {path} {reason}")
+    try:
+        text = path.read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as error:
+        raise ReportError(f"the {what} {path} cannot be read ({error})") from None
+    try:
+        return json.loads(text)
+    except json.JSONDecodeError as error:
+        raise ReportError(
+            f"the {what} {path} is not valid JSON (truncated or corrupted? {error.msg} at line {error.lineno})"
+        ) from None
+
+
+def create_exclusive(folder: str | os.PathLike, stem: str, suffix: str, limit: int = 100_000) -> Path:
+    """Create and return a new empty file ``stem<suffix>``, ``stem_1<suffix>``, ... that did not exist (O_EXCL).
+
+    Two runs started in the same second never get the same name, so one never overwrites the other's file.
+    """
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    for number in range(limit):
+        candidate = folder / (f"{stem}{suffix}" if number == 0 else f"{stem}_{number}{suffix}")
+        try:
+            os.close(os.open(candidate, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666))
+        except FileExistsError:
+            continue
+        return candidate
+    raise OSError(f"no free name for {stem}{suffix} in {folder}")
+
+
+def remove_stale_temp_files(folder: str | os.PathLike, name: str, max_age_s: float = STALE_TEMP_SECONDS) -> int:
+    """Remove ``.<name>.*.tmp`` files that a killed run left in ``folder`` (older than ``max_age_s``); returns count.
+
+    Only temp files of the given target name are touched, so other tools' files and live writers are left alone.
+    """
+    import time
+
+    removed = 0
+    cutoff = time.time() - max_age_s
+    try:
+        candidates = list(Path(folder).glob(f".{name}.*{TEMP_SUFFIX}"))
+    except OSError:
+        return 0
+    for candidate in candidates:
+        try:
+            info = candidate.lstat()
+            if stat.S_ISREG(info.st_mode) and info.st_mtime < cutoff:
+                candidate.unlink()
+                removed += 1
+        except OSError:
+            continue
+    return removed
+
+
+if __name__ == "__main__":
+    raise SystemExit("fileio.py is a module imported by the birdplane scripts, not a script; see README.md")

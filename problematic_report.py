@@ -1,0 +1,121 @@
+"""The problematic-images report: its schema, written by the trainer and read by the reviewer, defined once.
+
+Imported by problematic_analysis.py (the trainer's side, which builds and writes it) and review_problematic_images.py
+(which reads and validates it); not a script. Standard library only (no torch, no numpy), so the reviewer's summary
+mode stays fast.
+
+Schema version 1, a JSON object:
+    schema_version     1
+    report_type        "problematic_images"
+    created            UTC time, ISO 8601
+    dataset_dir        the dataset folder the trainer read (paths below are relative to it, POSIX form)
+    arguments          the trainer's arguments (plain JSON values)
+    classes            class names, in the model's order
+    analysis_epochs    how many epochs contributed a loss per image
+    method             "in-sample" (the model being trained scored the images it trains on: weak evidence) or
+                       "out-of-fold" (--cross-val-folds K: each image scored by a model that never trained on it)
+    evidence_note      one sentence saying how much weight the label-issue flags carry (in-sample: weak)
+    cross_val_folds    K or null
+    num_images         images analysed
+    class_thresholds   {class: confident-learning threshold or null}
+    summary_by_class   {class: {count, reported, label_issues, highest/lowest/average_mean_loss}}
+    problematic_images {class: [entry, ...]} with entry = {path, class, mean_loss, losses[], rank, is_label_issue,
+                       suggested_class, probabilities{}, last_probability, ...}; ``mean_loss`` is the mean over analysis
+                       epochs, ``last_probability`` the probability of the labelled class at the last analysis epoch
+    errors             [{path, reason}] images that could not be read
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from fileio import ReportError, is_safe_relative, read_json, write_json
+
+SCHEMA_VERSION = 1  # bump when the layout above changes; the reviewer refuses versions it does not know
+REPORT_TYPE = "problematic_images"  # other JSON files are refused by name
+DEFAULT_NAME = "problematic_images_report.json"  # inside the dataset folder, where the reviewer looks by default
+REQUIRED_ENTRY_KEYS = ("path", "class", "mean_loss", "losses")  # what every reviewer mode needs from an entry
+IN_SAMPLE_NOTE = (
+    "in-sample flags are weak evidence: the model scored images it was trained on, so it may have memorised a wrong "
+    "label or flag a hard but correct one; re-run with --cross-val-folds 5 for out-of-fold scores"
+)
+OUT_OF_FOLD_NOTE = "out-of-fold flags: each image was scored by a model that never trained on it"
+
+
+def evidence_note(method: str) -> str:
+    """The sentence a report, the reviewer's grid and summary print about how far to trust its flags."""
+    return OUT_OF_FOLD_NOTE if method == "out-of-fold" else IN_SAMPLE_NOTE
+
+
+def _is_number(value: Any) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
+
+
+def validate_report(data: Any) -> dict[str, Any]:
+    """``data`` when it is a version-1 report; raises ReportError naming the first field that is wrong."""
+    if not isinstance(data, dict):
+        raise ReportError("it is not a JSON object")
+    if data.get("report_type") != REPORT_TYPE:
+        raise ReportError(f"its report_type is {data.get('report_type')!r}, not {REPORT_TYPE!r}")
+    if data.get("schema_version") != SCHEMA_VERSION:
+        raise ReportError(
+            f"it has schema_version {data.get('schema_version')!r} but this script reads version "
+            f"{SCHEMA_VERSION}; re-run train_classifier.py --detect-problematic to write a current one"
+        )
+    classes = data.get("classes")
+    if not isinstance(classes, list) or not classes or not all(isinstance(name, str) for name in classes):
+        raise ReportError("its 'classes' is not a non-empty list of class names")
+    per_class = data.get("problematic_images")
+    if not isinstance(per_class, dict):
+        raise ReportError("it has no 'problematic_images' object")
+    for class_name, entries in per_class.items():
+        if class_name not in classes:
+            raise ReportError(f"'problematic_images' names class {class_name!r}, which is not in 'classes'")
+        if not isinstance(entries, list):
+            raise ReportError(f"'problematic_images' of class {class_name!r} is not a list")
+        for index, entry in enumerate(entries):
+            where = f"entry {index} of class {class_name!r}"
+            missing = [key for key in REQUIRED_ENTRY_KEYS if not isinstance(entry, dict) or key not in entry]
+            if missing:
+                raise ReportError(f"{where} lacks {', '.join(missing)}")
+            if not isinstance(entry["path"], str) or not is_safe_relative(entry["path"]):
+                raise ReportError(f"{where} has 'path' {entry['path']!r}, not a relative path inside the dataset")
+            if not isinstance(entry["losses"], list):
+                raise ReportError(f"{where} has 'losses' that is not a list")
+            if not all(_is_number(value) for value in [entry["mean_loss"], *entry["losses"]]):
+                raise ReportError(f"{where} has a 'mean_loss' or 'losses' value that is not a number")
+            suggested = entry.get("suggested_class")
+            if suggested is not None and suggested not in classes:
+                raise ReportError(f"{where} has 'suggested_class' {suggested!r}, which is not in 'classes'")
+    dataset_dir = data.get("dataset_dir")
+    if dataset_dir is not None and not isinstance(dataset_dir, str):
+        raise ReportError("its 'dataset_dir' is not text")
+    return data
+
+
+def load_report(path: str | Path) -> dict[str, Any]:
+    """Read and validate; ReportError with one sentence (naming the file) otherwise."""
+    path = Path(path)
+    if not path.exists():
+        raise ReportError(
+            f"the report {path} does not exist; run train_classifier.py --detect-problematic first or pass --report"
+        )
+    data = read_json(path, "report")
+    try:
+        return validate_report(data)
+    except ReportError as error:
+        raise ReportError(f"the report {path} cannot be used: {error}") from None
+
+
+def write_report(path: str | Path, report: dict[str, Any]) -> None:
+    """Validate (so the trainer can never write what the reviewer refuses), then write atomically."""
+    validate_report(report)
+    write_json(path, report)
+
+
+if __name__ == "__main__":
+    raise SystemExit(
+        "problematic_report.py is a module (the report's schema), not a script; "
+        "run train_classifier.py --detect-problematic or review_problematic_images.py"
+    )
