@@ -139,6 +139,18 @@ def is_regular_file(path: str | os.PathLike, follow_symlinks: bool = True) -> bo
         return False
 
 
+def class_folders(split_dir: str | os.PathLike) -> list[str]:
+    """The class folders of ``<dataset>/<split>/``, sorted; hidden folders (``.trash``, caches) skipped.
+
+    A symlinked class folder counts as a class everywhere (trainer, detectors, reviewer): it is read through, but no
+    tool ever moves, creates or deletes a file whose real path is outside the dataset (see ``resolve_inside``).
+    """
+    folder = Path(split_dir)
+    if not folder.is_dir():
+        return []
+    return sorted(child.name for child in folder.iterdir() if not child.name.startswith(".") and child.is_dir())
+
+
 def writable_folder_reason(folder: str | os.PathLike) -> str | None:
     """None when files can be created in ``folder`` (or in the nearest existing parent); else one sentence."""
     probe = Path(folder)
