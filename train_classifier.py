@@ -22,412 +22,69 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import hashlib
 import logging
 import math
-import os
 import random
 import sys
-import tempfile
 import time
-from collections.abc import Callable, Iterator, Sequence
-from concurrent.futures import ThreadPoolExecutor
+from collections.abc import Callable, Sequence
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any, NamedTuple
+from typing import Any
 
 import numpy as np
 import torch
 import torch.nn.functional as F
-from PIL import Image, ImageDraw, ImageFont
 from torch import nn
-from torch.utils.data import DataLoader, Dataset, Sampler, WeightedRandomSampler
+from torch.utils.data import DataLoader
 from tqdm import tqdm
 
 import classifier
+import fileio
+from training_data import (
+    DEFAULT_CACHE_MAX_GB,
+    AugmentationPolicy,
+    DatasetError,
+    EpochSampler,
+    ImageDataset,
+    UsableIndices,
+    augmentation_policy_for,
+    check_class_counts,
+    class_counts,
+    epoch_seed,
+    load_dataset,
+    make_loader,
+    prepare_images,
+    resolve_num_workers,
+)
+from training_report import (
+    ECE_BINS,
+    SCHEMA_VERSION,
+    TEMPERATURE_RANGE,
+    Predictions,
+    best_record,
+    epoch_record,
+    expected_calibration_error,
+    fit_temperature,
+    format_epoch_line,
+    negative_log_likelihood,
+    plot_confusion_matrix,
+    plot_training_curves,
+    print_setup,
+    print_summary,
+    recommend_threshold,
+    threshold_table,
+    write_error_analysis,
+)
 
 logger = logging.getLogger(__name__)
 
-SCHEMA_VERSION = 1  # of training_metadata.json and the error-analysis files
 BEST_MODEL_NAME = "best_model.pth"
 LAST_CHECKPOINT_NAME = "last_checkpoint.pth"
 METADATA_NAME = "training_metadata.json"
 FREEZE_CHOICES = ("layer1", "layer2", "layer3", "none")  # freeze the stem and every stage up to this one
 BACKBONE_BLOCKS = ("conv1", "bn1", "layer1", "layer2", "layer3", "layer4")  # ResNet stem and stages, input first
-ERRORS_PER_CLASS = 10  # most confident mistakes kept per true class and epoch
-THRESHOLDS = tuple(round(0.50 + 0.05 * i, 2) for i in range(10))  # 0.50 ... 0.95, the confidence thresholds tried
-ECE_BINS = 15  # the usual number of equal-width confidence bins for the expected calibration error
-TEMPERATURE_RANGE = (0.25, 20.0)  # searched temperatures; a perfectly separated val set would push T towards 0
-GOLDEN_SECTION_STEPS = 80  # shrinks the temperature search interval by 0.618**80, far below float precision
-CROP_RATIO = (3 / 4, 4 / 3)  # aspect ratios of random crops, torchvision's RandomResizedCrop default
-TRAINING_COPY_MAX_ASPECT = 2.0  # cached training copies keep at most a 2:1 centre band of a panorama
-ROTATION_FILL = (124, 116, 104)  # ImageNet mean colour: corners uncovered by a rotation normalise to about zero
-DEFAULT_CACHE_MAX_GB = 4.0  # downsized copies kept in memory; a 4:3 photo at 224 px takes 0.26 MB
-PREPARE_THREADS = max(1, min(8, os.cpu_count() or 1))  # Pillow releases the GIL while decoding and resizing
 EXIT_INTERRUPTED = 130  # the shell's code for Ctrl-C
-CONTACT_TILE = 128  # pixels per thumbnail in the error-analysis contact sheets
-
-
-@dataclasses.dataclass(frozen=True)
-class AugmentationPolicy:
-    """What random changes a training image of one class may get (probabilities, degrees, +/- factors)."""
-
-    horizontal_flip: float
-    vertical_flip: float
-    rotation_degrees: float
-    crop_scale: tuple[float, float]  # share of the image area a random crop keeps
-    brightness: float
-    contrast: float
-    saturation: float
-    grayscale: float
-
-
-# The one table of class-specific augmentation. Birds and planes never fly upside down, so they are never flipped
-# vertically; Superman strikes comic poses at any angle; "other" is anything, so it gets the full suite. A class name
-# not in the table gets DEFAULT_AUGMENTATION. Flipping only some classes can teach the model that "upside down means
-# superman or other": --uniform-augmentation gives every class DEFAULT_AUGMENTATION instead.
-DEFAULT_AUGMENTATION = AugmentationPolicy(0.5, 0.0, 10.0, (0.5, 1.0), 0.2, 0.2, 0.2, 0.05)
-AUGMENTATION_TABLE: dict[str, AugmentationPolicy] = {
-    "bird": AugmentationPolicy(0.5, 0.0, 15.0, (0.5, 1.0), 0.3, 0.3, 0.3, 0.05),
-    "plane": AugmentationPolicy(0.5, 0.0, 10.0, (0.5, 1.0), 0.3, 0.3, 0.2, 0.05),
-    "superman": AugmentationPolicy(0.5, 0.2, 25.0, (0.4, 1.0), 0.3, 0.3, 0.3, 0.05),
-    "other": AugmentationPolicy(0.5, 0.5, 30.0, (0.3, 1.0), 0.4, 0.4, 0.4, 0.1),
-}
-
-
-class DatasetError(ValueError):
-    """The dataset cannot be trained on as it is; the message is one sentence saying why and what to do."""
-
-
-class Sample(NamedTuple):
-    """One image of the dataset: where it is, its class index, and its path relative to the dataset folder."""
-
-    path: Path
-    label: int
-    relpath: str
-
-
-class LoadedSample(NamedTuple):
-    pixels: np.ndarray  # HWC uint8, image_size square
-    label: int
-    index: int
-
-
-class FailedSample(NamedTuple):
-    index: int
-    reason: str
-
-
-# ----------------------------------------------------------------------------------------------------------------
-# Pure functions: classes, sampling, augmentation
-
-
-def compare_class_sets(train_classes: Sequence[str], val_classes: Sequence[str]) -> str | None:
-    """One sentence naming how val's class folders differ from train's, or None when they match."""
-    missing = sorted(set(train_classes) - set(val_classes))
-    extra = sorted(set(val_classes) - set(train_classes))
-    parts = []
-    if missing:
-        parts.append(f"val/ lacks the class folder(s) {', '.join(missing)} that train/ has")
-    if extra:
-        parts.append(f"val/ has the class folder(s) {', '.join(extra)} that train/ lacks")
-    if not parts:
-        return None
-    return "The class folders differ: " + "; ".join(parts) + "; give val/ exactly the class folders of train/."
-
-
-def class_counts(labels: Sequence[int], num_classes: int) -> list[int]:
-    return np.bincount(np.asarray(labels, dtype=np.int64), minlength=num_classes).astype(int).tolist()
-
-
-def inverse_frequency_weights(labels: Sequence[int], num_classes: int) -> tuple[list[float], list[float]]:
-    """(per-class weight 1/count, per-sample weight): sampling by these gives every class the same expected share."""
-    counts = class_counts(labels, num_classes)
-    class_weights = [1.0 / count if count else 0.0 for count in counts]
-    return class_weights, [class_weights[label] for label in labels]
-
-
-def epoch_seed(seed: int, epoch: int) -> int:
-    """The seed of everything random in one epoch: an epoch replays exactly, whether resumed or not."""
-    return (int(seed) * 1_000_003 + int(epoch) * 7919) % (2**63 - 1)
-
-
-def draw_epoch(
-    labels: Sequence[int],
-    num_classes: int,
-    is_weighted: bool,
-    seed: int,
-    epoch: int,
-    excluded: frozenset[int] = frozenset(),
-) -> list[tuple[int, int]]:
-    """The (sample index, augmentation seed) pairs of one epoch, as many as there are usable samples.
-
-    Weighted: a WeightedRandomSampler with inverse class frequency (with replacement), so the classes come about
-    equally often. Otherwise a random permutation. Excluded indices (images that failed to decode) never come.
-    """
-    generator = torch.Generator().manual_seed(epoch_seed(seed, epoch))
-    usable = [i for i in range(len(labels)) if i not in excluded]
-    if not usable:
-        return []
-    if is_weighted:
-        _, weights = inverse_frequency_weights([labels[i] for i in usable], num_classes)
-        picks = list(WeightedRandomSampler(weights, len(usable), replacement=True, generator=generator))
-        indices = [usable[p] for p in picks]
-    else:
-        indices = [usable[p] for p in torch.randperm(len(usable), generator=generator).tolist()]
-    augmentation_seeds = torch.randint(0, 2**62, (len(indices),), generator=generator).tolist()
-    return list(zip(indices, augmentation_seeds))
-
-
-def augmentation_policy_for(class_name: str, is_uniform: bool = False) -> AugmentationPolicy:
-    """The table's row for the class, DEFAULT_AUGMENTATION for unknown names or with --uniform-augmentation."""
-    return DEFAULT_AUGMENTATION if is_uniform else AUGMENTATION_TABLE.get(class_name, DEFAULT_AUGMENTATION)
-
-
-def random_resized_crop_box(
-    width: int, height: int, scale: tuple[float, float], ratio: tuple[float, float], rng: np.random.Generator
-) -> tuple[int, int, int, int]:
-    """A random box covering ``scale`` of the area with aspect ``ratio`` (torchvision's RandomResizedCrop rule)."""
-    area = width * height
-    log_ratio = (math.log(ratio[0]), math.log(ratio[1]))
-    for _ in range(10):
-        target_area = area * rng.uniform(scale[0], scale[1])
-        aspect = math.exp(rng.uniform(*log_ratio))
-        crop_w = int(round(math.sqrt(target_area * aspect)))
-        crop_h = int(round(math.sqrt(target_area / aspect)))
-        if 0 < crop_w <= width and 0 < crop_h <= height:
-            left = int(rng.integers(0, width - crop_w + 1))
-            top = int(rng.integers(0, height - crop_h + 1))
-            return left, top, left + crop_w, top + crop_h
-    in_ratio = width / height
-    if in_ratio < ratio[0]:
-        crop_w, crop_h = width, int(round(width / ratio[0]))
-    elif in_ratio > ratio[1]:
-        crop_w, crop_h = int(round(height * ratio[1])), height
-    else:
-        crop_w, crop_h = width, height
-    left, top = (width - crop_w) // 2, (height - crop_h) // 2
-    return left, top, left + max(1, crop_w), top + max(1, crop_h)
-
-
-def augment_image(
-    pixels: np.ndarray, policy: AugmentationPolicy, image_size: int, rng: np.random.Generator
-) -> np.ndarray:
-    """A random ``image_size`` square view (HWC uint8) of an HWC uint8 image, following ``policy``.
-
-    Crop, rotation and flips are one affine resampling (a single pass over the output pixels), then the colours
-    change in one more pass: each image costs a few milliseconds from the cached copy.
-    """
-    height, width = pixels.shape[:2]
-    left, top, right, bottom = random_resized_crop_box(width, height, policy.crop_scale, CROP_RATIO, rng)
-    angle = math.radians(rng.uniform(-policy.rotation_degrees, policy.rotation_degrees))
-    scale_x = (right - left) / image_size * (-1.0 if rng.random() < policy.horizontal_flip else 1.0)
-    scale_y = (bottom - top) / image_size * (-1.0 if rng.random() < policy.vertical_flip else 1.0)
-    # Output pixel (u, v) samples the input at centre + rotation @ (scale * ((u, v) - half)).
-    a, b = math.cos(angle) * scale_x, -math.sin(angle) * scale_y
-    d, e = math.sin(angle) * scale_x, math.cos(angle) * scale_y
-    half = image_size / 2
-    c = (left + right) / 2 - (a + b) * half
-    f = (top + bottom) / 2 - (d + e) * half
-    image = Image.fromarray(pixels).transform(
-        (image_size, image_size),
-        Image.Transform.AFFINE,
-        (a, b, c, d, e, f),
-        resample=Image.Resampling.BILINEAR,
-        fillcolor=ROTATION_FILL,
-    )
-    brightness = rng.uniform(1 - policy.brightness, 1 + policy.brightness)
-    contrast = rng.uniform(1 - policy.contrast, 1 + policy.contrast)
-    saturation = 0.0 if rng.random() < policy.grayscale else rng.uniform(1 - policy.saturation, 1 + policy.saturation)
-    return np.asarray(jitter_colors(image, brightness, contrast, saturation), dtype=np.uint8)
-
-
-def jitter_colors(image: Image.Image, brightness: float, contrast: float, saturation: float) -> Image.Image:
-    """Colour changes by factors (1 = unchanged; saturation 0 = grey), as torchvision's ColorJitter in fixed order.
-
-    Saturation blends with the grey image; brightness and contrast are then one lookup table, as both are affine in
-    the pixel value (contrast pulls towards the mean grey). Only the clipping between the steps is left out.
-    """
-    gray = image.convert("L")
-    if saturation != 1.0:
-        image = Image.blend(gray.convert("RGB"), image, saturation)
-    mean_gray = float(np.asarray(gray).mean())
-    values = np.arange(256) * (brightness * contrast) + (1 - contrast) * brightness * mean_gray
-    table = np.clip(np.rint(values), 0, 255).astype(np.uint8).tolist()
-    return image.point(table * 3)
-
-
-def training_copy_box(width: int, height: int) -> tuple[int, int, int, int]:
-    """The centre band of the image kept in the training copy: all of it unless it is wider than 2:1 (or taller)."""
-    if width > TRAINING_COPY_MAX_ASPECT * height:
-        band = int(math.ceil(TRAINING_COPY_MAX_ASPECT * height))
-        left = (width - band) // 2
-        return left, 0, left + band, height
-    if height > TRAINING_COPY_MAX_ASPECT * width:
-        band = int(math.ceil(TRAINING_COPY_MAX_ASPECT * width))
-        top = (height - band) // 2
-        return 0, top, width, top + band
-    return 0, 0, width, height
-
-
-def training_copy_size(box_width: int, box_height: int, resize_size: int) -> tuple[int, int]:
-    """Size of the training copy: the shorter side becomes ``resize_size``, the aspect ratio is kept."""
-    scale = resize_size / min(box_width, box_height)
-    return max(resize_size, int(round(box_width * scale))), max(resize_size, int(round(box_height * scale)))
-
-
-# ----------------------------------------------------------------------------------------------------------------
-# Pure functions: metrics, calibration, thresholds, schedule
-
-
-def confusion_matrix(labels: Sequence[int], predictions: Sequence[int], num_classes: int) -> np.ndarray:
-    """Counts with rows = true class, columns = predicted class."""
-    matrix = np.zeros((num_classes, num_classes), dtype=np.int64)
-    np.add.at(matrix, (np.asarray(labels, dtype=np.int64), np.asarray(predictions, dtype=np.int64)), 1)
-    return matrix
-
-
-def classification_metrics(matrix: np.ndarray, classes: Sequence[str]) -> dict[str, Any]:
-    """Accuracy, per-class precision/recall/F1/support and macro F1 over the classes present (support > 0)."""
-    matrix = np.asarray(matrix, dtype=np.int64)
-    true_positive = np.diag(matrix).astype(float)
-    support = matrix.sum(axis=1)
-    predicted = matrix.sum(axis=0)
-    per_class: dict[str, dict[str, float | int]] = {}
-    f1_present = []
-    for i, name in enumerate(classes):
-        precision = true_positive[i] / predicted[i] if predicted[i] else 0.0
-        recall = true_positive[i] / support[i] if support[i] else 0.0
-        f1 = 2 * precision * recall / (precision + recall) if precision + recall else 0.0
-        per_class[name] = {
-            "precision": float(precision),
-            "recall": float(recall),
-            "f1": float(f1),
-            "support": int(support[i]),
-        }
-        if support[i]:
-            f1_present.append(f1)
-    total = int(matrix.sum())
-    return {
-        "accuracy": float(true_positive.sum() / total) if total else 0.0,
-        "macro_f1": float(np.mean(f1_present)) if f1_present else 0.0,
-        "per_class": per_class,
-    }
-
-
-def negative_log_likelihood(logits: torch.Tensor, labels: torch.Tensor, temperature: float = 1.0) -> float:
-    return float(F.cross_entropy(logits.float() / temperature, labels.long()).item()) if len(labels) else 0.0
-
-
-def fit_temperature(logits: torch.Tensor, labels: torch.Tensor) -> float:
-    """The temperature T minimising the NLL of softmax(logits / T).
-
-    The NLL is convex in 1/T, so a golden-section search over 1/T finds the optimum exactly. T is kept within
-    TEMPERATURE_RANGE: with no mistakes on val the NLL keeps falling as T shrinks, and a tiny T would make the
-    classifier absurdly sure of itself.
-    """
-    if len(labels) == 0:
-        return 1.0
-    logits, labels = logits.float(), labels.long()
-    low, high = 1.0 / TEMPERATURE_RANGE[1], 1.0 / TEMPERATURE_RANGE[0]
-    golden = (math.sqrt(5) - 1) / 2
-
-    def nll(inverse_temperature: float) -> float:
-        return float(F.cross_entropy(logits * inverse_temperature, labels).item())
-
-    a, b = low, high
-    c, d = b - golden * (b - a), a + golden * (b - a)
-    fc, fd = nll(c), nll(d)
-    for _ in range(GOLDEN_SECTION_STEPS):
-        if fc <= fd:
-            b, d, fd = d, c, fc
-            c = b - golden * (b - a)
-            fc = nll(c)
-        else:
-            a, c, fc = c, d, fd
-            d = a + golden * (b - a)
-            fd = nll(d)
-    return float(1.0 / ((a + b) / 2))
-
-
-def expected_calibration_error(probabilities: np.ndarray, labels: Sequence[int], bins: int = ECE_BINS) -> float:
-    """Sum over equal-width confidence bins of (share of images) x |accuracy - mean confidence|."""
-    probabilities = np.asarray(probabilities, dtype=np.float64)
-    labels = np.asarray(labels)
-    if len(labels) == 0:
-        return 0.0
-    confidence = probabilities.max(axis=1)
-    correct = probabilities.argmax(axis=1) == labels
-    bin_index = np.minimum((confidence * bins).astype(int), bins - 1)
-    error = 0.0
-    for b in range(bins):
-        members = bin_index == b
-        if members.any():
-            error += members.mean() * abs(correct[members].mean() - confidence[members].mean())
-    return float(error)
-
-
-def threshold_table(
-    probabilities: np.ndarray, labels: Sequence[int], classes: Sequence[str], thresholds: Sequence[float] = THRESHOLDS
-) -> list[dict[str, Any]]:
-    """Per threshold: accuracy when predictions below it become FALLBACK_LABEL, and the share sent there.
-
-    Without a FALLBACK_LABEL class a rejected image counts as wrong. ``accepted_accuracy`` is the accuracy of the
-    predictions that were kept.
-    """
-    probabilities = np.asarray(probabilities, dtype=np.float64)
-    labels = np.asarray(labels)
-    predicted = probabilities.argmax(axis=1) if len(labels) else np.zeros(0, dtype=int)
-    confidence = probabilities.max(axis=1) if len(labels) else np.zeros(0)
-    fallback = list(classes).index(classifier.FALLBACK_LABEL) if classifier.FALLBACK_LABEL in classes else -1
-    rows = []
-    for threshold in thresholds:
-        rejected = confidence < threshold
-        final = np.where(rejected, fallback, predicted)
-        kept = ~rejected
-        rows.append(
-            {
-                "threshold": float(threshold),
-                "accuracy": float((final == labels).mean()) if len(labels) else 0.0,
-                "sent_to_other": float(rejected.mean()) if len(labels) else 0.0,
-                "accepted_accuracy": float((predicted[kept] == labels[kept]).mean()) if kept.any() else None,
-            }
-        )
-    return rows
-
-
-def recommend_threshold(table: Sequence[dict[str, Any]]) -> float:
-    """The threshold with the best accuracy; ties go to the lowest (fewest images sent to "other")."""
-    best = max(table, key=lambda row: (round(row["accuracy"], 9), -row["threshold"]))
-    return float(best["threshold"])
-
-
-def top_confident_mistakes(
-    probabilities: np.ndarray,
-    labels: Sequence[int],
-    relpaths: Sequence[str],
-    classes: Sequence[str],
-    per_class: int = ERRORS_PER_CLASS,
-) -> dict[str, list[dict[str, Any]]]:
-    """For every true class, its ``per_class`` wrong predictions with the highest confidence, most confident first."""
-    probabilities = np.asarray(probabilities, dtype=np.float64)
-    mistakes: dict[str, list[dict[str, Any]]] = {name: [] for name in classes}
-    for row, (label, relpath) in enumerate(zip(labels, relpaths)):
-        predicted = int(probabilities[row].argmax())
-        if predicted != int(label):
-            mistakes[classes[int(label)]].append(
-                {
-                    "image_path": relpath,
-                    "true_label": classes[int(label)],
-                    "predicted_label": classes[predicted],
-                    "confidence": float(probabilities[row, predicted]),
-                    "all_probabilities": {c: float(p) for c, p in zip(classes, probabilities[row])},
-                }
-            )
-    for name in classes:
-        mistakes[name].sort(key=lambda item: (-item["confidence"], item["image_path"]))
-        del mistakes[name][per_class:]
-    return mistakes
 
 
 def learning_rate_factor(step: int, warmup_steps: int, total_steps: int) -> float:
@@ -458,301 +115,6 @@ def set_train_mode(model: nn.Module, blocks: Sequence[str]) -> None:
         for module in getattr(model, name).modules():
             if isinstance(module, nn.modules.batchnorm._BatchNorm):
                 module.eval()
-
-
-def history_for_comparison(history: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
-    """Epoch records without the timing fields, which differ between otherwise identical runs."""
-    return [{k: v for k, v in record.items() if k not in ("seconds", "images_per_second")} for record in history]
-
-
-# ----------------------------------------------------------------------------------------------------------------
-# Images on disk: scanning, decoding, caching
-
-
-def discover_classes(split_dir: Path) -> list[str]:
-    """The class folders of a split (sorted, hidden folders skipped)."""
-    if not split_dir.is_dir():
-        return []
-    return sorted(p.name for p in split_dir.iterdir() if p.is_dir() and not p.name.startswith("."))
-
-
-def check_image_header(path: Path) -> str | None:
-    """A cheap check (header only, no decoding): None when the file looks usable, else the reason it is not."""
-    try:
-        classifier.open_image(path).close()
-    except classifier.ImageLoadError as error:
-        return str(error)
-    return None
-
-
-def scan_split(dataset_dir: Path, split: str, classes: Sequence[str]) -> tuple[list[Sample], list[dict[str, str]]]:
-    """The image files of ``dataset_dir/split/<class>/`` (found by content) and the files there that are not images."""
-    samples: list[Sample] = []
-    skipped: list[dict[str, str]] = []
-    for label, name in enumerate(classes):
-        folder = dataset_dir / split / name
-        images = classifier.find_image_files(folder)
-        image_set = set(images)
-        for path in images:
-            samples.append(Sample(path, label, path.relative_to(dataset_dir).as_posix()))
-        for directory, subdirs, names in os.walk(folder):
-            subdirs[:] = [d for d in subdirs if not d.startswith(".")]
-            for file_name in names:
-                path = Path(directory) / file_name
-                if not file_name.startswith(".") and path not in image_set:
-                    reason = f"not an image: {classifier.describe_content(path)}"
-                    skipped.append(skip_record(dataset_dir, path, split, reason))
-    return samples, skipped
-
-
-def skip_record(dataset_dir: Path, path: Path, split: str, reason: str) -> dict[str, str]:
-    return {"path": path.relative_to(dataset_dir).as_posix(), "split": split, "reason": reason}
-
-
-def decode_training_copy(path: Path, resize_size: int) -> np.ndarray:
-    """HWC uint8: the image with its shorter side at ``resize_size`` (what random crops are cut from)."""
-    image = classifier.load_image(path, draft_size=(resize_size, resize_size))
-    box = training_copy_box(image.width, image.height)
-    size = training_copy_size(box[2] - box[0], box[3] - box[1], resize_size)
-    return np.asarray(image.resize(size, Image.Resampling.BILINEAR, box=box), dtype=np.uint8)
-
-
-def decode_eval_view(path: Path, image_size: int, resize_size: int) -> np.ndarray:
-    """HWC uint8: exactly the model input classifier.py makes of the file, before normalisation."""
-    image = classifier.load_image(path, draft_size=(resize_size, resize_size))
-    return classifier.image_to_uint8(image, image_size, resize_size)
-
-
-def decode_view(path: Path, view: str, image_size: int, resize_size: int) -> np.ndarray:
-    if view == "train":
-        return decode_training_copy(path, resize_size)
-    return decode_eval_view(path, image_size, resize_size)
-
-
-def disk_cache_path(cache_dir: Path, path: Path, view: str, image_size: int, resize_size: int) -> Path:
-    """Where the cached copy of one file lives; the name changes when the file or the sizes change."""
-    stat = path.stat()
-    key = f"{path.resolve()}|{stat.st_size}|{stat.st_mtime_ns}|{view}|{image_size}|{resize_size}"
-    return cache_dir / f"{hashlib.sha1(key.encode('utf-8')).hexdigest()}.npy"
-
-
-def save_array_atomically(path: Path, array: np.ndarray) -> None:
-    with classifier.atomic_file(path, "wb") as handle:
-        np.save(handle, array, allow_pickle=False)
-
-
-@dataclasses.dataclass
-class PreparedImages:
-    """Per sample: the cached copy in memory (ndarray), on disk (Path) or not cached (None), for one view."""
-
-    view: str
-    entries: list[np.ndarray | Path | None]
-    memory_bytes: int = 0
-
-
-def prepare_images(
-    samples: Sequence[Sample],
-    view: str,
-    image_size: int,
-    resize_size: int,
-    memory_budget_bytes: int,
-    cache_dir: Path | None,
-    description: str,
-) -> tuple[PreparedImages, list[tuple[int, str]]]:
-    """Check every file once before training and keep downsized copies, so later epochs skip JPEG decoding.
-
-    With a memory budget or a cache folder each file is decoded (draft mode: only at the size needed) and resized
-    once; without either, only the header is checked and bad data shows up when the file is read in an epoch.
-    Returns the cache and the (index, reason) of every file that cannot be used.
-    """
-    is_decoding = memory_budget_bytes > 0 or cache_dir is not None
-    if cache_dir is not None:
-        cache_dir.mkdir(parents=True, exist_ok=True)
-
-    def prepare(sample: Sample) -> tuple[np.ndarray | Path | None, str | None]:
-        try:
-            if not is_decoding:
-                return None, check_image_header(sample.path)
-            cached = disk_cache_path(cache_dir, sample.path, view, image_size, resize_size) if cache_dir else None
-            if cached is not None and cached.is_file():
-                return (np.load(cached, allow_pickle=False) if memory_budget_bytes > 0 else cached), None
-            pixels = decode_view(sample.path, view, image_size, resize_size)
-            if cached is not None:
-                save_array_atomically(cached, pixels)
-            return pixels, None
-        except classifier.ImageLoadError as error:
-            return None, str(error)
-        except Exception as error:  # noqa: BLE001 - one bad file must never stop the run
-            return None, f"{type(error).__name__}: {error}"
-
-    prepared = PreparedImages(view, [None] * len(samples))
-    failures: list[tuple[int, str]] = []
-    with ThreadPoolExecutor(max_workers=PREPARE_THREADS, thread_name_prefix="prepare") as pool:
-        results = pool.map(prepare, samples)
-        for index, (entry, reason) in enumerate(
-            tqdm(results, total=len(samples), desc=description, leave=False, file=sys.stderr, disable=None)
-        ):
-            if reason is not None:
-                failures.append((index, reason))
-            elif isinstance(entry, np.ndarray):
-                if prepared.memory_bytes + entry.nbytes <= memory_budget_bytes:
-                    prepared.entries[index] = entry
-                    prepared.memory_bytes += entry.nbytes
-                elif cache_dir is not None:
-                    prepared.entries[index] = disk_cache_path(
-                        cache_dir, samples[index].path, view, image_size, resize_size
-                    )
-            else:
-                prepared.entries[index] = entry
-    return prepared, failures
-
-
-_LOADER_THREADS: tuple[int, ThreadPoolExecutor] | None = None
-
-
-def loader_threads() -> ThreadPoolExecutor:
-    """This process's pool for loading batches; a loader worker forked from a process with a pool makes its own."""
-    global _LOADER_THREADS
-    if _LOADER_THREADS is None or _LOADER_THREADS[0] != os.getpid():
-        _LOADER_THREADS = (os.getpid(), ThreadPoolExecutor(max_workers=PREPARE_THREADS, thread_name_prefix="load"))
-    return _LOADER_THREADS[1]
-
-
-class ImageDataset(Dataset):
-    """Images of one split as HWC uint8 squares: augmented (view "train") or as classifier.py sees them ("eval").
-
-    Keys are a sample index (eval) or (index, augmentation seed) pairs from EpochSampler (train), so the random
-    changes depend only on the seed, never on which worker process loads the image. An image that cannot be read
-    comes back as a FailedSample, which ``collate_samples`` sets aside.
-    """
-
-    def __init__(
-        self,
-        samples: Sequence[Sample],
-        view: str,
-        image_size: int,
-        resize_size: int,
-        prepared: PreparedImages | None = None,
-        policies: Sequence[AugmentationPolicy] | None = None,
-    ) -> None:
-        if view not in ("train", "eval"):
-            raise ValueError(f"view must be 'train' or 'eval', got {view!r}")
-        if prepared is not None and prepared.view == "eval" and view == "train":
-            raise ValueError("training images cannot be cut from eval-view copies")
-        if view == "train" and policies is None:
-            raise ValueError("the train view needs one augmentation policy per class")
-        self.samples = list(samples)
-        self.view = view
-        self.image_size = image_size
-        self.resize_size = resize_size
-        self.prepared = prepared
-        self.policies = list(policies) if policies is not None else []
-        self.excluded: set[int] = set()  # images that failed to decode; the samplers leave them out
-
-    def __len__(self) -> int:
-        return len(self.samples)
-
-    def pixels(self, index: int) -> np.ndarray:
-        """The image in this dataset's view, from the cache when there is a copy, else decoded from the file."""
-        entry = self.prepared.entries[index] if self.prepared is not None else None
-        if isinstance(entry, Path):
-            entry = np.load(entry, allow_pickle=False)
-        if entry is None:
-            return decode_view(self.samples[index].path, self.view, self.image_size, self.resize_size)
-        if self.view == "eval" and self.prepared.view == "train":
-            # The training copy already has its shorter side at resize_size, so this is classifier.py's centre crop
-            # (up to a half-pixel resampling difference) without decoding the file again.
-            return classifier.image_to_uint8(Image.fromarray(entry), self.image_size, self.resize_size)
-        return entry
-
-    def __getitems__(self, keys: Sequence[int | tuple[int, int]]) -> list[LoadedSample | FailedSample]:
-        """A batch (the DataLoader asks for whole batches), loaded in threads: Pillow releases the GIL while it
-        resamples, so both cores work even with num_workers=0. Same order as ``keys``, and each image's random
-        changes come from its own seed, so the result does not depend on the threads."""
-        if len(keys) < 2:
-            return [self[key] for key in keys]
-        return list(loader_threads().map(self.__getitem__, keys))
-
-    def __getitem__(self, key: int | tuple[int, int]) -> LoadedSample | FailedSample:
-        index, augmentation_seed = key if isinstance(key, tuple) else (key, None)
-        sample = self.samples[index]
-        try:
-            pixels = self.pixels(index)
-            if self.view == "train":
-                rng = np.random.default_rng(augmentation_seed)
-                pixels = augment_image(pixels, self.policies[sample.label], self.image_size, rng)
-            return LoadedSample(pixels, sample.label, index)
-        except classifier.ImageLoadError as error:
-            return FailedSample(index, str(error))
-        except Exception as error:  # noqa: BLE001 - a file that breaks mid-epoch is skipped, never a crash
-            return FailedSample(index, f"{type(error).__name__}: {error}")
-
-
-class EpochSampler(Sampler):
-    """Yields the (index, augmentation seed) pairs of ``draw_epoch`` for the epoch set with ``set_epoch``."""
-
-    def __init__(self, dataset: ImageDataset, num_classes: int, is_weighted: bool, seed: int) -> None:
-        self.dataset = dataset
-        self.labels = [sample.label for sample in dataset.samples]
-        self.num_classes = num_classes
-        self.is_weighted = is_weighted
-        self.seed = seed
-        self.epoch = 0
-
-    def set_epoch(self, epoch: int) -> None:
-        self.epoch = epoch
-
-    def __len__(self) -> int:
-        return len(self.labels) - len(self.dataset.excluded)
-
-    def __iter__(self) -> Iterator[tuple[int, int]]:
-        excluded = frozenset(self.dataset.excluded)
-        return iter(draw_epoch(self.labels, self.num_classes, self.is_weighted, self.seed, self.epoch, excluded))
-
-
-class UsableIndices(Sampler):
-    """Every index of the dataset in order, except the excluded ones (for evaluation)."""
-
-    def __init__(self, dataset: ImageDataset) -> None:
-        self.dataset = dataset
-
-    def __len__(self) -> int:
-        return len(self.dataset) - len(self.dataset.excluded)
-
-    def __iter__(self) -> Iterator[int]:
-        return iter([i for i in range(len(self.dataset)) if i not in self.dataset.excluded])
-
-
-def collate_samples(items: Sequence[LoadedSample | FailedSample]) -> dict[str, Any]:
-    """Stack the images that loaded (NHWC uint8) and set the failures aside as (index, reason)."""
-    loaded = [item for item in items if isinstance(item, LoadedSample)]
-    failures = [(item.index, item.reason) for item in items if isinstance(item, FailedSample)]
-    if loaded:
-        images = torch.from_numpy(np.stack([item.pixels for item in loaded]))
-    else:
-        images = torch.zeros((0, 1, 1, 3), dtype=torch.uint8)
-    return {
-        "images": images,
-        "labels": torch.tensor([item.label for item in loaded], dtype=torch.long),
-        "indices": torch.tensor([item.index for item in loaded], dtype=torch.long),
-        "failures": failures,
-    }
-
-
-def make_loader(
-    dataset: ImageDataset, sampler: Sampler, batch_size: int, num_workers: int, device: torch.device, drop_last: bool
-) -> DataLoader:
-    return DataLoader(
-        dataset,
-        batch_size=batch_size,
-        sampler=sampler,
-        num_workers=num_workers,
-        collate_fn=collate_samples,
-        pin_memory=device.type == "cuda",
-        drop_last=drop_last,
-        persistent_workers=num_workers > 0,
-        prefetch_factor=4 if num_workers > 0 else None,
-    )
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -795,27 +157,6 @@ class TrainingContext:
         dataset = ImageDataset(train.samples, "eval", train.image_size, train.resize_size, train.prepared)
         dataset.excluded = train.excluded
         return dataset
-
-
-@dataclasses.dataclass
-class Predictions:
-    """Per-image results of ``evaluate_dataset``: rows follow ``indices`` (positions in the dataset's samples)."""
-
-    logits: torch.Tensor  # (N, C) float32, CPU
-    labels: torch.Tensor  # (N,)
-    indices: torch.Tensor  # (N,)
-    failures: list[tuple[int, str]]
-
-    @property
-    def losses(self) -> torch.Tensor:
-        """Per-image cross-entropy loss."""
-        return F.cross_entropy(self.logits, self.labels, reduction="none")
-
-    def probabilities(self, temperature: float = 1.0) -> np.ndarray:
-        return classifier.softmax_with_temperature(self.logits, temperature).numpy()
-
-    def relpaths(self, dataset: ImageDataset) -> list[str]:
-        return [dataset.samples[i].relpath for i in self.indices.tolist()]
 
 
 def model_input(batch: dict[str, Any], context: TrainingContext) -> tuple[torch.Tensor, torch.Tensor]:
@@ -945,145 +286,7 @@ def write_metadata(context: TrainingContext, status: str) -> None:
     best = best_record(context.history)
     metadata["best_epoch"] = best["epoch"] if best else None
     metadata["best_macro_f1"] = best["macro_f1"] if best else None
-    classifier.write_json_atomically(context.output_dir / METADATA_NAME, metadata)
-
-
-def best_record(history: Sequence[dict[str, Any]]) -> dict[str, Any] | None:
-    best = [record for record in history if record["is_best"]]
-    return best[-1] if best else None
-
-
-def _pyplot():
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    return plt
-
-
-def plot_training_curves(history: Sequence[dict[str, Any]], path: Path) -> None:
-    """Loss, accuracy and macro F1 per epoch, train against val, as one PNG."""
-    plt = _pyplot()
-    epochs = [record["epoch"] for record in history]
-    figure, axes = plt.subplots(1, 3, figsize=(15, 4.2))
-    panels = (
-        ("loss", [("train_loss", "train"), ("val_loss", "val")]),
-        ("accuracy", [("train_accuracy", "train"), ("val_accuracy", "val")]),
-        ("macro F1", [("macro_f1", "val")]),
-    )
-    for axis, (title, series) in zip(axes, panels):
-        for key, label in series:
-            axis.plot(epochs, [record[key] for record in history], marker="o", label=label)
-        axis.set_title(title)
-        axis.set_xlabel("epoch")
-        axis.xaxis.get_major_locator().set_params(integer=True)
-        axis.grid(alpha=0.3)
-        axis.legend()
-    best = best_record(history)
-    if best:
-        axes[2].axvline(best["epoch"], color="grey", linestyle="--", linewidth=1)
-    figure.subplots_adjust(left=0.05, right=0.98, bottom=0.14, top=0.9, wspace=0.25)
-    save_figure(figure, path)
-
-
-def plot_confusion_matrix(matrix: Sequence[Sequence[int]], classes: Sequence[str], title: str, path: Path) -> None:
-    plt = _pyplot()
-    matrix = np.asarray(matrix)
-    size = 1.2 + 0.9 * len(classes)
-    figure, axis = plt.subplots(figsize=(size + 1.5, size))
-    row_share = matrix / np.maximum(matrix.sum(axis=1, keepdims=True), 1)
-    image = axis.imshow(row_share, cmap="Blues", vmin=0, vmax=1)
-    for i in range(len(classes)):
-        for j in range(len(classes)):
-            colour = "white" if row_share[i, j] > 0.5 else "black"
-            axis.text(j, i, str(int(matrix[i, j])), ha="center", va="center", color=colour)
-    axis.set_xticks(range(len(classes)), classes, rotation=45, ha="right")
-    axis.set_yticks(range(len(classes)), classes)
-    axis.set_xlabel("predicted")
-    axis.set_ylabel("true")
-    axis.set_title(title)
-    figure.colorbar(image, ax=axis, label="share of the true class")
-    figure.tight_layout()
-    save_figure(figure, path)
-
-
-def write_contact_sheet(
-    mistakes: dict[str, list[dict[str, Any]]], dataset: ImageDataset, title: str, path: Path
-) -> None:
-    """One row of thumbnails per true class: its most confident mistakes, captioned with prediction and confidence.
-
-    Composed with Pillow rather than matplotlib: the thumbnails stay pixel-exact and it costs milliseconds per epoch.
-    """
-    by_path = {sample.relpath: i for i, sample in enumerate(dataset.samples)}
-    rows = [(name, items) for name, items in mistakes.items() if items]
-    tile, caption, label_width, header = CONTACT_TILE, 30, 110, 28
-    columns = max((len(items) for _, items in rows), default=1)
-    sheet = Image.new("RGB", (label_width + columns * tile, header + max(1, len(rows)) * (tile + caption)), "white")
-    draw = ImageDraw.Draw(sheet)
-    font = ImageFont.load_default(size=12)
-    draw.text((6, 6), title if rows else f"{title}: no mistakes", fill="black", font=font)
-    for r, (name, items) in enumerate(rows):
-        top = header + r * (tile + caption)
-        draw.text((6, top + tile // 2), f"true: {name}", fill="black", font=font)
-        for c, item in enumerate(items):
-            left = label_width + c * tile
-            try:
-                thumbnail = Image.fromarray(dataset.pixels(by_path[item["image_path"]]))
-                sheet.paste(thumbnail.resize((tile - 4, tile - 4), Image.Resampling.BILINEAR), (left + 2, top + 2))
-            except Exception as error:  # noqa: BLE001 - a thumbnail that cannot be shown must not stop training
-                draw.text((left + 6, top + tile // 2), f"unreadable ({type(error).__name__})", fill="red", font=font)
-            text = f"{item['predicted_label']} {item['confidence']:.2f}"
-            draw.text((left + 4, top + tile + 2), text, fill="firebrick", font=font)
-            draw.text((left + 4, top + tile + 15), Path(item["image_path"]).name[:18], fill="dimgray", font=font)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp_name = tempfile.mkstemp(prefix=f".{path.stem}.", suffix=".png", dir=path.parent)
-    os.close(fd)
-    try:
-        sheet.save(tmp_name, "PNG")
-        os.replace(tmp_name, path)
-    finally:
-        Path(tmp_name).unlink(missing_ok=True)
-
-
-def save_figure(figure: Any, path: Path) -> None:
-    """Save a matplotlib figure as PNG atomically and close it."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp_name = tempfile.mkstemp(prefix=f".{path.stem}.", suffix=".png", dir=path.parent)
-    os.close(fd)
-    try:
-        figure.savefig(tmp_name, dpi=100, format="png")
-        os.replace(tmp_name, path)
-    finally:
-        Path(tmp_name).unlink(missing_ok=True)
-        figure.clear()
-        _pyplot().close(figure)
-
-
-def write_error_analysis(
-    context: TrainingContext, predictions: Predictions, epoch: int
-) -> dict[str, list[dict[str, Any]]]:
-    """error_analysis/epoch_XX/<true_class>_errors.json and contact_sheet.png for one epoch."""
-    folder = context.output_dir / "error_analysis" / f"epoch_{epoch + 1:02d}"
-    mistakes = top_confident_mistakes(
-        predictions.probabilities(),
-        predictions.labels.tolist(),
-        predictions.relpaths(context.val_dataset),
-        context.classes,
-    )
-    for name, items in mistakes.items():
-        report = {
-            "schema_version": SCHEMA_VERSION,
-            "epoch": epoch + 1,
-            "true_class": name,
-            "split": "val",
-            "errors": items,
-        }
-        classifier.write_json_atomically(folder / f"{name}_errors.json", report)
-    write_contact_sheet(
-        mistakes, context.val_dataset, f"epoch {epoch + 1}: most confident mistakes", folder / "contact_sheet.png"
-    )
-    return mistakes
+    fileio.write_json(context.output_dir / METADATA_NAME, metadata)
 
 
 def rng_states() -> dict[str, Any]:
@@ -1168,53 +371,6 @@ def plain_arguments(args: argparse.Namespace) -> dict[str, Any]:
 
 # ----------------------------------------------------------------------------------------------------------------
 # The run: setup, epochs, calibration
-
-
-def load_dataset(dataset_dir: Path) -> tuple[list[str], list[Sample], list[Sample], list[dict[str, str]]]:
-    """Classes, train and val samples, and non-image files; DatasetError when the layout cannot be trained on."""
-    if not dataset_dir.is_dir():
-        raise DatasetError(f"The dataset folder {dataset_dir} does not exist; pass --dataset-dir with train/ and val/.")
-    classes = discover_classes(dataset_dir / "train")
-    if not classes:
-        raise DatasetError(f"{dataset_dir / 'train'} has no class folders; expected train/<class>/ with images.")
-    if len(classes) < 2:
-        raise DatasetError(f"{dataset_dir / 'train'} has only the class {classes[0]!r}; a classifier needs two.")
-    val_classes = discover_classes(dataset_dir / "val")
-    if not val_classes:
-        raise DatasetError(f"{dataset_dir / 'val'} has no class folders; expected val/<class>/ like train/.")
-    difference = compare_class_sets(classes, val_classes)
-    if difference:
-        raise DatasetError(difference)
-    train_samples, skipped = scan_split(dataset_dir, "train", classes)
-    val_samples, val_skipped = scan_split(dataset_dir, "val", classes)
-    return classes, train_samples, val_samples, skipped + val_skipped
-
-
-def check_class_counts(classes: Sequence[str], counts: dict[str, list[int]]) -> None:
-    """DatasetError naming the empty splits or classes (after bad files are set aside)."""
-    for split, split_counts in counts.items():
-        if sum(split_counts) == 0:
-            raise DatasetError(f"The {split}/ split has no usable images; add images to {split}/<class>/.")
-        empty = [name for name, count in zip(classes, split_counts) if count == 0]
-        if empty:
-            raise DatasetError(
-                f"The class folder(s) {', '.join(f'{split}/{name}' for name in empty)} have no usable images; "
-                "add images or remove the class from train/ and val/."
-            )
-
-
-def resolve_num_workers(requested: int | None, device: torch.device) -> int:
-    """Data loader processes: as asked, else enough to feed a GPU, and none on a small CPU machine.
-
-    With the downsized cache an augmented image costs about 1 ms, while a CPU training step costs tens of ms per
-    image: extra processes on a few cores would only take CPU time from the model.
-    """
-    if requested is not None:
-        return requested
-    cpus = os.cpu_count() or 1
-    if device.type == "cpu":
-        return 0 if cpus <= 4 else min(2, cpus // 8)
-    return max(1, min(8, cpus - 1))
 
 
 def build_optimizer(model: nn.Module, args: argparse.Namespace) -> torch.optim.Optimizer:
@@ -1377,58 +533,6 @@ def setup_training(args: argparse.Namespace, resume: dict[str, Any] | None) -> T
     )
 
 
-def print_setup(context: TrainingContext) -> None:
-    metadata = context.metadata
-    config = metadata["config"]
-    print(
-        f"Training {config['arch']} on {context.dataset_dir} ({', '.join(context.classes)}) on {config['device']}, "
-        f"{config['trainable_parameters']:,} of {config['total_parameters']:,} parameters trainable "
-        f"(frozen: {', '.join(config['frozen_blocks']) or 'none'})."
-    )
-    print(f"{'class':<16}{'train':>7}{'val':>7}{'weight':>10}{'share/epoch':>13}")
-    for name in context.classes:
-        print(
-            f"{name:<16}{metadata['class_counts']['train'][name]:>7}{metadata['class_counts']['val'][name]:>7}"
-            f"{metadata['sampling']['class_weights'][name]:>10.4f}"
-            f"{metadata['sampling']['expected_share_per_epoch'][name]:>13.1%}"
-        )
-    if context.skipped_files:
-        print(f"Skipping {len(context.skipped_files)} file(s) that cannot be used (listed in {METADATA_NAME}).")
-
-
-def epoch_record(
-    epoch: int,
-    train_stats: dict[str, Any],
-    predictions: Predictions,
-    classes: Sequence[str],
-    learning_rate: float,
-    seconds: float,
-) -> dict[str, Any]:
-    """The history entry of one epoch: train and val loss/accuracy, per-class metrics and the confusion matrix."""
-    labels = predictions.labels.tolist()
-    predicted = predictions.logits.argmax(dim=1).tolist() if len(labels) else []
-    matrix = confusion_matrix(labels, predicted, len(classes))
-    metrics = classification_metrics(matrix, classes)
-    return {
-        "epoch": epoch + 1,
-        "learning_rate": float(learning_rate),
-        "train_loss": train_stats["train_loss"],
-        "train_accuracy": train_stats["train_accuracy"],
-        "train_images": train_stats["train_images"],
-        "val_loss": negative_log_likelihood(predictions.logits, predictions.labels),
-        "val_accuracy": metrics["accuracy"],
-        "val_images": len(labels),
-        "macro_f1": metrics["macro_f1"],
-        "per_class": metrics["per_class"],
-        "confusion_matrix": matrix.tolist(),
-        "is_best": False,
-        "seconds": round(seconds, 3),
-        "images_per_second": round(train_stats["train_images"] / seconds, 2) if seconds > 0 else None,
-    }
-
-
-# Called after every epoch with the context, the epoch's record and its val predictions; may keep what it needs in
-# context.hook_state (plain types and tensors: saved for --resume). Returning True stops training after this epoch.
 AfterEpochHook = Callable[[TrainingContext, dict[str, Any], Predictions], bool | None]
 
 
@@ -1483,7 +587,7 @@ def run_epochs(
         else:
             epochs_without_improvement += 1
         context.history.append(record)
-        write_error_analysis(context, predictions, epoch)
+        write_error_analysis(context.output_dir, predictions, context.val_dataset, context.classes, epoch)
         if record["is_best"]:
             classifier.save_checkpoint(
                 context.output_dir / BEST_MODEL_NAME,
@@ -1509,14 +613,6 @@ def run_epochs(
         if args.patience and epochs_without_improvement >= args.patience:
             print(f"Stopping early: no better val macro F1 for {args.patience} epochs.")
             break
-
-
-def format_epoch_line(record: dict[str, Any]) -> str:
-    return (
-        f"epoch {record['epoch']:>3}  train loss {record['train_loss']:.4f} acc {record['train_accuracy']:.3f}  "
-        f"val loss {record['val_loss']:.4f} acc {record['val_accuracy']:.3f}  macro F1 {record['macro_f1']:.3f}"
-        f"{'  *best*' if record['is_best'] else ''}  ({record['seconds']:.1f} s)"
-    )
 
 
 def calibrate_best_model(context: TrainingContext) -> dict[str, Any] | None:
@@ -1559,42 +655,6 @@ def calibrate_best_model(context: TrainingContext) -> dict[str, Any] | None:
     context.metadata["thresholds"] = table
     context.metadata["recommended_threshold"] = recommended
     return calibration
-
-
-def print_summary(context: TrainingContext) -> None:
-    """The per-epoch table, the best epoch's per-class metrics, calibration and the threshold sweep."""
-    print()
-    print(f"{'epoch':>5} {'train loss':>10} {'train acc':>9} {'val loss':>9} {'val acc':>8} {'macro F1':>9} {'lr':>9}")
-    for record in context.history:
-        print(
-            f"{record['epoch']:>5} {record['train_loss']:>10.4f} {record['train_accuracy']:>9.3f} "
-            f"{record['val_loss']:>9.4f} {record['val_accuracy']:>8.3f} {record['macro_f1']:>9.3f} "
-            f"{record['learning_rate']:>9.2e}{'  best' if record['is_best'] else ''}"
-        )
-    best = best_record(context.history)
-    if best is None:
-        return
-    print(f"\nBest epoch {best['epoch']}: val accuracy {best['val_accuracy']:.3f}, macro F1 {best['macro_f1']:.3f}")
-    print(f"{'class':<16}{'precision':>10}{'recall':>8}{'F1':>7}{'support':>9}")
-    for name, values in best["per_class"].items():
-        print(
-            f"{name:<16}{values['precision']:>10.3f}{values['recall']:>8.3f}{values['f1']:>7.3f}{values['support']:>9}"
-        )
-    calibration = context.metadata.get("calibration")
-    if calibration:
-        print(
-            f"\nTemperature {calibration['temperature']:.3f}: ECE {calibration['ece_before']:.4f} -> "
-            f"{calibration['ece_after']:.4f}, NLL {calibration['nll_before']:.4f} -> {calibration['nll_after']:.4f}"
-        )
-        print(f"{'threshold':>9} {'accuracy':>9} {'to other':>9}")
-        for row in context.metadata["thresholds"]:
-            print(f"{row['threshold']:>9.2f} {row['accuracy']:>9.3f} {row['sent_to_other']:>9.1%}")
-        print(
-            f"Recommended confidence threshold: {context.metadata['recommended_threshold']:.2f} "
-            f"(stored in the checkpoint: {context.args.confidence_threshold:.2f}; change it with "
-            "BirdPlaneSupermanClassifier(..., confidence_threshold=...))"
-        )
-    print(f"\nModel: {context.output_dir / BEST_MODEL_NAME}   metadata: {context.output_dir / METADATA_NAME}")
 
 
 # ================================================================================================================
@@ -1790,7 +850,7 @@ def write_problematic_report(
         errors=[f"{item['path']}: {item['reason']}" for item in context.skipped_files if item["split"] == "train"],
     )
     path = problematic_report_path(args)
-    classifier.write_json_atomically(path, report)
+    fileio.write_json(path, report)
     issues = {name: stats["label_issues"] for name, stats in report["summary_by_class"].items()}
     context.metadata["problematic_analysis"] = {
         "report": str(path),
@@ -2167,7 +1227,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             args, resume = load_resume_checkpoint(parser, argv, args)
             check_arguments(parser, args)
         context = setup_training(args, resume)
-        print_setup(context)
+        context.metadata["skipped_files"] = context.skipped_files
+        print_setup(context.metadata, METADATA_NAME)
         hooks: list[AfterEpochHook] = []
         if args.detect_problematic and args.cross_val_folds:
             if resume is None:  # a resumed run did its cross-validation before its first epoch
@@ -2180,7 +1241,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         run_epochs(context, resume, hooks)
         calibrate_best_model(context)
         write_metadata(context, "completed")
-        print_summary(context)
+        print_summary(context.metadata, context.output_dir / BEST_MODEL_NAME, context.output_dir / METADATA_NAME)
     except DatasetError as error:
         print(f"error: {error}", file=sys.stderr)
         return 2

@@ -33,6 +33,7 @@ from torchvision import transforms
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import classifier  # noqa: E402
 import train_classifier  # noqa: E402
+import training_data  # noqa: E402
 
 CLASSES = ("bird", "plane", "superman", "other")
 VAL_PER_CLASS = 2  # the trainer needs a val split; it is not timed
@@ -74,7 +75,7 @@ def generate_dataset(root: Path, images: int, width: int, height: int) -> Path:
 class NaiveDataset(Dataset):
     """What a first version of a trainer does: open the full-size file and run torchvision's PIL transforms."""
 
-    def __init__(self, samples: Sequence[train_classifier.Sample], image_size: int) -> None:
+    def __init__(self, samples: Sequence[training_data.Sample], image_size: int) -> None:
         self.samples = list(samples)
         self.transform = transforms.Compose(
             [
@@ -113,7 +114,7 @@ def time_pipelines(
     for start in range(0, len(samples), batch_size):
         started = time.perf_counter()
         chunk = samples[start : start + batch_size]
-        train_classifier.prepare_images(chunk, "train", image_size, resize_size, 2**40, None, "decoding")
+        training_data.prepare_images(chunk, "train", image_size, resize_size, 2**40, None, "decoding")
         seconds["decode_once"] += time.perf_counter() - started
         started = time.perf_counter()
         batch = next(our_batches, None)

@@ -22,6 +22,8 @@ from PIL import Image
 
 import classifier
 import train_classifier
+import training_data
+import training_report
 
 TINY = ["--arch", "resnet18", "--image-size", "64", "--num-workers", "0", "--device", "cpu", "--seed", "3"]
 FROZEN_PREFIXES = ("conv1.", "bn1.", "layer1.", "layer2.", "layer3.")  # what --freeze-until layer3 keeps fixed
@@ -171,7 +173,7 @@ def test_resume_after_an_interruption_gives_the_same_history(
     code = train_classifier.main(["--resume", "--output-dir", str(tmp_path / "resumed")])
     assert code == 0
     resumed = read_json(tmp_path / "resumed" / "training_metadata.json")["epochs"]
-    assert train_classifier.history_for_comparison(resumed) == train_classifier.history_for_comparison(straight)
+    assert training_report.history_for_comparison(resumed) == training_report.history_for_comparison(straight)
 
 
 def test_resume_without_a_checkpoint_is_a_clear_error(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
@@ -275,15 +277,15 @@ def test_weighted_sampler_balances_skewed_classes() -> None:
     labels = [0] * 40 + [1] * 10 + [2] * 10 + [3] * 10
     counts = np.zeros(4)
     for epoch in range(100):
-        draw = train_classifier.draw_epoch(labels, 4, True, seed=1, epoch=epoch)
+        draw = training_data.draw_epoch(labels, 4, True, seed=1, epoch=epoch)
         assert len(draw) == len(labels)
         counts += np.bincount([labels[index] for index, _ in draw], minlength=4)
     assert counts / counts.sum() == pytest.approx([0.25] * 4, abs=0.02)
-    plain = train_classifier.draw_epoch(labels, 4, False, seed=1, epoch=0)
+    plain = training_data.draw_epoch(labels, 4, False, seed=1, epoch=0)
     assert sorted(index for index, _ in plain) == list(range(70))  # without weighting: each image once
-    assert train_classifier.draw_epoch(labels, 4, True, 1, 5) == train_classifier.draw_epoch(labels, 4, True, 1, 5)
-    assert train_classifier.draw_epoch(labels, 4, True, 1, 5) != train_classifier.draw_epoch(labels, 4, True, 1, 6)
-    excluded = train_classifier.draw_epoch(labels, 4, True, 1, 0, excluded=frozenset(range(40, 50)))
+    assert training_data.draw_epoch(labels, 4, True, 1, 5) == training_data.draw_epoch(labels, 4, True, 1, 5)
+    assert training_data.draw_epoch(labels, 4, True, 1, 5) != training_data.draw_epoch(labels, 4, True, 1, 6)
+    excluded = training_data.draw_epoch(labels, 4, True, 1, 0, excluded=frozenset(range(40, 50)))
     assert not {index for index, _ in excluded} & set(range(40, 50))
 
 
@@ -301,14 +303,14 @@ def _is_upside_down(pixels: np.ndarray) -> bool:
 
 
 def test_augmentation_never_flips_birds_or_planes_upside_down() -> None:
-    assert train_classifier.AUGMENTATION_TABLE["bird"].vertical_flip == 0.0
-    assert train_classifier.AUGMENTATION_TABLE["plane"].vertical_flip == 0.0
+    assert training_data.AUGMENTATION_TABLE["bird"].vertical_flip == 0.0
+    assert training_data.AUGMENTATION_TABLE["plane"].vertical_flip == 0.0
     image = _top_red_bottom_blue()
     rng = np.random.default_rng(0)
     flips = {}
     for name in ("bird", "plane", "other"):
-        policy = train_classifier.augmentation_policy_for(name)
-        views = [train_classifier.augment_image(image, policy, 64, rng) for _ in range(200)]
+        policy = training_data.augmentation_policy_for(name)
+        views = [training_data.augment_image(image, policy, 64, rng) for _ in range(200)]
         assert all(view.shape == (64, 64, 3) and view.dtype == np.uint8 for view in views)
         flips[name] = sum(_is_upside_down(view) for view in views)
     assert flips["bird"] == 0 and flips["plane"] == 0
@@ -316,10 +318,10 @@ def test_augmentation_never_flips_birds_or_planes_upside_down() -> None:
 
 
 def test_unknown_classes_and_uniform_augmentation_use_the_default_row() -> None:
-    default = train_classifier.DEFAULT_AUGMENTATION
-    assert train_classifier.augmentation_policy_for("cat") == default
-    assert all(train_classifier.augmentation_policy_for(name, is_uniform=True) == default for name in ("bird", "other"))
-    assert train_classifier.augmentation_policy_for("superman").vertical_flip > 0
+    default = training_data.DEFAULT_AUGMENTATION
+    assert training_data.augmentation_policy_for("cat") == default
+    assert all(training_data.augmentation_policy_for(name, is_uniform=True) == default for name in ("bird", "other"))
+    assert training_data.augmentation_policy_for("superman").vertical_flip > 0
 
 
 def test_color_jitter_matches_torchvision_factors() -> None:
@@ -327,11 +329,11 @@ def test_color_jitter_matches_torchvision_factors() -> None:
 
     image = make_class_image(1, 1, (32, 32))
     pixels = np.asarray(image, dtype=int)
-    assert np.array_equal(np.asarray(train_classifier.jitter_colors(image, 1.0, 1.0, 1.0)), pixels)
-    grey = np.asarray(train_classifier.jitter_colors(image, 1.0, 1.0, 0.0), dtype=int)
+    assert np.array_equal(np.asarray(training_data.jitter_colors(image, 1.0, 1.0, 1.0)), pixels)
+    grey = np.asarray(training_data.jitter_colors(image, 1.0, 1.0, 0.0), dtype=int)
     assert (grey.max(axis=-1) - grey.min(axis=-1)).max() == 0
     for factors in [(0.7, 1.0, 1.0), (1.0, 1.3, 1.0), (1.0, 1.0, 1.4), (1.2, 0.8, 0.7)]:
-        ours = np.asarray(train_classifier.jitter_colors(image, *factors), dtype=int)
+        ours = np.asarray(training_data.jitter_colors(image, *factors), dtype=int)
         theirs = TF.adjust_saturation(
             TF.adjust_contrast(TF.adjust_brightness(image, factors[0]), factors[1]), factors[2]
         )
@@ -340,10 +342,10 @@ def test_color_jitter_matches_torchvision_factors() -> None:
 
 def test_training_copies_keep_the_shorter_side_and_centre_of_panoramas(tmp_path: Path) -> None:
     wide = save_image(make_class_image(0, 1, (2000, 10)), tmp_path / "wide.png")
-    pixels = train_classifier.decode_training_copy(wide, 73)
+    pixels = training_data.decode_training_copy(wide, 73)
     assert pixels.shape[0] == 73 and pixels.shape[1] <= 2 * 73 + 1
     photo = save_image(make_class_image(1, 1, (400, 300)), tmp_path / "photo.jpg")
-    assert train_classifier.decode_training_copy(photo, 73).shape == (73, 97, 3)
+    assert training_data.decode_training_copy(photo, 73).shape == (73, 97, 3)
 
 
 def test_classification_metrics_match_sklearn() -> None:
@@ -352,8 +354,8 @@ def test_classification_metrics_match_sklearn() -> None:
     rng = np.random.default_rng(4)
     labels = rng.integers(0, 3, 200)
     predicted = np.where(rng.random(200) < 0.7, labels, rng.integers(0, 4, 200))  # class 3 is never true
-    matrix = train_classifier.confusion_matrix(labels, predicted, 4)
-    metrics = train_classifier.classification_metrics(matrix, ["a", "b", "c", "d"])
+    matrix = training_report.confusion_matrix(labels, predicted, 4)
+    metrics = training_report.classification_metrics(matrix, ["a", "b", "c", "d"])
     precision, recall, f1, support = precision_recall_fscore_support(
         labels, predicted, labels=[0, 1, 2, 3], zero_division=0
     )
@@ -369,10 +371,10 @@ def test_temperature_fit_recovers_a_known_temperature() -> None:
     generator = torch.Generator().manual_seed(0)
     logits = torch.randn(4000, 4, generator=generator) * 4
     labels = torch.multinomial(torch.softmax(logits / 2.5, dim=1), 1, generator=generator).squeeze(1)
-    temperature = train_classifier.fit_temperature(logits, labels)
+    temperature = training_report.fit_temperature(logits, labels)
     assert temperature == pytest.approx(2.5, rel=0.1)
-    before = train_classifier.expected_calibration_error(torch.softmax(logits, 1).numpy(), labels.numpy())
-    after = train_classifier.expected_calibration_error(torch.softmax(logits / temperature, 1).numpy(), labels.numpy())
+    before = training_report.expected_calibration_error(torch.softmax(logits, 1).numpy(), labels.numpy())
+    after = training_report.expected_calibration_error(torch.softmax(logits / temperature, 1).numpy(), labels.numpy())
     assert after < before / 2
 
 
@@ -380,13 +382,13 @@ def test_threshold_table_sends_unsure_predictions_to_other() -> None:
     classes = ["bird", "other", "plane"]
     probabilities = np.array([[0.9, 0.05, 0.05], [0.62, 0.08, 0.3], [0.2, 0.1, 0.7], [0.56, 0.4, 0.04]])
     labels = [0, 1, 2, 1]  # the two unsure "bird" predictions are really "other"
-    table = {row["threshold"]: row for row in train_classifier.threshold_table(probabilities, labels, classes)}
+    table = {row["threshold"]: row for row in training_report.threshold_table(probabilities, labels, classes)}
     assert (table[0.5]["accuracy"], table[0.5]["sent_to_other"]) == (0.5, 0.0)
     assert (table[0.6]["accuracy"], table[0.6]["sent_to_other"]) == (0.75, 0.25)
     assert (table[0.65]["accuracy"], table[0.65]["sent_to_other"]) == (1.0, 0.5)
     assert table[0.7]["accuracy"] == 1.0  # a probability exactly at the threshold keeps its class
     assert (table[0.95]["accuracy"], table[0.95]["sent_to_other"], table[0.95]["accepted_accuracy"]) == (0.5, 1.0, None)
-    assert train_classifier.recommend_threshold(list(table.values())) == 0.65  # ties go to the lowest threshold
+    assert training_report.recommend_threshold(list(table.values())) == 0.65  # ties go to the lowest threshold
 
 
 def test_learning_rate_warms_up_then_decays_to_zero() -> None:
@@ -397,9 +399,9 @@ def test_learning_rate_warms_up_then_decays_to_zero() -> None:
 
 
 def test_class_set_difference_names_both_sides() -> None:
-    message = train_classifier.compare_class_sets(["bird", "plane"], ["bird", "cat"])
+    message = training_data.compare_class_sets(["bird", "plane"], ["bird", "cat"])
     assert "plane" in message and "cat" in message
-    assert train_classifier.compare_class_sets(["a", "b"], ["b", "a"]) is None
+    assert training_data.compare_class_sets(["a", "b"], ["b", "a"]) is None
 
 
 def test_an_unavailable_device_is_a_usage_error(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:

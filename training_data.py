@@ -1,0 +1,576 @@
+"""The trainer's data pipeline: find the images, keep downsized copies, augment per class, draw each epoch.
+
+Imported by train_classifier.py (and benchmarks/bench_train.py), not a script. Reads images only through
+classifier.py (one set of reasons a bad file is refused) and writes nothing but the optional --cache-dir copies.
+
+- ``load_dataset``: the class folders (fileio.class_folders) and the image files of train/ and val/.
+- ``prepare_images``: each file checked once before training; with a cache budget, a downsized copy (shorter side at
+  the resize size) kept in memory and, with --cache-dir, on disk, so later epochs skip JPEG decoding.
+- ``ImageDataset``: HWC uint8 squares, augmented (view "train") or exactly as classifier.py sees them ("eval").
+- ``AUGMENTATION_TABLE``: the one per-class augmentation table.
+- ``EpochSampler`` / ``draw_epoch``: the epoch's draw, class-balanced by inverse frequency, reproducible by seed.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import math
+import os
+from collections.abc import Iterator, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import Any, NamedTuple
+
+import numpy as np
+import torch
+from PIL import Image
+from torch.utils.data import DataLoader, Dataset, Sampler, WeightedRandomSampler
+
+import classifier
+import cli
+import fileio
+
+CROP_RATIO = (3 / 4, 4 / 3)  # aspect ratios of random crops, torchvision's RandomResizedCrop default
+TRAINING_COPY_MAX_ASPECT = 2.0  # cached training copies keep at most a 2:1 centre band of a panorama
+ROTATION_FILL = (124, 116, 104)  # ImageNet mean colour: corners uncovered by a rotation normalise to about zero
+DEFAULT_CACHE_MAX_GB = 4.0  # downsized copies kept in memory; a 4:3 photo at 224 px takes 0.26 MB
+PREPARE_THREADS = max(1, min(8, os.cpu_count() or 1))  # Pillow releases the GIL while decoding and resizing
+
+
+class DatasetError(ValueError):
+    """The dataset cannot be trained on as it is; the message is one sentence saying why and what to do."""
+
+
+class Sample(NamedTuple):
+    """One image of the dataset: where it is, its class index, and its path relative to the dataset folder."""
+
+    path: Path
+    label: int
+    relpath: str
+
+
+class LoadedSample(NamedTuple):
+    pixels: np.ndarray  # HWC uint8, image_size square
+    label: int
+    index: int
+
+
+class FailedSample(NamedTuple):
+    index: int
+    reason: str
+
+
+@dataclasses.dataclass(frozen=True)
+class AugmentationPolicy:
+    """What random changes a training image of one class may get (probabilities, degrees, +/- factors)."""
+
+    horizontal_flip: float
+    vertical_flip: float
+    rotation_degrees: float
+    crop_scale: tuple[float, float]  # share of the image area a random crop keeps
+    brightness: float
+    contrast: float
+    saturation: float
+    grayscale: float
+
+
+# The one table of class-specific augmentation. Birds and planes never fly upside down, so they are never flipped
+# vertically; Superman strikes comic poses at any angle; "other" is anything, so it gets the full suite. A class name
+# not in the table gets DEFAULT_AUGMENTATION. Flipping only some classes can teach the model that "upside down means
+# superman or other": --uniform-augmentation gives every class DEFAULT_AUGMENTATION instead.
+DEFAULT_AUGMENTATION = AugmentationPolicy(0.5, 0.0, 10.0, (0.5, 1.0), 0.2, 0.2, 0.2, 0.05)
+AUGMENTATION_TABLE: dict[str, AugmentationPolicy] = {
+    "bird": AugmentationPolicy(0.5, 0.0, 15.0, (0.5, 1.0), 0.3, 0.3, 0.3, 0.05),
+    "plane": AugmentationPolicy(0.5, 0.0, 10.0, (0.5, 1.0), 0.3, 0.3, 0.2, 0.05),
+    "superman": AugmentationPolicy(0.5, 0.2, 25.0, (0.4, 1.0), 0.3, 0.3, 0.3, 0.05),
+    "other": AugmentationPolicy(0.5, 0.5, 30.0, (0.3, 1.0), 0.4, 0.4, 0.4, 0.1),
+}
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Pure functions: classes, sampling, augmentation
+
+
+def compare_class_sets(train_classes: Sequence[str], val_classes: Sequence[str]) -> str | None:
+    """One sentence naming how val's class folders differ from train's, or None when they match."""
+    missing = sorted(set(train_classes) - set(val_classes))
+    extra = sorted(set(val_classes) - set(train_classes))
+    parts = []
+    if missing:
+        parts.append(f"val/ lacks the class folder(s) {', '.join(missing)} that train/ has")
+    if extra:
+        parts.append(f"val/ has the class folder(s) {', '.join(extra)} that train/ lacks")
+    if not parts:
+        return None
+    return "The class folders differ: " + "; ".join(parts) + "; give val/ exactly the class folders of train/."
+
+
+def class_counts(labels: Sequence[int], num_classes: int) -> list[int]:
+    return np.bincount(np.asarray(labels, dtype=np.int64), minlength=num_classes).astype(int).tolist()
+
+
+def inverse_frequency_weights(labels: Sequence[int], num_classes: int) -> tuple[list[float], list[float]]:
+    """(per-class weight 1/count, per-sample weight): sampling by these gives every class the same expected share."""
+    counts = class_counts(labels, num_classes)
+    class_weights = [1.0 / count if count else 0.0 for count in counts]
+    return class_weights, [class_weights[label] for label in labels]
+
+
+def epoch_seed(seed: int, epoch: int) -> int:
+    """The seed of everything random in one epoch: an epoch replays exactly, whether resumed or not."""
+    return (int(seed) * 1_000_003 + int(epoch) * 7919) % (2**63 - 1)
+
+
+def draw_epoch(
+    labels: Sequence[int],
+    num_classes: int,
+    is_weighted: bool,
+    seed: int,
+    epoch: int,
+    excluded: frozenset[int] = frozenset(),
+) -> list[tuple[int, int]]:
+    """The (sample index, augmentation seed) pairs of one epoch, as many as there are usable samples.
+
+    Weighted: a WeightedRandomSampler with inverse class frequency (with replacement), so the classes come about
+    equally often. Otherwise a random permutation. Excluded indices (images that failed to decode) never come.
+    """
+    generator = torch.Generator().manual_seed(epoch_seed(seed, epoch))
+    usable = [i for i in range(len(labels)) if i not in excluded]
+    if not usable:
+        return []
+    if is_weighted:
+        _, weights = inverse_frequency_weights([labels[i] for i in usable], num_classes)
+        picks = list(WeightedRandomSampler(weights, len(usable), replacement=True, generator=generator))
+        indices = [usable[p] for p in picks]
+    else:
+        indices = [usable[p] for p in torch.randperm(len(usable), generator=generator).tolist()]
+    augmentation_seeds = torch.randint(0, 2**62, (len(indices),), generator=generator).tolist()
+    return list(zip(indices, augmentation_seeds))
+
+
+def augmentation_policy_for(class_name: str, is_uniform: bool = False) -> AugmentationPolicy:
+    """The table's row for the class, DEFAULT_AUGMENTATION for unknown names or with --uniform-augmentation."""
+    return DEFAULT_AUGMENTATION if is_uniform else AUGMENTATION_TABLE.get(class_name, DEFAULT_AUGMENTATION)
+
+
+def random_resized_crop_box(
+    width: int, height: int, scale: tuple[float, float], ratio: tuple[float, float], rng: np.random.Generator
+) -> tuple[int, int, int, int]:
+    """A random box covering ``scale`` of the area with aspect ``ratio`` (torchvision's RandomResizedCrop rule)."""
+    area = width * height
+    log_ratio = (math.log(ratio[0]), math.log(ratio[1]))
+    for _ in range(10):
+        target_area = area * rng.uniform(scale[0], scale[1])
+        aspect = math.exp(rng.uniform(*log_ratio))
+        crop_w = int(round(math.sqrt(target_area * aspect)))
+        crop_h = int(round(math.sqrt(target_area / aspect)))
+        if 0 < crop_w <= width and 0 < crop_h <= height:
+            left = int(rng.integers(0, width - crop_w + 1))
+            top = int(rng.integers(0, height - crop_h + 1))
+            return left, top, left + crop_w, top + crop_h
+    in_ratio = width / height
+    if in_ratio < ratio[0]:
+        crop_w, crop_h = width, int(round(width / ratio[0]))
+    elif in_ratio > ratio[1]:
+        crop_w, crop_h = int(round(height * ratio[1])), height
+    else:
+        crop_w, crop_h = width, height
+    left, top = (width - crop_w) // 2, (height - crop_h) // 2
+    return left, top, left + max(1, crop_w), top + max(1, crop_h)
+
+
+def augment_image(
+    pixels: np.ndarray, policy: AugmentationPolicy, image_size: int, rng: np.random.Generator
+) -> np.ndarray:
+    """A random ``image_size`` square view (HWC uint8) of an HWC uint8 image, following ``policy``.
+
+    Crop, rotation and flips are one affine resampling (a single pass over the output pixels), then the colours
+    change in one more pass: each image costs a few milliseconds from the cached copy.
+    """
+    height, width = pixels.shape[:2]
+    left, top, right, bottom = random_resized_crop_box(width, height, policy.crop_scale, CROP_RATIO, rng)
+    angle = math.radians(rng.uniform(-policy.rotation_degrees, policy.rotation_degrees))
+    scale_x = (right - left) / image_size * (-1.0 if rng.random() < policy.horizontal_flip else 1.0)
+    scale_y = (bottom - top) / image_size * (-1.0 if rng.random() < policy.vertical_flip else 1.0)
+    # Output pixel (u, v) samples the input at centre + rotation @ (scale * ((u, v) - half)).
+    a, b = math.cos(angle) * scale_x, -math.sin(angle) * scale_y
+    d, e = math.sin(angle) * scale_x, math.cos(angle) * scale_y
+    half = image_size / 2
+    c = (left + right) / 2 - (a + b) * half
+    f = (top + bottom) / 2 - (d + e) * half
+    image = Image.fromarray(pixels).transform(
+        (image_size, image_size),
+        Image.Transform.AFFINE,
+        (a, b, c, d, e, f),
+        resample=Image.Resampling.BILINEAR,
+        fillcolor=ROTATION_FILL,
+    )
+    brightness = rng.uniform(1 - policy.brightness, 1 + policy.brightness)
+    contrast = rng.uniform(1 - policy.contrast, 1 + policy.contrast)
+    saturation = 0.0 if rng.random() < policy.grayscale else rng.uniform(1 - policy.saturation, 1 + policy.saturation)
+    return np.asarray(jitter_colors(image, brightness, contrast, saturation), dtype=np.uint8)
+
+
+def jitter_colors(image: Image.Image, brightness: float, contrast: float, saturation: float) -> Image.Image:
+    """Colour changes by factors (1 = unchanged; saturation 0 = grey), as torchvision's ColorJitter in fixed order.
+
+    Saturation blends with the grey image; brightness and contrast are then one lookup table, as both are affine in
+    the pixel value (contrast pulls towards the mean grey). Only the clipping between the steps is left out.
+    """
+    gray = image.convert("L")
+    if saturation != 1.0:
+        image = Image.blend(gray.convert("RGB"), image, saturation)
+    mean_gray = float(np.asarray(gray).mean())
+    values = np.arange(256) * (brightness * contrast) + (1 - contrast) * brightness * mean_gray
+    table = np.clip(np.rint(values), 0, 255).astype(np.uint8).tolist()
+    return image.point(table * 3)
+
+
+def training_copy_box(width: int, height: int) -> tuple[int, int, int, int]:
+    """The centre band of the image kept in the training copy: all of it unless it is wider than 2:1 (or taller)."""
+    if width > TRAINING_COPY_MAX_ASPECT * height:
+        band = int(math.ceil(TRAINING_COPY_MAX_ASPECT * height))
+        left = (width - band) // 2
+        return left, 0, left + band, height
+    if height > TRAINING_COPY_MAX_ASPECT * width:
+        band = int(math.ceil(TRAINING_COPY_MAX_ASPECT * width))
+        top = (height - band) // 2
+        return 0, top, width, top + band
+    return 0, 0, width, height
+
+
+def training_copy_size(box_width: int, box_height: int, resize_size: int) -> tuple[int, int]:
+    """Size of the training copy: the shorter side becomes ``resize_size``, the aspect ratio is kept."""
+    scale = resize_size / min(box_width, box_height)
+    return max(resize_size, int(round(box_width * scale))), max(resize_size, int(round(box_height * scale)))
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Images on disk: scanning, decoding, caching
+
+
+def check_image_header(path: Path) -> str | None:
+    """A cheap check (header only, no decoding): None when the file looks usable, else the reason it is not."""
+    try:
+        classifier.open_image(path).close()
+    except classifier.ImageLoadError as error:
+        return str(error)
+    return None
+
+
+def scan_split(dataset_dir: Path, split: str, classes: Sequence[str]) -> tuple[list[Sample], list[dict[str, str]]]:
+    """The image files of ``dataset_dir/split/<class>/`` (found by content) and the files there that are not images."""
+    samples: list[Sample] = []
+    skipped: list[dict[str, str]] = []
+    for label, name in enumerate(classes):
+        folder = dataset_dir / split / name
+        images = classifier.find_image_files(folder)
+        image_set = set(images)
+        for path in images:
+            samples.append(Sample(path, label, path.relative_to(dataset_dir).as_posix()))
+        for directory, subdirs, names in os.walk(folder):
+            subdirs[:] = [d for d in subdirs if not d.startswith(".")]
+            for file_name in names:
+                path = Path(directory) / file_name
+                if not file_name.startswith(".") and path not in image_set:
+                    reason = f"not an image: {classifier.describe_content(path)}"
+                    skipped.append(skip_record(dataset_dir, path, split, reason))
+    return samples, skipped
+
+
+def skip_record(dataset_dir: Path, path: Path, split: str, reason: str) -> dict[str, str]:
+    return {"path": path.relative_to(dataset_dir).as_posix(), "split": split, "reason": reason}
+
+
+def decode_training_copy(path: Path, resize_size: int) -> np.ndarray:
+    """HWC uint8: the image with its shorter side at ``resize_size`` (what random crops are cut from)."""
+    image = classifier.load_image(path, draft_size=(resize_size, resize_size))
+    box = training_copy_box(image.width, image.height)
+    size = training_copy_size(box[2] - box[0], box[3] - box[1], resize_size)
+    return np.asarray(image.resize(size, Image.Resampling.BILINEAR, box=box), dtype=np.uint8)
+
+
+def decode_eval_view(path: Path, image_size: int, resize_size: int) -> np.ndarray:
+    """HWC uint8: exactly the model input classifier.py makes of the file, before normalisation."""
+    image = classifier.load_image(path, draft_size=(resize_size, resize_size))
+    return classifier.image_to_uint8(image, image_size, resize_size)
+
+
+def decode_view(path: Path, view: str, image_size: int, resize_size: int) -> np.ndarray:
+    if view == "train":
+        return decode_training_copy(path, resize_size)
+    return decode_eval_view(path, image_size, resize_size)
+
+
+def disk_cache_path(cache_dir: Path, path: Path, view: str, image_size: int, resize_size: int) -> Path:
+    """Where the cached copy of one file lives; the name changes when the file or the sizes change."""
+    stat = path.stat()
+    key = f"{path.resolve()}|{stat.st_size}|{stat.st_mtime_ns}|{view}|{image_size}|{resize_size}"
+    return cache_dir / f"{hashlib.sha1(key.encode('utf-8')).hexdigest()}.npy"
+
+
+def save_array_atomically(path: Path, array: np.ndarray) -> None:
+    with fileio.atomic_write(path, "wb") as handle:
+        np.save(handle, array, allow_pickle=False)
+
+
+@dataclasses.dataclass
+class PreparedImages:
+    """Per sample: the cached copy in memory (ndarray), on disk (Path) or not cached (None), for one view."""
+
+    view: str
+    entries: list[np.ndarray | Path | None]
+    memory_bytes: int = 0
+
+
+def prepare_images(
+    samples: Sequence[Sample],
+    view: str,
+    image_size: int,
+    resize_size: int,
+    memory_budget_bytes: int,
+    cache_dir: Path | None,
+    description: str,
+) -> tuple[PreparedImages, list[tuple[int, str]]]:
+    """Check every file once before training and keep downsized copies, so later epochs skip JPEG decoding.
+
+    With a memory budget or a cache folder each file is decoded (draft mode: only at the size needed) and resized
+    once; without either, only the header is checked and bad data shows up when the file is read in an epoch.
+    Returns the cache and the (index, reason) of every file that cannot be used.
+    """
+    is_decoding = memory_budget_bytes > 0 or cache_dir is not None
+    if cache_dir is not None:
+        cache_dir.mkdir(parents=True, exist_ok=True)
+
+    def prepare(sample: Sample) -> tuple[np.ndarray | Path | None, str | None]:
+        try:
+            if not is_decoding:
+                return None, check_image_header(sample.path)
+            cached = disk_cache_path(cache_dir, sample.path, view, image_size, resize_size) if cache_dir else None
+            if cached is not None and cached.is_file():
+                return (np.load(cached, allow_pickle=False) if memory_budget_bytes > 0 else cached), None
+            pixels = decode_view(sample.path, view, image_size, resize_size)
+            if cached is not None:
+                save_array_atomically(cached, pixels)
+            return pixels, None
+        except classifier.ImageLoadError as error:
+            return None, str(error)
+        except Exception as error:  # noqa: BLE001 - one bad file must never stop the run
+            return None, f"{type(error).__name__}: {error}"
+
+    prepared = PreparedImages(view, [None] * len(samples))
+    failures: list[tuple[int, str]] = []
+    with ThreadPoolExecutor(max_workers=PREPARE_THREADS, thread_name_prefix="prepare") as pool:
+        results = pool.map(prepare, samples)
+        for index, (entry, reason) in enumerate(
+            cli.progress(results, total=len(samples), desc=description, leave=False)
+        ):
+            if reason is not None:
+                failures.append((index, reason))
+            elif isinstance(entry, np.ndarray):
+                if prepared.memory_bytes + entry.nbytes <= memory_budget_bytes:
+                    prepared.entries[index] = entry
+                    prepared.memory_bytes += entry.nbytes
+                elif cache_dir is not None:
+                    prepared.entries[index] = disk_cache_path(
+                        cache_dir, samples[index].path, view, image_size, resize_size
+                    )
+            else:
+                prepared.entries[index] = entry
+    return prepared, failures
+
+
+_LOADER_THREADS: tuple[int, ThreadPoolExecutor] | None = None
+
+
+def loader_threads() -> ThreadPoolExecutor:
+    """This process's pool for loading batches; a loader worker forked from a process with a pool makes its own."""
+    global _LOADER_THREADS
+    if _LOADER_THREADS is None or _LOADER_THREADS[0] != os.getpid():
+        _LOADER_THREADS = (os.getpid(), ThreadPoolExecutor(max_workers=PREPARE_THREADS, thread_name_prefix="load"))
+    return _LOADER_THREADS[1]
+
+
+class ImageDataset(Dataset):
+    """Images of one split as HWC uint8 squares: augmented (view "train") or as classifier.py sees them ("eval").
+
+    Keys are a sample index (eval) or (index, augmentation seed) pairs from EpochSampler (train), so the random
+    changes depend only on the seed, never on which worker process loads the image. An image that cannot be read
+    comes back as a FailedSample, which ``collate_samples`` sets aside.
+    """
+
+    def __init__(
+        self,
+        samples: Sequence[Sample],
+        view: str,
+        image_size: int,
+        resize_size: int,
+        prepared: PreparedImages | None = None,
+        policies: Sequence[AugmentationPolicy] | None = None,
+    ) -> None:
+        if view not in ("train", "eval"):
+            raise ValueError(f"view must be 'train' or 'eval', got {view!r}")
+        if prepared is not None and prepared.view == "eval" and view == "train":
+            raise ValueError("training images cannot be cut from eval-view copies")
+        if view == "train" and policies is None:
+            raise ValueError("the train view needs one augmentation policy per class")
+        self.samples = list(samples)
+        self.view = view
+        self.image_size = image_size
+        self.resize_size = resize_size
+        self.prepared = prepared
+        self.policies = list(policies) if policies is not None else []
+        self.excluded: set[int] = set()  # images that failed to decode; the samplers leave them out
+
+    def __len__(self) -> int:
+        return len(self.samples)
+
+    def pixels(self, index: int) -> np.ndarray:
+        """The image in this dataset's view, from the cache when there is a copy, else decoded from the file."""
+        entry = self.prepared.entries[index] if self.prepared is not None else None
+        if isinstance(entry, Path):
+            entry = np.load(entry, allow_pickle=False)
+        if entry is None:
+            return decode_view(self.samples[index].path, self.view, self.image_size, self.resize_size)
+        if self.view == "eval" and self.prepared.view == "train":
+            # The training copy already has its shorter side at resize_size, so this is classifier.py's centre crop
+            # (up to a half-pixel resampling difference) without decoding the file again.
+            return classifier.image_to_uint8(Image.fromarray(entry), self.image_size, self.resize_size)
+        return entry
+
+    def __getitems__(self, keys: Sequence[int | tuple[int, int]]) -> list[LoadedSample | FailedSample]:
+        """A batch (the DataLoader asks for whole batches), loaded in threads: Pillow releases the GIL while it
+        resamples, so both cores work even with num_workers=0. Same order as ``keys``, and each image's random
+        changes come from its own seed, so the result does not depend on the threads."""
+        if len(keys) < 2:
+            return [self[key] for key in keys]
+        return list(loader_threads().map(self.__getitem__, keys))
+
+    def __getitem__(self, key: int | tuple[int, int]) -> LoadedSample | FailedSample:
+        index, augmentation_seed = key if isinstance(key, tuple) else (key, None)
+        sample = self.samples[index]
+        try:
+            pixels = self.pixels(index)
+            if self.view == "train":
+                rng = np.random.default_rng(augmentation_seed)
+                pixels = augment_image(pixels, self.policies[sample.label], self.image_size, rng)
+            return LoadedSample(pixels, sample.label, index)
+        except classifier.ImageLoadError as error:
+            return FailedSample(index, str(error))
+        except Exception as error:  # noqa: BLE001 - a file that breaks mid-epoch is skipped, never a crash
+            return FailedSample(index, f"{type(error).__name__}: {error}")
+
+
+class EpochSampler(Sampler):
+    """Yields the (index, augmentation seed) pairs of ``draw_epoch`` for the epoch set with ``set_epoch``."""
+
+    def __init__(self, dataset: ImageDataset, num_classes: int, is_weighted: bool, seed: int) -> None:
+        self.dataset = dataset
+        self.labels = [sample.label for sample in dataset.samples]
+        self.num_classes = num_classes
+        self.is_weighted = is_weighted
+        self.seed = seed
+        self.epoch = 0
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    def __len__(self) -> int:
+        return len(self.labels) - len(self.dataset.excluded)
+
+    def __iter__(self) -> Iterator[tuple[int, int]]:
+        excluded = frozenset(self.dataset.excluded)
+        return iter(draw_epoch(self.labels, self.num_classes, self.is_weighted, self.seed, self.epoch, excluded))
+
+
+class UsableIndices(Sampler):
+    """Every index of the dataset in order, except the excluded ones (for evaluation)."""
+
+    def __init__(self, dataset: ImageDataset) -> None:
+        self.dataset = dataset
+
+    def __len__(self) -> int:
+        return len(self.dataset) - len(self.dataset.excluded)
+
+    def __iter__(self) -> Iterator[int]:
+        return iter([i for i in range(len(self.dataset)) if i not in self.dataset.excluded])
+
+
+def collate_samples(items: Sequence[LoadedSample | FailedSample]) -> dict[str, Any]:
+    """Stack the images that loaded (NHWC uint8) and set the failures aside as (index, reason)."""
+    loaded = [item for item in items if isinstance(item, LoadedSample)]
+    failures = [(item.index, item.reason) for item in items if isinstance(item, FailedSample)]
+    if loaded:
+        images = torch.from_numpy(np.stack([item.pixels for item in loaded]))
+    else:
+        images = torch.zeros((0, 1, 1, 3), dtype=torch.uint8)
+    return {
+        "images": images,
+        "labels": torch.tensor([item.label for item in loaded], dtype=torch.long),
+        "indices": torch.tensor([item.index for item in loaded], dtype=torch.long),
+        "failures": failures,
+    }
+
+
+def make_loader(
+    dataset: ImageDataset, sampler: Sampler, batch_size: int, num_workers: int, device: torch.device, drop_last: bool
+) -> DataLoader:
+    return DataLoader(
+        dataset,
+        batch_size=batch_size,
+        sampler=sampler,
+        num_workers=num_workers,
+        collate_fn=collate_samples,
+        pin_memory=device.type == "cuda",
+        drop_last=drop_last,
+        persistent_workers=num_workers > 0,
+        prefetch_factor=4 if num_workers > 0 else None,
+    )
+
+
+def load_dataset(dataset_dir: Path) -> tuple[list[str], list[Sample], list[Sample], list[dict[str, str]]]:
+    """Classes, train and val samples, and non-image files; DatasetError when the layout cannot be trained on."""
+    if not dataset_dir.is_dir():
+        raise DatasetError(f"The dataset folder {dataset_dir} does not exist; pass --dataset-dir with train/ and val/.")
+    classes = fileio.class_folders(dataset_dir / "train")
+    if not classes:
+        raise DatasetError(f"{dataset_dir / 'train'} has no class folders; expected train/<class>/ with images.")
+    if len(classes) < 2:
+        raise DatasetError(f"{dataset_dir / 'train'} has only the class {classes[0]!r}; a classifier needs two.")
+    val_classes = fileio.class_folders(dataset_dir / "val")
+    if not val_classes:
+        raise DatasetError(f"{dataset_dir / 'val'} has no class folders; expected val/<class>/ like train/.")
+    difference = compare_class_sets(classes, val_classes)
+    if difference:
+        raise DatasetError(difference)
+    train_samples, skipped = scan_split(dataset_dir, "train", classes)
+    val_samples, val_skipped = scan_split(dataset_dir, "val", classes)
+    return classes, train_samples, val_samples, skipped + val_skipped
+
+
+def check_class_counts(classes: Sequence[str], counts: dict[str, list[int]]) -> None:
+    """DatasetError naming the empty splits or classes (after bad files are set aside)."""
+    for split, split_counts in counts.items():
+        if sum(split_counts) == 0:
+            raise DatasetError(f"The {split}/ split has no usable images; add images to {split}/<class>/.")
+        empty = [name for name, count in zip(classes, split_counts) if count == 0]
+        if empty:
+            raise DatasetError(
+                f"The class folder(s) {', '.join(f'{split}/{name}' for name in empty)} have no usable images; "
+                "add images or remove the class from train/ and val/."
+            )
+
+
+def resolve_num_workers(requested: int | None, device: torch.device) -> int:
+    """Data loader processes: as asked, else enough to feed a GPU, and none on a small CPU machine.
+
+    With the downsized cache an augmented image costs about 1 ms, while a CPU training step costs tens of ms per
+    image: extra processes on a few cores would only take CPU time from the model.
+    """
+    if requested is not None:
+        return requested
+    cpus = os.cpu_count() or 1
+    if device.type == "cpu":
+        return 0 if cpus <= 4 else min(2, cpus // 8)
+    return max(1, min(8, cpus - 1))

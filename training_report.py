@@ -1,0 +1,440 @@
+"""The trainer's reporting: metrics, calibration, the threshold table, error analysis, plots and printed tables.
+
+Imported by train_classifier.py, not a script. Pure functions over labels, predictions and probabilities, then the
+few that write files (PNG and JSON, atomically through fileio) and those that print.
+
+Writes into the trainer's --output-dir:
+    training_curves.png, confusion_matrix.png
+    error_analysis/epoch_XX/<true_class>_errors.json and contact_sheet.png (most confident mistakes of one epoch)
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from PIL import Image, ImageDraw, ImageFont
+
+import classifier
+import cli
+import fileio
+from training_data import ImageDataset
+
+SCHEMA_VERSION = 1  # of training_metadata.json and the error-analysis files
+ERRORS_PER_CLASS = 10  # most confident mistakes kept per true class and epoch
+THRESHOLDS = tuple(round(0.50 + 0.05 * i, 2) for i in range(10))  # 0.50 ... 0.95, the confidence thresholds tried
+ECE_BINS = 15  # the usual number of equal-width confidence bins for the expected calibration error
+TEMPERATURE_RANGE = (0.25, 20.0)  # searched temperatures; a perfectly separated val set would push T towards 0
+GOLDEN_SECTION_STEPS = 80  # shrinks the temperature search interval by 0.618**80, far below float precision
+CONTACT_TILE = 128  # pixels per thumbnail in the error-analysis contact sheets
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Pure functions: metrics, calibration, thresholds, schedule
+
+
+def confusion_matrix(labels: Sequence[int], predictions: Sequence[int], num_classes: int) -> np.ndarray:
+    """Counts with rows = true class, columns = predicted class."""
+    matrix = np.zeros((num_classes, num_classes), dtype=np.int64)
+    np.add.at(matrix, (np.asarray(labels, dtype=np.int64), np.asarray(predictions, dtype=np.int64)), 1)
+    return matrix
+
+
+def classification_metrics(matrix: np.ndarray, classes: Sequence[str]) -> dict[str, Any]:
+    """Accuracy, per-class precision/recall/F1/support and macro F1 over the classes present (support > 0)."""
+    matrix = np.asarray(matrix, dtype=np.int64)
+    true_positive = np.diag(matrix).astype(float)
+    support = matrix.sum(axis=1)
+    predicted = matrix.sum(axis=0)
+    per_class: dict[str, dict[str, float | int]] = {}
+    f1_present = []
+    for i, name in enumerate(classes):
+        precision = true_positive[i] / predicted[i] if predicted[i] else 0.0
+        recall = true_positive[i] / support[i] if support[i] else 0.0
+        f1 = 2 * precision * recall / (precision + recall) if precision + recall else 0.0
+        per_class[name] = {
+            "precision": float(precision),
+            "recall": float(recall),
+            "f1": float(f1),
+            "support": int(support[i]),
+        }
+        if support[i]:
+            f1_present.append(f1)
+    total = int(matrix.sum())
+    return {
+        "accuracy": float(true_positive.sum() / total) if total else 0.0,
+        "macro_f1": float(np.mean(f1_present)) if f1_present else 0.0,
+        "per_class": per_class,
+    }
+
+
+def negative_log_likelihood(logits: torch.Tensor, labels: torch.Tensor, temperature: float = 1.0) -> float:
+    return float(F.cross_entropy(logits.float() / temperature, labels.long()).item()) if len(labels) else 0.0
+
+
+def fit_temperature(logits: torch.Tensor, labels: torch.Tensor) -> float:
+    """The temperature T minimising the NLL of softmax(logits / T).
+
+    The NLL is convex in 1/T, so a golden-section search over 1/T finds the optimum exactly. T is kept within
+    TEMPERATURE_RANGE: with no mistakes on val the NLL keeps falling as T shrinks, and a tiny T would make the
+    classifier absurdly sure of itself.
+    """
+    if len(labels) == 0:
+        return 1.0
+    logits, labels = logits.float(), labels.long()
+    low, high = 1.0 / TEMPERATURE_RANGE[1], 1.0 / TEMPERATURE_RANGE[0]
+    golden = (math.sqrt(5) - 1) / 2
+
+    def nll(inverse_temperature: float) -> float:
+        return float(F.cross_entropy(logits * inverse_temperature, labels).item())
+
+    a, b = low, high
+    c, d = b - golden * (b - a), a + golden * (b - a)
+    fc, fd = nll(c), nll(d)
+    for _ in range(GOLDEN_SECTION_STEPS):
+        if fc <= fd:
+            b, d, fd = d, c, fc
+            c = b - golden * (b - a)
+            fc = nll(c)
+        else:
+            a, c, fc = c, d, fd
+            d = a + golden * (b - a)
+            fd = nll(d)
+    return float(1.0 / ((a + b) / 2))
+
+
+def expected_calibration_error(probabilities: np.ndarray, labels: Sequence[int], bins: int = ECE_BINS) -> float:
+    """Sum over equal-width confidence bins of (share of images) x |accuracy - mean confidence|."""
+    probabilities = np.asarray(probabilities, dtype=np.float64)
+    labels = np.asarray(labels)
+    if len(labels) == 0:
+        return 0.0
+    confidence = probabilities.max(axis=1)
+    correct = probabilities.argmax(axis=1) == labels
+    bin_index = np.minimum((confidence * bins).astype(int), bins - 1)
+    error = 0.0
+    for b in range(bins):
+        members = bin_index == b
+        if members.any():
+            error += members.mean() * abs(correct[members].mean() - confidence[members].mean())
+    return float(error)
+
+
+def threshold_table(
+    probabilities: np.ndarray, labels: Sequence[int], classes: Sequence[str], thresholds: Sequence[float] = THRESHOLDS
+) -> list[dict[str, Any]]:
+    """Per threshold: accuracy when predictions below it become FALLBACK_LABEL, and the share sent there.
+
+    Without a FALLBACK_LABEL class a rejected image counts as wrong. ``accepted_accuracy`` is the accuracy of the
+    predictions that were kept.
+    """
+    probabilities = np.asarray(probabilities, dtype=np.float64)
+    labels = np.asarray(labels)
+    predicted = probabilities.argmax(axis=1) if len(labels) else np.zeros(0, dtype=int)
+    confidence = probabilities.max(axis=1) if len(labels) else np.zeros(0)
+    fallback = list(classes).index(classifier.FALLBACK_LABEL) if classifier.FALLBACK_LABEL in classes else -1
+    rows = []
+    for threshold in thresholds:
+        rejected = confidence < threshold
+        final = np.where(rejected, fallback, predicted)
+        kept = ~rejected
+        rows.append(
+            {
+                "threshold": float(threshold),
+                "accuracy": float((final == labels).mean()) if len(labels) else 0.0,
+                "sent_to_other": float(rejected.mean()) if len(labels) else 0.0,
+                "accepted_accuracy": float((predicted[kept] == labels[kept]).mean()) if kept.any() else None,
+            }
+        )
+    return rows
+
+
+def recommend_threshold(table: Sequence[dict[str, Any]]) -> float:
+    """The threshold with the best accuracy; ties go to the lowest (fewest images sent to "other")."""
+    best = max(table, key=lambda row: (round(row["accuracy"], 9), -row["threshold"]))
+    return float(best["threshold"])
+
+
+def top_confident_mistakes(
+    probabilities: np.ndarray,
+    labels: Sequence[int],
+    relpaths: Sequence[str],
+    classes: Sequence[str],
+    per_class: int = ERRORS_PER_CLASS,
+) -> dict[str, list[dict[str, Any]]]:
+    """For every true class, its ``per_class`` wrong predictions with the highest confidence, most confident first."""
+    probabilities = np.asarray(probabilities, dtype=np.float64)
+    mistakes: dict[str, list[dict[str, Any]]] = {name: [] for name in classes}
+    for row, (label, relpath) in enumerate(zip(labels, relpaths)):
+        predicted = int(probabilities[row].argmax())
+        if predicted != int(label):
+            mistakes[classes[int(label)]].append(
+                {
+                    "image_path": relpath,
+                    "true_label": classes[int(label)],
+                    "predicted_label": classes[predicted],
+                    "confidence": float(probabilities[row, predicted]),
+                    "all_probabilities": {c: float(p) for c, p in zip(classes, probabilities[row])},
+                }
+            )
+    for name in classes:
+        mistakes[name].sort(key=lambda item: (-item["confidence"], item["image_path"]))
+        del mistakes[name][per_class:]
+    return mistakes
+
+
+def history_for_comparison(history: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Epoch records without the timing fields, which differ between otherwise identical runs."""
+    return [{k: v for k, v in record.items() if k not in ("seconds", "images_per_second")} for record in history]
+
+
+@dataclasses.dataclass
+class Predictions:
+    """Per-image results of ``evaluate_dataset``: rows follow ``indices`` (positions in the dataset's samples)."""
+
+    logits: torch.Tensor  # (N, C) float32, CPU
+    labels: torch.Tensor  # (N,)
+    indices: torch.Tensor  # (N,)
+    failures: list[tuple[int, str]]
+
+    @property
+    def losses(self) -> torch.Tensor:
+        """Per-image cross-entropy loss."""
+        return F.cross_entropy(self.logits, self.labels, reduction="none")
+
+    def probabilities(self, temperature: float = 1.0) -> np.ndarray:
+        return classifier.softmax_with_temperature(self.logits, temperature).numpy()
+
+    def relpaths(self, dataset: ImageDataset) -> list[str]:
+        return [dataset.samples[i].relpath for i in self.indices.tolist()]
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Writing results
+
+
+def best_record(history: Sequence[dict[str, Any]]) -> dict[str, Any] | None:
+    best = [record for record in history if record["is_best"]]
+    return best[-1] if best else None
+
+
+def _pyplot():
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def plot_training_curves(history: Sequence[dict[str, Any]], path: Path) -> None:
+    """Loss, accuracy and macro F1 per epoch, train against val, as one PNG."""
+    plt = _pyplot()
+    epochs = [record["epoch"] for record in history]
+    figure, axes = plt.subplots(1, 3, figsize=(15, 4.2))
+    panels = (
+        ("loss", [("train_loss", "train"), ("val_loss", "val")]),
+        ("accuracy", [("train_accuracy", "train"), ("val_accuracy", "val")]),
+        ("macro F1", [("macro_f1", "val")]),
+    )
+    for axis, (title, series) in zip(axes, panels):
+        for key, label in series:
+            axis.plot(epochs, [record[key] for record in history], marker="o", label=label)
+        axis.set_title(title)
+        axis.set_xlabel("epoch")
+        axis.xaxis.get_major_locator().set_params(integer=True)
+        axis.grid(alpha=0.3)
+        axis.legend()
+    best = best_record(history)
+    if best:
+        axes[2].axvline(best["epoch"], color="grey", linestyle="--", linewidth=1)
+    figure.subplots_adjust(left=0.05, right=0.98, bottom=0.14, top=0.9, wspace=0.25)
+    save_figure(figure, path)
+
+
+def plot_confusion_matrix(matrix: Sequence[Sequence[int]], classes: Sequence[str], title: str, path: Path) -> None:
+    plt = _pyplot()
+    matrix = np.asarray(matrix)
+    size = 1.2 + 0.9 * len(classes)
+    figure, axis = plt.subplots(figsize=(size + 1.5, size))
+    row_share = matrix / np.maximum(matrix.sum(axis=1, keepdims=True), 1)
+    image = axis.imshow(row_share, cmap="Blues", vmin=0, vmax=1)
+    for i in range(len(classes)):
+        for j in range(len(classes)):
+            colour = "white" if row_share[i, j] > 0.5 else "black"
+            axis.text(j, i, str(int(matrix[i, j])), ha="center", va="center", color=colour)
+    axis.set_xticks(range(len(classes)), classes, rotation=45, ha="right")
+    axis.set_yticks(range(len(classes)), classes)
+    axis.set_xlabel("predicted")
+    axis.set_ylabel("true")
+    axis.set_title(title)
+    figure.colorbar(image, ax=axis, label="share of the true class")
+    figure.tight_layout()
+    save_figure(figure, path)
+
+
+def write_contact_sheet(
+    mistakes: dict[str, list[dict[str, Any]]], dataset: ImageDataset, title: str, path: Path
+) -> None:
+    """One row of thumbnails per true class: its most confident mistakes, captioned with prediction and confidence.
+
+    Composed with Pillow rather than matplotlib: the thumbnails stay pixel-exact and it costs milliseconds per epoch.
+    """
+    by_path = {sample.relpath: i for i, sample in enumerate(dataset.samples)}
+    rows = [(name, items) for name, items in mistakes.items() if items]
+    tile, caption, label_width, header = CONTACT_TILE, 30, 110, 28
+    columns = max((len(items) for _, items in rows), default=1)
+    sheet = Image.new("RGB", (label_width + columns * tile, header + max(1, len(rows)) * (tile + caption)), "white")
+    draw = ImageDraw.Draw(sheet)
+    font = ImageFont.load_default(size=12)
+    draw.text((6, 6), title if rows else f"{title}: no mistakes", fill="black", font=font)
+    for r, (name, items) in enumerate(rows):
+        top = header + r * (tile + caption)
+        draw.text((6, top + tile // 2), f"true: {name}", fill="black", font=font)
+        for c, item in enumerate(items):
+            left = label_width + c * tile
+            try:
+                thumbnail = Image.fromarray(dataset.pixels(by_path[item["image_path"]]))
+                sheet.paste(thumbnail.resize((tile - 4, tile - 4), Image.Resampling.BILINEAR), (left + 2, top + 2))
+            except Exception as error:  # noqa: BLE001 - a thumbnail that cannot be shown must not stop training
+                draw.text((left + 6, top + tile // 2), f"unreadable ({type(error).__name__})", fill="red", font=font)
+            text = f"{item['predicted_label']} {item['confidence']:.2f}"
+            draw.text((left + 4, top + tile + 2), text, fill="firebrick", font=font)
+            draw.text((left + 4, top + tile + 15), Path(item["image_path"]).name[:18], fill="dimgray", font=font)
+    with fileio.atomic_write(path) as handle:
+        sheet.save(handle, "PNG")
+
+
+def save_figure(figure: Any, path: Path) -> None:
+    """Save a matplotlib figure as PNG atomically and close it."""
+    try:
+        with fileio.atomic_write(path) as handle:
+            figure.savefig(handle, dpi=100, format="png")
+    finally:
+        figure.clear()
+        _pyplot().close(figure)
+
+
+def write_error_analysis(
+    output_dir: Path, predictions: Predictions, val_dataset: ImageDataset, classes: Sequence[str], epoch: int
+) -> dict[str, list[dict[str, Any]]]:
+    """error_analysis/epoch_XX/<true_class>_errors.json and contact_sheet.png for one epoch (0-based ``epoch``)."""
+    folder = output_dir / "error_analysis" / f"epoch_{epoch + 1:02d}"
+    mistakes = top_confident_mistakes(
+        predictions.probabilities(), predictions.labels.tolist(), predictions.relpaths(val_dataset), classes
+    )
+    for name, items in mistakes.items():
+        report = {
+            "schema_version": SCHEMA_VERSION,
+            "epoch": epoch + 1,
+            "true_class": name,
+            "split": "val",
+            "errors": items,
+        }
+        fileio.write_json(folder / f"{name}_errors.json", report)
+    write_contact_sheet(
+        mistakes, val_dataset, f"epoch {epoch + 1}: most confident mistakes", folder / "contact_sheet.png"
+    )
+    return mistakes
+
+
+def print_setup(metadata: dict[str, Any], metadata_name: str) -> None:
+    """What is about to be trained: model, classes, images per class, sampling weights and skipped files."""
+    config, classes, skipped = metadata["config"], metadata["classes"], metadata["skipped_files"]
+    print(
+        f"Training {config['arch']} on {cli.printable(metadata['dataset_dir'])} ({', '.join(classes)}) on "
+        f"{config['device']}, "
+        f"{config['trainable_parameters']:,} of {config['total_parameters']:,} parameters trainable "
+        f"(frozen: {', '.join(config['frozen_blocks']) or 'none'})."
+    )
+    print(f"{'class':<16}{'train':>7}{'val':>7}{'weight':>10}{'share/epoch':>13}")
+    for name in classes:
+        print(
+            f"{name:<16}{metadata['class_counts']['train'][name]:>7}{metadata['class_counts']['val'][name]:>7}"
+            f"{metadata['sampling']['class_weights'][name]:>10.4f}"
+            f"{metadata['sampling']['expected_share_per_epoch'][name]:>13.1%}"
+        )
+    if skipped:
+        print(f"Skipping {len(skipped)} file(s) that cannot be used (listed in {metadata_name}).")
+
+
+def epoch_record(
+    epoch: int,
+    train_stats: dict[str, Any],
+    predictions: Predictions,
+    classes: Sequence[str],
+    learning_rate: float,
+    seconds: float,
+) -> dict[str, Any]:
+    """The history entry of one epoch: train and val loss/accuracy, per-class metrics and the confusion matrix."""
+    labels = predictions.labels.tolist()
+    predicted = predictions.logits.argmax(dim=1).tolist() if len(labels) else []
+    matrix = confusion_matrix(labels, predicted, len(classes))
+    metrics = classification_metrics(matrix, classes)
+    return {
+        "epoch": epoch + 1,
+        "learning_rate": float(learning_rate),
+        "train_loss": train_stats["train_loss"],
+        "train_accuracy": train_stats["train_accuracy"],
+        "train_images": train_stats["train_images"],
+        "val_loss": negative_log_likelihood(predictions.logits, predictions.labels),
+        "val_accuracy": metrics["accuracy"],
+        "val_images": len(labels),
+        "macro_f1": metrics["macro_f1"],
+        "per_class": metrics["per_class"],
+        "confusion_matrix": matrix.tolist(),
+        "is_best": False,
+        "seconds": round(seconds, 3),
+        "images_per_second": round(train_stats["train_images"] / seconds, 2) if seconds > 0 else None,
+    }
+
+
+def format_epoch_line(record: dict[str, Any]) -> str:
+    return (
+        f"epoch {record['epoch']:>3}  train loss {record['train_loss']:.4f} acc {record['train_accuracy']:.3f}  "
+        f"val loss {record['val_loss']:.4f} acc {record['val_accuracy']:.3f}  macro F1 {record['macro_f1']:.3f}"
+        f"{'  *best*' if record['is_best'] else ''}  ({record['seconds']:.1f} s)"
+    )
+
+
+def print_summary(metadata: dict[str, Any], model_path: Path, metadata_path: Path) -> None:
+    """The per-epoch table, the best epoch's per-class metrics, calibration and the threshold sweep."""
+    history = metadata["epochs"]
+    print()
+    print(f"{'epoch':>5} {'train loss':>10} {'train acc':>9} {'val loss':>9} {'val acc':>8} {'macro F1':>9} {'lr':>9}")
+    for record in history:
+        print(
+            f"{record['epoch']:>5} {record['train_loss']:>10.4f} {record['train_accuracy']:>9.3f} "
+            f"{record['val_loss']:>9.4f} {record['val_accuracy']:>8.3f} {record['macro_f1']:>9.3f} "
+            f"{record['learning_rate']:>9.2e}{'  best' if record['is_best'] else ''}"
+        )
+    best = best_record(history)
+    if best is None:
+        return
+    print(f"\nBest epoch {best['epoch']}: val accuracy {best['val_accuracy']:.3f}, macro F1 {best['macro_f1']:.3f}")
+    print(f"{'class':<16}{'precision':>10}{'recall':>8}{'F1':>7}{'support':>9}")
+    for name, values in best["per_class"].items():
+        print(
+            f"{name:<16}{values['precision']:>10.3f}{values['recall']:>8.3f}{values['f1']:>7.3f}{values['support']:>9}"
+        )
+    calibration = metadata.get("calibration")
+    if calibration:
+        print(
+            f"\nTemperature {calibration['temperature']:.3f}: ECE {calibration['ece_before']:.4f} -> "
+            f"{calibration['ece_after']:.4f}, NLL {calibration['nll_before']:.4f} -> {calibration['nll_after']:.4f}"
+        )
+        print(f"{'threshold':>9} {'accuracy':>9} {'to other':>9}")
+        for row in metadata["thresholds"]:
+            print(f"{row['threshold']:>9.2f} {row['accuracy']:>9.3f} {row['sent_to_other']:>9.1%}")
+        print(
+            f"Recommended confidence threshold: {metadata['recommended_threshold']:.2f} "
+            f"(stored in the checkpoint: {metadata['arguments']['confidence_threshold']:.2f}; change it with "
+            "BirdPlaneSupermanClassifier(..., confidence_threshold=...))"
+        )
+    print(f"\nModel: {cli.printable(model_path)}   metadata: {cli.printable(metadata_path)}")
