@@ -1,4 +1,4 @@
-"""Review the training images the trainer flagged as mislabeled or problematic, and fix them safely.
+"""Review the training images the trainer flagged as mislabelled or problematic, and fix them safely.
 
 Reads the report of ``train_classifier.py --detect-problematic`` and shows the flagged images as a thumbnail grid, as
 their loss across the analysis epochs, as text, or one by one in the terminal to keep, delete or relabel each.
@@ -19,91 +19,57 @@ before that confirmation.
 from __future__ import annotations
 
 import argparse
-import json
 import logging
 import math
 import os
 import sys
-import tempfile
 import textwrap
 from collections.abc import Callable, Iterable, Sequence
-from datetime import datetime, timezone
 from pathlib import Path, PurePosixPath
 from typing import Any
 
+import cli
+from fileio import (
+    ReportError,
+    atomic_write,
+    class_folders,
+    is_inside,
+    is_safe_relative,
+    read_json,
+    utc_now,
+    utc_stamp,
+    write_json,
+)
+from problematic_report import DEFAULT_NAME, evidence_note, load_report
+from problematic_report import validate_report as validate_report  # re-exported: older callers import it from here
+
 LOGGER = logging.getLogger(__name__)
 
-REPORT_SCHEMA_VERSION = 1  # the version of PROBLEMATIC_REPORT.md this script reads
-REPORT_TYPE = "problematic_images"  # report_type of the trainer's report; other JSON files are refused by name
-DEFAULT_REPORT_PATH = "dataset/problematic_images_report.json"  # where the trainer writes it by default
+DEFAULT_REPORT_PATH = f"dataset/{DEFAULT_NAME}"  # where the trainer writes it by default
 DECISIONS_FILE_NAME = "problematic_review_decisions.json"  # next to the report, so a rerun finds and resumes it
 DECISIONS_SCHEMA_VERSION = 1  # version of the decisions file written here
 DECISIONS_TYPE = "problematic_review_decisions"
 MOVE_LOG_NAME = "move_log.json"  # inside the trash folder, so the log and the deleted files stay together
-MOVE_LOG_MAX_NUMBER = 10_000  # move_log_1.json ... this: a bound on the search for a free name, never reached in use
 MOVE_LOG_SCHEMA_VERSION = 1  # version of the move log that --undo reads
 MOVE_LOG_TYPE = "problematic_review_moves"
 TRASH_FOLDER = ".trash"  # hidden, so the trainer and the duplicate detectors never scan deleted images
 MODES = ("grid", "trajectory", "interactive", "summary")
-REQUIRED_ENTRY_KEYS = ("path", "class", "mean_loss", "losses")  # what every mode needs from a report entry
+OUT_OF_FOLD_METHODS = ("out-of-fold", "cross_validation")  # the schema's name, and the name older trainers wrote
 THUMBNAIL_SIZE = 160  # pixels of the longer side in the grid: enough to judge a label, small enough for 40 a page
 GRID_COLUMNS = 8  # thumbnails per grid row
 GRID_IMAGES_PER_PAGE = 48  # more per figure makes the thumbnails too small to judge; extra pages go to more files
+CAPTION_NAME_CHARACTERS = 24  # a longer file name under a thumbnail runs into its neighbour's
 TRAJECTORY_LEGEND_MAX_LINES = 12  # above this a legend of file names hides the lines it labels
 FIGURE_DPI = 100
-INTERRUPTED_EXIT_CODE = 130  # the shell's convention for a process stopped by Ctrl-C
 # Severity colours: a likely label issue is the thing to fix first; a loss above ln(number of classes) means the
 # model does worse on the image than a uniform guess would; everything else in the report is merely the hardest.
 SEVERITY_COLOURS = {"label issue": "#d62728", "worse than chance": "#ff7f0e", "hard": "#bcbd22"}
 PLACEHOLDER_GREY = 0.85  # background of a thumbnail that could not be read
 
 
-class ReportError(ValueError):
-    """A report or move log that cannot be used; ``str(error)`` is one sentence saying why and what to do."""
-
-
 # ---------------------------------------------------------------------------------------------------------------------
 # Pure functions
 # ---------------------------------------------------------------------------------------------------------------------
-
-
-def is_safe_relative_path(path: str) -> bool:
-    """True for a relative POSIX path that stays inside the dataset folder (no absolute path, no '..')."""
-    pure = PurePosixPath(path)
-    return bool(path) and not pure.is_absolute() and ".." not in pure.parts and not path.startswith("\\")
-
-
-def validate_report(data: Any) -> dict[str, Any]:
-    """Check a loaded report against schema version 1 and return it; raises ReportError(reason) otherwise."""
-    if not isinstance(data, dict):
-        raise ReportError("it is not a JSON object")
-    if data.get("report_type") != REPORT_TYPE:
-        raise ReportError(f"its report_type is {data.get('report_type')!r}, not {REPORT_TYPE!r}")
-    if data.get("schema_version") != REPORT_SCHEMA_VERSION:
-        raise ReportError(
-            f"it has schema_version {data.get('schema_version')!r} but this script reads version "
-            f"{REPORT_SCHEMA_VERSION}; re-run train_classifier.py --detect-problematic to write a current one"
-        )
-    classes = data.get("classes")
-    if not isinstance(classes, list) or not classes or not all(isinstance(name, str) for name in classes):
-        raise ReportError("its 'classes' is not a non-empty list of class names")
-    per_class = data.get("problematic_images")
-    if not isinstance(per_class, dict):
-        raise ReportError("it has no 'problematic_images' object")
-    for class_name, entries in per_class.items():
-        if class_name not in classes:
-            raise ReportError(f"'problematic_images' names class {class_name!r}, which is not in 'classes'")
-        if not isinstance(entries, list):
-            raise ReportError(f"'problematic_images' of class {class_name!r} is not a list")
-        for index, entry in enumerate(entries):
-            missing = [key for key in REQUIRED_ENTRY_KEYS if not isinstance(entry, dict) or key not in entry]
-            if missing:
-                raise ReportError(f"entry {index} of class {class_name!r} lacks {', '.join(missing)}")
-            if not isinstance(entry["path"], str) or not isinstance(entry["losses"], list):
-                raise ReportError(f"entry {index} of class {class_name!r} has a non-text path or non-list losses")
-            if not all(isinstance(value, (int, float)) for value in [entry["mean_loss"], *entry["losses"]]):
-                raise ReportError(f"entry {index} of class {class_name!r} has a loss that is not a number")
-    return data
 
 
 def select_entries(
@@ -143,18 +109,52 @@ def format_number(value: Any, digits: int = 3) -> str:
     return "-" if value is None else f"{float(value):.{digits}f}"
 
 
+def is_out_of_fold(report: dict[str, Any]) -> bool:
+    """True when each image was scored by a model that never trained on it (--cross-val-folds)."""
+    return report.get("method") in OUT_OF_FOLD_METHODS
+
+
+def report_evidence_note(report: dict[str, Any]) -> str:
+    """problematic_report's sentence on how far the report's label-issue flags can be trusted."""
+    return evidence_note("out-of-fold" if is_out_of_fold(report) else "in-sample")
+
+
+def label_probability(entry: dict[str, Any]) -> Any:
+    """The probability of the labelled class: at the last analysis epoch, or out of fold (None when absent)."""
+    return entry.get("last_probability", entry.get("given_label_probability"))
+
+
+def short_name(path: str, characters: int = CAPTION_NAME_CHARACTERS) -> str:
+    """The file name of ``path``, printable and cut to ``characters`` so captions do not run into each other."""
+    name = cli.printable(PurePosixPath(path).name)
+    return name if len(name) <= characters else name[: characters - 3] + "..."
+
+
+def grid_caption(entry: dict[str, Any], out_of_fold: bool) -> str:
+    """The lines under a thumbnail: each figure says what it is (a mean over epochs, or one epoch's probability)."""
+    when = "out of fold" if out_of_fold else "last epoch"
+    return (
+        f"{cli.printable(entry['class'])} -> {cli.printable(entry.get('suggested_class') or '?')}\n"
+        f"mean loss {float(entry['mean_loss']):.2f} ({len(entry['losses'])} ep)\n"
+        f"p({cli.printable(entry['class'])}) {format_number(label_probability(entry), 2)} {when}\n"
+        f"{short_name(entry['path'])}"
+    )
+
+
 def format_summary(
     report: dict[str, Any], entries: Sequence[dict[str, Any]], report_path: str, notes: Sequence[str]
 ) -> str:
     """The text of ``--mode summary``: the report's header, the per-class summary and one line per chosen image."""
     classes = report["classes"]
+    when = "out of fold" if is_out_of_fold(report) else "at the last analysis epoch"
     lines = [
-        f"Problematic images report: {report_path}",
+        f"Problematic images report: {cli.printable(report_path)}",
         f"created {report.get('created', '?')}, method {report.get('method', '?')}"
         + (f" ({report['cross_val_folds']} folds)" if report.get("cross_val_folds") else "")
         + f", {report.get('analysis_epochs', '?')} analysis epochs"
         + f", {report.get('num_images', '?')} train images scored",
-        f"classes: {', '.join(classes)}",
+        f"Note: {report_evidence_note(report)}.",
+        f"classes: {', '.join(cli.printable(name) for name in classes)}",
         "",
         f"{'class':<16} {'images':>7} {'reported':>9} {'label issues':>13} "
         f"{'highest':>9} {'lowest':>9} {'average':>9}   (mean loss per image)",
@@ -162,15 +162,17 @@ def format_summary(
     for class_name in classes:
         stats = report.get("summary_by_class", {}).get(class_name, {})
         lines.append(
-            f"{class_name:<16} {stats.get('count', '-')!s:>7} {stats.get('reported', '-')!s:>9} "
+            f"{cli.printable(class_name):<16} {stats.get('count', '-')!s:>7} {stats.get('reported', '-')!s:>9} "
             f"{stats.get('label_issues', '-')!s:>13} {format_number(stats.get('highest_mean_loss')):>9} "
             f"{format_number(stats.get('lowest_mean_loss')):>9} {format_number(stats.get('average_mean_loss')):>9}"
         )
     by_class: dict[str, list[dict[str, Any]]] = {}
     for entry in entries:
         by_class.setdefault(entry["class"], []).append(entry)
+    if by_class:
+        lines += ["", f"mean loss: mean over the analysis epochs; p(label): probability of the labelled class {when}"]
     for class_name, class_entries in by_class.items():
-        lines += ["", f"{class_name}: {len(class_entries)} image(s)"]
+        lines += ["", f"{cli.printable(class_name)}: {len(class_entries)} image(s)"]
         lines.append(
             f"{'rank':>5} {'mean loss':>10} {'p(label)':>9} {'predicted':<12} {'suggested':<12} {'flag':<12} "
             f"{'loss per epoch':<24} path"
@@ -180,32 +182,34 @@ def format_summary(
             flag = "LABEL ISSUE" if entry.get("is_label_issue") else ""
             lines.append(
                 f"{entry.get('rank', '-')!s:>5} {format_number(entry['mean_loss']):>10} "
-                f"{format_number(entry.get('given_label_probability')):>9} "
-                f"{str(entry.get('predicted_class', '-')):<12} "
-                f"{str(entry.get('suggested_class', '-')):<12} {flag:<12} {losses:<24} {entry['path']}"
+                f"{format_number(label_probability(entry)):>9} "
+                f"{cli.printable(entry.get('predicted_class', '-')):<12} "
+                f"{cli.printable(entry.get('suggested_class', '-')):<12} {flag:<12} {losses:<24} "
+                f"{cli.printable(entry['path'])}"
             )
             if entry.get("is_label_issue") and entry.get("label_issue_reason"):
-                lines.append(f"{'':>6}{entry['label_issue_reason']}")
+                lines.append(f"{'':>6}{cli.printable(entry['label_issue_reason'])}")
     if not entries:
         lines += ["", "No images match the chosen classes and filters."]
     if notes:
-        lines += ["", f"Skipped {len(notes)} image(s):"] + [f"  {note}" for note in notes]
+        lines += ["", f"Skipped {len(notes)} image(s):"] + [f"  {cli.printable(note)}" for note in notes]
     return "\n".join(lines) + "\n"
 
 
 def describe_entry(entry: dict[str, Any], position: int, total: int) -> str:
     """The lines shown above the interactive prompt for one image."""
     losses = " ".join(format_number(value, 2) for value in entry["losses"])
+    label = cli.printable(entry["class"])
     lines = [
-        f"[{position}/{total}] {entry['path']}",
-        f"  class {entry['class']} (rank {entry.get('rank', '-')}), predicted {entry.get('predicted_class', '-')}, "
-        f"p({entry['class']})={format_number(entry.get('given_label_probability'), 2)}, "
-        f"suggested {entry.get('suggested_class', '-')}",
+        f"[{position}/{total}] {cli.printable(entry['path'])}",
+        f"  class {label} (rank {entry.get('rank', '-')}), predicted {cli.printable(entry.get('predicted_class', '-'))}"
+        f", p({label})={format_number(label_probability(entry), 2)}, "
+        f"suggested {cli.printable(entry.get('suggested_class', '-'))}",
         f"  mean loss {format_number(entry['mean_loss'])} (min {format_number(entry.get('min_loss'))}, "
         f"max {format_number(entry.get('max_loss'))}); per epoch: {losses}",
     ]
     if entry.get("is_label_issue"):
-        lines.append(f"  LIKELY LABEL ISSUE: {entry.get('label_issue_reason', '')}".rstrip())
+        lines.append(f"  LIKELY LABEL ISSUE: {cli.printable(entry.get('label_issue_reason') or '')}".rstrip())
     return "\n".join(lines)
 
 
@@ -219,30 +223,23 @@ def parse_answer(text: str, entry: dict[str, Any], valid_targets: Sequence[str])
     if not words:
         return "next", None
     command = words[0].lower()
-    if command in {"k", "keep"}:
-        return "keep", None
-    if command in {"d", "delete"}:
-        return "delete", None
-    if command in {"n", "next"}:
-        return "next", None
-    if command in {"s", "skip"}:
-        return "skip_class", None
-    if command in {"q", "quit"}:
-        return "quit", None
-    if command in {"?", "h", "help"}:
-        return "help", None
+    simple = {"k": "keep", "d": "delete", "n": "next", "s": "skip_class", "q": "quit", "?": "help", "h": "help"}
+    simple.update({"keep": "keep", "delete": "delete", "next": "next", "skip": "skip_class", "quit": "quit"})
+    if command in simple:
+        return simple[command], None
     if command in {"r", "relabel"}:
         target = words[1] if len(words) > 1 else entry.get("suggested_class")
         if not target:
             raise ValueError("say which class: r CLASS")
         if target == entry["class"]:
-            raise ValueError(f"the image is already in class {target!r}")
+            raise ValueError(f"the image is already in class {cli.printable(target)!r}")
         if target not in valid_targets:
             raise ValueError(
-                f"there is no class folder {target!r} to move it to; choose one of: {', '.join(valid_targets)}"
+                f"there is no class folder {cli.printable(target)!r} to move it to; choose one of: "
+                f"{', '.join(cli.printable(name) for name in valid_targets)}"
             )
         return "relabel", target
-    raise ValueError(f"unknown answer {text.strip()!r}")
+    raise ValueError(f"unknown answer {cli.printable(text.strip())!r}")
 
 
 def unique_destination(destination: PurePosixPath, is_taken: Callable[[PurePosixPath], bool]) -> PurePosixPath:
@@ -301,49 +298,8 @@ def page_paths(path: Path, pages: int) -> list[Path]:
 
 
 # ---------------------------------------------------------------------------------------------------------------------
-# Disk, display and terminal
+# The dataset on disk
 # ---------------------------------------------------------------------------------------------------------------------
-
-
-def utc_now() -> str:
-    return datetime.now(timezone.utc).isoformat(timespec="seconds")
-
-
-def write_json_atomic(path: Path, data: dict[str, Any]) -> None:
-    """Write JSON atomically (temp file, then os.replace) with classifier.py's writer: never half a file."""
-    import classifier  # imported here so --mode summary never loads torch
-
-    classifier.write_json_atomically(path, data)
-
-
-def read_json(path: Path, what: str) -> Any:
-    """Load a JSON file; raises ReportError with one sentence when it is missing, unreadable or not JSON."""
-    try:
-        text = path.read_text(encoding="utf-8")
-    except FileNotFoundError:
-        raise ReportError(f"the {what} {path} does not exist") from None
-    except (OSError, UnicodeDecodeError) as error:
-        raise ReportError(f"the {what} {path} cannot be read ({error})") from None
-    try:
-        return json.loads(text)
-    except json.JSONDecodeError as error:
-        raise ReportError(
-            f"the {what} {path} is not valid JSON (truncated or corrupted? {error.msg} at line {error.lineno})"
-        ) from None
-
-
-def load_report(path: Path) -> dict[str, Any]:
-    """Read and validate the report; every failure is a ReportError of one sentence."""
-    if not path.exists():
-        raise ReportError(
-            f"the report {path} does not exist; run train_classifier.py --detect-problematic first "
-            "or pass --report-path"
-        )
-    data = read_json(path, "report")
-    try:
-        return validate_report(data)
-    except ReportError as error:
-        raise ReportError(f"the report {path} cannot be used: {error}") from None
 
 
 def path_is_present(path: Path) -> bool:
@@ -355,13 +311,18 @@ def split_present(entries: Sequence[dict[str, Any]], dataset_dir: Path) -> tuple
     """Entries whose file is still on disk, and one note per entry skipped (moved, deleted or an unsafe path)."""
     present, notes = [], []
     for entry in entries:
-        if not is_safe_relative_path(entry["path"]):
+        if not is_safe_relative(entry["path"]):
             notes.append(f"{entry['path']}: not a path inside the dataset folder")
         elif not path_is_present(dataset_dir / entry["path"]):
             notes.append(f"{entry['path']}: no longer on disk (moved or deleted since the report was written)")
         else:
             present.append(entry)
     return present, notes
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# Figures: the grid of thumbnails and the loss trajectories (matplotlib imported only here)
+# ---------------------------------------------------------------------------------------------------------------------
 
 
 def has_display() -> bool:
@@ -384,7 +345,7 @@ def import_pyplot(headless: bool) -> Any:
 
 def load_thumbnail(path: Path) -> tuple[Any, str | None]:
     """(RGB thumbnail as a PIL image, None), or (None, reason) for an image that cannot be read."""
-    import classifier  # imported here so --mode summary never loads torch
+    import classifier  # the one image reader; imported here so the summary never loads torch
 
     try:
         image = classifier.load_image(path, draft_size=(THUMBNAIL_SIZE, THUMBNAIL_SIZE))
@@ -394,25 +355,32 @@ def load_thumbnail(path: Path) -> tuple[Any, str | None]:
     return image, None
 
 
-def severity_legend(plt: Any) -> list[Any]:
+def severity_handles(num_classes: int, with_uniform_line: bool = False) -> list[Any]:
+    """Legend entries for the severity colours, and for the dashed uniform-guess line when the figure draws it."""
+    from matplotlib.lines import Line2D
     from matplotlib.patches import Patch
 
-    return [Patch(color=colour, label=name) for name, colour in SEVERITY_COLOURS.items()]
+    handles: list[Any] = [Patch(color=colour, label=name) for name, colour in SEVERITY_COLOURS.items()]
+    if with_uniform_line and num_classes > 1:
+        label = f"uniform guess: loss ln({num_classes}) = {math.log(num_classes):.2f}"
+        handles.append(Line2D([], [], color="grey", linestyle="--", linewidth=1, label=label))
+    return handles
 
 
 def build_grid_figure(
     plt: Any,
     entries: Sequence[dict[str, Any]],
     thumbnails: Sequence[tuple[Any, str | None]],
-    num_classes: int,
+    report: dict[str, Any],
     title: str,
 ) -> Any:
     """One grid figure: a thumbnail per image (or a grey placeholder with the reason), framed in its severity colour."""
     import numpy as np
 
+    num_classes, out_of_fold = len(report["classes"]), is_out_of_fold(report)
     columns = max(1, min(GRID_COLUMNS, len(entries)))
     rows = max(1, math.ceil(len(entries) / columns))
-    figure, axes = plt.subplots(rows, columns, figsize=(columns * 2.2, rows * 2.7 + 0.8), squeeze=False)
+    figure, axes = plt.subplots(rows, columns, figsize=(columns * 2.2, rows * 2.9 + 1.2), squeeze=False)
     for axis in axes.flat:
         axis.set_axis_off()
     for axis, entry, (image, reason) in zip(axes.flat, entries, thumbnails):
@@ -421,7 +389,7 @@ def build_grid_figure(
             axis.imshow(np.asarray(image))
         else:
             axis.imshow(np.full((THUMBNAIL_SIZE, THUMBNAIL_SIZE, 3), PLACEHOLDER_GREY))
-            wrapped = "\n".join(textwrap.wrap(f"unreadable: {reason}", 22)[:6])
+            wrapped = "\n".join(textwrap.wrap(f"unreadable: {cli.printable(reason)}", 22)[:6])
             axis.text(THUMBNAIL_SIZE / 2, THUMBNAIL_SIZE / 2, wrapped, ha="center", va="center", fontsize=6)
         axis.set_axis_on()
         axis.set_xticks([])
@@ -429,17 +397,15 @@ def build_grid_figure(
         for spine in axis.spines.values():
             spine.set_edgecolor(colour)
             spine.set_linewidth(4)
-        name = PurePosixPath(entry["path"]).name
-        name = name if len(name) <= 24 else name[:21] + "..."
-        axis.set_title(
-            f"{entry['class']} -> {entry.get('suggested_class', '?')}\n"
-            f"loss {float(entry['mean_loss']):.2f}  p={format_number(entry.get('given_label_probability'), 2)}\n{name}",
-            fontsize=7,
-            color=colour,
-        )
+        axis.set_title(grid_caption(entry, out_of_fold), fontsize=7, color=colour)
     figure.suptitle(title, fontsize=10)
-    figure.legend(handles=severity_legend(plt), loc="lower center", ncol=len(SEVERITY_COLOURS), fontsize=7)
-    figure.tight_layout(rect=(0, 0.04, 1, 0.96))
+    note = "\n".join(textwrap.wrap(f"Note: {report_evidence_note(report)}.", 150))
+    figure.text(0.5, 0.005, note, ha="center", va="bottom", fontsize=7, style="italic")
+    legend = figure.legend(
+        handles=severity_handles(num_classes), loc="lower center", ncol=len(SEVERITY_COLOURS), fontsize=7
+    )
+    legend.set_bbox_to_anchor((0.5, 0.035), transform=figure.transFigure)
+    figure.tight_layout(rect=(0, 0.08, 1, 0.96))
     return figure
 
 
@@ -448,45 +414,39 @@ def build_trajectory_figure(plt: Any, entries: Sequence[dict[str, Any]], num_cla
     by_class: dict[str, list[dict[str, Any]]] = {}
     for entry in entries:
         by_class.setdefault(entry["class"], []).append(entry)
-    figure, axes = plt.subplots(len(by_class), 1, figsize=(8, 3.2 * len(by_class) + 0.6), squeeze=False)
+    figure, axes = plt.subplots(len(by_class), 1, figsize=(8, 3.2 * len(by_class) + 1.0), squeeze=False)
     for axis, (class_name, class_entries) in zip(axes[:, 0], by_class.items()):
         for entry in class_entries:
-            epochs = list(range(1, len(entry["losses"]) + 1))
             severity = severity_of(entry, num_classes)
             axis.plot(
-                epochs,
+                range(1, len(entry["losses"]) + 1),
                 entry["losses"],
                 marker="o",
                 color=SEVERITY_COLOURS[severity],
                 linewidth=2 if severity == "label issue" else 1,
                 alpha=0.9,
-                label=PurePosixPath(entry["path"]).name,
+                label=short_name(entry["path"]),
             )
         if num_classes > 1:
-            axis.axhline(math.log(num_classes), color="grey", linestyle="--", linewidth=1, label="uniform guess")
-        axis.set_title(f"{class_name}: {len(class_entries)} image(s)", fontsize=9)
+            axis.axhline(math.log(num_classes), color="grey", linestyle="--", linewidth=1)
+        axis.set_title(f"{cli.printable(class_name)}: {len(class_entries)} image(s)", fontsize=9)
         axis.set_xlabel("analysis epoch")
         axis.set_ylabel("loss")
-        longest = max(len(entry["losses"]) for entry in class_entries)
-        axis.set_xticks(range(1, longest + 1))
+        axis.set_xticks(range(1, max(len(entry["losses"]) for entry in class_entries) + 1))
         if len(class_entries) <= TRAJECTORY_LEGEND_MAX_LINES:
             axis.legend(fontsize=6, loc="upper left", bbox_to_anchor=(1.01, 1.0))
     figure.suptitle(title, fontsize=10)
-    figure.tight_layout()
+    handles = severity_handles(num_classes, with_uniform_line=True)
+    figure.legend(handles=handles, loc="lower center", ncol=len(handles), fontsize=7)
+    figure.tight_layout(rect=(0, 0.05, 1, 1))
     return figure
 
 
 def save_figure(plt: Any, figure: Any, path: Path) -> None:
-    """Write the figure as PNG atomically and close it."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    handle, temp_name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    os.close(handle)
+    """Write the figure as PNG atomically (ordinary permissions) and close it."""
     try:
-        figure.savefig(temp_name, format="png", dpi=FIGURE_DPI)
-        os.replace(temp_name, path)
-    except BaseException:
-        Path(temp_name).unlink(missing_ok=True)
-        raise
+        with atomic_write(path, "wb") as handle:
+            figure.savefig(handle, format="png", dpi=FIGURE_DPI)
     finally:
         plt.close(figure)
 
@@ -498,7 +458,7 @@ def output_figures(plt: Any, figures: Sequence[Any], save_path: Path | None) -> 
         return
     for figure, path in zip(figures, page_paths(save_path, len(figures))):
         save_figure(plt, figure, path)
-        print(f"wrote {path}")
+        print(f"wrote {cli.printable(path)}")
 
 
 def run_grid(
@@ -512,18 +472,23 @@ def run_grid(
         page_entries = [entries[index] for index in page]
         thumbnails = [load_thumbnail(dataset_dir / entry["path"]) for entry in page_entries]
         errors += [f"{entry['path']}: {reason}" for entry, (_, reason) in zip(page_entries, thumbnails) if reason]
-        title = f"Flagged training images ({len(entries)})" + (
+        title = f"Flagged training images ({len(entries)}, {report.get('method', '?')})" + (
             f", page {number}/{len(pages)}" if len(pages) > 1 else ""
         )
-        figures.append(build_grid_figure(plt, page_entries, thumbnails, len(report["classes"]), title))
+        figures.append(build_grid_figure(plt, page_entries, thumbnails, report, title))
     output_figures(plt, figures, save_path)
     return errors
 
 
 def run_trajectory(entries: Sequence[dict[str, Any]], report: dict[str, Any], save_path: Path | None) -> None:
     plt = import_pyplot(headless=save_path is not None)
-    title = f"Loss per analysis epoch ({report.get('method', 'in_sample')}), {len(entries)} image(s)"
+    title = f"Loss per analysis epoch ({report.get('method', '?')}), {len(entries)} image(s)"
     output_figures(plt, [build_trajectory_figure(plt, entries, len(report["classes"]), title)], save_path)
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# Interactive review: the terminal, the decisions file, the moves
+# ---------------------------------------------------------------------------------------------------------------------
 
 
 class ImageViewer:
@@ -535,27 +500,19 @@ class ImageViewer:
         self.figure, self.axis = self.plt.subplots(figsize=(5, 5))
 
     def show(self, path: Path, title: str) -> None:
-        import classifier
+        import classifier  # the one image reader
 
         self.axis.clear()
         self.axis.set_axis_off()
         try:
             self.axis.imshow(classifier.load_image(path))
         except (OSError, ValueError) as error:
-            self.axis.text(0.5, 0.5, f"unreadable: {error}", ha="center", va="center", wrap=True)
-        self.axis.set_title(title, fontsize=9)
+            self.axis.text(0.5, 0.5, f"unreadable: {cli.printable(error)}", ha="center", va="center", wrap=True)
+        self.axis.set_title(cli.printable(title), fontsize=9)
         self.plt.pause(0.001)
 
     def close(self) -> None:
         self.plt.close(self.figure)
-
-
-def class_folders(dataset_dir: Path, split: str) -> list[str]:
-    """The class folders that exist in ``<dataset>/<split>/`` (the only valid relabel targets), sorted."""
-    folder = dataset_dir / split
-    if not folder.is_dir():
-        return []
-    return sorted(child.name for child in folder.iterdir() if child.is_dir() and not child.name.startswith("."))
 
 
 def ask(prompt: str) -> str | None:
@@ -589,7 +546,7 @@ def load_decisions(path: Path, report_created: Any) -> dict[str, dict[str, Any]]
 def write_decisions(
     path: Path, report_path: Path, report: dict[str, Any], decisions: dict[str, dict[str, Any]]
 ) -> None:
-    write_json_atomic(
+    write_json(
         path,
         {
             "schema_version": DECISIONS_SCHEMA_VERSION,
@@ -620,14 +577,14 @@ def create_move_log_file(trash_dir: Path, dataset_dir: Path) -> Path:
     if os.stat(trash_dir).st_dev != os.stat(dataset_dir).st_dev:
         raise ReportError(f"the trash folder {trash_dir} is not on the dataset's filesystem; choose one that is")
     name = PurePosixPath(MOVE_LOG_NAME)
-    for number in range(MOVE_LOG_MAX_NUMBER + 1):
+    for number in range(10_000):
         candidate = trash_dir / (name.name if number == 0 else f"{name.stem}_{number}{name.suffix}")
         try:
             os.close(os.open(candidate, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644))
         except FileExistsError:
             continue
         return candidate
-    raise ReportError(f"the trash folder {trash_dir} already holds {MOVE_LOG_MAX_NUMBER} move logs; choose another")
+    raise ReportError(f"the trash folder {trash_dir} already holds too many move logs; choose another")
 
 
 def apply_moves(
@@ -654,7 +611,7 @@ def apply_moves(
         "status": "in_progress",
         "moves": moves,
     }
-    write_json_atomic(log_path, log)
+    write_json(log_path, log)
     errors = []
     try:
         for move in moves:
@@ -673,16 +630,16 @@ def apply_moves(
             move["destination"] = destination_rel.as_posix()
             destination = dataset_dir / destination_rel
             destination.parent.mkdir(parents=True, exist_ok=True)
-            write_json_atomic(log_path, log)
+            write_json(log_path, log)
             os.replace(source, destination)
             move["done"] = True
-            write_json_atomic(log_path, log)
+            write_json(log_path, log)
     except KeyboardInterrupt:
         log["status"] = "interrupted"
-        write_json_atomic(log_path, log)
+        write_json(log_path, log)
         raise
     log["status"] = "complete" if not errors else "complete_with_errors"
-    write_json_atomic(log_path, log)
+    write_json(log_path, log)
     return errors
 
 
@@ -710,18 +667,13 @@ def undo_moves(log_path: Path) -> tuple[int, list[str]]:
             continue
         move["done"] = False
         move["undone"] = True
-        write_json_atomic(log_path, data)
+        write_json(log_path, data)
     data["status"] = "undone" if not errors else "undone_with_errors"
     data["undone"] = utc_now()
-    write_json_atomic(log_path, data)
+    write_json(log_path, data)
     back = [move for move in data["moves"] if path_is_present(dataset_dir / move["source"])]
     forget_undone_decisions(data.get("decisions_path"), back, errors)
     return restored, errors
-
-
-def is_inside(path: Path, folder: Path) -> bool:
-    """True when ``path``, with links and '..' resolved, is ``folder`` or lies below it."""
-    return path.resolve().is_relative_to(folder.resolve())
 
 
 def validate_move_log(data: Any, log_path: Path) -> dict[str, Any]:
@@ -748,7 +700,7 @@ def validate_move_log(data: Any, log_path: Path) -> dict[str, Any]:
         if not isinstance(move, dict) or not all(isinstance(move.get(key), str) for key in ("source", "destination")):
             raise ReportError(f"move {index} of the move log {log_path} lacks a text 'source' or 'destination'")
         source = move["source"]
-        if not is_safe_relative_path(source) or not is_inside(dataset_dir / source, dataset_dir):
+        if not is_safe_relative(source) or not is_inside(dataset_dir / source, dataset_dir):
             raise ReportError(f"move {index} of the move log {log_path} has source {source!r} outside the dataset")
         destination = dataset_dir / move["destination"]
         if not move["destination"] or not (is_inside(destination, dataset_dir) or is_inside(destination, trash_dir)):
@@ -793,7 +745,7 @@ def forget_undone_decisions(decisions_path: str | None, moves: Sequence[dict[str
             dropped += 1
     if dropped:
         data["updated"] = utc_now()
-        write_json_atomic(path, data)
+        write_json(path, data)
         print(f"Dropped {dropped} decision(s) from {path}, so a rerun shows those images again.")
 
 
@@ -826,7 +778,7 @@ def review_interactively(
             if entry["class"] in skipped_classes:
                 continue
             split = PurePosixPath(entry["path"]).parts[0]
-            targets = [name for name in class_folders(dataset_dir, split) if name != entry["class"]]
+            targets = [name for name in class_folders(dataset_dir / split) if name != entry["class"]]
             print()
             print(describe_entry(entry, position, len(pending)))
             if viewer is not None:
@@ -916,10 +868,14 @@ def get_args_parser(add_help: bool = True) -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         description="Review the images train_classifier.py --detect-problematic flagged: grid, loss trajectories, "
         "text summary, or keep/delete/relabel interactively (undoable).",
+        epilog=cli.EXIT_CODES_HELP,
         add_help=add_help,
     )
-    parser.add_argument(
-        "--report-path", default=DEFAULT_REPORT_PATH, help=f"the trainer's report (default: {DEFAULT_REPORT_PATH})"
+    cli.add_report_flag(
+        parser,
+        f"the trainer's problematic-images report (default: {DEFAULT_REPORT_PATH})",
+        aliases=["--report-path"],
+        default=DEFAULT_REPORT_PATH,
     )
     parser.add_argument(
         "--dataset-dir",
@@ -966,15 +922,8 @@ def get_args_parser(add_help: bool = True) -> argparse.ArgumentParser:
         metavar="LOG",
         help="reverse the moves recorded in this move log, then exit (default: off)",
     )
-    parser.add_argument("--verbose", action="store_true", help="log more detail on stderr (default: off)")
+    cli.add_output_flags(parser)
     return parser
-
-
-def print_error(error: Exception) -> int:
-    """Print a ReportError as one sentence on stderr; returns the exit code 2."""
-    message = str(error)
-    print(f"error: {message[:1].upper()}{message[1:]}.", file=sys.stderr)
-    return 2
 
 
 def default_figure_path(report_path: Path, mode: str) -> Path:
@@ -984,7 +933,8 @@ def default_figure_path(report_path: Path, mode: str) -> Path:
 def main(argv: Sequence[str] | None = None) -> int:
     parser = get_args_parser()
     args = parser.parse_args(argv)
-    logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO, format="%(levelname)s: %(message)s")
+    cli.setup_logging(args.verbose)
+    cli.set_progress(not args.no_progress)
     if args.limit is not None and args.limit < 1:
         parser.error("--limit must be at least 1")
 
@@ -992,17 +942,17 @@ def main(argv: Sequence[str] | None = None) -> int:
         try:
             restored, errors = undo_moves(Path(args.undo))
         except ReportError as error:
-            return print_error(error)
+            return cli.error(f"{error}.")
         for line in errors:
-            LOGGER.warning("%s", line)
+            LOGGER.warning("%s", cli.printable(line))
         print(f"Restored {restored} file(s) from {args.undo}" + (f"; {len(errors)} problem(s)" if errors else ""))
-        return 1 if errors else 0
+        return cli.EXIT_PARTIAL if errors else cli.EXIT_OK
 
-    report_path = Path(args.report_path)
+    report_path = Path(args.report)
     try:
         report = load_report(report_path)
     except ReportError as error:
-        return print_error(error)
+        return cli.error(f"{error}.")
     unknown = sorted(set(args.classes or []) - set(report["classes"]))
     if unknown:
         parser.error(f"--class {', '.join(unknown)} is not in the report; choose from: {', '.join(report['classes'])}")
@@ -1014,7 +964,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     entries, notes = split_present(entries, dataset_dir)
     entries = limit_per_class(entries, args.limit)
     for note in notes:
-        LOGGER.warning("skipped %s", note)
+        LOGGER.warning("skipped %s", cli.printable(note))
     errors: list[str] = []
     save_path = Path(args.save) if args.save else None
 
@@ -1022,9 +972,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         text = format_summary(report, entries, report_path.as_posix(), notes)
         sys.stdout.write(text)
         if save_path is not None:
-            save_path.parent.mkdir(parents=True, exist_ok=True)
-            save_path.write_text(text, encoding="utf-8")
-            print(f"wrote {save_path}")
+            with atomic_write(save_path, "w") as handle:
+                handle.write(text)
+            print(f"wrote {cli.printable(save_path)}")
     elif not entries:
         print("No images match the chosen classes and filters; nothing to show.")
     elif args.mode in {"grid", "trajectory"}:
@@ -1036,23 +986,22 @@ def main(argv: Sequence[str] | None = None) -> int:
             run_trajectory(entries, report, save_path)
     else:
         decisions_path = Path(args.decisions) if args.decisions else report_path.with_name(DECISIONS_FILE_NAME)
-        stamp = datetime.now().strftime("%Y%m%d_%H%M%S")
-        trash_dir = Path(args.trash_dir) if args.trash_dir else dataset_dir / TRASH_FOLDER / f"review_{stamp}"
+        trash_dir = Path(args.trash_dir) if args.trash_dir else dataset_dir / TRASH_FOLDER / f"review_{utc_stamp()}"
         try:
             errors, interrupted = review_interactively(
                 entries, dataset_dir, report_path, report, decisions_path, trash_dir
             )
         except ReportError as error:
-            return print_error(error)
+            return cli.error(f"{error}.")
         except KeyboardInterrupt:
             print("\nInterrupted; nothing was moved. Decisions so far are kept in", decisions_path, file=sys.stderr)
-            return INTERRUPTED_EXIT_CODE
+            return cli.EXIT_INTERRUPTED
         if interrupted:
             print("Interrupted while moving; every file is either moved or in place (see the move log).")
-            return INTERRUPTED_EXIT_CODE
+            return cli.EXIT_INTERRUPTED
     for line in errors:
-        LOGGER.warning("%s", line)
-    return 1 if notes or errors else 0
+        LOGGER.warning("%s", cli.printable(line))
+    return cli.EXIT_PARTIAL if notes or errors else cli.EXIT_OK
 
 
 if __name__ == "__main__":

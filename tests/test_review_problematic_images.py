@@ -16,6 +16,7 @@ import pytest
 from conftest import ROOT, make_dataset, tree_snapshot
 from PIL import Image
 
+import cli
 import review_problematic_images as review
 
 CLASSES = ["bird", "other", "plane", "superman"]
@@ -269,7 +270,7 @@ def test_unknown_class_is_a_usage_error(reviewed: tuple[Path, Path, dict[str, An
 
 
 def test_moved_and_deleted_files_are_skipped_with_a_note(
-    reviewed: tuple[Path, Path, dict[str, Any]], capsys: pytest.CaptureFixture[str], caplog: pytest.LogCaptureFixture
+    reviewed: tuple[Path, Path, dict[str, Any]], capsys: pytest.CaptureFixture[str]
 ) -> None:
     dataset, report_path, report = reviewed
     gone = report["problematic_images"]["bird"][0]["path"]
@@ -280,13 +281,13 @@ def test_moved_and_deleted_files_are_skipped_with_a_note(
     captured = capsys.readouterr()
     skipped = captured.out.split("Skipped 2 image(s):")[1]
     assert gone in skipped and moved in skipped and "no longer on disk" in skipped
-    assert any(gone in record.getMessage() for record in caplog.records if record.levelname == "WARNING")
+    assert any(line.startswith("WARNING: ") and gone in line for line in captured.err.splitlines())
     # the rest is still listed
     assert report["problematic_images"]["bird"][1]["path"] in captured.out.split("Skipped")[0]
 
 
 def test_grid_without_display_writes_png_and_placeholder_for_unreadable(
-    reviewed: tuple[Path, Path, dict[str, Any]], caplog: pytest.LogCaptureFixture
+    reviewed: tuple[Path, Path, dict[str, Any]], capsys: pytest.CaptureFixture[str]
 ) -> None:
     dataset, report_path, report = reviewed
     broken = report["problematic_images"]["other"][0]["path"]
@@ -295,7 +296,8 @@ def test_grid_without_display_writes_png_and_placeholder_for_unreadable(
     assert code == 1  # done, but one image could not be read
     png = report_path.with_name("problematic_images_report_grid.png")
     assert is_png(png)
-    assert any(broken in record.getMessage() and "truncated" in record.getMessage() for record in caplog.records)
+    warnings = [line for line in capsys.readouterr().err.splitlines() if line.startswith("WARNING: ")]
+    assert any(broken in line and "truncated" in line for line in warnings)
 
 
 def test_grid_and_trajectory_save_to_given_file(reviewed: tuple[Path, Path, dict[str, Any]], tmp_path: Path) -> None:
@@ -402,7 +404,7 @@ def test_interrupt_while_moving_leaves_no_half_moved_file_and_undo_restores(
     trash = dataset / ".trash" / "x"
     code, _ = run_interactive(monkeypatch, report_path, ["d", "d", "d", "q", "y"], "--trash-dir", str(trash))
     monkeypatch.setattr(review.os, "replace", real_replace)
-    assert code == review.INTERRUPTED_EXIT_CODE
+    assert code == cli.EXIT_INTERRUPTED
     log = json.loads((trash / review.MOVE_LOG_NAME).read_text(encoding="utf-8"))
     assert log["status"] == "interrupted"
     assert [move["done"] for move in log["moves"]] == [True, False, False]
