@@ -37,7 +37,8 @@ ALLOWED_IMPORTS = {"torch", "torchvision", "PIL", "numpy"}
 def save_tiny_model(path: Path, *, classes=CLASSES, arch="resnet18", image_size=64, **fields) -> torch.nn.Module:
     torch.manual_seed(0)
     model = classifier.build_model(arch, len(classes), weights=None).eval()
-    classifier.save_checkpoint(path, model, arch=arch, classes=classes, image_size=image_size, **fields)
+    checkpoint = classifier.make_checkpoint(model, arch=arch, classes=classes, image_size=image_size, **fields)
+    torch.save(checkpoint, path)  # how the trainer writes it (through fileio.atomic_write)
     return model
 
 
@@ -47,15 +48,10 @@ def save_constant_model(path: Path, probabilities: list[float], temperature: flo
     with torch.no_grad():
         model.fc.weight.zero_()
         model.fc.bias.copy_(torch.log(torch.tensor(probabilities)) * temperature)
-    classifier.save_checkpoint(
-        path,
-        model,
-        arch="resnet18",
-        classes=CLASSES[: len(probabilities)],
-        image_size=32,
-        temperature=temperature,
-        **fields,
+    checkpoint = classifier.make_checkpoint(
+        model, arch="resnet18", classes=CLASSES[: len(probabilities)], image_size=32, temperature=temperature, **fields
     )
+    torch.save(checkpoint, path)
 
 
 @pytest.fixture(scope="module")
@@ -91,9 +87,12 @@ def test_round_trip_predicts_what_the_model_computes(tmp_path):
     assert raw["resize_size"] == 73 and raw["temperature"] == 1.0 and raw["epoch"] == 3
 
     image_path = save_image(make_class_image(1, 5, (100, 80)), tmp_path / "img.png")
-    expected_input = classifier.build_eval_transform(64, 73)(classifier.load_image(image_path))
+    pixels = classifier.image_to_uint8(classifier.load_image(image_path), 64, 73)
+    expected_input = classifier.normalize_batch(
+        torch.from_numpy(pixels[None].copy()), classifier.IMAGENET_MEAN, classifier.IMAGENET_STD
+    )
     with torch.no_grad():
-        expected = torch.softmax(model(expected_input.unsqueeze(0)), dim=1)[0].numpy()
+        expected = torch.softmax(model(expected_input), dim=1)[0].numpy()
 
     clf = BirdPlaneSupermanClassifier(path, device="cpu")
     pred_class, confidence, probs = clf.predict(image_path)
@@ -248,12 +247,12 @@ class _RunsCode:
 def test_refuses_bad_model_files(tmp_path):
     text = tmp_path / "notes.pth"
     text.write_text("not a model")
-    with pytest.raises(CheckpointError, match="not a PyTorch checkpoint"):
+    with pytest.raises(CheckpointError, match="is a text file, not a birdplane checkpoint"):
         BirdPlaneSupermanClassifier(text, device="cpu")
 
     state_only = tmp_path / "state.pth"
     torch.save(classifier.build_model("resnet18", 4).state_dict(), state_only)
-    with pytest.raises(CheckpointError, match="not a birdplane checkpoint"):
+    with pytest.raises(CheckpointError, match="bare state dict .*not a birdplane checkpoint"):
         BirdPlaneSupermanClassifier(state_only, device="cpu")
 
     future = tmp_path / "future.pth"
@@ -338,8 +337,8 @@ def test_cli_on_a_file_and_a_folder(model_path, tmp_path, capsys):
     assert [Path(r["path"]).name for r in rows] == ["bird_000.jpg", "bird_001.jpg", "plane_000.jpg", "plane_001.jpg"]
     for row in rows:
         assert len(row["top_k"]) == 2 and sum(row["probabilities"].values()) == pytest.approx(1.0, abs=1e-4)
-    assert classifier.main([str(model_path), str(folder)]) == 1  # no images directly in train/, only in subfolders
-    capsys.readouterr()
+    assert classifier.main([str(model_path), str(folder)]) == 2  # no images directly in train/, only in subfolders
+    assert capsys.readouterr().err.startswith("error: no image files found")
 
 
 def test_cli_reports_bad_files_with_exit_code_1_and_writes_csv(model_path, bad_files, tmp_path, capsys):
@@ -356,7 +355,7 @@ def test_cli_reports_bad_files_with_exit_code_1_and_writes_csv(model_path, bad_f
 def test_cli_bad_model_is_one_sentence(tmp_path, bad_files, capsys):
     bogus = tmp_path / "bogus.pth"
     bogus.write_text("hello")
-    assert classifier.main([str(bogus), str(bad_files["IMG.JPG"])]) == 1
+    assert classifier.main([str(bogus), str(bad_files["IMG.JPG"])]) == 2
     err = capsys.readouterr().err
     assert err.startswith("error:") and "Traceback" not in err and len(err.strip().splitlines()) == 1
 
@@ -404,13 +403,10 @@ def test_refuses_checkpoints_with_invalid_settings(tmp_path, field, value, messa
 def test_cli_refuses_unavailable_device_and_missing_csv_folder(model_path, bad_files, tmp_path, capsys):
     image = str(bad_files["IMG.JPG"])
     for device in ("bogus", "cuda:7" if torch.cuda.is_available() else "cuda"):
-        with pytest.raises(SystemExit) as exit_info:
-            classifier.main([str(model_path), image, "--device", device])
-        assert exit_info.value.code == 2
-        assert "--device" in capsys.readouterr().err
-    with pytest.raises(SystemExit) as exit_info:
-        classifier.main([str(model_path), image, "--csv", str(tmp_path / "no_such_folder" / "out.csv")])
-    assert exit_info.value.code == 2 and "does not exist" in capsys.readouterr().err
+        assert classifier.main([str(model_path), image, "--device", device]) == 2
+        assert capsys.readouterr().err.startswith("error: --device")
+    assert classifier.main([str(model_path), image, "--csv", str(tmp_path / "no_such_folder" / "out.csv")]) == 2
+    assert "does not exist" in capsys.readouterr().err
     # an existing CSV is replaced whole, never left half-written
     out_csv = tmp_path / "out.csv"
     out_csv.write_text("old\n")
