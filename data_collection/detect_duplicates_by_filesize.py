@@ -5,10 +5,11 @@ Files of equal size but different bytes are never reported.
 
     python data_collection/detect_duplicates_by_filesize.py
     python data_collection/detect_duplicates_by_filesize.py --dataset-dir dataset --gallery
-    python data_collection/detect_duplicates_by_filesize.py --dataset-dir photos --output photos_copies.json
+    python data_collection/detect_duplicates_by_filesize.py --dataset-dir /read/only/photos --report copies.json
 
 Writes dataset/duplicate_report_filesize.json (the shared report format of duplicate_report.py; each file's own
-value is its "sha256"), and with --gallery a PNG contact sheet of the largest groups.
+value is its "sha256"; byte-identical files form one group, so there is nothing to chain), and with --gallery a PNG
+contact sheet of the groups.
 """
 
 from __future__ import annotations
@@ -22,7 +23,10 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import duplicate_report as dr  # the sibling module (Python puts the script's folder on sys.path)
-from tqdm import tqdm
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # cli.py and fileio.py live in the project root
+import cli  # noqa: E402 - needs the line above
+import fileio  # noqa: E402
 
 logger = logging.getLogger(__name__)
 
@@ -58,7 +62,7 @@ def probe_all(
     """(item, size, (width, height)) for each usable image; the others as errors. Reads headers only."""
     good: list[tuple[dr.ScanItem, int, tuple[int, int]]] = []
     errors: list[dict[str, str]] = []
-    for item in tqdm(items, desc="Reading headers", unit="file", file=sys.stderr):
+    for item in cli.progress(items, desc="Reading headers", unit="file"):
         try:
             dimensions = dr.probe_image(item.path)
             good.append((item, item.path.stat().st_size, dimensions))
@@ -74,12 +78,12 @@ def hash_files(paths: Sequence[Path], workers: int) -> list[str | BaseException]
 
     def one(path: Path) -> str | BaseException:
         try:
-            return dr.sha256_file(path)
+            return fileio.sha256_file(path)
         except OSError as error:
             return error
 
     with ThreadPoolExecutor(max_workers=workers) as pool:
-        return list(tqdm(pool.map(one, paths), total=len(paths), desc="Hashing", unit="file", file=sys.stderr))
+        return list(cli.progress(pool.map(one, paths), total=len(paths), desc="Hashing", unit="file"))
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -94,49 +98,45 @@ def get_args_parser(add_help: bool = True) -> argparse.ArgumentParser:
     parser.add_argument(
         "--workers", type=int, default=DEFAULT_WORKERS, help=f"threads hashing files (default: {DEFAULT_WORKERS})"
     )
+    parser.add_argument("--num-workers", dest="workers", type=int, help=argparse.SUPPRESS)  # the old spelling
+    parser.epilog = cli.EXIT_CODES_HELP
     return parser
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     parser = get_args_parser()
     args = parser.parse_args(argv)
-    dr.configure_logging()
     if args.workers < 1:
-        parser.error("--workers must be at least 1")
+        return cli.error("--workers must be at least 1")
+    scan = dr.start(args, METHOD)
+    if isinstance(scan, int):
+        return scan
     try:
-        items, sets = dr.scan_dataset(args.dataset_dir, dr.parse_sets(args.sets))
-    except FileNotFoundError as error:
-        parser.error(str(error))
-    if not items:
-        parser.error(f"no images found in {args.dataset_dir} (looked in: {', '.join(dr.parse_sets(args.sets))})")
+        good, errors = probe_all(scan.items)
+        candidates = sizes_to_hash([size for _, size, _ in good])
+        hashes: list[str | None] = [None] * len(good)
+        for index, result in zip(candidates, hash_files([good[i][0].path for i in candidates], args.workers)):
+            if isinstance(result, BaseException):
+                errors.append({"path": good[index][0].rel, "reason": f"cannot read the file ({result})"})
+            else:
+                hashes[index] = result
+    except KeyboardInterrupt:
+        print("Interrupted: no report written.")
+        return cli.EXIT_INTERRUPTED
 
-    good, errors = probe_all(items)
-    candidates = sizes_to_hash([size for _, size, _ in good])
-    hashes: list[str | None] = [None] * len(good)
-    for index, result in zip(candidates, hash_files([good[i][0].path for i in candidates], args.workers)):
-        if isinstance(result, BaseException):
-            errors.append({"path": good[index][0].rel, "reason": f"cannot read the file ({result})"})
-        else:
-            hashes[index] = result
-    entry_groups = []
-    for group in exact_duplicate_groups([size for _, size, _ in good], hashes):
-        entries = []
-        for index in group:
-            item, _, (width, height) = good[index]
-            try:
-                entries.append(dr.file_entry(item, width, height, sha256=hashes[index]))
-            except OSError as error:
-                errors.append({"path": item.rel, "reason": f"disappeared during the scan ({error.strerror})"})
-        if len(entries) > 1:
-            entry_groups.append(entries)
+    def describe(index: int) -> tuple[dr.ScanItem, int, int, dict[str, str | None]]:
+        item, _, (width, height) = good[index]
+        return item, width, height, {"sha256": hashes[index]}
+
+    groups = exact_duplicate_groups([size for _, size, _ in good], hashes)
     return dr.finish(
         args,
         METHOD,
-        sets,
-        files_scanned=len(items),
+        scan.sets,
+        files_scanned=len(scan.items) + len(scan.skipped),
         images_read=len(good),
-        entry_groups=entry_groups,
-        errors=errors,
+        entry_groups=dr.entry_groups_for(groups, describe, errors),
+        errors=errors + scan.skipped,
         extra={"files_hashed": len(candidates)},
     )
 

@@ -2,14 +2,15 @@
 
 Images are decoded at reduced size (JPEG draft mode: the hash needs only 32x32 pixels) and hashed in parallel
 processes; pairs within the Hamming ``--threshold`` are found by multi-index hashing (no all-pairs comparison) and
-verified exactly; groups are the connected components of those pairs.
+verified exactly. A group is a representative and the images within the threshold of it (never a chain A~B~C
+joining images far apart); the representative is the image with the most near copies, ties by path.
 
     python data_collection/detect_duplicates_by_phash.py --threshold 5
     python data_collection/detect_duplicates_by_phash.py --threshold 8 --flip-invariant --gallery
     python data_collection/detect_duplicates_by_phash.py --dataset-dir photos --hash-size 16 --threshold 20
 
 Writes dataset/duplicate_report_phash.json (the shared report format of duplicate_report.py; each file's own value
-is its "phash" in hex), and with --gallery a PNG contact sheet of the largest groups.
+is its "phash" in hex), and with --gallery a PNG contact sheet of the groups (label conflicts and leaks first).
 """
 
 from __future__ import annotations
@@ -22,12 +23,15 @@ import sys
 from collections.abc import Iterator, Sequence
 from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
+from typing import NamedTuple
 
 import duplicate_report as dr  # the sibling module (Python puts the script's folder on sys.path)
 import imagehash
 import numpy as np
 from PIL import ImageOps
-from tqdm import tqdm
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # cli.py lives in the project root
+import cli  # noqa: E402 - needs the line above
 
 logger = logging.getLogger(__name__)
 
@@ -163,31 +167,58 @@ def find_near_duplicate_pairs(words: np.ndarray, max_distance: int, bits: int) -
 def near_duplicate_groups(
     words: np.ndarray, max_distance: int, bits: int, mirrored_words: np.ndarray | None = None
 ) -> list[list[int]]:
-    """Connected components of "within max_distance", optionally also against each image's mirrored hash.
+    """Groups of images within ``max_distance`` of their group's representative (dr.star_groups), representative
+    first; with ``mirrored_words``, an image also counts as near another when its mirror image is.
 
-    Identical hashes are collapsed first, so a thousand copies of one image cost one search entry, not a million
-    pairs.
+    Images with identical hashes (and mirror hashes) are collapsed into one search item first, so a thousand copies
+    of one image cost one entry, not a million pairs; ties between items go to the first image (path order).
     """
-    count = len(words)
-    rows = words if mirrored_words is None else np.concatenate([words, mirrored_words])
-    unique_rows, first_row, inverse = np.unique(rows, axis=0, return_index=True, return_inverse=True)
-    inverse = inverse.ravel()
-    pairs = find_near_duplicate_pairs(unique_rows, max_distance, bits)
-    image_of_row = np.arange(len(rows)) % count
-    same_hash = np.stack([image_of_row, image_of_row[first_row[inverse]]], axis=1)
-    close = image_of_row[first_row[pairs]] if len(pairs) else np.empty((0, 2), dtype=np.int64)
-    return dr.connected_components(count, np.concatenate([same_hash, close]).tolist())
+    keys = words if mirrored_words is None else np.concatenate([words, mirrored_words], axis=1)
+    unique_keys, first_image, node_of_image = np.unique(keys, axis=0, return_index=True, return_inverse=True)
+    node_of_image = node_of_image.ravel()
+    by_image = np.argsort(first_image, kind="stable")  # nodes renumbered in the order of their first image
+    rank = np.empty_like(by_image)
+    rank[by_image] = np.arange(len(by_image))
+    node_of_image = rank[node_of_image]
+    unique_keys = unique_keys[by_image]
+    nodes = len(unique_keys)
+    width = words.shape[1]
+    rows = unique_keys[:, :width]
+    if mirrored_words is not None:
+        rows = np.concatenate([rows, unique_keys[:, width:]])  # rows nodes.. are the mirrored hashes
+    pairs = find_near_duplicate_pairs(rows, max_distance, bits)
+    first, second = pairs[:, 0], pairs[:, 1]
+    keep = (first % nodes != second % nodes) & ((first < nodes) | (second < nodes))  # not both mirrored
+    node_pairs = np.stack([first[keep] % nodes, second[keep] % nodes], axis=1)
+    weights = np.bincount(node_of_image, minlength=nodes)
+    images_of_node = np.split(np.argsort(node_of_image, kind="stable"), np.cumsum(weights)[:-1])
+    groups = []
+    for node_group in dr.star_groups(nodes, node_pairs, weights):
+        representative = images_of_node[node_group[0]]
+        others = np.concatenate([representative[1:], *(images_of_node[node] for node in node_group[1:])])
+        groups.append([int(representative[0]), *sorted(int(image) for image in others)])
+    return groups
 
 
 # ----------------------------------------------------------------------------------------------------------------
 # Disk: hashing files in worker processes
 
 
-def hash_file(task: tuple[str, int, bool]) -> tuple[str | None, bytes, bytes, int, int, str | None]:
-    """(phash hex, packed bits, packed bits of the mirror image or b"", width, height, error) for one file.
+class HashResult(NamedTuple):
+    """What hashing one file gives: the hash (hex and packed bits) and the upright size, or the reason it failed."""
 
-    Runs in worker processes: takes and returns plain values. A JPEG is decoded in draft mode straight to
-    greyscale at no less than the hash's working size.
+    phash: str | None  # imagehash's hex form
+    packed: bytes  # the hash bits, np.packbits
+    mirrored: bytes  # the hash bits of the left-right mirrored image, or b"" when not asked for
+    width: int
+    height: int
+    error: str | None  # why the file could not be hashed; None when it was
+
+
+def hash_file(task: tuple[str, int, bool]) -> HashResult:
+    """The HashResult of one file. Runs in worker processes: takes and returns plain values.
+
+    A JPEG is decoded in draft mode straight to greyscale at no less than the hash's working size.
     """
     path, hash_size, is_flip_invariant = task
     side = hash_size * HIGHFREQ_FACTOR
@@ -199,22 +230,22 @@ def hash_file(task: tuple[str, int, bool]) -> tuple[str | None, bytes, bytes, in
         if is_flip_invariant:
             mirror_hash = imagehash.phash(ImageOps.mirror(image), hash_size=hash_size, highfreq_factor=HIGHFREQ_FACTOR)
             mirrored = np.packbits(mirror_hash.hash.ravel()).tobytes()
-        return str(phash), packed, mirrored, width, height, None
+        return HashResult(str(phash), packed, mirrored, width, height, None)
     except dr.ImageReadError as error:
-        return None, b"", b"", 0, 0, str(error)
+        return HashResult(None, b"", b"", 0, 0, str(error))
     except Exception as error:  # noqa: BLE001 - one odd file must never stop the scan
-        return None, b"", b"", 0, 0, f"{type(error).__name__}: {error}"
+        return HashResult(None, b"", b"", 0, 0, f"{type(error).__name__}: {error}")
 
 
-def hash_files(paths: Sequence[Path], hash_size: int, is_flip_invariant: bool, workers: int) -> list[tuple]:
+def hash_files(paths: Sequence[Path], hash_size: int, is_flip_invariant: bool, workers: int) -> list[HashResult]:
     """hash_file for every path in order, in ``workers`` processes (in this one for few files), with a progress bar."""
     tasks = [(str(path), hash_size, is_flip_invariant) for path in paths]
-    progress = {"total": len(tasks), "desc": "Hashing", "unit": "img", "file": sys.stderr}
+    options = {"total": len(tasks), "desc": "Hashing", "unit": "img"}
     if workers == 1 or len(tasks) < MIN_FILES_FOR_PROCESSES:
-        return [hash_file(task) for task in tqdm(tasks, **progress)]
+        return [hash_file(task) for task in cli.progress(tasks, **options)]
     importlib.import_module("scipy.fftpack")  # imagehash.phash imports it on first use: once here, not per worker
     with ProcessPoolExecutor(max_workers=workers) as pool:
-        return list(tqdm(pool.map(hash_file, tasks, chunksize=CHUNKSIZE), **progress))
+        return list(cli.progress(pool.map(hash_file, tasks, chunksize=CHUNKSIZE), **options))
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -224,6 +255,7 @@ def hash_files(paths: Sequence[Path], hash_size: int, is_flip_invariant: bool, w
 def get_args_parser(add_help: bool = True) -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         description="Find near copies with a perceptual hash (imagehash pHash) and a Hamming-distance threshold.",
+        epilog=cli.EXIT_CODES_HELP,
         add_help=add_help,
     )
     dr.add_common_arguments(parser, METHOD)
@@ -231,8 +263,8 @@ def get_args_parser(add_help: bool = True) -> argparse.ArgumentParser:
         "--threshold",
         type=int,
         default=DEFAULT_THRESHOLD,
-        help=f"largest Hamming distance between hashes counted as a copy, 0 to hash-size**2 "
-        f"(default: {DEFAULT_THRESHOLD})",
+        help="Hamming distance: the most hash bits (of hash-size**2) in which an image may differ from its group's "
+        f"representative and still count as a copy, 0 to hash-size**2 (default: {DEFAULT_THRESHOLD} of 64)",
     )
     parser.add_argument(
         "--hash-size",
@@ -249,45 +281,48 @@ def get_args_parser(add_help: bool = True) -> argparse.ArgumentParser:
         default=DEFAULT_WORKERS,
         help=f"processes decoding and hashing images (default: {DEFAULT_WORKERS}, the CPU count)",
     )
+    parser.add_argument("--num-workers", dest="workers", type=int, help=argparse.SUPPRESS)  # the old spelling
     return parser
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     parser = get_args_parser()
     args = parser.parse_args(argv)
-    dr.configure_logging()
     if args.hash_size < 2:
-        parser.error("--hash-size must be at least 2")
+        return cli.error("--hash-size must be at least 2")
     bits = args.hash_size**2
     if not 0 <= args.threshold <= bits:
-        parser.error(f"--threshold must be between 0 and {bits} (the bits of a hash of --hash-size {args.hash_size})")
+        return cli.error(
+            f"--threshold must be between 0 and {bits} (the bits of a hash of --hash-size {args.hash_size})"
+        )
     if args.workers < 1:
-        parser.error("--workers must be at least 1")
+        return cli.error("--workers must be at least 1")
+    scan = dr.start(args, METHOD)
+    if isinstance(scan, int):
+        return scan
+    items = scan.items
     try:
-        items, sets = dr.scan_dataset(args.dataset_dir, dr.parse_sets(args.sets))
-    except FileNotFoundError as error:
-        parser.error(str(error))
-    if not items:
-        parser.error(f"no images found in {args.dataset_dir} (looked in: {', '.join(dr.parse_sets(args.sets))})")
-
-    results = hash_files([item.path for item in items], args.hash_size, args.flip_invariant, args.workers)
-    errors = [{"path": item.rel, "reason": result[5]} for item, result in zip(items, results) if result[5]]
-    hashed = [(item, result) for item, result in zip(items, results) if result[5] is None]
+        results = hash_files([item.path for item in items], args.hash_size, args.flip_invariant, args.workers)
+    except KeyboardInterrupt:
+        print("Interrupted: no report written.")
+        return cli.EXIT_INTERRUPTED
+    errors = [{"path": item.rel, "reason": result.error} for item, result in zip(items, results) if result.error]
+    hashed = [(item, result) for item, result in zip(items, results) if result.error is None]
     entry_groups: list[list[dict]] = []
     plain: list[str] = []
     if hashed:
-        bit_rows = bits_from_packed([result[1] for _, result in hashed], bits)
+        bit_rows = bits_from_packed([result.packed for _, result in hashed], bits)
         is_plain = is_low_information(bit_rows)
         plain = [hashed[index][0].rel for index in np.flatnonzero(is_plain)]
         compared = np.flatnonzero(~is_plain)
         mirrored = None
         if args.flip_invariant:
-            mirrored = pack_hashes(bits_from_packed([hashed[i][1][2] for i in compared], bits))
+            mirrored = pack_hashes(bits_from_packed([hashed[i][1].mirrored for i in compared], bits))
         groups = near_duplicate_groups(pack_hashes(bit_rows[compared]), args.threshold, bits, mirrored)
 
-        def describe(index: int) -> tuple[dr.ScanItem, int, int, dict[str, str]]:
-            item, (phash, _, _, width, height, _) = hashed[compared[index]]
-            return item, width, height, {"phash": phash}
+        def describe(index: int) -> tuple[dr.ScanItem, int, int, dict[str, str | None]]:
+            item, result = hashed[compared[index]]
+            return item, result.width, result.height, {"phash": result.phash}
 
         entry_groups = dr.entry_groups_for(groups, describe, errors)
     notes = [
@@ -297,11 +332,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     return dr.finish(
         args,
         METHOD,
-        sets,
-        files_scanned=len(items),
+        scan.sets,
+        files_scanned=len(items) + len(scan.skipped),
         images_read=len(hashed),
         entry_groups=entry_groups,
-        errors=errors,
+        errors=errors + scan.skipped,
         extra={"plain_images": plain},
         notes=notes if plain else (),
     )

@@ -1,47 +1,64 @@
-"""What the three duplicate detectors and remove_duplicates.py share: finding images, the report, groups, the gallery.
+"""What the three duplicate detectors and remove_duplicates.py share: finding images, groups, the report, the gallery.
 
-Not a script. ``detect_duplicates_by_{filesize,phash,embedding}.py`` scan a dataset with ``scan_dataset``, turn the
-"is a duplicate of" pairs they find into groups with ``connected_components``, and write one report format with
-``finish`` (``build_report`` + ``write_json_atomic``); ``remove_duplicates.py`` reads it back with ``load_report``.
+Imported by detect_duplicates_by_filesize.py, detect_duplicates_by_phash.py, detect_duplicates_by_embedding.py and
+remove_duplicates.py; not a script. A detector scans a dataset with ``scan_dataset``, turns the "is a duplicate of"
+pairs it finds into groups with ``star_groups`` (every member is a neighbour of the group's representative: no
+chains), and writes one report format with ``finish``; ``remove_duplicates.py`` reads it back with ``load_report``.
 
 Report layout (``SCHEMA_VERSION`` 1)::
 
-    {"schema_version": 1, "method": "phash", "created": "...", "dataset_dir": "/abs/dataset", "sets": [...],
-     "arguments": {...}, "files_scanned": 1234, "images_read": 1230,
+    {"schema_version": 1, "method": "phash", "detector": "detect_duplicates_by_phash.py", "created": "...(UTC)",
+     "dataset_dir": "/abs/dataset", "sets": [...], "arguments": {...}, "files_scanned": 1234, "images_read": 1230,
      "summary": {"groups": 12, "files_in_groups": 27, "removable_copies": 15, "by_category": {...}},
      "duplicate_groups": {"same_class_and_set": [group, ...], "same_class_diff_set": [...],
                           "diff_class_same_set": [...], "diff_class_diff_set": [...]},
+     "warnings": ["..."],                      # implausible output, said in sentences (may be empty)
      "errors": [{"path": "train/bird/x.jpg", "reason": "empty file (0 bytes)"}]}
-    group = {"id": 3, "category": "same_class_diff_set", "files": [entry, ...], ...method's own group values}
+    group = {"id": 3, "category": "same_class_diff_set", "representative": "train/bird/a.jpg",
+             "files": [entry, ...], ...method's own group values}
     entry = {"path": "train/bird/a.jpg", "size": 51234, "mtime_ns": ..., "set": "train", "class": "bird",
              "filename": "a.jpg", "width": 640, "height": 480, "is_symlink": false, ...method's own value}
 
-Paths are relative to the dataset folder, in POSIX form. How images are found and read (by content, the reasons a
-bad file is refused, the mode conversion) is classifier.py's, imported from the project root; what is added here is
-what only duplicates need: the completeness check of a file, the full upright size next to a small decode.
+Paths are relative to the dataset folder, in POSIX form; a file name that is not valid UTF-8 is kept, written as
+``\\udcXX`` escapes by fileio.write_json (lossless, and the report stays valid UTF-8). How images are read (by
+content, the reasons a bad file is refused, the mode conversion) is classifier.py's; what is added here is what only
+duplicates need: a scan that never opens a named pipe, the completeness check of a file, the full upright size next
+to a small decode.
 """
 
 from __future__ import annotations
 
 import argparse
-import datetime as dt
-import hashlib
-import json
 import logging
 import os
+import stat
 import sys
-import tempfile
 import warnings
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import numpy as np
-from PIL import Image
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # classifier.py lives in the project root
-import classifier  # noqa: E402 - needs the line above
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # fileio.py, cli.py and classifier.py: project root
+import cli  # noqa: E402 - needs the line above
+import fileio  # noqa: E402
+from fileio import ReportError, read_json, sha256_file  # noqa: E402, F401 - remove_duplicates.py reads them here
+
+DETECTORS = (
+    "detect_duplicates_by_filesize.py",
+    "detect_duplicates_by_phash.py",
+    "detect_duplicates_by_embedding.py",
+)
+if __name__ == "__main__":  # answer at once, before the slow import below (classifier.py imports torch)
+    raise SystemExit(
+        cli.error(
+            "duplicate_report.py is a module imported by the duplicate detectors, not a script; run one of "
+            + ", ".join(f"data_collection/{name}" for name in DETECTORS)
+        )
+    )
+import classifier  # noqa: E402
 
 logger = logging.getLogger(__name__)
 
@@ -54,19 +71,21 @@ CATEGORY_NOTES = {  # what each category means for the user, printed next to the
     "diff_class_same_set": "label conflict",
     "diff_class_diff_set": "label conflict and leakage",
 }
+PROBLEMS_FIRST = (  # the gallery's order: what harms training most first (label conflicts, then leaks)
+    "diff_class_diff_set",
+    "diff_class_same_set",
+    "same_class_diff_set",
+    "same_class_and_set",
+)
 DEFAULT_DATASET_DIR = "dataset"
 DEFAULT_SETS = ("train", "val")  # the sub-folders a dataset made by download_images.py has
 WHOLE_FOLDER_SET = "."  # the set name of images when the dataset folder has none of the set folders
-HASH_CHUNK_BYTES = 1 << 20  # read files in 1 MiB pieces for hashing: constant memory for any file size
 TAIL_BYTES = 65536  # a complete JPEG normally ends with its end marker within this many bytes of the end
-GALLERY_MAX_GROUPS = 12  # rows of the contact sheet: the largest groups
+GALLERY_MAX_GROUPS = 12  # rows of the contact sheet
 GALLERY_MAX_FILES = 8  # columns: files shown per group
 GALLERY_THUMB_PIXELS = 160  # thumbnails are decoded at about this size (JPEG draft mode)
+GALLERY_TITLE_INCHES = 0.45  # space kept above the first row for the title, so it never covers a caption
 ImageReadError = classifier.ImageLoadError  # an image that cannot be used; ``str(error)`` is the reason
-
-
-class ReportError(ValueError):
-    """A report or log that cannot be used; the message is one sentence saying why and what to do."""
 
 
 @dataclass(frozen=True)
@@ -79,13 +98,16 @@ class ScanItem:
     class_name: str
 
 
+class Scan(NamedTuple):
+    """What scan_dataset found: the candidate images, the sets used and the files skipped without opening them."""
+
+    items: list[ScanItem]
+    sets: list[str]
+    skipped: list[dict[str, str]]  # {"path", "reason"}: named pipes, sockets, device nodes
+
+
 # ----------------------------------------------------------------------------------------------------------------
 # Pure functions: locations, categories, groups, summaries
-
-
-def split_location(rel_parts: Sequence[str], set_name: str) -> tuple[str, str]:
-    """(set, class) of a file from its path parts below the set folder: the class is the first folder, if any."""
-    return set_name, (rel_parts[0] if len(rel_parts) > 1 else "")
 
 
 def categorize(entries: Sequence[dict[str, Any]]) -> str:
@@ -97,32 +119,49 @@ def categorize(entries: Sequence[dict[str, Any]]) -> str:
     return "diff_class_same_set" if same_set else "diff_class_diff_set"
 
 
-def connected_components(count: int, pairs: Iterable[tuple[int, int]] | np.ndarray) -> list[list[int]]:
-    """Groups (of at least two) of the "is a duplicate of" relation over ``count`` items, whatever the pair order.
+def star_groups(
+    count: int,
+    pairs: Iterable[tuple[int, int]] | np.ndarray,
+    weights: Sequence[int] | np.ndarray | None = None,
+) -> list[list[int]]:
+    """Groups in which every member is a neighbour of the group's representative (leader clustering); no chains.
 
-    Each group is sorted and groups are sorted by their first member, so the result does not depend on the order
-    in which pairs or files were found.
+    ``pairs`` are the "is within the threshold of" relation over ``count`` items (any order, either direction).
+    Items are taken in a fixed order, most neighbours first, ties by index (the detectors index files in path
+    order); an item not yet grouped becomes a representative and takes all its neighbours not yet grouped. So
+    A~B~C~...~Z never joins A and Z unless both are near one representative, and the result does not depend on
+    the order in which pairs were found.
+
+    ``weights``: how many identical files an item stands for (the pHash detector collapses equal hashes into one
+    item); an item of weight 2 or more is a group by itself. Returns groups as [representative, *others ascending],
+    ordered by representative.
     """
-    parent = list(range(count))
-
-    def find(item: int) -> int:
-        while parent[item] != item:
-            parent[item] = parent[parent[item]]  # path halving keeps the trees flat
-            item = parent[item]
-        return item
-
-    for first, second in pairs:
-        root_a, root_b = find(int(first)), find(int(second))
-        if root_a != root_b:
-            parent[max(root_a, root_b)] = min(root_a, root_b)
-    members: dict[int, list[int]] = {}
-    for item in range(count):
-        members.setdefault(find(item), []).append(item)
-    return sorted((group for group in members.values() if len(group) > 1), key=lambda group: group[0])
+    weights = np.ones(count, dtype=np.int64) if weights is None else np.asarray(weights, dtype=np.int64)
+    edges = np.asarray(list(pairs) if not isinstance(pairs, np.ndarray) else pairs, dtype=np.int64).reshape(-1, 2)
+    edges = edges[edges[:, 0] != edges[:, 1]]
+    edges = np.unique(np.sort(edges, axis=1), axis=0)
+    both = np.concatenate([edges, edges[:, ::-1]])  # each edge in both directions, grouped by its first item
+    both = both[np.lexsort((both[:, 1], both[:, 0]))]
+    starts = np.searchsorted(both[:, 0], np.arange(count + 1))
+    degree = np.bincount(both[:, 0], weights=weights[both[:, 1]], minlength=count) + weights - 1
+    order = np.lexsort((np.arange(count), -degree))
+    is_grouped = np.zeros(count, dtype=bool)
+    groups = []
+    for item in order[degree[order] > 0]:
+        if is_grouped[item]:
+            continue
+        neighbours = both[starts[item] : starts[item + 1], 1]
+        members = neighbours[~is_grouped[neighbours]]
+        if len(members) == 0 and weights[item] < 2:
+            continue
+        is_grouped[item] = True
+        is_grouped[members] = True
+        groups.append([int(item), *sorted(int(member) for member in members)])
+    return sorted(groups, key=lambda group: group[0])
 
 
 def group_by_key(keys: Sequence[Any]) -> list[list[int]]:
-    """Indices grouped by equal key, only groups of two or more; sorted as connected_components sorts."""
+    """Indices grouped by equal key, only groups of two or more, each ascending, groups by their first index."""
     by_key: dict[Any, list[int]] = {}
     for index, key in enumerate(keys):
         by_key.setdefault(key, []).append(index)
@@ -132,12 +171,15 @@ def group_by_key(keys: Sequence[Any]) -> list[list[int]]:
 def make_groups(
     entry_groups: Sequence[Sequence[dict[str, Any]]], group_extras: Sequence[dict[str, Any]] | None = None
 ) -> dict[str, list[dict[str, Any]]]:
-    """Groups of file entries split into CATEGORIES; ids numbered 1.. by category, then size (largest first), path."""
+    """Groups of file entries split into CATEGORIES; ids numbered 1.. by category, then size (largest first), path.
+
+    The first entry of each group is its representative (recorded by path); files are listed in path order.
+    """
     extras = list(group_extras) if group_extras is not None else [{} for _ in entry_groups]
     by_category: dict[str, list[tuple[list[dict[str, Any]], dict[str, Any]]]] = {c: [] for c in CATEGORIES}
     for entries, extra in zip(entry_groups, extras):
         files = sorted(entries, key=lambda entry: entry["path"])
-        by_category[categorize(files)].append((files, extra))
+        by_category[categorize(files)].append((files, {"representative": entries[0]["path"], **extra}))
     result: dict[str, list[dict[str, Any]]] = {}
     next_id = 1
     for category in CATEGORIES:
@@ -152,6 +194,12 @@ def iter_groups(report: dict[str, Any]) -> list[dict[str, Any]]:
     """All groups of a report in id order."""
     groups = [group for category in CATEGORIES for group in report["duplicate_groups"].get(category, [])]
     return sorted(groups, key=lambda group: group["id"])
+
+
+def problems_first(report: dict[str, Any]) -> list[dict[str, Any]]:
+    """All groups, label conflicts and train/val leaks before same-class copies, largest first within each."""
+    rank = {category: position for position, category in enumerate(PROBLEMS_FIRST)}
+    return sorted(iter_groups(report), key=lambda group: (rank[group["category"]], -len(group["files"]), group["id"]))
 
 
 def summarize(duplicate_groups: dict[str, list[dict[str, Any]]]) -> dict[str, Any]:
@@ -190,12 +238,14 @@ def build_report(
     duplicate_groups: dict[str, list[dict[str, Any]]],
     errors: Sequence[dict[str, str]],
     extra: dict[str, Any] | None = None,
+    warnings: Sequence[str] = (),
 ) -> dict[str, Any]:
     """The report dict in the shared format (see the module docstring); plain types only."""
     report = {
         "schema_version": SCHEMA_VERSION,
         "method": method,
-        "created": dt.datetime.now().astimezone().isoformat(timespec="seconds"),
+        "detector": f"detect_duplicates_by_{method}.py",
+        "created": fileio.utc_now(),
         "dataset_dir": str(Path(dataset_dir).resolve()),
         "sets": list(sets),
         "arguments": arguments,
@@ -204,9 +254,32 @@ def build_report(
         **(extra or {}),
         "summary": summarize(duplicate_groups),
         "duplicate_groups": duplicate_groups,
+        "warnings": list(warnings),
         "errors": sorted(errors, key=lambda error: error["path"]),
     }
     return to_plain(report)
+
+
+def next_step(report: dict[str, Any], report_path: Path, gallery: Path | None) -> list[str]:
+    """What to do with the report: a removal dry run for exact and pHash copies; for embeddings, look first.
+
+    Semantic similarity is not duplication, so an embedding report never gets a removal line of its own choosing;
+    and a report with warnings (implausible groups) gets none at all.
+    """
+    if not report["summary"]["groups"]:
+        return []
+    if report.get("warnings"):
+        look = f"look at {gallery}" if gallery else "rerun with --gallery and look at the groups"
+        return [f"Next: {look}; no removal is suggested for this report (see the warnings above)."]
+    if report["method"] == "embedding":
+        look = f"look at the groups in {gallery}" if gallery else "rerun with --gallery and look at the groups"
+        return [
+            f"Next: {look} (semantic similarity is not duplication); then decide group by group: "
+            f"python data_collection/remove_duplicates.py --report {report_path} --strategy interactive"
+        ]
+    return [
+        f"Next (a dry run): python data_collection/remove_duplicates.py --report {report_path} --strategy prefer-train"
+    ]
 
 
 def format_summary(report: dict[str, Any], report_path: Path | None = None, notes: Sequence[str] = ()) -> str:
@@ -214,8 +287,9 @@ def format_summary(report: dict[str, Any], report_path: Path | None = None, note
     summary = report["summary"]
     skipped = len(report["errors"])
     lines = [
-        f"Scanned {report['files_scanned']} files in {report['dataset_dir']} ({', '.join(report['sets'])}): "
-        f"{report['images_read']} images read, {skipped} skipped" + (" (see 'errors' in the report)" if skipped else "")
+        f"Scanned {report['files_scanned']} files in {cli.printable(report['dataset_dir'])} "
+        f"({', '.join(map(cli.printable, report['sets']))}): {report['images_read']} images read, {skipped} skipped"
+        + (" (see 'errors' in the report)" if skipped else "")
     ]
     lines.append(
         f"Found {summary['groups']} duplicate groups ({report['method']}): {summary['files_in_groups']} files, "
@@ -227,13 +301,9 @@ def format_summary(report: dict[str, Any], report_path: Path | None = None, note
             f"  {category:<22}{counts['groups']:>6} groups {counts['files']:>7} files   ({CATEGORY_NOTES[category]})"
         )
     lines.extend(notes)
+    lines.extend(f"WARNING: {warning}" for warning in report.get("warnings", []))
     if report_path is not None:
-        lines.append(f"Report: {report_path}")
-        if summary["groups"]:
-            lines.append(
-                f"Next (a dry run): python data_collection/remove_duplicates.py --report {report_path} "
-                "--strategy prefer-train"
-            )
+        lines.append(f"Report: {cli.printable(report_path)}")
     return "\n".join(lines)
 
 
@@ -249,14 +319,39 @@ def parse_sets(values: Sequence[str]) -> list[str]:
 
 
 # ----------------------------------------------------------------------------------------------------------------
-# Reading images (classifier.py's rules): find by content, probe the header, decode small
+# Finding and reading images (classifier.py's rules): find by content, probe the header, decode small
 
 
-def scan_dataset(dataset_dir: Path, sets: Sequence[str]) -> tuple[list[ScanItem], list[str]]:
-    """Every candidate image under the set folders of ``dataset_dir``, with its set and class; and the sets used.
+def _candidates(root: Path, recursive: bool) -> Iterable[Path]:
+    """Files under ``root`` (the folder itself read through if it is a symlink; nothing below it followed)."""
+    if not recursive:
+        with os.scandir(root) as entries:
+            yield from (root / entry.name for entry in entries if not entry.name.startswith("."))
+        return
+    for directory, subdirs, names in os.walk(root, followlinks=False):
+        subdirs[:] = [name for name in subdirs if not name.startswith(".")]
+        yield from (Path(directory) / name for name in names if not name.startswith("."))
+
+
+def _kind_reason(path: Path) -> str | None:
+    """Why ``path`` (followed through a symlink) is not a file to read, for named pipes, sockets and devices."""
+    try:
+        mode = os.stat(path).st_mode
+    except OSError:
+        return None  # a broken link or an unreadable entry: reported by the reader if it looks like an image
+    if stat.S_ISREG(mode) or stat.S_ISDIR(mode):
+        return None
+    return fileio.describe_kind(mode)
+
+
+def scan_dataset(dataset_dir: Path, sets: Sequence[str]) -> Scan:
+    """Every candidate image under the set folders of ``dataset_dir``, with its set and class.
 
     Set folders that do not exist are skipped with a warning; when none exists, the dataset folder itself is scanned
-    as one set named ".". Raises FileNotFoundError when ``dataset_dir`` is not a folder.
+    as one set named ".". Class folders are fileio.class_folders' (a symlinked class folder is read through, as the
+    trainer does; nothing below it is followed). Files are found by extension or by content, and a named pipe,
+    socket or device node is never opened: it goes to ``skipped`` with its reason. Raises FileNotFoundError when
+    ``dataset_dir`` is not a folder.
     """
     if not dataset_dir.is_dir():
         raise FileNotFoundError(f"dataset folder {dataset_dir} does not exist (pass --dataset-dir)")
@@ -265,15 +360,24 @@ def scan_dataset(dataset_dir: Path, sets: Sequence[str]) -> tuple[list[ScanItem]
         logger.info("No %s folder in %s: scanning the whole folder as one set", " or ".join(sets), dataset_dir)
     for name in sets:
         if present and name not in present:
-            logger.warning("%s not found: skipped", dataset_dir / name)
+            logger.warning("%s not found: skipped", cli.printable(dataset_dir / name))
     roots = [(dataset_dir / name, name) for name in present] or [(dataset_dir, WHOLE_FOLDER_SET)]
     items: list[ScanItem] = []
+    skipped: list[dict[str, str]] = []
     for root, set_name in roots:
-        for path in classifier.find_image_files(root):
-            below_set = path.relative_to(root).parts
-            set_value, class_name = split_location(below_set, set_name)
-            items.append(ScanItem(path, path.relative_to(dataset_dir).as_posix(), set_value, class_name))
-    return items, [name for _, name in roots]
+        places = [(root, "", False)] + [(root / name, name, True) for name in fileio.class_folders(root)]
+        for folder, class_name, recursive in places:
+            for path in _candidates(folder, recursive):
+                rel = path.relative_to(dataset_dir).as_posix()
+                reason = _kind_reason(path)
+                if reason:
+                    skipped.append({"path": rel, "reason": reason})
+                elif not path.is_dir() and (
+                    path.suffix.lower() in classifier.IMAGE_EXTENSIONS or classifier.is_image_file(path)
+                ):
+                    items.append(ScanItem(path, rel, set_name, class_name))
+    items.sort(key=lambda item: item.rel)
+    return Scan(items, [name for _, name in roots], skipped)
 
 
 def _jpeg_first_scan_offset(handle: Any) -> int | None:
@@ -316,7 +420,7 @@ def check_file_complete(path: Path, image_format: str | None) -> str | None:
                     return None
                 handle.seek(scan)  # a trailer after the end marker (e.g. a motion photo's video): read it all
                 previous = b""
-                while chunk := handle.read(HASH_CHUNK_BYTES):
+                while chunk := handle.read(fileio.HASH_CHUNK_BYTES):
                     if b"\xff\xd9" in previous[-1:] + chunk:  # the marker may straddle two reads
                         return None
                     previous = chunk
@@ -346,10 +450,8 @@ def probe_image(path: Path) -> tuple[int, int]:
     return size
 
 
-def read_image(
-    path: Path, draft_size: tuple[int, int] | None = None, mode: str = "RGB"
-) -> tuple[Image.Image, tuple[int, int]]:
-    """(decoded upright image in ``mode`` "RGB" or "L", the full upright (width, height)); raises ImageReadError.
+def read_image(path: Path, draft_size: tuple[int, int] | None = None, mode: str = "RGB") -> tuple[Any, tuple[int, int]]:
+    """(decoded upright PIL image in ``mode`` "RGB" or "L", the full upright (width, height)); raises ImageReadError.
 
     ``draft_size``: JPEGs are decoded scaled by 1/2, 1/4 or 1/8 (DCT scaling) while both sides stay at least this
     large: far faster when only a small version is needed (a 32x32 hash, a thumbnail); see classifier.decode_image.
@@ -361,11 +463,11 @@ def read_image(
 
 def file_entry(item: ScanItem, width: int, height: int, **method_values: Any) -> dict[str, Any]:
     """The report entry of one file (see the module docstring); ``method_values`` are the method's own fields."""
-    stat = item.path.stat()
+    info = item.path.stat()
     return {
         "path": item.rel,
-        "size": stat.st_size,
-        "mtime_ns": stat.st_mtime_ns,
+        "size": info.st_size,
+        "mtime_ns": info.st_mtime_ns,
         "set": item.set_name,
         "class": item.class_name,
         "filename": item.path.name,
@@ -378,10 +480,11 @@ def file_entry(item: ScanItem, width: int, height: int, **method_values: Any) ->
 
 def entry_groups_for(
     groups: Sequence[Sequence[int]],
-    describe: Any,
+    describe: Callable[[int], tuple[ScanItem, int, int, dict[str, Any]]],
     errors: list[dict[str, str]],
 ) -> list[list[dict[str, Any]]]:
-    """Report entries for groups of indices; ``describe(index)`` gives (ScanItem, width, height, method values).
+    """Report entries for groups of indices (representative first); ``describe(index)`` gives (ScanItem, width,
+    height, method values).
 
     A file that disappeared since it was read is added to ``errors`` and left out; a group left with one file is
     dropped.
@@ -401,33 +504,7 @@ def entry_groups_for(
 
 
 # ----------------------------------------------------------------------------------------------------------------
-# Files: hashing, atomic JSON, loading reports, the gallery
-
-
-def sha256_file(path: str | os.PathLike) -> str:
-    """Hex SHA-256 of the file's bytes, read in pieces (follows symlinks)."""
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        while chunk := handle.read(HASH_CHUNK_BYTES):
-            digest.update(chunk)
-    return digest.hexdigest()
-
-
-def write_json_atomic(path: str | os.PathLike, data: Any) -> None:
-    """The report as strict JSON, written atomically (temp file, fsync, rename) by classifier.py's writer."""
-    classifier.write_json_atomically(path, to_plain(data), indent=1)
-
-
-def read_json(path: Path, what: str) -> Any:
-    """Parsed JSON; ReportError with one sentence when the file is missing, unreadable or not JSON."""
-    if not path.is_file():
-        raise ReportError(f"{what} {path} does not exist")
-    try:
-        return json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError) as error:
-        raise ReportError(f"cannot read {what} {path}: {error}") from None
-    except json.JSONDecodeError as error:
-        raise ReportError(f"{what} {path} is not valid JSON (truncated?): {error}") from None
+# Reports and the gallery
 
 
 def validate_report(report: Any, source: str = "the report") -> dict[str, Any]:
@@ -463,22 +540,29 @@ def load_report(path: Path) -> dict[str, Any]:
     return validate_report(read_json(path, "report"), f"report {path}")
 
 
-def write_gallery(
+def write_json_atomic(path: str | os.PathLike, data: Any) -> None:
+    """fileio.write_json of ``data`` made plain (numpy values, Paths); kept for remove_duplicates.py."""
+    fileio.write_json(path, to_plain(data), indent=1)
+
+
+def gallery_figure(
     report: dict[str, Any],
     dataset_dir: Path,
-    output: Path,
     max_groups: int = GALLERY_MAX_GROUPS,
     max_files: int = GALLERY_MAX_FILES,
-) -> int:
-    """A PNG contact sheet of the largest groups (one row per group); returns how many groups it shows (0: no file)."""
-    groups = sorted(iter_groups(report), key=lambda group: (-len(group["files"]), group["id"]))[:max_groups]
-    if not groups:
-        return 0
+) -> tuple[Any, int]:
+    """(matplotlib Figure, groups shown) of a contact sheet: one row per group, problems first, largest first.
+
+    The title says "showing N of M groups"; room is kept above the first row so the title covers no caption.
+    """
     from matplotlib.backends.backend_agg import FigureCanvasAgg  # lazy: matplotlib is slow to import
     from matplotlib.figure import Figure
 
+    every_group = problems_first(report)
+    groups = every_group[:max_groups]
     columns = min(max_files, max(len(group["files"]) for group in groups))
-    figure = Figure(figsize=(2.2 * columns, 2.6 * len(groups)))
+    height = 2.6 * len(groups) + GALLERY_TITLE_INCHES
+    figure = Figure(figsize=(2.2 * columns, height))
     FigureCanvasAgg(figure)
     axes = figure.subplots(len(groups), columns, squeeze=False)
     for row, group in enumerate(groups):
@@ -496,44 +580,64 @@ def write_gallery(
                 ax.imshow(np.asarray(thumb))
             except ImageReadError as error:
                 ax.text(0.5, 0.5, f"unreadable:\n{error}"[:60], ha="center", va="center", fontsize=6, wrap=True)
-            name = entry.get("filename", entry["path"].rsplit("/", 1)[-1])
+            name = cli.printable(entry.get("filename", entry["path"].rsplit("/", 1)[-1]))
+            marker = " *" if entry["path"] == group.get("representative") else ""
             ax.set_title(
-                f"{entry['set']}/{entry['class']}\n{name[:24]}\n{entry.get('width')}x{entry.get('height')}", fontsize=7
+                f"{cli.printable(entry['set'])}/{cli.printable(entry['class'])}{marker}\n{name[:24]}\n"
+                f"{entry.get('width')}x{entry.get('height')}",
+                fontsize=7,
             )
             if column == 0:
                 more = len(group["files"]) - columns
-                label = f"group {group['id']}\n{group['category']}" + (f"\n(+{more} more)" if more > 0 else "")
+                label = f"group {group['id']}\n{CATEGORY_NOTES[group['category']]}" + (
+                    f"\n(+{more} more)" if more > 0 else ""
+                )
                 ax.set_ylabel(label, fontsize=7)
-    figure.suptitle(f"Largest duplicate groups ({report['method']})", fontsize=10)
-    output.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp_name = tempfile.mkstemp(prefix=f".{output.name}.", suffix=".tmp.png", dir=output.parent)
-    os.close(fd)
-    try:
-        with warnings.catch_warnings():
-            warnings.filterwarnings("ignore", message="Glyph .* missing from font")  # file names in any script
-            figure.tight_layout()
-            figure.savefig(tmp_name, dpi=90, format="png")
-        os.replace(tmp_name, output)
-    except BaseException:
-        Path(tmp_name).unlink(missing_ok=True)
-        raise
-    return len(groups)
+    figure.suptitle(
+        f"Duplicate groups ({report['method']}): showing {len(groups)} of {len(every_group)} groups, "
+        "label conflicts and leaks first (* = representative)",
+        fontsize=10,
+    )
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message="Glyph .* missing from font")  # file names in any script
+        figure.tight_layout(rect=(0, 0, 1, 1 - GALLERY_TITLE_INCHES / height))
+    return figure, len(groups)
+
+
+def write_gallery(
+    report: dict[str, Any],
+    dataset_dir: Path,
+    output: Path,
+    max_groups: int = GALLERY_MAX_GROUPS,
+    max_files: int = GALLERY_MAX_FILES,
+) -> int:
+    """The PNG contact sheet of gallery_figure, written atomically; returns the groups shown (0: no file)."""
+    if not iter_groups(report):
+        return 0
+    figure, shown = gallery_figure(report, dataset_dir, max_groups, max_files)
+    fileio.remove_stale_temp_files(output.parent, output.name)
+    with warnings.catch_warnings(), fileio.atomic_write(output) as handle:
+        warnings.filterwarnings("ignore", message="Glyph .* missing from font")
+        figure.savefig(handle, dpi=90, format="png")
+    return shown
 
 
 # ----------------------------------------------------------------------------------------------------------------
 # What the three detector scripts share on the command line
 
 
-def add_common_arguments(parser: argparse.ArgumentParser, method: str) -> None:
-    """--dataset-dir, --output, --sets, --gallery: the same flags with the same defaults in every detector."""
+def add_common_arguments(parser: argparse.ArgumentParser, method: str, is_gallery_default: bool = False) -> None:
+    """--dataset-dir, --report, --sets, --gallery, -v, --no-progress: the same flags in every detector."""
     parser.add_argument(
         "--dataset-dir", type=Path, default=Path(DEFAULT_DATASET_DIR), help="dataset folder (default: dataset)"
     )
-    parser.add_argument(
-        "--output",
+    cli.add_report_flag(
+        parser,
+        f"report file to write; give a path elsewhere to scan a read-only dataset "
+        f"(default: <dataset-dir>/duplicate_report_{method}.json)",
+        aliases=("--output",),
         type=Path,
         default=None,
-        help=f"report file (default: <dataset-dir>/duplicate_report_{method}.json)",
     )
     parser.add_argument(
         "--sets",
@@ -548,15 +652,53 @@ def add_common_arguments(parser: argparse.ArgumentParser, method: str) -> None:
         nargs="?",
         type=Path,
         const=Path(""),
-        default=None,
+        default=Path("") if is_gallery_default else None,
         metavar="PNG",
-        help="also write a contact sheet of the largest groups, to PNG if given "
-        "(default: off; with no PNG: the report path with .png)",
-    )
+        help="also write a contact sheet of the groups (label conflicts and leaks first), to PNG if given "
+        + ("(default: on, the report path with .png)" if is_gallery_default else "(default: off; with no PNG: the "
+           "report path with .png)"),
+    )  # fmt: skip
+    if is_gallery_default:
+        parser.add_argument(
+            "--no-gallery", dest="gallery", action="store_const", const=None, help="do not write the gallery"
+        )
+    cli.add_output_flags(parser)
 
 
 def report_path(args: argparse.Namespace, method: str) -> Path:
-    return args.output if args.output is not None else args.dataset_dir / f"duplicate_report_{method}.json"
+    return args.report if args.report is not None else args.dataset_dir / f"duplicate_report_{method}.json"
+
+
+def gallery_path(args: argparse.Namespace, method: str) -> Path | None:
+    if args.gallery is None:
+        return None
+    return args.gallery if str(args.gallery) not in ("", ".") else report_path(args, method).with_suffix(".png")
+
+
+def start(args: argparse.Namespace, method: str) -> Scan | int:
+    """What every detector does first: logging, progress bars, the writability check, the scan.
+
+    Returns the scan, or the exit code after one sentence on stderr (a read-only destination is said before any
+    work; an empty or missing dataset too).
+    """
+    cli.setup_logging(args.verbose)
+    cli.set_progress(not args.no_progress)
+    sets = parse_sets(args.sets)
+    if not args.dataset_dir.is_dir():
+        return cli.error(f"dataset folder {cli.printable(args.dataset_dir)} does not exist (pass --dataset-dir)")
+    for path in (report_path(args, method), gallery_path(args, method)):
+        reason = path is not None and fileio.writable_folder_reason(path.parent)
+        if reason:
+            return cli.error(
+                f"cannot write {cli.printable(path)}: {cli.printable(reason)}; pass --report PATH somewhere writable "
+                "(the dataset itself is only read)"
+            )
+    scan = scan_dataset(args.dataset_dir, sets)
+    if not scan.items:
+        return cli.error(
+            f"no images found in {cli.printable(args.dataset_dir)} (looked in: {', '.join(map(cli.printable, sets))})"
+        )
+    return scan
 
 
 def arguments_for_report(args: argparse.Namespace) -> dict[str, Any]:
@@ -565,7 +707,7 @@ def arguments_for_report(args: argparse.Namespace) -> dict[str, Any]:
 
 def log_errors(errors: Sequence[dict[str, str]]) -> None:
     for error in errors:
-        logger.warning("Skipped %s: %s", error["path"], error["reason"])
+        logger.warning("Skipped %s: %s", cli.printable(error["path"]), cli.printable(error["reason"]))
 
 
 def finish(
@@ -579,12 +721,16 @@ def finish(
     errors: Sequence[dict[str, str]],
     extra: dict[str, Any] | None = None,
     notes: Sequence[str] = (),
+    warnings: Sequence[str] = (),
 ) -> int:
     """The end of every detector: warn about skipped files, write the report (and the gallery), print the summary.
 
-    Returns the exit code: 1 when files were skipped, else 0.
+    Returns the exit code: 1 when files were skipped, else 0. ``warnings`` (implausible output) are recorded in the
+    report and printed, and suppress the suggested removal command.
     """
     log_errors(errors)
+    for warning in warnings:
+        logger.warning("%s", warning)
     report = build_report(
         method,
         args.dataset_dir,
@@ -595,16 +741,27 @@ def finish(
         duplicate_groups=make_groups(entry_groups),
         errors=errors,
         extra=extra,
+        warnings=warnings,
     )
     output = report_path(args, method)
+    fileio.remove_stale_temp_files(output.parent, output.name)
     write_json_atomic(output, report)
     print(format_summary(report, output, notes))
-    if args.gallery is not None:
-        gallery = args.gallery if str(args.gallery) not in ("", ".") else output.with_suffix(".png")
+    gallery = gallery_path(args, method)
+    if gallery is not None:
         shown = write_gallery(report, args.dataset_dir, gallery)
-        print(f"Gallery: {gallery} ({shown} groups)" if shown else "Gallery: no groups to show, nothing written")
-    return 1 if report["errors"] else 0
+        total = report["summary"]["groups"]
+        print(
+            f"Gallery: {cli.printable(gallery)} (showing {shown} of {total} groups)"
+            if shown
+            else "Gallery: no groups to show, nothing written"
+        )
+        gallery = gallery if shown else None
+    for line in next_step(report, output, gallery):
+        print(line)
+    return cli.EXIT_PARTIAL if report["errors"] else cli.EXIT_OK
 
 
 def configure_logging() -> None:
-    logging.basicConfig(level=logging.INFO, format="%(levelname)s: %(message)s", stream=sys.stderr)
+    """cli.setup_logging(); kept for remove_duplicates.py."""
+    cli.setup_logging()

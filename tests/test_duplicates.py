@@ -56,13 +56,40 @@ def copy(dataset: Path, source: str, destination: str) -> str:
 # duplicate_report.py
 
 
-def test_connected_components_do_not_depend_on_pair_order() -> None:
+def test_star_groups_do_not_depend_on_pair_order() -> None:
     rng = np.random.default_rng(0)
     pairs = [(0, 5), (5, 9), (2, 3), (7, 7), (11, 4), (4, 10)]
-    expected = [[0, 5, 9], [2, 3], [4, 10, 11]]
+    expected = [[2, 3], [4, 10, 11], [5, 0, 9]]  # representative first: the member with most neighbours
     for _ in range(5):
         shuffled = [tuple(rng.permutation(pair)) for pair in rng.permutation(np.array(pairs))]
-        assert dr.connected_components(12, shuffled) == expected
+        assert dr.star_groups(12, shuffled) == expected
+
+
+def test_groups_do_not_chain() -> None:
+    """A~B~C~...~J (each only near the next) must not become one group of ten unrelated images."""
+    chain = [(index, index + 1) for index in range(9)]
+    groups = dr.star_groups(10, chain)
+    neighbours = {frozenset(pair) for pair in chain}
+    assert groups and max(len(group) for group in groups) <= 3
+    for representative, *members in groups:  # every member is near its group's representative
+        assert all(frozenset((representative, member)) in neighbours for member in members)
+    assert len({member for group in groups for member in group}) == sum(len(group) for group in groups)
+
+
+def test_phash_groups_do_not_chain() -> None:
+    """Hashes 0..7 each 4 bits from the next (so 0 and 7 are 28 bits apart): no group spans the chain."""
+    bits = 64
+    rows = np.zeros((8, bits), dtype=bool)
+    rows[0, ::2] = True
+    for index in range(1, 8):
+        rows[index] = rows[index - 1]
+        rows[index, 4 * index : 4 * index + 4] ^= True
+    words = by_phash.pack_hashes(rows)
+    groups = by_phash.near_duplicate_groups(words, 5, bits)
+    for representative, *members in groups:
+        distances = by_phash.hamming_distances(words[members], words[representative])
+        assert (distances <= 5).all()
+    assert max(len(group) for group in groups) <= 3
 
 
 def test_categories_follow_classes_and_sets() -> None:
@@ -79,7 +106,8 @@ def test_scan_finds_images_by_content_and_name(tmp_path: Path) -> None:
     files = write_bad_files(tmp_path / "bad")
     (tmp_path / "bad" / "notes.txt").write_text("not an image", encoding="utf-8")
     (tmp_path / "bad" / ".hidden.jpg").write_bytes(files["IMG.JPG"].read_bytes())
-    items, sets = dr.scan_dataset(tmp_path / "bad", ["train"])
+    items, sets, skipped = dr.scan_dataset(tmp_path / "bad", ["train"])
+    assert skipped == []
     assert sets == [dr.WHOLE_FOLDER_SET]
     assert {item.rel for item in items} == set(files)  # every bad file (so it is reported), no text, no hidden file
 
@@ -162,14 +190,11 @@ def test_filesize_skips_every_bad_file_with_a_reason(tmp_path: Path) -> None:
 
 def test_detectors_refuse_a_missing_or_empty_dataset(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
     for main in (by_filesize.main, by_phash.main):
-        with pytest.raises(SystemExit) as exit_info:
-            main(["--dataset-dir", str(tmp_path / "nowhere")])
-        assert exit_info.value.code == 2
+        assert main(["--dataset-dir", str(tmp_path / "nowhere")]) == 2
+        assert "error: dataset folder" in capsys.readouterr().err
         (tmp_path / "empty" / "train" / "bird").mkdir(parents=True, exist_ok=True)
-        with pytest.raises(SystemExit) as exit_info:
-            main(["--dataset-dir", str(tmp_path / "empty")])
-        assert exit_info.value.code == 2
-    assert "no images found" in capsys.readouterr().err
+        assert main(["--dataset-dir", str(tmp_path / "empty")]) == 2
+        assert "error: no images found" in capsys.readouterr().err
 
 
 # ----------------------------------------------------------------------------------------------------------------

@@ -95,21 +95,12 @@ def test_search_equals_the_full_similarity_matrix() -> None:
         planted = rng.choice(count, size=(40, 2), replace=False)
         data[planted[:, 1]] = data[planted[:, 0]] + 0.05 * rng.standard_normal((40, dim)).astype(np.float32)
         data = by_embedding.normalize_rows(data)
-        similarity = data @ data.T
-        rows, columns = np.nonzero(np.triu(similarity >= threshold, 1))
+        similarity = data.astype(np.float64) @ data.T.astype(np.float64)
+        rows, columns = np.nonzero(np.triu(similarity >= threshold - by_embedding.ROUNDING_TOLERANCE, 1))
         expected = np.stack([rows, columns], axis=1)
-        found = by_embedding.find_similar_pairs(data, threshold, block_bytes=1 << 20)
-        assert len(expected) >= 40
+        found, engine = by_embedding.find_similar_pairs(data, threshold, block_bytes=1 << 20, use_faiss=False)
+        assert len(expected) >= 40 and engine == "numpy"
         np.testing.assert_array_equal(found, expected)
-
-
-def test_reduced_basis_is_orthonormal() -> None:
-    rng = np.random.default_rng(1)
-    vectors = rng.standard_normal((300, 40))
-    vectors[:, 39] = vectors[:, 0]  # a dependent column is dropped, not kept as noise
-    basis = by_embedding.orthonormal_basis(vectors)
-    assert basis.shape == (300, 39)
-    np.testing.assert_allclose(basis.T @ basis, np.eye(39), atol=1e-9)
 
 
 def test_bad_files_are_skipped_with_reasons(tmp_path: Path, tiny_model: Path) -> None:
@@ -131,9 +122,8 @@ def test_a_missing_or_wrong_model_is_one_clear_sentence(
     dataset = make_dataset(tmp_path / "dataset", train_per_class=1, val_per_class=1, size=(64, 48))
     (tmp_path / "not_a_model.pth").write_text("hello", encoding="utf-8")
     for model, message in ((tmp_path / "missing.pth", "not found"), (tmp_path / "not_a_model.pth", "cannot use")):
-        with pytest.raises(SystemExit) as exit_info:
-            run(dataset, model, "0.95")
-        assert exit_info.value.code == 2
+        code = by_embedding.main(["--dataset-dir", str(dataset), "--model", str(model), "--threshold", "0.95"])
+        assert code == 2
         assert message in capsys.readouterr().err
     assert not (dataset / "duplicate_report_embedding.json").exists()
 
@@ -142,3 +132,30 @@ def test_help_runs_as_a_script() -> None:
     script = ROOT / "data_collection" / "detect_duplicates_by_embedding.py"
     result = subprocess.run([sys.executable, str(script), "--help"], capture_output=True, text=True)
     assert result.returncode == 0 and "--model" in result.stdout and "models/best_model.pth" in result.stdout
+
+
+def test_faiss_search_gives_the_same_pairs_as_numpy() -> None:
+    pytest.importorskip("faiss")
+    rng = np.random.default_rng(3)
+    data = rng.standard_normal((3000, 512)).astype(np.float32)
+    planted = rng.choice(3000, size=(60, 2), replace=False)
+    data[planted[:, 1]] = data[planted[:, 0]] + 0.1 * rng.standard_normal((60, 512)).astype(np.float32)
+    data[planted[0, 1]] = data[planted[0, 0]]  # an exact copy: similarity 1 at threshold 1
+    data = by_embedding.normalize_rows(data)
+    for threshold in (0.95, 0.99, 1.0):
+        numpy_pairs, _ = by_embedding.find_similar_pairs(data, threshold, use_faiss=False)
+        faiss_pairs, engine = by_embedding.find_similar_pairs(data, threshold)
+        assert engine == "faiss" and len(numpy_pairs) >= 1
+        np.testing.assert_array_equal(faiss_pairs, numpy_pairs)
+
+
+def test_a_failing_faiss_falls_back_to_numpy(monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture) -> None:
+    def broken(*_: object) -> None:
+        raise MemoryError("cannot allocate")
+
+    monkeypatch.setattr(by_embedding, "find_similar_pairs_faiss", broken)
+    monkeypatch.setattr(by_embedding.importlib.util, "find_spec", lambda name: object())
+    data = by_embedding.normalize_rows(np.eye(4, dtype=np.float32) + 1.0)
+    pairs, engine = by_embedding.find_similar_pairs(data, 0.5)
+    assert engine == "numpy" and len(pairs) == 6
+    assert "FAISS search failed (cannot allocate): searching with numpy instead" in caplog.text
