@@ -1,0 +1,1021 @@
+"""One static HTML page from every report of a dataset, to look at the data as pictures and mark what to change.
+
+    python html_report.py                                   # dataset/report.html from dataset/ and models/
+    python html_report.py --dataset-dir photos --models-dir photos_models --report photos/review.html
+
+Reads, each if present (a missing, unusable or stale one is named in its section and the rest still renders):
+    <dataset>/train|val/<class>/                      class counts per split
+    <dataset>/duplicate_report_*.json                 every duplicate detector's report (duplicate_report.py, schema 1)
+    <dataset>/problematic_images_report.json          train_classifier.py --detect-problematic (problematic_report.py)
+    <models>/training_metadata.json, <models>/error_analysis/epoch_XX/<class>_errors.json
+Writes the page (default <dataset>/report.html) and its thumbnails, small JPEGs in <page name>_files/thumbs/ beside
+it, linked relatively: the page opens from disk in any browser with no server and no network, and the folder can be
+zipped and shared. Thumbnails load lazily, so a page with a thousand images stays responsive.
+
+In the page a person filters by class and category and marks images keep / delete / relabel; "Export decisions"
+downloads a JSON file (decisions_type "problematic_review_decisions", each image with its SHA-256) that
+``python review_problematic_images.py --apply-decisions FILE`` applies with its confirm, trash and --undo. Nothing on
+disk changes before that command runs. Image paths in a report that lead outside the dataset are never linked,
+read or offered for a decision.
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import html
+import json
+import logging
+import math
+import os
+import re
+import sys
+import urllib.parse
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+ROOT = Path(__file__).resolve().parent
+for _folder in (ROOT, ROOT / "data_collection"):
+    if str(_folder) not in sys.path:
+        sys.path.insert(0, str(_folder))
+
+import cli  # noqa: E402 - needs the lines above when run from another folder
+import fileio  # noqa: E402
+import problematic_report  # noqa: E402
+
+logger = logging.getLogger(__name__)
+
+SPLITS = ("train", "val")
+DEFAULT_NAME = "report.html"
+THUMB_PIXELS = 160  # longer side of a thumbnail: enough to judge a label, about 5-8 KB as JPEG
+THUMB_QUALITY = 80
+THUMB_NAME = re.compile(r"^[0-9a-f]{20}\.jpg$")  # the only files this script ever removes (its own stale thumbnails)
+MAX_DECODE_PIXELS = 50_000_000  # larger images are refused, not decoded (a decompression bomb)
+MAX_ERRORS_SHOWN = 60  # most confident val mistakes on the page, across classes
+DECISIONS_TYPE = "problematic_review_decisions"  # what review_problematic_images.py --apply-decisions reads
+DECISIONS_SCHEMA_VERSION = 1
+DECISIONS_FILE_NAME = "problematic_review_decisions.json"  # the name the download gets
+PREVIEW_STRATEGIES = ("safe", "prefer-train", "prefer-val", "keep-best", "shortest-path", "first-alpha", "all")
+CATEGORY_NOTES = {  # duplicate_report.py's category names, as a person reads them, and the filter tags they get
+    "same_class_and_set": ("plain copies (same class and split)", ("copies",)),
+    "same_class_diff_set": ("train/val leak (same class)", ("leak",)),
+    "diff_class_same_set": ("label conflict (same split)", ("conflict",)),
+    "diff_class_diff_set": ("label conflict and train/val leak", ("conflict", "leak")),
+}
+FILTER_CATEGORIES = (
+    ("copies", "plain copies"),
+    ("leak", "train/val leaks"),
+    ("conflict", "label conflicts"),
+    ("label-issue", "likely label issues"),
+    ("hard", "hard images"),
+    ("error", "confident val mistakes"),
+)
+CHART_COLOURS = ("#1f77b4", "#d62728", "#2ca02c", "#9467bd")
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# Pure functions: text, numbers, small SVG charts, ordering
+# ---------------------------------------------------------------------------------------------------------------------
+
+
+def esc(value: Any) -> str:
+    """Text from a report, safe in HTML text and attributes: control/bidi characters shown escaped, then escaped."""
+    return html.escape(cli.printable("" if value is None else value), quote=True)
+
+
+def is_number(value: Any) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+
+
+def fmt(value: Any, digits: int = 3) -> str:
+    """A number with ``digits`` decimals, or an en dash for a missing or non-numeric value."""
+    return f"{value:.{digits}f}" if is_number(value) else "\u2013"
+
+
+def percent(value: Any) -> str:
+    return f"{100 * value:.1f}%" if is_number(value) else "\u2013"
+
+
+def json_for_script(data: Any) -> str:
+    """JSON that can sit inside <script>: ASCII only, and no '<', '>' or '&' that could end the element."""
+    text = json.dumps(data, ensure_ascii=True, allow_nan=False)
+    return text.replace("<", "\\u003c").replace(">", "\\u003e").replace("&", "\\u0026")
+
+
+def sparkline_svg(values: Sequence[Any], reference: float | None = None, width: int = 120, height: int = 30) -> str:
+    """An inline SVG line of ``values`` (a loss per epoch); ``reference`` draws a dashed line (a uniform guess)."""
+    numbers = [float(value) for value in values if is_number(value)]
+    if not numbers:
+        return '<span class="muted">no loss history</span>'
+    low = min(numbers + ([reference] if reference is not None else []))
+    high = max(numbers + ([reference] if reference is not None else []))
+    span = (high - low) or 1.0
+    step = (width - 4) / max(1, len(numbers) - 1)
+
+    def y(value: float) -> float:
+        return round(height - 2 - (value - low) / span * (height - 4), 1)
+
+    points = " ".join(f"{round(2 + i * step, 1)},{y(value)}" for i, value in enumerate(numbers))
+    parts = [f'<svg class="spark" width="{width}" height="{height}" viewBox="0 0 {width} {height}" role="img">']
+    parts.append(f"<title>loss per analysis epoch: {', '.join(f'{value:.3f}' for value in numbers)}</title>")
+    if reference is not None:
+        parts.append(
+            f'<line x1="0" x2="{width}" y1="{y(reference)}" y2="{y(reference)}" class="ref"><title>uniform guess'
+            "</title></line>"
+        )
+    if len(numbers) == 1:
+        parts.append(f'<circle cx="{width / 2}" cy="{y(numbers[0])}" r="2.5" class="pt"/>')
+    else:
+        parts.append(f'<polyline points="{points}" class="line"/>')
+    parts.append("</svg>")
+    return "".join(parts)
+
+
+def line_chart_svg(title: str, epochs: Sequence[int], series: dict[str, Sequence[Any]]) -> str:
+    """A small line chart (one line per series over the epochs) as inline SVG; non-numbers leave gaps."""
+    width, height, left, bottom, top = 320, 170, 44, 24, 22
+    values = [float(v) for line in series.values() for v in line if is_number(v)]
+    if not epochs or not values:
+        return f'<div class="chart muted">{esc(title)}: no values</div>'
+    low, high = min(values), max(values)
+    if high - low < 1e-9:
+        low, high = low - 0.5, high + 0.5
+    first, last = min(epochs), max(epochs)
+
+    def x(epoch: float) -> float:
+        return round(left + (epoch - first) / ((last - first) or 1) * (width - left - 8), 1)
+
+    def y(value: float) -> float:
+        return round(top + (high - value) / (high - low) * (height - top - bottom), 1)
+
+    parts = [f'<svg class="chart" width="{width}" height="{height}" viewBox="0 0 {width} {height}" role="img">']
+    parts.append(f'<text x="{left}" y="14" class="ct">{esc(title)}</text>')
+    parts.append(f'<line x1="{left}" x2="{left}" y1="{top}" y2="{height - bottom}" class="axis"/>')
+    parts.append(f'<line x1="{left}" x2="{width - 8}" y1="{height - bottom}" y2="{height - bottom}" class="axis"/>')
+    for value in (low, high):
+        parts.append(f'<text x="{left - 4}" y="{y(value) + 4}" class="tick" text-anchor="end">{value:.3g}</text>')
+    for epoch in sorted({first, last}):
+        parts.append(f'<text x="{x(epoch)}" y="{height - 8}" class="tick" text-anchor="middle">{epoch}</text>')
+    for number, (name, line) in enumerate(series.items()):
+        colour = CHART_COLOURS[number % len(CHART_COLOURS)]
+        points = [(x(epoch), y(float(value))) for epoch, value in zip(epochs, line) if is_number(value)]
+        if len(points) > 1:
+            joined = " ".join(f"{px},{py}" for px, py in points)
+            parts.append(f'<polyline points="{joined}" fill="none" stroke="{colour}" stroke-width="2"/>')
+        parts.extend(f'<circle cx="{px}" cy="{py}" r="2.5" fill="{colour}"/>' for px, py in points)
+        parts.append(
+            f'<text x="{width - 10}" y="{top + 12 + 13 * number}" class="tick" text-anchor="end" '
+            f'fill="{colour}">{esc(name)}</text>'
+        )
+    parts.append("</svg>")
+    return "".join(parts)
+
+
+def problem_order(entry: dict[str, Any]) -> tuple:
+    """Largest problems first: likely label issues, then the highest mean loss, then the path."""
+    loss = float(entry["mean_loss"]) if is_number(entry.get("mean_loss")) else 0.0
+    return (not entry.get("is_label_issue"), -loss, str(entry.get("path")))
+
+
+def duplicate_groups(data: Any) -> tuple[list[dict[str, Any]], int, str | None]:
+    """(usable groups, largest first; count of malformed groups left out; None or why the report is unusable).
+
+    Reads a duplicate report of schema 1 defensively: any field may be missing or of the wrong type.
+    """
+    if not isinstance(data, dict) or not isinstance(data.get("duplicate_groups"), dict):
+        return [], 0, "it is not a duplicate report (no 'duplicate_groups' object)"
+    if data.get("schema_version") != 1:
+        return [], 0, f"it has schema_version {data.get('schema_version')!r}; this page reads version 1"
+    groups, malformed = [], 0
+    for category, items in data["duplicate_groups"].items():
+        for group in items if isinstance(items, list) else [None]:
+            files = group.get("files") if isinstance(group, dict) else None
+            if (
+                category not in CATEGORY_NOTES
+                or not isinstance(files, list)
+                or len(files) < 2
+                or not all(isinstance(entry, dict) and isinstance(entry.get("path"), str) for entry in files)
+            ):
+                malformed += 1
+                continue
+            groups.append({**group, "category": category})
+    groups.sort(key=lambda group: (-len(group["files"]), str(group.get("id"))))
+    return groups, malformed, None
+
+
+def strategy_previews(group: dict[str, Any]) -> list[tuple[str, list[str]]] | None:
+    """(strategy, paths it would remove) for each removal strategy, from remove_duplicates.py's own planner.
+
+    None when the planner cannot be imported (it is a separate script): the page then says previews are missing.
+    """
+    try:
+        import remove_duplicates  # lazy: it imports the image stack; only needed when there are duplicate groups
+    except Exception as error:  # noqa: BLE001 - any import problem means "no previews", never a broken page
+        logger.debug("no strategy previews: %s", error)
+        return None
+    previews = []
+    for strategy in PREVIEW_STRATEGIES:
+        try:
+            plan = remove_duplicates.plan_group(group, strategy)
+            previews.append((strategy, [str(entry["path"]) for entry, _ in plan.remove]))
+        except Exception:  # noqa: BLE001 - a group the planner refuses shows as "cannot plan"
+            previews.append((strategy, ["?"]))
+    return previews
+
+
+def best_epoch_record(metadata: dict[str, Any]) -> dict[str, Any] | None:
+    """The history record of the best epoch (by best_epoch, else the last marked is_best), or None."""
+    epochs = [record for record in metadata.get("epochs") or [] if isinstance(record, dict)]
+    best = metadata.get("best_epoch")
+    for record in reversed(epochs):
+        if record.get("epoch") == best and best is not None:
+            return record
+    marked = [record for record in epochs if record.get("is_best")]
+    return marked[-1] if marked else None
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# Disk: counting, locating images safely, thumbnails
+# ---------------------------------------------------------------------------------------------------------------------
+
+
+def is_image_file(path: Path) -> bool:
+    """True for a regular file Pillow recognises from its header (nothing is decoded; a FIFO is never opened)."""
+    if not fileio.is_regular_file(path):
+        return False
+    from PIL import Image
+
+    try:
+        with Image.open(path):
+            return True
+    except Exception:  # noqa: BLE001 - anything Pillow cannot identify is "not an image" here
+        return False
+
+
+def count_images(dataset_dir: Path) -> dict[str, dict[str, int]]:
+    """{split: {class: image files}}, found by content under <split>/<class>/ (hidden files and folders skipped)."""
+    counts: dict[str, dict[str, int]] = {}
+    for split in SPLITS:
+        counts[split] = {}
+        for class_name in fileio.class_folders(dataset_dir / split):
+            total = 0
+            for folder, subfolders, names in os.walk(dataset_dir / split / class_name):
+                subfolders[:] = [name for name in subfolders if not name.startswith(".")]
+                total += sum(is_image_file(Path(folder) / name) for name in names if not name.startswith("."))
+            counts[split][class_name] = total
+    return counts
+
+
+def locate(dataset_dir: Path, relative: Any) -> tuple[Path | None, str | None]:
+    """(the file, None) when ``relative`` names a regular file really inside the dataset; else (None, why not)."""
+    if not isinstance(relative, str) or not fileio.is_safe_relative(relative):
+        return None, "outside the dataset: not shown"
+    try:
+        path = fileio.resolve_inside(dataset_dir, relative)
+    except fileio.UnsafePathError:
+        return None, "outside the dataset (through a symlinked folder): not shown"
+    if not os.path.lexists(path):
+        return None, "no longer on disk"
+    if not fileio.is_inside(path, dataset_dir):
+        return None, "a link to a file outside the dataset: not shown"
+    reason = fileio.regular_file_reason(path.resolve())
+    if reason:
+        return None, f"{reason}: not shown"
+    return path, None
+
+
+def write_thumbnail(source: Path, destination: Path) -> tuple[int, int]:
+    """A JPEG of at most THUMB_PIXELS a side (upright, alpha on white); returns its (width, height)."""
+    from PIL import Image, ImageOps
+
+    with Image.open(source) as image:
+        if image.width * image.height > MAX_DECODE_PIXELS:
+            raise ValueError(f"{image.width}x{image.height} pixels: too large to decode")
+        image.draft("RGB", (THUMB_PIXELS * 2, THUMB_PIXELS * 2))
+        image.seek(0)
+        upright = ImageOps.exif_transpose(image)
+        if upright.mode in ("RGBA", "LA", "P", "PA") or "transparency" in upright.info:
+            rgba = upright.convert("RGBA")
+            flat = Image.new("RGB", rgba.size, "white")
+            flat.paste(rgba, mask=rgba.getchannel("A"))
+        else:
+            flat = upright.convert("RGB")
+        flat.thumbnail((THUMB_PIXELS, THUMB_PIXELS))
+        with fileio.atomic_write(destination) as handle:
+            flat.save(handle, "JPEG", quality=THUMB_QUALITY)
+        return flat.size
+
+
+@dataclass
+class Shown:
+    """An image the page shows: where it is, or why it is not shown."""
+
+    index: int
+    path: str
+    split: str | None
+    class_name: str | None
+    problem: str | None = None
+    href: str | None = None
+    thumb: str | None = None
+    size: tuple[int, int] = (THUMB_PIXELS, THUMB_PIXELS)
+    sha256: str | None = None
+
+
+@dataclass
+class Catalog:
+    """Every image the page shows, once each (an image in several sections shares one entry and one decision)."""
+
+    dataset_dir: Path
+    page_dir: Path
+    thumbs_dir: Path
+    images: dict[str, Shown] = field(default_factory=dict)
+    unreadable: int = 0
+
+    def add(self, relative: Any) -> Shown:
+        key = relative if isinstance(relative, str) else repr(relative)
+        if key in self.images:
+            return self.images[key]
+        parts = key.split("/")
+        shown = Shown(len(self.images), key, parts[0] if len(parts) > 2 else None, parts[1] if len(parts) > 2 else None)
+        self.images[key] = shown
+        path, shown.problem = locate(self.dataset_dir, relative)
+        if path is None:
+            return shown
+        shown.href = link_to(path, self.page_dir)
+        try:
+            info = path.stat()
+            shown.sha256 = fileio.sha256_file(path)
+            stamp = f"{key}\0{info.st_size}\0{info.st_mtime_ns}".encode(errors="surrogateescape")
+            name = hashlib.sha256(stamp).hexdigest()
+            thumb = self.thumbs_dir / f"{name[:20]}.jpg"
+            if thumb.is_file():
+                from PIL import Image
+
+                with Image.open(thumb) as image:
+                    shown.size = image.size
+            else:
+                shown.size = write_thumbnail(path, thumb)
+            shown.thumb = link_to(thumb, self.page_dir)
+        except Exception as error:  # noqa: BLE001 - one unreadable image must not stop the page
+            shown.thumb = None
+            shown.problem = f"unreadable ({cli.printable(str(error) or type(error).__name__)})"
+            self.unreadable += 1
+        return shown
+
+    def used_thumbs(self) -> set[str]:
+        return {Path(urllib.parse.unquote(image.thumb)).name for image in self.images.values() if image.thumb}
+
+
+def link_to(path: Path, page_dir: Path) -> str:
+    """A relative URL from the page's folder to ``path`` (percent-encoded, non-UTF-8 bytes kept)."""
+    relative = os.path.relpath(os.path.abspath(path), os.path.abspath(page_dir))
+    return urllib.parse.quote(os.fsencode(Path(relative).as_posix()), safe="/")
+
+
+def remove_stale_thumbs(thumbs_dir: Path, keep: set[str]) -> None:
+    """Delete this script's thumbnails that no image of the page uses any more (only names it creates)."""
+    for path in thumbs_dir.glob("*.jpg") if thumbs_dir.is_dir() else []:
+        if (
+            THUMB_NAME.match(path.name)
+            and path.name not in keep
+            and fileio.is_regular_file(path, follow_symlinks=False)
+        ):
+            path.unlink(missing_ok=True)
+
+
+def read_optional(path: Path, what: str) -> tuple[Any, str | None]:
+    """(parsed JSON, None), (None, None) when the file does not exist, or (None, the one-sentence problem)."""
+    if not os.path.lexists(path):
+        return None, None
+    try:
+        return fileio.read_json(path, what), None
+    except fileio.ReportError as error:
+        return None, str(error)
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# Rendering: each section is a function of what was read; every report value passes through esc()
+# ---------------------------------------------------------------------------------------------------------------------
+
+
+@dataclass
+class Page:
+    """What the sections share while the page is built."""
+
+    dataset_dir: Path
+    models_dir: Path
+    catalog: Catalog
+    counts: dict[str, dict[str, int]]
+    unusable: list[str] = field(default_factory=list)  # reports present but unusable: exit code 1
+
+    @property
+    def classes(self) -> list[str]:
+        return sorted({name for split in self.counts.values() for name in split})
+
+
+def filter_attrs(classes: Sequence[Any], tags: Sequence[str]) -> str:
+    """data-* attributes the page's filters read: the classes (JSON) and category tags of one block."""
+    class_json = json.dumps(sorted({str(name) for name in classes if name is not None}), ensure_ascii=True)
+    return f' data-filter="1" data-classes="{html.escape(class_json)}" data-tags="{" ".join(tags)}"'
+
+
+def render_card(
+    page: Page, shown: Shown, caption: str, tags: Sequence[str], extra: str = "", is_filtered: bool = True
+) -> str:
+    """One image: thumbnail (lazy), caption, and the keep / delete / relabel controls when it may be decided.
+
+    ``is_filtered``: the card hides itself under the filters (False inside a duplicate group, which the filters
+    show or hide as a whole so a label conflict is always seen with all its copies).
+    """
+    attrs = filter_attrs([shown.class_name], tags) if is_filtered else ""
+    parts = [f'<figure class="card" data-i="{shown.index}"{attrs}>']
+    if shown.thumb:
+        width, height = shown.size
+        image = f'<img loading="lazy" src="{esc(shown.thumb)}" width="{width}" height="{height}" alt="">'
+        parts.append(f'<a class="thumb" href="{esc(shown.href)}" target="_blank" rel="noopener">{image}</a>')
+    else:
+        parts.append(f'<div class="thumb missing">{esc(shown.problem or "no thumbnail")}</div>')
+    parts.append(f'<figcaption><div class="path">{esc(shown.path)}</div>{caption}</figcaption>{extra}')
+    if shown.thumb and shown.split in SPLITS and shown.class_name:
+        targets = [name for name in page.counts.get(shown.split, {}) if name != shown.class_name]
+        options = "".join(f'<option value="{esc(name)}">{esc(name)}</option>' for name in targets)
+        parts.append(
+            '<div class="decide"><button type="button" data-act="keep">keep</button>'
+            '<button type="button" data-act="delete">delete</button>'
+            f'<select data-act="relabel" aria-label="relabel to"><option value="">relabel to\u2026</option>{options}'
+            "</select></div>"
+        )
+    parts.append("</figure>")
+    return "".join(parts)
+
+
+def render_counts(page: Page) -> str:
+    rows = []
+    for name in page.classes:
+        cells = [page.counts[split].get(name) for split in SPLITS]
+        total = sum(value or 0 for value in cells)
+        shown = "".join(
+            f'<td id="count-{split}-{esc(name)}">{value if value is not None else "missing"}</td>'
+            for split, value in zip(SPLITS, cells)
+        )
+        warn = ' class="warn"' if any(value in (None, 0) for value in cells) else ""
+        rows.append(f"<tr{warn}><th>{esc(name)}</th>{shown}<td>{total}</td></tr>")
+    if not rows:
+        body = (
+            f'<p class="note">No class folders in {esc(page.dataset_dir)}/train or /val yet: run the collect stage.</p>'
+        )
+    else:
+        head = "".join(f"<th>{split}</th>" for split in SPLITS)
+        body = f'<table class="counts"><tr><th>class</th>{head}<th>total</th></tr>{"".join(rows)}</table>'
+        if any(page.counts[split].get(name) in (None, 0) for name in page.classes for split in SPLITS):
+            body += '<p class="note">A class with no images in a split (highlighted) cannot be trained or checked.</p>'
+    return f'<section id="counts"><h2>Images per class and split</h2>{body}</section>'
+
+
+def stale_entries(dataset_dir: Path, files: Sequence[dict[str, Any]]) -> int:
+    """How many of a group's files changed (size or time) or disappeared since the report was written."""
+    changed = 0
+    for entry in files:
+        path, problem = locate(dataset_dir, entry.get("path"))
+        if path is None:
+            changed += problem == "no longer on disk"
+            continue
+        info = path.stat()
+        if entry.get("size") not in (None, info.st_size) or entry.get("mtime_ns") not in (None, info.st_mtime_ns):
+            changed += 1
+    return changed
+
+
+def render_duplicate_report(page: Page, path: Path) -> str:
+    method = path.stem.removeprefix("duplicate_report_")
+    data, problem = read_optional(path, "duplicate report")
+    groups, malformed, unusable = duplicate_groups(data) if problem is None else ([], 0, problem)
+    title = f"<h3>{esc(method)} <span class=muted>({esc(path.name)})</span></h3>"
+    if unusable:
+        page.unusable.append(f"{path}: {unusable}")
+        return f'<div class="report" id="dup-{esc(method)}">{title}<p class="note">Unusable: {esc(unusable)}.</p></div>'
+    parts = [f'<div class="report" id="dup-{esc(method)}">{title}']
+    counts = {category: sum(group["category"] == category for group in groups) for category in CATEGORY_NOTES}
+    cells = "".join(
+        f'<tr><th>{esc(note)}</th><td data-count="{category}">{counts[category]}</td></tr>'
+        for category, (note, _) in CATEGORY_NOTES.items()
+    )
+    parts.append(
+        f"<p>Created {esc(data.get('created', '?'))}; {len(groups)} groups, "
+        f'{sum(len(group["files"]) for group in groups)} files.</p><table class="small">{cells}</table>'
+    )
+    if malformed:
+        parts.append(f'<p class="note">{malformed} malformed groups left out.</p>')
+    stale = sum(stale_entries(page.dataset_dir, group["files"]) for group in groups)
+    if stale:
+        parts.append(
+            f'<p class="note stale">Stale: {stale} files changed or disappeared since this report was written; run '
+            f"the detector again (python data_collection/detect_duplicates_by_{esc(method)}.py).</p>"
+        )
+    for group in groups:
+        note, tags = CATEGORY_NOTES[group["category"]]
+        classes = [entry.get("class") for entry in group["files"]]
+        cards = []
+        for entry in group["files"]:
+            shown = page.catalog.add(entry["path"])
+            size = f"{esc(entry.get('width', '?'))}x{esc(entry.get('height', '?'))}"
+            caption = f"<div>{size}, {esc(entry.get('size', '?'))} B</div>"
+            cards.append(render_card(page, shown, caption, tags, is_filtered=False))
+        previews = strategy_previews(group)
+        if previews is None:
+            plan = '<p class="muted">Strategy previews unavailable (remove_duplicates.py could not be imported).</p>'
+        else:
+            rows = "".join(
+                f"<tr><th>{esc(strategy)}</th><td>"
+                + (esc(", ".join(removed)) if removed else '<span class="muted">removes nothing</span>')
+                + "</td></tr>"
+                for strategy, removed in previews
+            )
+            summary = "<summary>What each removal strategy would remove</summary>"
+            plan = f'<details>{summary}<table class="small">{rows}</table></details>'
+        parts.append(
+            f'<div class="group"{filter_attrs(classes, tags)}><h4>Group {esc(group.get("id"))}: '
+            f'{len(group["files"])} files, <span class="cat cat-{tags[0]}">{esc(note)}</span></h4>'
+            f'<div class="cards">{"".join(cards)}</div>{plan}</div>'
+        )
+    parts.append("</div>")
+    return "".join(parts)
+
+
+def render_duplicates(page: Page) -> str:
+    reports = sorted(page.dataset_dir.glob("duplicate_report_*.json"))
+    intro = (
+        "<p>Groups from every detector report, largest first. Label conflicts and near copies are never removed "
+        "automatically; mark them below, or remove with <code>python data_collection/remove_duplicates.py --report "
+        "REPORT --strategy STRATEGY</code> (a dry run first; trash and <code>--undo</code>).</p>"
+    )
+    if not reports:
+        body = (
+            '<p class="note">No duplicate report in the dataset folder: run the detect stage '
+            "(python data_collection/detect_duplicates_by_filesize.py).</p>"
+        )
+    else:
+        body = "".join(render_duplicate_report(page, path) for path in reports)
+    return f'<section id="duplicates"><h2>Duplicates</h2>{intro}{body}</section>'
+
+
+def render_problematic(page: Page, path: Path) -> tuple[str, dict[str, Any] | None]:
+    """The problematic-images section, and the report (for the decisions' report_created) when usable."""
+    head = '<section id="problematic"><h2>Problematic training images</h2>'
+    if not os.path.lexists(path):
+        note = (
+            f"No problematic-images report at {esc(path)}: the train stage writes it "
+            "(python train_classifier.py --detect-problematic)."
+        )
+        return f'{head}<p class="note">{note}</p></section>', None
+    try:
+        report = problematic_report.load_report(path)
+    except fileio.ReportError as error:
+        page.unusable.append(str(error))
+        return f'{head}<p class="note">Unusable: {esc(error)}.</p></section>', None
+    classes = report["classes"]
+    reference = math.log(len(classes)) if len(classes) > 1 else None
+    entries = sorted((entry for items in report["problematic_images"].values() for entry in items), key=problem_order)
+    parts = [head]
+    parts.append(
+        f"<p>Created {esc(report.get('created', '?'))}, method {esc(report.get('method', '?'))}, "
+        f"{esc(report.get('num_images', '?'))} train images scored. "
+        f'<span class="muted">{esc(problematic_report.evidence_note(str(report.get("method"))))}</span></p>'
+    )
+    summary = report.get("summary_by_class") if isinstance(report.get("summary_by_class"), dict) else {}
+    rows = "".join(
+        f"<tr><th>{esc(name)}</th><td>{len(report['problematic_images'].get(name, []))}</td>"
+        f'<td data-issues="{esc(name)}">'
+        f"{sum(bool(entry.get('is_label_issue')) for entry in report['problematic_images'].get(name, []))}</td>"
+        f"<td>{fmt((summary.get(name) or {}).get('average_mean_loss'))}</td></tr>"
+        for name in classes
+    )
+    parts.append(
+        '<table class="small"><tr><th>class</th><th>listed</th><th>likely label issues</th>'
+        f"<th>average mean loss</th></tr>{rows}</table>"
+    )
+    cards, missing = [], 0
+    for entry in entries:
+        shown = page.catalog.add(entry["path"])
+        missing += shown.problem == "no longer on disk"
+        is_issue = bool(entry.get("is_label_issue"))
+        tags = ("label-issue",) if is_issue else ("hard",)
+        badge = '<span class="badge issue">likely label issue</span>' if is_issue else '<span class="badge">hard</span>'
+        caption = (
+            f"<div>{badge} {esc(entry.get('class'))} \u2192 suggested <b>{esc(entry.get('suggested_class') or '?')}</b>"
+            f"</div><div>mean loss {fmt(entry.get('mean_loss'))}, p({esc(entry.get('class'))}) "
+            f"{fmt(entry.get('given_label_probability'), 2)}</div>"
+        )
+        spark = sparkline_svg(entry.get("losses") or [], reference)
+        cards.append(render_card(page, shown, caption, tags, f'<div class="sparkwrap">{spark}</div>'))
+    if missing:
+        parts.append(
+            f'<p class="note stale">Stale: {missing} listed images are no longer on disk (moved or deleted since the '
+            "report was written); the train stage writes a current one.</p>"
+        )
+    parts.append(f'<div class="cards" id="problem-cards">{"".join(cards)}</div></section>')
+    return "".join(parts), report
+
+
+def render_training(page: Page) -> str:
+    head = '<section id="training"><h2>Training</h2>'
+    path = page.models_dir / "training_metadata.json"
+    metadata, problem = read_optional(path, "training metadata")
+    if problem or metadata is None or not isinstance(metadata, dict):
+        if problem or metadata is not None:
+            page.unusable.append(problem or f"{path} is not a JSON object")
+        why = f"Unusable: {esc(problem)}." if problem else f"No training metadata at {esc(path)}: run the train stage."
+        return f'{head}<p class="note">{why}</p></section>'
+    parts = [head]
+    best = best_epoch_record(metadata)
+    config = metadata.get("config") if isinstance(metadata.get("config"), dict) else {}
+    parts.append(
+        f"<p>Status {esc(metadata.get('status', '?'))}, updated {esc(metadata.get('updated', '?'))}; "
+        f"{esc(config.get('arch', '?'))} at {esc(config.get('image_size', '?'))} px; best epoch "
+        f"{esc(metadata.get('best_epoch', '?'))} (val macro F1 {fmt(metadata.get('best_macro_f1'))}).</p>"
+    )
+    trained_counts = metadata.get("class_counts")
+    if isinstance(trained_counts, dict) and trained_counts != {
+        split: {name: count for name, count in page.counts.get(split, {}).items()} for split in trained_counts
+    }:
+        parts.append(
+            '<p class="note stale">Stale: the dataset\'s class counts differ from those this model was trained on; '
+            "run the train stage again.</p>"
+        )
+    epochs = [record for record in metadata.get("epochs") or [] if isinstance(record, dict)]
+    numbers = [record.get("epoch") for record in epochs]
+    if epochs and all(is_number(number) for number in numbers):
+
+        def series(key: str) -> list[Any]:
+            return [record.get(key) for record in epochs]
+
+        parts.append(
+            '<div class="charts">'
+            + line_chart_svg("loss", numbers, {"train": series("train_loss"), "val": series("val_loss")})
+            + line_chart_svg("accuracy", numbers, {"train": series("train_accuracy"), "val": series("val_accuracy")})
+            + line_chart_svg("val macro F1", numbers, {"val": series("macro_f1")})
+            + "</div>"
+        )
+    else:
+        parts.append('<p class="note">No finished epoch recorded yet.</p>')
+    classes = [str(name) for name in metadata.get("classes") or []]
+    if best is not None:
+        parts.append(render_confusion(classes, best.get("confusion_matrix"), best.get("epoch")))
+        per_class = best.get("per_class") if isinstance(best.get("per_class"), dict) else {}
+        rows = "".join(
+            f"<tr><th>{esc(name)}</th><td>{fmt(values.get('precision'))}</td><td>{fmt(values.get('recall'))}</td>"
+            f"<td>{fmt(values.get('f1'))}</td><td>{esc(values.get('support', ''))}</td></tr>"
+            for name, values in per_class.items()
+            if isinstance(values, dict)
+        )
+        if rows:
+            parts.append(
+                '<table class="small"><tr><th>class</th><th>precision</th><th>recall</th><th>F1</th><th>support</th>'
+                f"</tr>{rows}</table>"
+            )
+    parts.append(render_calibration(metadata))
+    parts.append(render_errors(page, metadata, best))
+    parts.append("</section>")
+    return "".join(parts)
+
+
+def render_confusion(classes: Sequence[str], matrix: Any, epoch: Any) -> str:
+    if (
+        not isinstance(matrix, list)
+        or len(matrix) != len(classes)
+        or not all(isinstance(row, list) and len(row) == len(classes) for row in matrix)
+        or not all(is_number(value) for row in matrix for value in row)
+    ):
+        return '<p class="note">No confusion matrix recorded.</p>'
+    head = "".join(f"<th>{esc(name)}</th>" for name in classes)
+    rows = []
+    for name, row in zip(classes, matrix):
+        total = sum(row) or 1
+        cells = "".join(
+            f'<td style="background: rgba(31,119,180,{value / total:.2f})"'
+            f"{' class=dark' if value / total > 0.5 else ''}>{int(value)}</td>"
+            for value in row
+        )
+        rows.append(f"<tr><th>{esc(name)}</th>{cells}</tr>")
+    return (
+        f'<h3>Confusion matrix (val, epoch {esc(epoch)})</h3><table class="confusion" id="confusion"><tr>'
+        f'<th class="muted">true \u2193 / predicted \u2192</th>{head}</tr>{"".join(rows)}</table>'
+    )
+
+
+def render_calibration(metadata: dict[str, Any]) -> str:
+    calibration = metadata.get("calibration")
+    table = metadata.get("thresholds")
+    recommended = metadata.get("recommended_threshold")
+    if not isinstance(calibration, dict) and not isinstance(table, list):
+        return '<h3>Calibration</h3><p class="note">No calibration recorded (it runs after the last epoch).</p>'
+    parts = ["<h3>Calibration and confidence threshold</h3>"]
+    if isinstance(calibration, dict):
+        parts.append(
+            f"<p>Temperature {fmt(calibration.get('temperature'))}: expected calibration error "
+            f"{fmt(calibration.get('ece_before'), 4)} \u2192 {fmt(calibration.get('ece_after'), 4)}, NLL "
+            f"{fmt(calibration.get('nll_before'), 4)} \u2192 {fmt(calibration.get('nll_after'), 4)} on "
+            f"{esc(calibration.get('val_images', '?'))} val images.</p>"
+        )
+    if isinstance(table, list):
+        rows = []
+        for row in table:
+            if not isinstance(row, dict):
+                continue
+            mark = is_number(recommended) and row.get("threshold") == recommended
+            rows.append(
+                f"<tr{' class=recommended' if mark else ''}><td>{fmt(row.get('threshold'), 2)}</td>"
+                f"<td>{percent(row.get('accuracy'))}</td><td>{percent(row.get('sent_to_other'))}</td>"
+                f"<td>{percent(row.get('accepted_accuracy'))}</td><td>{'recommended' if mark else ''}</td></tr>"
+            )
+        parts.append(
+            '<table class="small" id="thresholds"><tr><th>threshold</th><th>accuracy</th><th>sent to "other"</th>'
+            f"<th>accuracy of the kept</th><th></th></tr>{''.join(rows)}</table>"
+        )
+    if is_number(recommended):
+        parts.append(f'<p>Recommended confidence threshold: <b id="recommended">{fmt(recommended, 2)}</b></p>')
+    return "".join(parts)
+
+
+def render_errors(page: Page, metadata: dict[str, Any], best: dict[str, Any] | None) -> str:
+    """The best epoch's most confident val mistakes (error_analysis/epoch_XX/*_errors.json), most confident first."""
+    folders = sorted((page.models_dir / "error_analysis").glob("epoch_*")) if page.models_dir.is_dir() else []
+    epoch = best.get("epoch") if best else None
+    wanted = page.models_dir / "error_analysis" / f"epoch_{epoch:02d}" if isinstance(epoch, int) else None
+    folder = wanted if wanted is not None and wanted.is_dir() else (folders[-1] if folders else None)
+    head = "<h3>Most confident mistakes (val)</h3>"
+    if folder is None:
+        return f'{head}<p class="note">No error analysis in {esc(page.models_dir / "error_analysis")}.</p>'
+    errors = []
+    for path in sorted(folder.glob("*_errors.json")):
+        data, problem = read_optional(path, "error analysis")
+        items = data.get("errors") if isinstance(data, dict) else None
+        if problem or not isinstance(items, list):
+            page.unusable.append(problem or f"{path} has no 'errors' list")
+            continue
+        errors.extend(item for item in items if isinstance(item, dict) and isinstance(item.get("image_path"), str))
+    errors.sort(
+        key=lambda item: (-(item["confidence"] if is_number(item.get("confidence")) else 0), item["image_path"])
+    )
+    if not errors:
+        return f'{head}<p class="muted">No mistakes in {esc(folder.name)}.</p>'
+    cards = []
+    for item in errors[:MAX_ERRORS_SHOWN]:
+        shown = page.catalog.add(item["image_path"])
+        caption = (
+            f"<div>true {esc(item.get('true_label'))}, predicted <b>{esc(item.get('predicted_label'))}</b> "
+            f"({fmt(item.get('confidence'), 2)})</div>"
+        )
+        cards.append(render_card(page, shown, caption, ("error",)))
+    more = f" (first {MAX_ERRORS_SHOWN} of {len(errors)})" if len(errors) > MAX_ERRORS_SHOWN else ""
+    return (
+        f'{head}<p class="muted">{esc(folder.name)}{more}</p><div class="cards" id="error-cards">{"".join(cards)}</div>'
+    )
+
+
+STYLE = """
+body{font:14px/1.4 system-ui,sans-serif;margin:0;color:#222;background:#fafafa}
+header{position:sticky;top:0;z-index:2;background:#fff;border-bottom:1px solid #ccc;padding:6px 16px;display:flex;
+flex-wrap:wrap;gap:10px;align-items:center}
+header h1{font-size:17px;margin:0 12px 0 0}main{padding:0 16px 40px}section{margin-top:18px}
+h2{border-bottom:2px solid #ddd;padding-bottom:2px}h4{margin:6px 0}
+table{border-collapse:collapse;margin:6px 0}td,th{border:1px solid #ddd;padding:2px 8px;text-align:right}
+th{background:#f0f0f0;text-align:left}tr.warn td{background:#fde2e2}
+tr.recommended td{background:#dff3df;font-weight:bold}
+.confusion td{min-width:34px;text-align:center}.confusion td.dark{color:#fff}
+.cards{display:flex;flex-wrap:wrap;gap:8px}.card{margin:0;width:176px;background:#fff;border:3px solid #e4e4e4;
+border-radius:6px;padding:4px;font-size:12px}.card .thumb{display:flex;justify-content:center;align-items:center;
+height:160px;background:#eee}.card img{max-width:160px;max-height:160px}.thumb.missing{color:#a00;padding:4px;
+text-align:center}.path{word-break:break-all;color:#555}.group{background:#fff;border:1px solid #ddd;
+border-radius:6px;padding:6px;margin:8px 0}.note{background:#fff4d6;border-left:4px solid #e6a700;padding:4px 8px}
+.stale{background:#fde2e2;border-color:#c00}.muted{color:#888}.badge{background:#bcbd22;color:#fff;border-radius:3px;
+padding:0 4px}.badge.issue{background:#d62728}.cat{font-weight:normal;border-radius:3px;padding:0 4px;background:#eee}
+.cat-conflict{background:#f8c9c9}.cat-leak{background:#ffe1b3}.decide{display:flex;gap:3px;margin-top:3px}
+.decide button,.decide select{font-size:11px}.card.d-keep{border-color:#2ca02c}.card.d-delete{border-color:#d62728}
+.card.d-delete img{opacity:.35}.card.d-relabel{border-color:#1f77b4}.decide .on{background:#333;color:#fff}
+.spark .line{fill:none;stroke:#d62728;stroke-width:1.5}.spark .pt{fill:#d62728}.spark .ref{stroke:#999;
+stroke-dasharray:3 3}.charts{display:flex;flex-wrap:wrap;gap:12px}.chart .axis{stroke:#999}.chart .tick{font-size:10px}
+.chart .ct{font-size:12px;font-weight:bold}[hidden]{display:none!important}#decisions-json{display:none}
+"""
+
+SCRIPT = r"""
+(function () {
+  "use strict";
+  var data = JSON.parse(document.getElementById("report-data").textContent);
+  var decisions = {};
+  var classSelect = document.getElementById("filter-class");
+  var tagSelect = document.getElementById("filter-tag");
+
+  function applyFilters() {
+    var wanted = classSelect.value, tag = tagSelect.value;
+    document.querySelectorAll("[data-filter]").forEach(function (el) {
+      var classes = JSON.parse(el.getAttribute("data-classes"));
+      var tags = el.getAttribute("data-tags").split(" ");
+      el.hidden = !((wanted === "" || classes.indexOf(wanted) >= 0) && (tag === "" || tags.indexOf(tag) >= 0));
+    });
+    var groups = document.querySelectorAll(".group[data-filter]:not([hidden])").length;
+    var cards = document.querySelectorAll(".card[data-filter]:not([hidden])").length;
+    document.getElementById("shown-count").textContent = "shown: " + groups + " duplicate groups, " + cards +
+      " other images";
+  }
+
+  function paint(index) {
+    var decision = decisions[data.images[index].path];
+    document.querySelectorAll('.card[data-i="' + index + '"]').forEach(function (card) {
+      card.classList.remove("d-keep", "d-delete", "d-relabel");
+      card.querySelectorAll("button").forEach(function (b) { b.classList.remove("on"); });
+      var select = card.querySelector("select");
+      if (select) { select.value = decision && decision.action === "relabel" ? decision.target_class : ""; }
+      if (decision) {
+        card.classList.add("d-" + decision.action);
+        var button = card.querySelector('button[data-act="' + decision.action + '"]');
+        if (button) { button.classList.add("on"); }
+      }
+    });
+    var counts = {keep: 0, "delete": 0, relabel: 0};
+    Object.keys(decisions).forEach(function (path) { counts[decisions[path].action] += 1; });
+    document.getElementById("decision-count").textContent = counts.keep + " keep, " + counts["delete"] +
+      " delete, " + counts.relabel + " relabel";
+  }
+
+  function decide(index, action, target) {
+    var image = data.images[index];
+    var current = decisions[image.path];
+    if (!action || (current && current.action === action && action !== "relabel")) {
+      delete decisions[image.path];
+    } else {
+      var decision = {action: action, "class": image["class"], sha256: image.sha256,
+                      decided: new Date().toISOString()};
+      if (action === "relabel") { decision.target_class = target; }
+      decisions[image.path] = decision;
+    }
+    paint(index);
+  }
+
+  document.addEventListener("click", function (event) {
+    var button = event.target.closest(".decide button");
+    if (!button) { return; }
+    decide(Number(button.closest(".card").getAttribute("data-i")), button.getAttribute("data-act"));
+  });
+  document.addEventListener("change", function (event) {
+    var select = event.target.closest(".decide select");
+    if (!select) { return; }
+    decide(Number(select.closest(".card").getAttribute("data-i")), select.value ? "relabel" : "", select.value);
+  });
+
+  function exportText() {
+    var body = {
+      schema_version: data.decisions_schema_version,
+      decisions_type: data.decisions_type,
+      dataset_dir: data.dataset_dir,
+      report_path: data.report_path,
+      report_created: data.report_created,
+      created: new Date().toISOString(),
+      source: "html_report.py",
+      decisions: decisions
+    };
+    return JSON.stringify(body, null, 2) + "\n";
+  }
+
+  document.getElementById("export").addEventListener("click", function () {
+    var text = exportText();
+    document.getElementById("decisions-json").value = text;
+    var link = document.createElement("a");
+    link.href = URL.createObjectURL(new Blob([text], {type: "application/json"}));
+    link.download = data.decisions_file_name;
+    document.body.appendChild(link);
+    link.click();
+    setTimeout(function () { URL.revokeObjectURL(link.href); link.remove(); }, 1000);
+  });
+  document.getElementById("clear").addEventListener("click", function () {
+    var marked = Object.keys(decisions);
+    decisions = {};
+    data.images.forEach(function (image, index) { if (marked.indexOf(image.path) >= 0) { paint(index); } });
+    if (!marked.length) { paint(0); }
+  });
+  classSelect.addEventListener("change", applyFilters);
+  tagSelect.addEventListener("change", applyFilters);
+  applyFilters();
+  window.birdplaneExport = exportText;
+})();
+"""
+
+
+def render_page(page: Page, problematic_path: Path) -> str:
+    counts = render_counts(page)
+    duplicates = render_duplicates(page)
+    problematic, report = render_problematic(page, problematic_path)
+    training = render_training(page)
+    images = sorted(page.catalog.images.values(), key=lambda image: image.index)
+    data = {
+        "decisions_schema_version": DECISIONS_SCHEMA_VERSION,
+        "decisions_type": DECISIONS_TYPE,
+        "decisions_file_name": DECISIONS_FILE_NAME,
+        "dataset_dir": str(page.dataset_dir.resolve()),
+        "report_path": str(problematic_path.resolve()),
+        "report_created": report.get("created") if report else None,
+        "images": [
+            {"path": image.path, "sha256": image.sha256, "class": image.class_name, "split": image.split}
+            for image in images
+        ],
+    }
+    class_options = "".join(f'<option value="{esc(name)}">{esc(name)}</option>' for name in page.classes)
+    tag_options = "".join(f'<option value="{tag}">{esc(label)}</option>' for tag, label in FILTER_CATEGORIES)
+    header = (
+        f"<header><h1>birdplane report</h1>"
+        f'<label>class <select id="filter-class"><option value="">all classes</option>{class_options}</select>'
+        f'</label><label>category <select id="filter-tag"><option value="">all categories</option>{tag_options}'
+        "</select></label>"
+        '<span id="shown-count" class="muted"></span>'
+        '<span>decisions: <b id="decision-count">0 keep, 0 delete, 0 relabel</b></span>'
+        '<button type="button" id="export">Export decisions (JSON)</button>'
+        '<button type="button" id="clear">Clear</button>'
+        '<textarea id="decisions-json" aria-hidden="true"></textarea></header>'
+    )
+    intro = (
+        f'<p class="muted">Dataset {esc(page.dataset_dir.resolve())}, models {esc(page.models_dir)}; written '
+        f"{esc(fileio.utc_now())}. Marking images changes nothing on disk: export the decisions, then run "
+        f"<code>python review_problematic_images.py --apply-decisions {DECISIONS_FILE_NAME}</code> "
+        "(it asks before moving anything; <code>--undo</code> restores).</p>"
+    )
+    return (
+        '<!DOCTYPE html><html lang="en"><head><meta charset="utf-8">'
+        '<meta name="viewport" content="width=device-width, initial-scale=1"><link rel="icon" href="data:,">'
+        f"<title>birdplane report: {esc(page.dataset_dir.name)}</title><style>{STYLE}</style></head><body>"
+        f"{header}<main>{intro}{counts}{duplicates}{problematic}{training}</main>"
+        f'<script type="application/json" id="report-data">{json_for_script(data)}</script>'
+        f"<script>{SCRIPT}</script></body></html>\n"
+    )
+
+
+def build_report(dataset_dir: Path, models_dir: Path, output: Path, problematic_path: Path | None = None) -> Page:
+    """Read everything, write the thumbnails and the page; returns what was built (for the summary and tests)."""
+    files_dir = output.with_name(f"{output.stem}_files")
+    thumbs_dir = files_dir / "thumbs"
+    for folder in (files_dir, thumbs_dir):
+        if folder.is_symlink():
+            raise fileio.UnsafePathError(f"{folder} is a symbolic link: the report never writes through one")
+    page = Page(dataset_dir, models_dir, Catalog(dataset_dir, output.parent, thumbs_dir), count_images(dataset_dir))
+    text = render_page(page, problematic_path or dataset_dir / problematic_report.DEFAULT_NAME)
+    with fileio.atomic_write(output, "w") as handle:
+        handle.write(text)
+    remove_stale_thumbs(thumbs_dir, page.catalog.used_thumbs())
+    return page
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# Command line
+# ---------------------------------------------------------------------------------------------------------------------
+
+
+def get_args_parser(add_help: bool = True) -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        description="Write one static HTML page from the dataset's reports, to review images and export decisions.",
+        epilog=cli.EXIT_CODES_HELP,
+        add_help=add_help,
+    )
+    parser.add_argument("--dataset-dir", type=Path, default=Path("dataset"), help="dataset folder (default: dataset)")
+    parser.add_argument(
+        "--models-dir", type=Path, default=Path("models"), help="train_classifier.py's --output-dir (default: models)"
+    )
+    cli.add_report_flag(parser, f"the HTML page to write (default: <dataset-dir>/{DEFAULT_NAME})", type=Path)
+    parser.add_argument(
+        "--problematic-report",
+        type=Path,
+        default=None,
+        help=f"the problematic-images report to show (default: <dataset-dir>/{problematic_report.DEFAULT_NAME})",
+    )
+    cli.add_output_flags(parser)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = get_args_parser()
+    args = parser.parse_args(argv)
+    cli.setup_logging(args.verbose)
+    if not args.dataset_dir.is_dir():
+        return cli.error(f"the dataset folder {args.dataset_dir} does not exist (pass --dataset-dir)")
+    output = args.report if args.report is not None else args.dataset_dir / DEFAULT_NAME
+    reason = fileio.writable_folder_reason(output.parent)
+    if reason:
+        return cli.error(f"cannot write the report: {reason}")
+    try:
+        page = build_report(args.dataset_dir, args.models_dir, output, args.problematic_report)
+    except fileio.UnsafePathError as error:
+        return cli.error(str(error))
+    except KeyboardInterrupt:
+        print("\nInterrupted: the previous report (if any) is intact.", file=sys.stderr)
+        return cli.EXIT_INTERRUPTED
+    for problem in page.unusable:
+        logger.warning("%s", cli.printable(problem))
+    shown = len(page.catalog.images)
+    print(f"Report: {output} ({shown} images shown; thumbnails in {output.with_name(output.stem + '_files')}/thumbs)")
+    if page.catalog.unreadable:
+        logger.warning("%d images could not be read for a thumbnail (named on the page)", page.catalog.unreadable)
+    return cli.EXIT_PARTIAL if page.unusable else cli.EXIT_OK
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

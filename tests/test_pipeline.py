@@ -1,0 +1,228 @@
+"""run_pipeline.py end to end on tiny data: URLs from a local server, planted copies, a 1-epoch resnet18 at 64 px.
+
+One real run (module fixture) is shared by the tests, which run in file order: they look at what it did, re-run it
+(everything skipped), rebuild only the report, add an image, interrupt a training, and finally undo the removals.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import json
+import os
+import shlex
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import remove_duplicates
+from _download_helpers import ImageServer, Route, encode_good_image
+from conftest import ROOT, make_class_image, make_dataset, save_image
+
+import run_pipeline
+import train_classifier
+
+CLASSES = ("bird", "plane")
+TINY = ["--arch", "resnet18", "--image-size", "64", "--weights", "none", "--epochs", "1", "--batch-size", "8"]
+TINY += ["--device", "cpu"]
+PLANTED_COPY = "train/bird/bird_000 (1).jpg"  # byte-identical to train/bird/bird_000.jpg: removed
+LEAK = "val/plane/plane_002_leak.jpg"  # byte-identical to train/plane/plane_002.jpg: the val copy is removed
+CONFLICT = ("train/bird/bird_001.jpg", "train/plane/bird_001.jpg")  # same bytes, two labels: both stay
+SCRIPT_OF_MODULE = {name: ROOT / path for name, path in run_pipeline.SCRIPTS.items()}
+
+
+def run(argv: list[str]) -> tuple[int, str]:
+    """run_pipeline.main in-process; (exit code, everything it printed on stdout)."""
+    out = io.StringIO()
+    with contextlib.redirect_stdout(out):
+        code = run_pipeline.main(argv)
+    return code, out.getvalue()
+
+
+def printed_commands(output: str) -> list[list[str]]:
+    """The '$ python SCRIPT ARGS' lines a run printed, split as a shell would."""
+    return [shlex.split(line[2:])[1:] for line in output.splitlines() if line.startswith("$ python ")]
+
+
+def mtime(path: Path) -> int:
+    return path.stat().st_mtime_ns
+
+
+@pytest.fixture(scope="module")
+def pipeline(tmp_path_factory: pytest.TempPathFactory):
+    """A dataset with a plain copy, a train/val leak and a label conflict, 4 more images served over HTTP, one run."""
+    root = tmp_path_factory.mktemp("pipeline")
+    dataset = make_dataset(root / "dataset", CLASSES, train_per_class=5, val_per_class=2, seed=11)
+    shutil.copyfile(dataset / "train/bird/bird_000.jpg", dataset / PLANTED_COPY)
+    shutil.copyfile(dataset / "train/plane/plane_002.jpg", dataset / LEAK)
+    shutil.copyfile(dataset / CONFLICT[0], dataset / CONFLICT[1])
+    planted = {path: (dataset / path).read_bytes() for path in (PLANTED_COPY, LEAK)}
+    routes = {
+        f"/{name}/{number}.jpg": Route(encode_good_image("jpeg", index, 700 + number, size=(128, 128)))
+        for index, name in enumerate(CLASSES)
+        for number in range(2)
+    }
+    with ImageServer(routes) as server:
+        urls = root / "urls.csv"
+        urls.write_text("".join(f"{path.split('/')[1]},{server.url(path)}\n" for path in routes), encoding="utf-8")
+        argv = ["--dataset-dir", str(dataset), "--models-dir", str(root / "models"), "--urls-file", str(urls), *TINY]
+        code, output = run(argv)
+    yield {"root": root, "dataset": dataset, "models": root / "models", "argv": argv, "code": code,
+           "output": output, "planted": planted}  # fmt: skip
+
+
+def test_whole_run_prints_each_standalone_command_and_writes_every_output(pipeline) -> None:
+    assert pipeline["code"] == 0, pipeline["output"]
+    dataset, models = pipeline["dataset"], pipeline["models"]
+    commands = printed_commands(pipeline["output"])
+    scripts = [Path(argv[0]).resolve() for argv in commands]
+    order = [SCRIPT_OF_MODULE[name] for name in ("download_images", "detect_duplicates_by_filesize")]
+    assert scripts[:2] == order
+    for name in ("detect_duplicates_by_phash", "remove_duplicates", "train_classifier", "html_report"):
+        assert SCRIPT_OF_MODULE[name] in scripts
+    for argv in commands:  # each printed line is a valid command of its script, as a user would paste it
+        module = next(name for name, path in SCRIPT_OF_MODULE.items() if path == Path(argv[0]).resolve())
+        __import__(module).get_args_parser().parse_args(argv[1:])
+    train = next(argv for argv in commands if Path(argv[0]).name == "train_classifier.py")
+    for flag, value in zip(TINY[::2], TINY[1::2]):  # the training settings reach the trainer as given
+        assert train[train.index(flag) + 1] == value
+    assert "--detect-problematic" in train and train[train.index("--analysis-epochs") + 1] == "1"
+    downloaded = [path for path in dataset.rglob("*.jpg") if len(path.stem) == 64]  # saved under their SHA-256
+    assert len(downloaded) == 4
+    for path in (models / "best_model.pth", dataset / "problematic_images_report.json", dataset / "report.html"):
+        assert path.is_file(), path
+    page = (dataset / "report.html").read_text(encoding="utf-8")
+    assert 'id="recommended"' in page and 'id="confusion"' in page  # calibration and training from the real trainer
+    report = json.loads((dataset / "problematic_images_report.json").read_text(encoding="utf-8"))
+    listed = sum(len(entries) for entries in report["problematic_images"].values())
+    assert page.count('<figure class="card"', page.index('id="problematic"'), page.index('id="training"')) == listed
+
+
+def test_only_certain_copies_are_removed_label_conflicts_stay(pipeline) -> None:
+    dataset = pipeline["dataset"]
+    assert not (dataset / PLANTED_COPY).exists() and (dataset / "train/bird/bird_000.jpg").is_file()
+    assert not (dataset / LEAK).exists() and (dataset / "train/plane/plane_002.jpg").is_file()
+    assert all((dataset / path).is_file() for path in CONFLICT)
+    trashed = {path.name for path in (dataset / ".trash").rglob("*.jpg")}
+    assert trashed == {Path(PLANTED_COPY).name, Path(LEAK).name}
+    exact = json.loads((dataset / "duplicate_report_filesize.json").read_text(encoding="utf-8"))
+    groups = exact["duplicate_groups"]  # the reports were made again after the removal: they match the dataset
+    assert not groups["same_class_and_set"] and not groups["same_class_diff_set"]
+    assert [sorted(entry["path"] for entry in group["files"]) for group in groups["diff_class_same_set"]] == [
+        sorted(CONFLICT)
+    ]
+    assert "Left for a person (see the report): 2 label-conflict groups" in pipeline["output"]
+
+
+def test_rerun_skips_every_stage(pipeline) -> None:
+    dataset, models = pipeline["dataset"], pipeline["models"]
+    before = {path: mtime(path) for path in (dataset / "report.html", models / "best_model.pth")}
+    code, output = run(pipeline["argv"])
+    assert code == 0
+    assert output.count("up to date (inputs unchanged since it last ran): skipped") == len(run_pipeline.STAGES)
+    assert printed_commands(output) == []
+    assert {path: mtime(path) for path in before} == before
+
+
+def test_only_report_reruns_just_the_report(pipeline) -> None:
+    dataset, models = pipeline["dataset"], pipeline["models"]
+    model_time, page_time = mtime(models / "best_model.pth"), mtime(dataset / "report.html")
+    code, output = run([*pipeline["argv"], "--only", "report"])
+    assert code == 0
+    assert [Path(argv[0]).name for argv in printed_commands(output)] == ["html_report.py"]
+    assert mtime(models / "best_model.pth") == model_time and mtime(dataset / "report.html") != page_time
+
+
+def test_an_added_image_makes_the_later_stages_run_again(pipeline) -> None:
+    dataset = pipeline["dataset"]
+    added = save_image(make_class_image(0, 4242), dataset / "train/bird/added.jpg")
+    try:
+        code, output = run([*pipeline["argv"], "--dry-run"])
+        assert code == 0
+        lines = [line for line in output.splitlines() if line.startswith("[")]
+        assert lines == [
+            "[1/5] collect: up to date, would be skipped",
+            "[2/5] detect: would run",
+            "[3/5] dedupe: would run",
+            "[4/5] train: would run",
+            "[5/5] report: would run",
+        ]
+    finally:
+        added.unlink()
+    code, output = run([*pipeline["argv"], "--dry-run"])
+    assert output.count("up to date, would be skipped") == len(run_pipeline.STAGES)
+
+
+def test_interrupted_training_resumes_from_its_checkpoint(pipeline, monkeypatch) -> None:
+    calls: list[list[str]] = []
+
+    def interrupted(argv: list[str]) -> int:
+        calls.append(argv)
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(train_classifier, "main", interrupted)
+    code, output = run([*pipeline["argv"], "--from", "train"])
+    assert code == 130 and len(calls) == 1 and "--resume" not in calls[0]
+    monkeypatch.setattr(train_classifier, "main", lambda argv: calls.append(argv) or 0)
+    code, output = run(pipeline["argv"])
+    assert code == 0
+    assert calls[1] == [*calls[0], "--resume"]  # the same settings, carried on from models/last_checkpoint.pth
+    assert "resuming it" in output
+
+
+def test_undo_of_the_removal_log_restores_the_files_byte_for_byte(pipeline) -> None:
+    dataset = pipeline["dataset"]
+    logs = sorted(dataset.glob("deletion_log_*.json"))
+    assert len(logs) == 2  # one for the leak, one for the plain copy
+    for log in logs:
+        assert remove_duplicates.main(["--undo", str(log)]) == 0
+    for path, data in pipeline["planted"].items():
+        assert (dataset / path).read_bytes() == data
+
+
+# ------------------------------------------------------------------------------------------------ bad input
+
+
+def test_contradictory_or_unusable_arguments_exit_2_before_any_work(tmp_path: Path, capsys) -> None:
+    a_file = tmp_path / "file"
+    a_file.write_text("x")
+    cases = [
+        (["--only", "train", "--from", "detect"], "not allowed with"),
+        (["--dataset-dir", str(a_file), "--no-collect"], "is a file, not a folder"),
+        (["--urls-file", str(tmp_path / "missing.csv")], "is not a readable file"),
+        (["--only", "collect", "--no-collect"], "contradict"),
+    ]
+    for argv, message in cases:
+        with pytest.raises(SystemExit) as exit_info:
+            run_pipeline.main(argv)
+        assert exit_info.value.code == 2
+        assert message in capsys.readouterr().err
+    assert sorted(path.name for path in tmp_path.iterdir()) == ["file"]
+
+
+def test_a_stage_that_cannot_work_stops_the_pipeline_with_one_sentence(tmp_path: Path, capsys) -> None:
+    (tmp_path / "dataset" / "train").mkdir(parents=True)  # no images: the detectors refuse
+    code = run_pipeline.main(["--dataset-dir", str(tmp_path / "dataset"), "--no-collect", *TINY])
+    err = capsys.readouterr().err
+    assert code == 2
+    assert "error: stage detect stopped" in err and "run the same command again" in err
+    assert not (tmp_path / "dataset" / "report.html").exists()
+
+
+def test_an_unusable_state_file_means_every_stage_runs(tmp_path: Path, capsys) -> None:
+    dataset = make_dataset(tmp_path / "dataset", CLASSES, train_per_class=1, val_per_class=1)
+    (dataset / run_pipeline.STATE_NAME).write_text('{"truncated', encoding="utf-8")
+    assert run_pipeline.main(["--dataset-dir", str(dataset), "--no-collect", "--dry-run"]) == 0
+    captured = capsys.readouterr()
+    assert captured.out.count("would run") == 4 and "not valid JSON" in captured.err
+
+
+def test_help_runs_as_a_script() -> None:
+    result = subprocess.run(
+        [sys.executable, str(ROOT / "run_pipeline.py"), "--help"], capture_output=True, text=True, timeout=60,
+        env={**os.environ, "COLUMNS": "120"},
+    )  # fmt: skip
+    assert result.returncode == 0
+    assert "--from {collect,detect,dedupe,train,report}" in result.stdout and "exit codes" in result.stdout
