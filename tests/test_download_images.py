@@ -14,30 +14,23 @@ import types
 from pathlib import Path
 
 import download_images
+import image_search
 import pytest
 import search_queries
 from _download_helpers import FakeSearch, ImageServer, Route, bad_routes, encode_good_image, good_routes
 from conftest import ROOT
-from download_images import (
+from download_images import REPORT_NAME, parse_url_lines, split_for_hash
+from download_manifest import MANIFEST_NAME, ManifestWriter, latest_records_by_url, read_manifest, should_fetch
+from image_fetch import (
     FORMAT_EXTENSIONS,
-    MANIFEST_NAME,
-    REPORT_NAME,
-    SEARCH_BACKOFF_S,
-    SEARCH_RETRIES,
+    FetchLimits,
     ImageRejectedError,
-    ManifestWriter,
     backoff_delay,
     inspect_image,
-    interleave,
     is_allowed_content_type,
-    is_done,
     is_retryable,
-    latest_records_by_url,
-    parse_url_lines,
-    read_manifest,
-    split_for_hash,
-    take_evenly,
 )
+from image_search import SEARCH_BACKOFF_S, SEARCH_RETRIES, interleave, take_evenly
 from PIL import Image
 
 try:
@@ -64,7 +57,7 @@ class RecordingSleep:
 
 
 def run(argv: list[str], search: FakeSearch | None = None, sleep: RecordingSleep | None = None) -> int:
-    return download_images.main(argv, search_fn=search or FakeSearch({}), sleep=sleep or RecordingSleep())
+    return download_images.main(argv, search_backend=search or FakeSearch({}), sleep=sleep or RecordingSleep())
 
 
 def image_files(dataset: Path) -> dict[str, bytes]:
@@ -173,12 +166,13 @@ def test_download_saves_exactly_the_good_images_and_records_every_url(web, capsy
     assert hits["/bad/missing.jpg"] == 1  # a 404 is not retried
 
     report = json.loads((web.dataset / REPORT_NAME).read_text())
-    assert report["schema_version"] == 1
+    assert report["schema_version"] == 2
     assert {error["url"] for error in report["errors"]} == {web.server.url(path) for path in web.bad}
     assert report["classes"]["bird"]["downloaded"] == report["classes"]["other"]["downloaded"] == 16
     assert report["classes"]["bird"]["duplicates"] == 1 and report["classes"]["other"]["duplicates"] == 1
     assert report["classes"]["bird"]["failures_by_reason"]["too large"] == 2
-    assert "bird" in output.out and "other" in output.out and "too large 2" in output.out
+    assert "bird" in output.out and "other" in output.out
+    assert "bird: too large (> --max-bytes 200000): 2 — raise --max-bytes to retry" in output.out
     assert "missing.jpg: http 404" in output.err
 
     # A re-run finds everything done: no search, no download, the same files.
@@ -355,7 +349,7 @@ def test_real_backend_passes_the_search_options_through(tmp_path: Path, monkeypa
 
 def test_no_network_during_search_says_so_in_one_sentence(tmp_path: Path, monkeypatch, capsys) -> None:
     install_fake_ddgs(monkeypatch, behaviour=DDGSException("DNSError: error resolving DNS"))
-    monkeypatch.setattr(download_images, "host_resolves", lambda host: False)
+    monkeypatch.setattr(image_search, "can_connect", lambda host, port, timeout_s=None: False)
     dataset = tmp_path / "dataset"
     assert download_images.main(["--duckduckgo", "--dataset-dir", str(dataset), "--no-progress"]) == 1
     err = capsys.readouterr().err.strip()
@@ -380,7 +374,7 @@ def test_no_network_for_url_list_leaves_nothing_behind(tmp_path: Path, capsys) -
     dataset = tmp_path / "dataset"
     assert run(["--urls-file", str(urls), "--dataset-dir", str(dataset), *FAST]) == 1
     err = capsys.readouterr().err.strip()
-    assert err == f"No network: cannot reach 127.0.0.1; {download_images.NO_NETWORK_HINT}."
+    assert err == f"No network: cannot reach 127.0.0.1; connect, or check the URLs in {urls}."
     assert not dataset.exists()
 
 
@@ -501,8 +495,11 @@ def test_small_pure_helpers() -> None:
     assert entries == [(1, "bird", "http://a/x.jpg?a=1,2")]
     assert problems[0].startswith("f line 2:") and problems[1].startswith("f line 3:")
     records = [{"url": "u", "status": "failed", "retryable": True}, {"url": "u", "status": "saved"}]
-    assert is_done(latest_records_by_url(records)["u"])
-    assert not is_done(records[0]) and is_done({"status": "failed", "retryable": False})
+    limits = FetchLimits()
+    assert not should_fetch(latest_records_by_url(records)["u"], limits)
+    assert should_fetch(records[0], limits) and should_fetch(None, limits)
+    assert not should_fetch({"status": "failed", "reason": "http 404", "retryable": False}, limits)
+    assert should_fetch({"status": "failed", "reason": "http 404", "retryable": False}, limits, retry_failed=True)
 
 
 def test_manifest_writer_ends_a_cut_line_before_appending(tmp_path: Path) -> None:
@@ -541,9 +538,9 @@ def test_bad_query_files_are_refused_with_the_reason(tmp_path: Path, content: st
     path.write_text(content)
     with pytest.raises(ValueError, match=message.replace("(", r"\(")):
         search_queries.load_queries(path)
-    with pytest.raises(SystemExit) as exit_info:
-        run(["--duckduckgo", "--queries", str(path), "--dataset-dir", str(tmp_path / "d")])
-    assert exit_info.value.code == 2 and message in capsys.readouterr().err
+    assert run(["--duckduckgo", "--queries", str(path), "--dataset-dir", str(tmp_path / "d")]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: ") and message in err and len(err.splitlines()) == 1
 
 
 def test_query_file_round_trip_and_usage_errors(tmp_path: Path, capsys) -> None:
@@ -555,11 +552,13 @@ def test_query_file_round_trip_and_usage_errors(tmp_path: Path, capsys) -> None:
         (["--duckduckgo", "--classes", "cat"], "no queries for class cat"),
         (["--duckduckgo", "--val-fraction", "1.5"], "--val-fraction"),
         (["--urls-file", str(tmp_path / "none.csv")], "no such file"),
-        (["--duckduckgo", "--urls-file", str(path)], "not allowed with"),
     ]:
-        with pytest.raises(SystemExit) as exit_info:
-            run([*argv, "--dataset-dir", str(tmp_path / "d")])
-        assert exit_info.value.code == 2 and message in capsys.readouterr().err
+        assert run([*argv, "--dataset-dir", str(tmp_path / "d")]) == 2
+        err = capsys.readouterr().err
+        assert err.startswith("error: ") and message in err
+    with pytest.raises(SystemExit) as exit_info:  # argparse's own check
+        run(["--duckduckgo", "--urls-file", str(path), "--dataset-dir", str(tmp_path / "d")])
+    assert exit_info.value.code == 2 and "not allowed with" in capsys.readouterr().err
     assert not (tmp_path / "d").exists()
 
 

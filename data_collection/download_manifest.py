@@ -1,0 +1,218 @@
+"""The download manifest: one JSON line per URL tried, and the rule for which URLs a re-run tries again.
+
+Imported by download_images.py; not a script. ``dataset/download_manifest.jsonl`` is appended to as a run goes, by
+any number of runs at once: each record is one ``write`` of a whole line to a file opened with O_APPEND, under an
+exclusive ``flock``, so lines never interleave, and a line cut off by a killed run is ended before the next one.
+The latest line for a URL is its state.
+
+A failure that a command-line limit decided (``too small``, ``too large``, ``timeout``, ``wrong content type``)
+records the limit as ``"limit": {"flag": "--min-size", "value": 128}``; a re-run retries it when that limit changed
+so that it could now pass, and ``--retry-failed`` retries failures that no limit decided.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import logging
+import os
+from collections.abc import Iterable, Iterator
+from pathlib import Path
+from typing import Any
+
+from image_fetch import Candidate, FetchLimits, is_retryable
+
+from fileio import utc_now
+
+try:
+    import fcntl
+except ImportError:  # Windows: O_APPEND single writes alone keep lines whole
+    fcntl = None  # type: ignore[assignment]
+
+MANIFEST_NAME = "download_manifest.jsonl"
+SCHEMA_VERSION = 2  # of a manifest line; 2 added "limit" (version 1 lines are read as they are)
+# Failure reasons a command-line limit decided, and that limit's flag.
+LIMIT_FLAGS = {
+    "too small": "--min-size",
+    "too large": "--max-bytes",
+    "timeout": "--timeout",
+    "wrong content type": "--ignore-content-type",
+}
+
+logger = logging.getLogger(__name__)
+
+
+# ---------------------------------------------------------------------------------------------------------- pure
+
+
+def new_record(candidate: Candidate) -> dict[str, Any]:
+    """A manifest line for ``candidate`` with every field present; the caller fills in the outcome."""
+    return {
+        "schema_version": SCHEMA_VERSION,
+        "time": utc_now(),
+        "class": candidate.class_name,
+        "source": candidate.source,
+        "query": candidate.query,
+        "url": candidate.url,
+        "source_page": candidate.source_page,
+        "title": candidate.title,
+        "status": None,
+        "width": None,
+        "height": None,
+        "format": None,
+        "bytes": None,
+        "sha256": None,
+        "path": None,
+        "split": None,
+        "duplicate_of": None,
+        "reason": None,
+        "detail": None,
+        "retryable": False,
+        "limit": None,
+    }
+
+
+def limit_value(flag: str, limits: FetchLimits) -> float | int | bool:
+    return {
+        "--min-size": limits.min_size,
+        "--max-bytes": limits.max_bytes,
+        "--timeout": limits.timeout_s,
+        "--ignore-content-type": limits.ignore_content_type,
+    }[flag]
+
+
+def limit_of(reason: str, limits: FetchLimits) -> dict[str, Any] | None:
+    """``{"flag": ..., "value": ...}`` for a failure that a limit decided, else None."""
+    flag = LIMIT_FLAGS.get(reason)
+    return None if flag is None else {"flag": flag, "value": limit_value(flag, limits)}
+
+
+def limit_now_allows(record: dict[str, Any], limits: FetchLimits) -> bool:
+    """Whether the limit that refused ``record`` has changed so that the URL could pass now.
+
+    A "too small" image whose size is known is retried only if it meets the new ``--min-size``; a "too large" one
+    whose size the server declared, only if it fits the new ``--max-bytes``. A record without a usable limit (written
+    by an older version) is retried once, and then carries its limit.
+    """
+    flag = LIMIT_FLAGS.get(record.get("reason"))
+    if flag is None:
+        return False
+    limit = record.get("limit")
+    old = limit.get("value") if isinstance(limit, dict) and limit.get("flag") == flag else None
+    new = limit_value(flag, limits)
+    if flag == "--ignore-content-type":
+        return bool(new) and not old
+    if isinstance(old, bool) or not isinstance(old, (int, float)):
+        return True
+    if flag == "--min-size":
+        width, height = record.get("width"), record.get("height")
+        if isinstance(width, int) and isinstance(height, int):
+            return min(width, height) >= new
+        return new < old
+    if flag == "--max-bytes":
+        size = record.get("bytes")
+        return new >= size if isinstance(size, int) and size > old else new > old
+    return new > old  # --timeout
+
+
+def should_fetch(record: dict[str, Any] | None, limits: FetchLimits, retry_failed: bool = False) -> bool:
+    """Whether this run tries a URL whose latest manifest line is ``record`` (None: never tried).
+
+    Saved and duplicate URLs are settled. A failure is tried again when it may pass by itself (timeouts, 5xx,
+    connection errors), when the limit that refused it changed so that it could pass, or, with ``retry_failed``,
+    when no limit decided it (404, not an image, ...).
+    """
+    if record is None:
+        return True
+    status = record.get("status")
+    if status in ("saved", "duplicate"):
+        return False
+    if status != "failed":
+        return True
+    reason = record.get("reason")
+    if not isinstance(reason, str) or record.get("retryable") or is_retryable(reason):
+        return True
+    if reason in LIMIT_FLAGS:
+        return limit_now_allows(record, limits)
+    return retry_failed
+
+
+def latest_records_by_url(records: Iterable[dict[str, Any]]) -> dict[str, dict[str, Any]]:
+    """The last manifest record of each URL: a URL retried by a later run has several lines."""
+    latest: dict[str, dict[str, Any]] = {}
+    for record in records:
+        url = record.get("url")
+        if isinstance(url, str):
+            latest[url] = record
+    return latest
+
+
+def encode_line(record: dict[str, Any]) -> bytes:
+    """One manifest line as UTF-8; a non-UTF-8 file name in it is kept as a ``\\udcXX`` escape (valid UTF-8)."""
+    return (json.dumps(record, ensure_ascii=False) + "\n").encode("utf-8", "backslashreplace")
+
+
+# ------------------------------------------------------------------------------------------------------------ disk
+
+
+def read_manifest(path: Path) -> list[dict[str, Any]]:
+    """The manifest's records in order; unreadable lines (a run killed mid-write) are skipped with a warning."""
+    if not path.exists():
+        return []
+    records = []
+    with open(path, encoding="utf-8", errors="replace") as file:
+        for line_number, line in enumerate(file, start=1):
+            if not line.strip():
+                continue
+            try:
+                record = json.loads(line)
+            except json.JSONDecodeError:
+                logger.warning("%s line %d is not a JSON record (cut off?): ignored", path.name, line_number)
+                continue
+            if isinstance(record, dict):
+                records.append(record)
+    return records
+
+
+class ManifestWriter:
+    """Appends whole lines, safe beside other runs appending to the same file; creates it on the first record."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self._fd: int | None = None
+
+    def write(self, record: dict[str, Any]) -> None:
+        line = encode_line(record)
+        if self._fd is None:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            self._fd = os.open(self.path, os.O_RDWR | os.O_APPEND | os.O_CREAT, 0o666)
+        with self._locked():
+            size = os.fstat(self._fd).st_size
+            if size and os.pread(self._fd, 1, size - 1) != b"\n":
+                line = b"\n" + line  # a line cut off by a killed run: end it (it is skipped when read)
+            view = memoryview(line)
+            while view:
+                view = view[os.write(self._fd, view) :]
+
+    def close(self) -> None:
+        if self._fd is not None:
+            try:
+                os.fsync(self._fd)
+            finally:
+                os.close(self._fd)
+                self._fd = None
+
+    @contextlib.contextmanager
+    def _locked(self) -> Iterator[None]:
+        if fcntl is None:
+            yield
+            return
+        fcntl.flock(self._fd, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(self._fd, fcntl.LOCK_UN)
+
+
+if __name__ == "__main__":
+    raise SystemExit("download_manifest.py is imported by download_images.py, not a script; see README.md")
