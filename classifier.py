@@ -1023,7 +1023,7 @@ def get_args_parser(add_help: bool = True) -> argparse.ArgumentParser:
     )
     parser.add_argument(
         "paths",
-        nargs="+",
+        nargs="*",
         metavar="PATH",
         help="the model file (e.g. models/best_model.pth) unless --model names it, then image files and/or folders",
     )
@@ -1057,6 +1057,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     logging.basicConfig(
         level=logging.DEBUG if args.verbose else logging.INFO, format="%(levelname)s: %(message)s", force=True
     )
+    if not args.model and not args.paths:
+        return _error("no model given: python classifier.py MODEL IMAGE... (or --model MODEL IMAGE...)")
     model_path, inputs = (args.model, args.paths) if args.model else (args.paths[0], args.paths[1:])
     if not inputs:
         return _error("no images given: name the model file, then the image files and/or folders to classify")

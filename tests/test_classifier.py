@@ -7,10 +7,14 @@ import csv
 import json
 import logging
 import math
+import os
 import pickle
+import re
+import socket
 import subprocess
 import sys
 import urllib.error
+import zipfile
 from pathlib import Path
 
 import numpy as np
@@ -412,3 +416,280 @@ def test_cli_refuses_unavailable_device_and_missing_csv_folder(model_path, bad_f
     out_csv.write_text("old\n")
     assert classifier.main([str(model_path), image, "--csv", str(out_csv)]) == 0
     assert out_csv.read_text(encoding="utf-8").splitlines()[0].startswith("path,predicted_class,confidence")
+
+
+# -- import cost, the list API, reasons in the output ---------------------------------------------------------------
+
+
+def test_import_and_image_reading_leave_torch_unloaded(bad_files):
+    code = (
+        "import sys, classifier\n"
+        f"files = classifier.find_image_files({str(bad_files['IMG.JPG'].parent)!r})\n"
+        "classifier.load_image(files[0], mode='L')\n"
+        "print(len(files), 'torch' in sys.modules, 'torchvision' in sys.modules)"
+    )
+    result = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.split() == [str(len(BAD_FILE_EXPECTATIONS)), "False", "False"]
+
+
+def test_predict_batch_is_a_list_of_the_inputs_length_and_order(clf, bad_files):
+    paths = [bad_files["IMG.JPG"], bad_files["zero_bytes.jpg"], bad_files["rgba.png"], bad_files["html_page.jpg"]]
+    paths.append(make_class_image(1, 3, (50, 40)))  # a PIL image among the paths
+    results = clf.predict_batch(paths, batch_size=2)
+    assert isinstance(results, list) and len(results) == len(paths)
+    assert [r[0] for r in results] == paths and results[0] == results[0:1][0]  # indexable, and again the same
+    assert results[1][1:] == (None, 0.0, {}) and results[3][1:] == (None, 0.0, {})  # unreadable: kept in place
+    assert all(r[1] is not None for r in (results[0], results[2], results[4]))
+    assert list(results) == results  # a second pass yields everything again
+
+    streamed = clf.iter_predictions(iter(paths), batch_size=2)
+    assert not isinstance(streamed, list) and next(streamed)[0] == paths[0]
+    assert [r[0] for r in streamed] == paths[1:]
+
+
+def test_csv_and_json_error_field_holds_the_reason(model_path, bad_files, tmp_path, capsys):
+    out_csv = tmp_path / "predictions.csv"
+    inputs = [str(bad_files[name]) for name in ("zero_bytes.jpg", "html_page.jpg", "IMG.JPG")]
+    assert classifier.main([str(model_path), *inputs, "--json", "--csv", str(out_csv)]) == 1
+    rows = {Path(r["path"]).name: r for r in map(json.loads, capsys.readouterr().out.splitlines())}
+    assert rows["zero_bytes.jpg"]["error"] == "empty file (0 bytes)"
+    assert rows["html_page.jpg"]["error"] == "not an image: HTML page saved with an image name"
+    assert rows["IMG.JPG"]["error"] is None
+    with open(out_csv, newline="", encoding="utf-8") as handle:
+        errors = {Path(r["path"]).name: r["error"] for r in csv.DictReader(handle)}
+    assert errors == {
+        "zero_bytes.jpg": "empty file (0 bytes)",
+        "html_page.jpg": "not an image: HTML page saved with an image name",
+        "IMG.JPG": "",
+    }
+
+
+# -- absurd and odd model files -----------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("field", "value", "message"),
+    [
+        ("image_size", 100_000, r"invalid image_size 100000 \(a whole number of pixels from 16 to 1024"),
+        ("image_size", 8, "invalid image_size 8"),
+        ("image_size", 64.0, "invalid image_size 64.0"),
+        ("resize_size", 10**9, r"invalid resize_size 1000000000 \(a whole number from image_size 64 to 128"),
+        ("resize_size", 32, "invalid resize_size 32"),
+        ("std", [0.2, -0.2, 0.2], r"invalid std \[0.2, -0.2, 0.2\] \(each must be above 0"),
+        ("std", [0.0, 0.2, 0.2], "invalid std"),
+        ("mean", [0.5, 0.5, 0.5, 0.5], r"invalid mean \[0.5, 0.5, 0.5, 0.5\] \(three numbers, one per colour channel"),
+        ("mean", [0.5, 300.0, 0.5], "invalid mean"),
+        ("num_classes", 7, "says 7 classes but lists 4"),
+        ("confidence_threshold", -0.1, r"invalid confidence_threshold -0.1 \(a number from 0 to 1"),
+        ("temperature", 1e-30, "invalid temperature"),
+        ("classes", ["bird", "bird", "plane", "other"], "the same class name twice"),
+        ("classes", [f"c{i}" for i in range(20_000)], "20000 classes, more than the 10000"),
+    ],
+)
+def test_absurd_settings_are_refused_before_anything_is_built(tmp_path, monkeypatch, field, value, message):
+    checkpoint = classifier.make_checkpoint(
+        classifier.build_model("resnet18", 4), arch="resnet18", classes=CLASSES, image_size=64
+    )
+    path = tmp_path / "absurd.pth"
+    torch.save({**checkpoint, field: value}, path)
+
+    def must_not_build(*args, **kwargs):
+        raise AssertionError("a model was built from an absurd checkpoint")
+
+    monkeypatch.setattr(classifier, "build_model", must_not_build)
+    with pytest.raises(CheckpointError, match=message) as refused:
+        BirdPlaneSupermanClassifier(path, device="cpu")
+    assert str(refused.value).startswith(str(path)) and str(refused.value).count(". ") == 0
+
+
+def test_cli_refuses_an_absurd_model_with_exit_2_and_one_line(tmp_path, bad_files, capsys):
+    checkpoint = classifier.make_checkpoint(classifier.build_model("resnet18", 4), arch="resnet18", classes=CLASSES)
+    path = tmp_path / "huge.pth"
+    torch.save({**checkpoint, "image_size": 100_000}, path)
+    assert classifier.main([str(path), str(bad_files["IMG.JPG"])]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith(f"error: {path} has an invalid image_size 100000") and len(err.strip().splitlines()) == 1
+
+
+def test_model_files_that_are_something_else_say_what_they_are(tmp_path, bad_files):
+    expected = r"\(expected a checkpoint file written by train_classifier.py\)"
+    empty = tmp_path / "empty.pth"
+    empty.write_bytes(b"")
+    photo = tmp_path / "photo.pth"
+    photo.write_bytes(bad_files["IMG.JPG"].read_bytes())
+    page = tmp_path / "page.pth"
+    page.write_text("<!DOCTYPE html><html><body>404</body></html>", encoding="utf-8")
+    archive = tmp_path / "archive.pth"
+    with zipfile.ZipFile(archive, "w") as handle:
+        handle.writestr("readme.txt", "hello")
+    good = tmp_path / "good.pth"
+    save_tiny_model(good)
+    truncated = tmp_path / "truncated.pth"
+    truncated.write_bytes(good.read_bytes()[: good.stat().st_size // 2])
+    legacy = tmp_path / "legacy.pth"
+    torch.save(torch.load(good, weights_only=True), legacy, _use_new_zipfile_serialization=False)
+    legacy_truncated = tmp_path / "legacy_truncated.pth"
+    legacy_truncated.write_bytes(legacy.read_bytes()[: legacy.stat().st_size // 2])
+
+    cases = [
+        (empty, f"^{re.escape(str(empty))} is empty \\(0 bytes\\), not a birdplane checkpoint {expected}\\.$"),
+        (photo, f"^{re.escape(str(photo))} is a JPEG image, not a birdplane checkpoint {expected}\\.$"),
+        (page, f"^{re.escape(str(page))} is an HTML page, not a birdplane checkpoint {expected}\\.$"),
+        (
+            archive,
+            f"^{re.escape(str(archive))} is a zip archive but not a PyTorch file, so not a birdplane checkpoint",
+        ),
+        (
+            truncated,
+            f"^{re.escape(str(truncated))} is truncated or damaged: it starts like a PyTorch file but cannot be read",
+        ),
+        (legacy_truncated, f"^{re.escape(str(legacy_truncated))} is truncated or damaged"),
+        (tmp_path, f"^{re.escape(str(tmp_path))} is a folder, not a birdplane checkpoint {expected}"),
+        (tmp_path / "missing.pth", "does not exist; train one with train_classifier.py"),
+    ]
+    for path, message in cases:
+        with pytest.raises(CheckpointError, match=message):
+            classifier.load_checkpoint(path)
+    assert classifier.load_checkpoint(legacy)["classes"] == CLASSES  # the old container still loads
+
+
+# -- files that are not regular files, symlinked folders --------------------------------------------------------------
+
+
+def test_fifo_socket_and_device_are_listed_by_name_only_and_never_opened(tmp_path, model_path):
+    folder = tmp_path / "odd"
+    folder.mkdir()
+    save_image(make_class_image(0, 1), folder / "real.jpg")
+    os.mkfifo(folder / "pipe.jpg")
+    os.mkfifo(folder / "pipe_without_extension")
+    server = socket.socket(socket.AF_UNIX)
+    server.bind(str(folder / "sock.jpg"))
+    (folder / "null.jpg").symlink_to(os.devnull)  # a device node, reached through a symlink
+    os.mkfifo(tmp_path / "model_pipe.pth")
+    # in a subprocess with a timeout: opening a FIFO would hang for ever instead of failing
+    code = f"""
+import json, classifier
+from pathlib import Path
+folder = Path({str(folder)!r})
+found = [p.name for p in classifier.find_image_files(folder)]
+reasons = {{}}
+for name in ("pipe.jpg", "sock.jpg", "null.jpg", "pipe_without_extension"):
+    try:
+        classifier.load_image(folder / name)
+    except classifier.ImageLoadError as error:
+        reasons[name] = str(error)
+sniffed = classifier.is_image_file(folder / "pipe_without_extension")
+content = classifier.describe_content(folder / "pipe.jpg")
+try:
+    classifier.load_checkpoint({str(tmp_path / "model_pipe.pth")!r})
+except classifier.CheckpointError as error:
+    model_error = str(error)
+print(json.dumps([found, reasons, sniffed, content, model_error]))
+"""
+    try:
+        result = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=120)
+    finally:
+        server.close()
+    assert result.returncode == 0, result.stderr
+    found, reasons, sniffed, content, model_error = json.loads(result.stdout)
+    assert found == ["null.jpg", "pipe.jpg", "real.jpg", "sock.jpg"]  # by name; the pipe without one is not sniffed
+    assert reasons == {
+        "pipe.jpg": "is a named pipe (FIFO), not a file",
+        "sock.jpg": "is a socket, not a file",
+        "null.jpg": "is a device node, not a file",
+        "pipe_without_extension": "is a named pipe (FIFO), not a file",
+    }
+    assert sniffed is False and content == "a named pipe (FIFO), never opened"
+    assert model_error.endswith(
+        "model_pipe.pth is a named pipe (FIFO), not a birdplane checkpoint "
+        "(expected a checkpoint file written by train_classifier.py)."
+    )
+
+
+def test_symlinked_folders_are_followed_once_and_loops_end(tmp_path):
+    outside = tmp_path / "elsewhere" / "bird"
+    save_image(make_class_image(0, 1), outside / "far.jpg")
+    train = tmp_path / "dataset" / "train"
+    save_image(make_class_image(1, 2), train / "plane" / "near.jpg")
+    (train / "bird").symlink_to(outside, target_is_directory=True)  # a symlinked class folder: read through
+    (train / "a_plane_alias").symlink_to(train / "plane", target_is_directory=True)  # the same folder twice
+    (train / "plane" / "loop").symlink_to(train, target_is_directory=True)  # a loop back up
+    found = [path.relative_to(train).as_posix() for path in classifier.find_image_files(train)]
+    assert found == ["bird/far.jpg", "plane/near.jpg"]  # the alias and the loop add nothing; real names win
+    assert classifier.find_image_files(train / "bird") == [train / "bird" / "far.jpg"]
+
+
+# -- names that would break output ----------------------------------------------------------------------------------
+
+
+def test_non_utf8_file_name_in_table_json_and_csv(model_path, tmp_path, capsys):
+    if sys.platform != "linux" or sys.getfilesystemencoding().lower() != "utf-8":
+        pytest.skip("needs a file system that accepts any bytes in names (Linux)")
+    folder = tmp_path / "odd_names"
+    folder.mkdir()
+    raw_name = b"bad\xffname.jpg"
+    save_image(make_class_image(0, 4), Path(os.fsdecode(os.path.join(os.fsencode(folder), raw_name))))
+    out_csv = tmp_path / "out.csv"
+
+    assert classifier.main([str(model_path), str(folder), "--json", "--csv", str(out_csv)]) == 0
+    line = capsys.readouterr().out.strip()
+    line.encode("utf-8")  # valid UTF-8: no lone surrogate reached stdout
+    assert "\\udcff" in line
+    assert os.fsencode(json.loads(line)["path"]).endswith(b"/" + raw_name)  # lossless
+    text = out_csv.read_bytes().decode("utf-8")  # strict: the CSV is valid UTF-8
+    assert "bad\\udcffname.jpg" in text
+
+    assert classifier.main([str(model_path), str(folder)]) == 0
+    table = capsys.readouterr().out
+    assert "bad\\xffname.jpg" in table and "1 classified, 0 failed" in table
+
+
+def test_table_escapes_control_and_right_to_left_characters(model_path, tmp_path, capsys):
+    folder = tmp_path / "spoof"
+    save_image(make_class_image(0, 5), folder / "evil\nbird 0.99.jpg")
+    save_image(make_class_image(1, 6), folder / "photo\u202egpj.exe.jpg")
+    assert classifier.main([str(model_path), str(folder)]) == 0
+    out = capsys.readouterr().out
+    assert "\u202e" not in out and "evil\nbird" not in out
+    assert "evil\\x0abird 0.99.jpg" in out and "photo\\u202egpj.exe.jpg" in out
+    assert len(out.strip().splitlines()) == 1 + 2 + 2  # header, two rows, blank line and summary
+
+
+# -- command-line convention ----------------------------------------------------------------------------------------
+
+
+def test_model_flag_verbose_and_no_progress(model_path, bad_files, capsys):
+    image = str(bad_files["IMG.JPG"])
+    assert classifier.main([str(model_path), image, "--json"]) == 0
+    positional = json.loads(capsys.readouterr().out)
+    assert classifier.main(["--model", str(model_path), image, "--json", "-v", "--no-progress"]) == 0
+    assert json.loads(capsys.readouterr().out) == positional
+    assert classifier.main(["--model", str(model_path)]) == 2
+    assert capsys.readouterr().err.startswith("error: no images given")
+
+
+def test_missing_model_exits_2_with_one_error_line(tmp_path, bad_files, capsys):
+    missing = tmp_path / "models" / "best_model.pth"
+    assert classifier.main([str(missing), str(bad_files["IMG.JPG"])]) == 2
+    err = capsys.readouterr().err
+    sentence = (
+        f"The birdplane checkpoint {missing} does not exist; train one with train_classifier.py or pass its path."
+    )
+    assert err == f"error: {sentence}\n"
+
+
+def test_threshold_help_says_what_it_measures():
+    text = " ".join(classifier.get_args_parser().format_help().split())
+    assert "--threshold THRESHOLD minimum softmax confidence (0-1) below which the prediction becomes 'other'" in text
+    assert "--model MODEL" in text and "-v, --verbose" in text and "--no-progress" in text
+
+
+def test_ctrl_c_exits_130_and_writes_no_csv(model_path, bad_files, tmp_path, monkeypatch, capsys):
+    def interrupted(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(classifier, "write_csv", interrupted)
+    out_csv = tmp_path / "out.csv"
+    assert classifier.main([str(model_path), str(bad_files["IMG.JPG"]), "--csv", str(out_csv)]) == 130
+    assert not out_csv.exists() and "Interrupted" in capsys.readouterr().err
