@@ -302,6 +302,8 @@ def lock(dataset_dir: str | os.PathLike, tool: str) -> Iterator[Path]:
             break
         else:
             raise TrashError(_held_message(dataset_dir, path, _lock_owner(path)[0]))
+        for log in folder.glob("*.json"):  # temp files of log writes a killed run left behind
+            fileio.remove_stale_temp_files(folder, log.name)
         try:
             yield path
         finally:
@@ -415,6 +417,38 @@ class _LogWriter:
         self.written_at = time.monotonic()
 
 
+def _planned(dataset_dir: str | os.PathLike, real_dataset: Path, run_id: str, move: Move) -> dict[str, Any]:
+    """The log record of one move, hashed now; "refused" with the reason when it can never be carried out."""
+    destination = move.destination
+    if move.action == "trash" and not destination:
+        destination = default_destination(run_id, move.source)
+    record = {
+        "source": move.source,
+        "destination": "" if move.action == "delete" else destination,
+        "action": move.action,
+        "sha256": None,
+        "size": None,
+        "kept": list(move.kept),
+        "note": move.note,
+        "status": "planned",
+        "reason": lexical_problem({"source": move.source, "destination": destination, "action": move.action}),
+    }
+    if record["reason"] is None:
+        try:
+            source = _inside(dataset_dir, move.source, real_dataset)
+            record["reason"] = fileio.regular_file_reason(source)
+            if record["reason"] is None:
+                record["size"] = source.lstat().st_size
+                record["sha256"] = fileio.sha256_file(source)
+        except fileio.UnsafePathError as error:
+            record["reason"] = str(error)
+        except OSError as error:
+            record["reason"] = f"cannot be read ({error.strerror or error})"
+    if record["reason"] is not None:
+        record["status"] = "refused"
+    return record
+
+
 def new_log(
     dataset_dir: str | os.PathLike,
     tool: str,
@@ -429,57 +463,29 @@ def new_log(
     outside the dataset, a source that is not a regular file) is logged "refused" with the reason. Needs ``lock``.
     """
     _require_lock(dataset_dir)
+    unknown = sorted({move.action for move in moves} - set(ACTIONS))
+    if unknown:
+        raise ValueError(f"unknown action {unknown[0]!r}; choose one of {', '.join(ACTIONS)}")
     folder = trash_folder(dataset_dir, create=True)
     log_path = fileio.create_exclusive(folder, f"{tool_stem(tool)}_{fileio.utc_stamp()}", ".json")
     run_id = log_path.stem  # also the run's trash folder: unique because logs are never removed
     real_dataset = Path(dataset_dir).resolve()
-    records = []
-    for move in progress(moves) if progress else moves:
-        if move.action not in ACTIONS:
-            raise ValueError(f"unknown action {move.action!r}; choose one of {', '.join(ACTIONS)}")
-        destination = move.destination
-        if move.action == "trash" and not destination:
-            destination = default_destination(run_id, move.source)
-        record = {
-            "source": move.source,
-            "destination": "" if move.action == "delete" else destination,
-            "action": move.action,
-            "sha256": None,
-            "size": None,
-            "kept": list(move.kept),
-            "note": move.note,
-            "status": "planned",
-            "reason": lexical_problem({"source": move.source, "destination": destination, "action": move.action}),
-        }
-        if record["reason"] is None:
-            try:
-                source = _inside(dataset_dir, move.source, real_dataset)
-                record["reason"] = fileio.regular_file_reason(source)
-                if record["reason"] is None:
-                    record["size"] = source.lstat().st_size
-                    record["sha256"] = fileio.sha256_file(source)
-            except fileio.UnsafePathError as error:
-                record["reason"] = str(error)
-            except OSError as error:
-                record["reason"] = f"cannot be read ({error.strerror or error})"
-        if record["reason"] is not None:
-            record["status"] = "refused"
-        records.append(record)
-    data = {
-        "schema_version": SCHEMA_VERSION,
-        "log_type": LOG_TYPE,
-        "tool": tool_stem(tool),
-        "run_id": run_id,
-        "created": fileio.utc_now(),
-        "dataset_dir": str(real_dataset),
-        "extra": dict(extra or {}),
-        "moves": records,
-        "undone": None,
-    }
     try:
+        records = [_planned(dataset_dir, real_dataset, run_id, move) for move in (progress or list)(moves)]
+        data = {
+            "schema_version": SCHEMA_VERSION,
+            "log_type": LOG_TYPE,
+            "tool": tool_stem(tool),
+            "run_id": run_id,
+            "created": fileio.utc_now(),
+            "dataset_dir": str(real_dataset),
+            "extra": dict(extra or {}),
+            "moves": records,
+            "undone": None,
+        }
         fileio.write_json(log_path, data)
     except BaseException:
-        log_path.unlink(missing_ok=True)  # an empty log would only confuse a later --undo
+        log_path.unlink(missing_ok=True)  # an empty log (Ctrl-C while hashing) would only confuse a later undo
         raise
     return log_path
 
@@ -492,17 +498,17 @@ def dataset_of_log(log_path: str | os.PathLike) -> Path:
 def load_log(dataset_dir: str | os.PathLike, log_path: str | os.PathLike) -> dict[str, Any]:
     """The validated log; TrashError (one sentence) unless it is a well-formed log of this dataset in its trash."""
     log_path = Path(log_path)
-    real_trash = trash_folder(dataset_dir).resolve()
-    if not Path(log_path).resolve().is_relative_to(real_trash):
-        raise TrashError(
-            f"{log_path} does not lie in {Path(dataset_dir) / TRASH_FOLDER}: a trash log is only used from the trash "
-            "folder of the dataset it belongs to"
-        )
     try:
         data = fileio.read_json(log_path, "trash log")
     except fileio.ReportError as error:
         raise TrashError(str(error)) from None
     data = validate_log(data, f"the trash log {log_path}")
+    real_trash = trash_folder(dataset_dir).resolve()
+    if not log_path.resolve().is_relative_to(real_trash):
+        raise TrashError(
+            f"{log_path} does not lie in {Path(dataset_dir) / TRASH_FOLDER}: a trash log is only used from the trash "
+            "folder of the dataset it belongs to"
+        )
     if Path(data["dataset_dir"]).resolve() != Path(dataset_dir).resolve():
         raise TrashError(
             f"the trash log {log_path} was written for {data['dataset_dir']}, not {dataset_dir}: a log never chooses "

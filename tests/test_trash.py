@@ -487,9 +487,9 @@ def test_wrong_types_in_a_log_are_one_sentence_naming_the_field(
 
 def test_an_old_deletion_log_is_refused_with_a_sentence_naming_its_format(dataset: Path) -> None:
     old = {"schema_version": 1, "kind": "deletion_log", "trash_dir": ".trash/20261201_101500", "entries": []}
-    write(dataset / ".trash/deletion_log_20261201_101500.json", json.dumps(old).encode())
+    write(dataset / "deletion_log_20261201_101500.json", json.dumps(old).encode())  # where the old script wrote it
     with pytest.raises(trash.TrashError, match="old remove_duplicates.py format .kind 'deletion_log'.*by hand"):
-        undo(dataset, dataset / ".trash/deletion_log_20261201_101500.json")
+        trash.load_log(dataset, dataset / "deletion_log_20261201_101500.json")
 
 
 @pytest.mark.skipif(IS_ROOT, reason="root may write into a read-only folder")
