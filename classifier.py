@@ -518,7 +518,9 @@ def _load_backbone_weights(model: nn.Module, path: Path, arch: str) -> None:
     """Load a local state dict (or a checkpoint's) into ``model``; a head of another shape is left out."""
     import torch
 
-    state = _read_torch_file(path, "weights file", "a state dict or a checkpoint")
+    if not os.path.lexists(path):
+        raise CheckpointError(f"Weights file {path} does not exist; pass an existing file, 'imagenet' or 'none'.")
+    state = _read_torch_file(path, "weights file", "expected a state dict or a birdplane checkpoint")
     if isinstance(state, dict) and isinstance(state.get("model_state_dict"), dict):
         state = state["model_state_dict"]
     if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
@@ -899,29 +901,17 @@ def _atomic_file(path: str | os.PathLike, mode: str = "w") -> Iterator[Any]:
         raise
 
 
-# TODO(remove when unused): the three writers below serve other birdplane scripts only until they move to
-# fileio.atomic_write / fileio.write_json and the trainer writes its checkpoints itself; none is classifier.py's job.
-
-
-def atomic_file(path: str | os.PathLike, mode: str = "wb") -> contextlib.AbstractContextManager[Any]:
-    """Deprecated: use fileio.atomic_write."""
-    Path(path).parent.mkdir(parents=True, exist_ok=True)
-    return _atomic_file(path, mode)
-
-
-def write_json_atomically(path: str | os.PathLike, data: Any, indent: int = 2) -> None:
-    """Deprecated: use fileio.write_json."""
-    with atomic_file(path, "w") as handle:
-        json.dump(data, handle, indent=indent, ensure_ascii=False, allow_nan=False)
-        handle.write("\n")
+# TODO(remove when unused): train_classifier.py and tests/test_duplicates_embedding.py still call save_checkpoint; the
+# trainer now writes checkpoints itself (torch.save(make_checkpoint(...)) through fileio.atomic_write).
 
 
 def save_checkpoint(path: str | os.PathLike, model: nn.Module, **fields: Any) -> dict[str, Any]:
-    """Deprecated: the trainer writes ``torch.save(make_checkpoint(model, **fields))`` with fileio.atomic_write."""
+    """Deprecated: write ``torch.save(make_checkpoint(model, **fields))`` with fileio.atomic_write instead."""
     import torch
 
     checkpoint = make_checkpoint(model, **fields)
-    with atomic_file(path, "wb") as handle:
+    Path(path).parent.mkdir(parents=True, exist_ok=True)
+    with _atomic_file(path, "wb") as handle:
         torch.save(checkpoint, handle)
     return checkpoint
 
