@@ -1,27 +1,26 @@
-"""Remove the duplicates a detector found, safely: a dry run first, removed files go to a trash folder, undo always.
+"""Remove the duplicates a detector found, safely: a dry run first, removed files go to the trash, undo always.
 
 Reads any report of detect_duplicates_by_{filesize,phash,embedding}.py, picks what to keep in each group with a
 ``--strategy``, prints the plan (what goes, what stays, why) and changes nothing unless ``--apply`` is given.
 
     python data_collection/remove_duplicates.py --report dataset/duplicate_report_phash.json --strategy prefer-train
     python data_collection/remove_duplicates.py --report dataset/duplicate_report_phash.json --strategy prefer-train --apply
-    python data_collection/remove_duplicates.py --undo dataset/deletion_log_20261201_101500.json
+    python data_collection/remove_duplicates.py --undo dataset/.trash/remove_duplicates_20261201T101500Z.json
 
-Writes only with --apply: the removed files under dataset/.trash/<timestamp>/ with their relative paths (--delete
-deletes them instead) and dataset/deletion_log_<timestamp>.json, which records each file's action, group, reason
-and SHA-256 before anything moves, and each file's status as it moves (a .journal beside it keeps that exact even
-after a kill). --undo LOG moves everything back and verifies the hashes; it works on a partial (interrupted) log.
+Writes only with --apply, through trash.py (the reviewer's trash too): the removed files under
+dataset/.trash/<run id>/ at their relative paths (--delete deletes them for good instead) and the log
+dataset/.trash/<run id>.json, which lists every file with its SHA-256 before anything moves. --undo LOG puts
+everything back (checked: inside the dataset, same content, nothing overwritten); it also finishes a killed run.
+No strategy but --strategy interactive ever removes a file of a label-conflict group (the same picture in two class
+folders: only a person can tell which label is right); an embedding report needs --categories or interactive.
 """  # noqa: E501 - the example commands are meant to be pasted whole
 
 from __future__ import annotations
 
 import argparse
 import contextlib
-import datetime as dt
-import errno
 import logging
 import os
-import shutil
 import sys
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -29,21 +28,19 @@ from pathlib import Path, PurePosixPath
 from typing import Any
 
 import duplicate_report as dr  # the sibling module (Python puts the script's folder on sys.path)
-from tqdm import tqdm
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # cli.py, fileio.py and trash.py live in the root
+import cli  # noqa: E402 - needs the line above
+import fileio  # noqa: E402
+import trash  # noqa: E402
 
 logger = logging.getLogger(__name__)
 
-LOG_SCHEMA_VERSION = 1  # bump when the deletion log layout changes; --undo refuses versions it does not know
-LOG_KIND = "deletion_log"
+TOOL = "remove_duplicates.py"  # names the lock holder and the logs (.trash/remove_duplicates_<UTC stamp>.json)
 STRATEGIES = ("safe", "prefer-train", "prefer-val", "first-alpha", "shortest-path", "keep-best", "all", "interactive")
 DEFAULT_STRATEGY = "safe"  # the only one that cannot remove anything but byte-identical copies
 TRAIN_SET, VAL_SET = "train", "val"
-TRASH_DIR = ".trash"  # hidden, so the detectors and the trainer never scan it
-LOG_PREFIX = "deletion_log_"
-TIMESTAMP_FORMAT = "%Y%m%d_%H%M%S"
-CROSS_CLASS = ("diff_class_same_set", "diff_class_diff_set")
-STATUS_PENDING, STATUS_MOVED, STATUS_DELETED = "pending", "moved", "deleted"
-STATUS_SKIPPED, STATUS_FAILED, STATUS_RESTORED = "skipped", "failed", "restored"
+CROSS_CLASS = ("diff_class_same_set", "diff_class_diff_set")  # label conflicts: the same picture under two labels
 
 
 class StopAsking(Exception):
@@ -59,6 +56,15 @@ class GroupPlan:
     keep: list[dict[str, Any]]
     remove: list[tuple[dict[str, Any], str]] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)
+    is_left_for_user: bool = False  # a label conflict a non-interactive strategy would not decide
+
+
+@dataclass
+class RunPlan:
+    """Everything a run would do: the plan of each usable group, and the groups skipped with the reason."""
+
+    plans: list[GroupPlan]
+    skipped: list[tuple[dict[str, Any], str]]
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -90,6 +96,11 @@ KEEP_ONE = {  # strategies that keep exactly one file per group: the smallest ke
     "keep-best": (best_key, "has the highest resolution (then the largest file)"),
     "all": (all_key, "is the best train copy"),
 }
+
+
+def is_label_conflict(group: dict[str, Any]) -> bool:
+    """True when the group holds one picture under more than one class (by its category or its files' classes)."""
+    return group["category"] in CROSS_CLASS or len({entry["class"] for entry in group["files"]}) > 1
 
 
 def describe_entry(entry: dict[str, Any]) -> str:
@@ -170,8 +181,16 @@ def plan_group(
 ) -> GroupPlan:
     """The plan for one group under ``strategy``; never removes every file of the group.
 
-    ``choose`` (interactive only) returns the 0-based positions of the files to keep, or None to keep all.
+    A label conflict is left alone by every strategy but interactive: no rule can know which label is right (a tie
+    broken by path length kept the wrong one in a real run). ``choose`` (interactive only) returns the 0-based
+    positions of the files to keep, or None to keep all.
     """
+    if strategy not in STRATEGIES:
+        raise ValueError(f"unknown strategy {strategy!r}; choose one of {', '.join(STRATEGIES)}")
+    if strategy != "interactive" and is_label_conflict(group):
+        plan = GroupPlan(group["id"], group["category"], list(group["files"]), is_left_for_user=True)
+        plan.notes.append("untouched: a label conflict (the same picture in two classes) is yours to decide")
+        return plan
     if strategy == "safe":
         plan = plan_safe(group)
     elif strategy == "prefer-train":
@@ -180,15 +199,13 @@ def plan_group(
         plan = plan_prefer_set(group, VAL_SET, TRAIN_SET)
     elif strategy in KEEP_ONE:
         plan = plan_keep_one(group, strategy)
-    elif strategy == "interactive":
+    else:
         if choose is None:
             raise ValueError("the interactive strategy needs a choose function")
         plan = plan_chosen(group, choose(group))
-    else:
-        raise ValueError(f"unknown strategy {strategy!r}; choose one of {', '.join(STRATEGIES)}")
     if not plan.keep:  # a guard, not a code path: every strategy above keeps at least one file
         raise AssertionError(f"strategy {strategy} would remove every file of group {group['id']}")
-    if plan.remove and group["category"] in CROSS_CLASS:
+    if plan.remove and is_label_conflict(group):
         classes = sorted({entry["class"] for entry in group["files"]})
         plan.notes.append(
             f"WARNING label conflict, not a copy: the same picture is labelled {', '.join(classes)}; "
@@ -237,19 +254,29 @@ def parse_choice(text: str, count: int) -> list[int] | str | None:
 
 
 def format_plan(plans: Sequence[GroupPlan], skipped: Sequence[tuple[dict[str, Any], str]]) -> list[str]:
-    """The plan as lines for stdout: every group that changes (and its notes), then the skipped groups."""
+    """The plan as lines for stdout (file names escaped): every group that changes, skipped groups, label conflicts."""
+    show = cli.printable
     lines = []
     for plan in plans:
         if not plan.remove:
             continue
         lines.append(f"group {plan.group_id} ({plan.category}, {dr.CATEGORY_NOTES[plan.category]}):")
         for entry in plan.keep:
-            lines.append(f"  keep    {entry['path']}  [{describe_entry(entry)}]")
+            lines.append(f"  keep    {show(entry['path'])}  [{describe_entry(entry)}]")
         for entry, reason in plan.remove:
-            lines.append(f"  remove  {entry['path']}  [{describe_entry(entry)}]: {reason}")
-        lines.extend(f"  note: {note}" for note in plan.notes)
+            lines.append(f"  remove  {show(entry['path'])}  [{describe_entry(entry)}]: {show(reason)}")
+        lines.extend(f"  note: {show(note)}" for note in plan.notes)
     for group, reason in skipped:
-        lines.append(f"group {group['id']} ({group['category']}) skipped: {reason}")
+        lines.append(f"group {group['id']} ({group['category']}) skipped: {show(reason)}")
+    conflicts = [plan for plan in plans if plan.is_left_for_user]
+    if conflicts:
+        lines.append(
+            f"{len(conflicts)} label-conflict group{'s' if len(conflicts) != 1 else ''} left for you (the same "
+            "picture in two classes; no strategy can know which label is right; decide with --strategy interactive):"
+        )
+        for plan in conflicts:
+            files = ", ".join(f"{show(entry['path'])} ({show(entry['class'])})" for entry in plan.keep)
+            lines.append(f"  group {plan.group_id}: {files}")
     return lines
 
 
@@ -271,12 +298,10 @@ def format_bytes(count: int) -> str:
 def normal_path(path: Any) -> str | None:
     """``path`` as one canonical relative POSIX path ("./" and "//" collapsed), or None when it is not a string or
     could leave the dataset folder (absolute, "..", empty)."""
-    if not isinstance(path, str):
+    if not isinstance(path, str) or not fileio.is_safe_relative(path):
         return None
     pure = PurePosixPath(path)
-    if pure.is_absolute() or ".." in pure.parts or not pure.parts:
-        return None
-    return pure.as_posix()
+    return pure.as_posix() if pure.parts else None
 
 
 def normalise_group(group: dict[str, Any]) -> tuple[dict[str, Any], str | None]:
@@ -288,45 +313,114 @@ def normalise_group(group: dict[str, Any]) -> tuple[dict[str, Any], str | None]:
     files, seen = [], set()
     for entry in group["files"]:
         path = normal_path(entry["path"])
-        if path is None:
+        if path is None or path == ".":
             return group, f"{entry['path']!r} is not a path inside the dataset"
         if path in seen:
-            logger.warning("Group %s lists %s twice (also as %r): counted once", group["id"], path, entry["path"])
+            logger.warning(
+                "Group %s lists %s twice (also as %r): counted once", group["id"], cli.printable(path), entry["path"]
+            )
             continue
         seen.add(path)
         files.append({**entry, "path": path})
     return {**group, "files": files}, None
 
 
-def is_inside(relative: str) -> bool:
-    """True for a relative POSIX path that stays inside the dataset folder (no absolute path, no '..')."""
-    parts = Path(relative).parts
-    return bool(parts) and not Path(relative).is_absolute() and ".." not in parts and not relative.startswith("/")
+def report_problem(report: dict[str, Any]) -> str | None:
+    """The first value this script reads from a report that has the wrong type, as words naming the field; or None.
+
+    duplicate_report.validate_report checks the layout; this checks each value used here (a width "abc", an empty
+    group, a group without its category, a number where a path belongs) so none of them can crash a run.
+    """
+
+    def wrong(name: str, expected: str, value: Any) -> str:
+        is_plain = isinstance(value, (str, int, float)) and not isinstance(value, bool)
+        return f"{name} must be {expected} (it is {repr(value)[:60] if is_plain else type(value).__name__})"
+
+    def is_count(value: Any) -> bool:
+        return isinstance(value, int) and not isinstance(value, bool) and value >= 0
+
+    if report.get("dataset_dir") is not None and not (isinstance(report["dataset_dir"], str) and report["dataset_dir"]):
+        return wrong("dataset_dir", "a folder name", report["dataset_dir"])
+    ids = set()
+    for category, groups in report["duplicate_groups"].items():
+        if not isinstance(groups, list):
+            return wrong(f"duplicate_groups.{category}", "a list of groups", groups)
+        for index, group in enumerate(groups):
+            where = f"duplicate_groups.{category}[{index}]"
+            if not isinstance(group, dict):
+                return wrong(where, "a group", group)
+            if not isinstance(group.get("id"), int) or isinstance(group["id"], bool) or group["id"] in ids:
+                return wrong(f"{where}.id", "a whole number no other group has", group.get("id"))
+            ids.add(group["id"])
+            if group.get("category") != category:
+                return wrong(f"{where}.category", repr(category), group.get("category"))
+            files = group.get("files")
+            if not isinstance(files, list) or len(files) < 2:
+                return wrong(f"{where}.files", "a list of at least two files", files)
+            for number, entry in enumerate(files):
+                at = f"{where}.files[{number}]"
+                if not isinstance(entry, dict):
+                    return wrong(at, "a file entry", entry)
+                for key in ("path", "set", "class"):
+                    if not isinstance(entry.get(key), str):
+                        return wrong(f"{at}.{key}", "text", entry.get(key))
+                for key in ("size", "mtime_ns", "width", "height"):
+                    if (key in ("size", "mtime_ns") or key in entry) and not is_count(entry.get(key)):
+                        return wrong(f"{at}.{key}", "a whole number", entry.get(key))
+                if entry.get("sha256") is not None and not isinstance(entry["sha256"], str):
+                    return wrong(f"{at}.sha256", "text or null", entry["sha256"])
+            if dr.categorize(files) != category:
+                return (
+                    f"{where}.category is {category!r} but its files' classes and sets make it {dr.categorize(files)!r}"
+                )
+    return None
+
+
+def is_embedding_report(report: dict[str, Any]) -> bool:
+    return report.get("method") == "embedding" or "embedding" in str(report.get("detector", ""))
 
 
 # ----------------------------------------------------------------------------------------------------------------
-# Disk: checking groups against the report, the deletion log, moving and restoring
+# Disk: checking groups against the report and the dataset
+
+
+def file_problem(dataset_dir: Path, path: str) -> str | None:
+    """Why ``path`` cannot take part in a plan (outside the dataset through a symlinked folder, not a file), or None.
+
+    A symlinked file may be listed (it is read through) but is never removed: see protect_kept_files.
+    """
+    try:
+        full = fileio.resolve_inside(dataset_dir, path)
+    except fileio.UnsafePathError:
+        return f"{path} leads outside the dataset through a symlinked folder: its group is left alone"
+    if full.is_symlink():
+        return None if fileio.is_regular_file(full) else f"{path} is a broken link or does not lead to a file"
+    reason = fileio.regular_file_reason(full)
+    if reason == "does not exist":
+        return f"{path} no longer exists (moved or deleted since the report)"
+    return f"{path} {reason}" if reason else None
 
 
 def group_problem(group: dict[str, Any], dataset_dir: Path, seen: set[str]) -> str | None:
     """Why a group cannot be acted on (a file gone or changed since the report, a path outside), or None."""
     for entry in group["files"]:
         path = entry["path"]
-        if not isinstance(path, str) or not is_inside(path):
+        if not fileio.is_safe_relative(path):
             return f"{path!r} is not a path inside the dataset"
         if path in seen:
             return f"{path} is also in another group of the report"
+        problem = file_problem(dataset_dir, path)
+        if problem:
+            return problem
         full = dataset_dir / path
-        if not full.exists():
-            return f"{path} no longer exists (moved or deleted since the report)"
-        stat = full.stat()
-        if stat.st_size != entry["size"]:
-            return f"{path} changed since the report (size {entry['size']} -> {stat.st_size})"
-        if stat.st_mtime_ns != entry["mtime_ns"]:
+        info = full.stat()
+        if info.st_size != entry["size"]:
+            return f"{path} changed since the report (size {entry['size']} -> {info.st_size})"
+        if info.st_mtime_ns != entry["mtime_ns"]:
             if not entry.get("sha256"):
                 return f"{path} changed since the report (modified at a different time)"
             try:
-                if dr.sha256_file(full) != entry["sha256"]:
+                if fileio.sha256_file(full) != entry["sha256"]:
                     return f"{path} changed since the report (different content)"
             except OSError as error:
                 return f"{path} cannot be read ({error.strerror or error})"
@@ -338,13 +432,13 @@ def usable_groups(
 ) -> tuple[list[dict[str, Any]], list[tuple[dict[str, Any], str]]]:
     """(groups whose files are all as the report says, [(group, why skipped)])."""
     usable, skipped, seen = [], [], set()
-    for group in groups:
+    for group in cli.progress(groups, desc="Checking", unit="group"):
         problem = group_problem(group, dataset_dir, seen)
         if problem:
             skipped.append((group, problem))
         else:
             usable.append(group)
-        seen.update(entry["path"] for entry in group["files"] if isinstance(entry.get("path"), str))
+        seen.update(entry["path"] for entry in group["files"])
     return usable, skipped
 
 
@@ -355,7 +449,7 @@ def add_content_hashes(groups: Sequence[dict[str, Any]], dataset_dir: Path) -> l
         try:
             for entry in group["files"]:
                 if not entry.get("sha256"):
-                    entry["sha256"] = dr.sha256_file(dataset_dir / entry["path"])
+                    entry["sha256"] = fileio.sha256_file(dataset_dir / entry["path"])
         except OSError as error:
             unreadable.append((group, f"cannot read {entry['path']} ({error.strerror or error})"))
     return unreadable
@@ -368,7 +462,7 @@ def entry_location(full: Path) -> str:
 
 def kept_file_it_is(path: str, kept: Sequence[str], dataset_dir: Path) -> str | None:
     """The kept path that removing ``path`` would take away with it, or None: the same file under another spelling
-    (or through a symlinked folder), or the file a kept symlink points to. Removing a symlink itself is harmless."""
+    (or through a symlinked folder), or the file a kept symlink points to."""
     full = dataset_dir / path
     data = None if full.is_symlink() else os.path.realpath(full)
     for other in kept:
@@ -379,248 +473,58 @@ def kept_file_it_is(path: str, kept: Sequence[str], dataset_dir: Path) -> str | 
 
 
 def protect_kept_files(plans: Sequence[GroupPlan], dataset_dir: Path) -> None:
-    """Keep a file that is a kept file of its group under another path (or a kept symlink's target)."""
+    """Keep a file that is a kept file of its group under another path (or a kept symlink's target), and every
+    symlinked file (only regular files are ever removed)."""
     for plan in plans:
         kept = [entry["path"] for entry in plan.keep]
         for entry, reason in list(plan.remove):
             other = kept_file_it_is(entry["path"], kept, dataset_dir)
-            if other is not None:
+            is_link = (dataset_dir / entry["path"]).is_symlink()
+            if other is not None or is_link:
                 plan.remove.remove((entry, reason))
                 plan.keep.append(entry)
-                plan.notes.append(f"kept {entry['path']}: it is the kept file {other} (or its target) on disk")
+                kept.append(entry["path"])
+                why = "it is a symbolic link" if is_link else f"it is the kept file {other} (or its target) on disk"
+                plan.notes.append(f"kept {entry['path']}: {why}")
 
 
-def ask_keep(group: dict[str, Any], suggested: int, read: Callable[[str], str] | None = None) -> list[int] | None:
+def ask_keep(
+    group: dict[str, Any], suggested: int | None, read: Callable[[str], str] | None = None
+) -> list[int] | None:
     """Show a group on stdout and read which files to keep; None keeps all; raises StopAsking on q or end of input.
 
-    ``read`` defaults to ``input`` (looked up at call time).
+    A label conflict has no default answer (Enter asks again), whatever ``suggested`` says: only the user knows which
+    label is right. ``read`` defaults to ``input`` (looked up at call time).
     """
     read = read or input
+    if is_label_conflict(group):
+        suggested = None
     print(f"\ngroup {group['id']} ({group['category']}, {dr.CATEGORY_NOTES[group['category']]}):")
     for number, entry in enumerate(group["files"], start=1):
-        print(f"  {number}. {entry['path']}  [{entry['set']}/{entry['class']}, {describe_entry(entry)}]")
-    prompt = f"Keep which? numbers like 1 or 1,3; Enter = {suggested + 1}; s = skip group; q = stop: "
+        where = f"{cli.printable(entry['set'])}/{cli.printable(entry['class'])}"
+        print(f"  {number}. {cli.printable(entry['path'])}  [{where}, {describe_entry(entry)}]")
+    if suggested is None:
+        prompt = "Label conflict: keep which (the correctly labelled files)? numbers like 1 or 1,3; no default; "
+    else:
+        prompt = f"Keep which? numbers like 1 or 1,3; Enter = {suggested + 1}; "
+    prompt += "s = skip group; q = stop: "
     while True:
         try:
             answer = parse_choice(read(prompt), len(group["files"]))
         except EOFError:
             raise StopAsking from None
-        if answer == "default":
+        if answer == "default" and suggested is not None:
             return [suggested]
         if answer == "skip":
             return None
         if answer == "quit":
             raise StopAsking
-        if answer is not None:
+        if isinstance(answer, list):
             return answer
-        print(f"Please type numbers between 1 and {len(group['files'])}, Enter, s or q.")
-
-
-def new_run_id(dataset_dir: Path) -> str:
-    """A timestamp no earlier run in this dataset used (a suffix is added within the same second)."""
-    stamp = dt.datetime.now().strftime(TIMESTAMP_FORMAT)
-    run_id, counter = stamp, 1
-    while (dataset_dir / f"{LOG_PREFIX}{run_id}.json").exists() or (dataset_dir / TRASH_DIR / run_id).exists():
-        counter += 1
-        run_id = f"{stamp}_{counter}"
-    return run_id
-
-
-def journal_path(log_path: Path) -> Path:
-    return log_path.with_suffix(".journal")
-
-
-def build_log(
-    plans: Sequence[GroupPlan], dataset_dir: Path, run_id: str, args: argparse.Namespace, report: dict[str, Any]
-) -> dict[str, Any]:
-    """The deletion log, every entry "pending" with its SHA-256 (read now); unreadable files become "skipped"."""
-    trash_root = f"{TRASH_DIR}/{run_id}"
-    entries = []
-    progress = tqdm(total=sum(len(plan.remove) for plan in plans), desc="Hashing", unit="file", file=sys.stderr)
-    for plan in plans:
-        kept = [entry["path"] for entry in plan.keep]
-        for entry, reason in plan.remove:
-            progress.update()
-            record = {
-                "path": entry["path"],
-                "action": "delete" if args.delete else "trash",
-                "trash_path": None if args.delete else f"{trash_root}/{entry['path']}",
-                "group_id": plan.group_id,
-                "category": plan.category,
-                "reason": reason,
-                "kept": kept,
-                "size": entry["size"],
-                "sha256": None,
-                "status": STATUS_PENDING,
-            }
-            try:
-                record["sha256"] = dr.sha256_file(dataset_dir / entry["path"])
-            except OSError as error:
-                record.update(status=STATUS_SKIPPED, note=f"cannot read it ({error.strerror or error})")
-            entries.append(record)
-    progress.close()
-    return {
-        "schema_version": LOG_SCHEMA_VERSION,
-        "kind": LOG_KIND,
-        "created": dt.datetime.now().astimezone().isoformat(timespec="seconds"),
-        "dataset_dir": str(dataset_dir.resolve()),
-        "report": str(args.report),
-        "report_method": report.get("method"),
-        "strategy": args.strategy,
-        "trash_dir": None if args.delete else trash_root,
-        "finished": False,
-        "entries": entries,
-    }
-
-
-def move_file(source: Path, destination: Path) -> None:
-    """Rename ``source`` to ``destination`` (a symlink moves as a link), creating folders; never overwrites."""
-    destination.parent.mkdir(parents=True, exist_ok=True)
-    if os.path.lexists(destination):
-        raise FileExistsError(errno.EEXIST, "the destination already exists", str(destination))
-    try:
-        os.rename(source, destination)
-    except OSError as error:
-        if error.errno != errno.EXDEV:
-            raise
-        shutil.move(str(source), str(destination))  # another file system: copy, then delete
-
-
-def remove_one(record: dict[str, Any], dataset_dir: Path) -> tuple[str, str | None]:
-    """Carry out one log entry: (new status, note). Re-checks the file and its kept copies first."""
-    source = dataset_dir / record["path"]
-    if not os.path.lexists(source):
-        return STATUS_SKIPPED, "no longer exists (deleted since the scan)"
-    missing = [path for path in record["kept"] if not (dataset_dir / path).exists()]
-    if missing:
-        return STATUS_SKIPPED, f"its kept copy {missing[0]} is gone: not removing the last copy"
-    same = kept_file_it_is(record["path"], record["kept"], dataset_dir)
-    if same is not None:
-        return STATUS_SKIPPED, f"it is its kept copy {same} on disk: not removing the last copy"
-    try:
-        if dr.sha256_file(source) != record["sha256"]:
-            return STATUS_SKIPPED, "changed after the log was written"
-        if record["action"] == "delete":
-            source.unlink()
-            return STATUS_DELETED, None
-        move_file(source, dataset_dir / record["trash_path"])
-        return STATUS_MOVED, None
-    except OSError as error:
-        return STATUS_FAILED, f"{error.strerror or error}"
-
-
-def apply_plan(log: dict[str, Any], log_path: Path, dataset_dir: Path) -> tuple[int, bool]:
-    """Write the log, then act on each entry, journaling each status; (files not done as planned, interrupted).
-
-    Ctrl-C stops after the current file; the log is then rewritten with the exact status of every entry.
-    """
-    dr.write_json_atomic(log_path, log)
-    problems, interrupted = 0, False
-    journal = journal_path(log_path)
-    try:
-        with open(journal, "a", encoding="utf-8") as handle:
-            entries = tqdm(log["entries"], desc="Removing", unit="file", file=sys.stderr)
-            for index, record in enumerate(entries):
-                if record["status"] != STATUS_PENDING:
-                    problems += 1
-                    continue
-                status, note = remove_one(record, dataset_dir)
-                record["status"] = status
-                if note:
-                    record["note"] = note
-                    problems += 1
-                    logger.warning("Not removed %s: %s", record["path"], note)
-                handle.write(f"{index}\t{status}\n")
-                handle.flush()
-    except KeyboardInterrupt:
-        interrupted = True
-    finally:
-        log["finished"] = not interrupted
-        dr.write_json_atomic(log_path, log)
-        journal.unlink(missing_ok=True)
-    return problems, interrupted
-
-
-def load_log(log_path: Path) -> dict[str, Any]:
-    """A validated deletion log, with the statuses of its journal (a run killed mid-way) applied."""
-    log = dr.read_json(log_path, "deletion log")
-    if not isinstance(log, dict) or log.get("kind") != LOG_KIND or not isinstance(log.get("entries"), list):
-        raise dr.ReportError(f"{log_path} is not a deletion log of remove_duplicates.py")
-    if log.get("schema_version") != LOG_SCHEMA_VERSION:
-        raise dr.ReportError(
-            f"{log_path} has log version {log.get('schema_version')!r}; this script reads version {LOG_SCHEMA_VERSION}"
-        )
-    for record in log["entries"]:
-        if not isinstance(record, dict) or not all(key in record for key in ("path", "status", "sha256")):
-            raise dr.ReportError(f"{log_path} has a malformed entry; it cannot be used for undo")
-        if not is_inside(record["path"]) or (record.get("trash_path") and not is_inside(record["trash_path"])):
-            raise dr.ReportError(f"{log_path} names a path outside the dataset: {record['path']}")
-    journal = journal_path(log_path)
-    if journal.exists():
-        for line in journal.read_text(encoding="utf-8").splitlines():
-            index, _, status = line.partition("\t")
-            if index.isdigit() and int(index) < len(log["entries"]) and status:
-                log["entries"][int(index)]["status"] = status
-    return log
-
-
-def restore_one(record: dict[str, Any], dataset_dir: Path) -> tuple[str, str | None]:
-    """Put one removed file back: (status, problem or None). Verifies the SHA-256 of what is restored."""
-    original = dataset_dir / record["path"]
-    if record["status"] == STATUS_DELETED:
-        return STATUS_DELETED, "was deleted with --delete: it cannot be restored"
-    trash = dataset_dir / record["trash_path"] if record.get("trash_path") else None
-    if trash is None or not os.path.lexists(trash):
-        if record["status"] == STATUS_MOVED:
-            return record["status"], f"not found in the trash ({record.get('trash_path')})"
-        return record["status"], None  # never moved (pending after a kill, skipped, failed): nothing to do
-    if os.path.lexists(original):
-        return record["status"], f"a file is already at {record['path']}; the trash copy was left at {trash}"
-    try:
-        move_file(trash, original)
-        digest = dr.sha256_file(original)
-    except OSError as error:
-        return record["status"], f"cannot restore it ({error.strerror or error})"
-    if digest != record["sha256"]:
-        return STATUS_RESTORED, "restored, but its content differs from the log (hash mismatch)"
-    return STATUS_RESTORED, None
-
-
-def remove_empty_dirs(root: Path) -> None:
-    """Delete empty folders under and including ``root`` (the trash of a run after undo)."""
-    if not root.is_dir():
-        return
-    for directory, _, _ in sorted(os.walk(root), key=lambda item: -len(item[0])):
-        with contextlib.suppress(OSError):  # not empty: something is still there, keep it
-            os.rmdir(directory)
-
-
-def undo(log_path: Path, dataset_dir: Path | None) -> int:
-    """Restore every file a log moved; 0 when all came back verified, 1 otherwise."""
-    log = load_log(log_path)
-    if dataset_dir is None:
-        recorded = Path(log.get("dataset_dir") or "")
-        dataset_dir = recorded if recorded.is_dir() else log_path.parent
-    restored, problems = 0, 0
-    for record in log["entries"]:
-        if record["status"] in (STATUS_RESTORED, STATUS_SKIPPED):
-            continue
-        status, problem = restore_one(record, dataset_dir)
-        record["status"] = status
-        if status == STATUS_RESTORED:
-            restored += 1
-        if problem:
-            problems += 1
-            record["undo_note"] = problem
-            logger.warning("%s: %s", record["path"], problem)
-    log["undone"] = dt.datetime.now().astimezone().isoformat(timespec="seconds")
-    dr.write_json_atomic(log_path, log)
-    journal_path(log_path).unlink(missing_ok=True)
-    if log.get("trash_dir"):
-        remove_empty_dirs(dataset_dir / log["trash_dir"])
-        remove_empty_dirs(dataset_dir / TRASH_DIR)
-    print(f"Restored {restored} files into {dataset_dir}" + (f"; {problems} problems (see above)" if problems else ""))
-    return 1 if problems else 0
+        if answer == "default":
+            print("This group is a label conflict: there is no default; type the numbers of the files to keep, s or q.")
+        else:
+            print(f"Please type numbers between 1 and {len(group['files'])}, Enter, s or q.")
 
 
 def confirm(question: str) -> bool:
@@ -630,79 +534,15 @@ def confirm(question: str) -> bool:
         return False
 
 
-# ----------------------------------------------------------------------------------------------------------------
-# Command line
-
-
-def get_args_parser(add_help: bool = True) -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
-        description="Remove duplicates listed in a detector report: dry run by default, trash folder, undo.",
-        add_help=add_help,
-    )
-    mode = parser.add_mutually_exclusive_group(required=True)
-    mode.add_argument("--report", type=Path, help="a duplicate report of one of the three detectors (default: none)")
-    mode.add_argument("--undo", type=Path, metavar="LOG", help="a deletion log to undo (default: none)")
-    parser.add_argument(
-        "--strategy",
-        choices=STRATEGIES,
-        default=DEFAULT_STRATEGY,
-        help="which files to keep: safe = only byte-identical copies within one class and set; prefer-train / "
-        "prefer-val = remove the val (train) copies of train (val) images; first-alpha, shortest-path, keep-best "
-        "(highest resolution, then largest file) = keep one per group; all = keep one per group, a train copy "
-        "if any, then the best; interactive = you choose (default: safe)",
-    )
-    parser.add_argument(
-        "--categories",
-        nargs="+",
-        choices=dr.CATEGORIES,
-        default=list(dr.CATEGORIES),
-        metavar="CATEGORY",
-        help=f"only act on groups of these categories: {', '.join(dr.CATEGORIES)} (default: all four)",
-    )
-    parser.add_argument(
-        "--dataset-dir",
-        type=Path,
-        default=None,
-        help="dataset folder the report's paths are relative to (default: the one named in the report or log)",
-    )
-    parser.add_argument(
-        "--output",
-        type=Path,
-        default=None,
-        metavar="LOG",
-        help="with --apply: where to write the deletion log (default: <dataset>/deletion_log_<timestamp>.json)",
-    )
-    parser.add_argument(
-        "--apply", action="store_true", help="act on the plan; without it nothing changes (default: off)"
-    )
-    parser.add_argument("--yes", action="store_true", help="with --apply: do not ask for confirmation (default: off)")
-    parser.add_argument(
-        "--delete",
-        action="store_true",
-        help="with --apply: delete files for real instead of moving them to <dataset>/.trash/ (cannot be undone) "
-        "(default: off)",
-    )
-    return parser
-
-
-def resolve_dataset_dir(args: argparse.Namespace, report: dict[str, Any]) -> Path:
-    if args.dataset_dir is not None:
-        return args.dataset_dir
-    recorded = Path(str(report.get("dataset_dir") or ""))
-    return recorded if str(recorded) and recorded.is_dir() else args.report.parent
-
-
-def plan_and_confirm(
-    args: argparse.Namespace, report: dict[str, Any], dataset_dir: Path
-) -> int | tuple[dict[str, Any], Path, str, bool]:
-    """Plan, print the plan and ask: the exit code when nothing is to be done, else the pending deletion log,
-    its path, the run id and whether any group was skipped.
+def make_run_plan(args: argparse.Namespace, report: dict[str, Any], dataset_dir: Path) -> RunPlan:
+    """Check every group against the dataset and plan it under ``args.strategy`` (asking, for interactive).
 
     Changes nothing on disk, so Ctrl-C anywhere in here (a prompt, hashing) leaves the dataset as it was.
     """
+    categories = args.categories or dr.CATEGORIES
     groups, skipped = [], []
     for group in dr.iter_groups(report):
-        if group["category"] in args.categories:
+        if group["category"] in categories:
             normal, problem = normalise_group(group)
             if problem:
                 skipped.append((group, problem))
@@ -720,76 +560,227 @@ def plan_and_confirm(
 
     plans = make_plan(usable, args.strategy, choose if args.strategy == "interactive" else None)
     protect_kept_files(plans, dataset_dir)
-    totals = plan_totals(plans)
+    return RunPlan(plans, skipped)
 
-    print(f"Plan for {args.report} ({report['method']}, strategy {args.strategy}), dataset {dataset_dir}:")
-    for line in format_plan(plans, skipped):
+
+def print_plan(args: argparse.Namespace, report: dict[str, Any], dataset_dir: Path, run_plan: RunPlan) -> None:
+    totals = plan_totals(run_plan.plans)
+    print(
+        f"Plan for {cli.printable(args.report)} ({report['method']}, strategy {args.strategy}), "
+        f"dataset {cli.printable(dataset_dir)}:"
+    )
+    for line in format_plan(run_plan.plans, run_plan.skipped):
         print(line)
     print(
         f"Summary: remove {totals['files_removed']} files ({format_bytes(totals['bytes_removed'])}) from "
         f"{totals['groups_changed']} groups, keeping {totals['files_kept_in_changed_groups']} of their files; "
-        f"{totals['groups_untouched']} groups untouched; {len(skipped)} groups skipped"
+        f"{totals['groups_untouched']} groups untouched; {len(run_plan.skipped)} groups skipped"
     )
-    if not args.apply:
-        print(
-            "Dry run: nothing was changed. Add --apply to do it (files go to <dataset>/.trash/; --undo restores them)."
-        )
-        return 1 if skipped else 0
-    if not totals["files_removed"]:
-        print("Nothing to remove.")
-        return 1 if skipped else 0
-    count = totals["files_removed"]
-    trash = dataset_dir / TRASH_DIR
-    question = f"Permanently delete {count} files?" if args.delete else f"Move {count} files to {trash}/?"
-    if not args.yes and not confirm(question):
-        print("Cancelled: nothing was changed.")
-        return 1
 
-    run_id = new_run_id(dataset_dir)
-    log_path = args.output if args.output is not None else dataset_dir / f"{LOG_PREFIX}{run_id}.json"
-    log = build_log(plans, dataset_dir, run_id, args, report)
-    return log, log_path, run_id, bool(skipped)
+
+def remove(args: argparse.Namespace, report: dict[str, Any], dataset_dir: Path, run_plan: RunPlan) -> int:
+    """Log every removal, then carry it out through trash.py (inside the lock); the exit code."""
+    action = "delete" if args.delete else "trash"
+    moves = [
+        trash.Move(
+            entry["path"],
+            action=action,
+            kept=tuple(kept["path"] for kept in plan.keep),
+            note=f"group {plan.group_id} ({plan.category}): {reason}",
+        )
+        for plan in run_plan.plans
+        for entry, reason in plan.remove
+    ]
+    extra = {
+        "report": os.fspath(args.report),
+        "report_method": report["method"],
+        "strategy": args.strategy,
+        "categories": list(args.categories or dr.CATEGORIES),
+    }
+    log_path = trash.new_log(
+        dataset_dir, TOOL, moves, extra, progress=lambda items: cli.progress(items, desc="Hashing", unit="file")
+    )
+    undo_line = f"Undo with: python data_collection/remove_duplicates.py --undo {cli.printable(log_path)}"
+    try:
+        result = trash.apply(dataset_dir, log_path, progress=lambda items: cli.progress(items, desc="Removing"))
+    except KeyboardInterrupt:
+        print(f"Interrupted: the log {cli.printable(log_path)} lists exactly what was moved; --undo puts it back.")
+        print(undo_line)
+        return cli.EXIT_INTERRUPTED
+    for path, reason in result.errors:
+        logger.warning("Not removed %s: %s", cli.printable(path), cli.printable(reason))
+    run_id = log_path.stem
+    where = "Deleted" if args.delete else f"Moved to {cli.printable(dataset_dir / trash.TRASH_FOLDER / run_id)}/:"
+    print(f"{where} {len(result.done)} of {len(moves)} files. Log: {cli.printable(log_path)}")
+    if not args.delete:
+        print(undo_line)
+    return cli.EXIT_PARTIAL if result.errors or run_plan.skipped else cli.EXIT_OK
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Command line
+
+
+def get_args_parser(add_help: bool = True) -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        description="Remove duplicates listed in a detector report: dry run by default, trash folder, undo.",
+        epilog=cli.EXIT_CODES_HELP,
+        add_help=add_help,
+    )
+    mode = parser.add_mutually_exclusive_group(required=True)
+    cli.add_report_flag(mode, "a duplicate report of one of the three detectors (default: none)", type=Path)
+    mode.add_argument(
+        "--undo",
+        type=Path,
+        metavar="LOG",
+        help=f"a log in <dataset>/{trash.TRASH_FOLDER}/ to undo: puts every moved file back (default: none)",
+    )
+    parser.add_argument(
+        "--strategy",
+        choices=STRATEGIES,
+        default=DEFAULT_STRATEGY,
+        help="which files to keep: safe = only byte-identical copies within one class and set; prefer-train / "
+        "prefer-val = remove the val (train) copies of train (val) images; first-alpha, shortest-path, keep-best "
+        "(highest resolution, then largest file) = keep one per group; all = keep one per group, a train copy "
+        "if any, then the best; interactive = you choose. Label conflicts (one picture in two classes) are only ever "
+        "decided by you, in interactive (default: safe)",
+    )
+    parser.add_argument(
+        "--categories",
+        nargs="+",
+        choices=dr.CATEGORIES,
+        default=None,
+        metavar="CATEGORY",
+        help=f"only act on groups of these categories: {', '.join(dr.CATEGORIES)}; an embedding report needs them "
+        "named unless --strategy interactive (default: all four)",
+    )
+    parser.add_argument(
+        "--dataset-dir",
+        type=Path,
+        default=None,
+        help="the dataset folder the report's (or log's) paths are relative to; a report's own 'dataset_dir' must "
+        "name the same folder (default: the folder holding the report; for --undo, the dataset whose .trash holds "
+        "the log)",
+    )
+    parser.add_argument("--output", type=Path, default=None, help=argparse.SUPPRESS)  # gone: see run_removal
+    parser.add_argument(
+        "--apply", action="store_true", help="act on the plan; without it nothing changes (default: off)"
+    )
+    parser.add_argument("--yes", action="store_true", help="with --apply: do not ask for confirmation (default: off)")
+    parser.add_argument(
+        "--delete",
+        action="store_true",
+        help=f"with --apply: delete files for real instead of moving them to <dataset>/{trash.TRASH_FOLDER}/ "
+        "(cannot be undone; still logged) (default: off)",
+    )
+    cli.add_output_flags(parser)
+    return parser
+
+
+def dataset_in_use(args: argparse.Namespace, report: dict[str, Any]) -> Path:
+    """The folder named on the command line (--dataset-dir, else the report's own folder), checked against the
+    report's 'dataset_dir': a report never chooses the folder it works on. ReportError with a sentence otherwise."""
+    dataset_dir = args.dataset_dir if args.dataset_dir is not None else args.report.parent
+    if not dataset_dir.is_dir():
+        raise fileio.ReportError(f"dataset folder {dataset_dir} does not exist (pass --dataset-dir)")
+    recorded = report.get("dataset_dir")
+    if recorded and Path(recorded).resolve() != dataset_dir.resolve():
+        named = "--dataset-dir" if args.dataset_dir is not None else "the folder holding the report"
+        raise fileio.ReportError(
+            f"the report {args.report} was made for {recorded}, not {dataset_dir} ({named}); pass --dataset-dir "
+            f"{recorded} if that is the dataset you mean, or run the detector on {dataset_dir}"
+        )
+    return dataset_dir
+
+
+def writable_problem(dataset_dir: Path) -> str | None:
+    """One sentence when --apply or --undo could not write into the dataset (read-only), else None."""
+    for folder in (dataset_dir, dataset_dir / trash.TRASH_FOLDER):
+        if folder.is_dir() and not os.access(folder, os.W_OK | os.X_OK):
+            return f"{folder} is read-only: files cannot be moved or logged there; nothing was changed"
+    return None
+
+
+def run_removal(args: argparse.Namespace) -> int:
+    if args.output is not None:
+        return cli.error(
+            f"--output is no longer used: the log is always written to <dataset>/{trash.TRASH_FOLDER}/, where --undo "
+            "finds it"
+        )
+    if (args.yes or args.delete) and not args.apply:
+        return cli.error("--yes and --delete only make sense with --apply")
+    report = dr.load_report(args.report)
+    problem = report_problem(report)
+    if problem:
+        return cli.error(f"the report {cli.printable(args.report)}: {problem}; run the detector again")
+    dataset_dir = dataset_in_use(args, report)
+    if is_embedding_report(report) and args.strategy != "interactive" and args.categories is None:
+        return cli.error(
+            f"the report {cli.printable(args.report)} was made by the embedding detector: similar pictures are not "
+            f"necessarily copies, so --strategy {args.strategy} needs the categories named explicitly (for example "
+            "--categories same_class_and_set) after you have looked at the gallery; or use --strategy interactive"
+        )
+    if args.apply:
+        trash.trash_folder(dataset_dir)  # a symlinked .trash: refused before any work
+        reason = writable_problem(dataset_dir)
+        if reason:
+            return cli.error(reason)
+    try:  # Ctrl-C at a prompt or while hashing: nothing has moved yet
+        with trash.lock(dataset_dir, TOOL) if args.apply else contextlib.nullcontext():
+            run_plan = make_run_plan(args, report, dataset_dir)
+            print_plan(args, report, dataset_dir, run_plan)
+            partial = cli.EXIT_PARTIAL if run_plan.skipped else cli.EXIT_OK
+            count = plan_totals(run_plan.plans)["files_removed"]
+            if not args.apply:
+                print(
+                    f"Dry run: nothing was changed. Add --apply to do it (files go to <dataset>/{trash.TRASH_FOLDER}/;"
+                    " --undo restores them)."
+                )
+                return partial
+            if not count:
+                print("Nothing to remove.")
+                return partial
+            folder = cli.printable(dataset_dir / trash.TRASH_FOLDER)
+            question = f"Permanently delete {count} files?" if args.delete else f"Move {count} files to {folder}/?"
+            if not args.yes and not confirm(question):
+                print("Cancelled: nothing was changed.")
+                return cli.EXIT_OK
+            return remove(args, report, dataset_dir, run_plan)
+    except KeyboardInterrupt:
+        print("\nInterrupted: nothing was changed.")
+        return cli.EXIT_INTERRUPTED
+
+
+def run_undo(args: argparse.Namespace) -> int:
+    log_path = args.undo
+    dataset_dir = args.dataset_dir if args.dataset_dir is not None else trash.dataset_of_log(log_path)
+    data = trash.load_log(dataset_dir, log_path)  # every refusal as a sentence, before anything changes
+    if data["tool"] != trash.tool_stem(TOOL):
+        return cli.error(f"{cli.printable(log_path)} was written by {data['tool']}; undo it with that tool")
+    reason = writable_problem(dataset_dir)
+    if reason:
+        return cli.error(reason)
+    try:
+        with trash.lock(dataset_dir, TOOL):
+            result = trash.undo(dataset_dir, log_path, progress=lambda items: cli.progress(items, desc="Restoring"))
+    except KeyboardInterrupt:
+        print(f"\nInterrupted: run --undo {cli.printable(log_path)} again to finish; nothing is lost.")
+        return cli.EXIT_INTERRUPTED
+    for path, problem in result.errors:
+        logger.warning("%s: %s", cli.printable(path), cli.printable(problem))
+    problems = f"; {len(result.errors)} not restored (see above)" if result.errors else ""
+    print(f"Restored {len(result.done)} files into {cli.printable(dataset_dir)}{problems}")
+    return cli.EXIT_PARTIAL if result.errors else cli.EXIT_OK
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = get_args_parser()
-    args = parser.parse_args(argv)
-    dr.configure_logging()
-    if args.undo is not None:
-        try:
-            return undo(args.undo, args.dataset_dir)
-        except dr.ReportError as error:
-            parser.error(str(error))
-    if (args.yes or args.delete or args.output) and not args.apply:
-        parser.error("--yes, --delete and --output only make sense with --apply")
-    if args.output is not None and args.output.exists():
-        parser.error(f"{args.output} already exists: a deletion log is never overwritten (it is what --undo needs)")
+    args = get_args_parser().parse_args(argv)
+    cli.setup_logging(args.verbose)
+    cli.set_progress(not args.no_progress)
     try:
-        report = dr.load_report(args.report)
-    except dr.ReportError as error:
-        parser.error(str(error))
-    dataset_dir = resolve_dataset_dir(args, report)
-    if not dataset_dir.is_dir():
-        parser.error(f"dataset folder {dataset_dir} does not exist (pass --dataset-dir)")
-
-    try:  # Ctrl-C at a prompt or while hashing: nothing has moved yet
-        outcome = plan_and_confirm(args, report, dataset_dir)
-    except KeyboardInterrupt:
-        print("\nInterrupted: nothing was changed.")
-        return 130
-    if isinstance(outcome, int):
-        return outcome
-    log, log_path, run_id, skipped = outcome
-    problems, interrupted = apply_plan(log, log_path, dataset_dir)
-    done = sum(record["status"] in (STATUS_MOVED, STATUS_DELETED) for record in log["entries"])
-    verb = "Deleted" if args.delete else f"Moved to {dataset_dir / TRASH_DIR / run_id}:"
-    print(f"{verb} {done} of {len(log['entries'])} files. Log: {log_path}")
-    if not args.delete:
-        print(f"Undo with: python data_collection/remove_duplicates.py --undo {log_path}")
-    if interrupted:
-        print("Interrupted: the log lists exactly what was moved; --undo puts it back.")
-        return 130
-    return 1 if problems or skipped else 0
+        return run_undo(args) if args.undo is not None else run_removal(args)
+    except (fileio.ReportError, dr.ReportError) as error:  # also trash.TrashError: a held lock, a symlinked trash...
+        return cli.error(cli.printable(str(error)))
 
 
 if __name__ == "__main__":

@@ -1,4 +1,4 @@
-"""Tests of remove_duplicates.py: every strategy's plan, dry run, apply + undo, bad reports, interruptions."""
+"""Tests of remove_duplicates.py: every strategy's plan, dry run, apply + undo, bad reports, interruptions, attacks."""
 
 from __future__ import annotations
 
@@ -18,6 +18,9 @@ import pytest
 import remove_duplicates as rd
 from conftest import ROOT, make_class_image, make_dataset, make_near_duplicates, save_image, tree_snapshot
 
+import fileio
+import trash
+
 
 def entry(path: str, width: int = 64, height: int = 64, size: int = 1000, sha256: str | None = None) -> dict:
     set_name, class_name = path.split("/")[:2]
@@ -36,17 +39,14 @@ GROUPS = [
         entry("train/bird/y.jpg"), entry("val/superman/y.jpg", size=2000)]},
 ]  # fmt: skip
 
-EXPECTED_KEPT = {  # strategy -> {group id: kept paths}; groups not listed keep every file
+EXPECTED_KEPT = {  # strategy -> {group id: kept paths}; groups not listed keep every file (3 and 4: label conflicts)
     "safe": {1: {"train/bird/a.jpg", "train/bird/c_resized.jpg"}},
-    "prefer-train": {2: {"train/plane/p.jpg"}, 4: {"train/bird/y.jpg"}},
-    "prefer-val": {2: {"val/plane/long_name_p.jpg", "val/plane/p2.jpg"}, 4: {"val/superman/y.jpg"}},
-    "first-alpha": {
-        1: {"train/bird/a.jpg"}, 2: {"train/plane/p.jpg"}, 3: {"train/bird/x.jpg"}, 4: {"train/bird/y.jpg"}},
-    "shortest-path": {
-        1: {"train/bird/a.jpg"}, 2: {"val/plane/p2.jpg"}, 3: {"train/bird/x.jpg"}, 4: {"train/bird/y.jpg"}},
-    "keep-best": {
-        1: {"train/bird/a.jpg"}, 2: {"val/plane/long_name_p.jpg"}, 3: {"train/bird/x.jpg"}, 4: {"val/superman/y.jpg"}},
-    "all": {1: {"train/bird/a.jpg"}, 2: {"train/plane/p.jpg"}, 3: {"train/bird/x.jpg"}, 4: {"train/bird/y.jpg"}},
+    "prefer-train": {2: {"train/plane/p.jpg"}},
+    "prefer-val": {2: {"val/plane/long_name_p.jpg", "val/plane/p2.jpg"}},
+    "first-alpha": {1: {"train/bird/a.jpg"}, 2: {"train/plane/p.jpg"}},
+    "shortest-path": {1: {"train/bird/a.jpg"}, 2: {"val/plane/p2.jpg"}},
+    "keep-best": {1: {"train/bird/a.jpg"}, 2: {"val/plane/long_name_p.jpg"}},
+    "all": {1: {"train/bird/a.jpg"}, 2: {"train/plane/p.jpg"}},
 }  # fmt: skip
 
 
@@ -75,7 +75,12 @@ def report_of(dataset: Path) -> str:
 
 
 def snapshot_without_logs(dataset: Path) -> dict[str, bytes]:
-    return {path: data for path, data in tree_snapshot(dataset).items() if not path.startswith(rd.LOG_PREFIX)}
+    return {path: data for path, data in tree_snapshot(dataset).items() if not path.startswith(".trash/")}
+
+
+def the_log(dataset: Path) -> Path:
+    (log_path,) = (dataset / trash.TRASH_FOLDER).glob("remove_duplicates_*.json")
+    return log_path
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -90,7 +95,8 @@ def test_every_strategy_plans_as_documented(strategy: str) -> None:
         assert {e["path"] for e in plan.keep} == expected, (strategy, group["id"])
         assert {e["path"] for e, _ in plan.remove} == {e["path"] for e in group["files"]} - expected
         assert all(reason for _, reason in plan.remove)
-        if plan.remove and group["category"] in rd.CROSS_CLASS:
+        if group["category"] in rd.CROSS_CLASS:  # label conflicts: left for the user by every strategy
+            assert plan.remove == [] and plan.is_left_for_user
             assert any("label conflict" in note for note in plan.notes)
 
 
@@ -117,15 +123,18 @@ def test_no_strategy_ever_removes_a_whole_group() -> None:
 
 
 def test_interactive_reads_the_choices(monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture) -> None:
-    answers = iter(["2", "nonsense", "9", "s", "", "q"])
-    monkeypatch.setattr(builtins, "input", lambda prompt="": next(answers))
-    groups = GROUPS + [dict(GROUPS[0], id=5)]
+    answers, prompts = iter(["2", "nonsense", "9", "s", "", "2", "", "q"]), []
+    monkeypatch.setattr(builtins, "input", lambda prompt="": prompts.append(prompt) or next(answers))
+    groups = [GROUPS[0], GROUPS[1], GROUPS[2], dict(GROUPS[0], id=5), GROUPS[3], dict(GROUPS[1], id=6)]
     plans = rd.make_plan(groups, "interactive", lambda g: rd.ask_keep(g, 0))
     assert [e["path"] for e in plans[0].keep] == ["train/bird/b_copy.jpg"]  # typed 2
     assert plans[1].remove == []  # two bad answers, then s: skipped
-    assert [e["path"] for e in plans[2].keep] == ["train/bird/x.jpg"]  # Enter: the suggestion
-    assert plans[3].remove == [] and plans[4].remove == []  # q: the rest stay as they are
-    assert "Please type numbers" in capsys.readouterr().out
+    assert [e["path"] for e in plans[2].keep] == ["train/plane/x.jpg"]  # a label conflict: Enter asked again, then 2
+    assert [e["path"] for e in plans[3].keep] == ["train/bird/a.jpg"]  # Enter: the suggestion
+    assert plans[4].remove == [] and plans[5].remove == []  # q: the rest stay as they are
+    output = capsys.readouterr().out
+    assert "Please type numbers" in output and "label conflict: there is no default" in output
+    assert "Enter =" not in prompts[4] and "no default" in prompts[4] and "Enter = 1" in prompts[6]
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -137,29 +146,32 @@ def test_dry_run_changes_nothing(copies_dataset: Path, capsys: pytest.CaptureFix
     for strategy in sorted(EXPECTED_KEPT):
         assert rd.main(["--report", report_of(copies_dataset), "--strategy", strategy]) == 0
     assert tree_snapshot(copies_dataset) == before
-    assert not (copies_dataset / rd.TRASH_DIR).exists()
+    assert not (copies_dataset / trash.TRASH_FOLDER).exists()
     output = capsys.readouterr().out
     assert "Dry run: nothing was changed" in output and "remove  val/plane/leaked.jpg" in output
+    assert "2 label-conflict groups left for you" in output
+    assert "train/other/conflict.jpg (other), train/superman/superman_002.jpg (superman)" in output
 
 
 def test_apply_then_undo_restores_the_tree_byte_for_byte(copies_dataset: Path, capsys: pytest.CaptureFixture) -> None:
     before = tree_snapshot(copies_dataset)
     assert rd.main(["--report", report_of(copies_dataset), "--strategy", "all", "--apply", "--yes"]) == 0
     assert not (copies_dataset / "val/plane/leaked.jpg").exists()
-    for group in dr.iter_groups(load(Path(report_of(copies_dataset)))):  # one copy of each group is left
-        assert sum((copies_dataset / e["path"]).exists() for e in group["files"]) == 1
-    (log_path,) = copies_dataset.glob(f"{rd.LOG_PREFIX}*.json")
+    for group in dr.iter_groups(load(Path(report_of(copies_dataset)))):  # one copy of each group of copies is left
+        expected = len(group["files"]) if group["category"] in rd.CROSS_CLASS else 1  # label conflicts: untouched
+        assert sum((copies_dataset / e["path"]).exists() for e in group["files"]) == expected
+    log_path = the_log(copies_dataset)
     log = load(log_path)
-    assert log["finished"] and len(log["entries"]) == 5
-    assert all(r["status"] == "moved" and (copies_dataset / r["trash_path"]).is_file() for r in log["entries"])
-    assert {r["reason"] for r in log["entries"]} and all(len(r["sha256"]) == 64 for r in log["entries"])
-    assert (copies_dataset / rd.TRASH_DIR / log_path.stem[len(rd.LOG_PREFIX) :] / "val/plane/leaked.jpg").is_file()
+    assert log["log_type"] == trash.LOG_TYPE and log["extra"]["strategy"] == "all" and len(log["moves"]) == 3
+    assert all(m["status"] == "done" and (copies_dataset / m["destination"]).is_file() for m in log["moves"])
+    assert all("group" in m["note"] and len(m["sha256"]) == 64 and m["kept"] for m in log["moves"])
+    assert (copies_dataset / trash.TRASH_FOLDER / log_path.stem / "val/plane/leaked.jpg").is_file()
 
     assert rd.main(["--undo", str(log_path)]) == 0
     assert snapshot_without_logs(copies_dataset) == before
-    assert not (copies_dataset / rd.TRASH_DIR).exists()
-    assert {r["status"] for r in load(log_path)["entries"]} == {"restored"}
-    assert "Restored 5 files" in capsys.readouterr().out
+    assert os.listdir(copies_dataset / trash.TRASH_FOLDER) == [log_path.name]  # only the log stays
+    assert {m["status"] for m in load(log_path)["moves"]} == {"undone"} and load(log_path)["undone"]
+    assert "Restored 3 files" in capsys.readouterr().out
 
 
 def test_prefer_train_fixes_leakage_on_a_phash_report(tmp_path: Path) -> None:
@@ -188,6 +200,8 @@ def test_safe_removes_only_byte_identical_copies(tmp_path: Path) -> None:
 
 
 def test_changed_or_deleted_files_skip_their_group(copies_dataset: Path, capsys: pytest.CaptureFixture) -> None:
+    shutil.copyfile(copies_dataset / "train/plane/plane_000.jpg", copies_dataset / "train/plane/plane_copy.jpg")
+    assert by_filesize.main(["--dataset-dir", str(copies_dataset)]) == 0
     (copies_dataset / "val/plane/leaked_again.jpg").unlink()  # deleted between scan and removal
     with open(copies_dataset / "train/bird/bird_copy.jpg", "ab") as handle:  # changed since the scan
         handle.write(b"\0")
@@ -199,20 +213,24 @@ def test_changed_or_deleted_files_skip_their_group(copies_dataset: Path, capsys:
     assert (copies_dataset / "train/bird/bird_copy.jpg").exists() and (
         copies_dataset / "train/bird/bird_000.jpg"
     ).exists()
-    assert (
-        not (copies_dataset / "train/other/conflict.jpg").exists()
-        or not (copies_dataset / "train/superman/superman_002.jpg").exists()
-    )  # the untouched groups were still handled
+    assert not (copies_dataset / "train/plane/plane_copy.jpg").exists()  # the untouched group was still handled
+    assert (copies_dataset / "train/other/conflict.jpg").exists()  # label conflicts stay
+    assert (copies_dataset / "train/superman/superman_002.jpg").exists()
 
 
-def test_the_last_copy_is_never_removed(copies_dataset: Path) -> None:
-    record = {"path": "val/plane/leaked.jpg", "kept": ["train/plane/plane_001.jpg"], "action": "trash",
-              "trash_path": ".trash/x/val/plane/leaked.jpg",
-              "sha256": dr.sha256_file(copies_dataset / "val/plane/leaked.jpg")}  # fmt: skip
-    (copies_dataset / "train/plane/plane_001.jpg").unlink()  # the kept copy vanished after planning
-    status, note = rd.remove_one(record, copies_dataset)
-    assert status == "skipped" and "last copy" in note
-    assert (copies_dataset / "val/plane/leaked.jpg").exists()
+def test_the_last_copy_is_never_removed(
+    copies_dataset: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture
+) -> None:
+    def delete_the_kept_copy(question: str) -> bool:  # the kept copy vanishes while the user is asked
+        (copies_dataset / "train/plane/plane_001.jpg").unlink()
+        return True
+
+    monkeypatch.setattr(rd, "confirm", delete_the_kept_copy)
+    assert rd.main(["--report", report_of(copies_dataset), "--strategy", "all", "--apply"]) == 1
+    assert (copies_dataset / "val/plane/leaked.jpg").exists() and (
+        copies_dataset / "val/plane/leaked_again.jpg"
+    ).exists()
+    assert "its kept copy train/plane/plane_001.jpg is gone: not removing the last copy" in capsys.readouterr().err
 
 
 def test_a_kept_symlink_keeps_its_target(tmp_path: Path) -> None:
@@ -250,19 +268,20 @@ def test_one_file_under_two_spellings_is_never_removed(
 ) -> None:
     dataset, report_path = one_file_twice_report(tmp_path, spelling)
     before = tree_snapshot(dataset)
-    assert rd.main(["--report", str(report_path), "--strategy", strategy, "--apply", "--yes"]) == 0
+    arguments = ["--report", str(report_path), "--dataset-dir", str(dataset), "--strategy", strategy]
+    assert rd.main([*arguments, "--apply", "--yes"]) == 0
     assert "Summary: remove 0 files" in capsys.readouterr().out
     assert tree_snapshot(dataset) == before and (dataset / "train/bird/a.jpg").is_file()
-    assert not list(dataset.glob(f"{rd.LOG_PREFIX}*")) and not (dataset / rd.TRASH_DIR).exists()
+    assert not (dataset / trash.TRASH_FOLDER).exists()
 
 
 def test_the_removal_step_never_removes_a_kept_file_under_another_spelling(tmp_path: Path) -> None:
     dataset, _ = one_file_twice_report(tmp_path, "alias/bird/a.jpg")
     for kept in ("train/bird/./a.jpg", "alias/bird/a.jpg"):  # a log written by a planner without the checks
-        record = {"path": "train/bird/a.jpg", "kept": [kept], "action": "trash", "trash_path": ".trash/x/a.jpg",
-                  "sha256": dr.sha256_file(dataset / "train/bird/a.jpg")}  # fmt: skip
-        status, note = rd.remove_one(record, dataset)
-        assert status == "skipped" and "last copy" in note
+        with trash.lock(dataset, rd.TOOL):
+            log_path = trash.new_log(dataset, rd.TOOL, [trash.Move("train/bird/a.jpg", kept=(kept,))])
+            result = trash.apply(dataset, log_path)
+        assert result.done == [] and "not removing the last copy" in result.errors[0][1]
     assert (dataset / "train/bird/a.jpg").is_file()
 
 
@@ -279,79 +298,83 @@ def test_report_paths_are_normalised_and_listed_once() -> None:
 
 
 def test_ctrl_c_during_removal_leaves_an_exact_log_and_undo_works(
-    copies_dataset: Path, monkeypatch: pytest.MonkeyPatch
+    copies_dataset: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture
 ) -> None:
     before = tree_snapshot(copies_dataset)
-    real_move, calls, journals = rd.move_file, [], []
+    real_rename, calls = os.rename, []
 
-    def move_then_interrupt(source: Path, destination: Path) -> None:
+    def rename_then_interrupt(source, destination) -> None:
         calls.append(source)
-        if len(calls) == 3:  # what a kill at this moment would leave: the log and its journal
-            journals.extend(path.read_text(encoding="utf-8") for path in copies_dataset.glob("*.journal"))
+        if len(calls) == 2:
             raise KeyboardInterrupt
-        real_move(source, destination)
+        real_rename(source, destination)
 
-    monkeypatch.setattr(rd, "move_file", move_then_interrupt)
+    monkeypatch.setattr(os, "rename", rename_then_interrupt)
     assert rd.main(["--report", report_of(copies_dataset), "--strategy", "all", "--apply", "--yes"]) == 130
-    (log_path,) = copies_dataset.glob(f"{rd.LOG_PREFIX}*.json")
-    log = load(log_path)
-    assert not log["finished"] and not rd.journal_path(log_path).exists()
-    assert [r["status"] for r in log["entries"]] == ["moved", "moved", "pending", "pending", "pending"]
-    assert journals == ["0\tmoved\n1\tmoved\n"]
-    for record in log["entries"]:
-        assert (copies_dataset / record["path"]).exists() == (record["status"] == "pending")
-    monkeypatch.setattr(rd, "move_file", real_move)
-    assert rd.main(["--undo", str(log_path)]) == 0
+    monkeypatch.setattr(os, "rename", real_rename)
+    assert "lists exactly what was moved; --undo puts it back" in capsys.readouterr().out
+    log = load(the_log(copies_dataset))
+    assert [m["status"] for m in log["moves"]] == ["done", "planned", "planned"]
+    for move in log["moves"]:
+        assert (copies_dataset / move["source"]).exists() == (move["status"] == "planned")
+    assert not (copies_dataset / trash.TRASH_FOLDER / trash.LOCK_NAME).exists()  # the lock was released
+    assert rd.main(["--undo", str(the_log(copies_dataset))]) == 0
     assert snapshot_without_logs(copies_dataset) == before
 
 
-def test_undo_after_a_kill_uses_the_journal_and_the_trash(copies_dataset: Path) -> None:
+def test_undo_after_a_kill_reads_the_disk(copies_dataset: Path, capsys: pytest.CaptureFixture) -> None:
     before = tree_snapshot(copies_dataset)
     assert rd.main(["--report", report_of(copies_dataset), "--strategy", "all", "--apply", "--yes"]) == 0
-    (log_path,) = copies_dataset.glob(f"{rd.LOG_PREFIX}*.json")
+    log_path = the_log(copies_dataset)
     log = load(log_path)
-    for record in log["entries"]:  # as written before anything moved: a kill left the log like this
-        record["status"] = "pending"
-    log["finished"] = False
-    dr.write_json_atomic(log_path, log)
-    rd.journal_path(log_path).write_text("0\tmoved\n1\tmoved\n", encoding="utf-8")  # entries 2.. had no line yet
-    assert [r["status"] for r in rd.load_log(log_path)["entries"]] == ["moved", "moved"] + ["pending"] * 3
+    for move in log["moves"]:  # as written before anything moved: a kill -9 within the write interval leaves this
+        move["status"] = "planned"
+    fileio.write_json(log_path, log)
+    first = log["moves"][0]  # and a killed undo had already put the first file back
+    os.rename(copies_dataset / first["destination"], copies_dataset / first["source"])
     assert rd.main(["--undo", str(log_path)]) == 0
     assert snapshot_without_logs(copies_dataset) == before
+    assert rd.main(["--undo", str(log_path)]) == 0  # and again: quiet, no false "not found" warnings
+    captured = capsys.readouterr()
+    assert "not found" not in captured.err and "Restored 3 files" in captured.out
 
 
 def test_a_failing_move_is_reported_and_the_rest_goes_on(copies_dataset: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    real_move = rd.move_file
+    real_rename = os.rename
 
-    def refuse_leaked(source: Path, destination: Path) -> None:
-        if source.name == "leaked.jpg":
+    def refuse_leaked(source, destination) -> None:
+        if Path(source).name == "leaked.jpg":
             raise PermissionError(13, "Permission denied")
-        real_move(source, destination)
+        real_rename(source, destination)
 
-    monkeypatch.setattr(rd, "move_file", refuse_leaked)
+    monkeypatch.setattr(os, "rename", refuse_leaked)
     assert rd.main(["--report", report_of(copies_dataset), "--strategy", "all", "--apply", "--yes"]) == 1
-    (log_path,) = copies_dataset.glob(f"{rd.LOG_PREFIX}*.json")
-    statuses = {r["path"]: r["status"] for r in load(log_path)["entries"]}
-    assert statuses.pop("val/plane/leaked.jpg") == "failed" and set(statuses.values()) == {"moved"}
+    moves = {m["source"]: m for m in load(the_log(copies_dataset))["moves"]}
+    refused = moves.pop("val/plane/leaked.jpg")
+    assert refused["status"] == "refused" and refused["reason"] == "Permission denied"
+    assert {m["status"] for m in moves.values()} == {"done"}
     assert (copies_dataset / "val/plane/leaked.jpg").exists()
 
 
-def test_delete_is_permanent_and_undo_says_so(copies_dataset: Path, tmp_path: Path) -> None:
-    log_path = tmp_path / "my_log.json"
+def test_delete_is_permanent_and_undo_says_so(copies_dataset: Path, capsys: pytest.CaptureFixture) -> None:
     arguments = ["--report", report_of(copies_dataset), "--strategy", "all", "--apply", "--yes", "--delete"]
-    assert rd.main([*arguments, "--output", str(log_path)]) == 0
-    assert not (copies_dataset / "val/plane/leaked.jpg").exists() and not (copies_dataset / rd.TRASH_DIR).exists()
-    with pytest.raises(SystemExit):  # an existing log is never overwritten
-        rd.main([*arguments, "--output", str(log_path)])
-    assert {r["status"] for r in load(log_path)["entries"]} == {"deleted"}
+    assert rd.main([*arguments, "--output", "my_log.json"]) == 2  # the log always goes to the trash folder
+    assert "--output is no longer used" in capsys.readouterr().err
+    assert rd.main(arguments) == 0
+    assert not (copies_dataset / "val/plane/leaked.jpg").exists()
+    log_path = the_log(copies_dataset)
+    assert os.listdir(copies_dataset / trash.TRASH_FOLDER) == [log_path.name]  # nothing kept in the trash
+    assert {(m["action"], m["status"]) for m in load(log_path)["moves"]} == {("delete", "done")}
     assert rd.main(["--undo", str(log_path)]) == 1
+    assert "was deleted for good" in capsys.readouterr().err
 
 
-def test_apply_asks_first(copies_dataset: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_apply_asks_first(copies_dataset: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture) -> None:
     before = tree_snapshot(copies_dataset)
     monkeypatch.setattr(builtins, "input", lambda prompt="": "n")
-    assert rd.main(["--report", report_of(copies_dataset), "--strategy", "all", "--apply"]) == 1
-    assert tree_snapshot(copies_dataset) == before
+    assert rd.main(["--report", report_of(copies_dataset), "--strategy", "all", "--apply"]) == 0  # declining: exit 0
+    assert "Cancelled: nothing was changed." in capsys.readouterr().out
+    assert tree_snapshot(copies_dataset) == before and not (copies_dataset / trash.TRASH_FOLDER).exists()
     monkeypatch.setattr(builtins, "input", lambda prompt="": "y")
     assert rd.main(["--report", report_of(copies_dataset), "--strategy", "all", "--apply"]) == 0
     assert not (copies_dataset / "val/plane/leaked.jpg").exists()
@@ -401,20 +424,19 @@ def test_bad_reports_are_refused_with_one_sentence(
         assert rd.main(["--report", str(path), "--strategy", "all"]) == 1
         assert "not a path inside the dataset" in capsys.readouterr().out
     else:
-        with pytest.raises(SystemExit) as exit_info:
-            rd.main(["--report", str(path), "--strategy", "all"])
-        assert exit_info.value.code == 2
-        assert str(path) in capsys.readouterr().err
+        assert rd.main(["--report", str(path), "--strategy", "all"]) == 2
+        error = capsys.readouterr().err
+        assert error.startswith("error: ") and str(path) in error and error.count("\n") == 1
     assert tree_snapshot(copies_dataset) == before
 
 
-def test_a_bad_log_is_refused(tmp_path: Path) -> None:
+def test_a_bad_log_is_refused(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
     (tmp_path / "log.json").write_text('{"kind": "deletion_log", "schema_version": 1, "entries": [{"path": "/etc/x", '
                                        '"status": "moved", "sha256": "0", "trash_path": "/etc/x"}]}')  # fmt: skip
     for path in (tmp_path / "log.json", tmp_path / "missing.json"):
-        with pytest.raises(SystemExit) as exit_info:
-            rd.main(["--undo", str(path)])
-        assert exit_info.value.code == 2
+        assert rd.main(["--undo", str(path)]) == 2
+    error = capsys.readouterr().err
+    assert "old remove_duplicates.py format" in error and "missing.json does not exist" in error
 
 
 def test_help_runs_as_a_script() -> None:
