@@ -41,7 +41,6 @@ from urllib.parse import urlsplit
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # cli.py and fileio.py live in the project root
 from download_manifest import (  # noqa: E402 - the siblings import cli and fileio too
-    LIMIT_FLAGS,
     MANIFEST_NAME,
     ManifestWriter,
     latest_records_by_url,
@@ -50,6 +49,7 @@ from download_manifest import (  # noqa: E402 - the siblings import cli and file
     read_manifest,
     should_fetch,
 )
+from download_report import REPORT_NAME, ClassStats, RunSummary, format_summary, write_report  # noqa: E402
 from image_fetch import (  # noqa: E402
     DEFAULT_MAX_BYTES,
     DEFAULT_MIN_SIZE,
@@ -91,11 +91,8 @@ from fileio import (  # noqa: E402
     resolve_inside,
     sha256_file,
     writable_folder_reason,
-    write_json,
 )
 
-REPORT_NAME = "download_report.json"
-REPORT_SCHEMA_VERSION = 2  # 2: "downloaded" counts only files this run saved; "found_on_disk", "failed_before" added
 SPLITS = ("train", "val")
 DEFAULT_PER_CLASS = 500  # 4 default classes x 500 = about 2000 images
 CANDIDATE_FACTOR = 1.5  # search for 1.5x the images wanted: a quarter to a third of image-search URLs fail
@@ -105,36 +102,8 @@ IN_FLIGHT_PER_WORKER = 2  # keep each worker busy without queuing URLs a finishe
 # Our own half-written images: ".<sha256>.<ext>.<pid>.<random>.part" (older versions wrote no random part).
 TEMP_NAME_PATTERN = re.compile(r"^\.[0-9a-f]{64}\.[a-z]+\.(\d+)(?:\.[0-9a-f]+)?\.part$")
 SEARCH_NO_NETWORK_HINT = "connect, or pass --urls-file FILE with image URLs"
-# What changes the outcome of a failure that a limit decided, for the summary.
-LIMIT_HINTS = {
-    "--min-size": "lower --min-size to retry",
-    "--max-bytes": "raise --max-bytes to retry",
-    "--timeout": "tried again on the next run; raise --timeout to wait longer",
-    "--ignore-content-type": "pass --ignore-content-type to retry",
-}
 
 logger = logging.getLogger(__name__)
-
-
-@dataclass
-class ClassStats:
-    asked: int | None  # images wanted in the class folders; None = every URL of --urls-file
-    found: int = 0  # URLs found for the class (search results or lines of --urls-file)
-    already_done: int = 0  # URLs settled by earlier runs and not tried again
-    found_on_disk: int = 0  # fetched, and the same bytes were already in place (manifest lost, or a parallel run)
-    downloaded: int = 0  # files this run saved
-    duplicates: int = 0
-    failures: Counter = field(default_factory=Counter)  # reason -> URLs that failed in this run
-    failed_before: Counter = field(default_factory=Counter)  # reason -> failures of earlier runs not tried again
-    on_disk: Counter = field(default_factory=Counter)  # split -> files in the class folders
-
-    @property
-    def total_on_disk(self) -> int:
-        return sum(self.on_disk.values())
-
-    @property
-    def is_short(self) -> bool:
-        return self.asked is not None and self.total_on_disk < self.asked
 
 
 @dataclass
@@ -156,14 +125,6 @@ class DownloadConfig:
     @property
     def mode(self) -> str:
         return "urls-file" if self.url_candidates is not None else "duckduckgo"
-
-
-@dataclass
-class RunSummary:
-    stats: dict[str, ClassStats]
-    short_queries: list[ShortQuery]
-    errors: list[dict[str, Any]]
-    no_network: str | None = None  # "cannot reach <host>" when the network is really missing
 
 
 # ---------------------------------------------------------------------------------------------------------- pure
@@ -202,75 +163,6 @@ def parse_url_lines(lines: Iterable[str], source: str) -> tuple[list[tuple[int, 
             continue
         entries.append((line_number, class_name, url))
     return entries, problems
-
-
-def failure_label(reason: str, limits: FetchLimits) -> str:
-    """The reason with the limit that decided it: ``too small (< --min-size 128)``."""
-    flag = LIMIT_FLAGS.get(reason)
-    if flag == "--min-size":
-        return f"{reason} (< --min-size {limits.min_size})"
-    if flag == "--max-bytes":
-        return f"{reason} (> --max-bytes {limits.max_bytes})"
-    if flag == "--timeout":
-        return f"{reason} (--timeout {limits.timeout_s:g} s)"
-    return reason
-
-
-def failure_hint(reason: str) -> str:
-    """What would change the outcome of a failure: the flag to change, or that a re-run tries it anyway."""
-    flag = LIMIT_FLAGS.get(reason)
-    if flag is not None:
-        return LIMIT_HINTS[flag]
-    if is_retryable(reason):
-        return "tried again on the next run"
-    return "pass --retry-failed to retry"
-
-
-def format_table(rows: Sequence[Sequence[str]]) -> list[str]:
-    """Columns aligned: the first to the left, the others (numbers) to the right."""
-    widths = [max(len(row[column]) for row in rows) for column in range(len(rows[0]))]
-    return [
-        "  ".join(
-            value.ljust(width) if column == 0 else value.rjust(width)
-            for column, (value, width) in enumerate(zip(row, widths))
-        )
-        for row in rows
-    ]
-
-
-def format_summary(summary: RunSummary, limits: FetchLimits) -> str:
-    """The end-of-run table per class, the failures by reason with the flag that would change each, and the
-    queries that came back short."""
-    header = ("class", "URLs", "already done", "found on disk", "downloaded", "duplicates", "failed", "train", "val")
-    rows = [(*header, "asked")]
-    for class_name, stats in summary.stats.items():
-        counts = (stats.found, stats.already_done, stats.found_on_disk, stats.downloaded, stats.duplicates)
-        counts += (sum(stats.failures.values()), stats.on_disk["train"], stats.on_disk["val"])
-        rows.append((class_name, *map(str, counts), "all" if stats.asked is None else str(stats.asked)))
-    lines = format_table(rows)
-    failure_lines = []
-    for class_name, stats in summary.stats.items():
-        for reason in sorted(set(stats.failures) | set(stats.failed_before)):
-            now, before = stats.failures[reason], stats.failed_before[reason]
-            count = (
-                f"{before} in earlier runs" if not now else f"{now}" + (f" (+{before} in earlier runs)" * bool(before))
-            )
-            label = cli.printable(failure_label(reason, limits))
-            failure_lines.append(f"  {class_name}: {label}: {count} — {failure_hint(reason)}")
-    if failure_lines:
-        lines.append("Failed URLs by reason:")
-        lines.extend(failure_lines)
-    for class_name, stats in summary.stats.items():
-        if stats.is_short:
-            lines.append(f"{class_name}: {stats.total_on_disk} images, fewer than the {stats.asked} asked")
-    if summary.short_queries:
-        lines.append(f"Queries that came back short ({len(summary.short_queries)}):")
-        lines.extend(
-            f"  {short.class_name}: {cli.printable(repr(short.query))} gave {short.found} of {short.wanted} "
-            f"({cli.printable(short.reason)})"
-            for short in summary.short_queries
-        )
-    return "\n".join(lines)
 
 
 def is_process_alive(pid: int) -> bool:
@@ -396,30 +288,6 @@ def save_new_file(data: bytes, path: Path) -> bool:
         return True
     finally:
         temp.unlink(missing_ok=True)
-
-
-def write_report(summary: RunSummary, config: DownloadConfig) -> None:
-    classes = {
-        name: {
-            "asked": stats.asked,
-            "found": stats.found,
-            "already_done": stats.already_done,
-            "found_on_disk": stats.found_on_disk,
-            "downloaded": stats.downloaded,
-            "duplicates": stats.duplicates,
-            "failed": sum(stats.failures.values()),
-            "failures_by_reason": dict(sorted(stats.failures.items())),
-            "failed_before_by_reason": dict(sorted(stats.failed_before.items())),
-            "train": stats.on_disk["train"],
-            "val": stats.on_disk["val"],
-            "is_short": stats.is_short,
-        }
-        for name, stats in summary.stats.items()
-    }
-    errors = [{"input": message} for message in config.input_errors] + summary.errors
-    report = {"schema_version": REPORT_SCHEMA_VERSION, "mode": config.mode, "manifest": MANIFEST_NAME}
-    report |= {"classes": classes, "short_queries": [vars(short) for short in summary.short_queries], "errors": errors}
-    write_json(config.report_path, report)
 
 
 # -------------------------------------------------------------------------------------------------------- the run
@@ -903,9 +771,10 @@ def main(
     manifest = cli.printable(config.dataset_dir / MANIFEST_NAME)
     print(f"{new_images} images downloaded into {cli.printable(config.dataset_dir)}; manifest: {manifest}")
     if config.dataset_dir.is_dir():
-        write_report(summary, config)
+        write_report(config.report_path, summary, config.mode, config.input_errors)
     is_short = any(stats.is_short for stats in summary.stats.values())
-    has_failures = config.url_candidates is not None and (bool(summary.errors) or bool(config.input_errors))
+    has_failed_urls = any(stats.failures or stats.failed_before for stats in summary.stats.values())
+    has_failures = config.url_candidates is not None and (has_failed_urls or bool(config.input_errors))
     return cli.EXIT_PARTIAL if is_short or has_failures else cli.EXIT_OK
 
 

@@ -10,7 +10,10 @@ import os
 import socket
 import subprocess
 import sys
+import threading
+import time
 import types
+from collections import Counter
 from pathlib import Path
 
 import download_images
@@ -18,7 +21,7 @@ import image_search
 import pytest
 import search_queries
 from _download_helpers import FakeSearch, ImageServer, Route, bad_routes, encode_good_image, good_routes
-from conftest import ROOT
+from conftest import IS_ROOT, ROOT
 from download_images import REPORT_NAME, parse_url_lines, split_for_hash
 from download_manifest import MANIFEST_NAME, ManifestWriter, latest_records_by_url, read_manifest, should_fetch
 from image_fetch import (
@@ -459,6 +462,286 @@ def test_leftovers_of_a_killed_run_are_cleaned_up_or_adopted(tmp_path: Path) -> 
     records = read_manifest(manifest)
     assert [record["status"] for record in records] == ["saved"] * 3
     assert records[-1]["path"] == landed.relative_to(dataset).as_posix()
+
+
+# ------------------------------------------------------------------------------------------------ re-runs and limits
+
+
+def write_urls(path: Path, urls: list[str], class_name: str = "bird") -> Path:
+    path.write_text("".join(f"{class_name},{url}\n" for url in urls), encoding="utf-8")
+    return path
+
+
+def report_of(path: Path) -> dict:
+    return json.loads(path.read_text(encoding="utf-8"))
+
+
+def test_a_changed_limit_retries_exactly_the_urls_it_refused(tmp_path: Path, capsys) -> None:
+    routes = {
+        "/small-40.png": Route(encode_good_image("png", 0, 1, size=(40, 40)), content_type="image/png"),
+        "/small-50.png": Route(encode_good_image("png", 0, 2, size=(50, 50)), content_type="image/png"),
+        "/small-64.png": Route(encode_good_image("png", 0, 3, size=(64, 64)), content_type="image/png"),
+        "/missing.jpg": Route(b"gone", status=404, content_type="text/plain"),
+    }
+    dataset = tmp_path / "dataset"
+    with ImageServer(routes) as server:
+        urls = write_urls(tmp_path / "urls.csv", [server.url(path) for path in routes])
+        argv = ["--urls-file", str(urls), "--dataset-dir", str(dataset), *FAST]
+
+        assert run([*argv, "--min-size", "100"]) == 1
+        out = capsys.readouterr().out
+        assert "bird: too small (< --min-size 100): 3 — lower --min-size to retry" in out
+        assert "bird: http 404: 1 — pass --retry-failed to retry" in out
+        record = latest_manifest(dataset)[server.url("/small-64.png")]
+        assert (record["reason"], record["limit"], record["width"]) == (
+            "too small",
+            {"flag": "--min-size", "value": 100},
+            64,
+        )
+
+        hits = dict(server.hits)
+        assert run([*argv, "--min-size", "60"]) == 1  # the 404 is still failed
+        assert server.hits - Counter(hits) == Counter({"/small-64.png": 1})  # only the image 60 now lets through
+        out = capsys.readouterr().out
+        assert "1 images downloaded" in out
+        assert "bird: too small (< --min-size 60): 2 in earlier runs — lower --min-size to retry" in out
+
+        hits = dict(server.hits)
+        assert run([*argv, "--min-size", "32"]) == 1
+        assert server.hits - Counter(hits) == Counter({"/small-40.png": 1, "/small-50.png": 1})
+        assert "2 images downloaded" in capsys.readouterr().out
+
+        hits = dict(server.hits)
+        assert run([*argv, "--min-size", "32", "--retry-failed"]) == 1
+        assert server.hits - Counter(hits) == Counter({"/missing.jpg": 1})  # the rest: the 404 only
+    assert len(image_files(dataset)) == 3
+
+
+def test_raising_max_bytes_and_ignoring_the_content_type_retry_those_refusals(tmp_path: Path, capsys) -> None:
+    big = encode_good_image("png", 1, 7, size=(300, 300))
+    routes = {
+        "/big.png": Route(big, content_type="image/png"),
+        "/as-html.png": Route(encode_good_image("png", 1, 8), content_type="text/html"),
+    }
+    dataset = tmp_path / "dataset"
+    with ImageServer(routes) as server:
+        urls = write_urls(tmp_path / "urls.csv", [server.url(path) for path in routes])
+        argv = ["--urls-file", str(urls), "--dataset-dir", str(dataset), *FAST]
+        assert run([*argv, "--max-bytes", "1000"]) == 1
+        out = capsys.readouterr().out
+        assert "too large (> --max-bytes 1000): 1 — raise --max-bytes to retry" in out
+        assert "wrong content type: 1 — pass --ignore-content-type to retry" in out
+        latest = latest_manifest(dataset)
+        assert latest[server.url("/big.png")]["limit"] == {"flag": "--max-bytes", "value": 1000}
+        assert latest[server.url("/as-html.png")]["limit"] == {"flag": "--ignore-content-type", "value": False}
+
+        assert run([*argv, "--max-bytes", "1000", "--retry-failed"]) == 1  # not these: a limit refused them
+        assert sum(server.hits.values()) == 2
+        assert run([*argv, "--max-bytes", str(len(big))]) == 1
+        assert server.hits["/big.png"] == 2 and server.hits["/as-html.png"] == 1
+        assert run([*argv, "--max-bytes", str(len(big)), "--ignore-content-type"]) == 0
+        assert server.hits["/big.png"] == 2 and server.hits["/as-html.png"] == 2
+    assert len(image_files(dataset)) == 2
+
+
+def test_deleting_the_manifest_counts_files_found_on_disk_not_downloaded(tmp_path: Path, capsys) -> None:
+    routes = good_routes("bird", 0, 6)
+    dataset = tmp_path / "dataset"
+    with ImageServer(routes) as server:
+        paths = list(routes)
+        urls = write_urls(tmp_path / "urls.csv", [server.url(path) for path in paths[:5]])
+        argv = ["--urls-file", str(urls), "--dataset-dir", str(dataset), *FAST]
+        assert run(argv) == 0
+        assert "5 images downloaded" in capsys.readouterr().out
+        files = image_files(dataset)
+        (dataset / MANIFEST_NAME).unlink()
+        write_urls(urls, [server.url(path) for path in paths])  # one new URL
+        assert run(argv) == 0
+    out = capsys.readouterr().out
+    assert "1 images downloaded" in out
+    bird = report_of(dataset / REPORT_NAME)["classes"]["bird"]
+    assert (bird["found_on_disk"], bird["downloaded"], bird["already_done"]) == (5, 1, 0)
+    assert image_files(dataset).items() >= files.items() and len(image_files(dataset)) == 6
+    assert {record["status"] for record in latest_manifest(dataset).values()} == {"saved"}
+
+
+def test_a_rerun_that_only_retries_dead_hosts_prints_the_table_not_no_network(tmp_path: Path, capsys) -> None:
+    routes = good_routes("bird", 0, 3)
+    dead = f"http://127.0.0.1:{closed_port()}"
+    dataset = tmp_path / "dataset"
+    with ImageServer(routes) as server:
+        urls = write_urls(
+            tmp_path / "urls.csv", [f"{dead}/a.jpg", *(server.url(path) for path in routes), f"{dead}/b.jpg"]
+        )
+        argv = ["--urls-file", str(urls), "--dataset-dir", str(dataset), *FAST]
+        assert run(argv) == 1
+        capsys.readouterr()
+        assert run(argv) == 1  # only the two dead-host URLs are tried again
+        assert sum(server.hits.values()) == 3
+    output = capsys.readouterr()
+    assert "No network" not in output.err
+    assert "bird: connection error: 2 — tried again on the next run" in output.out
+    assert "URLs" in output.out and "0 images downloaded" in output.out
+
+
+def test_no_network_is_not_said_when_every_url_was_refused_for_another_reason(tmp_path: Path, capsys) -> None:
+    routes = {
+        f"/tiny-{n}.png": Route(encode_good_image("png", 0, n, size=(8, 8)), content_type="image/png") for n in range(3)
+    }
+    dataset = tmp_path / "dataset"
+    with ImageServer(routes) as server:
+        urls = write_urls(tmp_path / "urls.csv", [server.url(path) for path in routes])
+        argv = ["--urls-file", str(urls), "--dataset-dir", str(dataset), *FAST]
+        assert run(argv) == 1
+        assert run(argv) == 1  # nothing to do: the table all the same
+    output = capsys.readouterr()
+    assert "No network" not in output.err and output.out.count("already done") == 2
+    assert "too small (< --min-size 32): 3 in earlier runs — lower --min-size to retry" in output.out
+
+
+# ---------------------------------------------------------------------------------------------- hostile and concurrent
+
+
+def test_two_concurrent_runs_each_count_what_they_saved(tmp_path: Path) -> None:
+    routes = good_routes("bird", 0, 40)
+    dataset = tmp_path / "dataset"
+    with ImageServer(routes, latency_s=0.01) as server:
+        urls = write_urls(tmp_path / "urls.csv", [server.url(path) for path in routes])
+        codes: dict[str, int] = {}
+
+        def download(name: str) -> None:
+            argv = ["--urls-file", str(urls), "--dataset-dir", str(dataset), "--report", str(tmp_path / f"{name}.json")]
+            codes[name] = run([*argv, *FAST])
+
+        threads = [threading.Thread(target=download, args=(name,)) for name in ("a", "b")]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join(timeout=120)
+    assert codes == {"a": 0, "b": 0}
+    counts = [report_of(tmp_path / f"{name}.json")["classes"]["bird"] for name in ("a", "b")]
+    assert counts[0]["downloaded"] + counts[1]["downloaded"] == 40
+    for bird in counts:
+        assert bird["downloaded"] + bird["found_on_disk"] + bird["already_done"] + bird["duplicates"] == 40
+    assert len(image_files(dataset)) == 40  # no temporary file left
+    lines = (dataset / MANIFEST_NAME).read_bytes().decode("utf-8").splitlines()
+    records = [json.loads(line) for line in lines]  # every line whole
+    assert {record["url"] for record in records if record["status"] == "saved"} == {server.url(p) for p in routes}
+
+
+def test_manifest_lines_stay_whole_with_two_writers(tmp_path: Path) -> None:
+    path = tmp_path / MANIFEST_NAME
+
+    def append(name: str) -> None:
+        writer = ManifestWriter(path)
+        for number in range(300):
+            writer.write({"url": f"{name}{number}", "detail": name * 20_000})  # lines longer than any buffer
+        writer.close()
+
+    threads = [threading.Thread(target=append, args=(name,)) for name in "ab"]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    lines = path.read_text(encoding="utf-8").splitlines()
+    assert len(lines) == 600 and len({json.loads(line)["url"] for line in lines}) == 600
+
+
+@pytest.mark.skipif(IS_ROOT, reason="root writes into read-only folders")
+def test_read_only_dataset_is_refused_in_one_sentence_before_any_work(tmp_path: Path, capsys) -> None:
+    dataset = tmp_path / "dataset"
+    (dataset / "train" / "bird").mkdir(parents=True)
+    dataset.chmod(0o555)
+    try:
+        search = FakeSearch({"q": ["http://127.0.0.1:9/x.jpg"]})
+        queries = write_queries(tmp_path / "q.json", {"bird": ["q"]})
+        assert run(["--duckduckgo", "--queries", str(queries), "--dataset-dir", str(dataset), *FAST], search) == 2
+    finally:
+        dataset.chmod(0o755)
+    err = capsys.readouterr().err
+    assert err.startswith("error: cannot download into") and "read-only" in err and len(err.splitlines()) == 1
+    assert search.calls == [] and sorted(os.listdir(dataset)) == ["train"]
+
+
+def test_read_only_class_folder_is_refused_before_any_work(tmp_path: Path, monkeypatch, capsys) -> None:
+    """The same refusal as above, on a machine where the tests run as root (os.access says what a user would see)."""
+    dataset = tmp_path / "dataset"
+    locked = dataset / "val" / "bird"
+    locked.mkdir(parents=True)
+    real_access = os.access
+    monkeypatch.setattr(os, "access", lambda path, mode: Path(path) != locked and real_access(path, mode))
+    search = FakeSearch({"q": ["http://127.0.0.1:9/x.jpg"]})
+    queries = write_queries(tmp_path / "q.json", {"bird": ["q"]})
+    assert run(["--duckduckgo", "--queries", str(queries), "--dataset-dir", str(dataset), *FAST], search) == 2
+    err = capsys.readouterr().err
+    assert err == f"error: cannot download into {dataset}: {locked} is read-only: cannot write there\n"
+    assert search.calls == [] and sorted(os.listdir(dataset)) == ["val"]
+
+
+def test_a_class_folder_linked_outside_the_dataset_is_refused(tmp_path: Path, capsys) -> None:
+    outside = tmp_path / "elsewhere"
+    outside.mkdir()
+    (outside / "precious.jpg").write_bytes(b"mine")
+    dataset = tmp_path / "dataset"
+    (dataset / "train").mkdir(parents=True)
+    (dataset / "train" / "bird").symlink_to(outside)
+    routes = good_routes("bird", 0, 2)
+    with ImageServer(routes) as server:
+        urls = write_urls(tmp_path / "urls.csv", [server.url(path) for path in routes])
+        assert run(["--urls-file", str(urls), "--dataset-dir", str(dataset), *FAST]) == 2
+        assert sum(server.hits.values()) == 0
+    assert "leads outside" in capsys.readouterr().err
+    assert os.listdir(outside) == ["precious.jpg"] and (outside / "precious.jpg").read_bytes() == b"mine"
+
+
+def test_stale_temp_files_of_our_kind_are_removed_at_start(tmp_path: Path) -> None:
+    dataset = tmp_path / "dataset"
+    cache = dataset / ".search_cache"
+    cache.mkdir(parents=True)
+    hour_ago = time.time() - 7200
+    stale = [dataset / f".{REPORT_NAME}.k1ll3d.tmp", cache / ".birds-0123456789ab.json.x9y8.tmp"]
+    fresh = dataset / f".{REPORT_NAME}.l1ve00.tmp"  # another run may be writing it right now
+    not_ours = dataset / ".notes.txt.abc.tmp"
+    for path in [*stale, fresh, not_ours]:
+        path.write_text("{")
+    for path in [*stale, not_ours]:
+        os.utime(path, (hour_ago, hour_ago))
+    routes = good_routes("bird", 0, 1)
+    with ImageServer(routes) as server:
+        urls = write_urls(tmp_path / "urls.csv", [server.url(path) for path in routes])
+        assert run(["--urls-file", str(urls), "--dataset-dir", str(dataset), *FAST]) == 0
+    assert not any(path.exists() for path in stale)
+    assert fresh.exists() and not_ours.exists()
+
+
+def test_printed_urls_are_escaped(tmp_path: Path, capsys) -> None:
+    with ImageServer({}) as server:
+        spoof = server.url("/x\u202egnp.jpg\x1b[2J")
+        urls = write_urls(tmp_path / "urls.csv", [spoof])
+        assert run(["--urls-file", str(urls), "--dataset-dir", str(tmp_path / "dataset"), *FAST]) == 1
+    err = capsys.readouterr().err
+    assert "\u202e" not in err and "\x1b" not in err
+    assert "x\\u202egnp.jpg\\x1b[2J: http 404" in err
+
+
+def test_odd_files_in_a_class_folder_do_not_break_the_scan(tmp_path: Path) -> None:
+    routes = good_routes("bird", 0, 2)
+    first = next(iter(routes))
+    dataset = tmp_path / "dataset"
+    folder = dataset / "train" / "bird"
+    folder.mkdir(parents=True)
+    odd_name = os.fsencode(folder) + b"/bad\xffname.png"
+    with open(odd_name, "wb") as file:  # a name that is not UTF-8, holding the first image's bytes
+        file.write(routes[first].body)
+    os.mkfifo(folder / "pipe.jpg")  # never opened: reading it would hang
+    with ImageServer(routes) as server:
+        urls = write_urls(tmp_path / "urls.csv", [server.url(path) for path in routes])
+        assert run(["--urls-file", str(urls), "--dataset-dir", str(dataset), *FAST]) == 0
+        record = latest_manifest(dataset)[server.url(first)]
+    assert record["status"] == "duplicate"
+    assert os.fsencode(dataset / record["duplicate_of"]) == odd_name  # lossless, and the manifest is valid UTF-8
+    (dataset / MANIFEST_NAME).read_bytes().decode("utf-8")
+    assert len([name for name in os.listdir(folder) if name.endswith(".png")]) in (1, 2)  # the new image + ours
 
 
 # ------------------------------------------------------------------------------------------------ pure functions
