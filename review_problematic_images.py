@@ -1,19 +1,33 @@
 """Review the training images the trainer flagged as mislabelled or problematic, and fix them safely.
 
 Reads the report of ``train_classifier.py --detect-problematic`` and shows the flagged images as a thumbnail grid, as
-their loss across the analysis epochs, as text, or one by one in the terminal to keep, delete or relabel each.
+their loss across the analysis epochs, as text, or one by one in the terminal to keep, delete or relabel each; or
+applies a decisions file made elsewhere (the HTML report exports one).
 
     python review_problematic_images.py                                  # grid of all flagged images
     python review_problematic_images.py --class bird --limit 10 --mode summary
     python review_problematic_images.py --mode interactive               # keep / delete / relabel, then confirm
-    python review_problematic_images.py --undo dataset/.trash/review_20261129_012345/move_log.json
+    python review_problematic_images.py --apply-decisions decisions.json # the same checks, confirm, trash and undo
+    python review_problematic_images.py --undo dataset/.trash/review_problematic_images_20261129T012345Z.json
 
-Writes: PNG figures (to ``--save FILE``, or next to the report when there is no display); in interactive mode a
-decisions file (default ``<report folder>/problematic_review_decisions.json``, rewritten after every answer) and, once
-the changes are confirmed, ``move_log.json`` in the trash folder (default ``<dataset>/.trash/review_<timestamp>/``;
-``move_log_1.json``, ... when a log is already there, never overwritten), which ``--undo`` reverses exactly, also
-dropping the restored images' entries from the decisions file so a rerun shows them again. Nothing on disk changes
-before that confirmation.
+Writes: PNG figures (``--save FILE``, or next to the report when there is no display); in interactive mode the
+decisions file (default ``<report folder>/problematic_review_decisions.json``, rewritten after every answer). Nothing
+in the dataset changes until the pending deletions and relabels are listed and confirmed (or ``--yes``); then they go
+through trash.py, the one trash of every tool: a lock (a second run on the dataset refuses), a log written before any
+move, deleted images kept under ``<dataset>/.trash/<run>/``, and ``--undo LOG`` puts every file back (checking its
+SHA-256) and drops the restored images' decisions so a rerun shows them again.
+
+Decisions file, a JSON object (only ``schema_version`` and ``decisions`` are required):
+    schema_version  1
+    decisions_type  "problematic_review_decisions"
+    dataset_dir     the dataset the decisions were made on (absolute); refused when it is not the dataset in use
+    report_path, report_created, updated: where the decisions came from (interactive mode writes them)
+    decisions       {relative path: {"action": "keep" | "delete" | "relabel", "target_class": the name of an existing
+                    class folder of the image's split (relabel only; a name, never a path), "sha256": the file's hex
+                    SHA-256 when it was decided (optional; a file that changed since is refused), "applied": true once
+                    moved, "moved_to": where}}
+Every decision is checked before any file moves: one that names a file outside the dataset (absolute, '..', through a
+symlinked folder), a class folder that does not exist or a file that changed refuses the whole file, nothing moved.
 """
 
 from __future__ import annotations
@@ -22,6 +36,7 @@ import argparse
 import logging
 import math
 import os
+import re
 import sys
 import textwrap
 from collections.abc import Callable, Iterable, Sequence
@@ -29,15 +44,18 @@ from pathlib import Path, PurePosixPath
 from typing import Any
 
 import cli
+import trash
 from fileio import (
     ReportError,
+    UnsafePathError,
     atomic_write,
     class_folders,
-    is_inside,
-    is_safe_relative,
     read_json,
+    regular_file_reason,
+    resolve_inside,
+    sha256_file,
     utc_now,
-    utc_stamp,
+    writable_folder_reason,
     write_json,
 )
 from problematic_report import DEFAULT_NAME, evidence_note, load_report
@@ -45,14 +63,15 @@ from problematic_report import validate_report as validate_report  # re-exported
 
 LOGGER = logging.getLogger(__name__)
 
+TOOL = "review_problematic_images.py"  # how trash.py names this tool's lock, logs and trash folders
 DEFAULT_REPORT_PATH = f"dataset/{DEFAULT_NAME}"  # where the trainer writes it by default
 DECISIONS_FILE_NAME = "problematic_review_decisions.json"  # next to the report, so a rerun finds and resumes it
-DECISIONS_SCHEMA_VERSION = 1  # version of the decisions file written here
+DECISIONS_SCHEMA_VERSION = 1  # bump when the decisions layout above changes; other versions are refused
 DECISIONS_TYPE = "problematic_review_decisions"
-MOVE_LOG_NAME = "move_log.json"  # inside the trash folder, so the log and the deleted files stay together
-MOVE_LOG_SCHEMA_VERSION = 1  # version of the move log that --undo reads
-MOVE_LOG_TYPE = "problematic_review_moves"
-TRASH_FOLDER = ".trash"  # hidden, so the trainer and the duplicate detectors never scan deleted images
+ACTIONS = ("keep", "delete", "relabel")  # what a person can decide about an image
+MOVING_ACTIONS = ("delete", "relabel")  # the decisions that change the dataset (delete = into the trash, undoable)
+OLD_MOVE_LOG_TYPE = "problematic_review_moves"  # this script's own log before trash.py: refused with a sentence
+SHA256_HEX = re.compile(r"[0-9a-fA-F]{64}")
 MODES = ("grid", "trajectory", "interactive", "summary")
 OUT_OF_FOLD_METHODS = ("out-of-fold", "cross_validation")  # the schema's name, and the name older trainers wrote
 THUMBNAIL_SIZE = 160  # pixels of the longer side in the grid: enough to judge a label, small enough for 40 a page
@@ -242,6 +261,51 @@ def parse_answer(text: str, entry: dict[str, Any], valid_targets: Sequence[str])
     raise ValueError(f"unknown answer {cli.printable(text.strip())!r}")
 
 
+def validate_decisions(data: Any) -> dict[str, dict[str, Any]]:
+    """The ``decisions`` of a loaded decisions file; ReportError naming the first field whose value has the wrong type.
+
+    Only the shape is checked here (a file never trusted); whether each path and class exists is ``decision_refusal``.
+    """
+    if not isinstance(data, dict):
+        raise ReportError("it is not a JSON object")
+    if data.get("schema_version") != DECISIONS_SCHEMA_VERSION:
+        raise ReportError(f"its 'schema_version' is {data.get('schema_version')!r}; this script reads 1")
+    if data.get("decisions_type", DECISIONS_TYPE) != DECISIONS_TYPE:
+        raise ReportError(f"its 'decisions_type' is {data['decisions_type']!r}, not {DECISIONS_TYPE!r}")
+    if data.get("dataset_dir") is not None and not isinstance(data["dataset_dir"], str):
+        raise ReportError("its 'dataset_dir' is not a path (text)")
+    decisions = data.get("decisions")
+    if not isinstance(decisions, dict):
+        raise ReportError("its 'decisions' is not an object of {image path: decision}")
+    for path, decision in decisions.items():
+        where = f"the decision for {cli.printable(path)!r}"
+        if not isinstance(decision, dict):
+            raise ReportError(f"{where} is not an object")
+        if decision.get("action") not in ACTIONS:
+            raise ReportError(f"{where} has 'action' {decision.get('action')!r}; expected keep, delete or relabel")
+        target = decision.get("target_class")
+        if decision["action"] == "relabel" and (not isinstance(target, str) or not target):
+            raise ReportError(f"{where} is a relabel without a 'target_class' (the name of a class folder)")
+        if decision.get("sha256") is not None and not (
+            isinstance(decision["sha256"], str) and SHA256_HEX.fullmatch(decision["sha256"])
+        ):
+            raise ReportError(f"{where} has a 'sha256' that is not 64 hexadecimal digits")
+        if not isinstance(decision.get("applied", False), bool):
+            raise ReportError(f"{where} has an 'applied' that is not true or false")
+        if decision.get("moved_to") is not None and not isinstance(decision["moved_to"], str):
+            raise ReportError(f"{where} has a 'moved_to' that is not a path (text)")
+    return decisions
+
+
+def pending_decisions(decisions: dict[str, dict[str, Any]]) -> list[tuple[str, dict[str, Any]]]:
+    """The deletions and relabels not applied yet, in the file's order."""
+    return [
+        (path, decision)
+        for path, decision in decisions.items()
+        if decision["action"] in MOVING_ACTIONS and not decision.get("applied")
+    ]
+
+
 def unique_destination(destination: PurePosixPath, is_taken: Callable[[PurePosixPath], bool]) -> PurePosixPath:
     """``destination``, or ``stem_1.ext``, ``stem_2.ext``... the first name not taken: a move never overwrites."""
     candidate, number = destination, 1
@@ -252,37 +316,35 @@ def unique_destination(destination: PurePosixPath, is_taken: Callable[[PurePosix
 
 
 def plan_moves(
-    decisions: Sequence[dict[str, Any]], trash_dir: PurePosixPath, exists: Callable[[PurePosixPath], bool]
-) -> list[dict[str, Any]]:
-    """One move per delete or relabel decision, in order; destinations never collide with a file or each other.
+    pending: Sequence[tuple[str, dict[str, Any]]], is_taken: Callable[[PurePosixPath], bool]
+) -> list[trash.Move]:
+    """One trash.Move per deletion or relabel, in order; relabel destinations never collide with a file or each other.
 
-    Paths are relative to the dataset folder (``trash_dir`` may be absolute). A deleted image keeps its relative path
-    inside the trash folder; a relabelled one goes to ``<split>/<target class>/<file name>``. ``exists`` says whether a
-    path is taken on disk.
+    A deletion is trash.py's "trash" action (kept under ``.trash/<run>/<path>``, undoable), never its permanent
+    "delete". A relabel goes to ``<split>/<target class>/<file name>``. ``is_taken`` says whether a path is on disk.
     """
-    moves: list[dict[str, Any]] = []
-    planned: set[PurePosixPath] = set()
-    for decision in decisions:
-        source = PurePosixPath(decision["path"])
+    moves, planned = [], set()
+    for path, decision in pending:
+        source = PurePosixPath(path)
         if decision["action"] == "delete":
-            wanted = trash_dir / source
-        elif decision["action"] == "relabel":
-            wanted = PurePosixPath(source.parts[0], decision["target_class"], source.name)
-        else:
+            moves.append(trash.Move(source.as_posix(), action="trash", note="deleted in review"))
             continue
-        destination = unique_destination(wanted, lambda path: path in planned or exists(path))
+        wanted = PurePosixPath(source.parts[0], decision["target_class"], source.name)
+        destination = unique_destination(wanted, lambda candidate: candidate in planned or is_taken(candidate))
         planned.add(destination)
-        moves.append(
-            {
-                "action": decision["action"],
-                "class": decision.get("class"),
-                "target_class": decision.get("target_class"),
-                "source": source.as_posix(),
-                "destination": destination.as_posix(),
-                "done": False,
-            }
-        )
+        note = f"relabelled in review to {decision['target_class']}"
+        moves.append(trash.Move(source.as_posix(), destination.as_posix(), "relabel", note=note))
     return moves
+
+
+def format_plan(moves: Sequence[trash.Move]) -> str:
+    """The pending changes, one printable line each, shown before the confirmation."""
+    lines = [f"Pending changes ({len(moves)}):"]
+    for move in moves:
+        where = move.destination if move.action == "relabel" else f"{trash.TRASH_FOLDER}/ (undoable)"
+        action = "relabel" if move.action == "relabel" else "delete"
+        lines.append(f"  {action:<8} {cli.printable(move.source)} -> {cli.printable(where)}")
+    return "\n".join(lines)
 
 
 def grid_pages(count: int, per_page: int) -> list[range]:
@@ -298,7 +360,7 @@ def page_paths(path: Path, pages: int) -> list[Path]:
 
 
 # ---------------------------------------------------------------------------------------------------------------------
-# The dataset on disk
+# The dataset on disk: which report entries can be shown or moved, which decisions can be carried out
 # ---------------------------------------------------------------------------------------------------------------------
 
 
@@ -307,17 +369,171 @@ def path_is_present(path: Path) -> bool:
     return path.exists() or path.is_symlink()
 
 
-def split_present(entries: Sequence[dict[str, Any]], dataset_dir: Path) -> tuple[list[dict[str, Any]], list[str]]:
-    """Entries whose file is still on disk, and one note per entry skipped (moved, deleted or an unsafe path)."""
+def split_present(
+    entries: Sequence[dict[str, Any]], dataset_dir: Path, movable_only: bool = False
+) -> tuple[list[dict[str, Any]], list[str]]:
+    """Entries whose file is still on disk, and one note per entry skipped (moved or deleted since the report).
+
+    An entry whose folder leads outside the dataset through a symlink is shown (read through, as the trainer reads
+    it) but, with ``movable_only``, skipped: no decision on it could ever be carried out.
+    """
     present, notes = [], []
     for entry in entries:
-        if not is_safe_relative(entry["path"]):
-            notes.append(f"{entry['path']}: not a path inside the dataset folder")
-        elif not path_is_present(dataset_dir / entry["path"]):
-            notes.append(f"{entry['path']}: no longer on disk (moved or deleted since the report was written)")
-        else:
+        try:
+            path = resolve_inside(dataset_dir, entry["path"])
+        except UnsafePathError as error:
+            if movable_only:
+                notes.append(f"{error}: it is never moved")
+                continue
+            path = dataset_dir / entry["path"]
+        if path_is_present(path):
             present.append(entry)
+        else:
+            notes.append(f"{entry['path']}: no longer on disk (moved or deleted since the report was written)")
     return present, notes
+
+
+def is_writable(folder: Path) -> bool:
+    return os.access(folder, os.W_OK | os.X_OK)
+
+
+def relabel_refusal(dataset_dir: Path, path: str, target: str) -> str | None:
+    """Why ``path`` cannot be relabelled to ``target``: it must name an existing class folder of the image's split."""
+    parts = PurePosixPath(path).parts
+    classes = class_folders(dataset_dir / parts[0]) if len(parts) >= 3 else []
+    if target not in classes:  # a name from the folder listing, so never a path such as '../../elsewhere'
+        known = ", ".join(cli.printable(name) for name in classes) or "none"
+        return f"{path}: target_class {target!r} is not a class folder of {parts[0]}/ (classes there: {known})"
+    if target == parts[1]:
+        return f"{path}: it is already in class {target!r}"
+    try:
+        destination = resolve_inside(dataset_dir, f"{parts[0]}/{target}/{parts[-1]}")
+    except UnsafePathError:
+        return f"{path}: the class folder {parts[0]}/{target} leads outside the dataset through a symlink"
+    if not is_writable(destination.parent):
+        return f"{path}: the class folder {parts[0]}/{target} is read-only"
+    return None
+
+
+def decision_refusal(dataset_dir: Path, path: str, decision: dict[str, Any]) -> str | None:
+    """Why ``decision`` about ``path`` cannot be carried out in this dataset now (naming the path), or None.
+
+    Every path is checked, keeps included (a file that names outside paths is not trusted for any of them); a
+    deletion or relabel also needs a regular file in a writable folder, unchanged since it was decided.
+    """
+    try:
+        real = resolve_inside(dataset_dir, path)
+    except UnsafePathError as error:
+        return str(error)
+    if trash.is_trash_path(PurePosixPath(path).as_posix()) or real.is_relative_to(
+        (dataset_dir / trash.TRASH_FOLDER).resolve()
+    ):
+        return f"{path} lies in the trash folder"
+    if decision["action"] not in MOVING_ACTIONS or decision.get("applied"):
+        return None
+    reason = regular_file_reason(real)
+    if reason:
+        return f"{path} {reason}"
+    if not is_writable(real.parent):
+        return f"{path}: its folder is read-only"
+    if decision["action"] == "relabel":
+        reason = relabel_refusal(dataset_dir, path, decision["target_class"])
+        if reason:
+            return reason
+    expected = decision.get("sha256")
+    if expected and sha256_file(real) != expected.lower():
+        return f"{path} changed since it was decided (its SHA-256 differs)"
+    return None
+
+
+def refused_decisions(dataset_dir: Path, decisions: dict[str, dict[str, Any]]) -> list[str]:
+    """One line per decision that cannot be carried out: all are checked before any file moves."""
+    refusals = []
+    for path, decision in decisions.items():
+        try:
+            reason = decision_refusal(dataset_dir, path, decision)
+        except OSError as error:
+            reason = f"{path} cannot be read ({error.strerror or error})"
+        if reason:
+            refusals.append(reason)
+    return refusals
+
+
+def load_decisions_file(path: Path, dataset_dir: Path) -> dict[str, Any]:
+    """A decisions file checked for its shape and for the dataset it was made on; else ReportError (one sentence)."""
+    data = read_json(path, "decisions file")
+    try:
+        validate_decisions(data)
+    except ReportError as error:
+        raise ReportError(f"the decisions file {path} cannot be used: {error}; nothing was changed") from None
+    recorded = data.get("dataset_dir")
+    if recorded is not None and Path(recorded).resolve() != dataset_dir.resolve():
+        raise ReportError(
+            f"the decisions file {path} was made for the dataset {recorded}, not {dataset_dir} (the one in use); "
+            f"pass --dataset-dir {recorded} to apply it there"
+        )
+    return data
+
+
+def load_earlier_decisions(path: Path, report: dict[str, Any], dataset_dir: Path) -> dict[str, dict[str, Any]]:
+    """The decisions already made on this report (keyed by image path); {} when there are none yet."""
+    if not path.exists():
+        return {}
+    try:
+        data = load_decisions_file(path, dataset_dir)
+    except ReportError as error:
+        raise ReportError(f"{error} (delete it to start the review over)") from None
+    if data.get("report_created") != report.get("created"):
+        LOGGER.warning("%s belongs to another report; starting with no earlier decisions", cli.printable(path))
+        return {}
+    return data["decisions"]
+
+
+def write_decisions(
+    path: Path, dataset_dir: Path, report_path: Path, report: dict[str, Any], decisions: dict[str, dict[str, Any]]
+) -> None:
+    write_json(
+        path,
+        {
+            "schema_version": DECISIONS_SCHEMA_VERSION,
+            "decisions_type": DECISIONS_TYPE,
+            "dataset_dir": str(dataset_dir.resolve()),
+            "report_path": report_path.as_posix(),
+            "report_created": report.get("created"),
+            "updated": utc_now(),
+            "decisions": decisions,
+        },
+    )
+
+
+def forget_restored_decisions(decisions_path: Any, dataset_dir: Path, restored: dict[str, str]) -> None:
+    """Drop the decisions of images an undo put back ({source: where it had gone}), so a rerun shows them again.
+
+    The path comes from a log, so it is used only when it is a decisions file of this dataset; it is never created.
+    """
+    if not isinstance(decisions_path, str) or not restored:
+        return
+    path = Path(decisions_path)
+    if not path.is_file():
+        return
+    try:
+        data = load_decisions_file(path, dataset_dir)
+    except ReportError as error:
+        LOGGER.warning("%s; delete it to review the restored images again", cli.printable(error))
+        return
+    decisions = data["decisions"]
+    dropped = [
+        source
+        for source, destination in restored.items()
+        if decisions.get(source, {}).get("action") in MOVING_ACTIONS
+        and (not decisions[source].get("applied") or decisions[source].get("moved_to") == destination)
+    ]
+    for source in dropped:
+        del decisions[source]
+    if dropped:
+        data["updated"] = utc_now()
+        write_json(path, data)
+        print(f"Dropped {len(dropped)} decision(s) from {cli.printable(path)}, so a rerun shows those images again.")
 
 
 # ---------------------------------------------------------------------------------------------------------------------
@@ -380,7 +596,7 @@ def build_grid_figure(
     num_classes, out_of_fold = len(report["classes"]), is_out_of_fold(report)
     columns = max(1, min(GRID_COLUMNS, len(entries)))
     rows = max(1, math.ceil(len(entries) / columns))
-    figure, axes = plt.subplots(rows, columns, figsize=(columns * 2.2, rows * 2.9 + 1.2), squeeze=False)
+    figure, axes = plt.subplots(rows, columns, figsize=(columns * 2.2, rows * 2.9 + 0.9), squeeze=False)
     for axis in axes.flat:
         axis.set_axis_off()
     for axis, entry, (image, reason) in zip(axes.flat, entries, thumbnails):
@@ -438,7 +654,7 @@ def build_trajectory_figure(plt: Any, entries: Sequence[dict[str, Any]], num_cla
     figure.suptitle(title, fontsize=10)
     handles = severity_handles(num_classes, with_uniform_line=True)
     figure.legend(handles=handles, loc="lower center", ncol=len(handles), fontsize=7)
-    figure.tight_layout(rect=(0, 0.05, 1, 1))
+    figure.tight_layout(rect=(0, 0.03, 1, 0.98))
     return figure
 
 
@@ -457,7 +673,10 @@ def output_figures(plt: Any, figures: Sequence[Any], save_path: Path | None) -> 
         plt.show()
         return
     for figure, path in zip(figures, page_paths(save_path, len(figures))):
-        save_figure(plt, figure, path)
+        try:
+            save_figure(plt, figure, path)
+        except OSError as error:
+            raise ReportError(f"cannot write {path} ({error.strerror or error}); pass --save FILE elsewhere") from None
         print(f"wrote {cli.printable(path)}")
 
 
@@ -524,247 +743,16 @@ def ask(prompt: str) -> str | None:
         return None
 
 
-def load_decisions(path: Path, report_created: Any) -> dict[str, dict[str, Any]]:
-    """Earlier decisions for this report (keyed by image path) from the decisions file; {} when there is none."""
-    if not path.exists():
-        return {}
-    try:
-        data = read_json(path, "decisions file")
-    except ReportError as error:
-        LOGGER.warning("%s; starting with no earlier decisions", error)
-        return {}
-    if not isinstance(data, dict) or data.get("decisions_type") != DECISIONS_TYPE:
-        LOGGER.warning("%s is not a decisions file; starting with no earlier decisions", path)
-        return {}
-    if data.get("report_created") != report_created:
-        LOGGER.warning("%s belongs to an older report; starting with no earlier decisions", path)
-        return {}
-    decisions = data.get("decisions", {})
-    return {key: value for key, value in decisions.items() if isinstance(value, dict) and "action" in value}
-
-
-def write_decisions(
-    path: Path, report_path: Path, report: dict[str, Any], decisions: dict[str, dict[str, Any]]
-) -> None:
-    write_json(
-        path,
-        {
-            "schema_version": DECISIONS_SCHEMA_VERSION,
-            "decisions_type": DECISIONS_TYPE,
-            "report_path": report_path.as_posix(),
-            "report_created": report.get("created"),
-            "updated": utc_now(),
-            "decisions": decisions,
-        },
-    )
-
-
-def dataset_relative(path: Path, dataset_dir: Path) -> PurePosixPath:
-    """``path`` relative to the dataset folder when inside it, else absolute (both in POSIX form)."""
-    absolute = path.resolve()
-    try:
-        return PurePosixPath(absolute.relative_to(dataset_dir.resolve()).as_posix())
-    except ValueError:
-        return PurePosixPath(absolute.as_posix())
-
-
-def create_move_log_file(trash_dir: Path, dataset_dir: Path) -> Path:
-    """Create the trash folder and an empty move log in it with an exclusive create, so no earlier log is overwritten.
-
-    The name is move_log.json, or move_log_1.json, move_log_2.json... when taken (another run into the same folder).
-    """
-    trash_dir.mkdir(parents=True, exist_ok=True)
-    if os.stat(trash_dir).st_dev != os.stat(dataset_dir).st_dev:
-        raise ReportError(f"the trash folder {trash_dir} is not on the dataset's filesystem; choose one that is")
-    name = PurePosixPath(MOVE_LOG_NAME)
-    for number in range(10_000):
-        candidate = trash_dir / (name.name if number == 0 else f"{name.stem}_{number}{name.suffix}")
-        try:
-            os.close(os.open(candidate, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644))
-        except FileExistsError:
-            continue
-        return candidate
-    raise ReportError(f"the trash folder {trash_dir} already holds too many move logs; choose another")
-
-
-def apply_moves(
-    moves: list[dict[str, Any]],
-    dataset_dir: Path,
-    log_path: Path,
-    trash_dir: Path,
-    decisions_path: Path | None = None,
-) -> list[str]:
-    """Carry out the planned moves with os.replace, logging each one; returns one error line per move that failed.
-
-    The log is written before the first move and rewritten after each, so an interrupt leaves every file either
-    where it was or where the log says it went (os.replace is atomic), and --undo can put it back. ``log_path``
-    should come from create_move_log_file, so it never replaces another run's log.
-    """
-    trash_dir.mkdir(parents=True, exist_ok=True)
-    log = {
-        "schema_version": MOVE_LOG_SCHEMA_VERSION,
-        "log_type": MOVE_LOG_TYPE,
-        "created": utc_now(),
-        "dataset_dir": dataset_dir.resolve().as_posix(),
-        "trash_dir": trash_dir.resolve().as_posix(),
-        "decisions_path": decisions_path.resolve().as_posix() if decisions_path is not None else None,
-        "status": "in_progress",
-        "moves": moves,
-    }
-    write_json(log_path, log)
-    errors = []
-    try:
-        for move in moves:
-            source = dataset_dir / move["source"]
-            if not path_is_present(source):
-                move["error"] = "no longer on disk"
-                errors.append(f"{move['source']}: no longer on disk, not moved")
-                continue
-            if move["action"] == "relabel" and not (dataset_dir / move["destination"]).parent.is_dir():
-                move["error"] = "target class folder does not exist"
-                errors.append(f"{move['source']}: class folder of {move['destination']} does not exist, not moved")
-                continue
-            destination_rel = unique_destination(
-                PurePosixPath(move["destination"]), lambda path: path_is_present(dataset_dir / path)
-            )
-            move["destination"] = destination_rel.as_posix()
-            destination = dataset_dir / destination_rel
-            destination.parent.mkdir(parents=True, exist_ok=True)
-            write_json(log_path, log)
-            os.replace(source, destination)
-            move["done"] = True
-            write_json(log_path, log)
-    except KeyboardInterrupt:
-        log["status"] = "interrupted"
-        write_json(log_path, log)
-        raise
-    log["status"] = "complete" if not errors else "complete_with_errors"
-    write_json(log_path, log)
-    return errors
-
-
-def undo_moves(log_path: Path) -> tuple[int, list[str]]:
-    """Reverse a move log, last move first; returns (files restored, error lines). Running it twice is harmless.
-
-    What is on disk decides, not the log's 'done' marks: a file found at its destination and not at its source is
-    moved back; one already at its source is left alone; when both exist nothing is overwritten.
-    """
-    data = validate_move_log(read_json(log_path, "move log"), log_path)
-    dataset_dir = Path(data["dataset_dir"])
-    restored, errors = 0, []
-    for move in reversed(data["moves"]):
-        source, destination = dataset_dir / move["source"], dataset_dir / move["destination"]
-        at_source, at_destination = path_is_present(source), path_is_present(destination)
-        if at_destination and not at_source:
-            source.parent.mkdir(parents=True, exist_ok=True)
-            os.replace(destination, source)
-            restored += 1
-        elif at_destination and at_source:
-            errors.append(f"{move['source']}: both it and {move['destination']} exist; left both alone")
-            continue
-        elif not at_source:
-            errors.append(f"{move['source']}: not found at {move['destination']} either")
-            continue
-        move["done"] = False
-        move["undone"] = True
-        write_json(log_path, data)
-    data["status"] = "undone" if not errors else "undone_with_errors"
-    data["undone"] = utc_now()
-    write_json(log_path, data)
-    back = [move for move in data["moves"] if path_is_present(dataset_dir / move["source"])]
-    forget_undone_decisions(data.get("decisions_path"), back, errors)
-    return restored, errors
-
-
-def validate_move_log(data: Any, log_path: Path) -> dict[str, Any]:
-    """Check a loaded move log before anything moves; raises ReportError(reason) otherwise.
-
-    Every source must be a relative path inside the recorded dataset folder and every destination inside the dataset
-    or the recorded trash folder (which must hold the log), so a tampered or foreign log cannot move files elsewhere.
-    """
-    if not isinstance(data, dict) or data.get("log_type") != MOVE_LOG_TYPE:
-        raise ReportError(f"{log_path} is not a move log written by review_problematic_images.py")
-    if data.get("schema_version") != MOVE_LOG_SCHEMA_VERSION:
-        raise ReportError(f"the move log {log_path} has schema_version {data.get('schema_version')!r}, not 1")
-    for key in ("dataset_dir", "trash_dir"):
-        if not isinstance(data.get(key), str) or not Path(data[key]).is_absolute():
-            raise ReportError(f"the move log {log_path} has no absolute {key!r}, so it cannot be undone")
-    if data.get("decisions_path") is not None and not isinstance(data["decisions_path"], str):
-        raise ReportError(f"the move log {log_path} has a 'decisions_path' that is not text")
-    if not isinstance(data.get("moves"), list):
-        raise ReportError(f"the move log {log_path} has no 'moves' list")
-    dataset_dir, trash_dir = Path(data["dataset_dir"]), Path(data["trash_dir"])
-    if not is_inside(log_path.parent, trash_dir) or not is_inside(trash_dir, log_path.parent):
-        raise ReportError(f"the move log {log_path} is not in the trash folder it records ({trash_dir})")
-    for index, move in enumerate(data["moves"]):
-        if not isinstance(move, dict) or not all(isinstance(move.get(key), str) for key in ("source", "destination")):
-            raise ReportError(f"move {index} of the move log {log_path} lacks a text 'source' or 'destination'")
-        source = move["source"]
-        if not is_safe_relative(source) or not is_inside(dataset_dir / source, dataset_dir):
-            raise ReportError(f"move {index} of the move log {log_path} has source {source!r} outside the dataset")
-        destination = dataset_dir / move["destination"]
-        if not move["destination"] or not (is_inside(destination, dataset_dir) or is_inside(destination, trash_dir)):
-            raise ReportError(
-                f"move {index} of the move log {log_path} has destination {move['destination']!r} outside the "
-                "dataset and the trash folder"
-            )
-    return data
-
-
-def forget_undone_decisions(decisions_path: str | None, moves: Sequence[dict[str, Any]], errors: list[str]) -> None:
-    """Drop the decisions of images an undo put back, so a rerun of --mode interactive shows them again.
-
-    Only delete/relabel entries of those images that are unapplied or applied by exactly these moves are dropped;
-    the file is rewritten atomically. A missing or unreadable decisions file is left alone (a line says so).
-    """
-    if not decisions_path or not moves:
-        if moves and not decisions_path:
-            print("This move log names no decisions file; delete it to review the restored images again.")
-        return
-    path = Path(decisions_path)
-    if not path.exists():
-        return
-    try:
-        data = read_json(path, "decisions file")
-    except ReportError as error:
-        errors.append(f"{error}; delete it to review the restored images again")
-        return
-    decisions = data.get("decisions") if isinstance(data, dict) else None
-    if not isinstance(data, dict) or data.get("decisions_type") != DECISIONS_TYPE or not isinstance(decisions, dict):
-        errors.append(f"{path} is not a decisions file; not updated")
-        return
-    dropped = 0
-    for move in moves:
-        decision = decisions.get(move["source"])
-        if (
-            isinstance(decision, dict)
-            and decision.get("action") in {"delete", "relabel"}
-            and (not decision.get("applied") or decision.get("moved_to") == move["destination"])
-        ):
-            del decisions[move["source"]]
-            dropped += 1
-    if dropped:
-        data["updated"] = utc_now()
-        write_json(path, data)
-        print(f"Dropped {dropped} decision(s) from {path}, so a rerun shows those images again.")
-
-
-def review_interactively(
+def decide(
     entries: Sequence[dict[str, Any]],
     dataset_dir: Path,
-    report_path: Path,
-    report: dict[str, Any],
-    decisions_path: Path,
-    trash_dir: Path,
-) -> tuple[list[str], bool]:
-    """The interactive pass: a prompt per image, decisions saved as made, then one confirmation before any move.
-
-    Returns (error lines, whether the run was interrupted during the moves).
-    """
-    decisions = load_decisions(decisions_path, report.get("created"))
+    record: Callable[[dict[str, dict[str, Any]]], None],
+    decisions: dict[str, dict[str, Any]],
+) -> None:
+    """The interactive pass: a prompt per undecided image; ``record(decisions)`` saves them after every answer."""
     decided_before = sum(1 for entry in entries if entry["path"] in decisions)
     if decided_before:
-        print(f"Resuming: {decided_before} image(s) already decided in {decisions_path} (delete it to start over).")
+        print(f"Resuming: {decided_before} image(s) already decided (delete the decisions file to start over).")
     viewer = ImageViewer() if has_display() else None
     pending = [entry for entry in entries if entry["path"] not in decisions]
     skipped_classes: set[str] = set()
@@ -783,11 +771,11 @@ def review_interactively(
             print(describe_entry(entry, position, len(pending)))
             if viewer is not None:
                 viewer.show(dataset_dir / entry["path"], f"{entry['class']} -> {entry.get('suggested_class', '?')}")
-            action = None
+            action, target = None, None
             while action is None:
                 answer = ask("  [k]eep [d]elete [r]elabel CLASS [n]ext [s]kip class [q]uit > ")
                 if answer is None:
-                    action, target = "quit", None
+                    action = "quit"
                     break
                 try:
                     action, target = parse_answer(answer, entry, targets)
@@ -798,65 +786,186 @@ def review_interactively(
                     print(help_text)
                     action = None
             if action == "quit":
-                print("Quitting; decisions so far are kept in", decisions_path)
+                print("Quitting; the decisions so far are kept.")
                 break
             if action == "skip_class":
                 skipped_classes.add(entry["class"])
+            if action not in ACTIONS:
                 continue
-            if action == "next":
-                continue
-            decisions[entry["path"]] = {"action": action, "class": entry["class"], "decided": utc_now()}
+            decision = {"action": action, "class": entry["class"], "decided": utc_now()}
+            if action in MOVING_ACTIONS:  # what the person saw; a file changed before the move is refused
+                decision["sha256"] = sha256_file(dataset_dir / entry["path"])
             if target is not None:
-                decisions[entry["path"]]["target_class"] = target
-            write_decisions(decisions_path, report_path, report, decisions)
+                decision["target_class"] = target
+            decisions[entry["path"]] = decision
+            record(decisions)
     finally:
         if viewer is not None:
             viewer.close()
-    return confirm_and_apply(decisions, dataset_dir, report_path, report, decisions_path, trash_dir)
 
 
-def confirm_and_apply(
+def carry_out(
     decisions: dict[str, dict[str, Any]],
+    dataset_dir: Path,
+    source_name: str,
+    assume_yes: bool,
+    decisions_path: Path | None = None,
+) -> tuple[int, dict[str, str]]:
+    """Check every decision, list the changes, ask once (unless ``assume_yes``), then move through trash.py.
+
+    Must run inside ``trash.lock``. Returns (exit code, {source: destination} of the files moved); nothing moves when
+    any decision is refused or the answer is not yes.
+    """
+    pending = pending_decisions(decisions)
+    if not pending:
+        print("No deletions or relabels to apply; nothing changed on disk.")
+        return cli.EXIT_OK, {}
+    refusals = refused_decisions(dataset_dir, decisions)
+    if refusals:
+        for reason in refusals:
+            LOGGER.warning("refused %s", cli.printable(reason))
+        more = f" (and {len(refusals) - 1} more, listed above)" if len(refusals) > 1 else ""
+        first = cli.printable(refusals[0])
+        return cli.error(f"{cli.printable(source_name)} cannot be applied: {first}{more}; nothing was moved."), {}
+    moves = plan_moves(pending, lambda candidate: os.path.lexists(dataset_dir / candidate))
+    print(format_plan(moves))
+    if not assume_yes:
+        answer = ask(f"Apply these {len(moves)} change(s) now? [y/N] ")
+        if answer is None or answer.strip().lower() not in {"y", "yes"}:
+            print(f"Nothing changed on disk; {cli.printable(source_name)} keeps the decisions for a later run.")
+            return cli.EXIT_OK, {}
+    extra = {"decisions_path": str(decisions_path.resolve()) if decisions_path else None, "decisions": source_name}
+    log_path = trash.new_log(dataset_dir, TOOL, moves, extra=extra)
+    interrupted = False
+    try:
+        trash.apply(dataset_dir, log_path, progress=lambda items: cli.progress(items, desc="Moving", unit="file"))
+    except KeyboardInterrupt:
+        interrupted = True
+    log = trash.load_log(dataset_dir, log_path)
+    moved = {move["source"]: move["destination"] for move in log["moves"] if move["status"] == "done"}
+    refused = [move for move in log["moves"] if move["status"] == "refused"]
+    for move in refused:
+        LOGGER.warning("not moved %s: %s", cli.printable(move["source"]), cli.printable(move["reason"]))
+    print(f"Moved {len(moved)} file(s); log {cli.printable(log_path)}")
+    print(f"To undo: python review_problematic_images.py --undo {cli.printable(log_path)}")
+    if interrupted:
+        print("Interrupted while moving: every file is either moved or in place, as the log says.", file=sys.stderr)
+        return cli.EXIT_INTERRUPTED, moved
+    return (cli.EXIT_PARTIAL if refused else cli.EXIT_OK), moved
+
+
+def review_interactively(
+    entries: Sequence[dict[str, Any]],
     dataset_dir: Path,
     report_path: Path,
     report: dict[str, Any],
     decisions_path: Path,
-    trash_dir: Path,
-) -> tuple[list[str], bool]:
-    """List the pending deletions and relabels, ask once, and move the files only on 'y'."""
-    to_apply = [
-        {"path": path, **decision}
-        for path, decision in decisions.items()
-        if decision["action"] in {"delete", "relabel"} and not decision.get("applied")
-    ]
-    if not to_apply:
-        print("No deletions or relabels to apply; nothing changed on disk.")
-        return [], False
-    trash_rel = dataset_relative(trash_dir, dataset_dir)
-    moves = plan_moves(to_apply, trash_rel, lambda path: path_is_present(dataset_dir / path))
-    print(f"\nPending changes ({len(moves)}):")
-    for move in moves:
-        print(f"  {move['action']:<8} {move['source']} -> {move['destination']}")
-    answer = ask(f"Apply these {len(moves)} change(s) now? [y/N] ")
-    if answer is None or answer.strip().lower() not in {"y", "yes"}:
-        print(
-            f"Nothing changed on disk. Decisions are kept in {decisions_path}; run --mode interactive again to apply."
+    assume_yes: bool,
+) -> int:
+    """Lock the dataset, ask about each image, then carry out the decisions; returns the exit code."""
+    reason = writable_folder_reason(dataset_dir) or writable_folder_reason(decisions_path.parent)
+    if reason:
+        raise ReportError(
+            f"{reason}; reviewing moves files there and writes {decisions_path.name}, so nothing was changed"
         )
-        return [], False
-    log_path = create_move_log_file(trash_dir, dataset_dir)
-    interrupted = False
+    with trash.lock(dataset_dir, TOOL):
+        decisions = load_earlier_decisions(decisions_path, report, dataset_dir)
+
+        def record(decisions: dict[str, dict[str, Any]]) -> None:
+            write_decisions(decisions_path, dataset_dir, report_path, report, decisions)
+
+        try:
+            decide(entries, dataset_dir, record, decisions)
+        except KeyboardInterrupt:
+            print(
+                f"\nInterrupted; nothing was moved. Decisions so far: {cli.printable(decisions_path)}", file=sys.stderr
+            )
+            return cli.EXIT_INTERRUPTED
+        code, moved = carry_out(
+            decisions, dataset_dir, f"the decisions in {decisions_path}", assume_yes, decisions_path
+        )
+        for source, destination in moved.items():
+            decisions[source].update(applied=True, moved_to=destination)
+        if moved:
+            record(decisions)
+    return code
+
+
+def apply_decisions_file(path: Path, dataset_dir: Path, assume_yes: bool) -> int:
+    """--apply-decisions: the same checks, confirmation, trash and undo as the interactive review; the file is not
+    rewritten (it may be the HTML report's export)."""
+    if not dataset_dir.is_dir():
+        raise ReportError(f"the dataset folder {dataset_dir} does not exist; pass --dataset-dir")
+    reason = writable_folder_reason(dataset_dir)
+    if reason:
+        raise ReportError(f"{reason}; applying decisions moves files in the dataset, so nothing was changed")
+    data = load_decisions_file(path, dataset_dir)
+    with trash.lock(dataset_dir, TOOL):
+        code, _ = carry_out(data["decisions"], dataset_dir, f"the decisions file {path}", assume_yes)
+    return code
+
+
+def undo_run(log_path: Path, dataset_dir: Path | None) -> int:
+    """--undo: put back every file of a trash log of this tool, then forget the restored images' decisions."""
     try:
-        errors = apply_moves(moves, dataset_dir, log_path, trash_dir, decisions_path)
-    except KeyboardInterrupt:
-        interrupted, errors = True, ["interrupted while moving files"]
-    moved = [move for move in moves if move["done"]]
-    for move in moved:
-        decisions[move["source"]]["applied"] = True
-        decisions[move["source"]]["moved_to"] = move["destination"]
-    write_decisions(decisions_path, report_path, report, decisions)
-    print(f"Moved {len(moved)} file(s); move log {log_path}")
-    print(f"To undo: python review_problematic_images.py --undo {log_path}")
-    return errors, interrupted
+        old = read_json(log_path, "log")
+    except ReportError:
+        old = None  # trash.load_log says what is wrong with it
+    if isinstance(old, dict) and old.get("log_type") == OLD_MOVE_LOG_TYPE:
+        raise ReportError(
+            f"{log_path} is a move log of an older review_problematic_images.py, which this version cannot undo; each "
+            "of its 'moves' says where a file came from ('source') and went ('destination'), relative to its "
+            "'dataset_dir': move them back by hand"
+        )
+    dataset_dir = dataset_dir if dataset_dir is not None else trash.dataset_of_log(log_path)
+    reason = writable_folder_reason(dataset_dir)
+    if reason:
+        raise ReportError(f"{reason}; undo moves files back into the dataset, so nothing was changed")
+    with trash.lock(dataset_dir, TOOL):
+        log = trash.load_log(dataset_dir, log_path)
+        result = trash.undo(dataset_dir, log_path)
+    for source, reason in result.errors:
+        LOGGER.warning("not restored %s: %s", cli.printable(source), cli.printable(reason))
+    restored = {move["source"]: move["destination"] for move in log["moves"] if move["source"] in result.done}
+    forget_restored_decisions(log["extra"].get("decisions_path"), dataset_dir, restored)
+    problems = f"; {len(result.errors)} problem(s)" if result.errors else ""
+    print(f"Restored {len(result.done)} file(s) from {cli.printable(log_path)}{problems}")
+    return cli.EXIT_PARTIAL if result.errors else cli.EXIT_OK
+
+
+def show(
+    mode: str,
+    entries: Sequence[dict[str, Any]],
+    notes: Sequence[str],
+    report: dict[str, Any],
+    report_path: Path,
+    dataset_dir: Path,
+    save_path: Path | None,
+) -> int:
+    """--mode summary, grid or trajectory; returns the exit code."""
+    if mode == "summary":
+        text = format_summary(report, entries, report_path.as_posix(), notes)
+        sys.stdout.write(text)
+        if save_path is not None:
+            try:
+                with atomic_write(save_path, "w") as handle:
+                    handle.write(text)
+            except OSError as error:
+                raise ReportError(f"cannot write {save_path} ({error.strerror or error})") from None
+            print(f"wrote {cli.printable(save_path)}")
+        return cli.EXIT_OK
+    if not entries:
+        print("No images match the chosen classes and filters; nothing to show.")
+        return cli.EXIT_OK
+    if save_path is None and not has_display():
+        save_path = report_path.with_name(f"{report_path.stem}_{mode}.png")
+    if mode == "trajectory":
+        run_trajectory(entries, report, save_path)
+        return cli.EXIT_OK
+    errors = run_grid(entries, dataset_dir, report, save_path)
+    for line in errors:
+        LOGGER.warning("%s", cli.printable(line))
+    return cli.EXIT_PARTIAL if errors else cli.EXIT_OK
 
 
 # ---------------------------------------------------------------------------------------------------------------------
@@ -867,7 +976,7 @@ def confirm_and_apply(
 def get_args_parser(add_help: bool = True) -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         description="Review the images train_classifier.py --detect-problematic flagged: grid, loss trajectories, "
-        "text summary, or keep/delete/relabel interactively (undoable).",
+        "text summary, or keep/delete/relabel interactively or from a decisions file (undoable).",
         epilog=cli.EXIT_CODES_HELP,
         add_help=add_help,
     )
@@ -880,7 +989,8 @@ def get_args_parser(add_help: bool = True) -> argparse.ArgumentParser:
     parser.add_argument(
         "--dataset-dir",
         default=None,
-        help="dataset folder the report's paths are relative to (default: the folder holding the report)",
+        help="dataset folder the report's and decisions' paths are relative to (default: the folder holding the "
+        "report; for --undo: the dataset whose .trash holds the log)",
     )
     parser.add_argument("--mode", choices=MODES, default="grid", help="what to show (default: grid)")
     parser.add_argument(
@@ -912,22 +1022,22 @@ def get_args_parser(add_help: bool = True) -> argparse.ArgumentParser:
         "the report)",
     )
     parser.add_argument(
-        "--trash-dir",
+        "--apply-decisions",
         default=None,
-        help=f"where deleted images go, on the dataset's filesystem (default: <dataset>/{TRASH_FOLDER}/review_<time>/)",
+        metavar="FILE",
+        help="carry out a decisions file (e.g. exported by the HTML report): every decision checked first, then "
+        "the same confirmation, trash and --undo as --mode interactive (default: off)",
     )
+    parser.add_argument("--yes", action="store_true", help="apply without asking for confirmation (default: ask once)")
     parser.add_argument(
         "--undo",
         default=None,
         metavar="LOG",
-        help="reverse the moves recorded in this move log, then exit (default: off)",
+        help="put back every file a review moved, from its trash log in <dataset>/.trash/, then exit (default: off)",
     )
+    parser.add_argument("--trash-dir", default=None, help=argparse.SUPPRESS)  # gone: refused with a sentence
     cli.add_output_flags(parser)
     return parser
-
-
-def default_figure_path(report_path: Path, mode: str) -> Path:
-    return report_path.with_name(f"{report_path.stem}_{mode}.png")
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -937,71 +1047,45 @@ def main(argv: Sequence[str] | None = None) -> int:
     cli.set_progress(not args.no_progress)
     if args.limit is not None and args.limit < 1:
         parser.error("--limit must be at least 1")
-
-    if args.undo is not None:
-        try:
-            restored, errors = undo_moves(Path(args.undo))
-        except ReportError as error:
-            return cli.error(f"{error}.")
-        for line in errors:
-            LOGGER.warning("%s", cli.printable(line))
-        print(f"Restored {restored} file(s) from {args.undo}" + (f"; {len(errors)} problem(s)" if errors else ""))
-        return cli.EXIT_PARTIAL if errors else cli.EXIT_OK
-
+    if args.undo is not None and args.apply_decisions is not None:
+        parser.error("--undo and --apply-decisions cannot be combined")
+    if args.trash_dir is not None:
+        return cli.error(
+            f"--trash-dir is no longer used: deleted images go to <dataset>/{trash.TRASH_FOLDER}/<run>/, the one "
+            "trash every birdplane tool shares."
+        )
     report_path = Path(args.report)
-    try:
-        report = load_report(report_path)
-    except ReportError as error:
-        return cli.error(f"{error}.")
-    unknown = sorted(set(args.classes or []) - set(report["classes"]))
-    if unknown:
-        parser.error(f"--class {', '.join(unknown)} is not in the report; choose from: {', '.join(report['classes'])}")
     dataset_dir = Path(args.dataset_dir) if args.dataset_dir else report_path.parent
-    if not dataset_dir.is_dir():
-        parser.error(f"--dataset-dir {dataset_dir} is not a folder")
-
-    entries = select_entries(report, args.classes, args.label_issues_only)
-    entries, notes = split_present(entries, dataset_dir)
-    entries = limit_per_class(entries, args.limit)
-    for note in notes:
-        LOGGER.warning("skipped %s", cli.printable(note))
-    errors: list[str] = []
-    save_path = Path(args.save) if args.save else None
-
-    if args.mode == "summary":
-        text = format_summary(report, entries, report_path.as_posix(), notes)
-        sys.stdout.write(text)
-        if save_path is not None:
-            with atomic_write(save_path, "w") as handle:
-                handle.write(text)
-            print(f"wrote {cli.printable(save_path)}")
-    elif not entries:
-        print("No images match the chosen classes and filters; nothing to show.")
-    elif args.mode in {"grid", "trajectory"}:
-        if save_path is None and not has_display():
-            save_path = default_figure_path(report_path, args.mode)
-        if args.mode == "grid":
-            errors = run_grid(entries, dataset_dir, report, save_path)
-        else:
-            run_trajectory(entries, report, save_path)
-    else:
-        decisions_path = Path(args.decisions) if args.decisions else report_path.with_name(DECISIONS_FILE_NAME)
-        trash_dir = Path(args.trash_dir) if args.trash_dir else dataset_dir / TRASH_FOLDER / f"review_{utc_stamp()}"
-        try:
-            errors, interrupted = review_interactively(
-                entries, dataset_dir, report_path, report, decisions_path, trash_dir
+    try:
+        if args.undo is not None:
+            return undo_run(Path(args.undo), Path(args.dataset_dir) if args.dataset_dir else None)
+        if args.apply_decisions is not None:
+            return apply_decisions_file(Path(args.apply_decisions), dataset_dir, args.yes)
+        report = load_report(report_path)
+        unknown = sorted(set(args.classes or []) - set(report["classes"]))
+        if unknown:
+            parser.error(
+                f"--class {', '.join(unknown)} is not in the report; choose from: {', '.join(report['classes'])}"
             )
-        except ReportError as error:
-            return cli.error(f"{error}.")
-        except KeyboardInterrupt:
-            print("\nInterrupted; nothing was moved. Decisions so far are kept in", decisions_path, file=sys.stderr)
-            return cli.EXIT_INTERRUPTED
-        if interrupted:
-            print("Interrupted while moving; every file is either moved or in place (see the move log).")
-            return cli.EXIT_INTERRUPTED
-    for line in errors:
-        LOGGER.warning("%s", cli.printable(line))
-    return cli.EXIT_PARTIAL if notes or errors else cli.EXIT_OK
+        if not dataset_dir.is_dir():
+            parser.error(f"--dataset-dir {dataset_dir} is not a folder")
+        entries = select_entries(report, args.classes, args.label_issues_only)
+        entries, notes = split_present(entries, dataset_dir, movable_only=args.mode == "interactive")
+        entries = limit_per_class(entries, args.limit)
+        for note in notes:
+            LOGGER.warning("skipped %s", cli.printable(note))
+        if args.mode == "interactive":
+            decisions_path = Path(args.decisions) if args.decisions else report_path.with_name(DECISIONS_FILE_NAME)
+            code = review_interactively(entries, dataset_dir, report_path, report, decisions_path, args.yes)
+        else:
+            save_path = Path(args.save) if args.save else None
+            code = show(args.mode, entries, notes, report, report_path, dataset_dir, save_path)
+    except ReportError as error:  # trash.TrashError is one too
+        return cli.error(f"{cli.printable(error)}.")
+    except KeyboardInterrupt:
+        print("\nInterrupted; nothing was moved.", file=sys.stderr)
+        return cli.EXIT_INTERRUPTED
+    return cli.EXIT_PARTIAL if code == cli.EXIT_OK and notes else code
 
 
 if __name__ == "__main__":

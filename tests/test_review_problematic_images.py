@@ -87,8 +87,7 @@ def make_report(dataset: Path, per_class: int = 3, epochs: int = 3, seed: int = 
     }
 
 
-@pytest.fixture
-def reviewed(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> tuple[Path, Path, dict[str, Any]]:
+def make_reviewed(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> tuple[Path, Path, dict[str, Any]]:
     """(dataset, report path, report) with no display, so every figure goes to a PNG file."""
     monkeypatch.delenv("DISPLAY", raising=False)
     monkeypatch.delenv("WAYLAND_DISPLAY", raising=False)
@@ -97,6 +96,11 @@ def reviewed(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> tuple[Path, Pat
     report_path = dataset / "problematic_images_report.json"
     report_path.write_text(json.dumps(report), encoding="utf-8")
     return dataset, report_path, report
+
+
+@pytest.fixture
+def reviewed(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> tuple[Path, Path, dict[str, Any]]:
+    return make_reviewed(tmp_path, monkeypatch)
 
 
 def run_interactive(
@@ -166,18 +170,20 @@ def test_parse_answer_refuses_relabel_to_missing_or_same_class() -> None:
 
 def test_plan_moves_never_overwrites_a_file_or_another_move() -> None:
     taken = {PurePosixPath("train/plane/a.jpg"), PurePosixPath("train/plane/a_1.jpg")}
-    decisions = [
-        {"path": "train/bird/a.jpg", "action": "relabel", "target_class": "plane", "class": "bird"},
-        {"path": "train/other/a.jpg", "action": "relabel", "target_class": "plane", "class": "other"},
-        {"path": "train/bird/b.jpg", "action": "delete", "class": "bird"},
-        {"path": "train/bird/c.jpg", "action": "keep", "class": "bird"},
+    pending = [
+        ("train/bird/a.jpg", {"action": "relabel", "target_class": "plane"}),
+        ("train/other/a.jpg", {"action": "relabel", "target_class": "plane"}),
+        ("train/bird/b.jpg", {"action": "delete"}),
     ]
-    moves = review.plan_moves(decisions, PurePosixPath(".trash/review_x"), lambda path: path in taken)
-    assert [(move["source"], move["destination"]) for move in moves] == [
-        ("train/bird/a.jpg", "train/plane/a_2.jpg"),
-        ("train/other/a.jpg", "train/plane/a_3.jpg"),
-        ("train/bird/b.jpg", ".trash/review_x/train/bird/b.jpg"),
+    moves = review.plan_moves(pending, lambda path: path in taken)
+    assert [(move.source, move.destination, move.action) for move in moves] == [
+        ("train/bird/a.jpg", "train/plane/a_2.jpg", "relabel"),
+        ("train/other/a.jpg", "train/plane/a_3.jpg", "relabel"),
+        ("train/bird/b.jpg", "", "trash"),  # into .trash/<run>/, undoable; never trash.py's permanent "delete"
     ]
+    decisions = {"train/bird/c.jpg": {"action": "keep"}, **{path: decision for path, decision in pending}}
+    decisions["train/bird/b.jpg"]["applied"] = True
+    assert [path for path, _ in review.pending_decisions(decisions)] == ["train/bird/a.jpg", "train/other/a.jpg"]
     assert review.page_paths(Path("g.png"), 1) == [Path("g.png")]
     assert review.page_paths(Path("g.png"), 2) == [Path("g_page1.png"), Path("g_page2.png")]
     assert [len(page) for page in review.grid_pages(100, 48)] == [48, 48, 4]
@@ -318,18 +324,26 @@ def test_trajectory_without_display_writes_default_png(reviewed: tuple[Path, Pat
 # --------------------------------------------------------------------------------------------------- interactive
 
 
+def trash_logs(dataset: Path) -> list[Path]:
+    """The trash logs the reviewer wrote into the dataset's shared trash folder, oldest first."""
+    return sorted((dataset / ".trash").glob("review_problematic_images_*.json"), key=lambda path: path.stat().st_mtime)
+
+
 def test_interactive_keep_delete_relabel_quit_then_undo_restores_bytes(
-    reviewed: tuple[Path, Path, dict[str, Any]], monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+    reviewed: tuple[Path, Path, dict[str, Any]], monkeypatch: pytest.MonkeyPatch
 ) -> None:
     dataset, report_path, report = reviewed
     before = tree_snapshot(dataset / "train")
     birds = [entry["path"] for entry in report["problematic_images"]["bird"]]
-    trash = dataset / ".trash" / "t"
     answers = ["k", "d", "r dragon", "r plane", "q", "y"]  # a refused relabel, then a valid one; quit; confirm
-    code, unused = run_interactive(monkeypatch, report_path, answers, "--trash-dir", str(trash))
+    code, unused = run_interactive(monkeypatch, report_path, answers)
     assert code == 0 and unused == []
+    [log_path] = trash_logs(dataset)
+    log = json.loads(log_path.read_text(encoding="utf-8"))
+    assert [move["status"] for move in log["moves"]] == ["done", "done"]
     assert (dataset / birds[0]).exists()  # kept
-    assert not (dataset / birds[1]).exists() and (trash / birds[1]).read_bytes() == before[birds[1][len("train/") :]]
+    trashed = dataset / ".trash" / log["run_id"] / birds[1]
+    assert not (dataset / birds[1]).exists() and trashed.read_bytes() == before[birds[1][len("train/") :]]
     relabelled = dataset / "train" / "plane" / PurePosixPath(birds[2]).name
     assert not (dataset / birds[2]).exists() and relabelled.read_bytes() == before[birds[2][len("train/") :]]
     decisions = json.loads(report_path.with_name(review.DECISIONS_FILE_NAME).read_text(encoding="utf-8"))["decisions"]
@@ -339,12 +353,11 @@ def test_interactive_keep_delete_relabel_quit_then_undo_restores_bytes(
         birds[2]: "relabel",
     }
     assert decisions[birds[2]]["target_class"] == "plane" and decisions[birds[2]]["applied"] is True
-    log = json.loads((trash / review.MOVE_LOG_NAME).read_text(encoding="utf-8"))
-    assert log["status"] == "complete" and all(move["done"] for move in log["moves"])
+    assert not (dataset / ".trash" / ".lock").exists()  # the lock is released
 
-    assert review.main(["--undo", str(trash / review.MOVE_LOG_NAME)]) == 0
+    assert review.main(["--undo", str(log_path)]) == 0
     assert tree_snapshot(dataset / "train") == before
-    assert review.main(["--undo", str(trash / review.MOVE_LOG_NAME)]) == 0  # twice is harmless
+    assert review.main(["--undo", str(log_path)]) == 0  # twice is harmless
     assert tree_snapshot(dataset / "train") == before
 
 
@@ -361,6 +374,7 @@ def test_interactive_declined_changes_nothing_and_rerun_resumes(
     after = tree_snapshot(dataset)
     assert after.pop(decisions_path.relative_to(dataset).as_posix())
     assert after == before  # only the decisions file is new
+    assert not (dataset / ".trash").exists()  # the lock's folder is gone again
     assert json.loads(decisions_path.read_text(encoding="utf-8"))["decisions"][first_plane]["action"] == "delete"
 
     # the rerun skips the decided image, so the first prompt is bird's first image; quit and confirm
@@ -378,11 +392,11 @@ def test_relabel_into_taken_name_does_not_overwrite(
     occupant = dataset / "train" / "plane" / source.name
     occupant.write_bytes(b"occupant bytes")  # same name already in the target folder
     before = tree_snapshot(dataset / "train")
-    code, _ = run_interactive(monkeypatch, report_path, ["r plane", "q", "y"], "--trash-dir", str(dataset / ".t"))
+    code, _ = run_interactive(monkeypatch, report_path, ["r plane", "q", "y"])
     assert code == 0
     assert occupant.read_bytes() == b"occupant bytes"
     assert occupant.with_name(f"{source.stem}_1{source.suffix}").read_bytes() == before[f"bird/{source.name}"]
-    assert review.main(["--undo", str(dataset / ".t" / review.MOVE_LOG_NAME)]) == 0
+    assert review.main(["--undo", str(trash_logs(dataset)[0])]) == 0
     assert tree_snapshot(dataset / "train") == before
 
 
@@ -391,51 +405,76 @@ def test_interrupt_while_moving_leaves_no_half_moved_file_and_undo_restores(
 ) -> None:
     dataset, report_path, report = reviewed
     before = tree_snapshot(dataset / "train")
-    real_replace, calls = os.replace, []
+    real_rename, calls = os.rename, []
 
-    def replace_then_interrupt(source: Any, destination: Any) -> None:
-        if str(destination).endswith((".jpg", ".png")):  # an image move, not a JSON write
+    def rename_then_interrupt(source: Any, destination: Any) -> None:
+        if str(destination).endswith((".jpg", ".png")):  # an image move, not a lock or log write
             calls.append(source)
             if len(calls) == 2:
                 raise KeyboardInterrupt
-        real_replace(source, destination)
+        real_rename(source, destination)
 
-    monkeypatch.setattr(review.os, "replace", replace_then_interrupt)
-    trash = dataset / ".trash" / "x"
-    code, _ = run_interactive(monkeypatch, report_path, ["d", "d", "d", "q", "y"], "--trash-dir", str(trash))
-    monkeypatch.setattr(review.os, "replace", real_replace)
+    monkeypatch.setattr(os, "rename", rename_then_interrupt)
+    code, _ = run_interactive(monkeypatch, report_path, ["d", "d", "d", "q", "y"])
+    monkeypatch.setattr(os, "rename", real_rename)
     assert code == cli.EXIT_INTERRUPTED
-    log = json.loads((trash / review.MOVE_LOG_NAME).read_text(encoding="utf-8"))
-    assert log["status"] == "interrupted"
-    assert [move["done"] for move in log["moves"]] == [True, False, False]
+    [log_path] = trash_logs(dataset)
+    log = json.loads(log_path.read_text(encoding="utf-8"))
+    assert [move["status"] for move in log["moves"]] == ["done", "planned", "planned"]
     for move in log["moves"]:  # every file is in exactly one place, whole
         places = [path for path in (dataset / move["source"], dataset / move["destination"]) if path.exists()]
         assert len(places) == 1 and places[0].read_bytes() == before[move["source"][len("train/") :]]
-    assert review.main(["--undo", str(trash / review.MOVE_LOG_NAME)]) == 0
+    assert not (dataset / ".trash" / ".lock").exists()
+    assert review.main(["--undo", str(log_path)]) == 0
     assert tree_snapshot(dataset / "train") == before
 
 
-def test_undo_refuses_a_file_that_is_not_a_move_log(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    log = tmp_path / "log.json"
+def test_undo_refuses_a_file_that_is_not_a_trash_log(
+    reviewed: tuple[Path, Path, dict[str, Any]], capsys: pytest.CaptureFixture[str]
+) -> None:
+    dataset, _, _ = reviewed
+    (dataset / ".trash").mkdir()
+    log = dataset / ".trash" / "log.json"
     log.write_text('{"log_type": "something else"}', encoding="utf-8")
+    before = tree_snapshot(dataset)
     assert review.main(["--undo", str(log)]) == 2
-    assert "not a move log" in capsys.readouterr().err
+    err = capsys.readouterr().err.strip()
+    assert "is not a trash log" in err and len(err.splitlines()) == 1
+    assert tree_snapshot(dataset) == before
 
 
-def test_second_run_into_same_trash_keeps_first_log_and_both_undo(
+def test_undo_refuses_an_old_move_log_with_a_sentence(
+    reviewed: tuple[Path, Path, dict[str, Any]], capsys: pytest.CaptureFixture[str]
+) -> None:
+    dataset, _, report = reviewed
+    source = report["problematic_images"]["bird"][0]["path"]
+    old = dataset / ".trash" / "review_20261129_012345" / "move_log.json"
+    old.parent.mkdir(parents=True)
+    moved = dataset / ".trash" / "review_20261129_012345" / source
+    moved.parent.mkdir(parents=True)
+    (dataset / source).rename(moved)
+    log = {"schema_version": 1, "log_type": "problematic_review_moves", "dataset_dir": str(dataset.resolve())}
+    old.write_text(json.dumps({**log, "moves": [{"source": source, "destination": str(moved)}]}), encoding="utf-8")
+    before = tree_snapshot(dataset)
+    assert review.main(["--undo", str(old)]) == 2
+    err = capsys.readouterr().err.strip()
+    assert "older review_problematic_images.py" in err and "move them back by hand" in err
+    assert len(err.splitlines()) == 1 and tree_snapshot(dataset) == before
+
+
+def test_second_run_gets_its_own_log_and_both_undo(
     reviewed: tuple[Path, Path, dict[str, Any]], monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
 ) -> None:
     dataset, report_path, report = reviewed
     before = tree_snapshot(dataset / "train")
     birds = [entry["path"] for entry in report["problematic_images"]["bird"]]
-    trash = dataset / ".trash" / "same"
-    assert run_interactive(monkeypatch, report_path, ["d", "q", "y"], "--trash-dir", str(trash))[0] == 0
-    first_log = trash / review.MOVE_LOG_NAME
+    assert run_interactive(monkeypatch, report_path, ["d", "q", "y"])[0] == 0
+    [first_log] = trash_logs(dataset)
     first_text = first_log.read_text(encoding="utf-8")
     # the rerun resumes after the decided image, so its first prompt is the second bird; exit 1 notes the deleted one
-    assert run_interactive(monkeypatch, report_path, ["r plane", "q", "y"], "--trash-dir", str(trash))[0] == 1
-    second_log = trash / "move_log_1.json"
-    assert f"move log {second_log}" in capsys.readouterr().out
+    assert run_interactive(monkeypatch, report_path, ["r plane", "q", "y"])[0] == 1
+    second_log = next(path for path in trash_logs(dataset) if path != first_log)
+    assert f"log {second_log}" in capsys.readouterr().out
     assert first_log.read_text(encoding="utf-8") == first_text  # not overwritten
     assert [move["source"] for move in json.loads(second_log.read_text(encoding="utf-8"))["moves"]] == [birds[1]]
     assert not (dataset / birds[0]).exists() and not (dataset / birds[1]).exists()
@@ -450,56 +489,65 @@ def test_undo_drops_restored_decisions_so_a_rerun_shows_them_again(
 ) -> None:
     dataset, report_path, report = reviewed
     birds = [entry["path"] for entry in report["problematic_images"]["bird"]]
-    trash = dataset / ".trash" / "d"
-    assert run_interactive(monkeypatch, report_path, ["k", "d", "q", "y"], "--trash-dir", str(trash))[0] == 0
+    assert run_interactive(monkeypatch, report_path, ["k", "d", "q", "y"])[0] == 0
     decisions_path = report_path.with_name(review.DECISIONS_FILE_NAME)
     assert json.loads(decisions_path.read_text(encoding="utf-8"))["decisions"][birds[1]]["applied"] is True
-    assert review.main(["--undo", str(trash / review.MOVE_LOG_NAME)]) == 0
+    assert review.main(["--undo", str(trash_logs(dataset)[0])]) == 0
     decisions = json.loads(decisions_path.read_text(encoding="utf-8"))["decisions"]
     assert set(decisions) == {birds[0]}  # the kept image's decision stays, the restored one is gone
     capsys.readouterr()
     # the rerun shows the restored image first again (the kept one stays decided)
-    assert run_interactive(monkeypatch, report_path, ["q"], "--trash-dir", str(trash))[0] == 0
+    assert run_interactive(monkeypatch, report_path, ["q"])[0] == 0
     assert "[1/" in capsys.readouterr().out.split(birds[1])[0].splitlines()[-1]
 
 
-def move_log_for(dataset: Path, trash: Path, moves: Any) -> dict[str, Any]:
-    return {
-        "schema_version": 1,
-        "log_type": review.MOVE_LOG_TYPE,
-        "dataset_dir": dataset.resolve().as_posix(),
-        "trash_dir": trash.resolve().as_posix(),
-        "moves": moves,
-    }
+# ------------------------------------------------------------------------------------------------ what the figures say
 
 
-@pytest.mark.parametrize(
-    ("change", "expected"),
-    [
-        ({"dataset_dir": None}, "no absolute 'dataset_dir'"),
-        ({"moves": {"source": "a"}}, "no 'moves' list"),
-        ({"moves": [{"source": "train/bird/x.jpg"}]}, "lacks a text 'source' or 'destination'"),
-        ({"moves": [{"source": 3, "destination": "x"}]}, "lacks a text 'source' or 'destination'"),
-        # undoing would move a dataset image out of the dataset
-        ({"moves": [{"source": "../moved_out.jpg", "destination": "train/bird/x.jpg"}]}, "outside the dataset"),
-        # undoing would pull a file from outside into the dataset
-        ({"moves": [{"source": "train/bird/new.jpg", "destination": "../outside.jpg"}]}, "outside the dataset and"),
-    ],
-    ids=["no-dataset-dir", "moves-not-list", "missing-key", "wrong-type", "source-escapes", "destination-escapes"],
-)
-def test_undo_refuses_malformed_or_escaping_log_and_moves_nothing(
-    tmp_path: Path, capsys: pytest.CaptureFixture[str], change: dict[str, Any], expected: str
+def test_grid_caption_says_what_each_figure_is() -> None:
+    entry = {"path": "train/bird/x.jpg", "class": "bird", "suggested_class": "plane", "mean_loss": 1.2391}
+    entry |= {"losses": [1.0, 1.3, 1.4171], "given_label_probability": 0.8612}
+    assert review.grid_caption(entry, out_of_fold=False).splitlines() == [
+        "bird -> plane",
+        "mean loss 1.24 (3 ep)",
+        "p(bird) 0.86 last epoch",
+        "x.jpg",
+    ]
+    assert "p(bird) 0.86 out of fold" in review.grid_caption(entry, out_of_fold=True)
+
+
+def test_trajectory_legend_names_the_colours_and_the_dashed_line(reviewed: tuple[Path, Path, dict[str, Any]]) -> None:
+    _, _, report = reviewed
+    plt = review.import_pyplot(headless=True)
+    figure = review.build_trajectory_figure(plt, review.select_entries(report), len(CLASSES), "t")
+    labels = [text.get_text() for legend in figure.legends for text in legend.get_texts()]
+    plt.close(figure)
+    assert labels == ["label issue", "worse than chance", "hard", "uniform guess: loss ln(4) = 1.39"]
+
+
+def test_grid_and_summary_print_the_evidence_note(
+    reviewed: tuple[Path, Path, dict[str, Any]], capsys: pytest.CaptureFixture[str], tmp_path: Path
 ) -> None:
-    dataset = make_dataset(tmp_path / "dataset", classes=["bird"], train_per_class=1, val_per_class=0)
-    trash = dataset / ".trash" / "t"
-    trash.mkdir(parents=True)
-    outside = tmp_path / "outside.jpg"
-    outside.write_bytes(b"outside bytes")
-    next((dataset / "train" / "bird").iterdir()).rename(dataset / "train" / "bird" / "x.jpg")
-    log = trash / review.MOVE_LOG_NAME
-    log.write_text(json.dumps({**move_log_for(dataset, trash, []), **change}), encoding="utf-8")
-    before = tree_snapshot(tmp_path)
-    assert review.main(["--undo", str(log)]) == 2
-    err = capsys.readouterr().err.strip()
-    assert expected in err and "Traceback" not in err and len(err.splitlines()) == 1
-    assert tree_snapshot(tmp_path) == before  # nothing moved, the log untouched
+    _, report_path, report = reviewed
+    assert review.main(["--report", str(report_path), "--mode", "summary"]) == 0
+    assert "Note: in-sample flags are weak evidence" in capsys.readouterr().out
+    assert "--cross-val-folds" in review.report_evidence_note(report)
+    plt = review.import_pyplot(headless=True)
+    entries = review.select_entries(report)[:2]
+    figure = review.build_grid_figure(plt, entries, [(None, "unreadable")] * 2, report, "t")
+    texts = " ".join(text.get_text() for text in figure.texts)
+    plt.close(figure)
+    assert "in-sample flags are weak evidence" in texts and "--cross-val-folds" in texts
+    out_of_fold = {**report, "method": "out-of-fold"}
+    assert review.report_evidence_note(out_of_fold).startswith("out-of-fold flags")
+
+
+def test_png_is_written_with_ordinary_permissions(reviewed: tuple[Path, Path, dict[str, Any]], tmp_path: Path) -> None:
+    _, report_path, _ = reviewed
+    umask = os.umask(0o022)
+    try:
+        assert review.main(["--report", str(report_path), "--class", "bird", "--save", str(tmp_path / "g.png")]) == 0
+    finally:
+        os.umask(umask)
+    assert (tmp_path / "g.png").stat().st_mode & 0o777 == 0o644  # not mkstemp's 0600
+    assert [path.name for path in tmp_path.iterdir() if path.name.endswith(".tmp")] == []
