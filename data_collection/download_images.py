@@ -84,6 +84,7 @@ import cli  # noqa: E402 - needs the line above
 from fileio import (  # noqa: E402
     UnsafePathError,
     class_folders,
+    is_inside,
     is_regular_file,
     regular_file_reason,
     relative_posix,
@@ -165,19 +166,6 @@ def parse_url_lines(lines: Iterable[str], source: str) -> tuple[list[tuple[int, 
     return entries, problems
 
 
-def is_process_alive(pid: int) -> bool:
-    """Whether ``pid`` runs (another download into the same folder, or this one): its temp files are not stale."""
-    if pid == os.getpid():
-        return True
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except OSError:
-        return True  # exists, owned by someone else
-    return True
-
-
 # ------------------------------------------------------------------------------------------------------------ disk
 
 
@@ -194,12 +182,8 @@ def dataset_problem(config: DownloadConfig) -> str | None:
     folders = [*SPLITS, *(f"{split}/{name}" for split in SPLITS for name in config.classes)]
     for relative in folders:
         folder = dataset_dir / relative
-        try:
-            resolve_inside(dataset_dir, f"{relative}/image")
-        except UnsafePathError:
-            return (
-                f"{cli.printable(folder)} leads outside {cli.printable(dataset_dir)}: images are only written inside it"
-            )
+        if not is_inside(folder, dataset_dir):  # a symlink pointing out
+            return f"{cli.printable(folder)} leads outside {cli.printable(dataset_dir)}: images are written only inside"
         if folder.exists() and not folder.is_dir():
             return f"{cli.printable(folder)} is a file, not a folder: cannot save images there"
         reason = writable_folder_reason(folder) if folder.is_dir() else None
@@ -213,18 +197,23 @@ def dataset_problem(config: DownloadConfig) -> str | None:
     return None
 
 
+def is_process_alive(pid: int) -> bool:
+    """Whether ``pid`` runs (another download into the same folder, or this one): its temp files are not stale."""
+    if pid == os.getpid():
+        return True
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except OSError:
+        return True  # exists, owned by someone else
+    return True
+
+
 def remove_stale_files(dataset_dir: Path, report_path: Path) -> None:
     """Temp files of our own kind that killed runs left: the report's and the search cache's (others at the scan)."""
     remove_stale_temp_files(report_path.parent, report_path.name)
     remove_stale_temp_files(dataset_dir / SEARCH_CACHE_DIR, "*.json")
-
-
-def list_folder(folder: Path) -> list[Path]:
-    try:
-        return sorted(folder.iterdir())
-    except OSError as error:
-        logger.warning("cannot list %s (%s): its files are not counted", cli.printable(folder), error.strerror)
-        return []
 
 
 def scan_existing_images(dataset_dir: Path) -> tuple[dict[str, str], dict[str, Counter]]:
@@ -237,9 +226,14 @@ def scan_existing_images(dataset_dir: Path) -> tuple[dict[str, str], dict[str, C
     hashes: dict[str, str] = {}
     counts: dict[str, Counter] = {}
     for split in SPLITS:
-        for class_name in class_folder_names(dataset_dir / split):
+        for class_name in class_folders(dataset_dir / split):
             counts.setdefault(class_name, Counter())
-            for path in list_folder(dataset_dir / split / class_name):
+            try:
+                paths = sorted((dataset_dir / split / class_name).iterdir())
+            except OSError as error:
+                logger.warning("cannot list %s/%s (%s): not counted", split, cli.printable(class_name), error.strerror)
+                continue
+            for path in paths:
                 match = TEMP_NAME_PATTERN.match(path.name)
                 if match and not is_process_alive(int(match.group(1))):
                     logger.info("removing %s, half-written by an interrupted run", cli.printable(path))
@@ -256,14 +250,6 @@ def scan_existing_images(dataset_dir: Path) -> tuple[dict[str, str], dict[str, C
                         "cannot read %s (%s): it cannot be checked for duplicates", cli.printable(relative), error
                     )
     return hashes, counts
-
-
-def class_folder_names(split_dir: Path) -> list[str]:
-    try:
-        return class_folders(split_dir)
-    except OSError as error:
-        logger.warning("cannot list %s (%s): its images are not counted", cli.printable(split_dir), error.strerror)
-        return []
 
 
 def save_new_file(data: bytes, path: Path) -> bool:
@@ -310,9 +296,10 @@ class DownloadRun:
         self.recorded_hashes: set[str] = set()  # hashes with a "saved" manifest line, from earlier runs or this one
         self.worked_before: list[str] = []  # URLs saved by earlier runs: their hosts answer, or did
         for record in records:  # images saved by earlier runs and removed since still count as seen
-            if record.get("status") == "saved" and isinstance(record.get("sha256"), str) and record.get("path"):
-                self.known_hashes.setdefault(record["sha256"], record["path"])
-                self.recorded_hashes.add(record["sha256"])
+            digest, path = record.get("sha256"), record.get("path")
+            if record.get("status") == "saved" and isinstance(digest, str) and isinstance(path, str):
+                self.known_hashes.setdefault(digest, path)
+                self.recorded_hashes.add(digest)
                 self.worked_before.append(str(record.get("url", "")))
         self.latest = latest_records_by_url(records)
         self.manifest = ManifestWriter(dataset_dir / MANIFEST_NAME)
@@ -433,7 +420,7 @@ class DownloadRun:
         if not network_reachable(hosts, timeout_s):
             others = len(set(hosts)) - 1
             host = hosts[0][0] if hosts else result.candidate.url
-            raise NoNetworkError(f"cannot reach {host}" + (f" nor {others} other hosts" if others > 0 else ""))
+            raise NoNetworkError(f"cannot reach {host}" + (f" or any of {others} other hosts" if others > 0 else ""))
         self.is_network_confirmed = True
 
     def commit(self, result: FetchResult, stats: ClassStats, has_room: bool = True) -> bool:
@@ -758,6 +745,8 @@ def main(
             file=sys.stderr,
         )
         return cli.EXIT_INTERRUPTED
+    except (UnsafePathError, OSError) as error:  # a folder swapped for a symlink, a full disk, ...
+        return cli.error(f"stopped: {error}; every image and manifest line written so far is complete")
     print(format_summary(summary, limits))
     if summary.no_network is not None:
         hint = (
