@@ -623,11 +623,13 @@ def render_training(page: Page) -> str:
     head = '<section id="training"><h2>Training</h2>'
     path = page.models_dir / "training_metadata.json"
     metadata, problem = read_optional(path, "training metadata")
-    if problem or metadata is None or not isinstance(metadata, dict):
-        if problem or metadata is not None:
-            page.unusable.append(problem or f"{path} is not a JSON object")
-        why = f"Unusable: {esc(problem)}." if problem else f"No training metadata at {esc(path)}: run the train stage."
-        return f'{head}<p class="note">{why}</p></section>'
+    if problem is None and metadata is not None and not isinstance(metadata, dict):
+        problem = f"the training metadata {path} is not a JSON object"
+    if problem:
+        page.unusable.append(problem)
+        return f'{head}<p class="note">Unusable: {esc(problem)}.</p></section>'
+    if metadata is None:
+        return f'{head}<p class="note">No training metadata at {esc(path)}: run the train stage.</p></section>'
     parts = [head]
     best = best_epoch_record(metadata)
     config = metadata.get("config") if isinstance(metadata.get("config"), dict) else {}
@@ -937,7 +939,8 @@ def render_page(page: Page, problematic_path: Path) -> str:
     intro = (
         f'<p class="muted">Dataset {esc(page.dataset_dir.resolve())}, models {esc(page.models_dir)}; written '
         f"{esc(fileio.utc_now())}. Marking images changes nothing on disk: export the decisions, then run "
-        f"<code>python review_problematic_images.py --apply-decisions {DECISIONS_FILE_NAME}</code> "
+        f"<code>python review_problematic_images.py --apply-decisions {DECISIONS_FILE_NAME} --dataset-dir "
+        f"{esc(page.dataset_dir)}</code> "
         "(it asks before moving anything; <code>--undo</code> restores).</p>"
     )
     return (

@@ -64,6 +64,7 @@ STATE_TYPE = "birdplane_pipeline_state"
 SPLITS = ("train", "val")  # the folders download_images.py fills and train_classifier.py reads
 EXACT_METHOD, NEAR_METHOD = "filesize", "phash"
 LEAK_CATEGORY, COPY_CATEGORY = "same_class_diff_set", "same_class_and_set"  # duplicate_report.py's category names
+TRASH_FOLDER = ".trash"  # where every birdplane tool puts removed files and (since trash.py) its undo logs
 PROBLEMATIC_REPORT_NAME = "problematic_images_report.json"  # the trainer's default, in the dataset folder
 DEFAULT_ANALYSIS_EPOCHS = 3  # the trainer's default; lowered to --epochs when fewer epochs are asked for
 DEFAULT_HTML_NAME = "report.html"
@@ -415,14 +416,18 @@ def read_groups(path: Path) -> dict[str, int]:
         return {}
 
 
+def removal_logs(dataset_dir: Path) -> set[Path]:
+    """The undo logs in the dataset: remove_duplicates.py's deletion_log_*.json, and the shared trash's logs."""
+    return set(files_below(dataset_dir, "deletion_log_*.json")) | set(files_below(dataset_dir / TRASH_FOLDER, "*.json"))
+
+
 def remove_certain(run: Run, category: str, strategy: str, commands: list[Command]) -> int:
-    """Run remove_duplicates on one category of the exact-copy report; note the deletion log it wrote."""
-    before = set(files_below(run.dataset_dir, "deletion_log_*.json"))
+    """Run remove_duplicates on one category of the exact-copy report; note the undo log it wrote."""
+    before = removal_logs(run.dataset_dir)
     command = removal_command(exact_report(run), strategy, category)
     commands.append(command)
     code = run_command("dedupe", command)
-    for log in sorted(set(files_below(run.dataset_dir, "deletion_log_*.json")) - before):
-        run.deletion_logs.append(str(log))
+    run.deletion_logs.extend(str(log) for log in sorted(removal_logs(run.dataset_dir) - before))
     return code
 
 

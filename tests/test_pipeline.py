@@ -174,9 +174,11 @@ def test_interrupted_training_resumes_from_its_checkpoint(pipeline, monkeypatch)
 
 def test_undo_of_the_removal_log_restores_the_files_byte_for_byte(pipeline) -> None:
     dataset = pipeline["dataset"]
-    logs = sorted(dataset.glob("deletion_log_*.json"))
+    state = json.loads((dataset / run_pipeline.STATE_NAME).read_text(encoding="utf-8"))
+    logs = state["deletion_logs"]
     assert len(logs) == 2  # one for the leak, one for the plain copy
     for log in logs:
+        assert f"--undo {log}" in pipeline["output"]
         assert remove_duplicates.main(["--undo", str(log)]) == 0
     for path, data in pipeline["planted"].items():
         assert (dataset / path).read_bytes() == data

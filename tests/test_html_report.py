@@ -1,0 +1,438 @@
+"""html_report.py: the page from real detector reports, a problematic-images report and training files; bad reports;
+and, in headless Chromium driven by selenium, console errors, counts, filters, decisions export, apply and undo.
+
+The browser tests skip (saying why) where Chromium, its driver or selenium is missing; .ci/run installs them.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import detect_duplicates_by_filesize
+import pytest
+from conftest import ROOT, make_dataset, tree_snapshot
+from PIL import Image
+
+import fileio
+import html_report
+import problematic_report
+import review_problematic_images
+
+CLASSES = ("bird", "plane", "superman")
+COPY = ("train/bird/bird_000.jpg", "train/bird/bird_000_copy.jpg")  # plain copy
+CONFLICT = ("train/bird/bird_001.jpg", "train/plane/bird_001.jpg")  # label conflict
+LEAK = ("train/plane/plane_000.jpg", "val/plane/plane_000_leak.jpg")  # train/val leak
+PROBLEMS = {  # path -> (suggested class, is a label issue, mean loss)
+    "train/bird/bird_002.jpg": ("plane", True, 2.1),
+    "train/plane/plane_001.jpg": ("bird", False, 0.9),
+    "train/superman/superman_000.jpg": ("bird", True, 1.7),
+    "train/superman/superman_001.jpg": ("plane", False, 0.4),
+    "train/bird/bird_003.jpg": ("superman", False, 1.2),
+}
+COUNTS = {"train": {"bird": 5, "plane": 5, "superman": 4}, "val": {"bird": 2, "plane": 3, "superman": 2}}
+CHROMEDRIVER = "/usr/bin/chromedriver"
+NOTES_SCREENSHOT = Path("/work/notes/report_screenshot.png")  # where a person looks at it (when that folder exists)
+
+
+def problem_entry(path: str, suggested: str, is_issue: bool, loss: float, classes: tuple[str, ...]) -> dict[str, Any]:
+    own = path.split("/")[1]
+    probabilities = {name: 0.1 for name in classes}
+    probabilities[suggested] = 0.7 if is_issue else 0.3
+    probabilities[own] = round(1 - sum(value for name, value in probabilities.items() if name != own), 3)
+    return {"path": path, "class": own, "mean_loss": loss, "losses": [loss + 0.3, loss, loss - 0.2],
+            "suggested_class": suggested, "is_label_issue": is_issue, "given_label_probability": probabilities[own],
+            "probabilities": probabilities, "predicted_class": suggested if is_issue else own}  # fmt: skip
+
+
+def write_problematic(dataset: Path, problems: dict[str, tuple[str, bool, float]] = PROBLEMS) -> dict[str, Any]:
+    per_class: dict[str, list[dict[str, Any]]] = {name: [] for name in CLASSES}
+    for path, (suggested, is_issue, loss) in problems.items():
+        per_class[path.split("/")[1]].append(problem_entry(path, suggested, is_issue, loss, CLASSES))
+    report = {"schema_version": 1, "report_type": "problematic_images", "created": "2026-11-29T10:00:00+00:00",
+              "dataset_dir": str(dataset), "arguments": {}, "classes": list(CLASSES), "analysis_epochs": 3,
+              "method": "in-sample", "cross_val_folds": None, "num_images": 12, "class_thresholds": {},
+              "summary_by_class": {}, "problematic_images": per_class, "errors": []}  # fmt: skip
+    problematic_report.write_report(dataset / problematic_report.DEFAULT_NAME, report)
+    return report
+
+
+def write_training(models: Path, dataset: Path) -> dict[str, Any]:
+    """training_metadata.json and error-analysis files in the layout train_classifier.py writes."""
+    matrix = [[2, 0, 0], [1, 1, 0], [0, 0, 2]]
+    epochs = [
+        {"epoch": number, "train_loss": 1.2 / number, "val_loss": 1.0 / number, "train_accuracy": 0.4 * number,
+         "val_accuracy": 0.35 * number, "macro_f1": 0.3 * number, "is_best": number == 2, "confusion_matrix": matrix,
+         "per_class": {name: {"precision": 0.8, "recall": 0.7, "f1": 0.75, "support": 2} for name in CLASSES}}
+        for number in (1, 2)
+    ]  # fmt: skip
+    thresholds = [{"threshold": t, "accuracy": 0.8 - t / 10, "sent_to_other": t / 2, "accepted_accuracy": 0.9}
+                  for t in (0.5, 0.6, 0.7)]  # fmt: skip
+    metadata = {"schema_version": 1, "status": "completed", "updated": "2026-11-29T10:00:00+00:00",
+                "classes": list(CLASSES), "config": {"arch": "resnet18", "image_size": 64}, "epochs": epochs,
+                "best_epoch": 2, "best_macro_f1": 0.6, "calibration": {"temperature": 1.3, "ece_before": 0.2,
+                "ece_after": 0.05, "nll_before": 0.9, "nll_after": 0.7, "val_images": 6},
+                "thresholds": thresholds, "recommended_threshold": 0.6,
+                "class_counts": COUNTS}  # fmt: skip
+    fileio.write_json(models / "training_metadata.json", metadata)
+    error = {"image_path": "val/plane/plane_001.jpg", "true_label": "plane", "predicted_label": "bird",
+             "confidence": 0.81, "all_probabilities": {}}  # fmt: skip
+    fileio.write_json(
+        models / "error_analysis" / "epoch_02" / "plane_errors.json",
+        {"schema_version": 1, "epoch": 2, "true_class": "plane", "split": "val", "errors": [error]},
+    )
+    return metadata
+
+
+def build_dataset(root: Path) -> dict[str, Any]:
+    """A dataset with a plain copy, a label conflict and a leak; its exact-copy report; a problematic report; models."""
+    dataset = make_dataset(root / "dataset", CLASSES, train_per_class=4, val_per_class=2, seed=21)
+    for source, copy in (COPY, CONFLICT, LEAK):
+        shutil.copyfile(dataset / source, dataset / copy)
+    assert detect_duplicates_by_filesize.main(["--dataset-dir", str(dataset)]) == 0
+    problems = write_problematic(dataset)
+    metadata = write_training(root / "models", dataset)
+    return {"dataset": dataset, "models": root / "models", "problems": problems, "metadata": metadata,
+            "page": dataset / "report.html"}  # fmt: skip
+
+
+def make_page(setup: dict[str, Any], *extra: str) -> int:
+    argv = ["--dataset-dir", str(setup["dataset"]), "--models-dir", str(setup["models"]), *extra]
+    return html_report.main(argv)
+
+
+@pytest.fixture
+def setup(tmp_path: Path) -> dict[str, Any]:
+    return build_dataset(tmp_path)
+
+
+def images_and_links(page: str) -> tuple[list[str], list[str]]:
+    return re.findall(r'<img [^>]*src="([^"]*)"', page), re.findall(r'href="([^"]*)"', page)
+
+
+# ------------------------------------------------------------------------------------------------ the page
+
+
+def test_page_shows_every_section_with_the_reports_counts(setup) -> None:
+    assert make_page(setup) == 0
+    page = setup["page"].read_text(encoding="utf-8")
+    for split, counts in COUNTS.items():
+        for name, count in counts.items():
+            assert f'id="count-{split}-{name}">{count}<' in page
+    report = json.loads((setup["dataset"] / "duplicate_report_filesize.json").read_text(encoding="utf-8"))
+    for category, groups in report["duplicate_groups"].items():
+        assert f'data-count="{category}">{len(groups)}<' in page
+    assert page.count('class="group"') == len(COPY + CONFLICT + LEAK) // 2
+    assert page.count("What each removal strategy would remove") == 3
+    problems = page[page.index('id="problem-cards"') : page.index('id="training"')]
+    assert problems.count('<figure class="card"') == len(PROBLEMS)
+    paths = re.findall(r'<div class="path">([^<]*)</div>', problems)
+    assert paths == ["train/bird/bird_002.jpg", "train/superman/superman_000.jpg", "train/bird/bird_003.jpg",
+                     "train/plane/plane_001.jpg", "train/superman/superman_001.jpg"]  # fmt: skip # issues, then loss
+    assert problems.count("<polyline") == len(PROBLEMS)  # a loss sparkline each
+    assert '<b id="recommended">0.60</b>' in page and "<tr class=recommended><td>0.60</td>" in page
+    assert 'id="confusion"' in page and "val/plane/plane_001.jpg" in page  # a confident mistake of the best epoch
+    assert page.count('<svg class="chart"') == 3
+
+
+def test_the_page_needs_no_server_and_no_network(setup) -> None:
+    assert make_page(setup) == 0
+    page = setup["page"].read_text(encoding="utf-8")
+    images, links = images_and_links(page)
+    assert images and all(src.startswith("report_files/thumbs/") for src in images)
+    assert all(not re.match(r"[a-z]+:", link) or link == "data:," for link in links)  # relative links only
+    assert "http://" not in page and "https://" not in page and '<link rel="stylesheet"' not in page
+    assert all('loading="lazy"' in tag for tag in re.findall(r"<img [^>]*>", page))
+    thumbs = sorted((setup["dataset"] / "report_files" / "thumbs").iterdir())
+    assert len(thumbs) == len(set(images))
+    for thumb in thumbs:
+        with Image.open(thumb) as image:
+            assert image.format == "JPEG" and max(image.size) <= html_report.THUMB_PIXELS
+
+
+def test_thumbnails_no_longer_used_are_removed_and_nothing_else(setup) -> None:
+    assert make_page(setup) == 0
+    thumbs = setup["dataset"] / "report_files" / "thumbs"
+    (thumbs / "notes.txt").write_text("mine")
+    before = {path.name for path in thumbs.glob("*.jpg")}
+    write_problematic(setup["dataset"], {"train/bird/bird_002.jpg": ("plane", True, 2.0)})
+    (setup["dataset"] / "duplicate_report_filesize.json").unlink()
+    shutil.rmtree(setup["models"])
+    assert make_page(setup) == 0
+    after = {path.name for path in thumbs.glob("*.jpg")}
+    assert len(after) == 1 and after < before and (thumbs / "notes.txt").read_text() == "mine"
+
+
+def test_missing_reports_are_named_and_the_rest_renders(tmp_path: Path) -> None:
+    dataset = make_dataset(tmp_path / "dataset", CLASSES, train_per_class=2, val_per_class=1)
+    assert html_report.main(["--dataset-dir", str(dataset), "--models-dir", str(tmp_path / "none")]) == 0
+    page = (dataset / "report.html").read_text(encoding="utf-8")
+    assert "No duplicate report in the dataset folder" in page
+    assert "No problematic-images report at" in page and "No training metadata at" in page
+    assert 'id="count-train-superman">2<' in page
+
+
+def test_unusable_and_stale_reports_say_so_and_exit_1(setup, caplog) -> None:
+    (setup["dataset"] / "duplicate_report_phash.json").write_text('{"schema_version": 1, "duplicate_gr', "utf-8")
+    (setup["models"] / "training_metadata.json").write_text("[1, 2]", encoding="utf-8")
+    (setup["dataset"] / COPY[1]).unlink()  # listed in the exact-copy report: that report is now stale
+    (setup["dataset"] / "train/bird/bird_002.jpg").unlink()  # listed in the problematic report
+    assert make_page(setup) == 1
+    page = setup["page"].read_text(encoding="utf-8")
+    assert "Unusable: the duplicate report" in page and "not valid JSON" in page
+    assert "Unusable: the training metadata" in page and "is not a JSON object" in page
+    assert page.count('class="note stale"') == 2
+    assert "no longer on disk" in page
+    assert 'data-count="diff_class_same_set">1<' in page  # the usable report still renders
+
+
+def test_paths_outside_the_dataset_are_never_linked_read_or_offered(setup, tmp_path: Path) -> None:
+    dataset = setup["dataset"]
+    outside = tmp_path / "outside"
+    outside.mkdir()
+    Image.new("RGB", (40, 40), "red").save(outside / "secret.jpg")
+    (dataset / "train" / "linked").symlink_to(outside, target_is_directory=True)
+    (dataset / "train" / "bird" / "leaked.jpg").symlink_to(outside / "secret.jpg")
+    outside_before = tree_snapshot(outside)
+    report_path = dataset / "duplicate_report_filesize.json"
+    report = json.loads(report_path.read_text(encoding="utf-8"))
+    bad = ["../outside/secret.jpg", str(outside / "secret.jpg"), "train/linked/secret.jpg", "train/bird/leaked.jpg"]
+    files = [{"path": path, "set": "train", "class": "bird", "size": 1, "mtime_ns": 1} for path in bad]
+    report["duplicate_groups"]["same_class_and_set"].append(
+        {"id": 99, "category": "same_class_and_set", "files": files}
+    )
+    fileio.write_json(report_path, report)
+    assert make_page(setup) == 0
+    page = setup["page"].read_text(encoding="utf-8")
+    images, links = images_and_links(page)
+    assert not [link for link in links if "secret" in link or "outside" in link or "leaked" in link]
+    assert len(set(images)) == len(list((dataset / "report_files" / "thumbs").iterdir()))
+    assert page.count("outside the dataset") >= 3 and "a link to a file outside the dataset" in page
+    data = json.loads(re.search(r'id="report-data">(.*?)</script>', page).group(1))
+    shown = {image["path"]: image["sha256"] for image in data["images"]}
+    assert all(shown[path] is None for path in bad)  # no hash read, so no decision can name them
+    assert tree_snapshot(outside) == outside_before
+
+
+def test_text_from_reports_and_file_names_is_escaped(setup) -> None:
+    dataset = setup["dataset"]
+    hostile = "<img src=x onerror=alert(1)>\u202egpj.jpg"
+    shutil.copyfile(dataset / "train/plane/plane_002.jpg", dataset / "train/plane" / hostile)
+    assert detect_duplicates_by_filesize.main(["--dataset-dir", str(dataset)]) == 0
+    report = write_problematic(dataset, {f"train/plane/{hostile}": ("bird", True, 3.0)})
+    assert report["problematic_images"]["plane"]
+    assert make_page(setup) == 0
+    page = setup["page"].read_text(encoding="utf-8")
+    assert "<img src=x" not in page and "\u202e" not in page
+    assert "&lt;img src=x onerror=alert(1)&gt;\\u202egpj.jpg" in page
+
+
+def test_a_non_utf8_file_name_keeps_its_bytes_in_links_and_page_data(setup) -> None:
+    dataset = setup["dataset"]
+    name = os.fsdecode(b"caf\xe9.jpg")  # Latin-1, not UTF-8
+    shutil.copyfile(dataset / "train/superman/superman_002.jpg", dataset / "train/superman" / name)
+    assert detect_duplicates_by_filesize.main(["--dataset-dir", str(dataset)]) == 0
+    assert make_page(setup) == 0
+    raw = setup["page"].read_bytes()
+    page = raw.decode("utf-8")  # strict: the page is valid UTF-8
+    assert 'href="../../dataset/train/superman/caf%E9.jpg"' not in page  # relative to the page's own folder
+    assert 'href="train/superman/caf%E9.jpg"' in page
+    data = json.loads(re.search(r'id="report-data">(.*?)</script>', page).group(1))
+    assert f"train/superman/{name}" in {image["path"] for image in data["images"]}
+
+
+def test_a_symlinked_thumbnail_folder_is_refused(setup, tmp_path: Path, capsys) -> None:
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    (setup["dataset"] / "report_files").symlink_to(elsewhere, target_is_directory=True)
+    assert make_page(setup) == 2
+    assert "is a symbolic link" in capsys.readouterr().err
+    assert list(elsewhere.iterdir()) == [] and not setup["page"].exists()
+
+
+def test_sparkline_and_chart_read_values_defensively() -> None:
+    line = html_report.sparkline_svg([1.0, "x", None, 0.5, float("nan"), 0.25], reference=0.69)
+    assert len(re.search(r'points="([^"]*)"', line).group(1).split()) == 3 and 'class="ref"' in line
+    assert "no loss history" in html_report.sparkline_svg(["a"])
+    chart = html_report.line_chart_svg("loss", [1, 2, 3], {"train": [1.0, None, 0.5], "val": ["?", "?", "?"]})
+    assert chart.count("<polyline") == 1 and chart.count("<circle") == 2
+    assert "no values" in html_report.line_chart_svg("loss", [], {})
+
+
+def test_help_runs_as_a_script() -> None:
+    result = subprocess.run(
+        [sys.executable, str(ROOT / "html_report.py"), "--help"], capture_output=True, text=True, timeout=60
+    )
+    assert result.returncode == 0 and "--report" in result.stdout and "exit codes" in result.stdout
+
+
+# ------------------------------------------------------------------------------------------------ in a browser
+
+
+@pytest.fixture(scope="module")
+def browser():
+    """Headless Chromium through selenium with the system's chromedriver (Selenium Manager never downloads)."""
+    webdriver = pytest.importorskip("selenium.webdriver", reason="selenium is not installed (pip install selenium)")
+    from selenium.webdriver.chrome.service import Service
+
+    binary = shutil.which("chromium") or shutil.which("chromium-browser")
+    if binary is None or not os.access(CHROMEDRIVER, os.X_OK):
+        pytest.skip("Chromium or its driver is missing (apt-get install chromium chromium-driver; .ci/run does it)")
+    downloads = Path(tempfile.mkdtemp(prefix="birdplane_downloads_"))
+    profile = tempfile.mkdtemp(prefix="birdplane_chromium_")
+    options = webdriver.ChromeOptions()
+    options.binary_location = binary
+    for flag in ("--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+                 "--disable-background-networking", "--disable-component-update", "--disable-sync",
+                 f"--user-data-dir={profile}", "--window-size=1280,900", "--hide-scrollbars"):  # fmt: skip
+        options.add_argument(flag)
+    options.add_experimental_option("prefs", {"download.default_directory": str(downloads)})
+    options.set_capability("goog:loggingPrefs", {"browser": "ALL"})
+    driver = webdriver.Chrome(service=Service(executable_path=CHROMEDRIVER), options=options)
+    driver.execute_cdp_cmd("Browser.setDownloadBehavior", {"behavior": "allow", "downloadPath": str(downloads)})
+    driver.downloads = downloads
+    yield driver
+    driver.quit()
+    shutil.rmtree(profile, ignore_errors=True)
+    shutil.rmtree(downloads, ignore_errors=True)
+
+
+def open_page(browser, setup: dict[str, Any]) -> None:
+    assert make_page(setup) == 0
+    browser.get_log("browser")  # drop what earlier pages logged
+    browser.get(setup["page"].resolve().as_uri())
+
+
+def severe_messages(browser) -> list[str]:
+    return [entry["message"] for entry in browser.get_log("browser") if entry["level"] == "SEVERE"]
+
+
+def visible(browser, selector: str) -> list[Any]:
+    return [element for element in browser.find_elements("css selector", selector) if element.is_displayed()]
+
+
+def card_of(browser, path: str) -> Any:
+    index = browser.execute_script(
+        "var wanted = arguments[0], d = JSON.parse(document.getElementById('report-data').textContent);"
+        "return d.images.findIndex(function (i) { return i.path === wanted; });",
+        path,
+    )
+    card = browser.find_element("css selector", f'#problem-cards .card[data-i="{index}"]')
+    browser.execute_script("arguments[0].scrollIntoView({block: 'center'})", card)
+    return card
+
+
+def test_browser_page_opens_without_console_errors_and_counts_match(browser, setup) -> None:
+    open_page(browser, setup)
+    assert severe_messages(browser) == []
+    report = json.loads((setup["dataset"] / "duplicate_report_filesize.json").read_text(encoding="utf-8"))
+    for category, groups in report["duplicate_groups"].items():
+        cell = browser.find_element("css selector", f'#dup-filesize [data-count="{category}"]')
+        assert int(cell.text) == len(groups)
+    assert len(browser.find_elements("css selector", "#dup-filesize .group")) == sum(
+        len(groups) for groups in report["duplicate_groups"].values()
+    )
+    entries = [entry for items in setup["problems"]["problematic_images"].values() for entry in items]
+    assert len(browser.find_elements("css selector", "#problem-cards .card")) == len(entries)
+    for name in CLASSES:
+        issues = sum(entry["is_label_issue"] for entry in setup["problems"]["problematic_images"][name])
+        assert browser.find_element("css selector", f'#problematic [data-issues="{name}"]').text == str(issues)
+    assert browser.find_element("id", "recommended").text == f"{setup['metadata']['recommended_threshold']:.2f}"
+    shown = browser.find_element("id", "shown-count").text
+    assert shown == f"shown: 3 duplicate groups, {len(entries) + 1} other images"  # + 1 confident mistake
+    loaded = browser.execute_script(
+        "return Array.from(document.images).filter(function (i) { return i.complete && i.naturalWidth > 0; }).length"
+    )
+    assert loaded > 0  # thumbnails load from disk relative to the page
+
+
+def test_browser_filters_by_class_and_by_category(browser, setup) -> None:
+    from selenium.webdriver.support.select import Select
+
+    open_page(browser, setup)
+    everything = len(visible(browser, "#problem-cards .card"))
+    Select(browser.find_element("id", "filter-class")).select_by_value("superman")
+    cards = visible(browser, "#problem-cards .card")
+    assert len(cards) == 2 < everything
+    assert all("train/superman/" in card.find_element("css selector", ".path").text for card in cards)
+    assert visible(browser, ".group") == []  # no duplicate group has a superman image
+    Select(browser.find_element("id", "filter-class")).select_by_value("")
+    Select(browser.find_element("id", "filter-tag")).select_by_value("conflict")
+    groups = visible(browser, ".group")
+    assert len(groups) == 1 and "label conflict" in groups[0].text
+    assert visible(browser, "#problem-cards .card") == []
+    Select(browser.find_element("id", "filter-tag")).select_by_value("label-issue")
+    assert len(visible(browser, "#problem-cards .card")) == 2
+    assert severe_messages(browser) == []
+
+
+def test_browser_decisions_export_apply_and_undo(browser, setup, tmp_path: Path) -> None:
+    from selenium.webdriver.support.select import Select
+
+    dataset = setup["dataset"]
+    before = {split: tree_snapshot(dataset / split) for split in ("train", "val")}
+    open_page(browser, setup)
+    deleted, relabelled, kept = "train/bird/bird_002.jpg", "train/superman/superman_000.jpg", "train/bird/bird_003.jpg"
+    card_of(browser, deleted).find_element("css selector", 'button[data-act="delete"]').click()
+    Select(card_of(browser, relabelled).find_element("css selector", "select")).select_by_value("bird")
+    card_of(browser, kept).find_element("css selector", 'button[data-act="keep"]').click()
+    assert browser.find_element("id", "decision-count").text == "1 keep, 1 delete, 1 relabel"
+    assert "d-delete" in card_of(browser, deleted).get_attribute("class")
+    browser.find_element("id", "export").click()
+    text = browser.find_element("id", "decisions-json").get_attribute("value")
+    exported = json.loads(text)
+    download = browser.downloads / html_report.DECISIONS_FILE_NAME
+    for _ in range(50):  # the Blob download lands in Chromium's download folder
+        if download.is_file():
+            break
+        time.sleep(0.1)
+    assert json.loads(download.read_text(encoding="utf-8")) == exported
+    download.unlink()
+    assert exported["schema_version"] == 1 and exported["decisions_type"] == "problematic_review_decisions"
+    assert exported["dataset_dir"] == str(dataset.resolve())
+    actions = {path: (item["action"], item.get("target_class")) for path, item in exported["decisions"].items()}
+    assert actions == {deleted: ("delete", None), relabelled: ("relabel", "bird"), kept: ("keep", None)}
+    for path, decision in exported["decisions"].items():
+        assert decision["sha256"] == fileio.sha256_file(dataset / path)
+    assert {split: tree_snapshot(dataset / split) for split in before} == before  # marking changed nothing
+    assert severe_messages(browser) == []
+
+    if "--apply-decisions" not in review_problematic_images.get_args_parser().format_help():
+        pytest.skip("review_problematic_images.py has no --apply-decisions yet")
+    decisions = tmp_path / "decisions.json"
+    decisions.write_text(text, encoding="utf-8")
+    argv = ["--apply-decisions", str(decisions), "--dataset-dir", str(dataset), "--yes"]
+    assert review_problematic_images.main(argv) == 0
+    assert not (dataset / deleted).exists() and (dataset / kept).is_file()
+    assert not (dataset / relabelled).exists()
+    assert (dataset / "train/bird/superman_000.jpg").read_bytes() == before["train"]["superman/superman_000.jpg"]
+    trashed = [path for path in (dataset / ".trash").rglob("bird_002.jpg")]
+    assert len(trashed) == 1 and trashed[0].read_bytes() == before["train"]["bird/bird_002.jpg"]
+    logs = sorted((dataset / ".trash").glob("*.json"), key=lambda path: path.stat().st_mtime_ns)
+    assert review_problematic_images.main(["--undo", str(logs[-1])]) == 0
+    assert {split: tree_snapshot(dataset / split) for split in before} == before
+
+
+def test_browser_screenshot_at_1280_px(browser, setup, tmp_path: Path) -> None:
+    open_page(browser, setup)
+    height = browser.execute_script("return document.documentElement.scrollHeight")
+    browser.set_window_size(1280, min(max(height, 900), 4000))
+    try:
+        width = browser.execute_script("return window.innerWidth")
+        browser.set_window_size(1280 + (1280 - width), min(max(height, 900), 4000))  # the viewport is 1280 wide
+        shot = tmp_path / "report_screenshot.png"
+        assert browser.save_screenshot(str(shot))
+    finally:
+        browser.set_window_size(1280, 900)
+    with Image.open(shot) as image:
+        assert image.width == 1280 and image.height >= 900
+    if NOTES_SCREENSHOT.parent.is_dir():
+        shutil.copyfile(shot, NOTES_SCREENSHOT)
