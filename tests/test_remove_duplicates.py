@@ -8,6 +8,7 @@ import os
 import shutil
 import subprocess
 import sys
+import threading
 from pathlib import Path
 
 import detect_duplicates_by_filesize as by_filesize
@@ -16,7 +17,7 @@ import duplicate_report as dr
 import numpy as np
 import pytest
 import remove_duplicates as rd
-from conftest import ROOT, make_class_image, make_dataset, make_near_duplicates, save_image, tree_snapshot
+from conftest import IS_ROOT, ROOT, make_class_image, make_dataset, make_near_duplicates, save_image, tree_snapshot
 
 import fileio
 import trash
@@ -446,3 +447,359 @@ def test_help_runs_as_a_script() -> None:
         text=True,
     )
     assert result.returncode == 0 and "--strategy" in result.stdout and "default: safe" in result.stdout
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Attacks and odd inputs (shared/BAD_INPUTS.md 18-25; issues 10 and 11)
+
+
+def hand_report(dataset: Path, groups: list[list[str]], path: Path | None = None, **fields) -> Path:
+    """A report grouping ``groups`` (lists of paths, each file's real size and mtime), written to ``path``
+    (default: dataset/report.json); ``fields`` replace top-level values (dataset_dir=None drops it)."""
+
+    def entry_of(relative: str) -> dict:
+        info = os.stat(dataset / relative)
+        set_name, class_name = relative.split("/")[:2]
+        return {"path": relative, "size": info.st_size, "mtime_ns": info.st_mtime_ns, "set": set_name,
+                "class": class_name, "width": 64, "height": 64, "filename": relative.rsplit("/", 1)[-1]}  # fmt: skip
+
+    grouped: dict[str, list] = {category: [] for category in dr.CATEGORIES}
+    for number, paths in enumerate(groups, start=1):
+        files = [entry_of(relative) for relative in paths]
+        category = dr.categorize(files)
+        grouped[category].append({"id": number, "category": category, "files": files})
+    report = {"schema_version": dr.SCHEMA_VERSION, "method": "filesize", "dataset_dir": str(dataset),
+              "duplicate_groups": grouped, **fields}  # fmt: skip
+    report = {key: value for key, value in report.items() if value is not None}
+    path = path or dataset / "report.json"
+    fileio.write_json(path, report)
+    return path
+
+
+@pytest.fixture
+def outside(tmp_path: Path) -> Path:
+    """A folder outside the dataset with the file an attacker wants removed: a byte copy of train/bird/bird_000.jpg."""
+    folder = tmp_path / "outside"
+    folder.mkdir()
+    return folder
+
+
+def escape_dataset(tmp_path: Path, outside: Path, link: str) -> tuple[Path, Path]:
+    """A dataset whose folder ``link`` is a symlink to ``outside``, where precious.jpg is a copy of train/bird/a.jpg;
+    and its report grouping the two. (dataset, report)"""
+    dataset = make_dataset(tmp_path / "dataset", train_per_class=1, val_per_class=1)
+    shutil.copyfile(dataset / "train/bird/bird_000.jpg", dataset / "train/bird/a.jpg")
+    shutil.copyfile(dataset / "train/bird/a.jpg", outside / "precious.jpg")
+    os.symlink(outside, dataset / link)
+    return dataset, hand_report(dataset, [["train/bird/a.jpg", f"{link}/precious.jpg"]])
+
+
+@pytest.mark.parametrize("link", ["train/evil", "train/bird/evil"])  # another class, and inside the same class
+@pytest.mark.parametrize("strategy", [s for s in rd.STRATEGIES if s != "safe"] + ["safe"])
+@pytest.mark.parametrize("delete", [False, True])
+def test_a_symlinked_folder_pointing_outside_never_loses_the_outside_file(
+    tmp_path: Path,
+    outside: Path,
+    link: str,
+    strategy: str,
+    delete: bool,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture,
+) -> None:
+    dataset, report = escape_dataset(tmp_path, outside, link)
+    before, victim = tree_snapshot(dataset), (outside / "precious.jpg").read_bytes()
+    monkeypatch.setattr(builtins, "input", lambda prompt="": "1")  # interactive: keep the dataset's copy
+    arguments = ["--report", str(report), "--strategy", strategy, "--apply", "--yes"] + ["--delete"] * delete
+    assert rd.main(arguments) == 1
+    assert f"{link}/precious.jpg leads outside the dataset through a symlinked folder" in capsys.readouterr().out
+    assert (outside / "precious.jpg").read_bytes() == victim and os.listdir(outside) == ["precious.jpg"]
+    assert tree_snapshot(dataset) == before
+
+
+@pytest.mark.parametrize("delete", [False, True])
+def test_a_folder_swapped_for_a_symlink_after_the_plan_is_refused_at_the_move(
+    tmp_path: Path, outside: Path, delete: bool, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture
+) -> None:
+    dataset = make_dataset(tmp_path / "dataset", train_per_class=1, val_per_class=1)
+    (dataset / "train/bird/sub").mkdir()
+    shutil.copyfile(dataset / "train/bird/bird_000.jpg", dataset / "train/bird/sub/precious.jpg")
+    report = hand_report(dataset, [["train/bird/bird_000.jpg", "train/bird/sub/precious.jpg"]])
+    shutil.copy2(dataset / "train/bird/sub/precious.jpg", outside / "precious.jpg")  # same bytes: same SHA-256
+    victim = (outside / "precious.jpg").read_bytes()
+
+    def swap_then_confirm(question: str) -> bool:  # while the user reads the plan, sub/ becomes a link outside
+        shutil.rmtree(dataset / "train/bird/sub")
+        os.symlink(outside, dataset / "train/bird/sub")
+        return True
+
+    monkeypatch.setattr(rd, "confirm", swap_then_confirm)
+    arguments = ["--report", str(report), "--strategy", "shortest-path", "--apply"] + ["--delete"] * delete
+    assert rd.main(arguments) == 1
+    assert "Not removed train/bird/sub/precious.jpg: leads outside the dataset" in capsys.readouterr().err
+    assert (outside / "precious.jpg").read_bytes() == victim and os.listdir(outside) == ["precious.jpg"]
+    assert (dataset / "train/bird/bird_000.jpg").is_file()
+
+
+def test_a_symlinked_trash_is_refused_before_any_work(
+    copies_dataset: Path, outside: Path, capsys: pytest.CaptureFixture
+) -> None:
+    os.symlink(outside, copies_dataset / trash.TRASH_FOLDER)
+    before = tree_snapshot(copies_dataset)
+    for arguments in (["--report", report_of(copies_dataset), "--strategy", "all", "--apply", "--yes"],
+                      ["--undo", str(copies_dataset / ".trash/remove_duplicates_x.json")]):  # fmt: skip
+        assert rd.main(arguments) == 2
+    error = capsys.readouterr().err
+    assert "is a symbolic link: files are never moved through it" in error
+    assert os.listdir(outside) == [] and tree_snapshot(copies_dataset) == before
+
+
+def applied_log(copies_dataset: Path) -> Path:
+    assert rd.main(["--report", report_of(copies_dataset), "--strategy", "all", "--apply", "--yes"]) == 0
+    return the_log(copies_dataset)
+
+
+def test_a_crafted_log_naming_another_dataset_is_refused(
+    copies_dataset: Path, outside: Path, capsys: pytest.CaptureFixture
+) -> None:
+    log_path = applied_log(copies_dataset)
+    (outside / "victim.jpg").write_bytes(b"victim")
+    log = load(log_path)
+    fileio.write_json(log_path, dict(log, dataset_dir=str(outside)))
+    assert rd.main(["--undo", str(log_path)]) == 2
+    assert "a log never chooses the folder it works on" in capsys.readouterr().err
+    elsewhere = outside / "log.json"  # a log outside the trash, named with --dataset-dir
+    fileio.write_json(elsewhere, log)
+    assert rd.main(["--undo", str(elsewhere), "--dataset-dir", str(copies_dataset)]) == 2
+    assert "a trash log is only used from the trash folder" in capsys.readouterr().err
+    assert (
+        sorted(os.listdir(outside)) == ["log.json", "victim.jpg"] and (outside / "victim.jpg").read_bytes() == b"victim"
+    )
+
+
+@pytest.mark.parametrize(
+    "field, value",
+    [("source", "/etc/passwd"), ("source", "../outside/victim.jpg"), ("destination", "/tmp/x.jpg"),
+     ("destination", ".trash/../../outside/victim.jpg"), ("source", "train/evil/victim.jpg"),
+     ("destination", ".trash/evil/victim.jpg")],
+)  # fmt: skip
+def test_crafted_log_paths_are_refused_by_path_with_a_reason(
+    copies_dataset: Path, outside: Path, field: str, value: str, capsys: pytest.CaptureFixture
+) -> None:
+    (outside / "victim.jpg").write_bytes(b"victim")
+    os.symlink(outside, copies_dataset / "train/evil")
+    log_path = applied_log(copies_dataset)
+    os.symlink(outside, copies_dataset / ".trash/evil")
+    log = load(log_path)
+    if value == ".trash/evil/victim.jpg":  # the victim's real hash: only the path check can stop it
+        log["moves"][0]["sha256"] = fileio.sha256_file(outside / "victim.jpg")
+    log["moves"][0][field] = value
+    fileio.write_json(log_path, log)
+    capsys.readouterr()
+    assert rd.main(["--undo", str(log_path)]) == 1
+    error = capsys.readouterr().err
+    assert error.count("WARNING") == 1 and ("relative path inside the dataset" in error or "outside" in error)
+    assert sorted(os.listdir(outside)) == ["victim.jpg"] and (outside / "victim.jpg").read_bytes() == b"victim"
+    assert all((copies_dataset / m["source"]).is_file() for m in log["moves"][1:])  # the rest of the undo went on
+
+
+def test_undo_never_pulls_in_an_outside_file_through_a_symlink_in_the_trash(
+    copies_dataset: Path, outside: Path, capsys: pytest.CaptureFixture
+) -> None:
+    log_path = applied_log(copies_dataset)
+    move = load(log_path)["moves"][0]
+    shutil.copyfile(copies_dataset / move["destination"], outside / "victim.jpg")  # the same bytes
+    (copies_dataset / move["destination"]).unlink()
+    os.symlink(outside / "victim.jpg", copies_dataset / move["destination"])
+    assert rd.main(["--undo", str(log_path)]) == 1
+    assert "is a symbolic link; left where it is" in capsys.readouterr().err
+    assert os.listdir(outside) == ["victim.jpg"] and not (copies_dataset / move["source"]).exists()
+
+
+WRONG_VALUES = {  # what a report says -> the words of the refusal
+    "width": ("abc", "files[0].width must be a whole number (it is 'abc')"),
+    "files": ([], "files must be a list of at least two files (it is list)"),
+    "category": (None, ".category must be 'same_class_and_set' (it is NoneType)"),
+    "path": (5, "files[0].path must be text (it is 5)"),
+    "size": ("12", "files[0].size must be a whole number (it is '12')"),
+    "id": (2, ".id must be a whole number no other group has (it is 2)"),  # another group's id
+    "class": ("plane", "but its files' classes and sets make it 'diff_class_same_set'"),
+    "dataset_dir": (7, "dataset_dir must be a folder name (it is 7)"),
+}
+
+
+@pytest.mark.parametrize("field", sorted(WRONG_VALUES))
+def test_wrong_value_types_in_a_report_are_one_sentence_naming_the_field(
+    copies_dataset: Path, field: str, capsys: pytest.CaptureFixture
+) -> None:
+    report = load(Path(report_of(copies_dataset)))
+    group = report["duplicate_groups"]["same_class_and_set"][0]
+    value, words = WRONG_VALUES[field]
+    if field in ("files", "id"):
+        group[field] = value
+    elif field == "category":
+        del group["category"]
+    elif field == "dataset_dir":
+        report["dataset_dir"] = value
+    else:
+        group["files"][0][field] = value
+    path = copies_dataset / "wrong.json"
+    fileio.write_json(path, report)
+    before = tree_snapshot(copies_dataset)
+    assert rd.main(["--report", str(path), "--strategy", "all", "--apply", "--yes"]) == 2
+    error = capsys.readouterr().err
+    assert words in error and error.count("\n") == 1 and "Traceback" not in error
+    assert tree_snapshot(copies_dataset) == before and not (copies_dataset / trash.TRASH_FOLDER).exists()
+
+
+def test_the_report_never_chooses_the_dataset(
+    copies_dataset: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture
+) -> None:
+    monkeypatch.chdir(tmp_path)  # not the dataset: a report without dataset_dir uses its own folder, not the cwd
+    report = load(Path(report_of(copies_dataset)))
+    fileio.write_json(copies_dataset / "no_dir.json", {k: v for k, v in report.items() if k != "dataset_dir"})
+    assert rd.main(["--report", str(copies_dataset / "no_dir.json"), "--strategy", "all"]) == 0
+    assert "remove  val/plane/leaked.jpg" in capsys.readouterr().out
+    other = make_dataset(tmp_path / "other", train_per_class=1, val_per_class=1)
+    before = tree_snapshot(other)
+    assert rd.main(["--report", report_of(copies_dataset), "--dataset-dir", str(other), "--apply", "--yes"]) == 2
+    assert f"was made for {copies_dataset}, not {other} (--dataset-dir)" in capsys.readouterr().err
+    fileio.write_json(other / "moved_report.json", report)  # a report elsewhere still names copies_dataset
+    assert rd.main(["--report", str(other / "moved_report.json"), "--strategy", "all", "--apply", "--yes"]) == 2
+    assert f"pass --dataset-dir {copies_dataset} if that is the dataset you mean" in capsys.readouterr().err
+    assert tree_snapshot(other) == {**before, "moved_report.json": (other / "moved_report.json").read_bytes()}
+
+
+@pytest.mark.parametrize("strategy", [s for s in rd.STRATEGIES if s != "interactive"])
+def test_label_conflicts_survive_every_non_interactive_strategy(
+    copies_dataset: Path, strategy: str, capsys: pytest.CaptureFixture
+) -> None:
+    conflict_files = ["train/other/conflict.jpg", "train/superman/superman_002.jpg", "train/other/other_000.jpg",
+                      "val/bird/conflict_and_leak.jpg"]  # fmt: skip
+    before = {path: (copies_dataset / path).read_bytes() for path in conflict_files}
+    assert rd.main(["--report", report_of(copies_dataset), "--strategy", strategy, "--apply", "--yes"]) == 0
+    assert {path: (copies_dataset / path).read_bytes() for path in conflict_files} == before
+    assert "2 label-conflict groups left for you" in capsys.readouterr().out
+
+
+def test_an_embedding_report_needs_the_categories_named(copies_dataset: Path, capsys: pytest.CaptureFixture) -> None:
+    report = load(Path(report_of(copies_dataset)))
+    path = copies_dataset / "duplicate_report_embedding.json"
+    fileio.write_json(path, dict(report, method="embedding"))
+    before = tree_snapshot(copies_dataset)
+    assert rd.main(["--report", str(path), "--strategy", "prefer-train", "--apply", "--yes"]) == 2
+    error = capsys.readouterr().err
+    assert "made by the embedding detector" in error and "--categories same_class_and_set" in error
+    assert tree_snapshot(copies_dataset) == before
+    assert rd.main(["--report", str(path), "--strategy", "all", "--categories", "same_class_and_set"]) == 0
+    assert "remove  train/bird/bird_copy.jpg" in capsys.readouterr().out
+
+
+def test_two_apply_runs_at_once_the_second_refuses(
+    copies_dataset: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture
+) -> None:
+    second: dict = {}
+
+    def run_another_while_asked(question: str) -> bool:  # the first run holds the lock while it asks
+        script = ROOT / "data_collection" / "remove_duplicates.py"
+        arguments = ["--report", report_of(copies_dataset), "--strategy", "all", "--apply", "--yes"]
+        second["process"] = subprocess.run([sys.executable, str(script), *arguments], capture_output=True, text=True)
+        second["thread"] = []
+        thread = threading.Thread(target=lambda: second["thread"].append(rd.main(arguments)))
+        thread.start()
+        thread.join()
+        return True
+
+    monkeypatch.setattr(rd, "confirm", run_another_while_asked)
+    assert rd.main(["--report", report_of(copies_dataset), "--strategy", "all", "--apply"]) == 0
+    process = second["process"]
+    assert process.returncode == 2 and second["thread"] == [2]
+    assert f"another run (remove_duplicates.py, pid {os.getpid()}" in process.stderr
+    assert f"wait for it or remove {copies_dataset}/.trash/.lock if it is not running" in process.stderr
+    assert len(list((copies_dataset / trash.TRASH_FOLDER).glob("*.json"))) == 1
+    assert rd.main(["--undo", str(the_log(copies_dataset))]) == 0  # the one run is undoable
+
+
+@pytest.mark.skipif(IS_ROOT, reason="root may write into a read-only folder")
+def test_a_read_only_dataset_is_one_sentence_before_any_work(
+    copies_dataset: Path, capsys: pytest.CaptureFixture
+) -> None:
+    before = tree_snapshot(copies_dataset)
+    os.chmod(copies_dataset, 0o555)
+    try:
+        if os.access(copies_dataset, os.W_OK):
+            pytest.skip("chmod does not deny writes here")
+        assert rd.main(["--report", report_of(copies_dataset), "--strategy", "all", "--apply", "--yes"]) == 2
+        error = capsys.readouterr().err
+        assert f"{copies_dataset} is read-only" in error and error.count("\n") == 1
+        assert "Plan for" not in capsys.readouterr().out
+    finally:
+        os.chmod(copies_dataset, 0o755)
+    assert tree_snapshot(copies_dataset) == before
+
+
+def test_printed_plans_escape_control_and_bidi_characters(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    dataset = make_dataset(tmp_path / "dataset", train_per_class=1, val_per_class=1)
+    spoof = "train/bird/x\u202egpj.exe\nremove  fake.jpg"
+    shutil.copyfile(dataset / "train/bird/bird_000.jpg", dataset / spoof)
+    report = hand_report(dataset, [["train/bird/bird_000.jpg", spoof]])
+    assert rd.main(["--report", str(report), "--strategy", "shortest-path"]) == 0
+    output = capsys.readouterr().out
+    assert "\u202e" not in output and "x\\u202egpj.exe\\x0aremove  fake.jpg" in output
+    assert not any(line.startswith("remove  fake.jpg") for line in output.splitlines())
+
+
+def test_a_non_utf8_file_name_is_removed_and_restored(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    dataset = make_dataset(tmp_path / "dataset", train_per_class=1, val_per_class=1)
+    odd = os.fsdecode(b"train/bird/zz_bad\xffname.jpg")
+    shutil.copyfile(dataset / "train/bird/bird_000.jpg", dataset / odd)
+    report = hand_report(dataset, [["train/bird/bird_000.jpg", odd]])
+    before = tree_snapshot(dataset)
+    assert rd.main(["--report", str(report), "--strategy", "first-alpha", "--apply", "--yes"]) == 0
+    assert not os.path.exists(dataset / odd) and "bad\\xffname.jpg" in capsys.readouterr().out
+    log_path = the_log(dataset)
+    assert load(log_path)["moves"][0]["source"] == odd  # valid UTF-8 on disk (load decodes strictly)
+    assert rd.main(["--undo", str(log_path)]) == 0
+    assert snapshot_without_logs(dataset) == before
+
+
+def test_stale_temp_files_of_its_logs_are_cleaned(copies_dataset: Path) -> None:
+    log_path = applied_log(copies_dataset)
+    stale = log_path.with_name(f".{log_path.name}.abc123.tmp")
+    stale.write_text("half a log")
+    os.utime(stale, (1, 1))
+    fresh = log_path.with_name(f".{log_path.name}.def456.tmp")  # another run may be writing it right now
+    fresh.write_text("being written")
+    assert rd.main(["--undo", str(log_path)]) == 0
+    assert not stale.exists() and fresh.exists()
+
+
+def test_undo_refuses_a_log_of_another_tool(copies_dataset: Path, capsys: pytest.CaptureFixture) -> None:
+    with trash.lock(copies_dataset, "review_problematic_images.py"):
+        log_path = trash.new_log(copies_dataset, "review_problematic_images", [trash.Move("val/plane/leaked.jpg")])
+        trash.apply(copies_dataset, log_path)
+    assert rd.main(["--undo", str(log_path)]) == 2
+    assert "was written by review_problematic_images; undo it with that tool" in capsys.readouterr().err
+    assert not (copies_dataset / "val/plane/leaked.jpg").exists()
+
+
+def test_a_dataset_the_os_reports_read_only_is_one_sentence_before_any_work(
+    copies_dataset: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture
+) -> None:
+    """The same check as the chmod test above, where the tests run as root (root writes into read-only folders)."""
+    log_path = applied_log(copies_dataset)
+    capsys.readouterr()
+    before = tree_snapshot(copies_dataset)
+    real_access = os.access
+    monkeypatch.setattr(
+        os,
+        "access",
+        lambda path, mode: real_access(path, mode) and not (mode & os.W_OK and Path(path) == copies_dataset),
+    )
+    for arguments in (["--report", report_of(copies_dataset), "--strategy", "all", "--apply", "--yes"],
+                      ["--undo", str(log_path)]):  # fmt: skip
+        assert rd.main(arguments) == 2
+        captured = capsys.readouterr()
+        assert captured.err == f"error: {copies_dataset} is read-only: files cannot be moved or logged there; " \
+                               "nothing was changed\n"  # fmt: skip
+        assert "Plan for" not in captured.out
+    assert tree_snapshot(copies_dataset) == before
