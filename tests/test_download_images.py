@@ -724,9 +724,9 @@ def test_printed_urls_are_escaped(tmp_path: Path, capsys) -> None:
     assert "x\\u202egnp.jpg\\x1b[2J: http 404" in err
 
 
-def test_odd_files_in_a_class_folder_do_not_break_the_scan(tmp_path: Path) -> None:
-    routes = good_routes("bird", 0, 2)
-    first = next(iter(routes))
+def test_odd_files_in_a_class_folder_do_not_break_the_scan(tmp_path: Path, capsys) -> None:
+    routes = good_routes("bird", 0, 3)
+    first, second, third = routes
     dataset = tmp_path / "dataset"
     folder = dataset / "train" / "bird"
     folder.mkdir(parents=True)
@@ -734,14 +734,25 @@ def test_odd_files_in_a_class_folder_do_not_break_the_scan(tmp_path: Path) -> No
     with open(odd_name, "wb") as file:  # a name that is not UTF-8, holding the first image's bytes
         file.write(routes[first].body)
     os.mkfifo(folder / "pipe.jpg")  # never opened: reading it would hang
+    (folder / "broken.jpg").symlink_to(tmp_path / "gone.jpg")
+    (tmp_path / "mine.png").write_bytes(routes[second].body)
+    (folder / "linked.png").symlink_to(tmp_path / "mine.png")  # read through, never written
+    before = sorted(os.listdir(os.fsencode(folder)))
     with ImageServer(routes) as server:
         urls = write_urls(tmp_path / "urls.csv", [server.url(path) for path in routes])
         assert run(["--urls-file", str(urls), "--dataset-dir", str(dataset), *FAST]) == 0
-        record = latest_manifest(dataset)[server.url(first)]
-    assert record["status"] == "duplicate"
-    assert os.fsencode(dataset / record["duplicate_of"]) == odd_name  # lossless, and the manifest is valid UTF-8
+        latest = latest_manifest(dataset)
+    first_record, second_record = latest[server.url(first)], latest[server.url(second)]
+    assert first_record["status"] == second_record["status"] == "duplicate"
+    assert os.fsencode(dataset / first_record["duplicate_of"]) == odd_name  # lossless, and the manifest is valid UTF-8
+    assert second_record["duplicate_of"] == "train/bird/linked.png"
     (dataset / MANIFEST_NAME).read_bytes().decode("utf-8")
-    assert len([name for name in os.listdir(folder) if name.endswith(".png")]) in (1, 2)  # the new image + ours
+    assert latest[server.url(third)]["status"] == "saved"
+    assert (
+        set(before) <= set(os.listdir(os.fsencode(folder)))
+        and (tmp_path / "mine.png").read_bytes() == routes[second].body
+    )
+    assert "Traceback" not in capsys.readouterr().err
 
 
 # ------------------------------------------------------------------------------------------------ pure functions
