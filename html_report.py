@@ -98,6 +98,10 @@ def percent(value: Any) -> str:
     return f"{100 * value:.1f}%" if is_number(value) else "\u2013"
 
 
+def plural(count: int, noun: str) -> str:
+    return f"{count} {noun}" + ("" if count == 1 else "es" if noun.endswith("s") else "s")
+
+
 def json_for_script(data: Any) -> str:
     """JSON that can sit inside <script>: ASCII only, and no '<', '>' or '&' that could end the element."""
     text = json.dumps(data, ensure_ascii=True, allow_nan=False)
@@ -409,6 +413,7 @@ class Page:
     catalog: Catalog
     counts: dict[str, dict[str, int]]
     unusable: list[str] = field(default_factory=list)  # reports present but unusable: exit code 1
+    glance: dict[str, str] = field(default_factory=dict)  # section id -> one line for the summary at the top
 
     @property
     def classes(self) -> list[str]:
@@ -471,6 +476,8 @@ def render_counts(page: Page) -> str:
         body = f'<table class="counts"><tr><th>class</th>{head}<th>total</th></tr>{"".join(rows)}</table>'
         if any(page.counts[split].get(name) in (None, 0) for name in page.classes for split in SPLITS):
             body += '<p class="note">A class with no images in a split (highlighted) cannot be trained or checked.</p>'
+    images = sum(sum(split.values()) for split in page.counts.values())
+    page.glance["counts"] = f"{plural(images, 'image')} in {plural(len(page.classes), 'class')}"
     return f'<section id="counts"><h2>Images per class and split</h2>{body}</section>'
 
 
@@ -541,6 +548,12 @@ def render_duplicate_report(page: Page, path: Path) -> str:
             f'<div class="cards">{"".join(cards)}</div>{plan}</div>'
         )
     parts.append("</div>")
+    conflicts = sum(group["category"].startswith("diff_class") for group in groups)
+    leaks = sum(group["category"].endswith("diff_set") for group in groups)
+    page.glance[f"dup-{method}"] = (
+        f"{method}: {plural(len(groups), 'duplicate group')} "
+        f"({plural(conflicts, 'label conflict')}, {plural(leaks, 'train/val leak')})"
+    )
     return "".join(parts)
 
 
@@ -616,6 +629,8 @@ def render_problematic(page: Page, path: Path) -> tuple[str, dict[str, Any] | No
             "report was written); the train stage writes a current one.</p>"
         )
     parts.append(f'<div class="cards" id="problem-cards">{"".join(cards)}</div></section>')
+    issues = sum(bool(entry.get("is_label_issue")) for entry in entries)
+    page.glance["problematic"] = f"{plural(len(entries), 'problematic image')} ({plural(issues, 'likely label issue')})"
     return "".join(parts), report
 
 
@@ -678,6 +693,10 @@ def render_training(page: Page) -> str:
                 f"</tr>{rows}</table>"
             )
     parts.append(render_calibration(metadata))
+    threshold = metadata.get("recommended_threshold")
+    page.glance["training"] = f"val macro F1 {fmt(metadata.get('best_macro_f1'))}" + (
+        f", recommended threshold {fmt(threshold, 2)}" if is_number(threshold) else ""
+    )
     parts.append(render_errors(page, metadata, best))
     parts.append("</section>")
     return "".join(parts)
@@ -799,7 +818,8 @@ padding:0 4px}.badge.issue{background:#d62728}.cat{font-weight:normal;border-rad
 .card.d-delete img{opacity:.35}.card.d-relabel{border-color:#1f77b4}.decide .on{background:#333;color:#fff}
 .spark .line{fill:none;stroke:#d62728;stroke-width:1.5}.spark .pt{fill:#d62728}.spark .ref{stroke:#999;
 stroke-dasharray:3 3}.charts{display:flex;flex-wrap:wrap;gap:12px}.chart .axis{stroke:#999}.chart .tick{font-size:10px}
-.chart .ct{font-size:12px;font-weight:bold}[hidden]{display:none!important}#decisions-json{display:none}
+.chart .ct{font-size:12px;font-weight:bold}.glance{font-size:15px;margin:8px 0}
+[hidden]{display:none!important}#decisions-json{display:none}
 """
 
 SCRIPT = r"""
@@ -923,6 +943,8 @@ def render_page(page: Page, problematic_path: Path) -> str:
             for image in images
         ],
     }
+    glance = " \u00b7 ".join(f'<a href="#{esc(key)}">{esc(text)}</a>' for key, text in page.glance.items())
+    glance = f'<nav class="glance">{glance}</nav>' if glance else ""
     class_options = "".join(f'<option value="{esc(name)}">{esc(name)}</option>' for name in page.classes)
     tag_options = "".join(f'<option value="{tag}">{esc(label)}</option>' for tag, label in FILTER_CATEGORIES)
     header = (
@@ -947,7 +969,7 @@ def render_page(page: Page, problematic_path: Path) -> str:
         '<!DOCTYPE html><html lang="en"><head><meta charset="utf-8">'
         '<meta name="viewport" content="width=device-width, initial-scale=1"><link rel="icon" href="data:,">'
         f"<title>birdplane report: {esc(page.dataset_dir.name)}</title><style>{STYLE}</style></head><body>"
-        f"{header}<main>{intro}{counts}{duplicates}{problematic}{training}</main>"
+        f"{header}<main>{intro}{glance}{counts}{duplicates}{problematic}{training}</main>"
         f'<script type="application/json" id="report-data">{json_for_script(data)}</script>'
         f"<script>{SCRIPT}</script></body></html>\n"
     )

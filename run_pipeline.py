@@ -28,6 +28,7 @@ and dataset/report_files/) and dataset/pipeline_state.json, the record of what e
 from __future__ import annotations
 
 import argparse
+import contextlib
 import hashlib
 import importlib
 import json
@@ -35,7 +36,7 @@ import logging
 import os
 import shlex
 import sys
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -61,6 +62,7 @@ STAGE_HELP = {
 STATE_NAME = "pipeline_state.json"  # in the dataset folder: it describes that dataset's stages
 STATE_SCHEMA_VERSION = 1
 STATE_TYPE = "birdplane_pipeline_state"
+LOCK_NAME = ".pipeline.lock"  # in the dataset folder: one pipeline run per dataset at a time (hidden: never scanned)
 SPLITS = ("train", "val")  # the folders download_images.py fills and train_classifier.py reads
 EXACT_METHOD, NEAR_METHOD = "filesize", "phash"
 LEAK_CATEGORY, COPY_CATEGORY = "same_class_diff_set", "same_class_and_set"  # duplicate_report.py's category names
@@ -285,6 +287,53 @@ def load_state(path: Path) -> dict[str, Any]:
 
 def save_state(run: Run) -> None:
     fileio.write_json(run.dataset_dir / STATE_NAME, run.state)
+
+
+def process_is_running(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # it exists, owned by someone else
+        return True
+    return True
+
+
+@contextlib.contextmanager
+def pipeline_lock(dataset_dir: Path) -> Iterator[None]:
+    """Hold ``<dataset>/.pipeline.lock`` (O_EXCL, with our pid) for the run; a second run on the dataset refuses.
+
+    A lock left by a process that no longer runs (kill -9, a crash) is taken over. Raises fileio.ReportError with one
+    sentence when another run holds it.
+    """
+    dataset_dir.mkdir(parents=True, exist_ok=True)
+    path = dataset_dir / LOCK_NAME
+    for _ in range(2):
+        try:
+            descriptor = os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
+        except FileExistsError:
+            try:
+                pid = int(path.read_text(encoding="utf-8").split()[0])
+            except (OSError, ValueError, IndexError):
+                pid = 0  # unreadable or half-written: its writer died before finishing it
+            if pid > 0 and pid != os.getpid() and process_is_running(pid):
+                raise fileio.ReportError(
+                    f"another run_pipeline.py (pid {pid}) is working on {dataset_dir}; wait for it, or remove {path} "
+                    "if that process is not a pipeline"
+                ) from None
+            if pid == os.getpid():
+                raise fileio.ReportError(f"this process already runs a pipeline on {dataset_dir}") from None
+            path.unlink(missing_ok=True)
+            continue
+        with os.fdopen(descriptor, "w", encoding="utf-8") as handle:
+            handle.write(f"{os.getpid()} {fileio.utc_now()}\n")
+        break
+    else:
+        raise fileio.ReportError(f"cannot take the lock {path}; remove it if no pipeline runs on {dataset_dir}")
+    try:
+        yield
+    finally:
+        path.unlink(missing_ok=True)
 
 
 def import_main(module: str) -> Callable[[list[str]], int]:
@@ -516,6 +565,16 @@ def planned_commands(run: Run, stage: str) -> list[str]:
     return [command_line(report_command(run.dataset_dir, run.models_dir, run.html_path), cwd)]
 
 
+def run_stage(run: Run, stage: str, position: str, is_forced: bool) -> None:
+    """Run one stage unless it is up to date (and not forced); keep the worst exit code."""
+    header = f"{position} {stage}: {STAGE_HELP[stage]}"
+    if not is_forced and is_up_to_date(run, stage):
+        print(f"{header}\n  up to date (inputs unchanged since it last ran): skipped; --from {stage} reruns it")
+        return
+    print(f"\n{header}", flush=True)
+    run.worst_code = max(run.worst_code, STAGE_BODIES[stage](run))
+
+
 def chosen_stages(args: argparse.Namespace) -> tuple[list[str], set[str]]:
     """(stages to consider in order, stages forced to run whatever their state)."""
     if args.only:
@@ -642,13 +701,11 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     stage = stages[0]
     try:
-        for number, stage in enumerate(stages, start=1):
-            header = f"[{number}/{len(stages)}] {stage}: {STAGE_HELP[stage]}"
-            if stage not in forced and is_up_to_date(run, stage):
-                print(f"{header}\n  up to date (inputs unchanged since it last ran): skipped; --from {stage} reruns it")
-                continue
-            print(f"\n{header}", flush=True)
-            run.worst_code = max(run.worst_code, STAGE_BODIES[stage](run))
+        with pipeline_lock(dataset_dir):
+            for number, stage in enumerate(stages, start=1):
+                run_stage(run, stage, f"[{number}/{len(stages)}]", stage in forced)
+    except fileio.ReportError as error:
+        return cli.error(str(error))
     except StageFailed as failure:
         return cli.error(
             f"stage {failure.stage} stopped ({failure.command.script} exited with {failure.code}, see above); "

@@ -141,6 +141,13 @@ def test_page_shows_every_section_with_the_reports_counts(setup) -> None:
     assert '<b id="recommended">0.60</b>' in page and "<tr class=recommended><td>0.60</td>" in page
     assert 'id="confusion"' in page and "val/plane/plane_001.jpg" in page  # a confident mistake of the best epoch
     assert page.count('<svg class="chart"') == 3
+    glance = re.search(r'<nav class="glance">(.*?)</nav>', page).group(1)
+    assert re.findall(r">([^<]+)</a>", glance) == [
+        "21 images in 3 classes",
+        "filesize: 3 duplicate groups (1 label conflict, 1 train/val leak)",
+        "5 problematic images (2 likely label issues)",
+        "val macro F1 0.600, recommended threshold 0.60",
+    ]
 
 
 def test_the_page_needs_no_server_and_no_network(setup) -> None:

@@ -221,6 +221,23 @@ def test_an_unusable_state_file_means_every_stage_runs(tmp_path: Path, capsys) -
     assert captured.out.count("would run") == 4 and "not valid JSON" in captured.err
 
 
+def test_a_second_run_on_the_same_dataset_refuses_and_a_dead_runs_lock_is_taken_over(tmp_path: Path, capsys) -> None:
+    dataset = make_dataset(tmp_path / "dataset", CLASSES, train_per_class=1, val_per_class=1)
+    argv = ["--dataset-dir", str(dataset), "--models-dir", str(tmp_path / "models"), "--only", "report"]
+    lock = dataset / run_pipeline.LOCK_NAME
+    other = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+    try:
+        lock.write_text(f"{other.pid} 2026-11-29T10:00:00+00:00\n", encoding="utf-8")
+        assert run_pipeline.main(argv) == 2
+        assert f"another run_pipeline.py (pid {other.pid}) is working on" in capsys.readouterr().err
+        assert lock.is_file() and not (dataset / "report.html").exists()
+    finally:
+        other.kill()
+        other.wait()
+    assert run_pipeline.main(argv) == 0  # its process is gone: the lock is stale and taken over
+    assert (dataset / "report.html").is_file() and not lock.exists()
+
+
 def test_help_runs_as_a_script() -> None:
     result = subprocess.run(
         [sys.executable, str(ROOT / "run_pipeline.py"), "--help"], capture_output=True, text=True, timeout=60,
