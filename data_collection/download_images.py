@@ -189,6 +189,8 @@ def dataset_problem(config: DownloadConfig) -> str | None:
         reason = writable_folder_reason(folder) if folder.is_dir() else None
         if reason:
             return f"cannot download into {cli.printable(dataset_dir)}: {reason}"
+    if config.report_path.is_dir():
+        return f"--report {cli.printable(config.report_path)} is a folder: name a file"
     manifest = dataset_dir / MANIFEST_NAME
     if os.path.lexists(manifest) and (reason := regular_file_reason(manifest)):
         return f"the manifest {cli.printable(manifest)} {reason}: it must be a plain file"
@@ -719,12 +721,14 @@ def main(
     cli.setup_logging(args.verbose)
     cli.set_progress(not args.no_progress)
     logging.getLogger("urllib3").setLevel(logging.WARNING)  # one line per connection would drown -v
+    if not args.verbose:
+        logging.getLogger("ddgs").setLevel(logging.WARNING)  # its errors repeat our "retrying" warnings
     # We refuse oversized images ourselves, with a reason in the manifest; Pillow's warning would only repeat it.
     warnings.simplefilter("ignore", Image.DecompressionBombWarning)
     try:
         config = build_config(args)
     except ValueError as error:
-        return cli.error(str(error))
+        return cli.error(cli.printable(error))
     problem = dataset_problem(config)
     if problem:
         return cli.error(problem)

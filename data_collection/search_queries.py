@@ -20,6 +20,9 @@ import sys
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # cli.py lives in the project root
+import cli  # noqa: E402 - needs the line above
+
 # A class name becomes a folder name: no path separators, no leading dot, nothing a shell or Windows chokes on.
 CLASS_NAME_PATTERN = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_ .-]*$")
 
@@ -170,6 +173,7 @@ def load_queries(path: Path | None = None) -> dict[str, list[str]]:
 def get_args_parser(add_help: bool = True) -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         description="Print the image-search queries per class (the defaults, or a checked JSON file) as JSON.",
+        epilog=cli.EXIT_CODES_HELP,
         add_help=add_help,
     )
     parser.add_argument(
@@ -182,15 +186,14 @@ def get_args_parser(add_help: bool = True) -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = get_args_parser()
-    args = parser.parse_args(argv)
+    args = get_args_parser().parse_args(argv)
     try:
         queries = load_queries(args.queries)
     except ValueError as error:
-        parser.error(str(error))
+        return cli.error(cli.printable(error))
     json.dump(queries, sys.stdout, indent=2, ensure_ascii=False)
     sys.stdout.write("\n")
-    return 0
+    return cli.EXIT_OK
 
 
 if __name__ == "__main__":

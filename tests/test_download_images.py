@@ -835,6 +835,9 @@ def test_bad_query_files_are_refused_with_the_reason(tmp_path: Path, content: st
     assert run(["--duckduckgo", "--queries", str(path), "--dataset-dir", str(tmp_path / "d")]) == 2
     err = capsys.readouterr().err
     assert err.startswith("error: ") and message in err and len(err.splitlines()) == 1
+    assert search_queries.main(["--queries", str(path)]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: ") and message in err and len(err.splitlines()) == 1
 
 
 def test_query_file_round_trip_and_usage_errors(tmp_path: Path, capsys) -> None:
