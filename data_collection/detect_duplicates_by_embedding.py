@@ -20,15 +20,19 @@ time and the model file).
 from __future__ import annotations
 
 import argparse
+import functools
 import importlib.util
 import logging
+import os
 import sys
 from collections.abc import Sequence
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
 import duplicate_report as dr  # the sibling module (Python puts the script's folder on sys.path)
 import numpy as np
+from threadpoolctl import ThreadpoolController  # installed with scikit-learn
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # classifier.py, cli.py, fileio.py: the project root
 import classifier  # noqa: E402 - needs the line above
@@ -48,6 +52,7 @@ ROUNDING_TOLERANCE = 1e-6  # a unit float32 row's length is 1 to about 1e-7: ide
 CANDIDATE_SLACK = 1e-4  # products this close below the threshold are re-checked exactly (float32 rounding: ~1e-6)
 EXACT_CHUNK = 1 << 14  # candidate pairs checked in float64 per step (two gathers of this many rows)
 MAX_PAIRS = 20_000_000  # more pairs than this (about 320 MB) means the threshold joins nearly everything: stop
+SEARCH_THREADS = os.cpu_count() or 1  # blocks searched at once, one BLAS thread each
 FAISS_QUERY_ROWS = 8192  # rows per FAISS range search: bounds the memory of one call's results
 RANDOM_PAIRS = 20_000  # random pairs of images whose similarities show how the model spreads different pictures
 AUTO_QUANTILE = 0.999  # nearly every random pair is two different pictures: this quantile is the top of their range
@@ -91,26 +96,49 @@ def exact_pairs(embeddings: np.ndarray, candidates: np.ndarray, threshold: float
     return pairs[np.lexsort((pairs[:, 1], pairs[:, 0]))]
 
 
-def find_similar_pairs_numpy(embeddings: np.ndarray, threshold: float, block_bytes: int = BLOCK_BYTES) -> np.ndarray:
+@functools.cache
+def blas_controller() -> ThreadpoolController:
+    """The BLAS thread pools of this process (found once: scanning the loaded libraries takes a while)."""
+    return ThreadpoolController()
+
+
+def find_similar_pairs_numpy(
+    embeddings: np.ndarray, threshold: float, block_bytes: int = BLOCK_BYTES, threads: int = SEARCH_THREADS
+) -> np.ndarray:
     """All pairs (i < j) of unit rows with cosine similarity >= ``threshold``; (k, 2) int64, sorted.
 
-    Row blocks against all later rows (one matrix product each, never N x N), np.nonzero over the threshold.
-    Raises TooManyPairsError past MAX_PAIRS.
+    A block of rows against itself (upper triangle) and against all later rows: two matrix products, never N x N;
+    only the rare rows whose best similarity reaches the threshold are searched with np.nonzero. Blocks run in
+    ``threads`` threads, each with a one-thread BLAS: the comparisons run in parallel too, and nothing spins when
+    other programs use the cores. Raises TooManyPairsError past MAX_PAIRS.
     """
     embeddings = np.ascontiguousarray(embeddings, dtype=np.float32)
     count = len(embeddings)
-    rows_per_block = max(1, block_bytes // (4 * max(1, count)))
+    rows_per_block = max(1, block_bytes // (4 * max(1, count) * threads))
+    low = threshold - CANDIDATE_SLACK
+
+    def search_block(start: int) -> np.ndarray:
+        stop = min(count, start + rows_per_block)
+        rows = embeddings[start:stop]
+        first, second = np.nonzero(np.triu(rows @ rows.T >= low, 1))
+        later = rows @ embeddings[stop:].T
+        hit_rows = np.flatnonzero(later.max(axis=1, initial=-np.inf) >= low)
+        hit_first, hit_second = np.nonzero(later[hit_rows] >= low)
+        return np.concatenate(
+            [
+                np.stack([first + start, second + start], axis=1),
+                np.stack([hit_rows[hit_first] + start, hit_second + stop], axis=1),
+            ]
+        ).astype(np.int64)
+
     found = [np.empty((0, 2), dtype=np.int64)]
     total = 0
-    for start in range(0, count, rows_per_block):
-        stop = min(count, start + rows_per_block)
-        block = embeddings[start:stop] @ embeddings[start:].T
-        first, second = np.nonzero(block >= threshold - CANDIDATE_SLACK)
-        later = second > first  # column j of the block is row start + j: keep i < j only
-        found.append(np.stack([first[later], second[later]], axis=1).astype(np.int64) + start)
-        total += len(found[-1])
-        if total > MAX_PAIRS:
-            raise TooManyPairsError(f"more than {MAX_PAIRS:,} pairs reach cosine similarity {threshold:g}")
+    with blas_controller().limit(limits=1, user_api="blas"), ThreadPoolExecutor(threads) as pool:
+        for pairs in pool.map(search_block, range(0, count, rows_per_block)):
+            found.append(pairs)
+            total += len(pairs)
+            if total > MAX_PAIRS:
+                raise TooManyPairsError(f"more than {MAX_PAIRS:,} pairs reach cosine similarity {threshold:g}")
     return exact_pairs(embeddings, np.concatenate(found), threshold)
 
 
@@ -136,14 +164,24 @@ def find_similar_pairs_faiss(embeddings: np.ndarray, threshold: float) -> np.nda
     return exact_pairs(embeddings, np.concatenate(found), threshold)
 
 
-def find_similar_pairs(
-    embeddings: np.ndarray, threshold: float, block_bytes: int = BLOCK_BYTES, use_faiss: bool | None = None
-) -> tuple[np.ndarray, str]:
-    """(pairs, "faiss" or "numpy"): FAISS where it imports (unless ``use_faiss`` is False), else blocked numpy.
+def faiss_has_gpu() -> bool:
+    """True when FAISS is installed with a GPU to run on (where its flat search beats numpy's)."""
+    if importlib.util.find_spec("faiss") is None:
+        return False
+    import faiss
 
-    A FAISS failure (an old version, out of memory) falls back to numpy with one warning; the pairs are the same.
+    return bool(getattr(faiss, "get_num_gpus", lambda: 0)())
+
+
+def find_similar_pairs(
+    embeddings: np.ndarray, threshold: float, block_bytes: int = BLOCK_BYTES, engine: str = "numpy"
+) -> tuple[np.ndarray, str]:
+    """(pairs, the engine used): ``engine`` "numpy", "faiss", or "auto" (FAISS when it has a GPU, else numpy).
+
+    Both give the same pairs (see exact_pairs). A FAISS failure (not installed, an old version, out of memory)
+    falls back to numpy with one warning.
     """
-    if use_faiss is not False and importlib.util.find_spec("faiss") is not None:
+    if engine == "faiss" or (engine == "auto" and faiss_has_gpu()):
         try:
             return find_similar_pairs_faiss(embeddings, threshold), "faiss"
         except TooManyPairsError:
@@ -334,6 +372,14 @@ def get_args_parser(add_help: bool = True) -> argparse.ArgumentParser:
         "--cache", type=Path, default=None, help=f"embedding cache file (default: <dataset-dir>/{CACHE_NAME})"
     )
     parser.add_argument("--no-cache", action="store_true", help="neither read nor write the cache (default: off)")
+    parser.add_argument(
+        "--search",
+        choices=("auto", "numpy", "faiss"),
+        default="auto",
+        help="similarity search engine, same pairs either way: numpy (blocked matrix products), faiss (a flat "
+        "inner-product index; needs pip install faiss-cpu or faiss-gpu), auto = faiss where it has a GPU, else numpy "
+        "(numpy is faster than faiss-cpu's flat index on a CPU) (default: auto)",
+    )
     return parser
 
 
@@ -388,7 +434,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         threshold = 1.0 if args.threshold == "auto" else args.threshold
         threshold_info = {"value": threshold, "source": "auto" if args.threshold == "auto" else "--threshold"}
     try:
-        pairs, engine = find_similar_pairs(matrix, threshold)
+        pairs, engine = find_similar_pairs(matrix, threshold, engine=args.search)
     except TooManyPairsError as error:
         return cli.error(
             f"{error}: the model puts unrelated images together (trained from scratch or on few images?); use a "

@@ -44,7 +44,7 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # fileio.py, cli.py and classifier.py: project root
 import cli  # noqa: E402 - needs the line above
 import fileio  # noqa: E402
-from fileio import ReportError, read_json, sha256_file  # noqa: E402, F401 - remove_duplicates.py reads them here
+from fileio import ReportError, read_json  # noqa: E402 - ReportError: remove_duplicates.py catches it as dr.ReportError
 
 DETECTORS = (
     "detect_duplicates_by_filesize.py",
@@ -540,11 +540,6 @@ def load_report(path: Path) -> dict[str, Any]:
     return validate_report(read_json(path, "report"), f"report {path}")
 
 
-def write_json_atomic(path: str | os.PathLike, data: Any) -> None:
-    """fileio.write_json of ``data`` made plain (numpy values, Paths); kept for remove_duplicates.py."""
-    fileio.write_json(path, to_plain(data), indent=1)
-
-
 def gallery_figure(
     report: dict[str, Any],
     dataset_dir: Path,
@@ -689,9 +684,10 @@ def start(args: argparse.Namespace, method: str) -> Scan | int:
     for path in (report_path(args, method), gallery_path(args, method)):
         reason = path is not None and fileio.writable_folder_reason(path.parent)
         if reason:
+            what = "gallery" if path.suffix == ".png" else "report"
             return cli.error(
-                f"cannot write {cli.printable(path)}: {cli.printable(reason)}; pass --report PATH somewhere writable "
-                "(the dataset itself is only read)"
+                f"{cli.printable(reason)} (the {what} {cli.printable(path.name)}); pass --report PATH somewhere "
+                "writable to scan it anyway (the dataset itself is only read)"
             )
     scan = scan_dataset(args.dataset_dir, sets)
     if not scan.items:
@@ -745,7 +741,7 @@ def finish(
     )
     output = report_path(args, method)
     fileio.remove_stale_temp_files(output.parent, output.name)
-    write_json_atomic(output, report)
+    fileio.write_json(output, report, indent=1)
     print(format_summary(report, output, notes))
     gallery = gallery_path(args, method)
     if gallery is not None:
@@ -760,8 +756,3 @@ def finish(
     for line in next_step(report, output, gallery):
         print(line)
     return cli.EXIT_PARTIAL if report["errors"] else cli.EXIT_OK
-
-
-def configure_logging() -> None:
-    """cli.setup_logging(); kept for remove_duplicates.py."""
-    cli.setup_logging()

@@ -5,8 +5,10 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import detect_duplicates_by_filesize as by_filesize
@@ -15,7 +17,9 @@ import duplicate_report as dr
 import imagehash
 import numpy as np
 import pytest
+import remove_duplicates
 from conftest import (
+    IS_ROOT,
     ROOT,
     make_class_image,
     make_dataset,
@@ -25,6 +29,8 @@ from conftest import (
     write_bad_files,
 )
 from PIL import Image
+
+import fileio
 
 NEAR_SIZE = (256, 192)  # measured: at this size resized/recompressed copies stay within 4 bits, distinct >= 16 apart
 NEAR_THRESHOLD = 8  # brightening by 10% clips highlights and moved one of 40 measured hashes by 6 bits
@@ -155,7 +161,7 @@ def test_filesize_finds_exact_copies_with_categories(tmp_path: Path) -> None:
     entry = report["duplicate_groups"]["same_class_diff_set"][0]["files"][1]
     assert entry["path"] == "val/plane/leak.jpg" and entry["set"] == "val" and entry["class"] == "plane"
     assert (entry["width"], entry["height"], entry["filename"]) == (64, 64, "leak.jpg")
-    assert entry["sha256"] == dr.sha256_file(dataset / "val/plane/leak.jpg")
+    assert entry["sha256"] == fileio.sha256_file(dataset / "val/plane/leak.jpg")
     assert report["summary"]["removable_copies"] == 4
 
 
@@ -285,7 +291,7 @@ def test_draft_decoded_hashes_match_full_decodes(tmp_path: Path) -> None:
     for seed in range(4):
         path = save_image(make_class_image(seed % 4, seed, (800, 600)), tmp_path / f"{seed}.jpg")
         naive = imagehash.phash(Image.open(path).convert("RGB"))
-        ours = imagehash.hex_to_hash(by_phash.hash_file((str(path), 8, False))[0])
+        ours = imagehash.hex_to_hash(by_phash.hash_file((str(path), 8, False)).phash)
         distances.append(naive - ours)
     assert np.mean(distances) < 2
 
@@ -332,3 +338,197 @@ def test_classes_of_any_name_and_a_dataset_without_sets(tmp_path: Path) -> None:
     report = load(tmp_path / "r.json")
     assert report["sets"] == [dr.WHOLE_FOLDER_SET]
     assert group_paths(report)["diff_class_same_set"] == [{"cats/a.jpg", "dogs/b.jpg"}]
+
+
+def test_help_of_the_report_module_says_what_it_is() -> None:
+    result = subprocess.run(
+        [sys.executable, str(ROOT / "data_collection" / "duplicate_report.py"), "--help"],
+        capture_output=True,
+        text=True,
+    )
+    lines = (result.stdout + result.stderr).strip().splitlines()
+    assert result.returncode == 2 and len(lines) == 1
+    assert "module imported by the duplicate detectors, not a script" in lines[0]
+    assert all(name in lines[0] for name in dr.DETECTORS)
+
+
+def test_threshold_help_says_what_it_measures() -> None:
+    help_text = " ".join(by_phash.get_args_parser().format_help().split())
+    assert "Hamming distance: the most hash bits" in help_text and "--report" in help_text
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# What a user sees next: the removal line, the gallery
+
+
+def fake_report(method: str, warnings: list[str] | None = None) -> dict:
+    return {"method": method, "summary": {"groups": 1}, "warnings": warnings or []}
+
+
+def test_next_step_for_an_embedding_report_is_to_look_never_to_apply() -> None:
+    report_path, gallery = Path("d/duplicate_report_embedding.json"), Path("d/duplicate_report_embedding.png")
+    lines = " ".join(dr.next_step(fake_report("embedding"), report_path, gallery))
+    assert f"look at the groups in {gallery}" in lines and "--apply" not in lines
+    assert "--strategy interactive" in lines and "prefer-train" not in lines
+    warned = " ".join(dr.next_step(fake_report("embedding", ["implausible"]), report_path, gallery))
+    assert "remove_duplicates" not in warned and str(gallery) in warned
+    phash = " ".join(dr.next_step(fake_report("phash"), Path("r.json"), None))
+    assert "remove_duplicates.py --report r.json --strategy prefer-train" in phash and "--apply" not in phash
+
+
+def group(group_id: int, category: str, size: int) -> dict:
+    files = [{"path": f"{category}/{group_id}/{index}.jpg", "set": "train", "class": "c"} for index in range(size)]
+    return {"id": group_id, "category": category, "files": files}
+
+
+def test_gallery_order_puts_problems_first_then_largest() -> None:
+    report = {
+        "duplicate_groups": {
+            "same_class_and_set": [group(1, "same_class_and_set", 9), group(2, "same_class_and_set", 3)],
+            "same_class_diff_set": [group(3, "same_class_diff_set", 2)],
+            "diff_class_same_set": [group(4, "diff_class_same_set", 2), group(5, "diff_class_same_set", 4)],
+            "diff_class_diff_set": [group(6, "diff_class_diff_set", 2)],
+        }
+    }
+    assert [g["id"] for g in dr.problems_first(report)] == [6, 5, 4, 3, 1, 2]
+
+
+def test_gallery_title_covers_no_caption_and_says_how_many_groups(near_copy_dataset: Path) -> None:
+    dataset = near_copy_dataset
+    assert by_phash.main(["--dataset-dir", str(dataset), "--threshold", str(NEAR_THRESHOLD), "--workers", "1"]) == 0
+    report = load(dataset / "duplicate_report_phash.json")
+    figure, shown = dr.gallery_figure(report, dataset, max_groups=2)
+    assert shown == 2 and "showing 2 of 3 groups" in figure._suptitle.get_text()
+    columns = len(figure.axes) // 2
+    assert "label conflict" in figure.axes[0].get_ylabel()  # the hero/other conflict first, then the leak;
+    assert "train/val leakage" in figure.axes[columns].get_ylabel()  # the larger group of bird copies left out
+    renderer = figure.canvas.get_renderer()
+    title = figure._suptitle.get_window_extent(renderer)
+    for ax in figure.axes[:columns]:
+        if ax.get_title():
+            assert title.y0 >= ax.title.get_window_extent(renderer).y1  # the title lies above every caption
+
+
+def test_gallery_png_has_ordinary_permissions(near_copy_dataset: Path) -> None:
+    gallery = near_copy_dataset / "g.png"
+    assert by_phash.main(["--dataset-dir", str(near_copy_dataset), "--workers", "1", "--gallery", str(gallery)]) == 0
+    umask = os.umask(0)
+    os.umask(umask)
+    assert gallery.stat().st_mode & 0o777 == 0o666 & ~umask
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Odd files and folders (shared/BAD_INPUTS.md 18-23)
+
+
+BAD_NAME = os.fsdecode(b"bad\xffname.jpg")  # Linux allows any bytes; Python keeps the 0xff as a lone surrogate
+
+
+def test_a_non_utf8_name_is_kept_losslessly_and_the_report_stays_utf8(
+    tmp_path: Path, capsys: pytest.CaptureFixture
+) -> None:
+    dataset = make_dataset(tmp_path / "dataset", train_per_class=2, val_per_class=1)
+    copy(dataset, "train/bird/bird_000.jpg", f"train/bird/{BAD_NAME}")
+    for main, method in ((by_filesize.main, "filesize"), (by_phash.main, "phash")):
+        assert main(["--dataset-dir", str(dataset), "--workers", "1"]) == 0
+        report_path = dataset / f"duplicate_report_{method}.json"
+        report_path.read_bytes().decode("utf-8")  # strict: valid UTF-8
+        assert {"train/bird/bird_000.jpg", f"train/bird/{BAD_NAME}"} in group_paths(load(report_path))[
+            "same_class_and_set"
+        ]
+        capsys.readouterr().out.encode("utf-8")  # nothing unprintable reached stdout
+    code = remove_duplicates.main(["--report", str(dataset / "duplicate_report_filesize.json"), "--strategy", "safe"])
+    assert code == 0 and "bad\\xffname.jpg" in capsys.readouterr().out  # the remover reads it and shows it escaped
+
+
+def test_named_pipes_are_never_opened(tmp_path: Path) -> None:
+    dataset = make_dataset(tmp_path / "dataset", train_per_class=1, val_per_class=1)
+    os.mkfifo(dataset / "train" / "bird" / "pipe.jpg")
+    os.mkfifo(dataset / "train" / "bird" / "pipe_without_extension")
+    signal.alarm(60)  # a reader that opens a pipe hangs forever: fail instead
+    try:
+        for main, method in ((by_filesize.main, "filesize"), (by_phash.main, "phash")):
+            assert main(["--dataset-dir", str(dataset), "--workers", "1"]) == 1
+            errors = {e["path"]: e["reason"] for e in load(dataset / f"duplicate_report_{method}.json")["errors"]}
+            assert errors == {
+                "train/bird/pipe.jpg": "is a named pipe (FIFO), not a file",
+                "train/bird/pipe_without_extension": "is a named pipe (FIFO), not a file",
+            }
+    finally:
+        signal.alarm(0)
+
+
+def test_a_symlinked_class_folder_is_read_through(tmp_path: Path) -> None:
+    dataset = make_dataset(tmp_path / "dataset", train_per_class=2, val_per_class=1)
+    outside = tmp_path / "elsewhere" / "ducks"
+    save_image(make_class_image(0, 77, (64, 64)), outside / "duck.jpg")
+    before = (outside / "duck.jpg").read_bytes()
+    (dataset / "train" / "duck").symlink_to(outside, target_is_directory=True)
+    shutil.copyfile(outside / "duck.jpg", dataset / "train" / "bird" / "duck_copy.jpg")
+    assert by_filesize.main(["--dataset-dir", str(dataset)]) == 0
+    report = load(dataset / "duplicate_report_filesize.json")
+    assert group_paths(report)["diff_class_same_set"] == [{"train/duck/duck.jpg", "train/bird/duck_copy.jpg"}]
+    assert (outside / "duck.jpg").read_bytes() == before and sorted(os.listdir(outside)) == ["duck.jpg"]
+
+
+def read_only_check(tmp_path: Path, capsys: pytest.CaptureFixture) -> Path:
+    dataset = tmp_path / "dataset"
+    for main in (by_filesize.main, by_phash.main):
+        assert main(["--dataset-dir", str(dataset)]) == 2
+        err = capsys.readouterr().err
+        assert err.count("\n") == 1 and "read-only" in err and "--report" in err  # one sentence, before any work
+        elsewhere = tmp_path / "elsewhere" / "r.json"
+        assert main(["--dataset-dir", str(dataset), "--report", str(elsewhere), "--workers", "1"]) == 0
+        assert load(elsewhere)["summary"]["groups"] == 1
+    return dataset
+
+
+@pytest.mark.skipif(IS_ROOT, reason="root writes into read-only folders")
+def test_a_read_only_dataset_is_said_at_once_and_report_elsewhere_works(
+    tmp_path: Path, capsys: pytest.CaptureFixture
+) -> None:
+    dataset = make_dataset(tmp_path / "dataset", train_per_class=1, val_per_class=1)
+    copy(dataset, "train/bird/bird_000.jpg", "train/bird/again.jpg")
+    os.chmod(dataset, 0o555)
+    try:
+        before = sorted(os.listdir(dataset))
+        read_only_check(tmp_path, capsys)
+        assert sorted(os.listdir(dataset)) == before
+    finally:
+        os.chmod(dataset, 0o755)
+
+
+def test_a_read_only_dataset_as_seen_by_os_access(
+    tmp_path: Path, capsys: pytest.CaptureFixture, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The same as above where the tests run as root (for whom chmod does not stop writes)."""
+    dataset = make_dataset(tmp_path / "dataset", train_per_class=1, val_per_class=1)
+    copy(dataset, "train/bird/bird_000.jpg", "train/bird/again.jpg")
+    real_access = os.access
+    monkeypatch.setattr(os, "access", lambda path, mode: Path(path) != dataset and real_access(path, mode))
+    before = sorted(os.listdir(dataset))
+    read_only_check(tmp_path, capsys)
+    assert sorted(os.listdir(dataset)) == before
+
+
+def test_stale_temp_files_of_our_own_kind_are_removed(tmp_path: Path) -> None:
+    dataset = make_dataset(tmp_path / "dataset", train_per_class=1, val_per_class=1)
+    stale = dataset / ".duplicate_report_filesize.json.abc123.tmp"
+    fresh = dataset / ".duplicate_report_filesize.json.def456.tmp"  # maybe a run going on right now
+    other = dataset / ".something_else.json.abc123.tmp"
+    for path in (stale, fresh, other):
+        path.write_text("{", encoding="utf-8")
+    two_hours_ago = time.time() - 7200
+    for path in (stale, other):
+        os.utime(path, (two_hours_ago, two_hours_ago))
+    assert by_filesize.main(["--dataset-dir", str(dataset)]) == 0
+    assert not stale.exists() and fresh.exists() and other.exists()
+
+
+def test_no_progress_bars_when_stderr_is_not_a_terminal(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    dataset = make_dataset(tmp_path / "dataset", train_per_class=2, val_per_class=1)
+    for main in (by_filesize.main, by_phash.main):
+        copy(dataset, "train/bird/bird_000.jpg", "val/bird/again.jpg")
+        assert main(["--dataset-dir", str(dataset), "--workers", "1"]) == 0
+        err = capsys.readouterr().err
+        assert "it/s" not in err and "img/s" not in err and "file/s" not in err and "%|" not in err

@@ -98,7 +98,7 @@ def test_search_equals_the_full_similarity_matrix() -> None:
         similarity = data.astype(np.float64) @ data.T.astype(np.float64)
         rows, columns = np.nonzero(np.triu(similarity >= threshold - by_embedding.ROUNDING_TOLERANCE, 1))
         expected = np.stack([rows, columns], axis=1)
-        found, engine = by_embedding.find_similar_pairs(data, threshold, block_bytes=1 << 20, use_faiss=False)
+        found, engine = by_embedding.find_similar_pairs(data, threshold, block_bytes=1 << 20, engine="numpy")
         assert len(expected) >= 40 and engine == "numpy"
         np.testing.assert_array_equal(found, expected)
 
@@ -143,8 +143,8 @@ def test_faiss_search_gives_the_same_pairs_as_numpy() -> None:
     data[planted[0, 1]] = data[planted[0, 0]]  # an exact copy: similarity 1 at threshold 1
     data = by_embedding.normalize_rows(data)
     for threshold in (0.95, 0.99, 1.0):
-        numpy_pairs, _ = by_embedding.find_similar_pairs(data, threshold, use_faiss=False)
-        faiss_pairs, engine = by_embedding.find_similar_pairs(data, threshold)
+        numpy_pairs, _ = by_embedding.find_similar_pairs(data, threshold, engine="numpy")
+        faiss_pairs, engine = by_embedding.find_similar_pairs(data, threshold, engine="faiss")
         assert engine == "faiss" and len(numpy_pairs) >= 1
         np.testing.assert_array_equal(faiss_pairs, numpy_pairs)
 
@@ -154,8 +154,67 @@ def test_a_failing_faiss_falls_back_to_numpy(monkeypatch: pytest.MonkeyPatch, ca
         raise MemoryError("cannot allocate")
 
     monkeypatch.setattr(by_embedding, "find_similar_pairs_faiss", broken)
-    monkeypatch.setattr(by_embedding.importlib.util, "find_spec", lambda name: object())
     data = by_embedding.normalize_rows(np.eye(4, dtype=np.float32) + 1.0)
-    pairs, engine = by_embedding.find_similar_pairs(data, 0.5)
+    pairs, engine = by_embedding.find_similar_pairs(data, 0.5, engine="faiss")
     assert engine == "numpy" and len(pairs) == 6
     assert "FAISS search failed (cannot allocate): searching with numpy instead" in caplog.text
+
+
+def test_a_weak_model_gets_a_warning_no_chained_groups_and_no_removal_command(
+    tmp_path: Path, tiny_model: Path, capsys: pytest.CaptureFixture
+) -> None:
+    """A random network maps unrelated images close together: at 0.95 nearly everything is "similar"."""
+    dataset = make_dataset(tmp_path / "dataset", train_per_class=12, val_per_class=3, size=(64, 48))
+    code, report = run(dataset, tiny_model, "0.95", "--no-cache", "--no-gallery")
+    out = capsys.readouterr().out
+    assert code == 0 and report["warnings"]
+    assert "WARNING" in out and "weak model" in out and "--threshold" in out
+    assert "remove_duplicates" not in out and "--apply" not in out  # no removal command at all
+    assert report["random_pair_median"] > by_embedding.IMPLAUSIBLE_MEDIAN
+    for group in dr.iter_groups(report):  # no chains: every member is near its group's representative
+        assert all(entry["similarity"] >= 0.95 - 1e-5 for entry in group["files"])
+        assert group["representative"] in {entry["path"] for entry in group["files"]}
+
+
+def test_implausible_output_is_named() -> None:
+    plausible = by_embedding.implausibility_warnings(1000, [[0, 1], [2, 3, 4]], 0.35)
+    assert plausible == []
+    too_many = by_embedding.implausibility_warnings(100, [list(range(30))], 0.35)
+    assert len(too_many) == 2 and "30 of 100 images (30%)" in too_many[0] and "a group has 30 images" in too_many[1]
+    bunched = by_embedding.implausibility_warnings(1000, [], 0.93)
+    assert len(bunched) == 1 and "median cosine similarity of 0.930" in bunched[0] and "weak model" in bunched[0]
+
+
+def test_auto_threshold_follows_the_spread_of_random_pairs() -> None:
+    rng = np.random.default_rng(0)
+    strong, strong_figures = by_embedding.auto_threshold(rng.uniform(0.1, 0.7, 20_000))
+    weak, weak_figures = by_embedding.auto_threshold(rng.uniform(0.97, 0.995, 20_000))
+    assert 0.84 < strong < 0.86 and 0.997 < weak < 0.998
+    assert strong_figures["chosen"] == strong and strong_figures["random_pairs"] == 20_000
+    assert set(strong_figures["quantiles"]) == {"0.5", "0.9", "0.99", "0.999"} and "quantile" in weak_figures["rule"]
+
+
+def test_auto_threshold_is_the_default_and_its_figures_are_in_the_report(planted: Path, tiny_model: Path) -> None:
+    code = by_embedding.main(["--dataset-dir", str(planted), "--model", str(tiny_model), "--no-gallery"])
+    report = load(planted / "duplicate_report_embedding.json")
+    threshold = report["threshold"]
+    assert code == 0 and threshold["source"] == "auto" and report["arguments"]["threshold"] == "auto"
+    top = threshold["quantiles"]["0.999"]
+    assert threshold["value"] == pytest.approx(top + 0.5 * (1 - top), abs=1e-4) and threshold["random_pairs"] == 120
+    assert {"train/bird/original.jpg", "val/bird/exact.jpg"} in groups_of(report)
+
+
+def test_odd_files_and_no_progress_bars(tmp_path: Path, tiny_model: Path, capsys: pytest.CaptureFixture) -> None:
+    dataset = make_dataset(tmp_path / "dataset", train_per_class=1, val_per_class=1, size=(64, 48))
+    bad_name = os.fsdecode(b"bad\xffname.jpg")
+    shutil.copyfile(dataset / "train" / "bird" / "bird_000.jpg", dataset / "train" / "bird" / bad_name)
+    os.mkfifo(dataset / "train" / "plane" / "pipe")
+    code, report = run(dataset, tiny_model, STRICT_THRESHOLD)
+    err = capsys.readouterr().err
+    assert code == 1 and report["errors"] == [
+        {"path": "train/plane/pipe", "reason": "is a named pipe (FIFO), not a file"}
+    ]
+    assert {"train/bird/bird_000.jpg", f"train/bird/{bad_name}"} in groups_of(report)
+    (dataset / "duplicate_report_embedding.json").read_bytes().decode("utf-8")  # strict UTF-8
+    assert "it/s" not in err and "img/s" not in err and "%|" not in err
+    assert (dataset / "duplicate_report_embedding.png").is_file()  # the gallery is written by default
