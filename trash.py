@@ -607,6 +607,8 @@ def _restore(dataset_dir: Path, move: dict[str, Any], real_dataset: Path, real_t
         if move["status"] == "planned" and os.path.lexists(source):
             return False  # never moved: it was changed or replaced before the run reached it
         where = "in the trash" if move["action"] == "trash" else "at"
+        if os.path.lexists(source):
+            raise fileio.UnsafePathError(f"not found {where} {move['destination']}; a different file is at its place")
         raise fileio.UnsafePathError(f"not found {where} {move['destination']}, and not back in place")
     problem = _file_problem(destination, move["sha256"])
     if problem:

@@ -502,3 +502,12 @@ def test_a_read_only_dataset_gives_one_sentence(dataset: Path) -> None:
             pass
     finally:
         os.chmod(dataset, 0o755)
+
+
+def test_a_file_missing_from_the_trash_is_reported(dataset: Path) -> None:
+    log_path, _ = run(dataset, [trash.Move("train/bird/a.jpg"), trash.Move("train/bird/b.jpg")])
+    destination = load(log_path)["moves"][0]["destination"]
+    (dataset / destination).unlink()  # someone emptied part of the trash
+    result = undo(dataset, log_path)
+    assert result.errors == [("train/bird/a.jpg", f"not found in the trash {destination}, and not back in place")]
+    assert result.done == ["train/bird/b.jpg"] and (dataset / "train/bird/b.jpg").is_file()
