@@ -149,6 +149,11 @@ def test_download_saves_exactly_the_good_images_and_records_every_url(web, capsy
         assert (record["status"], record["reason"]) == ("failed", reason), path
         assert record["retryable"] == (reason in ("http 500", "timeout"))
         assert record["path"] is None
+        flag = {"timeout": "--timeout", "too large": "--max-bytes", "too small": "--min-size"}.get(reason)
+        value = {"--timeout": 0.25, "--max-bytes": MAX_BYTES, "--min-size": 32}.get(flag)
+        if reason == "wrong content type":
+            flag, value = "--ignore-content-type", False
+        assert record["limit"] == (None if flag is None else {"flag": flag, "value": value}), path
     copies = [latest[web.server.url(f"/bird/copy-{name}.png")] for name in "ab"]
     assert sorted(record["status"] for record in copies) == ["duplicate", "saved"]
     kept = next(record for record in copies if record["status"] == "saved")
@@ -355,8 +360,10 @@ def test_no_network_during_search_says_so_in_one_sentence(tmp_path: Path, monkey
     monkeypatch.setattr(image_search, "can_connect", lambda host, port, timeout_s=None: False)
     dataset = tmp_path / "dataset"
     assert download_images.main(["--duckduckgo", "--dataset-dir", str(dataset), "--no-progress"]) == 1
-    err = capsys.readouterr().err.strip()
-    assert err.startswith("No network: cannot reach duckduckgo.com") and "--urls-file" in err
+    output = capsys.readouterr()
+    err = output.err.strip()
+    assert err == "No network: cannot reach duckduckgo.com; connect, or pass --urls-file FILE with image URLs."
+    assert output.out.split()[:3] == ["class", "URLs", "already"]  # the table all the same
     assert len(err.splitlines()) == 1 and len(FakeDDGS.calls) == 1
     assert not dataset.exists()
 
@@ -376,8 +383,9 @@ def test_no_network_for_url_list_leaves_nothing_behind(tmp_path: Path, capsys) -
     urls.write_text("".join(f"bird,http://127.0.0.1:{port}/{n}.jpg\n" for n in range(5)))
     dataset = tmp_path / "dataset"
     assert run(["--urls-file", str(urls), "--dataset-dir", str(dataset), *FAST]) == 1
-    err = capsys.readouterr().err.strip()
-    assert err == f"No network: cannot reach 127.0.0.1; connect, or check the URLs in {urls}."
+    output = capsys.readouterr()
+    assert output.err.strip() == f"No network: cannot reach 127.0.0.1; connect, or check the URLs in {urls}."
+    assert output.out.split()[:3] == ["class", "URLs", "already"]  # the table all the same
     assert not dataset.exists()
 
 
