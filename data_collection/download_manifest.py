@@ -1,9 +1,10 @@
 """The download manifest: one JSON line per URL tried, and the rule for which URLs a re-run tries again.
 
-Imported by download_images.py; not a script. ``dataset/download_manifest.jsonl`` is appended to as a run goes, by
-any number of runs at once: each record is one ``write`` of a whole line to a file opened with O_APPEND, under an
-exclusive ``flock``, so lines never interleave, and a line cut off by a killed run is ended before the next one.
-The latest line for a URL is its state.
+Imported by download_images.py and download_report.py; not a script.
+
+``dataset/download_manifest.jsonl`` is appended to as a run goes, by any number of runs at once: each record is one
+``write`` of a whole line to a file opened with O_APPEND, under an exclusive ``flock``, so lines never interleave, and
+a line cut off by a killed run is ended before the next one. The latest line for a URL is its state.
 
 A failure that a command-line limit decided (``too small``, ``too large``, ``timeout``, ``wrong content type``)
 records the limit as ``"limit": {"flag": "--min-size", "value": 128}``; a re-run retries it when that limit changed

@@ -1,6 +1,6 @@
 """Fetch one image URL and verify its bytes: the downloader's network and image checks.
 
-Imported by download_images.py, image_search.py and download_manifest.py; not a script. A ``Fetcher`` downloads one
+Imported by download_images.py and its other sibling modules; not a script. A ``Fetcher`` downloads one
 URL in a worker thread (size cap, Content-Type check, retries with backoff for answers that may pass), then decodes
 the bytes fully with Pillow (bombs refused from the header). It writes nothing: the caller decides what to keep.
 ``network_reachable`` is the honest "is there a network at all" check: it tries to open a connection.

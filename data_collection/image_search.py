@@ -1,10 +1,12 @@
 """Image search for the downloader: candidates per class from DuckDuckGo (through ddgs), paced, retried and cached.
 
-Imported by download_images.py; not a script. A search backend is any function ``(query, page, options) -> results``
-(``ddgs_search`` is the real one; tests pass a fake). ``ImageSearch`` wraps it with what a run needs: requests paced
-apart, every error retried with exponential backoff and jitter (ddgs reports a rate limit, a network error and "no
-results" alike), each page cached under ``<dataset>/.search_cache/`` as it arrives so a re-run carries on, and a stop
-for the run once several queries in a row have failed. Each class's candidates are spread evenly over its queries.
+Imported by download_images.py (and download_report.py, for ShortQuery); not a script.
+
+A search backend is any function ``(query, page, options) -> results`` (``ddgs_search`` is the real one; tests pass a
+fake). ``ImageSearch`` wraps it with what a run needs: requests paced apart, every error retried with exponential
+backoff and jitter (ddgs reports a rate limit, a network error and "no results" alike), each page cached under
+``<dataset>/.search_cache/`` as it arrives so a re-run carries on, and a stop for the run once several queries in a
+row have failed. Each class's candidates are spread evenly over its queries.
 """
 
 from __future__ import annotations
