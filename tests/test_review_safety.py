@@ -20,6 +20,7 @@ from test_review_problematic_images import CLASSES, make_reviewed, run_interacti
 
 import cli
 import review_problematic_images as review
+import trash
 from fileio import sha256_file, write_json
 
 Reviewed = tuple[Path, Path, dict[str, Any]]
@@ -371,3 +372,26 @@ def test_non_utf8_file_name_is_reviewed_deleted_and_restored(
         written.read_bytes().decode("utf-8")  # raises if the file is not valid UTF-8
     assert review.main(["--undo", str(log)]) == 0
     assert tree_snapshot(dataset / "train") == before
+
+
+def test_undo_refuses_a_log_of_another_tool(reviewed: Reviewed, capsys: pytest.CaptureFixture[str]) -> None:
+    dataset, _, report = reviewed
+    image = report["problematic_images"]["bird"][0]["path"]
+    with trash.lock(dataset, "remove_duplicates.py"):
+        log = trash.new_log(dataset, "remove_duplicates", [trash.Move(image)])
+        trash.apply(dataset, log)
+    before = tree_snapshot(dataset)
+    assert review.main(["--undo", str(log)]) == 2
+    assert "was written by remove_duplicates; undo it with that tool" in one_error_line(capsys)
+    assert tree_snapshot(dataset) == before
+
+
+def test_save_into_an_unusable_place_is_one_sentence(
+    reviewed: Reviewed, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    _, report_path, _ = reviewed
+    (tmp_path / "a_file").write_text("not a folder", encoding="utf-8")
+    for mode in ("summary", "grid"):
+        code = review.main(["--report", str(report_path), "--mode", mode, "--save", str(tmp_path / "a_file" / "x")])
+        assert code == 2
+        assert str(tmp_path / "a_file") in one_error_line(capsys)
