@@ -803,3 +803,12 @@ def test_a_dataset_the_os_reports_read_only_is_one_sentence_before_any_work(
                                "nothing was changed\n"  # fmt: skip
         assert "Plan for" not in captured.out
     assert tree_snapshot(copies_dataset) == before
+
+
+def test_a_fifo_in_a_report_is_skipped_never_opened(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    dataset = make_dataset(tmp_path / "dataset", train_per_class=1, val_per_class=1)
+    os.mkfifo(dataset / "train/bird/pipe.jpg")
+    report = hand_report(dataset, [["train/bird/bird_000.jpg", "train/bird/pipe.jpg"]])
+    assert rd.main(["--report", str(report), "--strategy", "safe", "--apply", "--yes"]) == 1  # safe would hash it
+    assert "train/bird/pipe.jpg is a named pipe (FIFO), not a file" in capsys.readouterr().out
+    assert (dataset / "train/bird/bird_000.jpg").is_file()
