@@ -24,12 +24,14 @@ from __future__ import annotations
 import argparse
 import hashlib
 import html
+import io
 import json
 import logging
 import math
 import os
 import re
 import sys
+import time
 import urllib.parse
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -52,7 +54,7 @@ DEFAULT_NAME = "report.html"
 THUMB_PIXELS = 160  # longer side of a thumbnail: enough to judge a label, about 5-8 KB as JPEG
 THUMB_QUALITY = 80
 THUMB_NAME = re.compile(r"^[0-9a-f]{20}\.jpg$")  # the only files this script ever removes (its own stale thumbnails)
-MAX_DECODE_PIXELS = 50_000_000  # larger images are refused, not decoded (a decompression bomb)
+THUMB_TEMP_NAME = re.compile(r"^\.[0-9a-f]{20}\.jpg\.\d+\.tmp$")  # and its half-written ones, once old
 MAX_ERRORS_SHOWN = 60  # most confident val mistakes on the page, across classes
 DECISIONS_TYPE = "problematic_review_decisions"  # what review_problematic_images.py --apply-decisions reads
 DECISIONS_SCHEMA_VERSION = 1
@@ -245,31 +247,17 @@ def best_epoch_record(metadata: dict[str, Any]) -> dict[str, Any] | None:
 # ---------------------------------------------------------------------------------------------------------------------
 
 
-def is_image_file(path: Path) -> bool:
-    """True for a regular file Pillow recognises from its header (nothing is decoded; a FIFO is never opened)."""
-    if not fileio.is_regular_file(path):
-        return False
-    from PIL import Image
-
-    try:
-        with Image.open(path):
-            return True
-    except Exception:  # noqa: BLE001 - anything Pillow cannot identify is "not an image" here
-        return False
-
-
 def count_images(dataset_dir: Path) -> dict[str, dict[str, int]]:
-    """{split: {class: image files}}, found by content under <split>/<class>/ (hidden files and folders skipped)."""
-    counts: dict[str, dict[str, int]] = {}
-    for split in SPLITS:
-        counts[split] = {}
-        for class_name in fileio.class_folders(dataset_dir / split):
-            total = 0
-            for folder, subfolders, names in os.walk(dataset_dir / split / class_name):
-                subfolders[:] = [name for name in subfolders if not name.startswith(".")]
-                total += sum(is_image_file(Path(folder) / name) for name in names if not name.startswith("."))
-            counts[split][class_name] = total
-    return counts
+    """{split: {class: image files}}, found as the trainer finds them (classifier.find_image_files)."""
+    import classifier  # the one image reader; imports no torch until a model is built
+
+    return {
+        split: {
+            name: len(classifier.find_image_files(dataset_dir / split / name))
+            for name in fileio.class_folders(dataset_dir / split)
+        }
+        for split in SPLITS
+    }
 
 
 def locate(dataset_dir: Path, relative: Any) -> tuple[Path | None, str | None]:
@@ -291,25 +279,25 @@ def locate(dataset_dir: Path, relative: Any) -> tuple[Path | None, str | None]:
 
 
 def write_thumbnail(source: Path, destination: Path) -> tuple[int, int]:
-    """A JPEG of at most THUMB_PIXELS a side (upright, alpha on white); returns its (width, height)."""
-    from PIL import Image, ImageOps
+    """A JPEG of at most THUMB_PIXELS a side, read by classifier.py's rules (upright, alpha on white, bombs refused).
 
-    with Image.open(source) as image:
-        if image.width * image.height > MAX_DECODE_PIXELS:
-            raise ValueError(f"{image.width}x{image.height} pixels: too large to decode")
-        image.draft("RGB", (THUMB_PIXELS * 2, THUMB_PIXELS * 2))
-        image.seek(0)
-        upright = ImageOps.exif_transpose(image)
-        if upright.mode in ("RGBA", "LA", "P", "PA") or "transparency" in upright.info:
-            rgba = upright.convert("RGBA")
-            flat = Image.new("RGB", rgba.size, "white")
-            flat.paste(rgba, mask=rgba.getchannel("A"))
-        else:
-            flat = upright.convert("RGB")
-        flat.thumbnail((THUMB_PIXELS, THUMB_PIXELS))
-        with fileio.atomic_write(destination) as handle:
-            flat.save(handle, "JPEG", quality=THUMB_QUALITY)
-        return flat.size
+    Written to a temp name and renamed, so a half-written thumbnail is never used; not fsynced: it is a cache, made
+    again if lost, and an fsync per thumbnail took more than half the time of a first build.
+    """
+    import classifier
+
+    thumbnail = classifier.load_image(source, draft_size=(THUMB_PIXELS, THUMB_PIXELS))
+    thumbnail.thumbnail((THUMB_PIXELS, THUMB_PIXELS))
+    buffer = io.BytesIO()
+    thumbnail.save(buffer, "JPEG", quality=THUMB_QUALITY)
+    temporary = destination.with_name(f".{destination.name}.{os.getpid()}{fileio.TEMP_SUFFIX}")
+    destination.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        temporary.write_bytes(buffer.getvalue())
+        os.replace(temporary, destination)
+    finally:
+        temporary.unlink(missing_ok=True)
+    return thumbnail.size
 
 
 @dataclass
@@ -336,6 +324,7 @@ class Catalog:
     thumbs_dir: Path
     images: dict[str, Shown] = field(default_factory=dict)
     unreadable: int = 0
+    bar: Any = None  # a cli.progress bar counting the images read (drawn only on a terminal)
 
     def add(self, relative: Any) -> Shown:
         key = relative if isinstance(relative, str) else repr(relative)
@@ -344,6 +333,8 @@ class Catalog:
         parts = key.split("/")
         shown = Shown(len(self.images), key, parts[0] if len(parts) > 2 else None, parts[1] if len(parts) > 2 else None)
         self.images[key] = shown
+        if self.bar is not None:
+            self.bar.update()
         path, shown.problem = locate(self.dataset_dir, relative)
         if path is None:
             return shown
@@ -380,11 +371,12 @@ def link_to(path: Path, page_dir: Path) -> str:
 
 def remove_stale_thumbs(thumbs_dir: Path, keep: set[str]) -> None:
     """Delete this script's thumbnails that no image of the page uses any more (only names it creates)."""
-    for path in thumbs_dir.glob("*.jpg") if thumbs_dir.is_dir() else []:
-        if (
-            THUMB_NAME.match(path.name)
-            and path.name not in keep
-            and fileio.is_regular_file(path, follow_symlinks=False)
+    cutoff = time.time() - fileio.STALE_TEMP_SECONDS
+    for path in thumbs_dir.iterdir() if thumbs_dir.is_dir() else []:
+        if not fileio.is_regular_file(path, follow_symlinks=False):
+            continue
+        if (THUMB_NAME.match(path.name) and path.name not in keep) or (
+            THUMB_TEMP_NAME.match(path.name) and path.lstat().st_mtime < cutoff
         ):
             path.unlink(missing_ok=True)
 
@@ -830,12 +822,16 @@ SCRIPT = r"""
   var classSelect = document.getElementById("filter-class");
   var tagSelect = document.getElementById("filter-tag");
 
+  var filtered = Array.prototype.map.call(document.querySelectorAll("[data-filter]"), function (el) {
+    var tags = el.getAttribute("data-tags").split(" ");
+    return {el: el, classes: JSON.parse(el.getAttribute("data-classes")), tags: tags};
+  });
+
   function applyFilters() {
     var wanted = classSelect.value, tag = tagSelect.value;
-    document.querySelectorAll("[data-filter]").forEach(function (el) {
-      var classes = JSON.parse(el.getAttribute("data-classes"));
-      var tags = el.getAttribute("data-tags").split(" ");
-      el.hidden = !((wanted === "" || classes.indexOf(wanted) >= 0) && (tag === "" || tags.indexOf(tag) >= 0));
+    filtered.forEach(function (item) {
+      var hide = !((wanted === "" || item.classes.indexOf(wanted) >= 0) && (tag === "" || item.tags.indexOf(tag) >= 0));
+      if (item.el.hidden !== hide) { item.el.hidden = hide; }  // untouched elements cost no style work
     });
     var groups = document.querySelectorAll(".group[data-filter]:not([hidden])").length;
     var cards = document.querySelectorAll(".card[data-filter]:not([hidden])").length;
@@ -982,8 +978,10 @@ def build_report(dataset_dir: Path, models_dir: Path, output: Path, problematic_
     for folder in (files_dir, thumbs_dir):
         if folder.is_symlink():
             raise fileio.UnsafePathError(f"{folder} is a symbolic link: the report never writes through one")
-    page = Page(dataset_dir, models_dir, Catalog(dataset_dir, output.parent, thumbs_dir), count_images(dataset_dir))
-    text = render_page(page, problematic_path or dataset_dir / problematic_report.DEFAULT_NAME)
+    catalog = Catalog(dataset_dir, output.parent, thumbs_dir)
+    page = Page(dataset_dir, models_dir, catalog, count_images(dataset_dir))
+    with cli.progress(desc="Images for the report", unit="image") as catalog.bar:
+        text = render_page(page, problematic_path or dataset_dir / problematic_report.DEFAULT_NAME)
     with fileio.atomic_write(output, "w") as handle:
         handle.write(text)
     remove_stale_thumbs(thumbs_dir, page.catalog.used_thumbs())
@@ -1020,6 +1018,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser = get_args_parser()
     args = parser.parse_args(argv)
     cli.setup_logging(args.verbose)
+    cli.set_progress(not args.no_progress)
     if not args.dataset_dir.is_dir():
         return cli.error(f"the dataset folder {args.dataset_dir} does not exist (pass --dataset-dir)")
     output = args.report if args.report is not None else args.dataset_dir / DEFAULT_NAME
@@ -1039,7 +1038,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     print(f"Report: {output} ({shown} images shown; thumbnails in {output.with_name(output.stem + '_files')}/thumbs)")
     if page.catalog.unreadable:
         logger.warning("%d images could not be read for a thumbnail (named on the page)", page.catalog.unreadable)
-    return cli.EXIT_PARTIAL if page.unusable else cli.EXIT_OK
+    return cli.EXIT_PARTIAL if page.unusable or page.catalog.unreadable else cli.EXIT_OK
 
 
 if __name__ == "__main__":

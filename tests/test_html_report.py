@@ -19,7 +19,7 @@ from typing import Any
 
 import detect_duplicates_by_filesize
 import pytest
-from conftest import ROOT, make_dataset, tree_snapshot
+from conftest import ROOT, make_dataset, refused_bad_files, tree_snapshot, write_bad_files
 from PIL import Image
 
 import fileio
@@ -169,6 +169,10 @@ def test_thumbnails_no_longer_used_are_removed_and_nothing_else(setup) -> None:
     assert make_page(setup) == 0
     thumbs = setup["dataset"] / "report_files" / "thumbs"
     (thumbs / "notes.txt").write_text("mine")
+    old_temp, new_temp = thumbs / f".{'a' * 20}.jpg.99.tmp", thumbs / f".{'b' * 20}.jpg.98.tmp"
+    for temp in (old_temp, new_temp):
+        temp.write_bytes(b"half a thumbnail")
+    os.utime(old_temp, (time.time() - 2 * fileio.STALE_TEMP_SECONDS,) * 2)  # left by a run killed long ago
     before = {path.name for path in thumbs.glob("*.jpg")}
     write_problematic(setup["dataset"], {"train/bird/bird_002.jpg": ("plane", True, 2.0)})
     (setup["dataset"] / "duplicate_report_filesize.json").unlink()
@@ -176,6 +180,29 @@ def test_thumbnails_no_longer_used_are_removed_and_nothing_else(setup) -> None:
     assert make_page(setup) == 0
     after = {path.name for path in thumbs.glob("*.jpg")}
     assert len(after) == 1 and after < before and (thumbs / "notes.txt").read_text() == "mine"
+    assert not old_temp.exists() and new_temp.exists()  # a fresh one may belong to a run still going
+
+
+def test_bad_image_files_are_named_on_the_page_never_crash_it(setup) -> None:
+    dataset = setup["dataset"]
+    files = write_bad_files(dataset / "train" / "bird")
+    os.mkfifo(dataset / "train" / "bird" / "pipe.jpg")  # never opened: reading it would hang
+    listed = {f"train/bird/{name}": ("plane", False, 1.0) for name in [*files, "pipe.jpg"]}
+    write_problematic(dataset, listed)
+    try:
+        assert make_page(setup) == 1  # done, but some images could not be shown
+    finally:
+        os.chmod(files["unreadable.jpg"], 0o644)
+    page = setup["page"].read_text(encoding="utf-8")
+    data = json.loads(re.search(r'id="report-data">(.*?)</script>', page).group(1))
+    index = {image["path"]: number for number, image in enumerate(data["images"])}
+    for name in [*files, "pipe.jpg"]:
+        card = re.search(rf'<figure class="card" data-i="{index[f"train/bird/{name}"]}".*?</figure>', page).group(0)
+        if name in refused_bad_files() or name == "pipe.jpg":
+            assert "<img " not in card and 'class="thumb missing"' in card, name
+        else:
+            assert "<img " in card, name
+    assert "is a named pipe (FIFO), not a file: not shown" in page
 
 
 def test_missing_reports_are_named_and_the_rest_renders(tmp_path: Path) -> None:
