@@ -292,11 +292,11 @@ def plan_moves(
     "delete". A relabel goes to ``<split>/<target class>/<name>``, or ``<stem>_1<suffix>``... when that name is taken.
     """
     moves, planned = [], set()
-    for path, decision in pending:
-        source = PurePosixPath(path)
+    for path, decision in pending:  # the source stays spelled as in the decisions, which the log's moves are matched to
         if decision["action"] == "delete":
-            moves.append(trash.Move(source.as_posix(), action="trash", note="deleted in review"))
+            moves.append(trash.Move(path, action="trash", note="deleted in review"))
             continue
+        source = PurePosixPath(path)
         wanted = destination = PurePosixPath(source.parts[0], decision["target_class"], source.name)
         number = 0
         while destination in planned or is_taken(destination):
@@ -304,7 +304,7 @@ def plan_moves(
             destination = wanted.with_name(f"{wanted.stem}_{number}{wanted.suffix}")
         planned.add(destination)
         note = f"relabelled in review to {decision['target_class']}"
-        moves.append(trash.Move(source.as_posix(), destination.as_posix(), "relabel", note=note))
+        moves.append(trash.Move(path, destination.as_posix(), "relabel", note=note))
     return moves
 
 
@@ -856,7 +856,7 @@ def get_args_parser(add_help: bool = True) -> argparse.ArgumentParser:
     report_help = f"the trainer's problematic-images report (default: {DEFAULT_REPORT_PATH})"
     cli.add_report_flag(parser, report_help, aliases=["--report-path"], default=DEFAULT_REPORT_PATH)
     add = parser.add_argument
-    add("--dataset-dir", help="the folder the paths are relative to (default: the report's; --undo: the log's)")
+    add("--dataset-dir", help="the dataset (default: the report's folder; with --undo: the one whose .trash holds LOG)")
     add("--mode", choices=MODES, default="grid", help="what to show (default: grid)")
     add("--class", dest="classes", action="append", metavar="CLASS", help="only this class; repeat (default: all)")
     add("--limit", type=int, help="at most this many images per class (default: all)")

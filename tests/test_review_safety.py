@@ -395,3 +395,24 @@ def test_save_into_an_unusable_place_is_one_sentence(
         code = review.main(["--report", str(report_path), "--mode", mode, "--save", str(tmp_path / "a_file" / "x")])
         assert code == 2
         assert str(tmp_path / "a_file") in one_error_line(capsys)
+
+
+def test_a_path_spelled_oddly_in_the_report_is_moved_marked_and_restored(
+    reviewed: Reviewed, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    dataset, report_path, report = reviewed
+    entry = report["problematic_images"]["bird"][0]
+    odd = entry["path"].replace("train/bird/", "train//bird/./")
+    entry["path"] = odd
+    write_json(report_path, report)
+    before = tree_snapshot(dataset / "train")
+    code, _ = run_interactive(monkeypatch, report_path, ["d", "q", "y"])
+    assert code == 0 and not (dataset / odd).exists()
+    decisions = json.loads(report_path.with_name(review.DECISIONS_FILE_NAME).read_text(encoding="utf-8"))["decisions"]
+    assert decisions[odd]["applied"] is True
+    assert review.main(["--undo", str(trash_logs(dataset)[0])]) == 0
+    assert tree_snapshot(dataset / "train") == before
+    assert (
+        odd
+        not in json.loads(report_path.with_name(review.DECISIONS_FILE_NAME).read_text(encoding="utf-8"))["decisions"]
+    )
