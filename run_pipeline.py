@@ -340,11 +340,31 @@ def import_main(module: str) -> Callable[[list[str]], int]:
     return importlib.import_module(module).main
 
 
-def run_command(stage: str, command: Command) -> int:
+def accepts_flag(module: str, flag: str) -> bool:
+    """Whether a script's parser knows ``flag`` (the output switches reach every script as the others adopt them)."""
+    try:
+        parser = importlib.import_module(module).get_args_parser()
+    except Exception:  # noqa: BLE001 - a script that cannot build its parser fails visibly when it runs
+        return False
+    return flag in getattr(parser, "_option_string_actions", {})
+
+
+def with_output_flags(command: Command, args: argparse.Namespace) -> Command:
+    """The command plus --no-progress / --verbose when given to the pipeline and known to the script.
+
+    They change what is shown, not what is made, so they are left out of the stage fingerprints.
+    """
+    wanted = [flag for flag, is_on in (("--verbose", args.verbose), ("--no-progress", args.no_progress)) if is_on]
+    extra = tuple(flag for flag in wanted if accepts_flag(command.module, flag))
+    return Command(command.module, command.argv + extra) if extra else command
+
+
+def run_command(run: Run, stage: str, command: Command) -> int:
     """Print the command, run the script's main(argv) in this process and return its exit code.
 
     A script that ends through argparse's error (SystemExit) gives its code; KeyboardInterrupt passes through.
     """
+    command = with_output_flags(command, run.args)
     print(f"$ {command_line(command, Path.cwd())}", flush=True)
     main = import_main(command.module)
     try:
@@ -445,14 +465,14 @@ def record_stage(run: Run, stage: str, status: str, commands: Sequence[Command],
 
 def run_collect(run: Run) -> int:
     command = collect_command(run.args, run.dataset_dir)
-    code = run_command("collect", command)
+    code = run_command(run, "collect", command)
     record_stage(run, "collect", "done", [command], code)
     return code
 
 
 def run_detect(run: Run) -> int:
     commands = detect_commands(run.args, run.dataset_dir)
-    code = max(run_command("detect", command) for command in commands)
+    code = max(run_command(run, "detect", command) for command in commands)
     record_stage(run, "detect", "done", commands, code)
     return code
 
@@ -475,7 +495,7 @@ def remove_certain(run: Run, category: str, strategy: str, commands: list[Comman
     before = removal_logs(run.dataset_dir)
     command = removal_command(exact_report(run), strategy, category)
     commands.append(command)
-    code = run_command("dedupe", command)
+    code = run_command(run, "dedupe", command)
     run.deletion_logs.extend(str(log) for log in sorted(removal_logs(run.dataset_dir) - before))
     return code
 
@@ -491,7 +511,7 @@ def run_dedupe(run: Run) -> int:
     if read_groups(exact_report(run)).get(LEAK_CATEGORY):
         code = max(code, remove_certain(run, LEAK_CATEGORY, "prefer-train", commands))
         if dataset_listing(run.dataset_dir) != start:
-            code = max(code, run_command("dedupe", detect_commands(run.args, run.dataset_dir)[0]))
+            code = max(code, run_command(run, "dedupe", detect_commands(run.args, run.dataset_dir)[0]))
     if read_groups(exact_report(run)).get(COPY_CATEGORY):
         code = max(code, remove_certain(run, COPY_CATEGORY, "safe", commands))
     if dataset_listing(run.dataset_dir) != start:
@@ -526,14 +546,14 @@ def run_train(run: Run) -> int:
         print("The last training with these settings was interrupted: resuming it.")
         command = Command(command.module, (*command.argv, "--resume"))
     record_stage(run, "train", "started", [command])
-    code = run_command("train", command)
+    code = run_command(run, "train", command)
     record_stage(run, "train", "done", [command], code)
     return code
 
 
 def run_report(run: Run) -> int:
     command = report_command(run.dataset_dir, run.models_dir, run.html_path)
-    code = run_command("report", command)
+    code = run_command(run, "report", command)
     record_stage(run, "report", "done", [command], code)
     print(f"Open {run.html_path} in a browser (no server needed).")
     return code

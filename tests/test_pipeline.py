@@ -68,7 +68,7 @@ def pipeline(tmp_path_factory: pytest.TempPathFactory):
         urls = root / "urls.csv"
         urls.write_text("".join(f"{path.split('/')[1]},{server.url(path)}\n" for path in routes), encoding="utf-8")
         argv = ["--dataset-dir", str(dataset), "--models-dir", str(root / "models"), "--urls-file", str(urls), *TINY]
-        code, output = run(argv)
+        code, output = run([*argv, "--no-progress"])
     yield {"root": root, "dataset": dataset, "models": root / "models", "argv": argv, "code": code,
            "output": output, "planted": planted}  # fmt: skip
 
@@ -85,6 +85,9 @@ def test_whole_run_prints_each_standalone_command_and_writes_every_output(pipeli
     for argv in commands:  # each printed line is a valid command of its script, as a user would paste it
         module = next(name for name, path in SCRIPT_OF_MODULE.items() if path == Path(argv[0]).resolve())
         __import__(module).get_args_parser().parse_args(argv[1:])
+    for argv in commands:  # the output switch reaches every script that has it (all do, by the CLI convention)
+        assert "--no-progress" in argv or not run_pipeline.accepts_flag(Path(argv[0]).stem, "--no-progress")
+    assert sum("--no-progress" in argv for argv in commands) >= 2
     train = next(argv for argv in commands if Path(argv[0]).name == "train_classifier.py")
     for flag, value in zip(TINY[::2], TINY[1::2]):  # the training settings reach the trainer as given
         assert train[train.index(flag) + 1] == value
@@ -119,7 +122,7 @@ def test_only_certain_copies_are_removed_label_conflicts_stay(pipeline) -> None:
 def test_rerun_skips_every_stage(pipeline) -> None:
     dataset, models = pipeline["dataset"], pipeline["models"]
     before = {path: mtime(path) for path in (dataset / "report.html", models / "best_model.pth")}
-    code, output = run(pipeline["argv"])
+    code, output = run(pipeline["argv"])  # without --no-progress: output switches do not make a stage stale
     assert code == 0
     assert output.count("up to date (inputs unchanged since it last ran): skipped") == len(run_pipeline.STAGES)
     assert printed_commands(output) == []
