@@ -416,3 +416,19 @@ def test_a_path_spelled_oddly_in_the_report_is_moved_marked_and_restored(
         odd
         not in json.loads(report_path.with_name(review.DECISIONS_FILE_NAME).read_text(encoding="utf-8"))["decisions"]
     )
+
+
+def test_undo_refuses_a_log_whose_dataset_dir_is_another_folder(
+    reviewed: Reviewed, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    dataset, report_path, _ = reviewed
+    victim = make_victim(tmp_path)
+    assert run_interactive(monkeypatch, report_path, ["d", "q", "y"])[0] == 0
+    [log] = trash_logs(dataset)
+    data = json.loads(log.read_text(encoding="utf-8"))
+    data["dataset_dir"] = str(victim.resolve())  # a log never chooses the folder it works on
+    log.write_text(json.dumps(data), encoding="utf-8")
+    before, victim_before = tree_snapshot(dataset), tree_snapshot(victim)
+    assert review.main(["--undo", str(log)]) == 2
+    assert f"was written for {victim.resolve()}" in one_error_line(capsys)
+    assert tree_snapshot(dataset) == before and tree_snapshot(victim) == victim_before
