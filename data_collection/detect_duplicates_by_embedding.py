@@ -13,8 +13,8 @@ groups, everything alike) are reported as a warning. Semantic similarity is not 
 
 Writes dataset/duplicate_report_embedding.json (the shared report format of duplicate_report.py; each file's own
 value is its cosine "similarity" to its group's representative; "threshold" holds the figures behind an automatic
-one), the gallery beside it (.png), and dataset/.embedding_cache.npz (the cache, keyed by path, size, modification
-time and the model file).
+one), the gallery beside it (.png), and .embedding_cache.npz beside it (the cache, keyed by path, size, modification
+time and the model file: a re-run embeds only new or changed images).
 """
 
 from __future__ import annotations
@@ -45,8 +45,6 @@ METHOD = "embedding"
 DEFAULT_MODEL = "models/best_model.pth"
 DEFAULT_THRESHOLD = "auto"  # a cosine similarity means different things for different models: read it off the data
 DEFAULT_BATCH_SIZE = 32
-CACHE_NAME = ".embedding_cache.npz"  # hidden: the detectors and the trainer never take it for an image
-CACHE_VERSION = 1  # bump when the cache layout changes; an unknown cache is ignored and rebuilt
 BLOCK_BYTES = 64 << 20  # one block of similarities (rows x all later columns, float32) stays under 64 MB
 ROUNDING_TOLERANCE = 1e-6  # a unit float32 row's length is 1 to about 1e-7: identical images score 1 within this
 CANDIDATE_SLACK = 1e-4  # products this close below the threshold are re-checked exactly (float32 rounding: ~1e-6)
@@ -256,56 +254,9 @@ def similarity_to_representative(embeddings: np.ndarray, group: Sequence[int]) -
 # Disk: the model key, the cache, embedding
 
 
-def model_key(model_path: Path) -> str:
-    """What identifies the model for the cache: its content hash (a retrained model has other embeddings)."""
-    return fileio.sha256_file(model_path)
-
-
-def load_cache(path: Path, key: str) -> dict[tuple[str, int, int], np.ndarray]:
-    """{(relative path, size, mtime_ns): embedding} from a cache made with the same model; {} otherwise."""
-    if fileio.regular_file_reason(path) is not None:
-        return {}
-    try:
-        with np.load(path, allow_pickle=False) as data:
-            if int(data["version"]) != CACHE_VERSION or str(data["model_key"]) != key:
-                logger.info("Embedding cache %s is for another model: embedding everything again", path)
-                return {}
-            keys = zip(data["paths"].tolist(), data["sizes"].tolist(), data["mtimes"].tolist())
-            return {(str(p), int(s), int(m)): vector for (p, s, m), vector in zip(keys, data["embeddings"])}
-    except (OSError, KeyError, ValueError, EOFError) as error:
-        logger.warning("Ignoring unreadable embedding cache %s (%s): embedding everything again", path, error)
-        return {}
-
-
-def save_cache(path: Path, key: str, cache: dict[tuple[str, int, int], np.ndarray]) -> None:
-    """Write the cache atomically; a folder that cannot be written only costs the cache (one warning)."""
-    reason = fileio.writable_folder_reason(path.parent)
-    if reason:
-        logger.warning("Embedding cache not saved: %s", cli.printable(reason))
-        return
-    items = sorted(cache.items())
-    dim = len(items[0][1]) if items else 0
-    fileio.remove_stale_temp_files(path.parent, path.name)
-    paths = [k[0] for k, _ in items]
-    with fileio.atomic_write(path) as handle:
-        np.savez(
-            handle,
-            version=np.int64(CACHE_VERSION),
-            model_key=np.str_(key),
-            paths=np.array(paths, dtype=str) if paths else np.empty(0, dtype=str),
-            sizes=np.array([k[1] for k, _ in items], dtype=np.int64),
-            mtimes=np.array([k[2] for k, _ in items], dtype=np.int64),
-            embeddings=np.array([v for _, v in items], dtype=np.float32).reshape(len(items), dim),
-        )
-
-
-def cache_key(item: dr.ScanItem) -> tuple[str, int, int] | None:
-    """(relative path, size, mtime_ns) of a file, or None when it cannot be stat'ed (e.g. a broken symlink)."""
-    try:
-        info = item.path.stat()
-    except OSError:
-        return None
-    return (item.rel, info.st_size, info.st_mtime_ns)
+def cache_settings(model_path: Path, dataset_dir: Path) -> str:
+    """What the cached embeddings depend on: the model's content (a retrained model embeds differently), the dataset."""
+    return f"model sha256 {fileio.sha256_file(model_path)}; dataset {Path(dataset_dir).resolve()}"
 
 
 def embed_items(
@@ -369,10 +320,6 @@ def get_args_parser(add_help: bool = True) -> argparse.ArgumentParser:
     )
     parser.add_argument("--device", default=None, help="cpu, cuda, cuda:1, mps (default: cuda, then mps, then cpu)")
     parser.add_argument(
-        "--cache", type=Path, default=None, help=f"embedding cache file (default: <dataset-dir>/{CACHE_NAME})"
-    )
-    parser.add_argument("--no-cache", action="store_true", help="neither read nor write the cache (default: off)")
-    parser.add_argument(
         "--search",
         choices=("auto", "numpy", "faiss"),
         default="auto",
@@ -402,26 +349,28 @@ def main(argv: Sequence[str] | None = None) -> int:
     except (classifier.CheckpointError, ValueError, RuntimeError) as error:
         return cli.error(f"cannot use {cli.printable(args.model)}: {error}")
 
-    cache_path = args.cache if args.cache is not None else args.dataset_dir / CACHE_NAME
-    key = model_key(args.model)
-    cache = {} if args.no_cache else load_cache(cache_path, key)
-    keys = [cache_key(item) for item in items]
-    vectors = {index: cache[k] for index, k in enumerate(keys) if k is not None and k in cache}
+    cache_file = dr.cache_path(args, METHOD)
+    settings = cache_settings(args.model, args.dataset_dir)
+    cache = dr.load_cache(cache_file, settings) if cache_file else {}
+    keys = [dr.file_key(item) for item in items]
+    vectors = {index: cache[k]["embedding"] for index, k in enumerate(keys) if k is not None and k in cache}
     to_embed = [index for index in range(len(items)) if index not in vectors]
     new_vectors: dict[int, np.ndarray] = {}
     failures: dict[int, str] = {}
+
+    def save() -> None:
+        vectors.update({to_embed[position]: vector for position, vector in new_vectors.items()})
+        if cache_file:
+            dr.save_cache(cache_file, settings, {keys[i]: {"embedding": v} for i, v in vectors.items() if keys[i]})
+
     try:
         embed_items(model, [items[index] for index in to_embed], args.batch_size, new_vectors, failures)
     except KeyboardInterrupt:
-        if not args.no_cache:
-            vectors.update({to_embed[position]: vector for position, vector in new_vectors.items()})
-            save_cache(cache_path, key, {keys[i]: v for i, v in vectors.items() if keys[i] is not None})
-            print(f"Interrupted: {len(new_vectors)} new embeddings kept in the cache; a re-run goes on from there.")
+        save()
+        print(f"Interrupted: {len(new_vectors)} new embeddings kept in the cache; a re-run goes on from there.")
         return cli.EXIT_INTERRUPTED
-    vectors.update({to_embed[position]: vector for position, vector in new_vectors.items()})
+    save()
     errors = [{"path": items[to_embed[position]].rel, "reason": reason} for position, reason in failures.items()]
-    if not args.no_cache:
-        save_cache(cache_path, key, {keys[i]: v for i, v in vectors.items() if keys[i] is not None})
 
     order = sorted(vectors)
     matrix = normalize_rows(np.stack([vectors[index] for index in order])) if order else np.zeros((0, 1), np.float32)

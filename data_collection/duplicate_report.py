@@ -81,6 +81,7 @@ DEFAULT_DATASET_DIR = "dataset"
 DEFAULT_SETS = ("train", "val")  # the sub-folders a dataset made by download_images.py has
 WHOLE_FOLDER_SET = "."  # the set name of images when the dataset folder has none of the set folders
 TAIL_BYTES = 65536  # a complete JPEG normally ends with its end marker within this many bytes of the end
+CACHE_VERSION = 2  # bump when the cache layout changes; an unknown cache is ignored and rebuilt
 GALLERY_MAX_GROUPS = 12  # rows of the contact sheet
 GALLERY_MAX_FILES = 8  # columns: files shown per group
 GALLERY_THUMB_PIXELS = 160  # thumbnails are decoded at about this size (JPEG draft mode)
@@ -504,6 +505,63 @@ def entry_groups_for(
 
 
 # ----------------------------------------------------------------------------------------------------------------
+# The per-file cache of hashes and embeddings
+
+
+def file_key(item: ScanItem) -> tuple[str, int, int] | None:
+    """(relative path, size, mtime_ns): a changed file has another key. None when it cannot be stat'ed."""
+    try:
+        info = item.path.stat()
+    except OSError:
+        return None
+    return (item.rel, info.st_size, info.st_mtime_ns)
+
+
+def load_cache(path: Path, settings: str) -> dict[tuple[str, int, int], dict[str, np.ndarray]]:
+    """{file key: {column: value}} from a cache written with the same ``settings``; {} otherwise (said in a line)."""
+    if fileio.regular_file_reason(path) is not None:
+        return {}
+    try:
+        with np.load(path, allow_pickle=False) as data:
+            if int(data["version"]) != CACHE_VERSION or str(data["settings"]) != settings:
+                logger.info("Cache %s was made with other settings: computing everything again", cli.printable(path))
+                return {}
+            keys = zip(data["paths"].tolist(), data["sizes"].tolist(), data["mtimes"].tolist())
+            columns = {name.removeprefix("column_"): data[name] for name in data.files if name.startswith("column_")}
+            return {
+                (os.fsdecode(p), int(s), int(m)): {name: values[row] for name, values in columns.items()}
+                for row, (p, s, m) in enumerate(keys)
+            }
+    except (OSError, KeyError, ValueError, EOFError) as error:
+        logger.warning("Ignoring unreadable cache %s (%s): computing everything again", cli.printable(path), error)
+        return {}
+
+
+def save_cache(path: Path, settings: str, cache: dict[tuple[str, int, int], dict[str, np.ndarray]]) -> None:
+    """Write the cache atomically (stale temp files of a killed run removed); an unwritable folder costs one warning.
+
+    Paths are stored as their bytes' escapes (``os.fsencode``), so a file name that is not UTF-8 survives.
+    """
+    reason = fileio.writable_folder_reason(path.parent)
+    if reason:
+        logger.warning("Cache not saved: %s", cli.printable(reason))
+        return
+    keys = sorted(cache)
+    names = sorted(cache[keys[0]]) if keys else []
+    fileio.remove_stale_temp_files(path.parent, path.name)
+    with fileio.atomic_write(path) as handle:
+        np.savez(
+            handle,
+            version=np.int64(CACHE_VERSION),
+            settings=np.str_(settings),
+            paths=np.array([os.fsencode(key[0]) for key in keys] or [b""])[: len(keys)],
+            sizes=np.array([key[1] for key in keys], dtype=np.int64),
+            mtimes=np.array([key[2] for key in keys], dtype=np.int64),
+            **{f"column_{name}": np.array([cache[key][name] for key in keys]) for name in names},
+        )
+
+
+# ----------------------------------------------------------------------------------------------------------------
 # Reports and the gallery
 
 
@@ -657,11 +715,26 @@ def add_common_arguments(parser: argparse.ArgumentParser, method: str, is_galler
         parser.add_argument(
             "--no-gallery", dest="gallery", action="store_const", const=None, help="do not write the gallery"
         )
+    if method != "filesize":
+        parser.add_argument(
+            "--cache",
+            type=Path,
+            default=None,
+            help=f"per-file cache of what was computed, so a re-run only reads new or changed files "
+            f"(default: .{method}_cache.npz beside the report)",
+        )
+        parser.add_argument("--no-cache", action="store_true", help="neither read nor write the cache (default: off)")
     cli.add_output_flags(parser)
 
 
 def report_path(args: argparse.Namespace, method: str) -> Path:
     return args.report if args.report is not None else args.dataset_dir / f"duplicate_report_{method}.json"
+
+
+def cache_path(args: argparse.Namespace, method: str) -> Path | None:
+    if args.no_cache:
+        return None
+    return args.cache if args.cache is not None else report_path(args, method).parent / f".{method}_cache.npz"
 
 
 def gallery_path(args: argparse.Namespace, method: str) -> Path | None:

@@ -279,7 +279,7 @@ def test_phash_in_processes_equals_in_process(tmp_path: Path) -> None:
     copy(dataset, "train/bird/bird_003.jpg", "val/bird/copy.jpg")
     reports = []
     for workers in ("1", "2"):
-        assert by_phash.main(["--dataset-dir", str(dataset), "--workers", workers]) == 0
+        assert by_phash.main(["--dataset-dir", str(dataset), "--workers", workers, "--no-cache"]) == 0
         reports.append(load(dataset / "duplicate_report_phash.json"))
     assert reports[0]["files_scanned"] > by_phash.MIN_FILES_FOR_PROCESSES
     assert reports[0]["duplicate_groups"] == reports[1]["duplicate_groups"]
@@ -532,3 +532,56 @@ def test_no_progress_bars_when_stderr_is_not_a_terminal(tmp_path: Path, capsys: 
         assert main(["--dataset-dir", str(dataset), "--workers", "1"]) == 0
         err = capsys.readouterr().err
         assert "it/s" not in err and "img/s" not in err and "file/s" not in err and "%|" not in err
+
+
+def test_our_phash_is_imagehash_phash_bit_for_bit() -> None:
+    rng = np.random.default_rng(11)
+    images = [Image.new("L", (50, 40), 123), Image.new("L", (1, 1), 7), make_class_image(1, 5, (90, 70)).convert("L")]
+    for index in range(60):
+        pixels = rng.integers(0, 256, (int(rng.integers(8, 150)), int(rng.integers(8, 150))), dtype=np.uint8)
+        if index % 3 == 0:
+            pixels[:] = pixels[0, 0]
+            pixels[:, : pixels.shape[1] // 2] = 200  # two flat halves: many DCT coefficients exactly zero
+        images.append(Image.fromarray(pixels, "L"))
+    for hash_size in (8, 6):
+        for image in images:
+            reference = imagehash.phash(image, hash_size=hash_size)
+            bits = by_phash.phash_bits(image, hash_size)
+            assert (bits == reference.hash).all() and by_phash.hash_hex(bits) == str(reference)
+
+
+def test_phash_rerun_hashes_only_new_files_and_ctrl_c_keeps_what_was_done(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture
+) -> None:
+    dataset = make_dataset(tmp_path / "dataset", train_per_class=3, val_per_class=1)
+    real_hash_file = by_phash.hash_file
+    calls: list[str] = []
+
+    def interrupted_after_five(task: tuple[str, int, bool]) -> by_phash.HashResult:
+        if len(calls) == 5:
+            raise KeyboardInterrupt
+        calls.append(task[0])
+        return real_hash_file(task)
+
+    monkeypatch.setattr(by_phash, "hash_file", interrupted_after_five)
+    assert by_phash.main(["--dataset-dir", str(dataset), "--workers", "1"]) == 130
+    assert "5 new hashes kept in the cache" in capsys.readouterr().out
+    assert not (dataset / "duplicate_report_phash.json").exists()
+    monkeypatch.setattr(by_phash, "hash_file", real_hash_file)
+    assert by_phash.main(["--dataset-dir", str(dataset), "--workers", "1"]) == 0
+    first = load(dataset / "duplicate_report_phash.json")
+    assert (first["hashed"], first["from_cache"]) == (11, 5)
+    copy(dataset, "train/bird/bird_000.jpg", "val/bird/new_copy.jpg")
+    assert by_phash.main(["--dataset-dir", str(dataset), "--workers", "1"]) == 0
+    again = load(dataset / "duplicate_report_phash.json")
+    assert (again["hashed"], again["from_cache"]) == (1, 16)  # only the new file
+    assert {"train/bird/bird_000.jpg", "val/bird/new_copy.jpg"} in group_paths(again)["same_class_diff_set"]
+    assert by_phash.main(["--dataset-dir", str(dataset), "--workers", "1", "--hash-size", "6"]) == 0
+    assert load(dataset / "duplicate_report_phash.json")["hashed"] == 17  # other settings: another hash
+
+
+def test_the_cache_keeps_non_utf8_names(tmp_path: Path) -> None:
+    key = (f"train/bird/{BAD_NAME}", 10, 20)
+    dr.save_cache(tmp_path / "c.npz", "s", {key: {"value": np.arange(3)}})
+    assert list(dr.load_cache(tmp_path / "c.npz", "s")) == [key]
+    assert dr.load_cache(tmp_path / "c.npz", "other settings") == {}

@@ -74,7 +74,7 @@ def test_groups_copies_not_distinct_images_and_reuses_the_cache(planted: Path, t
     assert groups_of(strict) == [exact]
     group = strict["duplicate_groups"]["same_class_diff_set"][0]
     assert all(abs(entry["similarity"] - 1.0) < 1e-4 for entry in group["files"])
-    assert strict["embedding_dim"] == 512 and (planted / by_embedding.CACHE_NAME).is_file()
+    assert strict["embedding_dim"] == 512 and (planted / ".embedding_cache.npz").is_file()
 
     code, near = run(planted, tiny_model, NEAR_THRESHOLD)
     assert code == 0 and near["embedded"] == 0 and near["from_cache"] == 16  # the second run embeds nothing
@@ -113,7 +113,7 @@ def test_bad_files_are_skipped_with_reasons(tmp_path: Path, tiny_model: Path) ->
     assert code == 1
     assert {Path(error["path"]).name for error in report["errors"]} == refused_bad_files()
     assert report["images_read"] == report["files_scanned"] - len(report["errors"])
-    assert not (dataset / by_embedding.CACHE_NAME).exists()
+    assert not (dataset / ".embedding_cache.npz").exists()
 
 
 def test_a_missing_or_wrong_model_is_one_clear_sentence(
