@@ -51,6 +51,7 @@ logger = logging.getLogger(__name__)
 
 SPLITS = ("train", "val")
 DEFAULT_NAME = "report.html"
+PIPELINE_STATE_NAME = "pipeline_state.json"  # run_pipeline.py's record, in the dataset folder: its undo logs
 THUMB_PIXELS = 160  # longer side of a thumbnail: enough to judge a label, about 5-8 KB as JPEG
 THUMB_QUALITY = 80
 THUMB_NAME = re.compile(r"^[0-9a-f]{20}\.jpg$")  # the only files this script ever removes (its own stale thumbnails)
@@ -563,7 +564,23 @@ def render_duplicates(page: Page) -> str:
         )
     else:
         body = "".join(render_duplicate_report(page, path) for path in reports)
-    return f'<section id="duplicates"><h2>Duplicates</h2>{intro}{body}</section>'
+    return f'<section id="duplicates"><h2>Duplicates</h2>{intro}{render_removals(page.dataset_dir)}{body}</section>'
+
+
+def render_removals(dataset_dir: Path) -> str:
+    """What run_pipeline.py removed automatically (its state file lists the undo logs), with the undo commands."""
+    state, _ = read_optional(dataset_dir / PIPELINE_STATE_NAME, "pipeline state")
+    logs = state.get("deletion_logs") if isinstance(state, dict) else None
+    logs = [log for log in logs if isinstance(log, str) and os.path.lexists(log)] if isinstance(logs, list) else []
+    if not logs:
+        return ""
+    commands = "".join(
+        f"<li><code>python data_collection/remove_duplicates.py --undo {esc(log)}</code></li>" for log in logs
+    )
+    return (
+        '<div class="note">run_pipeline.py removed only certain copies automatically (byte-identical within one class '
+        f"and split, and the val copies of exact train/val leaks), into the trash; undo with:<ul>{commands}</ul></div>"
+    )
 
 
 def render_problematic(page: Page, path: Path) -> tuple[str, dict[str, Any] | None]:

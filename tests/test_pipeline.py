@@ -180,8 +180,9 @@ def test_undo_of_the_removal_log_restores_the_files_byte_for_byte(pipeline) -> N
     state = json.loads((dataset / run_pipeline.STATE_NAME).read_text(encoding="utf-8"))
     logs = state["deletion_logs"]
     assert len(logs) == 2  # one for the leak, one for the plain copy
+    page = (dataset / "report.html").read_text(encoding="utf-8")
     for log in logs:
-        assert f"--undo {log}" in pipeline["output"]
+        assert f"--undo {log}" in pipeline["output"] and f"remove_duplicates.py --undo {log}</code>" in page
         assert remove_duplicates.main(["--undo", str(log)]) == 0
     for path, data in pipeline["planted"].items():
         assert (dataset / path).read_bytes() == data
