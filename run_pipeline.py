@@ -14,15 +14,17 @@ so any stage can be rerun by hand:
     python run_pipeline.py --urls-file my_urls.csv --arch resnet18 --epochs 10
     python run_pipeline.py --only report          # rebuild just the report;  --from train  retrains, then reports
     python run_pipeline.py --dry-run              # which stages are up to date, and the commands the others run
+    python run_pipeline.py --no-collect --dataset-dir photos    # your own images in photos/train|val/<class>/
 
 A stage whose inputs (the dataset's file list with sizes and times, its own arguments, the reports it reads) are
 unchanged since it last finished is skipped, so a re-run after Ctrl-C or after adding images carries on where it
 stopped; an interrupted training resumes from its last checkpoint. Label conflicts and near copies are never removed:
 they go to the report for a person.
 
-Writes what the stages write (dataset/train|val/<class>/, dataset/duplicate_report_{filesize,phash}.json,
-dataset/deletion_log_*.json and dataset/.trash/, models/, dataset/problematic_images_report.json, dataset/report.html
-and dataset/report_files/) and dataset/pipeline_state.json, the record of what each stage last did.
+Writes what the stages write (dataset/train|val/<class>/, dataset/duplicate_report_{filesize,phash}.json, the
+removed copies and their undo logs in dataset/.trash/, models/, dataset/problematic_images_report.json,
+dataset/report.html and dataset/report_files/) and dataset/pipeline_state.json, the record of what each stage last
+did (dataset/.pipeline.lock while it runs: a second run on the same dataset refuses).
 """
 
 from __future__ import annotations
@@ -631,23 +633,39 @@ def get_args_parser(add_help: bool = True) -> argparse.ArgumentParser:
 
     stages = parser.add_argument_group("which stages")
     which = stages.add_mutually_exclusive_group()
-    which.add_argument("--from", dest="from_stage", choices=STAGES, help="rerun this stage and every later one")
-    which.add_argument("--only", choices=STAGES, help="rerun only this stage")
+    which.add_argument(
+        "--from",
+        dest="from_stage",
+        choices=STAGES,
+        help="rerun this stage and every later one, even if up to date; earlier ones are not run "
+        "(default: every stage, skipping those up to date)",
+    )
+    which.add_argument("--only", choices=STAGES, help="rerun only this stage, even if up to date (default: off)")
     stages.add_argument(
         "--no-collect",
         action="store_true",
         help="use the images already in --dataset-dir; download nothing (default: off)",
     )
     stages.add_argument(
-        "--dry-run", action="store_true", help="say which stages would run and their commands; run nothing"
+        "--dry-run",
+        action="store_true",
+        help="say which stages would run and their commands; run nothing (default: off)",
     )
 
     collect = parser.add_argument_group("collect (data_collection/download_images.py)")
     collect.add_argument(
         "--urls-file", type=Path, default=None, help="'class,url' lines to download (default: DuckDuckGo search)"
     )
-    collect.add_argument("--classes", nargs="+", default=None, metavar="CLASS", help="classes (default: the queries')")
-    collect.add_argument("--per-class", type=int, default=None, help="images wanted per class (default: script's)")
+    collect.add_argument(
+        "--classes",
+        nargs="+",
+        default=None,
+        metavar="CLASS",
+        help="classes (default: every class of the queries or the URLs file)",
+    )
+    collect.add_argument(
+        "--per-class", type=int, default=None, help="images wanted per class (default: 500 searched, every URL listed)"
+    )
     collect.add_argument("--queries", type=Path, default=None, help="JSON {class: [query, ...]} (default: built-in)")
     collect.add_argument("--val-fraction", type=float, default=None, help="share put in val/ (default: 0.2)")
 
