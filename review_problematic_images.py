@@ -10,12 +10,12 @@ applies a decisions file made elsewhere (the HTML report exports one).
     python review_problematic_images.py --apply-decisions decisions.json # the same checks, confirm, trash and undo
     python review_problematic_images.py --undo dataset/.trash/review_problematic_images_20261129T012345Z.json
 
-Writes: PNG figures (``--save FILE``, or next to the report when there is no display); in interactive mode the
-decisions file (default ``<report folder>/problematic_review_decisions.json``, rewritten after every answer). The
-dataset changes only after the pending deletions and relabels are listed and confirmed (or ``--yes``), through
-trash.py, the one trash of every tool: a lock (a second run on the dataset refuses), a log written before any move,
-deleted images kept under ``<dataset>/.trash/<run>/``; ``--undo LOG`` puts every file back (checking its SHA-256) and
-drops the restored images' decisions so a rerun shows them again.
+Writes: PNG figures (drawn by review_figures.py; ``--save FILE``, or beside the report when there is no display); in
+interactive mode the decisions file (default ``<report folder>/problematic_review_decisions.json``, rewritten after
+every answer). The dataset changes only after the pending deletions and relabels are listed and confirmed (or
+``--yes``), through trash.py, the one trash of every tool: a lock (a second run on the dataset refuses), a log written
+before any move, deleted images kept under ``<dataset>/.trash/<run>/``; ``--undo LOG`` puts every file back (checking
+its SHA-256) and drops the restored images' decisions so a rerun shows them again.
 
 Decisions file, a JSON object; only ``schema_version`` (1) and ``decisions`` are required. ``decisions_type``
 "problematic_review_decisions"; ``dataset_dir`` the dataset it was made on (refused unless it is the one in use);
@@ -32,21 +32,20 @@ from __future__ import annotations
 import argparse
 import contextlib
 import logging
-import math
 import os
-import re
 import sys
-import textwrap
 from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path, PurePosixPath
 from typing import Any
 
 import cli
 import fileio
+import review_figures  # the grid, trajectory and review-window figures; matplotlib only inside its functions
 import trash
 from fileio import ReportError, UnsafePathError
-from problematic_report import DEFAULT_NAME, evidence_note, load_report
+from problematic_report import DEFAULT_NAME, load_report
 from problematic_report import validate_report as validate_report  # re-exported: older callers import it from here
+from review_figures import format_number, is_out_of_fold, label_probability, report_evidence_note
 
 LOGGER = logging.getLogger(__name__)
 
@@ -58,19 +57,7 @@ DECISIONS_TYPE = "problematic_review_decisions"
 ACTIONS = ("keep", "delete", "relabel")  # what a person can decide about an image
 MOVING_ACTIONS = ("delete", "relabel")  # the decisions that change the dataset (delete = into the trash, undoable)
 OLD_MOVE_LOG_TYPE = "problematic_review_moves"  # this script's own log before trash.py: refused with a sentence
-SHA256_HEX = re.compile(r"[0-9a-fA-F]{64}")
 MODES = ("grid", "trajectory", "interactive", "summary")
-OUT_OF_FOLD_METHODS = ("out-of-fold", "cross_validation")  # the schema's name, and the name older trainers wrote
-THUMBNAIL_SIZE = 160  # pixels of the longer side in the grid: enough to judge a label, small enough for 40 a page
-GRID_COLUMNS = 8  # thumbnails per grid row
-GRID_IMAGES_PER_PAGE = 48  # more per figure makes the thumbnails too small to judge; extra pages go to more files
-CAPTION_NAME_CHARACTERS = 24  # a longer file name under a thumbnail runs into its neighbour's
-TRAJECTORY_LEGEND_MAX_LINES = 12  # above this a legend of file names hides the lines it labels
-FIGURE_DPI = 100
-# Severity colours: a likely label issue is the thing to fix first; a loss above ln(number of classes) means the
-# model does worse on the image than a uniform guess would; everything else in the report is merely the hardest.
-SEVERITY_COLOURS = {"label issue": "#d62728", "worse than chance": "#ff7f0e", "hard": "#bcbd22"}
-PLACEHOLDER_GREY = 0.85  # background of a thumbnail that could not be read
 ANSWERS = {"k": "keep", "d": "delete", "n": "next", "s": "skip_class", "q": "quit", "?": "help", "h": "help"}
 ANSWERS |= {"keep": "keep", "delete": "delete", "next": "next", "skip": "skip_class", "quit": "quit", "help": "help"}
 HELP_TEXT = (
@@ -104,52 +91,6 @@ def limit_per_class(entries: Iterable[dict[str, Any]], limit: int | None) -> lis
         if limit is None or seen[entry["class"]] <= limit:
             kept.append(entry)
     return kept
-
-
-def severity_of(entry: dict[str, Any], num_classes: int) -> str:
-    """One of SEVERITY_COLOURS' keys: likely label issue, loss worse than a uniform guess, or merely hard."""
-    if entry.get("is_label_issue"):
-        return "label issue"
-    if num_classes > 1 and float(entry["mean_loss"]) >= math.log(num_classes):
-        return "worse than chance"
-    return "hard"
-
-
-def format_number(value: Any, digits: int = 3) -> str:
-    """A float with ``digits`` decimals, or '-' for a missing value."""
-    return "-" if value is None else f"{float(value):.{digits}f}"
-
-
-def is_out_of_fold(report: dict[str, Any]) -> bool:
-    """True when each image was scored by a model that never trained on it (--cross-val-folds)."""
-    return report.get("method") in OUT_OF_FOLD_METHODS
-
-
-def report_evidence_note(report: dict[str, Any]) -> str:
-    """problematic_report's sentence on how far the report's label-issue flags can be trusted."""
-    return evidence_note("out-of-fold" if is_out_of_fold(report) else "in-sample")
-
-
-def label_probability(entry: dict[str, Any]) -> Any:
-    """The probability of the labelled class: at the last analysis epoch, or out of fold (None when absent)."""
-    return entry.get("last_probability", entry.get("given_label_probability"))
-
-
-def short_name(path: str, characters: int = CAPTION_NAME_CHARACTERS) -> str:
-    """The file name of ``path``, printable and cut to ``characters`` so captions do not run into each other."""
-    name = cli.printable(PurePosixPath(path).name)
-    return name if len(name) <= characters else name[: characters - 3] + "..."
-
-
-def grid_caption(entry: dict[str, Any], out_of_fold: bool) -> str:
-    """The lines under a thumbnail: each figure says what it is (a mean over epochs, or one epoch's probability)."""
-    label = cli.printable(entry["class"])
-    return (
-        f"{label} -> {cli.printable(entry.get('suggested_class') or '?')}\n"
-        f"mean loss {float(entry['mean_loss']):.2f} ({len(entry['losses'])} ep)\n"
-        f"p({label}) {format_number(label_probability(entry), 2)} {'out of fold' if out_of_fold else 'last epoch'}\n"
-        f"{short_name(entry['path'])}"
-    )
 
 
 def format_summary(
@@ -267,7 +208,7 @@ def validate_decisions(data: Any) -> dict[str, dict[str, Any]]:
         target, sha256 = decision.get("target_class"), decision.get("sha256")
         if decision["action"] == "relabel" and (not isinstance(target, str) or not target):
             raise ReportError(f"{where} is a relabel without a 'target_class' (the name of a class folder)")
-        if sha256 is not None and not (isinstance(sha256, str) and SHA256_HEX.fullmatch(sha256)):
+        if sha256 is not None and not (isinstance(sha256, str) and trash.SHA256_HEX.fullmatch(sha256.lower())):
             raise ReportError(f"{where} has a 'sha256' that is not 64 hexadecimal digits")
         if not isinstance(decision.get("applied", False), bool):
             raise ReportError(f"{where} has an 'applied' that is not true or false")
@@ -317,18 +258,6 @@ def format_plan(moves: Sequence[trash.Move]) -> str:
     return "\n".join(lines)
 
 
-def grid_pages(count: int, per_page: int) -> list[range]:
-    """Index ranges of the grid figures: ``count`` images, at most ``per_page`` a figure."""
-    return [range(start, min(start + per_page, count)) for start in range(0, count, per_page)]
-
-
-def page_paths(path: Path, pages: int) -> list[Path]:
-    """``path`` for a single figure, else ``stem_page1.png``, ``stem_page2.png``, ..."""
-    if pages <= 1:
-        return [path]
-    return [path.with_name(f"{path.stem}_page{number}{path.suffix or '.png'}") for number in range(1, pages + 1)]
-
-
 # ---------------------------------------------------------------------------------------------------------------------
 # The dataset on disk: which entries can be shown or moved, which decisions can be carried out, the decisions file
 # ---------------------------------------------------------------------------------------------------------------------
@@ -358,10 +287,6 @@ def split_present(
     return present, notes
 
 
-def is_writable(folder: Path) -> bool:
-    return os.access(folder, os.W_OK | os.X_OK)
-
-
 def relabel_refusal(dataset_dir: Path, path: str, target: str) -> str | None:
     """Why ``path`` cannot be relabelled to ``target``: it must name an existing class folder of the image's split."""
     parts = PurePosixPath(path).parts
@@ -375,7 +300,9 @@ def relabel_refusal(dataset_dir: Path, path: str, target: str) -> str | None:
         destination = fileio.resolve_inside(dataset_dir, f"{parts[0]}/{target}/{parts[-1]}")
     except UnsafePathError:
         return f"{path}: the class folder {parts[0]}/{target} leads outside the dataset through a symlink"
-    return None if is_writable(destination.parent) else f"{path}: the class folder {parts[0]}/{target} is read-only"
+    if fileio.writable_folder_reason(destination.parent):
+        return f"{path}: the class folder {parts[0]}/{target} is read-only"
+    return None
 
 
 def decision_refusal(dataset_dir: Path, path: str, decision: dict[str, Any]) -> str | None:
@@ -396,7 +323,7 @@ def decision_refusal(dataset_dir: Path, path: str, decision: dict[str, Any]) -> 
     reason = fileio.regular_file_reason(real)
     if reason:
         return f"{path} {reason}"
-    if not is_writable(real.parent):
+    if fileio.writable_folder_reason(real.parent):
         return f"{path}: its folder is read-only"
     if decision["action"] == "relabel" and (reason := relabel_refusal(dataset_dir, path, decision["target_class"])):
         return reason
@@ -467,174 +394,8 @@ def forget_restored_decisions(decisions_path: Any, dataset_dir: Path, restored: 
 
 
 # ---------------------------------------------------------------------------------------------------------------------
-# Figures: the grid of thumbnails and the loss trajectories (matplotlib and the image reader imported only here)
-# ---------------------------------------------------------------------------------------------------------------------
-
-
-def has_display() -> bool:
-    """Whether a window can be opened: always on macOS and Windows, elsewhere only with X11 or Wayland."""
-    return sys.platform in {"darwin", "win32"} or bool(os.environ.get("DISPLAY") or os.environ.get("WAYLAND_DISPLAY"))
-
-
-def import_pyplot(headless: bool) -> Any:
-    """matplotlib.pyplot, switched to the Agg backend when nothing is shown (imported here, never at module level)."""
-    import matplotlib
-
-    if headless:
-        matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    return plt
-
-
-def load_thumbnail(path: Path) -> tuple[Any, str | None]:
-    """(RGB thumbnail as a PIL image, None), or (None, reason) for an image that cannot be read."""
-    import classifier  # the one image reader; imported here so the summary never loads torch
-
-    try:
-        image = classifier.load_image(path, draft_size=(THUMBNAIL_SIZE, THUMBNAIL_SIZE))
-    except (OSError, ValueError) as error:  # classifier.ImageLoadError is a ValueError
-        return None, str(error) or type(error).__name__
-    image.thumbnail((THUMBNAIL_SIZE, THUMBNAIL_SIZE))
-    return image, None
-
-
-def severity_handles(num_classes: int, with_uniform_line: bool = False) -> list[Any]:
-    """Legend entries for the severity colours, and for the dashed uniform-guess line when the figure draws it."""
-    from matplotlib.lines import Line2D
-    from matplotlib.patches import Patch
-
-    handles: list[Any] = [Patch(color=colour, label=name) for name, colour in SEVERITY_COLOURS.items()]
-    if with_uniform_line and num_classes > 1:
-        label = f"uniform guess: loss ln({num_classes}) = {math.log(num_classes):.2f}"
-        handles.append(Line2D([], [], color="grey", linestyle="--", linewidth=1, label=label))
-    return handles
-
-
-def build_grid_figure(
-    plt: Any, entries: Sequence[dict[str, Any]], thumbnails: Sequence[tuple[Any, str | None]], report: dict, title: str
-) -> Any:
-    """One grid figure: a thumbnail per image (or a grey placeholder with the reason), framed in its severity colour."""
-    import numpy as np
-
-    num_classes, out_of_fold = len(report["classes"]), is_out_of_fold(report)
-    columns = max(1, min(GRID_COLUMNS, len(entries)))
-    rows = max(1, math.ceil(len(entries) / columns))
-    figure, axes = plt.subplots(rows, columns, figsize=(columns * 2.2, rows * 2.9 + 0.9), squeeze=False)
-    for axis in axes.flat:
-        axis.set_axis_off()
-    for axis, entry, (image, reason) in zip(axes.flat, entries, thumbnails):
-        colour = SEVERITY_COLOURS[severity_of(entry, num_classes)]
-        if image is not None:
-            axis.imshow(np.asarray(image))
-        else:
-            axis.imshow(np.full((THUMBNAIL_SIZE, THUMBNAIL_SIZE, 3), PLACEHOLDER_GREY))
-            wrapped = "\n".join(textwrap.wrap(f"unreadable: {cli.printable(reason)}", 22)[:6])
-            axis.text(THUMBNAIL_SIZE / 2, THUMBNAIL_SIZE / 2, wrapped, ha="center", va="center", fontsize=6)
-        axis.set_axis_on()
-        axis.set(xticks=[], yticks=[])
-        plt.setp(list(axis.spines.values()), edgecolor=colour, linewidth=4)
-        axis.set_title(grid_caption(entry, out_of_fold), fontsize=7, color=colour)
-    figure.suptitle(title, fontsize=10)
-    note = "\n".join(textwrap.wrap(f"Note: {report_evidence_note(report)}.", 150))
-    figure.text(0.5, 0.005, note, ha="center", va="bottom", fontsize=7, style="italic")
-    legend = figure.legend(handles=severity_handles(num_classes), loc="lower center", ncol=3, fontsize=7)
-    legend.set_bbox_to_anchor((0.5, 0.035), transform=figure.transFigure)
-    figure.tight_layout(rect=(0, 0.08, 1, 0.96))
-    return figure
-
-
-def build_trajectory_figure(plt: Any, entries: Sequence[dict[str, Any]], num_classes: int, title: str) -> Any:
-    """Loss per analysis epoch, one line per image, one panel per class; a dashed line marks a uniform guess."""
-    classes = list(dict.fromkeys(entry["class"] for entry in entries))
-    figure, axes = plt.subplots(len(classes), 1, figsize=(8, 3.2 * len(classes) + 1.0), squeeze=False)
-    for axis, class_name in zip(axes[:, 0], classes):
-        class_entries = [entry for entry in entries if entry["class"] == class_name]
-        for entry in class_entries:
-            severity = severity_of(entry, num_classes)
-            style = {"color": SEVERITY_COLOURS[severity], "linewidth": 2 if severity == "label issue" else 1}
-            epochs = range(1, len(entry["losses"]) + 1)
-            axis.plot(epochs, entry["losses"], marker="o", alpha=0.9, label=short_name(entry["path"]), **style)
-        if num_classes > 1:
-            axis.axhline(math.log(num_classes), color="grey", linestyle="--", linewidth=1)
-        axis.set_title(f"{cli.printable(class_name)}: {len(class_entries)} image(s)", fontsize=9)
-        axis.set(xlabel="analysis epoch", ylabel="loss")
-        axis.set_xticks(range(1, max(len(entry["losses"]) for entry in class_entries) + 1))
-        if len(class_entries) <= TRAJECTORY_LEGEND_MAX_LINES:
-            axis.legend(fontsize=6, loc="upper left", bbox_to_anchor=(1.01, 1.0))
-    figure.suptitle(title, fontsize=10)
-    handles = severity_handles(num_classes, with_uniform_line=True)
-    figure.legend(handles=handles, loc="lower center", ncol=len(handles), fontsize=7)
-    figure.tight_layout(rect=(0, 0.03, 1, 0.98))
-    return figure
-
-
-def output_figures(plt: Any, figures: Sequence[Any], save_path: Path | None) -> None:
-    """Show the figures, or write them as PNG files (atomically, ordinary permissions) and print their paths."""
-    if save_path is None:
-        plt.show()
-        return
-    for figure, path in zip(figures, page_paths(save_path, len(figures))):
-        try:
-            with fileio.atomic_write(path, "wb") as handle:
-                figure.savefig(handle, format="png", dpi=FIGURE_DPI)
-        except OSError as error:
-            raise ReportError(f"cannot write {path} ({error.strerror or error}); pass --save FILE elsewhere") from None
-        finally:
-            plt.close(figure)
-        print(f"wrote {cli.printable(path)}")
-
-
-def draw(
-    mode: str, entries: Sequence[dict[str, Any]], dataset_dir: Path, report: dict[str, Any], save_path: Path | None
-) -> list[str]:
-    """Show or save the grid (pages of thumbnails) or the trajectories; one error line per unreadable image."""
-    plt = import_pyplot(headless=save_path is not None)
-    method = report.get("method", "?")
-    if mode == "trajectory":
-        title = f"Loss per analysis epoch ({method}), {len(entries)} image(s)"
-        output_figures(plt, [build_trajectory_figure(plt, entries, len(report["classes"]), title)], save_path)
-        return []
-    errors, figures = [], []
-    pages = grid_pages(len(entries), GRID_IMAGES_PER_PAGE)
-    for number, page in enumerate(pages, start=1):
-        page_entries = [entries[index] for index in page]
-        thumbnails = [load_thumbnail(dataset_dir / entry["path"]) for entry in page_entries]
-        errors += [f"{entry['path']}: {reason}" for entry, (_, reason) in zip(page_entries, thumbnails) if reason]
-        title = f"Flagged training images ({len(entries)}, {method})"
-        title += f", page {number}/{len(pages)}" if len(pages) > 1 else ""
-        figures.append(build_grid_figure(plt, page_entries, thumbnails, report, title))
-    output_figures(plt, figures, save_path)
-    return errors
-
-
-# ---------------------------------------------------------------------------------------------------------------------
 # Acting on decisions: the terminal, the confirmation, the moves through trash.py, and undo
 # ---------------------------------------------------------------------------------------------------------------------
-
-
-class ImageViewer:
-    """A matplotlib window that shows the image under review; only created when a display exists."""
-
-    def __init__(self) -> None:
-        self.plt = import_pyplot(headless=False)
-        self.plt.ion()
-        self.figure, self.axis = self.plt.subplots(figsize=(5, 5))
-
-    def show(self, path: Path, title: str) -> None:
-        import classifier  # the one image reader
-
-        self.axis.clear()
-        self.axis.set_axis_off()
-        try:
-            self.axis.imshow(classifier.load_image(path))
-        except (OSError, ValueError) as error:
-            self.axis.text(0.5, 0.5, f"unreadable: {cli.printable(error)}", ha="center", va="center", wrap=True)
-        self.axis.set_title(cli.printable(title), fontsize=9)
-        self.plt.pause(0.001)
-
-    def close(self) -> None:
-        self.plt.close(self.figure)
 
 
 def ask(prompt: str) -> str | None:
@@ -671,7 +432,7 @@ def decide(
     """The interactive pass: a prompt per undecided image; ``record(decisions)`` saves them after every answer."""
     if decided := sum(1 for entry in entries if entry["path"] in decisions):
         print(f"Resuming: {decided} image(s) already decided (delete the decisions file to start over).")
-    viewer = ImageViewer() if has_display() else None
+    viewer = review_figures.ImageViewer() if review_figures.has_display() else None
     pending = [entry for entry in entries if entry["path"] not in decisions]
     skipped_classes: set[str] = set()
     print(HELP_TEXT)
@@ -929,9 +690,9 @@ def main(argv: Sequence[str] | None = None) -> int:
             print("No images match the chosen classes and filters; nothing to show.")
             code = cli.EXIT_OK
         else:
-            if save_path is None and not has_display():
+            if save_path is None and not review_figures.has_display():
                 save_path = report_path.with_name(f"{report_path.stem}_{args.mode}.png")
-            errors = draw(args.mode, entries, dataset_dir, report, save_path)
+            errors = review_figures.draw(args.mode, entries, dataset_dir, report, save_path)
             for line in errors:
                 LOGGER.warning("%s", cli.printable(line))
             code = cli.EXIT_PARTIAL if errors else cli.EXIT_OK

@@ -1,4 +1,5 @@
-"""Tests for review_problematic_images.py, on reports following PROBLEMATIC_REPORT.md over generated datasets."""
+"""Tests for review_problematic_images.py and its figures (review_figures.py), on reports following
+PROBLEMATIC_REPORT.md over generated datasets."""
 
 from __future__ import annotations
 
@@ -17,6 +18,7 @@ from conftest import ROOT, make_dataset, tree_snapshot
 from PIL import Image
 
 import cli
+import review_figures as figures
 import review_problematic_images as review
 
 CLASSES = ["bird", "other", "plane", "superman"]
@@ -184,9 +186,9 @@ def test_plan_moves_never_overwrites_a_file_or_another_move() -> None:
     decisions = {"train/bird/c.jpg": {"action": "keep"}, **{path: decision for path, decision in pending}}
     decisions["train/bird/b.jpg"]["applied"] = True
     assert [path for path, _ in review.pending_decisions(decisions)] == ["train/bird/a.jpg", "train/other/a.jpg"]
-    assert review.page_paths(Path("g.png"), 1) == [Path("g.png")]
-    assert review.page_paths(Path("g.png"), 2) == [Path("g_page1.png"), Path("g_page2.png")]
-    assert [len(page) for page in review.grid_pages(100, 48)] == [48, 48, 4]
+    assert figures.page_paths(Path("g.png"), 1) == [Path("g.png")]
+    assert figures.page_paths(Path("g.png"), 2) == [Path("g_page1.png"), Path("g_page2.png")]
+    assert [len(page) for page in figures.grid_pages(100, 48)] == [48, 48, 4]
 
 
 # --------------------------------------------------------------------------------------------------- modes
@@ -245,6 +247,14 @@ def test_help_runs_as_a_script() -> None:
     )
     assert result.returncode == 0
     assert "--mode" in result.stdout and "--undo" in result.stdout
+
+
+def test_figures_module_refuses_to_run_as_a_script() -> None:
+    result = subprocess.run(
+        [sys.executable, str(ROOT / "review_figures.py")], capture_output=True, text=True, timeout=60
+    )
+    assert result.returncode == 1
+    assert "not a script; run review_problematic_images.py" in result.stderr
 
 
 @pytest.mark.parametrize(
@@ -507,19 +517,19 @@ def test_undo_drops_restored_decisions_so_a_rerun_shows_them_again(
 def test_grid_caption_says_what_each_figure_is() -> None:
     entry = {"path": "train/bird/x.jpg", "class": "bird", "suggested_class": "plane", "mean_loss": 1.2391}
     entry |= {"losses": [1.0, 1.3, 1.4171], "given_label_probability": 0.8612}
-    assert review.grid_caption(entry, out_of_fold=False).splitlines() == [
+    assert figures.grid_caption(entry, out_of_fold=False).splitlines() == [
         "bird -> plane",
         "mean loss 1.24 (3 ep)",
         "p(bird) 0.86 last epoch",
         "x.jpg",
     ]
-    assert "p(bird) 0.86 out of fold" in review.grid_caption(entry, out_of_fold=True)
+    assert "p(bird) 0.86 out of fold" in figures.grid_caption(entry, out_of_fold=True)
 
 
 def test_trajectory_legend_names_the_colours_and_the_dashed_line(reviewed: tuple[Path, Path, dict[str, Any]]) -> None:
     _, _, report = reviewed
-    plt = review.import_pyplot(headless=True)
-    figure = review.build_trajectory_figure(plt, review.select_entries(report), len(CLASSES), "t")
+    plt = figures.import_pyplot(headless=True)
+    figure = figures.build_trajectory_figure(plt, review.select_entries(report), len(CLASSES), "t")
     labels = [text.get_text() for legend in figure.legends for text in legend.get_texts()]
     plt.close(figure)
     assert labels == ["label issue", "worse than chance", "hard", "uniform guess: loss ln(4) = 1.39"]
@@ -531,15 +541,15 @@ def test_grid_and_summary_print_the_evidence_note(
     _, report_path, report = reviewed
     assert review.main(["--report", str(report_path), "--mode", "summary"]) == 0
     assert "Note: in-sample flags are weak evidence" in capsys.readouterr().out
-    assert "--cross-val-folds" in review.report_evidence_note(report)
-    plt = review.import_pyplot(headless=True)
+    assert "--cross-val-folds" in figures.report_evidence_note(report)
+    plt = figures.import_pyplot(headless=True)
     entries = review.select_entries(report)[:2]
-    figure = review.build_grid_figure(plt, entries, [(None, "unreadable")] * 2, report, "t")
+    figure = figures.build_grid_figure(plt, entries, [(None, "unreadable")] * 2, report, "t")
     texts = " ".join(text.get_text() for text in figure.texts)
     plt.close(figure)
     assert "in-sample flags are weak evidence" in texts and "--cross-val-folds" in texts
     out_of_fold = {**report, "method": "out-of-fold"}
-    assert review.report_evidence_note(out_of_fold).startswith("out-of-fold flags")
+    assert figures.report_evidence_note(out_of_fold).startswith("out-of-fold flags")
 
 
 def test_png_is_written_with_ordinary_permissions(reviewed: tuple[Path, Path, dict[str, Any]], tmp_path: Path) -> None:
