@@ -3,9 +3,10 @@
 Imported by train_classifier.py (and benchmarks/bench_train.py), not a script. Reads images only through
 classifier.py (one set of reasons a bad file is refused) and writes nothing but the optional --cache-dir copies.
 
-- ``load_dataset``: the class folders (fileio.class_folders) and the image files of train/ and val/.
-- ``prepare_images``: each file checked once before training; with a cache budget, a downsized copy (shorter side at
-  the resize size) kept in memory and, with --cache-dir, on disk, so later epochs skip JPEG decoding.
+- ``build_datasets``: the class folders (fileio.class_folders), the image files of train/ and val/, each checked
+  once (``prepare_images``), as two ImageDatasets with their class counts and the files set aside.
+- ``prepare_images``: with a cache budget, a downsized copy of each file (shorter side at the resize size) kept in
+  memory and, with --cache-dir, on disk, so later epochs skip JPEG decoding.
 - ``ImageDataset``: HWC uint8 squares, augmented (view "train") or exactly as classifier.py sees them ("eval").
 - ``AUGMENTATION_TABLE``: the one per-class augmentation table.
 - ``EpochSampler`` / ``draw_epoch``: the epoch's draw, class-balanced by inverse frequency, reproducible by seed.
@@ -13,11 +14,14 @@ classifier.py (one set of reasons a bad file is refused) and writes nothing but 
 
 from __future__ import annotations
 
+import argparse
 import dataclasses
 import hashlib
+import logging
 import math
 import os
-from collections.abc import Iterator, Sequence
+import threading
+from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any, NamedTuple
@@ -30,6 +34,8 @@ from torch.utils.data import DataLoader, Dataset, Sampler, WeightedRandomSampler
 import classifier
 import cli
 import fileio
+
+logger = logging.getLogger(__name__)
 
 CROP_RATIO = (3 / 4, 4 / 3)  # aspect ratios of random crops, torchvision's RandomResizedCrop default
 TRAINING_COPY_MAX_ASPECT = 2.0  # cached training copies keep at most a 2:1 centre band of a panorama
@@ -154,77 +160,52 @@ def augmentation_policy_for(class_name: str, is_uniform: bool = False) -> Augmen
     return DEFAULT_AUGMENTATION if is_uniform else AUGMENTATION_TABLE.get(class_name, DEFAULT_AUGMENTATION)
 
 
-def random_resized_crop_box(
-    width: int, height: int, scale: tuple[float, float], ratio: tuple[float, float], rng: np.random.Generator
-) -> tuple[int, int, int, int]:
-    """A random box covering ``scale`` of the area with aspect ``ratio`` (torchvision's RandomResizedCrop rule)."""
-    area = width * height
-    log_ratio = (math.log(ratio[0]), math.log(ratio[1]))
-    for _ in range(10):
-        target_area = area * rng.uniform(scale[0], scale[1])
-        aspect = math.exp(rng.uniform(*log_ratio))
-        crop_w = int(round(math.sqrt(target_area * aspect)))
-        crop_h = int(round(math.sqrt(target_area / aspect)))
-        if 0 < crop_w <= width and 0 < crop_h <= height:
-            left = int(rng.integers(0, width - crop_w + 1))
-            top = int(rng.integers(0, height - crop_h + 1))
-            return left, top, left + crop_w, top + crop_h
-    in_ratio = width / height
-    if in_ratio < ratio[0]:
-        crop_w, crop_h = width, int(round(width / ratio[0]))
-    elif in_ratio > ratio[1]:
-        crop_w, crop_h = int(round(height * ratio[1])), height
-    else:
-        crop_w, crop_h = width, height
-    left, top = (width - crop_w) // 2, (height - crop_h) // 2
-    return left, top, left + max(1, crop_w), top + max(1, crop_h)
+def build_augmentation(policy: AugmentationPolicy, image_size: int) -> Callable[[torch.Tensor], torch.Tensor]:
+    """The policy as a torchvision.transforms.v2 pipeline: CHW uint8 tensor in, ``image_size`` square CHW uint8 out.
 
-
-def augment_image(
-    pixels: np.ndarray, policy: AugmentationPolicy, image_size: int, rng: np.random.Generator
-) -> np.ndarray:
-    """A random ``image_size`` square view (HWC uint8) of an HWC uint8 image, following ``policy``.
-
-    Crop, rotation and flips are one affine resampling (a single pass over the output pixels), then the colours
-    change in one more pass: each image costs a few milliseconds from the cached copy.
+    Crop first, so rotation, flips and colours work on the small square; corners a rotation uncovers get the ImageNet
+    mean colour, which normalises to about zero.
     """
-    height, width = pixels.shape[:2]
-    left, top, right, bottom = random_resized_crop_box(width, height, policy.crop_scale, CROP_RATIO, rng)
-    angle = math.radians(rng.uniform(-policy.rotation_degrees, policy.rotation_degrees))
-    scale_x = (right - left) / image_size * (-1.0 if rng.random() < policy.horizontal_flip else 1.0)
-    scale_y = (bottom - top) / image_size * (-1.0 if rng.random() < policy.vertical_flip else 1.0)
-    # Output pixel (u, v) samples the input at centre + rotation @ (scale * ((u, v) - half)).
-    a, b = math.cos(angle) * scale_x, -math.sin(angle) * scale_y
-    d, e = math.sin(angle) * scale_x, math.cos(angle) * scale_y
-    half = image_size / 2
-    c = (left + right) / 2 - (a + b) * half
-    f = (top + bottom) / 2 - (d + e) * half
-    image = Image.fromarray(pixels).transform(
-        (image_size, image_size),
-        Image.Transform.AFFINE,
-        (a, b, c, d, e, f),
-        resample=Image.Resampling.BILINEAR,
-        fillcolor=ROTATION_FILL,
-    )
-    brightness = rng.uniform(1 - policy.brightness, 1 + policy.brightness)
-    contrast = rng.uniform(1 - policy.contrast, 1 + policy.contrast)
-    saturation = 0.0 if rng.random() < policy.grayscale else rng.uniform(1 - policy.saturation, 1 + policy.saturation)
-    return np.asarray(jitter_colors(image, brightness, contrast, saturation), dtype=np.uint8)
+    from torchvision.transforms import v2
+
+    steps: list[Callable[[torch.Tensor], torch.Tensor]] = []
+    if policy.rotation_degrees:
+        bilinear = v2.InterpolationMode.BILINEAR
+        steps.append(v2.RandomRotation(policy.rotation_degrees, interpolation=bilinear, fill=list(ROTATION_FILL)))
+    steps.append(v2.RandomResizedCrop(image_size, scale=policy.crop_scale, ratio=CROP_RATIO, antialias=True))
+    if policy.horizontal_flip:
+        steps.append(v2.RandomHorizontalFlip(policy.horizontal_flip))
+    if policy.vertical_flip:
+        steps.append(v2.RandomVerticalFlip(policy.vertical_flip))
+    steps.append(v2.ColorJitter(brightness=policy.brightness, contrast=policy.contrast, saturation=policy.saturation))
+    if policy.grayscale:
+        steps.append(v2.RandomGrayscale(policy.grayscale))
+    return v2.Compose(steps)
 
 
-def jitter_colors(image: Image.Image, brightness: float, contrast: float, saturation: float) -> Image.Image:
-    """Colour changes by factors (1 = unchanged; saturation 0 = grey), as torchvision's ColorJitter in fixed order.
+_AUGMENTATION_LOCK: tuple[int, threading.Lock] | None = None
 
-    Saturation blends with the grey image; brightness and contrast are then one lookup table, as both are affine in
-    the pixel value (contrast pulls towards the mean grey). Only the clipping between the steps is left out.
+
+def augmentation_lock() -> threading.Lock:
+    """This process's lock around torch's global random generator (a forked loader worker makes its own)."""
+    global _AUGMENTATION_LOCK
+    if _AUGMENTATION_LOCK is None or _AUGMENTATION_LOCK[0] != os.getpid():
+        _AUGMENTATION_LOCK = (os.getpid(), threading.Lock())
+    return _AUGMENTATION_LOCK[1]
+
+
+def augment(pixels: np.ndarray, transform: Callable[[torch.Tensor], torch.Tensor], seed: int) -> np.ndarray:
+    """``transform`` applied to an HWC uint8 image with torch's generator seeded by ``seed``; HWC uint8 out.
+
+    torchvision draws its random parameters from torch's global generator, so the seeding and the transform hold a
+    lock (batches are loaded in threads) and the global state is restored afterwards: an image's random changes
+    depend on its seed alone, never on the thread or worker process that made it, and training is unaffected.
     """
-    gray = image.convert("L")
-    if saturation != 1.0:
-        image = Image.blend(gray.convert("RGB"), image, saturation)
-    mean_gray = float(np.asarray(gray).mean())
-    values = np.arange(256) * (brightness * contrast) + (1 - contrast) * brightness * mean_gray
-    table = np.clip(np.rint(values), 0, 255).astype(np.uint8).tolist()
-    return image.point(table * 3)
+    image = torch.from_numpy(pixels).permute(2, 0, 1)
+    with augmentation_lock(), torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        augmented = transform(image)
+    return augmented.permute(1, 2, 0).numpy()
 
 
 def training_copy_box(width: int, height: int) -> tuple[int, int, int, int]:
@@ -288,7 +269,7 @@ def decode_training_copy(path: Path, resize_size: int) -> np.ndarray:
     image = classifier.load_image(path, draft_size=(resize_size, resize_size))
     box = training_copy_box(image.width, image.height)
     size = training_copy_size(box[2] - box[0], box[3] - box[1], resize_size)
-    return np.asarray(image.resize(size, Image.Resampling.BILINEAR, box=box), dtype=np.uint8)
+    return np.array(image.resize(size, Image.Resampling.BILINEAR, box=box), dtype=np.uint8)  # writable: for torch
 
 
 def decode_eval_view(path: Path, image_size: int, resize_size: int) -> np.ndarray:
@@ -421,10 +402,17 @@ class ImageDataset(Dataset):
         self.resize_size = resize_size
         self.prepared = prepared
         self.policies = list(policies) if policies is not None else []
+        self.augmentations = [build_augmentation(policy, image_size) for policy in self.policies]
         self.excluded: set[int] = set()  # images that failed to decode; the samplers leave them out
 
     def __len__(self) -> int:
         return len(self.samples)
+
+    def with_view(self, view: str, excluded: set[int] | None = None) -> ImageDataset:
+        """The same images and cached copies in another view; ``excluded`` shared with this one unless given."""
+        other = ImageDataset(self.samples, view, self.image_size, self.resize_size, self.prepared, self.policies)
+        other.excluded = self.excluded if excluded is None else excluded
+        return other
 
     def pixels(self, index: int) -> np.ndarray:
         """The image in this dataset's view, from the cache when there is a copy, else decoded from the file."""
@@ -441,8 +429,8 @@ class ImageDataset(Dataset):
 
     def __getitems__(self, keys: Sequence[int | tuple[int, int]]) -> list[LoadedSample | FailedSample]:
         """A batch (the DataLoader asks for whole batches), loaded in threads: Pillow releases the GIL while it
-        resamples, so both cores work even with num_workers=0. Same order as ``keys``, and each image's random
-        changes come from its own seed, so the result does not depend on the threads."""
+        decodes and resamples, so both cores work even with num_workers=0. Same order as ``keys``, and each image's
+        random changes come from its own seed, so the result does not depend on the threads."""
         if len(keys) < 2:
             return [self[key] for key in keys]
         return list(loader_threads().map(self.__getitem__, keys))
@@ -453,8 +441,7 @@ class ImageDataset(Dataset):
         try:
             pixels = self.pixels(index)
             if self.view == "train":
-                rng = np.random.default_rng(augmentation_seed)
-                pixels = augment_image(pixels, self.policies[sample.label], self.image_size, rng)
+                pixels = augment(pixels, self.augmentations[sample.label], augmentation_seed)
             return LoadedSample(pixels, sample.label, index)
         except classifier.ImageLoadError as error:
             return FailedSample(index, str(error))
@@ -549,6 +536,68 @@ def load_dataset(dataset_dir: Path) -> tuple[list[str], list[Sample], list[Sampl
     return classes, train_samples, val_samples, skipped + val_skipped
 
 
+@dataclasses.dataclass
+class Datasets:
+    """The two splits ready for loaders, with what the metadata reports about them."""
+
+    classes: list[str]
+    train: ImageDataset
+    val: ImageDataset
+    policies: dict[str, AugmentationPolicy]  # per class name
+    counts: dict[str, list[int]]  # usable images per class, per split
+    skipped_files: list[dict[str, str]]  # {path, split, reason} of every file that cannot be used
+    memory_bytes: int  # of the cached copies kept in memory
+
+
+def build_datasets(
+    dataset_dir: Path,
+    image_size: int,
+    cache_max_gb: float,
+    cache_dir: Path | None,
+    is_uniform_augmentation: bool,
+    expected_classes: Sequence[str] | None = None,
+    earlier_skips: Sequence[dict[str, str]] = (),
+) -> Datasets:
+    """Scan, check and cache both splits; DatasetError (one sentence) when they cannot be trained on.
+
+    ``expected_classes``: those of a checkpoint being resumed. ``earlier_skips``: files a resumed run found broken
+    mid-epoch, which stay skipped.
+    """
+    classes, train_samples, val_samples, skipped = load_dataset(dataset_dir)
+    if expected_classes is not None and list(expected_classes) != classes:
+        raise DatasetError(
+            f"The checkpoint to resume was trained on the classes {', '.join(expected_classes)} but the dataset now "
+            f"has {', '.join(classes)}; resume with the same class folders or train from scratch."
+        )
+    resize_size = classifier.default_resize_size(image_size)
+    skipped_files, prepared = list(skipped), {}
+    for split, samples, view in (("train", train_samples, "train"), ("val", val_samples, "eval")):
+        budget = int(cache_max_gb * 1024**3)
+        prepared[split], failures = prepare_images(
+            samples, view, image_size, resize_size, budget, cache_dir, f"checking {split}"
+        )
+        for index, reason in failures:
+            logger.warning("Skipping %s: %s", cli.printable(samples[index].relpath), cli.printable(reason))
+            skipped_files.append({"path": samples[index].relpath, "split": split, "reason": reason})
+    known = {item["path"] for item in skipped_files}
+    skipped_files.extend(item for item in earlier_skips if item["path"] not in known)
+    bad = {item["path"] for item in skipped_files}
+
+    policies = {name: augmentation_policy_for(name, is_uniform_augmentation) for name in classes}
+    train = ImageDataset(
+        train_samples, "train", image_size, resize_size, prepared["train"], [policies[c] for c in classes]
+    )
+    val = ImageDataset(val_samples, "eval", image_size, resize_size, prepared["val"])
+    counts = {}
+    for split, dataset in (("train", train), ("val", val)):
+        dataset.excluded.update(i for i, sample in enumerate(dataset.samples) if sample.relpath in bad)
+        usable = [sample.label for i, sample in enumerate(dataset.samples) if i not in dataset.excluded]
+        counts[split] = class_counts(usable, len(classes))
+    check_class_counts(classes, counts)
+    memory_bytes = prepared["train"].memory_bytes + prepared["val"].memory_bytes
+    return Datasets(classes, train, val, policies, counts, skipped_files, memory_bytes)
+
+
 def check_class_counts(classes: Sequence[str], counts: dict[str, list[int]]) -> None:
     """DatasetError naming the empty splits or classes (after bad files are set aside)."""
     for split, split_counts in counts.items():
@@ -574,3 +623,40 @@ def resolve_num_workers(requested: int | None, device: torch.device) -> int:
     if device.type == "cpu":
         return 0 if cpus <= 4 else min(2, cpus // 8)
     return max(1, min(8, cpus - 1))
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    """The flags of the data pipeline, as one group of the trainer's parser."""
+    group = parser.add_argument_group("images: loading, caching, sampling and augmentation")
+    group.add_argument(
+        "--workers",
+        type=int,
+        default=None,
+        help="data loader processes (default: up to 8 with a GPU, 0 on a CPU with 4 cores or fewer)",
+    )
+    group.add_argument("--num-workers", dest="workers", type=int, help=argparse.SUPPRESS)  # the old name still works
+    group.add_argument(
+        "--cache-dir",
+        default=None,
+        help="also keep the downsized copies of the images here, reused by later runs (default: none, memory only)",
+    )
+    group.add_argument(
+        "--cache-max-gb",
+        type=float,
+        default=DEFAULT_CACHE_MAX_GB,
+        help="memory for downsized copies of the images; 0 decodes every file every epoch (default: 4.0)",
+    )
+    group.add_argument(
+        "--no-weighted-sampling",
+        action="store_true",
+        help="draw images uniformly instead of balancing the classes (default: off, classes balanced)",
+    )
+    group.add_argument(
+        "--uniform-augmentation",
+        action="store_true",
+        help="give every class the same augmentation policy instead of the per-class table (default: off)",
+    )
+
+
+if __name__ == "__main__":
+    raise SystemExit("training_data.py is imported by train_classifier.py, not a script; see README.md")

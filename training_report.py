@@ -11,7 +11,7 @@ Writes into the trainer's --output-dir:
 from __future__ import annotations
 
 import dataclasses
-import math
+import logging
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -24,14 +24,20 @@ from PIL import Image, ImageDraw, ImageFont
 import classifier
 import cli
 import fileio
-from training_data import ImageDataset
+from training_data import AugmentationPolicy, ImageDataset
+
+logger = logging.getLogger(__name__)
 
 SCHEMA_VERSION = 1  # of training_metadata.json and the error-analysis files
 ERRORS_PER_CLASS = 10  # most confident mistakes kept per true class and epoch
 THRESHOLDS = tuple(round(0.50 + 0.05 * i, 2) for i in range(10))  # 0.50 ... 0.95, the confidence thresholds tried
 ECE_BINS = 15  # the usual number of equal-width confidence bins for the expected calibration error
 TEMPERATURE_RANGE = (0.25, 20.0)  # searched temperatures; a perfectly separated val set would push T towards 0
-GOLDEN_SECTION_STEPS = 80  # shrinks the temperature search interval by 0.618**80, far below float precision
+TEMPERATURE_TOLERANCE = 1e-6  # on 1/T: far below what changes a probability in the third decimal
+AUGMENTATION_NOTE = (
+    "torchvision.transforms.v2 per class: RandomResizedCrop(crop_scale), RandomRotation(+/- rotation_degrees), "
+    "flips with these probabilities, ColorJitter factors drawn in [1 - x, 1 + x], RandomGrayscale(grayscale)"
+)
 CONTACT_TILE = 128  # pixels per thumbnail in the error-analysis contact sheets
 
 
@@ -39,38 +45,27 @@ CONTACT_TILE = 128  # pixels per thumbnail in the error-analysis contact sheets
 # Pure functions: metrics, calibration, thresholds, schedule
 
 
-def confusion_matrix(labels: Sequence[int], predictions: Sequence[int], num_classes: int) -> np.ndarray:
-    """Counts with rows = true class, columns = predicted class."""
-    matrix = np.zeros((num_classes, num_classes), dtype=np.int64)
-    np.add.at(matrix, (np.asarray(labels, dtype=np.int64), np.asarray(predictions, dtype=np.int64)), 1)
-    return matrix
+def classification_metrics(labels: Sequence[int], predicted: Sequence[int], classes: Sequence[str]) -> dict[str, Any]:
+    """Accuracy, per-class precision/recall/F1/support, macro F1 over the classes present (support > 0), and the
+    confusion matrix (rows = true class, columns = predicted class), from scikit-learn."""
+    from sklearn.metrics import confusion_matrix, precision_recall_fscore_support  # a second to import: only here
 
-
-def classification_metrics(matrix: np.ndarray, classes: Sequence[str]) -> dict[str, Any]:
-    """Accuracy, per-class precision/recall/F1/support and macro F1 over the classes present (support > 0)."""
-    matrix = np.asarray(matrix, dtype=np.int64)
-    true_positive = np.diag(matrix).astype(float)
-    support = matrix.sum(axis=1)
-    predicted = matrix.sum(axis=0)
-    per_class: dict[str, dict[str, float | int]] = {}
-    f1_present = []
-    for i, name in enumerate(classes):
-        precision = true_positive[i] / predicted[i] if predicted[i] else 0.0
-        recall = true_positive[i] / support[i] if support[i] else 0.0
-        f1 = 2 * precision * recall / (precision + recall) if precision + recall else 0.0
-        per_class[name] = {
-            "precision": float(precision),
-            "recall": float(recall),
-            "f1": float(f1),
-            "support": int(support[i]),
-        }
-        if support[i]:
-            f1_present.append(f1)
-    total = int(matrix.sum())
+    indices = list(range(len(classes)))
+    labels, predicted = np.asarray(labels, dtype=np.int64), np.asarray(predicted, dtype=np.int64)
+    matrix = confusion_matrix(labels, predicted, labels=indices) if len(labels) else np.zeros((len(classes),) * 2)
+    precision, recall, f1, support = precision_recall_fscore_support(
+        labels, predicted, labels=indices, zero_division=0.0
+    )
+    per_class = {
+        name: {"precision": float(p), "recall": float(r), "f1": float(f), "support": int(n)}
+        for name, p, r, f, n in zip(classes, precision, recall, f1, support)
+    }
+    present = support > 0
     return {
-        "accuracy": float(true_positive.sum() / total) if total else 0.0,
-        "macro_f1": float(np.mean(f1_present)) if f1_present else 0.0,
+        "accuracy": float((labels == predicted).mean()) if len(labels) else 0.0,
+        "macro_f1": float(f1[present].mean()) if present.any() else 0.0,
         "per_class": per_class,
+        "confusion_matrix": np.asarray(matrix, dtype=np.int64).tolist(),
     }
 
 
@@ -79,34 +74,24 @@ def negative_log_likelihood(logits: torch.Tensor, labels: torch.Tensor, temperat
 
 
 def fit_temperature(logits: torch.Tensor, labels: torch.Tensor) -> float:
-    """The temperature T minimising the NLL of softmax(logits / T).
+    """The temperature T minimising the NLL of softmax(logits / T), within TEMPERATURE_RANGE.
 
-    The NLL is convex in 1/T, so a golden-section search over 1/T finds the optimum exactly. T is kept within
+    The NLL is convex in 1/T, so scipy's bounded scalar search over 1/T finds the optimum. T is kept within
     TEMPERATURE_RANGE: with no mistakes on val the NLL keeps falling as T shrinks, and a tiny T would make the
     classifier absurdly sure of itself.
     """
+    from scipy.optimize import minimize_scalar  # comes with scikit-learn
+
     if len(labels) == 0:
         return 1.0
     logits, labels = logits.float(), labels.long()
-    low, high = 1.0 / TEMPERATURE_RANGE[1], 1.0 / TEMPERATURE_RANGE[0]
-    golden = (math.sqrt(5) - 1) / 2
-
-    def nll(inverse_temperature: float) -> float:
-        return float(F.cross_entropy(logits * inverse_temperature, labels).item())
-
-    a, b = low, high
-    c, d = b - golden * (b - a), a + golden * (b - a)
-    fc, fd = nll(c), nll(d)
-    for _ in range(GOLDEN_SECTION_STEPS):
-        if fc <= fd:
-            b, d, fd = d, c, fc
-            c = b - golden * (b - a)
-            fc = nll(c)
-        else:
-            a, c, fc = c, d, fd
-            d = a + golden * (b - a)
-            fd = nll(d)
-    return float(1.0 / ((a + b) / 2))
+    result = minimize_scalar(
+        lambda inverse: float(F.cross_entropy(logits * inverse, labels).item()),
+        bounds=(1.0 / TEMPERATURE_RANGE[1], 1.0 / TEMPERATURE_RANGE[0]),
+        method="bounded",
+        options={"xatol": TEMPERATURE_TOLERANCE},
+    )
+    return float(1.0 / result.x)
 
 
 def expected_calibration_error(probabilities: np.ndarray, labels: Sequence[int], bins: int = ECE_BINS) -> float:
@@ -159,6 +144,32 @@ def recommend_threshold(table: Sequence[dict[str, Any]]) -> float:
     """The threshold with the best accuracy; ties go to the lowest (fewest images sent to "other")."""
     best = max(table, key=lambda row: (round(row["accuracy"], 9), -row["threshold"]))
     return float(best["threshold"])
+
+
+def calibrate(predictions: Predictions, classes: Sequence[str]) -> tuple[dict[str, Any], list[dict[str, Any]], float]:
+    """(calibration, threshold table, recommended threshold) of a model's val predictions: the fitted temperature,
+    NLL and ECE before and after it, and the threshold sweep on the calibrated probabilities."""
+    temperature = fit_temperature(predictions.logits, predictions.labels)
+    if min(abs(temperature - bound) for bound in TEMPERATURE_RANGE) < 1e-3:
+        logger.warning(
+            "The fitted temperature %.2f is at the edge of the range searched %s: the val set is too small or too "
+            "easy to calibrate on.",
+            temperature,
+            TEMPERATURE_RANGE,
+        )
+    labels = predictions.labels.tolist()
+    calibrated = predictions.probabilities(temperature)
+    table = threshold_table(calibrated, labels, classes)
+    calibration = {
+        "temperature": temperature,
+        "val_images": len(labels),
+        "nll_before": negative_log_likelihood(predictions.logits, predictions.labels),
+        "nll_after": negative_log_likelihood(predictions.logits, predictions.labels, temperature),
+        "ece_before": expected_calibration_error(predictions.probabilities(), labels),
+        "ece_after": expected_calibration_error(calibrated, labels),
+        "ece_bins": ECE_BINS,
+    }
+    return calibration, table, recommend_threshold(table)
 
 
 def top_confident_mistakes(
@@ -344,6 +355,70 @@ def write_error_analysis(
     return mistakes
 
 
+def new_metadata(
+    *,
+    arguments: dict[str, Any],
+    classes: Sequence[str],
+    config: dict[str, Any],
+    counts: dict[str, list[int]],
+    is_weighted: bool,
+    policies: dict[str, AugmentationPolicy],
+    is_uniform: bool,
+) -> dict[str, Any]:
+    """training_metadata.json of a new run: settings, class counts, sampling and augmentation; results come later."""
+    usable_train = counts["train"]
+    class_weights = [1.0 / count for count in usable_train]  # what draw_epoch uses (no class is empty by now)
+    shares = [(1 / len(classes)) if is_weighted else count / sum(usable_train) for count in usable_train]
+    now = fileio.utc_now()
+    return {
+        "schema_version": SCHEMA_VERSION,
+        "status": "running",
+        "started": now,
+        "updated": now,
+        "dataset_dir": arguments["dataset_dir"],
+        "output_dir": arguments["output_dir"],
+        "arguments": arguments,
+        "classes": list(classes),
+        "config": config,
+        "class_counts": {split: dict(zip(classes, split_counts)) for split, split_counts in counts.items()},
+        "sampling": {
+            "weighted": is_weighted,
+            "class_weights": {c: float(w) for c, w in zip(classes, class_weights)},
+            "expected_share_per_epoch": {c: float(s) for c, s in zip(classes, shares)},
+        },
+        "augmentation": {
+            "uniform": is_uniform,
+            "policy": {c: dataclasses.asdict(p) for c, p in policies.items()},
+            "note": AUGMENTATION_NOTE,
+        },
+        "skipped_files": [],
+        "epochs": [],
+        "best_epoch": None,
+        "best_macro_f1": None,
+        "calibration": None,
+        "thresholds": None,
+        "recommended_threshold": None,
+    }
+
+
+def write_metadata(
+    path: Path,
+    metadata: dict[str, Any],
+    status: str,
+    history: Sequence[dict[str, Any]],
+    skipped_files: Sequence[dict[str, str]],
+) -> None:
+    """Bring training_metadata.json up to date (status, epochs, skipped files, best epoch) and write it atomically."""
+    metadata["status"] = status
+    metadata["updated"] = fileio.utc_now()
+    metadata["skipped_files"] = sorted(skipped_files, key=lambda item: (item["split"], item["path"]))
+    metadata["epochs"] = list(history)
+    best = best_record(history)
+    metadata["best_epoch"] = best["epoch"] if best else None
+    metadata["best_macro_f1"] = best["macro_f1"] if best else None
+    fileio.write_json(path, metadata)
+
+
 def print_setup(metadata: dict[str, Any], metadata_name: str) -> None:
     """What is about to be trained: model, classes, images per class, sampling weights and skipped files."""
     config, classes, skipped = metadata["config"], metadata["classes"], metadata["skipped_files"]
@@ -374,9 +449,7 @@ def epoch_record(
 ) -> dict[str, Any]:
     """The history entry of one epoch: train and val loss/accuracy, per-class metrics and the confusion matrix."""
     labels = predictions.labels.tolist()
-    predicted = predictions.logits.argmax(dim=1).tolist() if len(labels) else []
-    matrix = confusion_matrix(labels, predicted, len(classes))
-    metrics = classification_metrics(matrix, classes)
+    metrics = classification_metrics(labels, predictions.logits.argmax(dim=1).tolist(), classes)
     return {
         "epoch": epoch + 1,
         "learning_rate": float(learning_rate),
@@ -388,7 +461,7 @@ def epoch_record(
         "val_images": len(labels),
         "macro_f1": metrics["macro_f1"],
         "per_class": metrics["per_class"],
-        "confusion_matrix": matrix.tolist(),
+        "confusion_matrix": metrics["confusion_matrix"],
         "is_best": False,
         "seconds": round(seconds, 3),
         "images_per_second": round(train_stats["train_images"] / seconds, 2) if seconds > 0 else None,
@@ -432,9 +505,10 @@ def print_summary(metadata: dict[str, Any], model_path: Path, metadata_path: Pat
         print(f"{'threshold':>9} {'accuracy':>9} {'to other':>9}")
         for row in metadata["thresholds"]:
             print(f"{row['threshold']:>9.2f} {row['accuracy']:>9.3f} {row['sent_to_other']:>9.1%}")
+        recommended, stored = metadata["recommended_threshold"], metadata["arguments"]["confidence_threshold"]
         print(
-            f"Recommended confidence threshold: {metadata['recommended_threshold']:.2f} "
-            f"(stored in the checkpoint: {metadata['arguments']['confidence_threshold']:.2f}; change it with "
-            "BirdPlaneSupermanClassifier(..., confidence_threshold=...))"
+            f"Recommended confidence threshold: {recommended:.2f} (stored in the checkpoint: {stored:.2f}); use it "
+            f"with: python classifier.py {cli.printable(model_path)} IMAGES --threshold {recommended:.2f}\n"
+            f"  or in Python: BirdPlaneSupermanClassifier(..., confidence_threshold={recommended:.2f})"
         )
     print(f"\nModel: {cli.printable(model_path)}   metadata: {cli.printable(metadata_path)}")

@@ -97,7 +97,7 @@ class NaiveDataset(Dataset):
 
 
 def time_pipelines(
-    context: train_classifier.TrainingContext, image_size: int, batch_size: int, epoch: int
+    context: train_classifier.TrainingRun, image_size: int, batch_size: int, epoch: int
 ) -> dict[str, float]:
     """Seconds for one epoch of each pipeline, interleaved batch by batch so both see the same machine load.
 
@@ -128,14 +128,14 @@ def time_pipelines(
     return seconds
 
 
-def ready_batches(context: train_classifier.TrainingContext, epoch: int) -> list[tuple[torch.Tensor, torch.Tensor]]:
+def ready_batches(context: train_classifier.TrainingRun, epoch: int) -> list[tuple[torch.Tensor, torch.Tensor]]:
     """The model inputs of one epoch, computed ahead (not timed)."""
     context.train_loader.sampler.set_epoch(epoch)
     return [train_classifier.model_input(batch, context) for batch in context.train_loader]
 
 
 def time_training(
-    context: train_classifier.TrainingContext,
+    context: train_classifier.TrainingRun,
     ready: Sequence[tuple[torch.Tensor, torch.Tensor]],
     optimizer: torch.optim.Optimizer,
     scheduler: torch.optim.lr_scheduler.LRScheduler,
@@ -153,10 +153,12 @@ def time_training(
     for ready_inputs, ready_labels in ready:
         started = time.perf_counter()
         inputs, labels = train_classifier.model_input(next(real_batches), context)
-        train_classifier.training_step(context, optimizer, scheduler, scaler, inputs, labels)[1].item()
+        train_classifier.training_step(context.model, context, optimizer, scheduler, scaler, inputs, labels)[1].item()
         seconds["real"] += time.perf_counter() - started
         started = time.perf_counter()
-        train_classifier.training_step(context, optimizer, scheduler, scaler, ready_inputs, ready_labels)[1].item()
+        train_classifier.training_step(
+            context.model, context, optimizer, scheduler, scaler, ready_inputs, ready_labels
+        )[1].item()
         seconds["ready"] += time.perf_counter() - started
         seconds["images"] += len(labels)
     return seconds
@@ -206,11 +208,13 @@ def main(argv: Sequence[str] | None = None) -> int:
         "--dataset-dir", str(dataset), "--output-dir", str(out / "models"), "--arch", args.arch,
         "--weights", "none", "--image-size", str(args.image_size), "--batch-size", str(args.batch_size),
         "--device", args.device, "--freeze-until", "layer3",
-    ] + (["--num-workers", str(args.num_workers)] if args.num_workers is not None else [])  # fmt: skip
+    ] + (["--workers", str(args.num_workers)] if args.num_workers is not None else [])  # fmt: skip
     trainer_args = train_classifier.get_args_parser().parse_args(trainer_argv)
 
     # (a) the input pipeline alone
-    context = train_classifier.setup_training(trainer_args, None)  # scans, decodes once (draft), builds the model
+    context = train_classifier.setup_training(
+        trainer_args, None, out / "models"
+    )  # scans, decodes once (draft), builds the model
     print(f"trainer: num_workers={context.num_workers}, cache {context.metadata['config']['memory_cache_mb']} MB")
     count = len(context.train_dataset.samples)
     rounds = [time_pipelines(context, args.image_size, args.batch_size, epoch) for epoch in range(args.repeats)]
@@ -234,9 +238,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 0
 
     # (b) a real training epoch against the same steps on ready tensors
-    optimizer = train_classifier.build_optimizer(context.model, trainer_args)
-    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: 1.0)
-    scaler = torch.amp.GradScaler(context.device.type, enabled=context.amp_dtype == torch.float16)
+    optimizer, scheduler, scaler = train_classifier.make_optimizer(
+        context.model, trainer_args, len(context.train_loader), context.device, context.amp_dtype
+    )
     time_training(context, ready_batches(context, 100)[:1], optimizer, scheduler, scaler, 100)  # warm-up, untimed
     timed = time_training(context, ready_batches(context, 101), optimizer, scheduler, scaler, 102)
     ready_rate, real_rate = timed["images"] / timed["ready"], timed["images"] / timed["real"]
