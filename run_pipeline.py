@@ -68,6 +68,7 @@ LOCK_NAME = ".pipeline.lock"  # in the dataset folder: one pipeline run per data
 SPLITS = ("train", "val")  # the folders download_images.py fills and train_classifier.py reads
 EXACT_METHOD, NEAR_METHOD = "filesize", "phash"
 LEAK_CATEGORY, COPY_CATEGORY = "same_class_diff_set", "same_class_and_set"  # duplicate_report.py's category names
+CONFLICT_CATEGORIES = ("diff_class_same_set", "diff_class_diff_set")  # the same picture under two labels
 TRASH_FOLDER = ".trash"  # where every birdplane tool puts removed files and (since trash.py) its undo logs
 PROBLEMATIC_REPORT_NAME = "problematic_images_report.json"  # the trainer's default, in the dataset folder
 DEFAULT_ANALYSIS_EPOCHS = 3  # the trainer's default; lowered to --epochs when fewer epochs are asked for
@@ -479,12 +480,19 @@ def run_detect(run: Run) -> int:
     return code
 
 
-def read_groups(path: Path) -> dict[str, int]:
+def read_groups(path: Path) -> dict[str, int] | None:
+    """Groups per category of a duplicate report; None when it is missing or unusable (named in a warning)."""
+    if not path.exists():
+        return None
     try:
         return group_counts(fileio.read_json(path, "duplicate report"))
     except fileio.ReportError as error:
         logger.warning("%s", error)
-        return {}
+        return None
+
+
+def conflicts(counts: dict[str, int]) -> int:
+    return sum(counts.get(name, 0) for name in CONFLICT_CATEGORIES)
 
 
 def removal_logs(dataset_dir: Path) -> set[Path]:
@@ -510,25 +518,26 @@ def run_dedupe(run: Run) -> int:
     """
     start = dataset_listing(run.dataset_dir)
     code, commands = cli.EXIT_OK, []
-    if read_groups(exact_report(run)).get(LEAK_CATEGORY):
+    exact = read_groups(exact_report(run))
+    if exact is None:
+        print(f"No usable exact-copy report ({exact_report(run)}): nothing removed; the detect stage writes it.")
+        record_stage(run, "dedupe", "done", commands, code)
+        return code
+    if exact.get(LEAK_CATEGORY):
         code = max(code, remove_certain(run, LEAK_CATEGORY, "prefer-train", commands))
         if dataset_listing(run.dataset_dir) != start:
             code = max(code, run_command(run, "dedupe", detect_commands(run.args, run.dataset_dir)[0]))
-    if read_groups(exact_report(run)).get(COPY_CATEGORY):
+    if (read_groups(exact_report(run)) or {}).get(COPY_CATEGORY):
         code = max(code, remove_certain(run, COPY_CATEGORY, "safe", commands))
     if dataset_listing(run.dataset_dir) != start:
         print("Copies were removed: finding duplicates again so the reports match the dataset.")
         code = max(code, run_detect(run))
     else:
-        print(
-            "Nothing certain to remove: no byte-identical copies within one class and split, no exact train/val leak."
-        )
-    left = {**read_groups(near_report(run))}
-    exact = read_groups(exact_report(run))
-    conflicts = sum(exact.get(name, 0) + left.get(name, 0) for name in ("diff_class_same_set", "diff_class_diff_set"))
+        print("Nothing certain to remove: no byte-identical copy within one class and split, no exact train/val leak.")
+    exact, near = read_groups(exact_report(run)) or {}, read_groups(near_report(run)) or {}
     print(
-        f"Left for a person (see the report): {conflicts} label-conflict groups, "
-        f"{sum(left.values())} near-copy groups (never removed automatically)."
+        "Left for a person (see the report; never removed automatically): exact copies under two labels: "
+        f"{conflicts(exact)}; near-copy groups: {sum(near.values())} ({conflicts(near)} under two labels)."
     )
     for log in run.deletion_logs:
         undo = Command("remove_duplicates", ("--undo", log))
@@ -757,7 +766,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         )
         return cli.EXIT_INTERRUPTED
     summary = "done" if run.worst_code == cli.EXIT_OK else "done, but some inputs were unusable (see above)"
-    print(f"\nPipeline {summary}. Report: {html_path}")
+    print(f"\nPipeline {summary}." + (f" Report: {html_path}" if html_path.exists() else ""))
     return run.worst_code
 
 

@@ -116,7 +116,7 @@ def test_only_certain_copies_are_removed_label_conflicts_stay(pipeline) -> None:
     assert [sorted(entry["path"] for entry in group["files"]) for group in groups["diff_class_same_set"]] == [
         sorted(CONFLICT)
     ]
-    assert "Left for a person (see the report): 2 label-conflict groups" in pipeline["output"]
+    assert "never removed automatically): exact copies under two labels: 1; " in pipeline["output"]
 
 
 def test_rerun_skips_every_stage(pipeline) -> None:
@@ -215,6 +215,15 @@ def test_a_stage_that_cannot_work_stops_the_pipeline_with_one_sentence(tmp_path:
     assert code == 2
     assert "error: stage detect stopped" in err and "run the same command again" in err
     assert not (tmp_path / "dataset" / "report.html").exists()
+
+
+def test_dedupe_without_a_report_removes_nothing_and_says_why(tmp_path: Path) -> None:
+    dataset = make_dataset(tmp_path / "dataset", CLASSES, train_per_class=1, val_per_class=1)
+    shutil.copyfile(dataset / "train/bird/bird_000.jpg", dataset / "train/bird/copy.jpg")
+    before = sorted(path.relative_to(dataset) for path in dataset.rglob("*.jpg"))
+    code, output = run(["--dataset-dir", str(dataset), "--only", "dedupe"])
+    assert code == 0 and "No usable exact-copy report" in output and printed_commands(output) == []
+    assert sorted(path.relative_to(dataset) for path in dataset.rglob("*.jpg")) == before
 
 
 def test_an_unusable_state_file_means_every_stage_runs(tmp_path: Path, capsys) -> None:
