@@ -187,7 +187,9 @@ def problem_order(entry: dict[str, Any]) -> tuple:
 
 
 def duplicate_groups(data: Any) -> tuple[list[dict[str, Any]], int, str | None]:
-    """(usable groups, largest first; count of malformed groups left out; None or why the report is unusable).
+    """(usable groups, worst first; count of malformed groups left out; None or why the report is unusable).
+
+    Worst first: label conflicts (with a leak first), then train/val leaks, then plain copies; larger groups first.
 
     Reads a duplicate report of schema 1 defensively: any field may be missing or of the wrong type.
     """
@@ -208,7 +210,8 @@ def duplicate_groups(data: Any) -> tuple[list[dict[str, Any]], int, str | None]:
                 malformed += 1
                 continue
             groups.append({**group, "category": category})
-    groups.sort(key=lambda group: (-len(group["files"]), str(group.get("id"))))
+    severity = list(CATEGORY_NOTES)[::-1]  # CATEGORY_NOTES lists them mildest first
+    groups.sort(key=lambda group: (severity.index(group["category"]), -len(group["files"]), str(group.get("id"))))
     return groups, malformed, None
 
 
@@ -553,7 +556,8 @@ def render_duplicate_report(page: Page, path: Path) -> str:
 def render_duplicates(page: Page) -> str:
     reports = sorted(page.dataset_dir.glob("duplicate_report_*.json"))
     intro = (
-        "<p>Groups from every detector report, largest first. Label conflicts and near copies are never removed "
+        "<p>Groups from every detector report, worst first: label conflicts, then train/val leaks, then plain "
+        "copies; larger groups first. Label conflicts and near copies are never removed "
         "automatically; mark them below, or remove with <code>python data_collection/remove_duplicates.py --report "
         "REPORT --strategy STRATEGY</code> (a dry run first; trash and <code>--undo</code>).</p>"
     )

@@ -131,6 +131,8 @@ def test_page_shows_every_section_with_the_reports_counts(setup) -> None:
     for category, groups in report["duplicate_groups"].items():
         assert f'data-count="{category}">{len(groups)}<' in page
     assert page.count('class="group"') == len(COPY + CONFLICT + LEAK) // 2
+    order = re.findall(r'<span class="cat cat-(\w+)">', page)
+    assert order == ["conflict", "leak", "copies"]  # worst first
     assert page.count("What each removal strategy would remove") == 3
     problems = page[page.index('id="problem-cards"') : page.index('id="training"')]
     assert problems.count('<figure class="card"') == len(PROBLEMS)
