@@ -1,16 +1,21 @@
-"""Speed of the duplicate detectors against the obvious naive code, on the same generated data, in one process.
+"""Speed of the duplicate detectors against the obvious alternatives, on the same generated data, in one process.
 
-Three measurements, each printed with both throughputs, the ratio and the goal from the issue:
+Three measurements, each printed with wall-clock and CPU times (CPU time moves little when others use the cores):
   1. pHash of 1000x750 JPEGs: detect_duplicates_by_phash.hash_files (draft decoding, worker processes) against
      ``imagehash.phash(Image.open(p).convert("RGB"))`` in a loop; also the mean Hamming distance between the two.
   2. Near-duplicate search over 64-bit hashes (random plus planted pairs) at threshold 5: multi-index hashing
-     against a blocked numpy XOR-and-popcount brute force; the pairs must be identical.
-  3. Embedding search over 2048-d unit vectors at cosine 0.95: find_similar_pairs against the full cosine matrix
-     followed by a Python double loop; identical pairs; then a larger set searched alone, with its peak memory.
+     against a blocked numpy XOR-and-popcount brute force and, where installed, FAISS's IndexBinaryFlat range
+     search; the pairs must be identical.
+  3. Embedding search over unit vectors (--dim, planted near pairs; CNN-like clustered and isotropic) at cosine
+     0.95: the detector's blocked numpy search, FAISS's IndexFlatIP range search where installed, and any earlier
+     version of the detector given with --compare-with (e.g. the range-finder pruning search it replaced); pairs
+     must be identical; peak memory of the numpy search.
 
     python benchmarks/bench_duplicates.py
-    python benchmarks/bench_duplicates.py --only search embedding --hashes 20000
-    python benchmarks/bench_duplicates.py --images 100 --workers 2
+    python benchmarks/bench_duplicates.py --only embedding --embeddings 2000 20000 100000 --dim 512
+    git show ed16323:data_collection/detect_duplicates_by_embedding.py > /tmp/old_embedding.py
+    python benchmarks/bench_duplicates.py --only embedding --compare-with /tmp/old_embedding.py
+    python benchmarks/bench_duplicates.py --images 100 --workers 2 --only phash
 
 Writes the generated JPEGs to benchmarks/_out/phash_images/ (reused by the next run; git-ignored).
 """
@@ -19,6 +24,7 @@ from __future__ import annotations
 
 import argparse
 import gc
+import importlib.util
 import os
 import platform
 import resource
@@ -34,7 +40,7 @@ import numpy as np
 from PIL import Image, ImageDraw
 
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT / "data_collection"))
+sys.path[:0] = [str(ROOT), str(ROOT / "data_collection")]
 import detect_duplicates_by_phash as by_phash  # noqa: E402 - found through the line above
 import imagehash  # noqa: E402
 
@@ -44,11 +50,11 @@ JPEG_QUALITY = 90
 HASH_BITS = 64
 HASH_THRESHOLD = 5
 PLANTED_PAIRS = 1000
-EMBEDDING_DIM = 2048  # ResNet50's pooled features
+EMBEDDING_DIM = 512  # ResNet18's pooled features (ResNet50's: 2048; see --dim)
 COSINE_THRESHOLD = 0.95
 EMBEDDING_CLUSTERS = 40  # classes/themes real features fall into
 EMBEDDING_RANK = 96  # real CNN features vary along a few directions (low intrinsic dimension)
-GOALS = {"phash": 6.0, "search": 10.0, "embedding": 20.0, "memory_gb": 1.5}  # from the issue
+GOALS = {"phash": 6.0, "search": 10.0, "memory_gb": 1.5}  # from the issues
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -95,19 +101,21 @@ def planted_hashes(count: int, pairs: int, rng: np.random.Generator) -> np.ndarr
     return np.concatenate([bits, copies])
 
 
-def planted_embeddings(count: int, pairs: int, rng: np.random.Generator, is_clustered: bool) -> np.ndarray:
+def planted_embeddings(
+    count: int, pairs: int, rng: np.random.Generator, is_clustered: bool, dim: int = EMBEDDING_DIM
+) -> np.ndarray:
     """Unit vectors; clustered = like CNN features (non-negative, low rank, in clusters); last rows near-duplicates."""
     if is_clustered:
         centres = rng.standard_normal((EMBEDDING_CLUSTERS, EMBEDDING_RANK)).astype(np.float32)
-        mixing = rng.standard_normal((EMBEDDING_RANK, EMBEDDING_DIM)).astype(np.float32)
+        mixing = rng.standard_normal((EMBEDDING_RANK, dim)).astype(np.float32)
         latent = centres[rng.integers(0, EMBEDDING_CLUSTERS, count)]
         latent += 0.8 * rng.standard_normal((count, EMBEDDING_RANK)).astype(np.float32)
-        data = np.maximum(latent @ mixing + 0.3 * rng.standard_normal((count, EMBEDDING_DIM)), 0).astype(np.float32)
+        data = np.maximum(latent @ mixing + 0.3 * rng.standard_normal((count, dim)), 0).astype(np.float32)
     else:
-        data = rng.standard_normal((count, EMBEDDING_DIM)).astype(np.float32)
+        data = rng.standard_normal((count, dim)).astype(np.float32)
     data /= np.linalg.norm(data, axis=1, keepdims=True)
     sources, targets = np.split(rng.choice(count, 2 * pairs, replace=False), 2)
-    noise = rng.standard_normal((pairs, EMBEDDING_DIM)).astype(np.float32) * 0.15 / np.sqrt(EMBEDDING_DIM)
+    noise = rng.standard_normal((pairs, dim)).astype(np.float32) * 0.15 / np.sqrt(dim)
     data[targets] = data[sources] + noise
     return data / np.linalg.norm(data, axis=1, keepdims=True)
 
@@ -118,18 +126,6 @@ def planted_embeddings(count: int, pairs: int, rng: np.random.Generator, is_clus
 
 def naive_phash(paths: Sequence[Path]) -> list[imagehash.ImageHash]:
     return [imagehash.phash(Image.open(path).convert("RGB")) for path in paths]
-
-
-def naive_similar_pairs(embeddings: np.ndarray, threshold: float) -> list[tuple[int, int]]:
-    """The full cosine matrix, then a Python double loop over its upper triangle."""
-    similarity = embeddings @ embeddings.T
-    count = len(embeddings)
-    pairs = []
-    for i in range(count):
-        for j in range(i + 1, count):
-            if similarity[i, j] >= threshold:
-                pairs.append((i, j))
-    return pairs
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -171,12 +167,25 @@ def bench_phash(image_count: int, workers: int) -> None:
         path.read_bytes()
     naive, naive_time = timed(naive_phash, paths)
     ours, our_time = timed(by_phash.hash_files, paths, by_phash.DEFAULT_HASH_SIZE, False, workers)
-    distances = [hash_a - imagehash.hex_to_hash(result[0]) for hash_a, result in zip(naive, ours)]
+    distances = [hash_a - imagehash.hex_to_hash(result.phash) for hash_a, result in zip(naive, ours)]
     mean_distance = float(np.mean(distances))
     print(f"pHash, {image_count} JPEGs {IMAGE_SIZE[0]}x{IMAGE_SIZE[1]} (images per second):")
     compare("naive imagehash.phash(Image.open(p).convert('RGB'))", naive_time,
             f"ours: draft decode, {workers} processes", our_time, GOALS["phash"], image_count)  # fmt: skip
     print(f"  mean Hamming distance to the naive hashes: {mean_distance:.2f} bits (goal < 2), max {max(distances)}")
+
+
+def faiss_binary_pairs(words: np.ndarray, max_distance: int) -> np.ndarray:
+    """Pairs (i < j) within ``max_distance`` bits by FAISS's exact IndexBinaryFlat range search (radius is strict)."""
+    import faiss
+
+    codes = np.ascontiguousarray(words).view(np.uint8)
+    index = faiss.IndexBinaryFlat(codes.shape[1] * 8)
+    index.add(codes)
+    limits, _, neighbours = index.range_search(codes, max_distance + 1)
+    first = np.repeat(np.arange(len(codes)), np.diff(limits.astype(np.int64)))
+    pairs = np.stack([first, neighbours], axis=1)[neighbours > first].astype(np.int64)
+    return pairs[np.lexsort((pairs[:, 1], pairs[:, 0]))]
 
 
 def bench_search(hash_count: int) -> None:
@@ -188,37 +197,62 @@ def bench_search(hash_count: int) -> None:
     print(f"Near-duplicate search, {len(words)} hashes ({PLANTED_PAIRS} planted pairs), threshold {HASH_THRESHOLD}:")
     compare("blocked numpy XOR + popcount brute force", brute_time, "multi-index hashing", our_time, GOALS["search"])
     print(f"  pairs: {len(found)} found, identical to brute force: {np.array_equal(found, expected)}")
+    if importlib.util.find_spec("faiss") is not None:
+        faiss_pairs, faiss_time = timed(faiss_binary_pairs, words, HASH_THRESHOLD)
+        print(f"  FAISS IndexBinaryFlat range search: {faiss_time.wall:.2f} s (CPU {faiss_time.cpu:.2f} s), "
+              f"identical pairs: {np.array_equal(faiss_pairs, expected)}")  # fmt: skip
 
 
-def bench_embedding(count: int, large_count: int) -> None:
-    sys.path.insert(0, str(ROOT))
-    import detect_duplicates_by_embedding as by_embedding  # imports torch (through classifier.py): only here
+def load_module(path: Path) -> Any:
+    """A Python file (e.g. an earlier version of a detector from git) imported as a module of its own."""
+    spec = importlib.util.spec_from_file_location(f"compared_{path.stem}", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
 
-    for is_clustered in (True, False):
-        rng = np.random.default_rng(1)
-        data = planted_embeddings(count, count // 50, rng, is_clustered)
-        naive, naive_time = timed(naive_similar_pairs, data, COSINE_THRESHOLD)
-        found, our_time = timed(by_embedding.find_similar_pairs, data, COSINE_THRESHOLD)
-        kind = "clustered non-negative (CNN-like)" if is_clustered else "isotropic random"
-        print(f"Embedding search, {count} x {EMBEDDING_DIM} {kind}, cosine >= {COSINE_THRESHOLD}:")
-        compare("naive full matrix + Python double loop", naive_time,
-                "ours: blocked, bounded with fewer coordinates", our_time, GOALS["embedding"])  # fmt: skip
-        print(f"  pairs: {len(found)} found, identical to the naive loop: {found.tolist() == [list(p) for p in naive]}")
-        del naive, data
-        gc.collect()
-    data = planted_embeddings(large_count, large_count // 50, np.random.default_rng(2), True)
-    tracemalloc.start()
-    found, timing = timed(by_embedding.find_similar_pairs, data, COSINE_THRESHOLD)
-    _, peak = tracemalloc.get_traced_memory()
-    tracemalloc.stop()
-    total_gb = (peak + data.nbytes) / 1e9
-    rss_gb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1e6  # KiB on Linux
-    print(f"Embedding search alone, {large_count} x {EMBEDDING_DIM}: {timing.wall:.2f} s, {len(found)} pairs")
-    print(
-        f"  peak memory of the search {peak / 1e9:.3f} GB + the embeddings {data.nbytes / 1e9:.3f} GB = "
-        f"{total_gb:.3f} GB (goal < {GOALS['memory_gb']} GB: {'met' if total_gb < GOALS['memory_gb'] else 'NOT met'});"
-        f" whole process max RSS so far {rss_gb:.2f} GB (includes torch and the earlier runs)"
-    )
+
+def bench_embedding(counts: Sequence[int], dim: int, compare_with: Path | None, faiss_max: int) -> None:
+    import detect_duplicates_by_embedding as by_embedding
+
+    def numpy_search(data: np.ndarray) -> np.ndarray:
+        return by_embedding.find_similar_pairs(data, COSINE_THRESHOLD, engine="numpy")[0]
+
+    def faiss_search(data: np.ndarray) -> np.ndarray:
+        return by_embedding.find_similar_pairs_faiss(data, COSINE_THRESHOLD)
+
+    other = load_module(compare_with) if compare_with else None
+    has_faiss = importlib.util.find_spec("faiss") is not None
+    warm_up = planted_embeddings(100, 2, np.random.default_rng(0), False, dim)  # one-time set-ups are not timed
+    numpy_search(warm_up)
+    if other is not None:
+        other.find_similar_pairs(warm_up, COSINE_THRESHOLD)
+    for count in counts:
+        for is_clustered in (True, False):
+            data = planted_embeddings(count, max(1, count // 50), np.random.default_rng(1), is_clustered, dim)
+            kind = "clustered non-negative (CNN-like)" if is_clustered else "isotropic random"
+            print(f"Embedding search, {count} x {dim} {kind}, cosine >= {COSINE_THRESHOLD}:")
+            tracemalloc.start()
+            reference, timing = timed(numpy_search, data)
+            peak = tracemalloc.get_traced_memory()[1]
+            tracemalloc.stop()
+            memory = f"peak memory {peak / 1e9:.3f} GB + embeddings {data.nbytes / 1e9:.3f} GB"
+            print(f"  {'ours: blocked numpy, threads':<50} {timing.wall:7.2f} s  (CPU {timing.cpu:6.2f} s), "
+                  f"{len(reference)} pairs, {memory}")  # fmt: skip
+            runs = [("FAISS IndexFlatIP range search", faiss_search)] if has_faiss and count <= faiss_max else []
+            if other is not None:
+                runs.append(
+                    (
+                        f"{compare_with.name}: find_similar_pairs",
+                        lambda x: other.find_similar_pairs(x, COSINE_THRESHOLD),
+                    )
+                )
+            for label, search in runs:
+                pairs, theirs = timed(search, data)
+                ratio = f"ours / this: {timing.wall / theirs.wall:.2f} wall, {timing.cpu / theirs.cpu:.2f} CPU"
+                print(f"  {label:<50} {theirs.wall:7.2f} s  (CPU {theirs.cpu:6.2f} s), "
+                      f"identical pairs: {np.array_equal(np.asarray(pairs), reference)}, {ratio}")  # fmt: skip
+            del data
+            gc.collect()
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -241,9 +275,15 @@ def get_args_parser(add_help: bool = True) -> argparse.ArgumentParser:
         "--workers", type=int, default=os.cpu_count() or 1, help="hashing processes (default: CPU count)"
     )
     parser.add_argument("--hashes", type=int, default=100_000, help="random hashes to search (default: 100000)")
-    parser.add_argument("--embeddings", type=int, default=5000, help="embeddings, naive vs ours (default: 5000)")
     parser.add_argument(
-        "--large-embeddings", type=int, default=20_000, help="embeddings searched alone for memory (default: 20000)"
+        "--embeddings", type=int, nargs="+", default=[2000, 20_000], help="embedding counts (default: 2000 20000)"
+    )
+    parser.add_argument("--dim", type=int, default=EMBEDDING_DIM, help=f"embedding size (default: {EMBEDDING_DIM})")
+    parser.add_argument(
+        "--compare-with", type=Path, default=None, help="an earlier detect_duplicates_by_embedding.py to time too"
+    )
+    parser.add_argument(
+        "--faiss-max", type=int, default=20_000, help="largest count also searched with FAISS (default: 20000)"
     )
     return parser
 
@@ -260,7 +300,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     if "search" in args.only:
         bench_search(args.hashes)
     if "embedding" in args.only:
-        bench_embedding(args.embeddings, args.large_embeddings)
+        bench_embedding(args.embeddings, args.dim, args.compare_with, args.faiss_max)
     return 0
 
 
