@@ -222,6 +222,16 @@ def auto_threshold(similarities: np.ndarray) -> tuple[float, dict[str, Any]]:
     return threshold, figures
 
 
+def choose_threshold(setting: str | float, random_similarities: np.ndarray) -> tuple[float, dict[str, Any]]:
+    """(threshold, what the report records about it) for --threshold ``setting`` ("auto" or a number)."""
+    if setting != "auto":
+        return float(setting), {"value": float(setting), "source": "--threshold"}
+    if len(random_similarities) == 0:  # fewer than two images: nothing to compare, nothing to read off
+        return 1.0, {"value": 1.0, "source": "auto"}
+    threshold, figures = auto_threshold(random_similarities)
+    return threshold, {"value": threshold, "source": "auto", **figures}
+
+
 def implausibility_warnings(images: int, groups: Sequence[Sequence[int]], median_similarity: float | None) -> list[str]:
     """Sentences for output no real duplicate search produces (empty when plausible): too much grouped, a group
     too large, or different pictures scored nearly alike. Each names the likely cause and the fix.
@@ -367,7 +377,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         embed_items(model, [items[index] for index in to_embed], args.batch_size, new_vectors, failures)
     except KeyboardInterrupt:
         save()
-        print(f"Interrupted: {len(new_vectors)} new embeddings kept in the cache; a re-run goes on from there.")
+        kept = f"{len(new_vectors)} new embeddings kept in the cache; a re-run goes on from there" if cache_file else ""
+        print(f"Interrupted: {kept or 'nothing written'}.")
         return cli.EXIT_INTERRUPTED
     save()
     errors = [{"path": items[to_embed[position]].rel, "reason": reason} for position, reason in failures.items()]
@@ -376,12 +387,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     matrix = normalize_rows(np.stack([vectors[index] for index in order])) if order else np.zeros((0, 1), np.float32)
     random_similarities = random_pair_similarities(matrix)
     median = float(np.median(random_similarities)) if len(random_similarities) else None
-    if args.threshold == "auto" and len(random_similarities):
-        threshold, figures = auto_threshold(random_similarities)
-        threshold_info = {"value": threshold, "source": "auto", **figures}
-    else:
-        threshold = 1.0 if args.threshold == "auto" else args.threshold
-        threshold_info = {"value": threshold, "source": "auto" if args.threshold == "auto" else "--threshold"}
+    threshold, threshold_info = choose_threshold(args.threshold, random_similarities)
     try:
         pairs, engine = find_similar_pairs(matrix, threshold, engine=args.search)
     except TooManyPairsError as error:

@@ -384,7 +384,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         if cache_file:
             dr.save_cache(cache_file, settings, cache_entries(keys, results))
         done = sum(results[index] is not None for index in todo)
-        print(f"Interrupted: {done} new hashes kept in the cache; a re-run goes on from there. No report written.")
+        kept = f"{done} new hashes kept in the cache; a re-run goes on from there" if cache_file else "nothing written"
+        print(f"Interrupted: {kept}. No report written.")
         return cli.EXIT_INTERRUPTED
     if cache_file:
         dr.save_cache(cache_file, settings, cache_entries(keys, results))

@@ -585,3 +585,14 @@ def test_the_cache_keeps_non_utf8_names(tmp_path: Path) -> None:
     dr.save_cache(tmp_path / "c.npz", "s", {key: {"value": np.arange(3)}})
     assert list(dr.load_cache(tmp_path / "c.npz", "s")) == [key]
     assert dr.load_cache(tmp_path / "c.npz", "other settings") == {}
+
+
+def test_hash_detectors_do_not_import_torch() -> None:
+    code = (
+        "import sys; sys.path[:0] = [sys.argv[1]]; import detect_duplicates_by_filesize, detect_duplicates_by_phash; "
+        "print('torch' in sys.modules)"
+    )
+    result = subprocess.run(
+        [sys.executable, "-c", code, str(ROOT / "data_collection")], capture_output=True, text=True, check=True
+    )
+    assert result.stdout.strip() == "False"
