@@ -1017,14 +1017,19 @@ def get_args_parser(add_help: bool = True) -> argparse.ArgumentParser:
         metavar="PATH",
         help="the model file (e.g. models/best_model.pth) unless --model names it, then image files and/or folders",
     )
-    parser.add_argument("--model", default=None, help="the model file, as in every birdplane script (default: PATH 1)")
+    parser.add_argument(
+        "--model",
+        metavar="FILE",
+        default=None,
+        help="the model file, as every birdplane script names it (default: PATH 1)",
+    )
     parser.add_argument("--recursive", action="store_true", help="also look in subfolders of folders (default: off)")
     parser.add_argument(
         "--threshold",
         type=float,
         default=None,
         help=f"minimum softmax confidence (0-1) below which the prediction becomes {FALLBACK_LABEL!r} "
-        "(default: the calibrated value stored in the checkpoint)",
+        "(default: the one stored in the checkpoint)",
     )
     parser.add_argument(
         "--batch-size", type=int, default=DEFAULT_BATCH_SIZE, help="images per forward pass (default: 32)"
@@ -1033,7 +1038,7 @@ def get_args_parser(add_help: bool = True) -> argparse.ArgumentParser:
     parser.add_argument("--top-k", type=int, default=1, help="how many classes to show per image (default: 1)")
     parser.add_argument("--json", action="store_true", help="print one JSON object per image instead of a table")
     parser.add_argument("--csv", metavar="FILE", default=None, help="also write the predictions to a CSV file")
-    parser.add_argument("-v", "--verbose", action="store_true", help="log more detail on stderr (default: off)")
+    parser.add_argument("-v", "--verbose", action="store_true", help="also log the model's settings (default: off)")
     parser.add_argument(
         "--no-progress",
         action="store_true",
@@ -1045,7 +1050,7 @@ def get_args_parser(add_help: bool = True) -> argparse.ArgumentParser:
 def main(argv: Sequence[str] | None = None) -> int:
     args = get_args_parser().parse_args(argv)
     logging.basicConfig(
-        level=logging.DEBUG if args.verbose else logging.INFO, format="%(levelname)s: %(message)s", force=True
+        level=logging.INFO if args.verbose else logging.WARNING, format="%(levelname)s: %(message)s", force=True
     )
     if not args.model and not args.paths:
         return _error("no model given: python classifier.py MODEL IMAGE... (or --model MODEL IMAGE...)")
@@ -1069,6 +1074,16 @@ def main(argv: Sequence[str] | None = None) -> int:
         return _error(f"--device: {error}")
     try:
         clf = BirdPlaneSupermanClassifier(model_path, confidence_threshold=args.threshold, device=args.device)
+        logger.info(
+            "Model %s: %s, classes %s, %d px, threshold %.2f, temperature %.2f, on %s",
+            _printable(model_path),
+            clf.arch,
+            ", ".join(map(_printable, clf.classes)),
+            clf.image_size,
+            clf.confidence_threshold,
+            clf.temperature,
+            clf.device,
+        )
         return classify_and_print(clf, collect_inputs(inputs, args.recursive), args)
     except CheckpointError as error:
         return _error(str(error))

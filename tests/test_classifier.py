@@ -664,7 +664,9 @@ def test_model_flag_verbose_and_no_progress(model_path, bad_files, capsys):
     assert classifier.main([str(model_path), image, "--json"]) == 0
     positional = json.loads(capsys.readouterr().out)
     assert classifier.main(["--model", str(model_path), image, "--json", "-v", "--no-progress"]) == 0
-    assert json.loads(capsys.readouterr().out) == positional
+    out, err = capsys.readouterr()
+    assert json.loads(out) == positional
+    assert "INFO: Model " in err and "resnet18, classes bird, plane, superman, other, 64 px" in err  # -v: settings
     assert classifier.main(["--model", str(model_path)]) == 2
     assert capsys.readouterr().err.startswith("error: no images given")
 
@@ -682,7 +684,7 @@ def test_missing_model_exits_2_with_one_error_line(tmp_path, bad_files, capsys):
 def test_threshold_help_says_what_it_measures():
     text = " ".join(classifier.get_args_parser().format_help().split())
     assert "--threshold THRESHOLD minimum softmax confidence (0-1) below which the prediction becomes 'other'" in text
-    assert "--model MODEL" in text and "-v, --verbose" in text and "--no-progress" in text
+    assert "--model FILE" in text and "-v, --verbose" in text and "--no-progress" in text
 
 
 def test_ctrl_c_exits_130_and_writes_no_csv(model_path, bad_files, tmp_path, monkeypatch, capsys):
