@@ -10,7 +10,8 @@ Reads, each if present (a missing, unusable or stale one is named in its section
     <models>/training_metadata.json, <models>/error_analysis/epoch_XX/<class>_errors.json
 Writes the page (default <dataset>/report.html) and its thumbnails, small JPEGs in <page name>_files/thumbs/ beside
 it, linked relatively: the page opens from disk in any browser with no server and no network, and the folder can be
-zipped and shared. Thumbnails load lazily, so a page with a thousand images stays responsive.
+zipped and shared. Thumbnails load lazily, so a page with a thousand images stays responsive. The page's style and
+script live in report_assets/report.css and report.js (plain CSS and JavaScript, no library), inlined at build time.
 
 In the page a person filters by class and category and marks images keep / delete / relabel; "Export decisions"
 downloads a JSON file (decisions_type "problematic_review_decisions", each image with its SHA-256) that
@@ -50,6 +51,7 @@ import problematic_report  # noqa: E402
 logger = logging.getLogger(__name__)
 
 SPLITS = ("train", "val")
+ASSETS_DIR = ROOT / "report_assets"  # the page's report.css and report.js, inlined at build time (no file is loaded)
 DEFAULT_NAME = "report.html"
 PIPELINE_STATE_NAME = "pipeline_state.json"  # run_pipeline.py's record, in the dataset folder: its undo logs
 THUMB_PIXELS = 160  # longer side of a thumbnail: enough to judge a label, about 5-8 KB as JPEG
@@ -809,137 +811,12 @@ def render_errors(page: Page, metadata: dict[str, Any], best: dict[str, Any] | N
     )
 
 
-STYLE = """
-body{font:14px/1.4 system-ui,sans-serif;margin:0;color:#222;background:#fafafa}
-header{position:sticky;top:0;z-index:2;background:#fff;border-bottom:1px solid #ccc;padding:6px 16px;display:flex;
-flex-wrap:wrap;gap:10px;align-items:center}
-header h1{font-size:17px;margin:0 12px 0 0}main{padding:0 16px 40px}section{margin-top:18px}
-h2{border-bottom:2px solid #ddd;padding-bottom:2px}h4{margin:6px 0}
-table{border-collapse:collapse;margin:6px 0}td,th{border:1px solid #ddd;padding:2px 8px;text-align:right}
-th{background:#f0f0f0;text-align:left}tr.warn td{background:#fde2e2}
-tr.recommended td{background:#dff3df;font-weight:bold}
-.confusion td{min-width:34px;text-align:center}.confusion td.dark{color:#fff}
-.cards{display:flex;flex-wrap:wrap;gap:8px}.card{margin:0;width:176px;background:#fff;border:3px solid #e4e4e4;
-border-radius:6px;padding:4px;font-size:12px}.card .thumb{display:flex;justify-content:center;align-items:center;
-height:160px;background:#eee}.card img{max-width:160px;max-height:160px}.thumb.missing{color:#a00;padding:4px;
-text-align:center}.path{word-break:break-all;color:#555}.group{background:#fff;border:1px solid #ddd;
-border-radius:6px;padding:6px;margin:8px 0}.note{background:#fff4d6;border-left:4px solid #e6a700;padding:4px 8px}
-.stale{background:#fde2e2;border-color:#c00}.muted{color:#888}.badge{background:#bcbd22;color:#fff;border-radius:3px;
-padding:0 4px}.badge.issue{background:#d62728}.cat{font-weight:normal;border-radius:3px;padding:0 4px;background:#eee}
-.cat-conflict{background:#f8c9c9}.cat-leak{background:#ffe1b3}.decide{display:flex;gap:3px;margin-top:3px}
-.decide button,.decide select{font-size:11px}.card.d-keep{border-color:#2ca02c}.card.d-delete{border-color:#d62728}
-.card.d-delete img{opacity:.35}.card.d-relabel{border-color:#1f77b4}.decide .on{background:#333;color:#fff}
-.spark .line{fill:none;stroke:#d62728;stroke-width:1.5}.spark .pt{fill:#d62728}.spark .ref{stroke:#999;
-stroke-dasharray:3 3}.charts{display:flex;flex-wrap:wrap;gap:12px}.chart .axis{stroke:#999}.chart .tick{font-size:10px}
-.chart .ct{font-size:12px;font-weight:bold}.glance{font-size:15px;margin:8px 0}
-[hidden]{display:none!important}#decisions-json{display:none}
-"""
-
-SCRIPT = r"""
-(function () {
-  "use strict";
-  var data = JSON.parse(document.getElementById("report-data").textContent);
-  var decisions = {};
-  var classSelect = document.getElementById("filter-class");
-  var tagSelect = document.getElementById("filter-tag");
-
-  var filtered = Array.prototype.map.call(document.querySelectorAll("[data-filter]"), function (el) {
-    var tags = el.getAttribute("data-tags").split(" ");
-    return {el: el, classes: JSON.parse(el.getAttribute("data-classes")), tags: tags};
-  });
-
-  function applyFilters() {
-    var wanted = classSelect.value, tag = tagSelect.value;
-    filtered.forEach(function (item) {
-      var hide = !((wanted === "" || item.classes.indexOf(wanted) >= 0) && (tag === "" || item.tags.indexOf(tag) >= 0));
-      if (item.el.hidden !== hide) { item.el.hidden = hide; }  // untouched elements cost no style work
-    });
-    var groups = document.querySelectorAll(".group[data-filter]:not([hidden])").length;
-    var cards = document.querySelectorAll(".card[data-filter]:not([hidden])").length;
-    document.getElementById("shown-count").textContent = "shown: " + groups + " duplicate groups, " + cards +
-      " other images";
-  }
-
-  function paint(index) {
-    var decision = decisions[data.images[index].path];
-    document.querySelectorAll('.card[data-i="' + index + '"]').forEach(function (card) {
-      card.classList.remove("d-keep", "d-delete", "d-relabel");
-      card.querySelectorAll("button").forEach(function (b) { b.classList.remove("on"); });
-      var select = card.querySelector("select");
-      if (select) { select.value = decision && decision.action === "relabel" ? decision.target_class : ""; }
-      if (decision) {
-        card.classList.add("d-" + decision.action);
-        var button = card.querySelector('button[data-act="' + decision.action + '"]');
-        if (button) { button.classList.add("on"); }
-      }
-    });
-    var counts = {keep: 0, "delete": 0, relabel: 0};
-    Object.keys(decisions).forEach(function (path) { counts[decisions[path].action] += 1; });
-    document.getElementById("decision-count").textContent = counts.keep + " keep, " + counts["delete"] +
-      " delete, " + counts.relabel + " relabel";
-  }
-
-  function decide(index, action, target) {
-    var image = data.images[index];
-    var current = decisions[image.path];
-    if (!action || (current && current.action === action && action !== "relabel")) {
-      delete decisions[image.path];
-    } else {
-      var decision = {action: action, "class": image["class"], sha256: image.sha256,
-                      decided: new Date().toISOString()};
-      if (action === "relabel") { decision.target_class = target; }
-      decisions[image.path] = decision;
-    }
-    paint(index);
-  }
-
-  document.addEventListener("click", function (event) {
-    var button = event.target.closest(".decide button");
-    if (!button) { return; }
-    decide(Number(button.closest(".card").getAttribute("data-i")), button.getAttribute("data-act"));
-  });
-  document.addEventListener("change", function (event) {
-    var select = event.target.closest(".decide select");
-    if (!select) { return; }
-    decide(Number(select.closest(".card").getAttribute("data-i")), select.value ? "relabel" : "", select.value);
-  });
-
-  function exportText() {
-    var body = {
-      schema_version: data.decisions_schema_version,
-      decisions_type: data.decisions_type,
-      dataset_dir: data.dataset_dir,
-      report_path: data.report_path,
-      report_created: data.report_created,
-      created: new Date().toISOString(),
-      source: "html_report.py",
-      decisions: decisions
-    };
-    return JSON.stringify(body, null, 2) + "\n";
-  }
-
-  document.getElementById("export").addEventListener("click", function () {
-    var text = exportText();
-    document.getElementById("decisions-json").value = text;
-    var link = document.createElement("a");
-    link.href = URL.createObjectURL(new Blob([text], {type: "application/json"}));
-    link.download = data.decisions_file_name;
-    document.body.appendChild(link);
-    link.click();
-    setTimeout(function () { URL.revokeObjectURL(link.href); link.remove(); }, 1000);
-  });
-  document.getElementById("clear").addEventListener("click", function () {
-    var marked = Object.keys(decisions);
-    decisions = {};
-    data.images.forEach(function (image, index) { if (marked.indexOf(image.path) >= 0) { paint(index); } });
-    if (!marked.length) { paint(0); }
-  });
-  classSelect.addEventListener("change", applyFilters);
-  tagSelect.addEventListener("change", applyFilters);
-  applyFilters();
-  window.birdplaneExport = exportText;
-})();
-"""
+def page_asset(name: str) -> str:
+    """The page's CSS or JavaScript from report_assets/, to inline (kept as files so they read as CSS and JS)."""
+    text = (ASSETS_DIR / name).read_text(encoding="utf-8")
+    if "</" in text:  # would close the <style> or <script> element it is inlined into
+        raise ValueError(f"{ASSETS_DIR / name} must not contain '</'")
+    return text
 
 
 def render_page(page: Page, problematic_path: Path) -> str:
@@ -985,10 +862,11 @@ def render_page(page: Page, problematic_path: Path) -> str:
     return (
         '<!DOCTYPE html><html lang="en"><head><meta charset="utf-8">'
         '<meta name="viewport" content="width=device-width, initial-scale=1"><link rel="icon" href="data:,">'
-        f"<title>birdplane report: {esc(page.dataset_dir.name)}</title><style>{STYLE}</style></head><body>"
+        f"<title>birdplane report: {esc(page.dataset_dir.name)}</title>"
+        f"<style>{page_asset('report.css')}</style></head><body>"
         f"{header}<main>{intro}{glance}{counts}{duplicates}{problematic}{training}</main>"
         f'<script type="application/json" id="report-data">{json_for_script(data)}</script>'
-        f"<script>{SCRIPT}</script></body></html>\n"
+        f"<script>{page_asset('report.js')}</script></body></html>\n"
     )
 
 
