@@ -82,6 +82,7 @@ _MAGIC = (  # file signatures: images are found by content, not by name
     (b"II*\x00", "TIFF"),
     (b"MM\x00*", "TIFF"),
 )
+_ESCAPED_CATEGORIES = ("Cc", "Cf", "Cs", "Zl", "Zp")  # control, format (bidi, zero-width), surrogate, line breaks
 # The project's exit-code table (cli.py's constants, repeated here because this file imports nothing of ours).
 EXIT_OK, EXIT_PARTIAL, EXIT_USAGE, EXIT_INTERRUPTED = 0, 1, 2, 130
 
@@ -247,7 +248,7 @@ def _printable(text: Any) -> str:
     """
     out = []
     for char in os.fspath(text) if isinstance(text, os.PathLike) else str(text):
-        if unicodedata.category(char) in ("Cc", "Cf", "Cs", "Zl", "Zp"):
+        if unicodedata.category(char) in _ESCAPED_CATEGORIES:
             code = ord(char)
             if 0xDC80 <= code <= 0xDCFF:  # a byte that was not UTF-8, kept by Python's surrogateescape
                 out.append(f"\\x{code - 0xDC00:02x}")
@@ -949,11 +950,13 @@ def prediction_row(
 
 
 def json_line(row: dict[str, Any]) -> str:
-    """One JSON object on one line, valid UTF-8 whatever the file name: a non-UTF-8 byte becomes a ``\\udcXX`` escape.
+    """One JSON object on one line, valid UTF-8 whatever the file name, and safe to show in a terminal.
 
-    ``json.loads`` gives back the same string, and ``os.fsencode`` of it the file's original bytes.
+    Control, bidi-override and non-UTF-8 characters (lone surrogates) become ``\\uXXXX`` escapes: ``json.loads`` gives
+    back the same string, and ``os.fsencode`` of it the file's original bytes.
     """
-    return json.dumps(row, ensure_ascii=False).encode("utf-8", "backslashreplace").decode("utf-8")
+    text = json.dumps(row, ensure_ascii=False)  # such characters can only stand inside its strings
+    return "".join(json.dumps(c)[1:-1] if unicodedata.category(c) in _ESCAPED_CATEGORIES else c for c in text)
 
 
 def table_lines(rows: Sequence[dict[str, Any]], k: int, threshold: float) -> list[str]:

@@ -654,6 +654,10 @@ def test_table_escapes_control_and_right_to_left_characters(model_path, tmp_path
     assert "\u202e" not in out and "evil\nbird" not in out
     assert "evil\\x0abird 0.99.jpg" in out and "photo\\u202egpj.exe.jpg" in out
     assert len(out.strip().splitlines()) == 1 + 2 + 2  # header, two rows, blank line and summary
+    assert classifier.main([str(model_path), str(folder), "--json"]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert len(lines) == 2 and "\u202e" not in "".join(lines) and "\\u202e" in lines[1]
+    assert [Path(json.loads(line)["path"]).name for line in lines] == ["evil\nbird 0.99.jpg", "photo\u202egpj.exe.jpg"]
 
 
 # -- command-line convention ----------------------------------------------------------------------------------------
