@@ -37,6 +37,10 @@
         if (button) { button.classList.add("on"); }
       }
     });
+    showCount();
+  }
+
+  function showCount() {
     var counts = {keep: 0, "delete": 0, relabel: 0};
     Object.keys(decisions).forEach(function (path) { counts[decisions[path].action] += 1; });
     document.getElementById("decision-count").textContent = counts.keep + " keep, " + counts["delete"] +
@@ -96,7 +100,7 @@
     var marked = Object.keys(decisions);
     decisions = {};
     data.images.forEach(function (image, index) { if (marked.indexOf(image.path) >= 0) { paint(index); } });
-    if (!marked.length) { paint(0); }
+    showCount();
   });
   classSelect.addEventListener("change", applyFilters);
   tagSelect.addEventListener("change", applyFilters);

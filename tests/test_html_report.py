@@ -421,10 +421,11 @@ def test_browser_decisions_export_apply_and_undo(browser, setup, tmp_path: Path)
     card_of(browser, kept).find_element("css selector", 'button[data-act="keep"]').click()
     assert browser.find_element("id", "decision-count").text == "1 keep, 1 delete, 1 relabel"
     assert "d-delete" in card_of(browser, deleted).get_attribute("class")
+    download = browser.downloads / html_report.DECISIONS_FILE_NAME
+    download.unlink(missing_ok=True)
     browser.find_element("id", "export").click()
     text = browser.find_element("id", "decisions-json").get_attribute("value")
     exported = json.loads(text)
-    download = browser.downloads / html_report.DECISIONS_FILE_NAME
     for _ in range(100):  # the Blob download lands in Chromium's download folder
         if download.is_file():
             break
@@ -454,6 +455,20 @@ def test_browser_decisions_export_apply_and_undo(browser, setup, tmp_path: Path)
     logs = sorted((dataset / ".trash").glob("*.json"), key=lambda path: path.stat().st_mtime_ns)
     assert review_problematic_images.main(["--undo", str(logs[-1])]) == 0
     assert {split: tree_snapshot(dataset / split) for split in before} == before
+
+
+def test_browser_clear_forgets_marks_and_an_empty_page_has_no_errors(browser, setup, tmp_path: Path) -> None:
+    open_page(browser, setup)
+    card_of(browser, "train/bird/bird_002.jpg").find_element("css selector", 'button[data-act="delete"]').click()
+    browser.find_element("id", "clear").click()
+    assert browser.find_element("id", "decision-count").text == "0 keep, 0 delete, 0 relabel"
+    assert "d-delete" not in card_of(browser, "train/bird/bird_002.jpg").get_attribute("class")
+    empty = {"dataset": make_dataset(tmp_path / "empty", CLASSES, 1, 1), "models": tmp_path / "none"}
+    empty["page"] = empty["dataset"] / "report.html"
+    open_page(browser, empty)  # no report at all: nothing to mark
+    browser.find_element("id", "clear").click()
+    assert json.loads(browser.execute_script("return window.birdplaneExport()"))["decisions"] == {}
+    assert severe_messages(browser) == []
 
 
 def test_browser_screenshot_at_1280_px(browser, setup, tmp_path: Path) -> None:
