@@ -902,8 +902,8 @@ def _atomic_file(path: str | os.PathLike, mode: str = "w") -> Iterator[Any]:
         raise
 
 
-# TODO(remove when unused): train_classifier.py and tests/test_duplicates_embedding.py still call save_checkpoint; the
-# trainer now writes checkpoints itself (torch.save(make_checkpoint(...)) through fileio.atomic_write).
+# TODO(remove when unused): only tests/test_duplicates_embedding.py still calls save_checkpoint; the trainer writes its
+# checkpoints itself (torch.save(make_checkpoint(...)) through fileio.atomic_write).
 
 
 def save_checkpoint(path: str | os.PathLike, model: nn.Module, **fields: Any) -> dict[str, Any]:
@@ -1077,16 +1077,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         return _error(f"--device: {error}")
     try:
         clf = BirdPlaneSupermanClassifier(model_path, confidence_threshold=args.threshold, device=args.device)
-        logger.info(
-            "Model %s: %s, classes %s, %d px, threshold %.2f, temperature %.2f, on %s",
-            _printable(model_path),
-            clf.arch,
-            ", ".join(map(_printable, clf.classes)),
-            clf.image_size,
-            clf.confidence_threshold,
-            clf.temperature,
-            clf.device,
-        )
+        settings = f"{clf.arch}, classes {', '.join(clf.classes)}, {clf.image_size} px, threshold "
+        settings += f"{clf.confidence_threshold:.2f}, temperature {clf.temperature:.2f}, on {clf.device}"
+        logger.info("Model %s: %s", _printable(model_path), _printable(settings))
         return classify_and_print(clf, collect_inputs(inputs, args.recursive), args)
     except CheckpointError as error:
         return _error(str(error))
