@@ -47,6 +47,7 @@ DEFAULT_THRESHOLD = "auto"  # a cosine similarity means different things for dif
 DEFAULT_BATCH_SIZE = 32
 BLOCK_BYTES = 64 << 20  # one block of similarities (rows x all later columns, float32) stays under 64 MB
 ROUNDING_TOLERANCE = 1e-6  # a unit float32 row's length is 1 to about 1e-7: identical images score 1 within this
+MAX_BLOCK_ROWS = 512  # smaller blocks follow the upper triangle closely: a block's own square is half wasted
 CANDIDATE_SLACK = 1e-4  # products this close below the threshold are re-checked exactly (float32 rounding: ~1e-6)
 EXACT_CHUNK = 1 << 14  # candidate pairs checked in float64 per step (two gathers of this many rows)
 MAX_PAIRS = 20_000_000  # more pairs than this (about 320 MB) means the threshold joins nearly everything: stop
@@ -112,7 +113,7 @@ def find_similar_pairs_numpy(
     """
     embeddings = np.ascontiguousarray(embeddings, dtype=np.float32)
     count = len(embeddings)
-    rows_per_block = max(1, block_bytes // (4 * max(1, count) * threads))
+    rows_per_block = max(1, min(MAX_BLOCK_ROWS, block_bytes // (4 * max(1, count) * threads)))
     low = threshold - CANDIDATE_SLACK
 
     def search_block(start: int) -> np.ndarray:
