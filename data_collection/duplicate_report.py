@@ -80,6 +80,7 @@ PROBLEMS_FIRST = (  # the gallery's order: what harms training most first (label
 DEFAULT_DATASET_DIR = "dataset"
 DEFAULT_SETS = ("train", "val")  # the sub-folders a dataset made by download_images.py has
 WHOLE_FOLDER_SET = "."  # the set name of images when the dataset folder has none of the set folders
+REPORT_PREFIX = "duplicate_report_"  # the detectors' reports and galleries are named duplicate_report_<method>.*
 TAIL_BYTES = 65536  # a complete JPEG normally ends with its end marker within this many bytes of the end
 CACHE_VERSION = 2  # bump when the cache layout changes; an unknown cache is ignored and rebuilt
 GALLERY_MAX_GROUPS = 12  # rows of the contact sheet
@@ -369,6 +370,8 @@ def scan_dataset(dataset_dir: Path, sets: Sequence[str]) -> Scan:
         places = [(root, "", False)] + [(root / name, name, True) for name in fileio.class_folders(root)]
         for folder, class_name, recursive in places:
             for path in _candidates(folder, recursive):
+                if folder == dataset_dir and path.name.startswith(REPORT_PREFIX):
+                    continue  # our own reports and galleries, when the dataset folder is scanned as a whole
                 rel = path.relative_to(dataset_dir).as_posix()
                 reason = _kind_reason(path)
                 if reason:
@@ -687,7 +690,7 @@ def add_common_arguments(parser: argparse.ArgumentParser, method: str, is_galler
     cli.add_report_flag(
         parser,
         f"report file to write; give a path elsewhere to scan a read-only dataset "
-        f"(default: <dataset-dir>/duplicate_report_{method}.json)",
+        f"(default: <dataset-dir>/{REPORT_PREFIX}{method}.json)",
         aliases=("--output",),
         type=Path,
         default=None,
@@ -728,7 +731,7 @@ def add_common_arguments(parser: argparse.ArgumentParser, method: str, is_galler
 
 
 def report_path(args: argparse.Namespace, method: str) -> Path:
-    return args.report if args.report is not None else args.dataset_dir / f"duplicate_report_{method}.json"
+    return args.report if args.report is not None else args.dataset_dir / f"{REPORT_PREFIX}{method}.json"
 
 
 def cache_path(args: argparse.Namespace, method: str) -> Path | None:

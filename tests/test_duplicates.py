@@ -338,6 +338,9 @@ def test_classes_of_any_name_and_a_dataset_without_sets(tmp_path: Path) -> None:
     report = load(tmp_path / "r.json")
     assert report["sets"] == [dr.WHOLE_FOLDER_SET]
     assert group_paths(report)["diff_class_same_set"] == [{"cats/a.jpg", "dogs/b.jpg"}]
+    for _ in range(2):  # the report and gallery written into the folder are not scanned as images next time
+        assert by_filesize.main(["--dataset-dir", str(folder), "--gallery"]) == 0
+        assert load(folder / "duplicate_report_filesize.json")["files_scanned"] == report["files_scanned"] == 3
 
 
 def test_help_of_the_report_module_says_what_it_is() -> None:
