@@ -2,7 +2,7 @@
 
 Each image goes through the model of ``--model`` exactly as classifier.py preprocesses it; its pooled features
 (2048 numbers for a ResNet50), L2-normalised, are compared by cosine similarity: a blocked matrix product (never an
-N x N matrix), or FAISS's range search where ``faiss`` is installed (same pairs). A group is a representative and
+N x N matrix), or FAISS's range search with --search faiss (same pairs). A group is a representative and
 the images within the threshold of it (no chains). ``--threshold auto`` (the default) reads the threshold off the
 similarities of random pairs; groups that no real duplicate search produces (a large share of the dataset, huge
 groups, everything alike) are reported as a warning. Semantic similarity is not duplication: look at the gallery.
@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import argparse
 import functools
-import importlib.util
 import logging
 import os
 import sys
@@ -163,24 +162,14 @@ def find_similar_pairs_faiss(embeddings: np.ndarray, threshold: float) -> np.nda
     return exact_pairs(embeddings, np.concatenate(found), threshold)
 
 
-def faiss_has_gpu() -> bool:
-    """True when FAISS is installed with a GPU to run on (where its flat search beats numpy's)."""
-    if importlib.util.find_spec("faiss") is None:
-        return False
-    import faiss
-
-    return bool(getattr(faiss, "get_num_gpus", lambda: 0)())
-
-
 def find_similar_pairs(
     embeddings: np.ndarray, threshold: float, block_bytes: int = BLOCK_BYTES, engine: str = "numpy"
 ) -> tuple[np.ndarray, str]:
-    """(pairs, the engine used): ``engine`` "numpy", "faiss", or "auto" (FAISS when it has a GPU, else numpy).
+    """(pairs, the engine used): ``engine`` "numpy" or "faiss"; both give the same pairs (see exact_pairs).
 
-    Both give the same pairs (see exact_pairs). A FAISS failure (not installed, an old version, out of memory)
-    falls back to numpy with one warning.
+    A FAISS failure (not installed, an old version, out of memory) falls back to numpy with one warning.
     """
-    if engine == "faiss" or (engine == "auto" and faiss_has_gpu()):
+    if engine == "faiss":
         try:
             return find_similar_pairs_faiss(embeddings, threshold), "faiss"
         except TooManyPairsError:
@@ -332,11 +321,11 @@ def get_args_parser(add_help: bool = True) -> argparse.ArgumentParser:
     parser.add_argument("--device", default=None, help="cpu, cuda, cuda:1, mps (default: cuda, then mps, then cpu)")
     parser.add_argument(
         "--search",
-        choices=("auto", "numpy", "faiss"),
-        default="auto",
-        help="similarity search engine, same pairs either way: numpy (blocked matrix products), faiss (a flat "
-        "inner-product index; needs pip install faiss-cpu or faiss-gpu), auto = faiss where it has a GPU, else numpy "
-        "(numpy is faster than faiss-cpu's flat index on a CPU) (default: auto)",
+        choices=("numpy", "faiss"),
+        default="numpy",
+        help="similarity search, the same pairs either way: numpy (blocked matrix products) or faiss (FAISS's flat "
+        "inner-product range search; pip install faiss-cpu; slower than numpy on the CPUs measured, see "
+        "BENCHMARKS.md) (default: numpy)",
     )
     return parser
 
