@@ -57,8 +57,11 @@ import training_report
 logger = logging.getLogger(__name__)
 
 BEST_MODEL_NAME = "best_model.pth"
+PENDING_BEST_NAME = "best_model.pending.pth"  # a new run's best while an earlier run's best_model.pth stays in place
 LAST_CHECKPOINT_NAME = "last_checkpoint.pth"
 METADATA_NAME = "training_metadata.json"
+OWN_FILE_NAMES = (BEST_MODEL_NAME, PENDING_BEST_NAME, LAST_CHECKPOINT_NAME, METADATA_NAME, "training_curves.png",
+                  "confusion_matrix.png")  # fmt: skip  # their stale temp files (a killed run's) are removed at start
 FREEZE_CHOICES = ("layer1", "layer2", "layer3", "none")  # freeze the stem and every stage up to this one
 BACKBONE_BLOCKS = ("conv1", "bn1", "layer1", "layer2", "layer3", "layer4")  # ResNet stem and stages, input first
 # What last_checkpoint.pth holds beyond classifier.py's format (a best-model checkpoint lacks them), and that format.
@@ -386,6 +389,7 @@ def save_last_checkpoint(
         "skipped_files": run.skipped_files,
         "problematic_analysis": tracker.state_dict() if tracker is not None else None,
         "metadata_started": run.metadata["started"],
+        "best_model_name": run.best_model_path.name,
         "optimizer_state_dict": optimizer.state_dict(),
         "scheduler_state_dict": scheduler.state_dict(),
         "scaler_state_dict": scaler.state_dict(),
@@ -402,7 +406,13 @@ def load_resume_checkpoint(
     if not path.is_file():
         raise training_data.DatasetError(f"There is no {path} to resume from; run without --resume to start training.")
     checkpoint = classifier.load_checkpoint(path)
-    stored = dict(checkpoint.get("arguments") or {})
+    missing = [key for key in RESUME_KEYS if key not in checkpoint]
+    if missing or not isinstance(checkpoint["arguments"], dict) or not isinstance(checkpoint["history"], list):
+        raise classifier.CheckpointError(
+            f"{path} holds a model but not the training state --resume needs (no {(missing or ['arguments'])[0]}): "
+            "it is a copy of a best model or from another program; run without --resume to start a new training."
+        )
+    stored = dict(checkpoint["arguments"])
     # Checkpoints written before the flags were renamed keep their settings under the old names.
     for old, new in (("num_workers", "workers"), ("problematic_report", "report")):
         if old in stored:
@@ -425,6 +435,40 @@ def load_resume_checkpoint(
 # Set-up
 
 
+def best_model_name(output_dir: Path, resume: dict[str, Any] | None) -> str:
+    """Where this run keeps its best model: best_model.pth, unless the folder holds one from an earlier run, which
+    stays in place until this run finishes (``finish_run``); a resumed run keeps the name it started with."""
+    if resume is not None:
+        return str(resume.get("best_model_name", BEST_MODEL_NAME))
+    return PENDING_BEST_NAME if (output_dir / BEST_MODEL_NAME).exists() else BEST_MODEL_NAME
+
+
+def folder_problem(args: argparse.Namespace, output_dir: Path) -> str | None:
+    """One sentence when a folder this run must write into is read-only (checked before any work), else None."""
+    folders = [(output_dir, "")]
+    if args.detect_problematic:
+        report = problematic_analysis.report_path(args)
+        folders.append((report.parent, "; the problematic-images report goes there: pass --report PATH elsewhere"))
+    if args.cache_dir:
+        folders.append((Path(args.cache_dir), "; choose another --cache-dir"))
+    for folder, hint in folders:
+        reason = fileio.writable_folder_reason(folder)
+        if reason:
+            return reason + hint
+    return None
+
+
+def remove_stale_temp_files(args: argparse.Namespace, output_dir: Path) -> None:
+    """Remove the hidden temp files a killed run of this trainer left beside its outputs (never other tools')."""
+    places = [(output_dir, name) for name in OWN_FILE_NAMES]
+    if args.detect_problematic:
+        report = problematic_analysis.report_path(args)
+        places.append((report.parent, report.name))
+    removed = sum(fileio.remove_stale_temp_files(folder, name) for folder, name in places if folder.is_dir())
+    if removed:
+        logger.info("Removed %d temp file(s) left by an interrupted run.", removed)
+
+
 def setup_training(args: argparse.Namespace, resume: dict[str, Any] | None, output_dir: Path) -> TrainingRun:
     """Scan and check the dataset, prepare the image cache, build the model and the loaders; no training yet."""
     dataset_dir = Path(args.dataset_dir)
@@ -444,7 +488,9 @@ def setup_training(args: argparse.Namespace, resume: dict[str, Any] | None, outp
     frozen = frozen_blocks(args.freeze_until)
     if frozen and resume is None and str(args.weights).lower() == "none":
         logger.warning(
-            "--weights none with --freeze-until %s: the frozen layers keep random weights.", args.freeze_until
+            "--weights none with --freeze-until %s: the frozen layers keep random weights and never learn; "
+            "add --freeze-until none to train every layer from scratch.",
+            args.freeze_until,
         )
     amp = args.amp if args.amp is not None else device.type == "cuda"
     amp_dtype = None
@@ -508,7 +554,7 @@ def setup_training(args: argparse.Namespace, resume: dict[str, Any] | None, outp
         amp_dtype=amp_dtype,
         num_workers=num_workers,
         metadata=metadata,
-        best_model_path=output_dir / BEST_MODEL_NAME,
+        best_model_path=output_dir / best_model_name(output_dir, resume),
         skipped_files=data.skipped_files,
     )
 
@@ -534,6 +580,7 @@ def save_epoch_outputs(run: TrainingRun, record: dict[str, Any], predictions: tr
 
 
 def write_metadata(run: TrainingRun, status: str) -> None:
+    run.metadata["best_model"] = run.best_model_path.name  # best_model.pending.pth until an earlier run's is replaced
     training_report.write_metadata(run.output_dir / METADATA_NAME, run.metadata, status, run.history, run.skipped_files)
 
 
@@ -676,7 +723,13 @@ def calibrate_best_model(run: TrainingRun) -> dict[str, Any] | None:
 
 
 def finish_run(run: TrainingRun) -> None:
-    """The run is complete: the metadata says so."""
+    """The run is complete: its best model becomes best_model.pth (replacing an earlier run's only now) and the
+    metadata says so."""
+    if run.best_model_path.name != BEST_MODEL_NAME and run.best_model_path.is_file():
+        final = run.output_dir / BEST_MODEL_NAME
+        run.best_model_path.replace(final)
+        run.best_model_path = final
+        print(f"This run's best model replaces the previous one: {cli.printable(final)}")
     write_metadata(run, "completed")
 
 
@@ -791,6 +844,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         return cli.error(problem)
     is_analysis_run = args.detect_problematic and args.stop_after_analysis  # a short run: its model is thrown away
     output_dir = problematic_analysis.analysis_output_dir(args.output_dir) if is_analysis_run else Path(args.output_dir)
+    problem = folder_problem(args, output_dir)
+    if problem:
+        return cli.error(cli.printable(problem))
+    remove_stale_temp_files(args, output_dir)
     run = None
     try:
         resume = None
@@ -801,6 +858,11 @@ def main(argv: Sequence[str] | None = None) -> int:
                 return cli.error(problem)
         run = setup_training(args, resume, output_dir)
         training_report.print_setup(run.metadata, METADATA_NAME)
+        if run.best_model_path.name == PENDING_BEST_NAME and resume is None:
+            print(
+                f"{cli.printable(output_dir / BEST_MODEL_NAME)} of an earlier run stays until this run finishes; "
+                f"meanwhile this run's best model is {PENDING_BEST_NAME}."
+            )
         tracker = None
         if args.detect_problematic and args.cross_val_folds:
             if resume is None:  # a resumed run did its cross-validation before its first epoch
@@ -823,17 +885,19 @@ def main(argv: Sequence[str] | None = None) -> int:
         if not is_analysis_run:
             training_report.print_summary(run.metadata, run.best_model_path, run.output_dir / METADATA_NAME)
     except (training_data.DatasetError, classifier.CheckpointError) as error:
-        return cli.error(str(error))
+        return cli.error(cli.printable(error))
     except classifier.WeightsUnavailableError as error:
-        cli.error(str(error))
+        cli.error(cli.printable(error))
         return cli.EXIT_PARTIAL
     except KeyboardInterrupt:
         if run is not None and run.history:
             write_metadata(run, "interrupted")
         done = len(run.history) if run is not None else 0
+        pending = run is not None and run.best_model_path.name != BEST_MODEL_NAME
+        kept = f" (the previous {BEST_MODEL_NAME} stays until this run finishes; its best so far: {PENDING_BEST_NAME})"
         print(
             f"\nInterrupted after {done} finished epoch(s); {cli.printable(output_dir / BEST_MODEL_NAME)} and "
-            f"{METADATA_NAME} are intact. Run again with --resume to continue.",
+            f"{METADATA_NAME} are intact{kept if pending else ''}. Run again with --resume to continue.",
             file=sys.stderr,
         )
         return cli.EXIT_INTERRUPTED

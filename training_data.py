@@ -240,28 +240,39 @@ def check_image_header(path: Path) -> str | None:
     return None
 
 
+def unusable_file_reason(path: Path) -> str | None:
+    """Why a file in a class folder cannot be an image, found without opening it (a FIFO would block): a name that
+    is not valid UTF-8, a named pipe, socket or device, a broken symlink. None for a regular file (or a link to one)."""
+    if not fileio.is_valid_utf8_name(path.name):
+        return "its name is not valid UTF-8 (rename the file to use it)"
+    if fileio.is_regular_file(path):
+        return None
+    if path.is_symlink() and not path.exists():
+        return "file not found (broken symlink)"
+    return fileio.regular_file_reason(os.path.realpath(path)) or "is not a regular file"
+
+
 def scan_split(dataset_dir: Path, split: str, classes: Sequence[str]) -> tuple[list[Sample], list[dict[str, str]]]:
-    """The image files of ``dataset_dir/split/<class>/`` (found by content) and the files there that are not images."""
+    """The image files of ``dataset_dir/split/<class>/`` (an image extension, or image content) and, with a reason,
+    every other file there. Only regular files are ever opened; hidden files and folders are left alone."""
     samples: list[Sample] = []
     skipped: list[dict[str, str]] = []
     for label, name in enumerate(classes):
-        folder = dataset_dir / split / name
-        images = classifier.find_image_files(folder)
-        image_set = set(images)
-        for path in images:
-            samples.append(Sample(path, label, path.relative_to(dataset_dir).as_posix()))
-        for directory, subdirs, names in os.walk(folder):
-            subdirs[:] = [d for d in subdirs if not d.startswith(".")]
-            for file_name in names:
-                path = Path(directory) / file_name
-                if not file_name.startswith(".") and path not in image_set:
-                    reason = f"not an image: {classifier.describe_content(path)}"
-                    skipped.append(skip_record(dataset_dir, path, split, reason))
+        found = []
+        for directory, subdirs, names in os.walk(dataset_dir / split / name):
+            subdirs[:] = [folder for folder in subdirs if not folder.startswith(".")]
+            found.extend(Path(directory) / file_name for file_name in names if not file_name.startswith("."))
+        for path in sorted(found):
+            relpath = path.relative_to(dataset_dir).as_posix()
+            reason = unusable_file_reason(path)
+            if reason is None and path.suffix.lower() not in classifier.IMAGE_EXTENSIONS:
+                is_image = classifier.is_image_file(path)  # found by content (a regular file: safe to open)
+                reason = None if is_image else f"not an image: {classifier.describe_content(path)}"
+            if reason is None:
+                samples.append(Sample(path, label, relpath))
+            else:
+                skipped.append({"path": relpath, "split": split, "reason": reason})
     return samples, skipped
-
-
-def skip_record(dataset_dir: Path, path: Path, split: str, reason: str) -> dict[str, str]:
-    return {"path": path.relative_to(dataset_dir).as_posix(), "split": split, "reason": reason}
 
 
 def decode_training_copy(path: Path, resize_size: int) -> np.ndarray:
@@ -564,6 +575,8 @@ def build_datasets(
     mid-epoch, which stay skipped.
     """
     classes, train_samples, val_samples, skipped = load_dataset(dataset_dir)
+    for item in skipped:
+        logger.warning("Skipping %s: %s", cli.printable(item["path"]), cli.printable(item["reason"]))
     if expected_classes is not None and list(expected_classes) != classes:
         raise DatasetError(
             f"The checkpoint to resume was trained on the classes {', '.join(expected_classes)} but the dataset now "

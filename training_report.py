@@ -290,6 +290,23 @@ def plot_confusion_matrix(matrix: Sequence[Sequence[int]], classes: Sequence[str
     save_figure(figure, path)
 
 
+def fit_text(text: str, font: Any, width: float) -> str:
+    """``text`` as it is when it fits in ``width`` pixels, else shortened with an ellipsis in the middle (the start
+    and the extension of a file name both stay visible)."""
+    if font.getlength(text) <= width:
+        return text
+    keep_start, keep_end = len(text) // 2, len(text) - len(text) // 2
+    while keep_start + keep_end > 0:
+        if keep_start >= keep_end:
+            keep_start -= 1
+        else:
+            keep_end -= 1
+        candidate = text[:keep_start] + "…" + text[len(text) - keep_end :]
+        if font.getlength(candidate) <= width:
+            return candidate
+    return "…"
+
+
 def write_contact_sheet(
     mistakes: dict[str, list[dict[str, Any]]], dataset: ImageDataset, title: str, path: Path
 ) -> None:
@@ -317,7 +334,8 @@ def write_contact_sheet(
                 draw.text((left + 6, top + tile // 2), f"unreadable ({type(error).__name__})", fill="red", font=font)
             text = f"{item['predicted_label']} {item['confidence']:.2f}"
             draw.text((left + 4, top + tile + 2), text, fill="firebrick", font=font)
-            draw.text((left + 4, top + tile + 15), Path(item["image_path"]).name[:18], fill="dimgray", font=font)
+            name_text = fit_text(cli.printable(Path(item["image_path"]).name), font, tile - 8)
+            draw.text((left + 4, top + tile + 15), name_text, fill="dimgray", font=font)
     with fileio.atomic_write(path) as handle:
         sheet.save(handle, "PNG")
 

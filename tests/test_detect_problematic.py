@@ -205,6 +205,7 @@ def test_cross_validation_scores_each_image_once_out_of_fold_and_flags_the_misla
     assert code == 0
     report = review_problematic_images.validate_report(json.loads(report_path.read_text(encoding="utf-8")))
     assert report["method"] == "out-of-fold" and report["cross_val_folds"] == 2
+    assert report["evidence_note"] == problematic_report.evidence_note("out-of-fold")
     entries = entries_by_path(report)
     train_images = {p.relative_to(dataset).as_posix() for p in (dataset / "train").rglob("*.jpg")}
     assert set(entries) == train_images and report["num_images"] == len(train_images)  # each scored exactly once
@@ -222,7 +223,9 @@ def test_cross_validation_scores_each_image_once_out_of_fold_and_flags_the_misla
     assert not output.exists()  # no training after a cross-validated analysis with --stop-after-analysis
 
 
-def test_in_sample_analysis_ranks_mislabels_first_then_training_continues(tmp_path: Path, colour_weights: Path) -> None:
+def test_in_sample_analysis_ranks_mislabels_first_then_training_continues(
+    tmp_path: Path, colour_weights: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
     dataset, planted, _ = make_mislabeled_dataset(tmp_path / "dataset", train_per_class=8)
     output = tmp_path / "models"
     code = train_classifier.main(
@@ -233,6 +236,9 @@ def test_in_sample_analysis_ranks_mislabels_first_then_training_continues(tmp_pa
     report_path = dataset / problematic_report.DEFAULT_NAME  # the default: where the reviewer looks
     report = review_problematic_images.validate_report(json.loads(report_path.read_text(encoding="utf-8")))
     assert report["method"] == "in-sample" and report["analysis_epochs"] == 2
+    assert "weak evidence" in report["evidence_note"] and "--cross-val-folds" in report["evidence_note"]
+    printed = capsys.readouterr().out
+    assert "weak evidence" in printed and "--cross-val-folds 5" in printed  # the summary says so too
     entries = entries_by_path(report)
     assert all(len(entry["losses"]) == 2 for entry in entries.values())
     for path in planted:
@@ -245,7 +251,7 @@ def test_in_sample_analysis_ranks_mislabels_first_then_training_continues(tmp_pa
 
 
 def test_stop_after_analysis_keeps_the_trained_model_and_resumes_after_an_interruption(
-    tmp_path: Path, colour_weights: Path, monkeypatch: pytest.MonkeyPatch
+    tmp_path: Path, colour_weights: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
 ) -> None:
     dataset = make_dataset(tmp_path / "dataset", CLASSES, train_per_class=4, val_per_class=1, size=SIZE)
     output = tmp_path / "models"
@@ -273,12 +279,22 @@ def test_stop_after_analysis_keeps_the_trained_model_and_resumes_after_an_interr
     monkeypatch.undo()
     report_path = dataset / problematic_report.DEFAULT_NAME
     assert not report_path.exists()  # no report from half an analysis
+    capsys.readouterr()
     assert train_classifier.main([*argv, "--resume"]) == 0  # the first epoch's losses come from the checkpoint
+    lines = capsys.readouterr().out.splitlines()
+    order = [
+        next(i for i, line in enumerate(lines) if line.startswith(prefix))
+        for prefix in ("epoch   2", "Problematic-images report", "Stopping after the 2 analysis epoch(s)")
+    ]
+    assert order == sorted(order)  # the report and the stop follow the last epoch line
+    assert not any(line.startswith(("Temperature", "threshold", "Recommended")) for line in lines)
 
     assert (output / "best_model.pth").read_bytes() == b"a model trained for hours"
     analysis_run = output / problematic_analysis.ANALYSIS_OUTPUT_SUBDIR
     metadata = json.loads((analysis_run / train_classifier.METADATA_NAME).read_text(encoding="utf-8"))
     assert len(metadata["epochs"]) == 2  # stopped after the analysis epochs, not at --epochs 15
+    assert metadata["calibration"] is None  # no calibration of the throwaway model
+    assert classifier.load_checkpoint(analysis_run / "best_model.pth")["temperature"] == 1.0
     report = json.loads(report_path.read_text(encoding="utf-8"))
     assert report["num_images"] == 12 and all(len(e["losses"]) == 2 for e in entries_by_path(report).values())
 

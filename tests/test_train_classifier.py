@@ -5,10 +5,14 @@ Each run takes a few seconds on 2 CPU cores; the full file stays well under a mi
 
 from __future__ import annotations
 
+import contextlib
+import io
 import json
 import os
+import signal
 import subprocess
 import sys
+import time
 import urllib.error
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
@@ -18,7 +22,7 @@ import numpy as np
 import pytest
 import torch
 import torchvision
-from conftest import ROOT, make_class_image, make_dataset, refused_bad_files, save_image, write_bad_files
+from conftest import IS_ROOT, ROOT, make_class_image, make_dataset, refused_bad_files, save_image, write_bad_files
 from PIL import Image
 
 import classifier
@@ -63,8 +67,13 @@ def trained(tmp_path_factory: pytest.TempPathFactory) -> dict:
         "--weights", str(root / "init.pth"), "--epochs", "4", "--batch-size", "4", "--learning-rate", "0.002",
         "--warmup-epochs", "0", "--patience", "0",
     ]  # fmt: skip
-    code = run_trainer(dataset, output, *arguments)
-    return {"code": code, "dataset": dataset, "output": output, "initial": initial, "arguments": arguments}
+    printed = io.StringIO()
+    with contextlib.redirect_stdout(printed):
+        code = run_trainer(dataset, output, *arguments)
+    return {
+        "code": code, "dataset": dataset, "output": output, "initial": initial, "arguments": arguments,
+        "stdout": printed.getvalue(),
+    }  # fmt: skip
 
 
 def test_run_writes_every_output_and_they_parse(trained: dict) -> None:
@@ -107,6 +116,10 @@ def test_best_model_is_a_calibrated_classifier_checkpoint(trained: dict) -> None
     assert metadata["calibration"]["nll_after"] <= metadata["calibration"]["nll_before"] + 1e-6
     assert [row["threshold"] for row in metadata["thresholds"]] == pytest.approx([0.5 + 0.05 * i for i in range(10)])
     assert metadata["recommended_threshold"] in [row["threshold"] for row in metadata["thresholds"]]
+    recommended = f"{metadata['recommended_threshold']:.2f}"
+    hint = next(line for line in trained["stdout"].splitlines() if line.startswith("Recommended confidence"))
+    assert f"python classifier.py {output / 'best_model.pth'} IMAGES --threshold {recommended}" in hint
+    assert f"confidence_threshold={recommended}" in trained["stdout"]  # and the Python API
     clf = classifier.BirdPlaneSupermanClassifier(output / "best_model.pth", device="cpu")
     predicted, confidence, probabilities = clf.predict(dataset / "val" / "plane" / "plane_000.jpg")
     assert set(probabilities) == set(metadata["classes"]) and 0 <= confidence <= 1
@@ -187,7 +200,7 @@ def test_resume_without_a_checkpoint_is_a_clear_error(tmp_path: Path, capsys: py
 
 
 @pytest.mark.parametrize("cache_gb", ["4", "0"], ids=["checked-up-front", "found-mid-epoch"])
-def test_bad_files_are_skipped_and_listed(tmp_path: Path, cache_gb: str) -> None:
+def test_bad_files_are_skipped_and_listed(tmp_path: Path, cache_gb: str, capsys: pytest.CaptureFixture) -> None:
     dataset = make_dataset(tmp_path / "dataset", train_per_class=4, val_per_class=2)
     files = write_bad_files(dataset / "train" / "bird")
     try:
@@ -211,6 +224,8 @@ def test_bad_files_are_skipped_and_listed(tmp_path: Path, cache_gb: str) -> None
     assert usable_birds == 4 + len(files) - len(refused) + (1 if cache_gb == "0" else 0)  # still usable then
     assert metadata["sampling"]["class_weights"]["bird"] == pytest.approx(1 / usable_birds)
     assert (tmp_path / "models" / "best_model.pth").is_file()
+    warning = next(line for line in capsys.readouterr().err.splitlines() if "--weights none" in line)
+    assert "--freeze-until layer3" in warning and "--freeze-until none" in warning  # the warning names the fix
 
 
 def test_val_missing_a_class_stops_with_one_sentence(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
@@ -268,6 +283,125 @@ def test_help_runs_as_a_script() -> None:
     )
     assert result.returncode == 0
     assert "--freeze-until" in result.stdout and "--uniform-augmentation" in result.stdout
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Safety: resume, earlier runs, temp files, odd files, read-only folders (shared/BAD_INPUTS.md 21-23)
+
+TWO_CLASSES = ("bird", "plane")
+
+
+def test_resume_from_a_best_model_checkpoint_is_one_sentence(
+    trained: dict, tmp_path: Path, capsys: pytest.CaptureFixture
+) -> None:
+    output = tmp_path / "models"
+    output.mkdir()
+    (output / "last_checkpoint.pth").write_bytes((trained["output"] / "best_model.pth").read_bytes())
+    assert train_classifier.main(["--resume", "--output-dir", str(output)]) == 2
+    error = capsys.readouterr().err.strip()
+    assert len(error.splitlines()) == 1 and error.startswith("error: ") and "last_checkpoint.pth" in error
+    assert "without --resume" in error and "KeyError" not in error and "Traceback" not in error
+
+
+def test_a_new_run_keeps_the_previous_best_model_until_it_finishes(
+    trained: dict, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture
+) -> None:
+    output = tmp_path / "models"
+    output.mkdir()
+    previous = (trained["output"] / "best_model.pth").read_bytes()
+    (output / "best_model.pth").write_bytes(previous)
+    hour_ago = time.time() - 2 * 3600
+    stale = [output / ".best_model.pth.k1ll3d.tmp", output / ".training_metadata.json.x9.tmp"]
+    live = output / ".best_model.pth.wr1t1ng.tmp"  # a writer of this second: left alone
+    other = output / ".notes.txt.abc.tmp"  # not a file of the trainer's
+    for path in [*stale, live, other]:
+        path.write_bytes(b"partial")
+    for path in [*stale, other]:
+        os.utime(path, (hour_ago, hour_ago))
+    dataset = make_dataset(tmp_path / "dataset", TWO_CLASSES, train_per_class=3, val_per_class=2, size=(32, 32))
+    real_train_one_epoch, calls = train_classifier.train_one_epoch, []
+
+    def interrupted_in_second_epoch(*args, **kwargs):
+        calls.append(1)
+        if len(calls) == 2:
+            raise KeyboardInterrupt
+        return real_train_one_epoch(*args, **kwargs)
+
+    monkeypatch.setattr(train_classifier, "train_one_epoch", interrupted_in_second_epoch)
+    argv = ["--weights", "none", "--freeze-until", "none", "--epochs", "2", "--batch-size", "2", "--image-size", "32"]
+    assert run_trainer(dataset, output, *argv) == 130
+    monkeypatch.undo()
+    assert (output / "best_model.pth").read_bytes() == previous  # one epoch of the new run replaced nothing
+    assert not any(path.exists() for path in stale) and live.exists() and other.exists()
+    assert classifier.load_checkpoint(output / "best_model.pending.pth")["epoch"] == 1
+    assert "best_model.pending.pth" in capsys.readouterr().err
+
+    assert train_classifier.main(["--resume", "--output-dir", str(output)]) == 0
+    assert not (output / "best_model.pending.pth").exists()
+    final = classifier.load_checkpoint(output / "best_model.pth")  # the new run's, now that it has finished
+    assert final["classes"] == list(TWO_CLASSES) and final["image_size"] == 32
+    assert read_json(output / "training_metadata.json")["best_model"] == "best_model.pth"
+
+
+def test_fifos_and_non_utf8_names_are_skipped_with_their_reasons(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    dataset = make_dataset(tmp_path / "dataset", TWO_CLASSES, train_per_class=3, val_per_class=2, size=(32, 32))
+    folder = dataset / "train" / "bird"
+    bad_name = os.fsdecode(b"bad\xffname.jpg")  # Linux allows any bytes; Python keeps them as lone surrogates
+    save_image(make_class_image(0, 77, (32, 32)), folder / bad_name)
+    (folder / "spoof\u202egpj.jpg").write_bytes(b"")  # a right-to-left override in the name: printed escaped
+    os.mkfifo(folder / "pipe.jpg")
+    os.mkfifo(folder / "pipe")  # no extension: a reader that sniffs its content would wait forever
+    previous = signal.signal(signal.SIGALRM, lambda *_: pytest.fail("the trainer opened a named pipe"))
+    signal.alarm(300)
+    try:
+        code = run_trainer(
+            dataset, tmp_path / "models", "--weights", "none", "--epochs", "1", "--batch-size", "2",
+            "--image-size", "32", "--detect-problematic", "--analysis-epochs", "1",
+            "--report", str(tmp_path / "report.json"),
+        )  # fmt: skip
+    finally:
+        signal.alarm(0)
+        signal.signal(signal.SIGALRM, previous)
+    assert code == 1  # done, some inputs unusable
+    texts = {path: path.read_bytes().decode("utf-8") for path in tmp_path.rglob("*.json")}  # all valid UTF-8
+    assert len(texts) > 3
+    metadata = read_json(tmp_path / "models" / "training_metadata.json")
+    reasons = {item["path"]: item["reason"] for item in metadata["skipped_files"]}
+    assert "UTF-8" in reasons[f"train/bird/{bad_name}"]  # the name comes back losslessly
+    assert "named pipe" in reasons["train/bird/pipe.jpg"] and "named pipe" in reasons["train/bird/pipe"]
+    report = read_json(tmp_path / "report.json")
+    assert {"path": f"train/bird/{bad_name}", "reason": reasons[f"train/bird/{bad_name}"]} in report["errors"]
+    assert all(bad_name not in entry["path"] for entries in report["problematic_images"].values() for entry in entries)
+    err = capsys.readouterr().err
+    assert "bad\\xffname.jpg" in err and "spoof\\u202egpj.jpg" in err and "\u202e" not in err
+    assert "Traceback" not in err
+
+
+def test_read_only_output_or_report_folder_is_one_sentence_before_any_work(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture
+) -> None:
+    dataset = make_dataset(tmp_path / "dataset", TWO_CLASSES, train_per_class=2, val_per_class=1, size=(32, 32))
+    locked = tmp_path / "locked"
+    locked.mkdir()
+    for folder in (locked, dataset):
+        folder.chmod(0o555)
+    real_access = os.access
+    if IS_ROOT:  # root may write anywhere: make the check see the folders as a user would
+        monkeypatch.setattr(
+            os, "access", lambda path, mode: Path(path) not in (locked, dataset) and real_access(path, mode)
+        )
+    try:
+        assert run_trainer(dataset, locked / "models", "--weights", "none") == 2
+        first = capsys.readouterr().err.strip()
+        assert run_trainer(dataset, tmp_path / "models", "--weights", "none", "--detect-problematic") == 2
+        second = capsys.readouterr().err.strip()
+    finally:
+        for folder in (locked, dataset):
+            folder.chmod(0o755)
+    assert len(first.splitlines()) == 1 and first.startswith("error: ") and str(locked) in first
+    assert "read-only" in first and not (locked / "models").exists()
+    assert len(second.splitlines()) == 1 and "read-only" in second and "--report" in second
+    assert not (tmp_path / "models").exists()  # refused before any work
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -415,3 +549,14 @@ def test_an_unavailable_device_is_a_usage_error(tmp_path: Path, capsys: pytest.C
     assert run_trainer(dataset, tmp_path / "models", "--weights", "none", "--device", "bogus") == 2
     assert "--device" in capsys.readouterr().err
     assert not (tmp_path / "models").exists()
+
+
+def test_contact_sheet_names_are_shortened_to_the_thumbnail_width() -> None:
+    from PIL import ImageFont
+
+    font = ImageFont.load_default(size=12)
+    long_name = "a_very_long_file_name_straight_from_an_image_search_0123456789.jpg"
+    short = training_report.fit_text(long_name, font, 120)
+    assert font.getlength(short) <= 120 and "\u2026" in short
+    assert short.startswith("a_very") and short.endswith(".jpg")
+    assert training_report.fit_text("bird_001.jpg", font, 120) == "bird_001.jpg"
