@@ -276,6 +276,13 @@ class ProblematicImageTracker:
         self.report_path = state.get("report")
 
 
+def saved_state(checkpoint: dict[str, Any] | None) -> dict[str, Any] | None:
+    """The tracker's state in a last checkpoint (``hook_state`` in those written before 2026-11), or None."""
+    if checkpoint is None:
+        return None
+    return checkpoint.get("problematic_analysis") or (checkpoint.get("hook_state") or {}).get("problematic_analysis")
+
+
 # ---------------------------------------------------------------------------------------------------------------------
 # The report
 

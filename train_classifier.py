@@ -12,7 +12,8 @@ mislabelled training images for review_problematic_images.py.
     python train_classifier.py --detect-problematic --cross-val-folds 5 --stop-after-analysis
 
 Writes into --output-dir (default models/):
-    best_model.pth             classifier.py's checkpoint: best val macro F1, calibrated temperature
+    best_model.pth             classifier.py's checkpoint: best val macro F1, calibrated temperature; one left by an
+                               earlier run stays until this run finishes (meanwhile: best_model.pending.pth)
     last_checkpoint.pth        model, optimizer, scheduler, RNG states, history and analysis state, for --resume
     training_metadata.json     config, class counts, sampling, augmentation policy, skipped files, per-epoch metrics,
                                calibration and the threshold table (rewritten atomically after every epoch)
@@ -33,7 +34,6 @@ import argparse
 import dataclasses
 import logging
 import math
-import random
 import sys
 import time
 from collections.abc import Sequence
@@ -287,20 +287,6 @@ def train_one_epoch(
     }
 
 
-def record_failures(
-    run: TrainingRun, dataset: training_data.ImageDataset, split: str, failures: Sequence[tuple[int, str]]
-) -> None:
-    """Exclude images that failed to decode from later epochs and list them in ``skipped_files`` (once each)."""
-    known = {item["path"] for item in run.skipped_files}
-    for index, reason in failures:
-        dataset.excluded.add(index)
-        sample = dataset.samples[index]
-        if sample.relpath not in known:
-            logger.warning("Skipping %s: %s", cli.printable(sample.relpath), cli.printable(reason))
-            run.skipped_files.append({"path": sample.relpath, "split": split, "reason": reason})
-            known.add(sample.relpath)
-
-
 # ---------------------------------------------------------------------------------------------------------------------
 # Checkpoints: classifier.py's format, written here; --resume reads the last one
 
@@ -333,30 +319,6 @@ def save_checkpoint(
     }
     with fileio.atomic_write(path) as handle:
         torch.save(checkpoint, handle)
-
-
-def rng_states() -> dict[str, Any]:
-    """The global RNG states as plain types and tensors (loadable with weights_only=True)."""
-    numpy_state = np.random.get_state()
-    python_state = random.getstate()
-    states: dict[str, Any] = {
-        "torch": torch.get_rng_state(),
-        "numpy": [numpy_state[0], numpy_state[1].tolist(), int(numpy_state[2]), int(numpy_state[3]), numpy_state[4]],
-        "python": [python_state[0], list(python_state[1]), python_state[2]],
-    }
-    if torch.cuda.is_available():
-        states["cuda"] = torch.cuda.get_rng_state_all()
-    return states
-
-
-def restore_rng_states(states: dict[str, Any]) -> None:
-    torch.set_rng_state(states["torch"])
-    kind, keys, position, has_gauss, cached = states["numpy"]
-    np.random.set_state((kind, np.asarray(keys, dtype=np.uint32), position, has_gauss, cached))
-    version, internal, gauss = states["python"]
-    random.setstate((version, tuple(internal), gauss))
-    if "cuda" in states and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all(states["cuda"])
 
 
 def run_summary(run: TrainingRun, record: dict[str, Any]) -> dict[str, Any]:
@@ -393,7 +355,7 @@ def save_last_checkpoint(
         "optimizer_state_dict": optimizer.state_dict(),
         "scheduler_state_dict": scheduler.state_dict(),
         "scaler_state_dict": scaler.state_dict(),
-        "rng_states": rng_states(),
+        "rng_states": training_data.rng_states(),
     }
     save_checkpoint(run.output_dir / LAST_CHECKPOINT_NAME, run.model, run, extra)
 
@@ -438,16 +400,17 @@ def load_resume_checkpoint(
 def best_model_name(output_dir: Path, resume: dict[str, Any] | None) -> str:
     """Where this run keeps its best model: best_model.pth, unless the folder holds one from an earlier run, which
     stays in place until this run finishes (``finish_run``); a resumed run keeps the name it started with."""
-    if resume is not None:
-        return str(resume.get("best_model_name", BEST_MODEL_NAME))
+    if resume is not None:  # only one of the two names: a checkpoint never chooses where the trainer writes
+        return PENDING_BEST_NAME if resume.get("best_model_name") == PENDING_BEST_NAME else BEST_MODEL_NAME
     return PENDING_BEST_NAME if (output_dir / BEST_MODEL_NAME).exists() else BEST_MODEL_NAME
 
 
-def folder_problem(args: argparse.Namespace, output_dir: Path) -> str | None:
-    """One sentence when a folder this run must write into is read-only (checked before any work), else None."""
+def prepare_output_folders(args: argparse.Namespace, output_dir: Path) -> str | None:
+    """Before any work: one sentence when a folder this run writes into is read-only; else remove the hidden temp
+    files a killed run of this trainer left there (only its own names, never other tools') and return None."""
+    report = problematic_analysis.report_path(args) if args.detect_problematic else None
     folders = [(output_dir, "")]
-    if args.detect_problematic:
-        report = problematic_analysis.report_path(args)
+    if report:
         folders.append((report.parent, "; the problematic-images report goes there: pass --report PATH elsewhere"))
     if args.cache_dir:
         folders.append((Path(args.cache_dir), "; choose another --cache-dir"))
@@ -455,18 +418,11 @@ def folder_problem(args: argparse.Namespace, output_dir: Path) -> str | None:
         reason = fileio.writable_folder_reason(folder)
         if reason:
             return reason + hint
-    return None
-
-
-def remove_stale_temp_files(args: argparse.Namespace, output_dir: Path) -> None:
-    """Remove the hidden temp files a killed run of this trainer left beside its outputs (never other tools')."""
-    places = [(output_dir, name) for name in OWN_FILE_NAMES]
-    if args.detect_problematic:
-        report = problematic_analysis.report_path(args)
-        places.append((report.parent, report.name))
+    places = [(output_dir, name) for name in OWN_FILE_NAMES] + ([(report.parent, report.name)] if report else [])
     removed = sum(fileio.remove_stale_temp_files(folder, name) for folder, name in places if folder.is_dir())
     if removed:
         logger.info("Removed %d temp file(s) left by an interrupted run.", removed)
+    return None
 
 
 def setup_training(args: argparse.Namespace, resume: dict[str, Any] | None, output_dir: Path) -> TrainingRun:
@@ -506,37 +462,10 @@ def setup_training(args: argparse.Namespace, resume: dict[str, Any] | None, outp
     val_sampler = training_data.UsableIndices(val_dataset)
     val_loader = training_data.make_loader(val_dataset, val_sampler, args.batch_size, num_workers, device, False)
 
-    config = {
-        "arch": args.arch,
-        "weights": args.weights,
-        "image_size": args.image_size,
-        "resize_size": classifier.default_resize_size(args.image_size),
-        "mean": list(classifier.IMAGENET_MEAN),
-        "std": list(classifier.IMAGENET_STD),
-        "freeze_until": args.freeze_until,
-        "frozen_blocks": frozen,
-        "trainable_parameters": sum(p.numel() for p in model.parameters() if p.requires_grad),
-        "total_parameters": sum(p.numel() for p in model.parameters()),
-        "device": str(device),
-        "amp_dtype": str(amp_dtype).removeprefix("torch.") if amp_dtype else None,
-        "channels_last": uses_channels_last(args),
-        "num_workers": num_workers,
-        "optimizer": "AdamW",
-        "schedule": f"linear warm-up {args.warmup_epochs} epoch(s), then cosine to 0",
-        "memory_cache_mb": round(data.memory_bytes / 1024**2, 1),
-        "cache_dir": args.cache_dir,
-        "torch": torch.__version__,
-    }
     metadata = training_report.new_metadata(
-        arguments=plain_arguments(args),
-        classes=classes,
-        config=config,
-        counts=data.counts,
-        is_weighted=not args.no_weighted_sampling,
-        policies=data.policies,
-        is_uniform=bool(args.uniform_augmentation),
-    )
-    metadata["skipped_files"] = data.skipped_files
+        plain_arguments(args), data, model, frozen=frozen, device=device, amp_dtype=amp_dtype,
+        is_channels_last=uses_channels_last(args), num_workers=num_workers,
+    )  # fmt: skip
     if resume is not None and isinstance(resume.get("metadata_started"), str):
         metadata["started"] = resume["metadata_started"]
     return TrainingRun(
@@ -611,7 +540,7 @@ def run_epochs(
         optimizer.load_state_dict(resume["optimizer_state_dict"])
         scheduler.load_state_dict(resume["scheduler_state_dict"])
         scaler.load_state_dict(resume["scaler_state_dict"])
-        restore_rng_states(resume["rng_states"])
+        training_data.restore_rng_states(resume["rng_states"])
         run.history = list(resume["history"])
         start_epoch = int(resume["epoch"])
         print(f"Resuming after epoch {start_epoch} of {args.epochs}.")
@@ -631,9 +560,9 @@ def run_epochs(
         started = time.perf_counter()
         learning_rate = optimizer.param_groups[0]["lr"]
         train_stats = train_one_epoch(run, model, run.train_loader, optimizer, scheduler, scaler, epoch)
-        record_failures(run, run.train_dataset, "train", train_stats["failures"])
+        training_data.record_failures(run.skipped_files, run.train_dataset, "train", train_stats["failures"])
         predictions = evaluate(model, run.val_loader, run, f"epoch {epoch + 1} val")
-        record_failures(run, run.val_dataset, "val", predictions.failures)
+        training_data.record_failures(run.skipped_files, run.val_dataset, "val", predictions.failures)
         seconds = time.perf_counter() - started
         record = training_report.epoch_record(epoch, train_stats, predictions, run.classes, learning_rate, seconds)
         record["is_best"] = record["macro_f1"] > best_f1
@@ -646,11 +575,11 @@ def run_epochs(
         report = None
         if tracker is not None and tracker.wants(epoch + 1):  # one loss per training image, as classifier.py sees it
             scores = evaluate(model, score_loader, run, f"epoch {epoch + 1} scoring train images")
-            record_failures(run, run.train_dataset, "train", scores.failures)
+            training_data.record_failures(run.skipped_files, run.train_dataset, "train", scores.failures)
             tracker.after_epoch(epoch + 1, scores)
             if tracker.is_complete:
                 report, report_file = write_analysis_report(run, tracker.scores, problematic_analysis.IN_SAMPLE)
-                tracker.report_path = str(report_file)
+                tracker.report_path, score_loader = str(report_file), None  # its workers are not needed any more
         save_epoch_outputs(run, record, predictions)
         save_last_checkpoint(run, optimizer, scheduler, scaler, epoch, tracker)
         tqdm.write(training_report.format_epoch_line(record), file=sys.stdout)
@@ -679,7 +608,7 @@ def cross_validate(run: TrainingRun, folds: int) -> tuple[problematic_analysis.S
     labels = np.array([train.samples[i].label for i in usable], dtype=np.int64)
     fold_of[usable] = problematic_analysis.assign_folds(labels, folds, args.seed)
     scores = problematic_analysis.ScoreTable(num_samples, num_classes, args.analysis_epochs)
-    saved_rng = rng_states()
+    saved_rng = training_data.rng_states()
     for fold in range(folds):
         held_out = set(np.flatnonzero(fold_of == fold).tolist())
         fold_train = train.with_view("train", set(train.excluded) | held_out)
@@ -692,16 +621,16 @@ def cross_validate(run: TrainingRun, folds: int) -> tuple[problematic_analysis.S
         held_out_loader = run.loader(train.with_view("eval", set(range(num_samples)) - held_out))
         for epoch in range(args.analysis_epochs):
             stats = train_one_epoch(run, model, loader, optimizer, scheduler, scaler, epoch)
-            record_failures(run, train, "train", stats["failures"])
+            training_data.record_failures(run.skipped_files, train, "train", stats["failures"])
             fold_scores = evaluate(model, held_out_loader, run, f"fold {fold + 1}/{folds} epoch {epoch + 1}")
-            record_failures(run, train, "train", fold_scores.failures)
+            training_data.record_failures(run.skipped_files, train, "train", fold_scores.failures)
             scores.add(epoch, fold_scores)
         print(
             f"fold {fold + 1}/{folds}: trained {args.analysis_epochs} epoch(s) on "
             f"{num_samples - len(fold_train.excluded)} images, scored {len(held_out)} held-out images"
         )
         del model, optimizer, loader
-    restore_rng_states(saved_rng)
+    training_data.restore_rng_states(saved_rng)
     return scores, fold_of
 
 
@@ -713,7 +642,7 @@ def calibrate_best_model(run: TrainingRun) -> dict[str, Any] | None:
     checkpoint = classifier.load_checkpoint(path)
     model = make_model(run.args, len(run.classes), run.device, state_dict=checkpoint["model_state_dict"])
     predictions = evaluate(model, run.val_loader, run, "calibrating")
-    record_failures(run, run.val_dataset, "val", predictions.failures)
+    training_data.record_failures(run.skipped_files, run.val_dataset, "val", predictions.failures)
     calibration, table, recommended = training_report.calibrate(predictions, run.classes)
     extra = {key: value for key, value in checkpoint.items() if key not in CHECKPOINT_CORE_KEYS}
     extra.update({"calibration": calibration, "thresholds": table, "recommended_confidence_threshold": recommended})
@@ -752,12 +681,7 @@ def get_args_parser(add_help: bool = True) -> argparse.ArgumentParser:
     add("--learning-rate", type=float, default=1e-4, help="peak AdamW learning rate (default: 0.0001)")
     add("--weight-decay", type=float, default=0.01, help="AdamW weight decay (default: 0.01)")
     add("--warmup-epochs", type=int, default=1, help="linear warm-up epochs before the cosine decay (default: 1)")
-    add(
-        "--patience",
-        type=int,
-        default=5,
-        help="stop after this many epochs without a better val macro F1; 0 never stops early (default: 5)",
-    )
+    add("--patience", type=int, default=5, help="epochs without a better val macro F1 before stopping (default: 5)")
     add(
         "--confidence-threshold",
         type=float,
@@ -769,43 +693,20 @@ def get_args_parser(add_help: bool = True) -> argparse.ArgumentParser:
         "--freeze-until",
         choices=FREEZE_CHOICES,
         default="layer3",
-        help="freeze the stem and every stage up to this one; 'none' trains everything (default: layer3)",
+        help="freeze the stem and stages up to (default: layer3)",
     )
-    add(
-        "--arch", choices=classifier.SUPPORTED_ARCHS, default=classifier.DEFAULT_ARCH, help="ResNet (default: resnet50)"
-    )
-    add(
-        "--weights",
-        default="imagenet",
-        help="starting weights: imagenet (torchvision, downloaded once), none (random), or a local file "
-        "(default: imagenet)",
-    )
-    add(
-        "--image-size",
-        type=int,
-        default=classifier.DEFAULT_IMAGE_SIZE,
-        help="model input size in pixels (default: 224)",
-    )
+    add("--arch", choices=classifier.SUPPORTED_ARCHS, default=classifier.DEFAULT_ARCH, help="(default: resnet50)")
+    add("--weights", default="imagenet", help="imagenet, none (random) or a file (default: imagenet)")
+    add("--image-size", type=int, default=classifier.DEFAULT_IMAGE_SIZE, help="model input pixels (default: 224)")
     add("--device", default=None, help="cpu, cuda, cuda:1, mps (default: cuda, then mps, then cpu)")
     add("--seed", type=int, default=42, help="seed for initialisation, sampling and augmentation (default: 42)")
     add(
         "--resume",
         action="store_true",
-        help="continue from <output-dir>/last_checkpoint.pth with its settings; flags given now override them "
-        "(default: off)",
+        help="continue from <output-dir>/last_checkpoint.pth, with its settings unless given now",
     )
-    add(
-        "--amp",
-        action=argparse.BooleanOptionalAction,
-        default=None,
-        help="mixed precision (bfloat16, or float16 with loss scaling) (default: on with CUDA, off elsewhere)",
-    )
-    add(
-        "--channels-last",
-        action=argparse.BooleanOptionalAction,
-        default=None,
-        help="channels_last memory format, faster convolutions on GPUs and recent CPUs (default: on)",
-    )
+    add("--amp", action=argparse.BooleanOptionalAction, help="mixed precision (default: on with CUDA, off elsewhere)")
+    add("--channels-last", action=argparse.BooleanOptionalAction, help="channels_last memory format (default: on)")
     cli.add_output_flags(parser)
     training_data.add_arguments(parser)
     problematic_analysis.add_arguments(parser)
@@ -844,10 +745,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         return cli.error(problem)
     is_analysis_run = args.detect_problematic and args.stop_after_analysis  # a short run: its model is thrown away
     output_dir = problematic_analysis.analysis_output_dir(args.output_dir) if is_analysis_run else Path(args.output_dir)
-    problem = folder_problem(args, output_dir)
+    problem = prepare_output_folders(args, output_dir)
     if problem:
         return cli.error(cli.printable(problem))
-    remove_stale_temp_files(args, output_dir)
     run = None
     try:
         resume = None
@@ -874,10 +774,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         elif args.detect_problematic:
             relpaths = [sample.relpath for sample in run.train_dataset.samples]
             tracker = problematic_analysis.ProblematicImageTracker(relpaths, len(run.classes), args.analysis_epochs)
-            if resume is not None:
-                tracker.load_state_dict(
-                    resume.get("problematic_analysis") or (resume.get("hook_state") or {}).get("problematic_analysis")
-                )
+            tracker.load_state_dict(problematic_analysis.saved_state(resume))
         run_epochs(run, resume, tracker)
         if not is_analysis_run:
             calibrate_best_model(run)

@@ -20,6 +20,7 @@ import hashlib
 import logging
 import math
 import os
+import random
 import threading
 from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
@@ -94,8 +95,8 @@ AUGMENTATION_TABLE: dict[str, AugmentationPolicy] = {
 }
 
 
-# ----------------------------------------------------------------------------------------------------------------
-# Pure functions: classes, sampling, augmentation
+# ---------------------------------------------------------------------------------------------------------------------
+# Pure functions: classes, sampling, augmentation (and the RNG states an epoch replays from)
 
 
 def compare_class_sets(train_classes: Sequence[str], val_classes: Sequence[str]) -> str | None:
@@ -153,6 +154,31 @@ def draw_epoch(
         indices = [usable[p] for p in torch.randperm(len(usable), generator=generator).tolist()]
     augmentation_seeds = torch.randint(0, 2**62, (len(indices),), generator=generator).tolist()
     return list(zip(indices, augmentation_seeds))
+
+
+def rng_states() -> dict[str, Any]:
+    """The global RNG states as plain types and tensors (loadable with weights_only=True), for --resume: with
+    ``epoch_seed`` they make a resumed epoch replay exactly."""
+    numpy_state = np.random.get_state()
+    python_state = random.getstate()
+    states: dict[str, Any] = {
+        "torch": torch.get_rng_state(),
+        "numpy": [numpy_state[0], numpy_state[1].tolist(), int(numpy_state[2]), int(numpy_state[3]), numpy_state[4]],
+        "python": [python_state[0], list(python_state[1]), python_state[2]],
+    }
+    if torch.cuda.is_available():
+        states["cuda"] = torch.cuda.get_rng_state_all()
+    return states
+
+
+def restore_rng_states(states: dict[str, Any]) -> None:
+    torch.set_rng_state(states["torch"])
+    kind, keys, position, has_gauss, cached = states["numpy"]
+    np.random.set_state((kind, np.asarray(keys, dtype=np.uint32), position, has_gauss, cached))
+    version, internal, gauss = states["python"]
+    random.setstate((version, tuple(internal), gauss))
+    if "cuda" in states and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(states["cuda"])
 
 
 def augmentation_policy_for(class_name: str, is_uniform: bool = False) -> AugmentationPolicy:
@@ -227,7 +253,7 @@ def training_copy_size(box_width: int, box_height: int, resize_size: int) -> tup
     return max(resize_size, int(round(box_width * scale))), max(resize_size, int(round(box_height * scale)))
 
 
-# ----------------------------------------------------------------------------------------------------------------
+# ---------------------------------------------------------------------------------------------------------------------
 # Images on disk: scanning, decoding, caching
 
 
@@ -373,6 +399,10 @@ def prepare_images(
     return prepared, failures
 
 
+# ---------------------------------------------------------------------------------------------------------------------
+# Datasets, samplers and loaders
+
+
 _LOADER_THREADS: tuple[int, ThreadPoolExecutor] | None = None
 
 
@@ -495,6 +525,20 @@ class UsableIndices(Sampler):
         return iter([i for i in range(len(self.dataset)) if i not in self.dataset.excluded])
 
 
+def record_failures(
+    skipped_files: list[dict[str, str]], dataset: ImageDataset, split: str, failures: Sequence[tuple[int, str]]
+) -> None:
+    """Exclude images that failed to decode from later epochs and list them in ``skipped_files`` (once each)."""
+    known = {item["path"] for item in skipped_files}
+    for index, reason in failures:
+        dataset.excluded.add(index)
+        sample = dataset.samples[index]
+        if sample.relpath not in known:
+            logger.warning("Skipping %s: %s", cli.printable(sample.relpath), cli.printable(reason))
+            skipped_files.append({"path": sample.relpath, "split": split, "reason": reason})
+            known.add(sample.relpath)
+
+
 def collate_samples(items: Sequence[LoadedSample | FailedSample]) -> dict[str, Any]:
     """Stack the images that loaded (NHWC uint8) and set the failures aside as (index, reason)."""
     loaded = [item for item in items if isinstance(item, LoadedSample)]
@@ -525,6 +569,10 @@ def make_loader(
         persistent_workers=num_workers > 0,
         prefetch_factor=4 if num_workers > 0 else None,
     )
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# The two splits, ready to train on
 
 
 def load_dataset(dataset_dir: Path) -> tuple[list[str], list[Sample], list[Sample], list[dict[str, str]]]:
@@ -636,6 +684,10 @@ def resolve_num_workers(requested: int | None, device: torch.device) -> int:
     if device.type == "cpu":
         return 0 if cpus <= 4 else min(2, cpus // 8)
     return max(1, min(8, cpus - 1))
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# Command line
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:

@@ -24,7 +24,7 @@ from PIL import Image, ImageDraw, ImageFont
 import classifier
 import cli
 import fileio
-from training_data import AugmentationPolicy, ImageDataset
+from training_data import Datasets, ImageDataset
 
 logger = logging.getLogger(__name__)
 
@@ -41,8 +41,8 @@ AUGMENTATION_NOTE = (
 CONTACT_TILE = 128  # pixels per thumbnail in the error-analysis contact sheets
 
 
-# ----------------------------------------------------------------------------------------------------------------
-# Pure functions: metrics, calibration, thresholds, schedule
+# ---------------------------------------------------------------------------------------------------------------------
+# Pure functions: metrics, calibration, thresholds, mistakes
 
 
 def classification_metrics(labels: Sequence[int], predicted: Sequence[int], classes: Sequence[str]) -> dict[str, Any]:
@@ -226,8 +226,8 @@ class Predictions:
         return [dataset.samples[i].relpath for i in self.indices.tolist()]
 
 
-# ----------------------------------------------------------------------------------------------------------------
-# Writing results
+# ---------------------------------------------------------------------------------------------------------------------
+# Writing and printing results
 
 
 def best_record(history: Sequence[dict[str, Any]]) -> dict[str, Any] | None:
@@ -374,16 +374,40 @@ def write_error_analysis(
 
 
 def new_metadata(
-    *,
     arguments: dict[str, Any],
-    classes: Sequence[str],
-    config: dict[str, Any],
-    counts: dict[str, list[int]],
-    is_weighted: bool,
-    policies: dict[str, AugmentationPolicy],
-    is_uniform: bool,
+    data: Datasets,
+    model: torch.nn.Module,
+    *,
+    frozen: Sequence[str],
+    device: Any,
+    amp_dtype: Any,
+    is_channels_last: bool,
+    num_workers: int,
 ) -> dict[str, Any]:
     """training_metadata.json of a new run: settings, class counts, sampling and augmentation; results come later."""
+    classes, counts, policies = data.classes, data.counts, data.policies
+    is_weighted = not arguments["no_weighted_sampling"]
+    config = {
+        "arch": arguments["arch"],
+        "weights": arguments["weights"],
+        "image_size": arguments["image_size"],
+        "resize_size": classifier.default_resize_size(arguments["image_size"]),
+        "mean": list(classifier.IMAGENET_MEAN),
+        "std": list(classifier.IMAGENET_STD),
+        "freeze_until": arguments["freeze_until"],
+        "frozen_blocks": list(frozen),
+        "trainable_parameters": sum(p.numel() for p in model.parameters() if p.requires_grad),
+        "total_parameters": sum(p.numel() for p in model.parameters()),
+        "device": str(device),
+        "amp_dtype": str(amp_dtype).removeprefix("torch.") if amp_dtype else None,
+        "channels_last": is_channels_last,
+        "num_workers": num_workers,
+        "optimizer": "AdamW",
+        "schedule": f"linear warm-up {arguments['warmup_epochs']} epoch(s), then cosine to 0",
+        "memory_cache_mb": round(data.memory_bytes / 1024**2, 1),
+        "cache_dir": arguments["cache_dir"],
+        "torch": torch.__version__,
+    }
     usable_train = counts["train"]
     class_weights = [1.0 / count for count in usable_train]  # what draw_epoch uses (no class is empty by now)
     shares = [(1 / len(classes)) if is_weighted else count / sum(usable_train) for count in usable_train]
@@ -405,11 +429,11 @@ def new_metadata(
             "expected_share_per_epoch": {c: float(s) for c, s in zip(classes, shares)},
         },
         "augmentation": {
-            "uniform": is_uniform,
+            "uniform": bool(arguments["uniform_augmentation"]),
             "policy": {c: dataclasses.asdict(p) for c, p in policies.items()},
             "note": AUGMENTATION_NOTE,
         },
-        "skipped_files": [],
+        "skipped_files": data.skipped_files,
         "epochs": [],
         "best_epoch": None,
         "best_macro_f1": None,

@@ -4,10 +4,13 @@
     python benchmarks/bench_train.py --images 64 --skip-training      # the input pipeline only, in a minute
 
 (a) Input pipeline alone: the trainer's loader (JPEG draft decode, a downsized in-memory copy kept after the first
-    pass, per-class augmentation as one affine resampling and one colour pass, its DataLoader settings) against a
-    naive torchvision pipeline (full-size decode, RandomResizedCrop + flip + ColorJitter on PIL, num_workers=0).
+    pass, per-class augmentation through torchvision.transforms.v2 on uint8 tensors, its DataLoader settings) against
+    a naive torchvision pipeline (full-size decode, RandomResizedCrop + flip + ColorJitter on PIL, num_workers=0).
 (b) Training: real epochs through the trainer's loader (train_one_epoch) against the same training steps on ready
     tensors; the ratio says how much of the training time the input pipeline costs.
+(c) The augmentation alone (training_data.augment on the cached copies, one thread), per image and as a share of a
+    training step per image from (b): the figure that decides whether a hand-written augmentation would be worth it
+    (only above 15 % of the epoch time).
 Writes only the generated images, under benchmarks/_out/train/ (deleted afterwards unless --keep).
 """
 
@@ -164,6 +167,19 @@ def time_training(
     return seconds
 
 
+def time_augmentation(context: train_classifier.TrainingRun, count: int) -> float:
+    """Seconds per image of the per-class augmentation alone, from the cached copies, in this thread."""
+    dataset = context.train_dataset
+    indices = [i for i in range(len(dataset)) if i not in dataset.excluded][:count]
+    copies = [(dataset.pixels(i), dataset.augmentations[dataset.samples[i].label]) for i in indices]
+    for seed, (pixels, transform) in enumerate(copies[:4]):  # warm-up, untimed
+        training_data.augment(pixels, transform, seed)
+    started = time.perf_counter()
+    for seed, (pixels, transform) in enumerate(copies):
+        training_data.augment(pixels, transform, seed)
+    return (time.perf_counter() - started) / max(1, len(copies))
+
+
 def rounded(seconds: Sequence[float]) -> list[float]:
     return [round(value, 2) for value in seconds]
 
@@ -232,6 +248,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     run = RUN_EPOCHS * best["naive"] / (best["decode_once"] + RUN_EPOCHS * best["ours"])
     print(f"    ratio trainer/naive: first epoch (with the decode) {first:.2f}x, each later epoch {later:.2f}x,")
     print(f"    a {RUN_EPOCHS}-epoch run {run:.2f}x (target >= 2x)")
+    augment_seconds = time_augmentation(context, 64)
+    print(f"\n(c) augmentation alone (torchvision.transforms.v2, one thread): {1000 * augment_seconds:.2f} ms/image")
     if args.skip_training:
         if not args.keep:
             shutil.rmtree(out, ignore_errors=True)
@@ -250,6 +268,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     print(f"    real epoch through the loader: {real_rate:8.2f}  ({timed['real']:.1f} s)")
     print(f"    ratio real/ready: {real_rate / ready_rate:.3f} (target >= 0.85)")
     print(f"    a first epoch, counting the one-off decode: {first_rate / ready_rate:.3f}")
+    step_seconds = 1 / ready_rate
+    print(f"(c) augmentation share of a training step per image: {augment_seconds / step_seconds:.1%} (keep <= 15%)")
     print(f"load average at the end: {' '.join(f'{x:.2f}' for x in os.getloadavg())}")
     if not args.keep:
         shutil.rmtree(out, ignore_errors=True)
