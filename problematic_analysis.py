@@ -277,7 +277,8 @@ class ProblematicImageTracker:
 
 
 def saved_state(checkpoint: dict[str, Any] | None) -> dict[str, Any] | None:
-    """The tracker's state in a last checkpoint (``hook_state`` in those written before 2026-11), or None."""
+    """The tracker's state in a last checkpoint, or None; checkpoints written before the trainer was split into
+    modules keep it under ``hook_state``."""
     if checkpoint is None:
         return None
     return checkpoint.get("problematic_analysis") or (checkpoint.get("hook_state") or {}).get("problematic_analysis")
