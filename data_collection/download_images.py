@@ -752,20 +752,21 @@ def main(
     except (UnsafePathError, OSError) as error:  # a folder swapped for a symlink, a full disk, ...
         return cli.error(f"stopped: {error}; every image and manifest line written so far is complete")
     print(format_summary(summary, limits))
+    new_images = sum(stats.downloaded for stats in summary.stats.values())
     if summary.no_network is not None:
         hint = (
             SEARCH_NO_NETWORK_HINT
             if search is not None
             else f"connect, or check the URLs in {cli.printable(config.urls_file)}"
         )
-        print(f"No network: {summary.no_network}; {hint}.", file=sys.stderr)
-        return cli.EXIT_PARTIAL
-    new_images = sum(stats.downloaded for stats in summary.stats.values())
+        if not new_images:  # nothing was done: exit 2, nothing written
+            return cli.error(f"no network: {summary.no_network}; {hint}")
+        logger.warning("no network: %s; %s, then re-run the same command to carry on", summary.no_network, hint)
     manifest = cli.printable(config.dataset_dir / MANIFEST_NAME)
     print(f"{new_images} images downloaded into {cli.printable(config.dataset_dir)}; manifest: {manifest}")
     if config.dataset_dir.is_dir():
         write_report(config.report_path, summary, config.mode, config.input_errors)
-    is_short = any(stats.is_short for stats in summary.stats.values())
+    is_short = summary.no_network is not None or any(stats.is_short for stats in summary.stats.values())
     has_failed_urls = any(stats.failures or stats.failed_before for stats in summary.stats.values())
     has_failures = config.url_candidates is not None and (has_failed_urls or bool(config.input_errors))
     return cli.EXIT_PARTIAL if is_short or has_failures else cli.EXIT_OK

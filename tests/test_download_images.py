@@ -28,6 +28,7 @@ from image_fetch import (
     FORMAT_EXTENSIONS,
     FetchLimits,
     ImageRejectedError,
+    NoNetworkError,
     backoff_delay,
     inspect_image,
     is_allowed_content_type,
@@ -359,13 +360,31 @@ def test_no_network_during_search_says_so_in_one_sentence(tmp_path: Path, monkey
     install_fake_ddgs(monkeypatch, behaviour=DDGSException("DNSError: error resolving DNS"))
     monkeypatch.setattr(image_search, "can_connect", lambda host, port, timeout_s=None: False)
     dataset = tmp_path / "dataset"
-    assert download_images.main(["--duckduckgo", "--dataset-dir", str(dataset), "--no-progress"]) == 1
+    assert download_images.main(["--duckduckgo", "--dataset-dir", str(dataset), "--no-progress"]) == 2  # nothing done
     output = capsys.readouterr()
     err = output.err.strip()
-    assert err == "No network: cannot reach duckduckgo.com; connect, or pass --urls-file FILE with image URLs."
+    assert err == "error: no network: cannot reach duckduckgo.com; connect, or pass --urls-file FILE with image URLs"
     assert output.out.split()[:3] == ["class", "URLs", "already"]  # the table all the same
     assert len(err.splitlines()) == 1 and len(FakeDDGS.calls) == 1
     assert not dataset.exists()
+
+
+def test_network_lost_after_some_images_keeps_them_and_exits_1(tmp_path: Path, capsys) -> None:
+    queries = write_queries(tmp_path / "q.json", {"bird": ["bird q"], "plane": ["plane q"]})
+    routes = good_routes("bird", 0, 3)
+    with ImageServer(routes) as server:
+        search = FakeSearch(
+            {"bird q": [server.url(path) for path in routes]}, failures={"plane q": 1}, error_type=NoNetworkError
+        )
+        dataset = tmp_path / "dataset"
+        argv = ["--duckduckgo", "--queries", str(queries), "--dataset-dir", str(dataset), "--per-class", "3", *FAST]
+        assert run(argv, search) == 1  # done in part: the bird images are saved, plane could not be searched
+    output = capsys.readouterr()
+    assert "WARNING: no network: fake search error for 'plane q'" in output.err
+    assert "re-run the same command to carry on" in output.err and "error:" not in output.err
+    assert "3 images downloaded into" in output.out
+    assert sorted(Path(path).parent.name for path in image_files(dataset)) == ["bird"] * 3
+    assert (dataset / REPORT_NAME).is_file()
 
 
 # ------------------------------------------------------------------------------------------------ --urls-file
@@ -382,9 +401,9 @@ def test_no_network_for_url_list_leaves_nothing_behind(tmp_path: Path, capsys) -
     urls = tmp_path / "urls.csv"
     urls.write_text("".join(f"bird,http://127.0.0.1:{port}/{n}.jpg\n" for n in range(5)))
     dataset = tmp_path / "dataset"
-    assert run(["--urls-file", str(urls), "--dataset-dir", str(dataset), *FAST]) == 1
+    assert run(["--urls-file", str(urls), "--dataset-dir", str(dataset), *FAST]) == 2  # nothing done
     output = capsys.readouterr()
-    assert output.err.strip() == f"No network: cannot reach 127.0.0.1; connect, or check the URLs in {urls}."
+    assert output.err.strip() == f"error: no network: cannot reach 127.0.0.1; connect, or check the URLs in {urls}"
     assert output.out.split()[:3] == ["class", "URLs", "already"]  # the table all the same
     assert not dataset.exists()
 
@@ -587,7 +606,7 @@ def test_a_rerun_that_only_retries_dead_hosts_prints_the_table_not_no_network(tm
         assert run(argv) == 1  # only the two dead-host URLs are tried again
         assert sum(server.hits.values()) == 3
     output = capsys.readouterr()
-    assert "No network" not in output.err
+    assert "no network" not in output.err.lower()
     assert "bird: connection error: 2 — tried again on the next run" in output.out
     assert "URLs" in output.out and "0 images downloaded" in output.out
 
@@ -603,7 +622,7 @@ def test_no_network_is_not_said_when_every_url_was_refused_for_another_reason(tm
         assert run(argv) == 1
         assert run(argv) == 1  # nothing to do: the table all the same
     output = capsys.readouterr()
-    assert "No network" not in output.err and output.out.count("already done") == 2
+    assert "no network" not in output.err.lower() and output.out.count("already done") == 2
     assert "too small (< --min-size 32): 3 in earlier runs — lower --min-size to retry" in output.out
 
 
