@@ -84,11 +84,11 @@ SCRIPTS = {  # module name -> script path relative to the project root
 
 
 class StageFailed(Exception):
-    """A stage's command exited with 2 (usage or unusable input): the pipeline stops; the script said why."""
+    """A stage did nothing usable (its script exited with 2, or left no output): the pipeline stops, saying why."""
 
-    def __init__(self, stage: str, command: Command, code: int) -> None:
-        super().__init__(f"stage {stage} stopped: {command.script} exited with {code}")
-        self.stage, self.command, self.code = stage, command, code
+    def __init__(self, stage: str, reason: str) -> None:
+        super().__init__(reason)
+        self.stage = stage
 
 
 @dataclass(frozen=True)
@@ -183,6 +183,13 @@ def removal_command(report: Path, strategy: str, category: str) -> Command:
     return Command("remove_duplicates", argv)
 
 
+def freeze_until(args: argparse.Namespace) -> str | None:
+    """--freeze-until as given; with --weights none and none given, "none" (random layers kept frozen never learn)."""
+    if args.freeze_until is None and args.weights is not None and args.weights.lower() == "none":
+        return "none"
+    return args.freeze_until
+
+
 def train_command(args: argparse.Namespace, dataset_dir: Path, models_dir: Path) -> Command:
     """The trainer with the training settings given once to the pipeline, plus the analysis (and its calibration)."""
     argv = ["--dataset-dir", str(dataset_dir), "--output-dir", str(models_dir)]
@@ -194,6 +201,7 @@ def train_command(args: argparse.Namespace, dataset_dir: Path, models_dir: Path)
             ("--epochs", args.epochs),
             ("--batch-size", args.batch_size),
             ("--learning-rate", args.learning_rate),
+            ("--freeze-until", freeze_until(args)),
             ("--seed", args.seed),
             ("--device", args.device),
         ]
@@ -379,7 +387,7 @@ def run_command(run: Run, stage: str, command: Command) -> int:
     if code == cli.EXIT_INTERRUPTED:
         raise KeyboardInterrupt
     if code not in (cli.EXIT_OK, cli.EXIT_PARTIAL):
-        raise StageFailed(stage, command, code)
+        raise StageFailed(stage, f"{command.script} exited with {code} (its reason is above)")
     return code
 
 
@@ -550,6 +558,8 @@ def run_dedupe(run: Run) -> int:
 def run_train(run: Run) -> int:
     """Train with the analysis; a run interrupted with these same inputs resumes from its last checkpoint."""
     command = train_command(run.args, run.dataset_dir, run.models_dir)
+    if run.args.freeze_until is None and freeze_until(run.args) == "none":
+        print("--weights none: training every layer (--freeze-until none); random layers kept frozen never learn.")
     previous = run.state["stages"].get("train", {})
     fingerprint = digest(stage_inputs(run, "train"))
     resumable = (run.models_dir / "last_checkpoint.pth").is_file()
@@ -604,6 +614,11 @@ def run_stage(run: Run, stage: str, position: str, is_forced: bool) -> None:
         return
     print(f"\n{header}", flush=True)
     run.worst_code = max(run.worst_code, STAGE_BODIES[stage](run))
+    missing = [str(path) for path in stage_outputs(run, stage) if not path.exists()]
+    if missing:  # e.g. every URL failed (no train/), or no model: the later stages have nothing to work on
+        run.state["stages"][stage]["status"] = "incomplete"
+        save_state(run)
+        raise StageFailed(stage, f"it finished without writing {', '.join(missing)} (see above)")
 
 
 def chosen_stages(args: argparse.Namespace) -> tuple[list[str], set[str]]:
@@ -693,6 +708,12 @@ def get_args_parser(add_help: bool = True) -> argparse.ArgumentParser:
     train.add_argument("--epochs", type=int, default=None, help="training epochs (default: 15)")
     train.add_argument("--batch-size", type=int, default=None, help="images per step (default: 32)")
     train.add_argument("--learning-rate", type=float, default=None, help="peak learning rate (default: 0.0001)")
+    train.add_argument(
+        "--freeze-until",
+        default=None,
+        help="layer1, layer2, layer3 or none: freeze the stem and stages up to this one (default: layer3; none with "
+        "--weights none, since random layers kept frozen never learn)",
+    )
     train.add_argument("--seed", type=int, default=None, help="random seed (default: 42)")
     train.add_argument("--device", default=None, help="cpu, cuda, mps (default: the best available)")
     train.add_argument(
@@ -755,8 +776,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         return cli.error(str(error))
     except StageFailed as failure:
         return cli.error(
-            f"stage {failure.stage} stopped ({failure.command.script} exited with {failure.code}, see above); "
-            f"fix that and run the same command again: finished stages are skipped"
+            f"stage {failure.stage} stopped: {failure}; nothing after it ran. Fix that and run the same command again: "
+            f"finished stages are skipped, so it starts at {failure.stage}"
         )
     except KeyboardInterrupt:
         print(

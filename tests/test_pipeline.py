@@ -92,6 +92,8 @@ def test_whole_run_prints_each_standalone_command_and_writes_every_output(pipeli
     for flag, value in zip(TINY[::2], TINY[1::2]):  # the training settings reach the trainer as given
         assert train[train.index(flag) + 1] == value
     assert "--detect-problematic" in train and train[train.index("--analysis-epochs") + 1] == "1"
+    assert train[train.index("--freeze-until") + 1] == "none"  # --weights none: every layer learns
+    assert "--weights none: training every layer (--freeze-until none)" in pipeline["output"]
     downloaded = [path for path in dataset.rglob("*.jpg") if len(path.stem) == 64]  # saved under their SHA-256
     assert len(downloaded) == 4
     for path in (models / "best_model.pth", dataset / "problematic_images_report.json", dataset / "report.html"):
@@ -215,6 +217,45 @@ def test_a_stage_that_cannot_work_stops_the_pipeline_with_one_sentence(tmp_path:
     assert code == 2
     assert "error: stage detect stopped" in err and "run the same command again" in err
     assert not (tmp_path / "dataset" / "report.html").exists()
+
+
+def test_freeze_until_reaches_the_trainer_as_given_and_defaults_to_none_only_without_weights(tmp_path: Path) -> None:
+    def train_argv(extra: list[str]) -> list[str]:
+        args = run_pipeline.get_args_parser().parse_args(extra)
+        return list(run_pipeline.train_command(args, tmp_path / "d", tmp_path / "m").argv)
+
+    no_weights = train_argv(["--weights", "none"])
+    assert no_weights[no_weights.index("--freeze-until") + 1] == "none"  # random layers kept frozen never learn
+    given = train_argv(["--weights", "None", "--freeze-until", "layer2"])
+    assert given[given.index("--freeze-until") + 1] == "layer2"  # an explicit choice is kept (the trainer warns)
+    assert "--freeze-until" not in train_argv([]) and "--freeze-until" not in train_argv(["--weights", "imagenet"])
+    imagenet = train_argv(["--freeze-until", "layer1"])
+    assert imagenet[imagenet.index("--freeze-until") + 1] == "layer1"
+
+
+def test_training_that_does_nothing_stops_the_pipeline_and_says_how_to_rerun(tmp_path: Path, monkeypatch, capsys):
+    dataset = make_dataset(tmp_path / "dataset", CLASSES, train_per_class=1, val_per_class=1)
+    argv = ["--dataset-dir", str(dataset), "--models-dir", str(tmp_path / "models"), "--no-collect", *TINY]
+
+    def refuses(argv: list[str]) -> int:
+        print("error: the trainer's own sentence", file=sys.stderr)
+        return 2
+
+    monkeypatch.setattr(train_classifier, "main", refuses)
+    code, output = run([*argv, "--from", "train"])
+    err = capsys.readouterr().err
+    assert code == 2 and "error: the trainer's own sentence" in err
+    assert "error: stage train stopped: train_classifier.py exited with 2" in err
+    assert "run the same command again" in err and "it starts at train" in err
+    assert "report:" not in output and not (dataset / "report.html").exists()  # the report stage never ran
+
+    monkeypatch.setattr(train_classifier, "main", lambda argv: 1)  # "done" yet no model: nothing to report on
+    code, output = run([*argv, "--from", "train"])
+    err = capsys.readouterr().err
+    assert code == 2 and "error: stage train stopped: it finished without writing" in err and "best_model.pth" in err
+    assert not (dataset / "report.html").exists()
+    state = json.loads((dataset / run_pipeline.STATE_NAME).read_text(encoding="utf-8"))
+    assert state["stages"]["train"]["status"] == "incomplete"  # not skipped as up to date next time
 
 
 def test_dedupe_without_a_report_removes_nothing_and_says_why(tmp_path: Path) -> None:
