@@ -1,10 +1,9 @@
 """Classify images with a trained birdplane model: one self-contained file to copy into any project.
 
 Copy it with ``models/best_model.pth``: it needs torch, torchvision, Pillow and numpy, imports nothing of ours, and
-``import classifier`` loads no torch (the functions that need it import it), so code that only reads images starts
-fast. It is the one definition of how images are found and read (``find_image_files``, ``open_image``,
-``load_image``), the preprocessing (``image_to_uint8``, ``normalize_batch``), the model (``build_model``) and the
-checkpoint format (``make_checkpoint`` lays it out, ``load_checkpoint`` reads and checks it).
+``import classifier`` loads no torch (the functions that need it do). It is the one definition of how images are
+found and read (``find_image_files``, ``open_image``, ``load_image``), the preprocessing (``image_to_uint8``,
+``normalize_batch``), the model (``build_model``) and the checkpoint format (``make_checkpoint``, ``load_checkpoint``).
 
     python classifier.py models/best_model.pth test_image.jpg
     python classifier.py --model models/best_model.pth test_images/ --recursive --top-k 3
@@ -53,6 +52,7 @@ logger = logging.getLogger(__name__)
 ImageSource = str | os.PathLike | Image.Image  # what predict and load_image accept
 Result = tuple[str, float, dict[str, float]]  # (predicted class, its probability, {class: probability})
 Prediction = tuple[Any, str | None, float, dict[str, float]]  # (input, class or None, confidence, probabilities)
+Outcome = tuple[Any, Any, str | None]  # (input, its pixels, result or vector, None) or (input, None, why not)
 
 CHECKPOINT_FORMAT_VERSION = 1  # bump when the checkpoint layout changes; loading refuses versions it does not know
 SUPPORTED_ARCHS = ("resnet18", "resnet34", "resnet50", "resnet101", "resnet152")  # all share the ResNet layout
@@ -83,12 +83,10 @@ _MAGIC = {  # file signatures: images are found by content, not by name (WEBP: s
     "BMP": b"BM",
     "TIFF": (b"II*\x00", b"MM\x00*"),
 }
-# Words for what is not a regular file, by stat.S_IFMT(mode) (fileio.describe_kind says the same):
-_FILE_KINDS = {stat.S_IFDIR: "a folder", stat.S_IFIFO: "a named pipe (FIFO)", stat.S_IFSOCK: "a socket"}
+_FILE_KINDS = {stat.S_IFDIR: "a folder", stat.S_IFIFO: "a named pipe (FIFO)", stat.S_IFSOCK: "a socket"}  # not files
 _FILE_KINDS.update(dict.fromkeys((stat.S_IFCHR, stat.S_IFBLK), "a device node"))
 _ESCAPED_CATEGORIES = ("Cc", "Cf", "Cs", "Zl", "Zp")  # control, format (bidi, zero-width), surrogate, line breaks
-# The project's exit-code table (cli.py's constants, repeated here because this file imports nothing of ours).
-EXIT_OK, EXIT_PARTIAL, EXIT_USAGE, EXIT_INTERRUPTED = 0, 1, 2, 130
+EXIT_OK, EXIT_PARTIAL, EXIT_USAGE, EXIT_INTERRUPTED = 0, 1, 2, 130  # cli.py's (this file imports nothing of ours)
 
 
 class CheckpointError(ValueError):
@@ -219,18 +217,15 @@ def _printable(text: Any) -> str:
 # -- Images: finding and reading them, the reasons a bad file is refused ------------------------------------------
 def _regular_file_head(path: str | os.PathLike, size: int) -> bytes | None:
     """The first ``size`` bytes of a regular file; None for anything else (a FIFO is never opened: that would hang)."""
-    try:
-        if not stat.S_ISREG(os.stat(path).st_mode):
-            return None
-        with open(path, "rb") as handle:
-            return handle.read(size)
-    except OSError:
-        return None
+    with contextlib.suppress(OSError):
+        if stat.S_ISREG(os.stat(path).st_mode):
+            with open(path, "rb") as handle:
+                return handle.read(size)
+    return None
 
 
 def is_image_file(path: str | os.PathLike) -> bool:
-    """True when a regular file's first bytes announce an image, whatever its name."""
-    return _sniff_bytes(_regular_file_head(path, 16) or b"") is not None
+    return _sniff_bytes(_regular_file_head(path, 16) or b"") is not None  # by content, whatever the name
 
 
 def find_image_files(folder: str | os.PathLike, recursive: bool = True) -> list[Path]:
@@ -245,8 +240,7 @@ def find_image_files(folder: str | os.PathLike, recursive: bool = True) -> list[
     direct, linked = [os.fspath(folder)], []  # linked folders wait until every folder of the tree itself is listed
     while direct or linked:
         directory = direct.pop() if direct else linked.pop(0)
-        real = os.path.realpath(directory)
-        if real in seen:
+        if (real := os.path.realpath(directory)) in seen:
             continue
         seen.add(real)
         try:
@@ -329,10 +323,9 @@ def open_image(path: str | os.PathLike) -> Image.Image:
 
 def upright_size(image: Image.Image) -> tuple[int, int]:
     """(width, height) as shown, after the EXIF orientation; read from the header, nothing decoded."""
-    try:
+    orientation = 1
+    with contextlib.suppress(Exception):  # broken EXIF only loses the orientation, never the image
         orientation = image.getexif().get(0x0112, 1)
-    except Exception:  # noqa: BLE001 - broken EXIF only loses the orientation, never the image
-        orientation = 1
     return (image.height, image.width) if orientation in (5, 6, 7, 8) else (image.width, image.height)
 
 
@@ -357,9 +350,8 @@ def to_mode(image: Image.Image, mode: str = "RGB") -> Image.Image:
 def decode_image(image: Image.Image, draft_size: tuple[int, int] | None = None, mode: str = "RGB") -> Image.Image:
     """An opened image fully decoded, upright, in ``mode`` "RGB" or "L" (an animation's first frame); ImageLoadError.
 
-    ``draft_size``: a JPEG may decode at 1/2, 1/4 or 1/8 scale keeping both sides at least this large (much faster for
-    big photos, exact enough for the resize that follows); with ``mode`` "L" it decodes straight to greyscale.
-    """
+    ``draft_size``: a JPEG may decode at 1/2, 1/4 or 1/8 scale, both sides still at least this large (much faster for
+    big photos, exact enough for the resize that follows); with ``mode`` "L" it decodes straight to greyscale."""
     with _image_errors("data"):
         if getattr(image, "is_animated", False):
             image.seek(0)
@@ -381,7 +373,22 @@ def load_image(source: ImageSource, draft_size: tuple[int, int] | None = None, m
 def image_to_uint8(image: Image.Image, image_size: int, resize_size: int) -> np.ndarray:
     """HWC uint8 model input before normalisation, in one resampling step of the crop box (``center_crop_box``)."""
     box = center_crop_box(image.width, image.height, image_size, resize_size)
-    return np.asarray(image.resize((image_size, image_size), Image.Resampling.BILINEAR, box=box), dtype=np.uint8)
+    return np.array(image.resize((image_size, image_size), Image.Resampling.BILINEAR, box=box), dtype=np.uint8)
+
+
+def choose_decoder(source: Any, device: Any, min_side: int = 0) -> str:
+    """The decoder for a file: "gpu" where decode_jpeg on ``device`` gives what load_image would (a whole, upright
+    colour JPEG file on CUDA, ``min_side`` or more on its shorter side: only downscaled), else "cpu" (load_image)."""
+    if isinstance(source, Image.Image) or not str(device).startswith("cuda"):
+        return "cpu"
+    try:  # open_image refuses bombs and never opens a FIFO; only the header and the last two bytes are read
+        with open_image(source) as image, open(source, "rb") as handle:
+            handle.seek(-2, os.SEEK_END)
+            is_whole = handle.read(2) == b"\xff\xd9"  # a truncated file lacks the end marker: the CPU reader says so
+            usable = image.format == "JPEG" and image.mode == "RGB" and min(image.size) >= min_side and is_whole
+            return "gpu" if usable and image.getexif().get(0x0112, 1) == 1 else "cpu"
+    except Exception:  # noqa: BLE001 - anything odd stays with the CPU reader, which says what is wrong
+        return "cpu"
 
 
 def normalize_batch(batch_hwc: torch.Tensor, mean: Sequence[float], std: Sequence[float]) -> torch.Tensor:
@@ -402,11 +409,8 @@ def softmax_with_temperature(logits: torch.Tensor, temperature: float) -> torch.
 
 # -- Model -----------------------------------------------------------------------------------------------------------
 def build_model(arch: str, num_classes: int, weights: str | None = None) -> nn.Module:
-    """A torchvision ResNet with a fresh ``num_classes`` head.
-
-    ``weights``: None or "none" for random initialisation; "imagenet" for torchvision's default pretrained weights
-    (downloaded once into the torch hub cache); anything else is a local file holding a state dict or a checkpoint.
-    """
+    """A torchvision ResNet with a fresh ``num_classes`` head; ``weights``: None or "none" (random), "imagenet"
+    (torchvision's, downloaded once into the torch hub cache) or a local file holding a state dict or a checkpoint."""
     import torchvision
     from torch import nn
 
@@ -584,9 +588,7 @@ def load_checkpoint(path: str | os.PathLike, map_location: str | torch.device = 
 class BirdPlaneSupermanClassifier:
     """Loads a birdplane checkpoint and classifies images (paths or PIL images), one at a time or in batches.
 
-    ``predict`` for one image, ``predict_batch`` for a list (the results as a list, in order), ``iter_predictions``
-    to stream results for inputs too many to hold, ``embed_batch`` for the pooled features the embedding duplicate
-    detector compares (the same preprocessing and forward pass, without the head).
+    On CUDA the batch methods decode JPEGs on the GPU (``choose_decoder``); ``decode_on_gpu = False`` keeps the CPU's.
     """
 
     def __init__(
@@ -616,10 +618,10 @@ class BirdPlaneSupermanClassifier:
         self.image_size, self.resize_size = int(checkpoint["image_size"]), int(checkpoint["resize_size"])
         self.mean, self.std = (tuple(float(v) for v in checkpoint[key]) for key in ("mean", "std"))
         self.temperature = float(checkpoint["temperature"])
-        self.confidence_threshold = validate_threshold(
-            checkpoint["confidence_threshold"] if confidence_threshold is None else confidence_threshold
-        )
+        threshold = checkpoint["confidence_threshold"] if confidence_threshold is None else confidence_threshold
+        self.confidence_threshold = validate_threshold(threshold)
         self.model = model.to(self.device).to(memory_format=torch.channels_last).eval()
+        self.decode_on_gpu = self.device.type == "cuda"
 
     def set_confidence_threshold(self, value: float) -> None:
         """Set the threshold below which predictions become FALLBACK_LABEL; ValueError outside [0, 1]."""
@@ -630,11 +632,8 @@ class BirdPlaneSupermanClassifier:
         return self._result(self._forward([self._prepare(image)])[0])
 
     def predict_batch(self, paths: Iterable[ImageSource], batch_size: int = DEFAULT_BATCH_SIZE) -> list[Prediction]:
-        """A list of (path, predicted class, confidence, probabilities): one per input, same order and length.
-
-        An unreadable image gives ``(path, None, 0.0, {})`` and a logged warning naming it and the reason. Images are
-        decoded in threads and classified ``batch_size`` at a time; ``iter_predictions`` streams the same.
-        """
+        """A list of (path, predicted class, confidence, probabilities), one per input in order; an unreadable image
+        gives ``(path, None, 0.0, {})`` and a logged warning naming it and the reason."""
         return list(self.iter_predictions(paths, batch_size))
 
     def iter_predictions(
@@ -644,15 +643,11 @@ class BirdPlaneSupermanClassifier:
         for source, result, _ in self._results_with_errors(paths, batch_size):
             yield (source, None, 0.0, {}) if result is None else (source, *result)
 
-    def embed_batch(
-        self, paths: Iterable[ImageSource], batch_size: int = DEFAULT_BATCH_SIZE
-    ) -> Iterator[tuple[Any, np.ndarray | None, str | None]]:
+    def embed_batch(self, paths: Iterable[ImageSource], batch_size: int = DEFAULT_BATCH_SIZE) -> Iterator[Outcome]:
         """(path, unit-length float32 features before the head, None) per input, in order; (path, None, reason)."""
         return self._outputs(paths, batch_size, lambda pixels: self._forward(pixels, embed=True))
 
-    def _results_with_errors(
-        self, sources: Iterable[Any], batch_size: int
-    ) -> Iterator[tuple[Any, Result | None, str | None]]:
+    def _results_with_errors(self, sources: Iterable[Any], batch_size: int) -> Iterator[Outcome]:
         """(source, (class, confidence, probabilities) or None, reason or None) per input in order; warns if bad."""
         outputs = self._outputs(sources, batch_size, lambda pixels: map(self._result, self._forward(pixels)))
         for source, result, error in outputs:
@@ -664,12 +659,12 @@ class BirdPlaneSupermanClassifier:
         image = load_image(source, draft_size=(self.resize_size, self.resize_size))
         return image_to_uint8(image, self.image_size, self.resize_size)
 
-    def _forward(self, pixels: Sequence[np.ndarray], embed: bool = False) -> np.ndarray:
+    def _forward(self, pixels: Sequence[Any], embed: bool = False) -> np.ndarray:
         """Calibrated probabilities of HWC uint8 inputs; with ``embed``, L2-normalised pooled features (no head)."""
         import torch
 
         with torch.inference_mode():
-            batch = torch.from_numpy(np.stack(pixels)).to(self.device, non_blocking=True)
+            batch = torch.stack([torch.as_tensor(p, device=self.device) for p in pixels])  # arrays, or GPU-decoded
             x = normalize_batch(batch, self.mean, self.std)
             if not embed:
                 return softmax_with_temperature(self.model(x), self.temperature).cpu().numpy()
@@ -685,13 +680,15 @@ class BirdPlaneSupermanClassifier:
 
     def _outputs(
         self, sources: Iterable[Any], batch_size: int, compute: Callable[[list[Any]], Iterable[Any]]
-    ) -> Iterator[tuple[Any, Any, str | None]]:
+    ) -> Iterator[Outcome]:
         """(source, compute's output, None) or (source, None, reason) per input in order; threads decode ahead."""
         if batch_size < 1:
             raise ValueError(f"batch_size must be at least 1, got {batch_size}")
 
-        def prepare(source: Any) -> tuple[Any, np.ndarray | None, str | None]:
+        def prepare(source: Any, on_gpu: bool = True) -> Outcome:
             try:
+                if on_gpu and self.decode_on_gpu and choose_decoder(source, self.device, self.resize_size) == "gpu":
+                    return source, Path(source).read_bytes(), None  # decoded with its batch, in _decode_jpegs
                 return source, self._prepare(source), None
             except ImageLoadError as error:
                 return source, None, str(error)
@@ -707,19 +704,43 @@ class BirdPlaneSupermanClassifier:
                     return
                 batch.append(pending.popleft().result())
                 if len(batch) == batch_size or not pending:
+                    self._decode_jpegs(batch, lambda source: prepare(source, on_gpu=False))
                     good = [pixels for _, pixels, _ in batch if pixels is not None]
                     outputs = iter(compute(good) if good else [])
                     for source, pixels, error in batch:
                         yield (source, None, error) if pixels is None else (source, next(outputs), None)
                     batch = []
 
+    def _decode_jpegs(self, batch: list[Outcome], read_on_cpu: Callable[[Any], Outcome]) -> None:
+        """Replaces the batch's JPEG bytes by crops decoded together on the device; a refused file goes to the CPU."""
+        jpegs = [i for i, (_, pixels, _) in enumerate(batch) if isinstance(pixels, bytes)]
+        if not jpegs:
+            return
+        import torch
+        from torchvision.io import ImageReadMode, decode_jpeg
+        from torchvision.transforms.v2.functional import resized_crop
+
+        def decode(data: Any) -> Any:  # None when the decoder refuses it
+            try:
+                return decode_jpeg(data, mode=ImageReadMode.RGB, device=self.device)
+            except Exception:  # noqa: BLE001 - the CPU reader will say what is wrong with the file
+                return None
+
+        size, encoded = self.image_size, [torch.frombuffer(bytearray(batch[i][1]), dtype=torch.uint8) for i in jpegs]
+        for i, image in zip(jpegs, decode(encoded) or [decode(data) for data in encoded]):  # one bad file fails all
+            if image is None:
+                batch[i] = read_on_cpu(batch[i][0])
+                continue
+            left, top, right, bottom = center_crop_box(image.shape[2], image.shape[1], size, self.resize_size)
+            crop = resized_crop(image, round(top), round(left), round(bottom - top), round(right - left), [size, size])
+            batch[i] = (batch[i][0], crop.permute(1, 2, 0), None)
+
 
 # -- Writing files: this file's own small atomic writer (the project's is fileio.atomic_write) ----------------------
 @contextlib.contextmanager
 def _atomic_file(path: str | os.PathLike, mode: str = "w") -> Iterator[Any]:
     """A temp file beside ``path``, renamed over it once written and fsynced (never half a file); removed on failure."""
-    path = Path(path)
-    fd, tmp_name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    fd, tmp_name = tempfile.mkstemp(prefix=f".{Path(path).name}.", suffix=".tmp", dir=Path(path).parent)
     try:
         os.umask(umask := os.umask(0))  # the umask can only be read by setting it
         os.chmod(tmp_name, 0o666 & ~umask)  # mkstemp makes 0600; the result is an ordinary file
