@@ -189,3 +189,12 @@ def test_a_broken_gpu_decoder_leaves_every_file_to_the_cpu_reader(clf, jpegs, te
     assert [r[0] for r in results] == jpegs
     np.testing.assert_allclose(probabilities(results), on_cpu, atol=1e-6)  # the CPU reader's answers
     assert not [record for record in caplog.records if record.levelname == "WARNING"]  # nothing was lost
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="with a GPU the benchmark measures for minutes")
+def test_bench_gpu_without_a_gpu_says_so_and_exits_0(capsys, monkeypatch):
+    monkeypatch.syspath_prepend(str(ROOT / "benchmarks"))
+    import bench_gpu
+
+    assert bench_gpu.main([]) == 0
+    assert capsys.readouterr().out.startswith("no GPU: nothing to measure")
