@@ -8,10 +8,11 @@ Reads, each if present (a missing, unusable or stale one is named in its section
     <dataset>/duplicate_report_*.json                 every duplicate detector's report (duplicate_report.py, schema 1)
     <dataset>/problematic_images_report.json          train_classifier.py --detect-problematic (problematic_report.py)
     <models>/training_metadata.json, <models>/error_analysis/epoch_XX/<class>_errors.json
-Writes the page (default <dataset>/report.html) and its thumbnails, small JPEGs in <page name>_files/thumbs/ beside
-it, linked relatively: the page opens from disk in any browser with no server and no network, and the folder can be
-zipped and shared. Thumbnails load lazily, so a page with a thousand images stays responsive. The page's style and
-script live in report_assets/report.css and report.js (plain CSS and JavaScript, no library), inlined at build time.
+Writes the page (default <dataset>/report.html) and its thumbnails (report_images.py), small JPEGs in
+<page name>_files/thumbs/ beside it, linked relatively: the page opens from disk in any browser with no server and no
+network, and the folder can be zipped and shared. Thumbnails load lazily, so a page with a thousand images stays
+responsive. The page's style and script live in report_assets/report.css and report.js (plain CSS and JavaScript, no
+library), inlined at build time.
 
 In the page a person filters by class and category and marks images keep / delete / relabel; "Export decisions"
 downloads a JSON file (decisions_type "problematic_review_decisions", each image with its SHA-256) that
@@ -23,17 +24,12 @@ read or offered for a decision.
 from __future__ import annotations
 
 import argparse
-import hashlib
 import html
-import io
 import json
 import logging
 import math
 import os
-import re
 import sys
-import time
-import urllib.parse
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -47,6 +43,8 @@ for _folder in (ROOT, ROOT / "data_collection"):
 import cli  # noqa: E402 - needs the lines above when run from another folder
 import fileio  # noqa: E402
 import problematic_report  # noqa: E402
+from problematic_report import DECISIONS_FILE_NAME, DECISIONS_SCHEMA_VERSION, DECISIONS_TYPE  # noqa: E402
+from report_images import Catalog, Shown, locate, remove_stale_thumbs  # noqa: E402
 
 logger = logging.getLogger(__name__)
 
@@ -54,14 +52,7 @@ SPLITS = ("train", "val")
 ASSETS_DIR = ROOT / "report_assets"  # the page's report.css and report.js, inlined at build time (no file is loaded)
 DEFAULT_NAME = "report.html"
 PIPELINE_STATE_NAME = "pipeline_state.json"  # run_pipeline.py's record, in the dataset folder: its undo logs
-THUMB_PIXELS = 160  # longer side of a thumbnail: enough to judge a label, about 5-8 KB as JPEG
-THUMB_QUALITY = 80
-THUMB_NAME = re.compile(r"^[0-9a-f]{20}\.jpg$")  # the only files this script ever removes (its own stale thumbnails)
-THUMB_TEMP_NAME = re.compile(r"^\.[0-9a-f]{20}\.jpg\.\d+\.tmp$")  # and its half-written ones, once old
 MAX_ERRORS_SHOWN = 60  # most confident val mistakes on the page, across classes
-DECISIONS_TYPE = "problematic_review_decisions"  # what review_problematic_images.py --apply-decisions reads
-DECISIONS_SCHEMA_VERSION = 1
-DECISIONS_FILE_NAME = "problematic_review_decisions.json"  # the name the download gets
 PREVIEW_STRATEGIES = ("safe", "prefer-train", "prefer-val", "keep-best", "shortest-path", "first-alpha", "all")
 CATEGORY_NOTES = {  # duplicate_report.py's category names, as a person reads them, and the filter tags they get
     "same_class_and_set": ("plain copies (same class and split)", ("copies",)),
@@ -249,7 +240,7 @@ def best_epoch_record(metadata: dict[str, Any]) -> dict[str, Any] | None:
 
 
 # ---------------------------------------------------------------------------------------------------------------------
-# Disk: counting, locating images safely, thumbnails
+# Disk: counting images, reading a report (locating images and their thumbnails: report_images.py)
 # ---------------------------------------------------------------------------------------------------------------------
 
 
@@ -264,127 +255,6 @@ def count_images(dataset_dir: Path) -> dict[str, dict[str, int]]:
         }
         for split in SPLITS
     }
-
-
-def locate(dataset_dir: Path, relative: Any) -> tuple[Path | None, str | None]:
-    """(the file, None) when ``relative`` names a regular file really inside the dataset; else (None, why not)."""
-    if not isinstance(relative, str) or not fileio.is_safe_relative(relative):
-        return None, "outside the dataset: not shown"
-    try:
-        path = fileio.resolve_inside(dataset_dir, relative)
-    except fileio.UnsafePathError:
-        return None, "outside the dataset (through a symlinked folder): not shown"
-    if not os.path.lexists(path):
-        return None, "no longer on disk"
-    if not fileio.is_inside(path, dataset_dir):
-        return None, "a link to a file outside the dataset: not shown"
-    reason = fileio.regular_file_reason(path.resolve())
-    if reason:
-        return None, f"{reason}: not shown"
-    return path, None
-
-
-def write_thumbnail(source: Path, destination: Path) -> tuple[int, int]:
-    """A JPEG of at most THUMB_PIXELS a side, read by classifier.py's rules (upright, alpha on white, bombs refused).
-
-    Written to a temp name and renamed, so a half-written thumbnail is never used; not fsynced: it is a cache, made
-    again if lost, and an fsync per thumbnail took more than half the time of a first build.
-    """
-    import classifier
-
-    thumbnail = classifier.load_image(source, draft_size=(THUMB_PIXELS, THUMB_PIXELS))
-    thumbnail.thumbnail((THUMB_PIXELS, THUMB_PIXELS))
-    buffer = io.BytesIO()
-    thumbnail.save(buffer, "JPEG", quality=THUMB_QUALITY)
-    temporary = destination.with_name(f".{destination.name}.{os.getpid()}{fileio.TEMP_SUFFIX}")
-    destination.parent.mkdir(parents=True, exist_ok=True)
-    try:
-        temporary.write_bytes(buffer.getvalue())
-        os.replace(temporary, destination)
-    finally:
-        temporary.unlink(missing_ok=True)
-    return thumbnail.size
-
-
-@dataclass
-class Shown:
-    """An image the page shows: where it is, or why it is not shown."""
-
-    index: int
-    path: str
-    split: str | None
-    class_name: str | None
-    problem: str | None = None
-    href: str | None = None
-    thumb: str | None = None
-    size: tuple[int, int] = (THUMB_PIXELS, THUMB_PIXELS)
-    sha256: str | None = None
-
-
-@dataclass
-class Catalog:
-    """Every image the page shows, once each (an image in several sections shares one entry and one decision)."""
-
-    dataset_dir: Path
-    page_dir: Path
-    thumbs_dir: Path
-    images: dict[str, Shown] = field(default_factory=dict)
-    unreadable: int = 0
-    bar: Any = None  # a cli.progress bar counting the images read (drawn only on a terminal)
-
-    def add(self, relative: Any) -> Shown:
-        key = relative if isinstance(relative, str) else repr(relative)
-        if key in self.images:
-            return self.images[key]
-        parts = key.split("/")
-        shown = Shown(len(self.images), key, parts[0] if len(parts) > 2 else None, parts[1] if len(parts) > 2 else None)
-        self.images[key] = shown
-        if self.bar is not None:
-            self.bar.update()
-        path, shown.problem = locate(self.dataset_dir, relative)
-        if path is None:
-            return shown
-        shown.href = link_to(path, self.page_dir)
-        try:
-            info = path.stat()
-            shown.sha256 = fileio.sha256_file(path)
-            stamp = f"{key}\0{info.st_size}\0{info.st_mtime_ns}".encode(errors="surrogateescape")
-            name = hashlib.sha256(stamp).hexdigest()
-            thumb = self.thumbs_dir / f"{name[:20]}.jpg"
-            if thumb.is_file():
-                from PIL import Image
-
-                with Image.open(thumb) as image:
-                    shown.size = image.size
-            else:
-                shown.size = write_thumbnail(path, thumb)
-            shown.thumb = link_to(thumb, self.page_dir)
-        except Exception as error:  # noqa: BLE001 - one unreadable image must not stop the page
-            shown.thumb = None
-            shown.problem = f"unreadable ({cli.printable(str(error) or type(error).__name__)})"
-            self.unreadable += 1
-        return shown
-
-    def used_thumbs(self) -> set[str]:
-        return {Path(urllib.parse.unquote(image.thumb)).name for image in self.images.values() if image.thumb}
-
-
-def link_to(path: Path, page_dir: Path) -> str:
-    """A relative URL from the page's folder to ``path`` (percent-encoded, non-UTF-8 bytes kept)."""
-    relative = os.path.relpath(os.path.abspath(path), os.path.abspath(page_dir))
-    return urllib.parse.quote(os.fsencode(Path(relative).as_posix()), safe="/")
-
-
-def remove_stale_thumbs(thumbs_dir: Path, keep: set[str]) -> None:
-    """Delete this script's thumbnails that no image of the page uses any more (only names it creates)."""
-    cutoff = time.time() - fileio.STALE_TEMP_SECONDS
-    for path in thumbs_dir.iterdir() if thumbs_dir.is_dir() else []:
-        if not fileio.is_regular_file(path, follow_symlinks=False):
-            continue
-        if (THUMB_NAME.match(path.name) and path.name not in keep) or (
-            THUMB_TEMP_NAME.match(path.name) and path.lstat().st_mtime < cutoff
-        ):
-            path.unlink(missing_ok=True)
 
 
 def read_optional(path: Path, what: str) -> tuple[Any, str | None]:
@@ -610,7 +480,7 @@ def render_problematic(page: Page, path: Path) -> tuple[str, dict[str, Any] | No
     parts.append(
         f"<p>Created {esc(report.get('created', '?'))}, method {esc(report.get('method', '?'))}, "
         f"{esc(report.get('num_images', '?'))} train images scored. "
-        f'<span class="muted">{esc(problematic_report.evidence_note(str(report.get("method"))))}</span></p>'
+        f'<span class="muted">{esc(problematic_report.report_evidence_note(report))}</span></p>'
     )
     summary = report.get("summary_by_class") if isinstance(report.get("summary_by_class"), dict) else {}
     rows = "".join(
@@ -634,7 +504,7 @@ def render_problematic(page: Page, path: Path) -> tuple[str, dict[str, Any] | No
         caption = (
             f"<div>{badge} {esc(entry.get('class'))} \u2192 suggested <b>{esc(entry.get('suggested_class') or '?')}</b>"
             f"</div><div>mean loss {fmt(entry.get('mean_loss'))}, p({esc(entry.get('class'))}) "
-            f"{fmt(entry.get('given_label_probability'), 2)}</div>"
+            f"{fmt(problematic_report.label_probability(entry), 2)}</div>"
         )
         spark = sparkline_svg(entry.get("losses") or [], reference)
         cards.append(render_card(page, shown, caption, tags, f'<div class="sparkwrap">{spark}</div>'))

@@ -1,8 +1,10 @@
 """The problematic-images report: its schema, written by the trainer and read by the reviewer, defined once.
 
-Imported by problematic_analysis.py (the trainer's side, which builds and writes it) and review_problematic_images.py
-(which reads and validates it); not a script. Standard library only (no torch, no numpy), so the reviewer's summary
-mode stays fast.
+Imported by problematic_analysis.py (the trainer's side, which builds and writes it), review_problematic_images.py
+(which reads and validates it) and html_report.py (which shows it); not a script. Standard library only (no torch, no
+numpy), so the reviewer's summary mode and the HTML report stay fast. Also the words every reader uses for a report's
+fields (``is_out_of_fold``, ``report_evidence_note``, ``label_probability``) and the names of the decisions file a
+review produces (made by the reviewer or the HTML page, applied by ``review_problematic_images.py``).
 
 Schema version 1, a JSON object:
     schema_version     1
@@ -13,15 +15,17 @@ Schema version 1, a JSON object:
     classes            class names, in the model's order
     analysis_epochs    how many epochs contributed a loss per image
     method             "in-sample" (the model being trained scored the images it trains on: weak evidence) or
-                       "out-of-fold" (--cross-val-folds K: each image scored by a model that never trained on it)
+                       "out-of-fold" (--cross-val-folds K: each image scored by a model that never trained on it;
+                       older trainers wrote "cross_validation")
     evidence_note      one sentence saying how much weight the label-issue flags carry (in-sample: weak)
     cross_val_folds    K or null
     num_images         images analysed
     class_thresholds   {class: confident-learning threshold or null}
     summary_by_class   {class: {count, reported, label_issues, highest/lowest/average_mean_loss}}
     problematic_images {class: [entry, ...]} with entry = {path, class, mean_loss, losses[], rank, is_label_issue,
-                       suggested_class, probabilities{}, last_probability, ...}; ``mean_loss`` is the mean over analysis
-                       epochs, ``last_probability`` the probability of the labelled class at the last analysis epoch
+                       suggested_class, probabilities{}, given_label_probability, ...}; ``mean_loss`` is the mean over
+                       analysis epochs, ``given_label_probability`` the probability of the labelled class at the last
+                       analysis epoch, or out of fold (``last_probability`` in drafts of this schema)
     errors             [{path, reason}] images that could not be read
 """
 
@@ -41,11 +45,31 @@ IN_SAMPLE_NOTE = (
     "label or flag a hard but correct one; re-run with --cross-val-folds 5 for out-of-fold scores"
 )
 OUT_OF_FOLD_NOTE = "out-of-fold flags: each image was scored by a model that never trained on it"
+OUT_OF_FOLD_METHODS = ("out-of-fold", "cross_validation")  # the schema's name, and the name older trainers wrote
+
+DECISIONS_TYPE = "problematic_review_decisions"  # what review_problematic_images.py --apply-decisions reads
+DECISIONS_SCHEMA_VERSION = 1  # bump when the decisions layout changes; other versions are refused
+DECISIONS_FILE_NAME = "problematic_review_decisions.json"  # beside the report (a rerun resumes it); the page's download
 
 
 def evidence_note(method: str) -> str:
     """The sentence a report, the reviewer's grid and summary print about how far to trust its flags."""
-    return OUT_OF_FOLD_NOTE if method == "out-of-fold" else IN_SAMPLE_NOTE
+    return OUT_OF_FOLD_NOTE if method in OUT_OF_FOLD_METHODS else IN_SAMPLE_NOTE
+
+
+def is_out_of_fold(report: dict[str, Any]) -> bool:
+    """True when each image was scored by a model that never trained on it (--cross-val-folds)."""
+    return report.get("method") in OUT_OF_FOLD_METHODS
+
+
+def report_evidence_note(report: dict[str, Any]) -> str:
+    """``evidence_note`` of a loaded report: how far its label-issue flags can be trusted."""
+    return evidence_note(str(report.get("method")))
+
+
+def label_probability(entry: dict[str, Any]) -> Any:
+    """An entry's probability of its labelled class: at the last analysis epoch, or out of fold (None when absent)."""
+    return entry.get("given_label_probability", entry.get("last_probability"))
 
 
 def _is_number(value: Any) -> bool:

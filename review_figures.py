@@ -1,10 +1,10 @@
 """Figures of review_problematic_images.py (grid pages, loss trajectories): imported by review_problematic_images.py,
 not a script.
 
-Also the captions' wording (shared with the text summary: ``format_number``, ``label_probability``, ``is_out_of_fold``,
-``report_evidence_note``) and the window that shows one image during ``--mode interactive``. matplotlib, numpy and
-classifier (torch) are imported inside the functions that draw or read images, so ``--mode summary`` loads none of
-them.
+Also ``format_number`` (the captions' and the text summary's way of writing a figure) and the window that shows one
+image during ``--mode interactive``; what a report's fields mean (out of fold or not, the evidence note, the labelled
+class's probability) is problematic_report.py's. matplotlib, numpy and classifier (torch) are imported inside the
+functions that draw or read images, so ``--mode summary`` loads none of them.
 """
 
 from __future__ import annotations
@@ -20,9 +20,8 @@ from typing import Any
 import cli
 import fileio
 from fileio import ReportError
-from problematic_report import evidence_note
+from problematic_report import is_out_of_fold, label_probability, report_evidence_note
 
-OUT_OF_FOLD_METHODS = ("out-of-fold", "cross_validation")  # the schema's name, and the name older trainers wrote
 THUMBNAIL_SIZE = 160  # pixels of the longer side in the grid: enough to judge a label, small enough for 40 a page
 GRID_COLUMNS = 8  # thumbnails per grid row
 GRID_IMAGES_PER_PAGE = 48  # more per figure makes the thumbnails too small to judge; extra pages go to more files
@@ -36,28 +35,13 @@ PLACEHOLDER_GREY = 0.85  # background of a thumbnail that could not be read
 
 
 # ---------------------------------------------------------------------------------------------------------------------
-# Pure functions: the words shared with the text summary, then what a caption, a colour and a page say
+# Pure functions: what a caption, a colour and a page say
 # ---------------------------------------------------------------------------------------------------------------------
 
 
 def format_number(value: Any, digits: int = 3) -> str:
     """A float with ``digits`` decimals, or '-' for a missing value."""
     return "-" if value is None else f"{float(value):.{digits}f}"
-
-
-def is_out_of_fold(report: dict[str, Any]) -> bool:
-    """True when each image was scored by a model that never trained on it (--cross-val-folds)."""
-    return report.get("method") in OUT_OF_FOLD_METHODS
-
-
-def report_evidence_note(report: dict[str, Any]) -> str:
-    """problematic_report's sentence on how far the report's label-issue flags can be trusted."""
-    return evidence_note("out-of-fold" if is_out_of_fold(report) else "in-sample")
-
-
-def label_probability(entry: dict[str, Any]) -> Any:
-    """The probability of the labelled class: at the last analysis epoch, or out of fold (None when absent)."""
-    return entry.get("last_probability", entry.get("given_label_probability"))
 
 
 def severity_of(entry: dict[str, Any], num_classes: int) -> str:

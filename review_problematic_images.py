@@ -43,17 +43,23 @@ import fileio
 import review_figures  # the grid, trajectory and review-window figures; matplotlib only inside its functions
 import trash
 from fileio import ReportError, UnsafePathError
-from problematic_report import DEFAULT_NAME, load_report
+from problematic_report import (
+    DECISIONS_FILE_NAME,
+    DECISIONS_SCHEMA_VERSION,
+    DECISIONS_TYPE,
+    DEFAULT_NAME,
+    is_out_of_fold,
+    label_probability,
+    load_report,
+    report_evidence_note,
+)
 from problematic_report import validate_report as validate_report  # re-exported: older callers import it from here
-from review_figures import format_number, is_out_of_fold, label_probability, report_evidence_note
+from review_figures import format_number
 
 LOGGER = logging.getLogger(__name__)
 
 TOOL = "review_problematic_images.py"  # how trash.py names this tool's lock, logs and trash folders
 DEFAULT_REPORT_PATH = f"dataset/{DEFAULT_NAME}"  # where the trainer writes it by default
-DECISIONS_FILE_NAME = "problematic_review_decisions.json"  # next to the report, so a rerun finds and resumes it
-DECISIONS_SCHEMA_VERSION = 1  # bump when the decisions layout above changes; other versions are refused
-DECISIONS_TYPE = "problematic_review_decisions"
 ACTIONS = ("keep", "delete", "relabel")  # what a person can decide about an image
 MOVING_ACTIONS = ("delete", "relabel")  # the decisions that change the dataset (delete = into the trash, undoable)
 OLD_MOVE_LOG_TYPE = "problematic_review_moves"  # this script's own log before trash.py: refused with a sentence

@@ -25,6 +25,7 @@ from PIL import Image
 import fileio
 import html_report
 import problematic_report
+import report_images
 import review_problematic_images
 
 CLASSES = ("bird", "plane", "superman")
@@ -164,7 +165,7 @@ def test_the_page_needs_no_server_and_no_network(setup) -> None:
     assert len(thumbs) == len(set(images))
     for thumb in thumbs:
         with Image.open(thumb) as image:
-            assert image.format == "JPEG" and max(image.size) <= html_report.THUMB_PIXELS
+            assert image.format == "JPEG" and max(image.size) <= report_images.THUMB_PIXELS
 
 
 def test_thumbnails_no_longer_used_are_removed_and_nothing_else(setup) -> None:
@@ -228,6 +229,23 @@ def test_unusable_and_stale_reports_say_so_and_exit_1(setup, caplog) -> None:
     assert page.count('class="note stale"') == 2
     assert "no longer on disk" in page
     assert 'data-count="diff_class_same_set">1<' in page  # the usable report still renders
+
+
+def test_the_problematic_section_reads_the_report_as_the_reviewer_does(setup) -> None:
+    path = setup["dataset"] / problematic_report.DEFAULT_NAME
+    report = json.loads(path.read_text(encoding="utf-8"))
+    assert make_page(setup) == 0
+    page = setup["page"].read_text(encoding="utf-8")
+    assert "in-sample flags are weak evidence" in page and "p(bird) 0.20" in page  # bird_002: given_label_probability
+    report["method"] = "cross_validation"  # what older trainers wrote for --cross-val-folds
+    (entry,) = [entry for entry in report["problematic_images"]["bird"] if entry["path"] == "train/bird/bird_002.jpg"]
+    entry["last_probability"] = 0.42  # the field's name in drafts of the schema, read by the reviewer too
+    del entry["given_label_probability"]
+    fileio.write_json(path, report)
+    assert make_page(setup) == 0
+    page = setup["page"].read_text(encoding="utf-8")
+    assert "out-of-fold flags" in page and "in-sample flags" not in page and "p(bird) 0.42" in page
+    assert problematic_report.is_out_of_fold(report) and problematic_report.label_probability(entry) == 0.42
 
 
 def test_paths_outside_the_dataset_are_never_linked_read_or_offered(setup, tmp_path: Path) -> None:

@@ -18,6 +18,7 @@ from conftest import ROOT, make_dataset, tree_snapshot
 from PIL import Image
 
 import cli
+import problematic_report
 import review_figures as figures
 import review_problematic_images as review
 
@@ -541,15 +542,16 @@ def test_grid_and_summary_print_the_evidence_note(
     _, report_path, report = reviewed
     assert review.main(["--report", str(report_path), "--mode", "summary"]) == 0
     assert "Note: in-sample flags are weak evidence" in capsys.readouterr().out
-    assert "--cross-val-folds" in figures.report_evidence_note(report)
+    assert "--cross-val-folds" in problematic_report.report_evidence_note(report)
     plt = figures.import_pyplot(headless=True)
     entries = review.select_entries(report)[:2]
     figure = figures.build_grid_figure(plt, entries, [(None, "unreadable")] * 2, report, "t")
     texts = " ".join(text.get_text() for text in figure.texts)
     plt.close(figure)
     assert "in-sample flags are weak evidence" in texts and "--cross-val-folds" in texts
-    out_of_fold = {**report, "method": "out-of-fold"}
-    assert figures.report_evidence_note(out_of_fold).startswith("out-of-fold flags")
+    for method in ("out-of-fold", "cross_validation"):  # the schema's name and the one older trainers wrote
+        assert problematic_report.report_evidence_note({**report, "method": method}).startswith("out-of-fold flags")
+        assert problematic_report.evidence_note(method).startswith("out-of-fold flags")
 
 
 def test_png_is_written_with_ordinary_permissions(reviewed: tuple[Path, Path, dict[str, Any]], tmp_path: Path) -> None:
