@@ -26,6 +26,7 @@ from conftest import (
 )
 
 import classifier
+import fileio
 
 SIZE = (128, 96)
 # Measured with the seed-0 ResNet18 below: distinct generated images reach 0.995 cosine similarity (a random
@@ -39,7 +40,9 @@ def tiny_model(tmp_path_factory: pytest.TempPathFactory) -> Path:
     torch.manual_seed(0)
     model = classifier.build_model("resnet18", len(DEFAULT_CLASSES), None)
     path = tmp_path_factory.mktemp("model") / "tiny.pth"
-    classifier.save_checkpoint(path, model, arch="resnet18", classes=list(DEFAULT_CLASSES), image_size=64)
+    checkpoint = classifier.make_checkpoint(model, arch="resnet18", classes=list(DEFAULT_CLASSES), image_size=64)
+    with fileio.atomic_write(path, "wb") as handle:
+        torch.save(checkpoint, handle)
     return path
 
 
