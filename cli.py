@@ -13,6 +13,7 @@ tqdm only.
   script's old spellings as hidden aliases so existing commands still work.
 - Everything printed that holds a file name goes through ``printable`` so control and right-to-left characters
   cannot spoof a listing.
+- One yes/no question before a change: ``confirm(question)`` (no unless the answer is y or yes; end of input is no).
 """
 
 from __future__ import annotations
@@ -118,6 +119,18 @@ def progress(iterable: Iterable[T] | None = None, **options: Any) -> Any:
     from tqdm import tqdm
 
     return tqdm(iterable, disable=not progress_wanted(), file=sys.stderr, **options)
+
+
+def confirm(question: str) -> bool:
+    """Ask ``<question> [y/N]`` on stdin; True only for y or yes, so Enter and end of input (EOF) mean no.
+
+    Ctrl-C is not caught: KeyboardInterrupt reaches the script, which says nothing was changed and exits 130.
+    """
+    try:
+        return input(f"{question} [y/N] ").strip().lower() in ("y", "yes")
+    except EOFError:
+        print()  # end the prompt's line, so what follows starts on its own
+        return False
 
 
 if __name__ == "__main__":

@@ -493,8 +493,7 @@ def carry_out(
         ), {}
     moves = plan_moves(pending, lambda candidate: os.path.lexists(dataset_dir / candidate))
     print(format_plan(moves))
-    answer = "yes" if assume_yes else ask(f"Apply these {len(moves)} change(s) now? [y/N] ")
-    if answer is None or answer.strip().lower() not in {"y", "yes"}:
+    if not assume_yes and not cli.confirm(f"Apply these {len(moves)} change(s) now?"):
         print(f"Nothing changed on disk; {cli.printable(name)} keeps the decisions for a later run.")
         return cli.EXIT_OK, {}
     extra = {"decisions_path": str(decisions_path.resolve()) if decisions_path else None, "decisions": name}

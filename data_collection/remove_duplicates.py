@@ -527,13 +527,6 @@ def ask_keep(
             print(f"Please type numbers between 1 and {len(group['files'])}, Enter, s or q.")
 
 
-def confirm(question: str) -> bool:
-    try:
-        return input(f"{question} [y/N] ").strip().lower() in ("y", "yes")
-    except EOFError:
-        return False
-
-
 def make_run_plan(args: argparse.Namespace, report: dict[str, Any], dataset_dir: Path) -> RunPlan:
     """Check every group against the dataset and plan it under ``args.strategy`` (asking, for interactive).
 
@@ -742,7 +735,7 @@ def run_removal(args: argparse.Namespace) -> int:
                 return partial
             folder = cli.printable(dataset_dir / trash.TRASH_FOLDER)
             question = f"Permanently delete {count} files?" if args.delete else f"Move {count} files to {folder}/?"
-            if not args.yes and not confirm(question):
+            if not args.yes and not cli.confirm(question):
                 print("Cancelled: nothing was changed.")
                 return cli.EXIT_OK
             return remove(args, report, dataset_dir, run_plan)

@@ -19,6 +19,7 @@ import pytest
 import remove_duplicates as rd
 from conftest import IS_ROOT, ROOT, make_class_image, make_dataset, make_near_duplicates, save_image, tree_snapshot
 
+import cli
 import fileio
 import trash
 
@@ -226,7 +227,7 @@ def test_the_last_copy_is_never_removed(
         (copies_dataset / "train/plane/plane_001.jpg").unlink()
         return True
 
-    monkeypatch.setattr(rd, "confirm", delete_the_kept_copy)
+    monkeypatch.setattr(cli, "confirm", delete_the_kept_copy)
     assert rd.main(["--report", report_of(copies_dataset), "--strategy", "all", "--apply"]) == 1
     assert (copies_dataset / "val/plane/leaked.jpg").exists() and (
         copies_dataset / "val/plane/leaked_again.jpg"
@@ -381,6 +382,23 @@ def test_apply_asks_first(copies_dataset: Path, monkeypatch: pytest.MonkeyPatch,
     assert not (copies_dataset / "val/plane/leaked.jpg").exists()
 
 
+def test_end_of_input_or_enter_at_the_confirmation_is_no(
+    copies_dataset: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture
+) -> None:
+    before = tree_snapshot(copies_dataset)
+
+    def end_of_input(prompt: str = "") -> str:
+        raise EOFError
+
+    for answer in (end_of_input, lambda prompt="": "", lambda prompt="": "yess"):
+        monkeypatch.setattr(builtins, "input", answer)
+        assert rd.main(["--report", report_of(copies_dataset), "--strategy", "all", "--apply"]) == 0
+        assert "Cancelled: nothing was changed." in capsys.readouterr().out
+        assert tree_snapshot(copies_dataset) == before
+    monkeypatch.setattr(builtins, "input", lambda prompt="": " YES ")
+    assert cli.confirm("Go?") is True
+
+
 @pytest.mark.parametrize("where", ["confirmation", "interactive"])
 def test_ctrl_c_at_a_prompt_changes_nothing(
     copies_dataset: Path, where: str, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture
@@ -532,7 +550,7 @@ def test_a_folder_swapped_for_a_symlink_after_the_plan_is_refused_at_the_move(
         os.symlink(outside, dataset / "train/bird/sub")
         return True
 
-    monkeypatch.setattr(rd, "confirm", swap_then_confirm)
+    monkeypatch.setattr(cli, "confirm", swap_then_confirm)
     arguments = ["--report", str(report), "--strategy", "shortest-path", "--apply"] + ["--delete"] * delete
     assert rd.main(arguments) == 1
     assert "Not removed train/bird/sub/precious.jpg: leads outside the dataset" in capsys.readouterr().err
@@ -709,7 +727,7 @@ def test_two_apply_runs_at_once_the_second_refuses(
         thread.join()
         return True
 
-    monkeypatch.setattr(rd, "confirm", run_another_while_asked)
+    monkeypatch.setattr(cli, "confirm", run_another_while_asked)
     assert rd.main(["--report", report_of(copies_dataset), "--strategy", "all", "--apply"]) == 0
     process = second["process"]
     assert process.returncode == 2 and second["thread"] == [2]
