@@ -11,6 +11,8 @@ One meaning per helper:
   real path against the real folder. Use the second right before touching a file.
 - ``utc_now``: every timestamp the project writes is UTC, ISO 8601, to the second.
 - ``read_json``: parsed JSON, or ``ReportError`` with one sentence.
+- ``hold_lock``: one run at a time on a folder (an O_EXCL lock file naming its owner; a dead owner's is taken over);
+  ``is_process_alive`` says whether a pid recorded in a lock or a temp file name still runs.
 """
 
 from __future__ import annotations
@@ -19,8 +21,10 @@ import contextlib
 import hashlib
 import json
 import os
+import socket
 import stat
 import tempfile
+import time
 from collections.abc import Iterator
 from datetime import datetime, timezone
 from pathlib import Path, PurePosixPath
@@ -29,6 +33,7 @@ from typing import Any
 HASH_CHUNK_BYTES = 1 << 20  # read files in 1 MiB pieces: constant memory, few system calls
 TEMP_SUFFIX = ".tmp"  # every temp file the project writes is ".<name>.<random>.tmp" beside its target
 STALE_TEMP_SECONDS = 3600  # a temp file of our kind older than this belongs to a killed run and may be removed
+UNREADABLE_LOCK_STALE_S = 60.0  # a lock file with no readable owner (killed while writing it) is stale after this
 
 
 class ReportError(ValueError):
@@ -37,6 +42,10 @@ class ReportError(ValueError):
 
 class UnsafePathError(ValueError):
     """A path that would leave the folder it must stay in (absolute, '..', or a symlink pointing out)."""
+
+
+class LockHeldError(ReportError):
+    """Another run holds the lock, or it cannot be created; ``str(error)`` is one sentence naming it."""
 
 
 # ---------------------------------------------------------------------------------------------------------------------
@@ -252,8 +261,6 @@ def remove_stale_temp_files(folder: str | os.PathLike, name: str, max_age_s: flo
 
     Only temp files of the given target name are touched, so other tools' files and live writers are left alone.
     """
-    import time
-
     removed = 0
     cutoff = time.time() - max_age_s
     try:
@@ -269,6 +276,110 @@ def remove_stale_temp_files(folder: str | os.PathLike, name: str, max_age_s: flo
         except OSError:
             continue
     return removed
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# One run at a time: lock files
+# ---------------------------------------------------------------------------------------------------------------------
+
+
+def is_process_alive(pid: int) -> bool:
+    """Whether process ``pid`` runs on this machine (one owned by another user counts as running)."""
+    if pid <= 0:
+        return False  # os.kill(0 or -n, ...) would ask about a whole process group
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except OSError:  # PermissionError: it exists, owned by someone else
+        return True
+    return True
+
+
+def lock_owner(path: str | os.PathLike) -> tuple[dict[str, Any] | None, str]:
+    """(the owner a lock file records, or None when it is unreadable, the file's raw text)."""
+    try:
+        text = Path(path).read_text(encoding="utf-8", errors="replace")
+    except OSError:
+        return None, ""
+    try:
+        owner = json.loads(text)
+    except json.JSONDecodeError:
+        return None, text
+    return (owner if isinstance(owner, dict) else None), text
+
+
+def _is_stale_lock(path: Path, owner: dict[str, Any] | None) -> bool:
+    """True when the run that wrote the lock is gone: its pid is dead on this host, or it died while writing it."""
+    if owner is None:
+        try:
+            return time.time() - path.lstat().st_mtime > UNREADABLE_LOCK_STALE_S
+        except FileNotFoundError:
+            return True
+    pid = owner.get("pid")
+    if owner.get("host") != socket.gethostname() or not isinstance(pid, int) or isinstance(pid, bool) or pid <= 0:
+        return False  # another machine (a shared disk) or a pid we cannot check: assume it is running
+    return not is_process_alive(pid)
+
+
+def _take_over_lock(path: Path, stale_text: str) -> None:
+    """Set a stale lock aside; if another run replaced it meanwhile (a live lock), put that one back untouched."""
+    aside = path.with_name(f"{path.name}.stale.{os.getpid()}.{time.monotonic_ns()}")
+    try:
+        os.rename(path, aside)
+    except FileNotFoundError:
+        return  # another run took it over first: the next attempt sees its lock
+    if lock_owner(aside)[1] != stale_text:
+        with contextlib.suppress(OSError):
+            os.link(aside, path)  # a hard link never replaces a lock created meanwhile
+    aside.unlink(missing_ok=True)
+
+
+def _lock_held_message(path: Path, owner: dict[str, Any] | None, doing: str) -> str:
+    if owner is None:
+        who = "an unknown run (its lock file is being written or is damaged)"
+    else:
+        who = f"another run ({owner.get('tool', '?')}, pid {owner.get('pid', '?')}"
+        if owner.get("host") != socket.gethostname():
+            who += f" on {owner.get('host', '?')}"
+        who += f", started {owner.get('started', '?')})"
+    return f"{who} is {doing}; wait for it or remove {path} if it is not running"
+
+
+@contextlib.contextmanager
+def hold_lock(path: str | os.PathLike, tool: str, doing: str) -> Iterator[Path]:
+    """Hold the lock file ``path`` while the block runs: a second run that asks for it refuses.
+
+    Created with O_EXCL, it records pid, host, ``tool`` and start time. A lock whose process is dead (same host), or
+    that has had no readable owner for UNREADABLE_LOCK_STALE_S, is stale and taken over, so a killed run never leaves
+    it stuck. Removed on exit if it is still this run's. LockHeldError (one sentence: who is ``doing`` what, e.g.
+    "changing dataset") when another run holds it or it cannot be created.
+    """
+    path = Path(path)
+    record = json.dumps({"pid": os.getpid(), "host": socket.gethostname(), "tool": tool, "started": utc_now()}).encode()
+    for _ in range(5):
+        try:
+            descriptor = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)
+        except FileExistsError:
+            owner, text = lock_owner(path)
+            if _is_stale_lock(path, owner):
+                _take_over_lock(path, text)
+                continue
+            raise LockHeldError(_lock_held_message(path, owner, doing)) from None
+        except OSError as error:
+            raise LockHeldError(f"cannot create the lock {path} ({error.strerror or error})") from None
+        with os.fdopen(descriptor, "wb") as handle:
+            handle.write(record)
+            handle.flush()
+            os.fsync(handle.fileno())
+        break
+    else:
+        raise LockHeldError(_lock_held_message(path, lock_owner(path)[0], doing))
+    try:
+        yield path
+    finally:
+        if lock_owner(path)[1].encode() == record:
+            path.unlink(missing_ok=True)
 
 
 if __name__ == "__main__":

@@ -300,51 +300,16 @@ def save_state(run: Run) -> None:
     fileio.write_json(run.dataset_dir / STATE_NAME, run.state)
 
 
-def process_is_running(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:  # it exists, owned by someone else
-        return True
-    return True
-
-
 @contextlib.contextmanager
 def pipeline_lock(dataset_dir: Path) -> Iterator[None]:
-    """Hold ``<dataset>/.pipeline.lock`` (O_EXCL, with our pid) for the run; a second run on the dataset refuses.
+    """Hold ``<dataset>/.pipeline.lock`` (fileio.hold_lock) for the run: a second run on the same dataset refuses.
 
-    A lock left by a process that no longer runs (kill -9, a crash) is taken over. Raises fileio.ReportError with one
-    sentence when another run holds it.
+    A lock left by a process that no longer runs (kill -9, a crash) is taken over. Raises fileio.LockHeldError (a
+    ReportError) with one sentence when another run holds it.
     """
     dataset_dir.mkdir(parents=True, exist_ok=True)
-    path = dataset_dir / LOCK_NAME
-    for _ in range(2):
-        try:
-            descriptor = os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
-        except FileExistsError:
-            try:
-                pid = int(path.read_text(encoding="utf-8").split()[0])
-            except (OSError, ValueError, IndexError):
-                pid = 0  # unreadable or half-written: its writer died before finishing it
-            if pid > 0 and pid != os.getpid() and process_is_running(pid):
-                raise fileio.ReportError(
-                    f"another run_pipeline.py (pid {pid}) is working on {dataset_dir}; wait for it, or remove {path} "
-                    "if that process is not a pipeline"
-                ) from None
-            if pid == os.getpid():
-                raise fileio.ReportError(f"this process already runs a pipeline on {dataset_dir}") from None
-            path.unlink(missing_ok=True)
-            continue
-        with os.fdopen(descriptor, "w", encoding="utf-8") as handle:
-            handle.write(f"{os.getpid()} {fileio.utc_now()}\n")
-        break
-    else:
-        raise fileio.ReportError(f"cannot take the lock {path}; remove it if no pipeline runs on {dataset_dir}")
-    try:
+    with fileio.hold_lock(dataset_dir / LOCK_NAME, "run_pipeline.py", f"working on {dataset_dir}"):
         yield
-    finally:
-        path.unlink(missing_ok=True)
 
 
 def import_main(module: str) -> Callable[[list[str]], int]:

@@ -41,10 +41,8 @@ and a file already back counts as restored.
 from __future__ import annotations
 
 import contextlib
-import json
 import os
 import re
-import socket
 import stat
 import time
 from collections.abc import Callable, Iterable, Iterator, Sequence
@@ -63,7 +61,6 @@ ACTIONS = ("trash", "relabel", "delete")
 STATUSES = ("planned", "done", "refused", "undone")
 LOG_WRITE_INTERVAL_S = 1.0  # rewrite the log at most this often while moving: each write costs the whole log, and undo
 # reads the disk rather than the statuses, so a kill between two writes loses nothing
-UNREADABLE_LOCK_STALE_S = 60.0  # a lock file with no readable owner (killed while writing it) is stale after this
 TOOL_NAME = re.compile(r"[A-Za-z0-9_-]+")  # tool names become file names
 SHA256_HEX = re.compile(r"[0-9a-f]{64}")
 
@@ -223,111 +220,33 @@ def trash_folder(dataset_dir: str | os.PathLike, create: bool = False) -> Path:
     return folder
 
 
-def _lock_owner(path: Path) -> tuple[dict[str, Any] | None, str]:
-    """(the owner recorded in a lock file or None when unreadable, the file's raw text)."""
-    try:
-        text = path.read_text(encoding="utf-8", errors="replace")
-    except OSError:
-        return None, ""
-    try:
-        owner = json.loads(text)
-    except json.JSONDecodeError:
-        return None, text
-    return (owner if isinstance(owner, dict) else None), text
-
-
-def _is_stale(path: Path, owner: dict[str, Any] | None) -> bool:
-    """True when the run that wrote the lock is gone: its pid is dead on this host, or it died while writing it."""
-    if owner is None:
-        try:
-            return time.time() - path.lstat().st_mtime > UNREADABLE_LOCK_STALE_S
-        except FileNotFoundError:
-            return True
-    pid = owner.get("pid")
-    if owner.get("host") != socket.gethostname() or not isinstance(pid, int) or isinstance(pid, bool) or pid <= 0:
-        return False  # another machine (a shared disk) or a pid we cannot check: assume it is running
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return True
-    except PermissionError:
-        return False  # alive, owned by another user
-    return False
-
-
-def _take_over(path: Path, stale_text: str) -> None:
-    """Set a stale lock aside; if another run replaced it meanwhile (a live lock), put that one back untouched."""
-    aside = path.with_name(f"{LOCK_NAME}.stale.{os.getpid()}.{time.monotonic_ns()}")
-    try:
-        os.rename(path, aside)
-    except FileNotFoundError:
-        return  # another run took it over first: the next attempt sees its lock
-    _, moved_text = _lock_owner(aside)
-    if moved_text != stale_text:
-        with contextlib.suppress(OSError):
-            os.link(aside, path)  # a hard link never replaces a lock created meanwhile
-    aside.unlink(missing_ok=True)
-
-
 @contextlib.contextmanager
 def lock(dataset_dir: str | os.PathLike, tool: str) -> Iterator[Path]:
     """Hold ``<dataset>/.trash/.lock`` for the duration: a second changing run on the same dataset refuses.
 
-    The lock is created with O_EXCL and records pid, host, tool and start time. A lock whose process is dead (same host)
-    is stale and taken over, so a killed run never leaves the dataset locked. Creates ``.trash`` when needed and removes
-    it again on exit if it is still empty. TrashError (one sentence) when the lock is held or cannot be created.
+    fileio.hold_lock's lock file (O_EXCL; pid, host, tool and start time; a dead process's lock is taken over, so a
+    killed run never leaves the dataset locked). Creates ``.trash`` when needed and removes it again on exit if it is
+    still empty. TrashError (one sentence) when the lock is held or cannot be created.
     """
     existed = os.path.lexists(Path(dataset_dir) / TRASH_FOLDER)
     folder = trash_folder(dataset_dir, create=True)
-    path = folder / LOCK_NAME
-    record = json.dumps(
-        {"pid": os.getpid(), "host": socket.gethostname(), "tool": tool, "started": fileio.utc_now()}
-    ).encode()
     try:
-        for _ in range(5):
+        with contextlib.ExitStack() as stack:
             try:
-                fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)
-            except FileExistsError:
-                owner, text = _lock_owner(path)
-                if _is_stale(path, owner):
-                    _take_over(path, text)
-                    continue
-                raise TrashError(_held_message(dataset_dir, path, owner)) from None
-            except OSError as error:
-                raise TrashError(f"cannot create the lock {path} ({error.strerror or error})") from None
-            with os.fdopen(fd, "wb") as handle:
-                handle.write(record)
-                handle.flush()
-                os.fsync(handle.fileno())
-            break
-        else:
-            raise TrashError(_held_message(dataset_dir, path, _lock_owner(path)[0]))
-        for log in folder.glob("*.json"):  # temp files of log writes a killed run left behind
-            fileio.remove_stale_temp_files(folder, log.name)
-        try:
+                path = stack.enter_context(fileio.hold_lock(folder / LOCK_NAME, tool, f"changing {dataset_dir}"))
+            except fileio.LockHeldError as error:
+                raise TrashError(str(error)) from None
+            for log in folder.glob("*.json"):  # temp files of log writes a killed run left behind
+                fileio.remove_stale_temp_files(folder, log.name)
             yield path
-        finally:
-            if _lock_owner(path)[1].encode() == record:
-                path.unlink(missing_ok=True)
     finally:
         if not existed:
             with contextlib.suppress(OSError):
                 folder.rmdir()  # only when empty: the dataset is as it was when nothing happened
 
 
-def _held_message(dataset_dir: str | os.PathLike, path: Path, owner: dict[str, Any] | None) -> str:
-    if owner is None:
-        who = "an unknown run (its lock file is being written or is damaged)"
-    else:
-        who = f"another run ({owner.get('tool', '?')}, pid {owner.get('pid', '?')}"
-        if owner.get("host") != socket.gethostname():
-            who += f" on {owner.get('host', '?')}"
-        who += f", started {owner.get('started', '?')})"
-    return f"{who} is changing {dataset_dir}; wait for it or remove {path} if it is not running"
-
-
 def _require_lock(dataset_dir: str | os.PathLike) -> None:
-    owner, _ = _lock_owner(Path(dataset_dir) / TRASH_FOLDER / LOCK_NAME)
+    owner, _ = fileio.lock_owner(Path(dataset_dir) / TRASH_FOLDER / LOCK_NAME)
     if owner is None or owner.get("pid") != os.getpid():
         raise RuntimeError("trash.new_log, apply and undo must run inside trash.lock(dataset_dir, tool)")
 

@@ -85,6 +85,7 @@ from fileio import (  # noqa: E402
     UnsafePathError,
     class_folders,
     is_inside,
+    is_process_alive,
     is_regular_file,
     regular_file_reason,
     relative_posix,
@@ -197,19 +198,6 @@ def dataset_problem(config: DownloadConfig) -> str | None:
     if config.report_path.parent != dataset_dir and (reason := writable_folder_reason(config.report_path.parent)):
         return f"cannot write the report {cli.printable(config.report_path)}: {reason}"
     return None
-
-
-def is_process_alive(pid: int) -> bool:
-    """Whether ``pid`` runs (another download into the same folder, or this one): its temp files are not stale."""
-    if pid == os.getpid():
-        return True
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except OSError:
-        return True  # exists, owned by someone else
-    return True
 
 
 def remove_stale_files(dataset_dir: Path, report_path: Path) -> None:

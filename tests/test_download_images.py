@@ -37,6 +37,8 @@ from image_fetch import (
 from image_search import SEARCH_BACKOFF_S, SEARCH_RETRIES, interleave, take_evenly
 from PIL import Image
 
+import fileio
+
 try:
     from ddgs.exceptions import DDGSException
 except ImportError:  # ddgs is a runtime requirement, but these tests never need it
@@ -478,7 +480,7 @@ def test_leftovers_of_a_killed_run_are_cleaned_up_or_adopted(tmp_path: Path) -> 
         landed = dataset / split_for_hash(digest, 0.2) / "bird" / f"{digest}.png"
         landed.parent.mkdir(parents=True, exist_ok=True)
         landed.write_bytes(data)
-        dead_pid = next(pid for pid in range(999_999, 2_000_000) if not download_images.is_process_alive(pid))
+        dead_pid = next(pid for pid in range(999_999, 2_000_000) if not fileio.is_process_alive(pid))
         half = dataset / "train" / "bird" / f".{'0' * 64}.jpg.{dead_pid}.part"
         half.write_bytes(data[:10])
         urls.write_text("".join(f"bird,{server.url(path)}\n" for path in paths))

@@ -12,6 +12,7 @@ import json
 import os
 import shlex
 import shutil
+import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -281,9 +282,12 @@ def test_a_second_run_on_the_same_dataset_refuses_and_a_dead_runs_lock_is_taken_
     lock = dataset / run_pipeline.LOCK_NAME
     other = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
     try:
-        lock.write_text(f"{other.pid} 2026-11-29T10:00:00+00:00\n", encoding="utf-8")
+        owner = {"pid": other.pid, "host": socket.gethostname(), "tool": "run_pipeline.py", "started": "2026-11-29"}
+        lock.write_text(json.dumps(owner), encoding="utf-8")
         assert run_pipeline.main(argv) == 2
-        assert f"another run_pipeline.py (pid {other.pid}) is working on" in capsys.readouterr().err
+        err = capsys.readouterr().err
+        assert f"another run (run_pipeline.py, pid {other.pid}, started 2026-11-29) is working on {dataset};" in err
+        assert f"remove {lock} if it is not running" in err
         assert lock.is_file() and not (dataset / "report.html").exists()
     finally:
         other.kill()
