@@ -9,6 +9,7 @@ import subprocess
 import sys
 import threading
 from pathlib import Path
+from typing import Any
 
 import pytest
 from conftest import IS_ROOT, ROOT, tree_snapshot
@@ -105,32 +106,28 @@ def test_log_names_and_run_ids_never_collide(dataset: Path) -> None:
     assert len(destinations) == 3
 
 
-def test_log_is_written_before_any_file_moves(dataset: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    seen = []
-    real_rename = os.rename
+def log_field_at_each_rename(dataset: Path, monkeypatch: pytest.MonkeyPatch, key: str) -> list[list[Any]]:
+    """Trash two files; for each os.rename, ``key`` of every move as the log on disk says just before it."""
+    seen, real_rename = [], os.rename
 
     def rename(source, destination):
         (log_path,) = (dataset / ".trash").glob("*.json")
-        seen.append([m["sha256"] for m in load(log_path)["moves"]])
+        seen.append([move[key] for move in load(log_path)["moves"]])
         real_rename(source, destination)
 
     monkeypatch.setattr(os, "rename", rename)
     run(dataset, [trash.Move("train/bird/a.jpg"), trash.Move("train/bird/b.jpg")])
+    return seen
+
+
+def test_log_is_written_before_any_file_moves(dataset: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    seen = log_field_at_each_rename(dataset, monkeypatch, "sha256")
     assert len(seen) == 2 and all(len(digest) == 64 for digest in seen[0])
 
 
 def test_statuses_follow_each_move_when_the_interval_is_zero(dataset: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(trash, "LOG_WRITE_INTERVAL_S", 0.0)
-    statuses = []
-    real_rename = os.rename
-
-    def rename(source, destination):
-        (log_path,) = (dataset / ".trash").glob("*.json")
-        statuses.append([m["status"] for m in load(log_path)["moves"]])
-        real_rename(source, destination)
-
-    monkeypatch.setattr(os, "rename", rename)
-    run(dataset, [trash.Move("train/bird/a.jpg"), trash.Move("train/bird/b.jpg")])
+    statuses = log_field_at_each_rename(dataset, monkeypatch, "status")
     assert statuses == [["planned", "planned"], ["done", "planned"]]
 
 
