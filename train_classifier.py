@@ -10,6 +10,7 @@ mislabelled training images for review_problematic_images.py.
     python train_classifier.py --resume                 # carries on after a crash or Ctrl-C
     python train_classifier.py --weights none --arch resnet18 --image-size 128 --device cpu
     python train_classifier.py --detect-problematic --cross-val-folds 5 --stop-after-analysis
+    torchrun --nproc_per_node=4 train_classifier.py --epochs 15     # DistributedDataParallel, one process per GPU
 
 Writes into --output-dir (default models/):
     best_model.pth             classifier.py's checkpoint: best val macro F1, calibrated temperature; one left by an
@@ -23,27 +24,38 @@ With --detect-problematic, the report goes to <dataset-dir>/problematic_images_r
 
 This file is the story: arguments, set-up, the train/evaluate loop, checkpoints and resume. Beside it:
 training_data.py (scan, cached copies, augmentation, sampling), training_report.py (metrics, calibration, plots,
-tables) and problematic_analysis.py (--detect-problematic). For several processes (torchrun) the places to change
-are one each: the sampler (training_data.EpochSampler), the gather of per-image results (``evaluate``) and the
-file writes (``save_epoch_outputs``, ``save_last_checkpoint``, ``write_analysis_report``, ``finish_run``).
+tables) and problematic_analysis.py (--detect-problematic).
+
+Under torchrun (RANK, WORLD_SIZE and LOCAL_RANK set; the command line is otherwise the same) each process trains a
+DistributedDataParallel copy of the model on its share of every epoch (training_data.EpochSampler: the same draw
+on every process, a strided share each), ``evaluate`` gathers the per-image results of all processes, so metrics,
+the best model, calibration and the analysis see the whole validation or training set, and only rank 0 writes
+files (``save_epoch_outputs``, ``save_last_checkpoint``, ``write_analysis_report``, ``calibrate_best_model``,
+``finish_run``) or reads the output folder (``from_main``). Each process uses --batch-size images per step.
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import dataclasses
+import datetime
 import logging
 import math
+import os
+import signal
 import sys
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import numpy as np
 import torch
+import torch.distributed as dist
 import torch.nn.functional as F
 from torch import nn
+from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import DataLoader
 from tqdm import tqdm
 
@@ -72,6 +84,11 @@ CHECKPOINT_CORE_KEYS = (
     "format_version", "arch", "classes", "num_classes", "image_size", "resize_size", "mean", "std",
     "confidence_threshold", "temperature", "model_state_dict",
 )  # fmt: skip
+# How long a process waits in a collective for the others before giving up. When a process dies torchrun stops the
+# others at once (SIGTERM); this bounds only a hang, and is long enough for what rank 0 does alone between two
+# collectives (writing an epoch's plots, contact sheets and checkpoints) and for the slowest process's image checks.
+PROCESS_GROUP_TIMEOUT = datetime.timedelta(minutes=30)
+T = TypeVar("T")
 
 
 # ---------------------------------------------------------------------------------------------------------------------
@@ -159,6 +176,226 @@ def set_train_mode(model: nn.Module, blocks: Sequence[str]) -> None:
 
 
 # ---------------------------------------------------------------------------------------------------------------------
+# Several processes (torchrun): which one this is, and what they share. Every function here is a no-op for one
+# process, so a plain ``python train_classifier.py`` never creates a process group.
+
+
+@dataclasses.dataclass(frozen=True)
+class Ranks:
+    """This process's place among torchrun's processes; ``Ranks()`` is a plain single-process run."""
+
+    rank: int = 0
+    world_size: int = 1
+    local_rank: int = 0  # the process's number on its machine: which GPU it uses
+
+    @property
+    def is_distributed(self) -> bool:
+        return self.world_size > 1
+
+    @property
+    def is_main(self) -> bool:
+        """Rank 0: the one process that prints, logs and writes files."""
+        return self.rank == 0
+
+
+class Stopped(KeyboardInterrupt):
+    """torchrun ended this process (SIGTERM): another process failed, or the run was interrupted. A
+    KeyboardInterrupt, so it takes the same way out: the metadata says "interrupted", the checkpoints stay as they
+    are."""
+
+
+def ranks_from_environment(environ: Mapping[str, str]) -> Ranks:
+    """torchrun's RANK, WORLD_SIZE and LOCAL_RANK; ``Ranks()`` when they are not set. ValueError for values that
+    are not a process's place among the others."""
+    if "RANK" not in environ or "WORLD_SIZE" not in environ:
+        return Ranks()
+    try:
+        rank, world_size = int(environ["RANK"]), int(environ["WORLD_SIZE"])
+        local_rank = int(environ.get("LOCAL_RANK", "0"))
+    except ValueError:
+        raise ValueError("RANK, WORLD_SIZE and LOCAL_RANK must be whole numbers (they are set by torchrun)") from None
+    if not (world_size >= 1 and 0 <= rank < world_size and local_rank >= 0):
+        raise ValueError(f"RANK {rank} and WORLD_SIZE {world_size} do not fit together (they are set by torchrun)")
+    return Ranks(rank, world_size, local_rank)
+
+
+def rank_count_problem(world_size: int, usable_train_images: int, batch_size: int) -> str | None:
+    """One sentence when there are more processes than batches in an epoch (a process would have no images of its
+    own, only repeats of the others'), else None."""
+    batches = math.ceil(usable_train_images / batch_size)
+    if world_size <= batches:
+        return None
+    return (
+        f"torchrun started {world_size} training processes but the {usable_train_images} usable training images make "
+        f"only {batches} batch(es) of --batch-size {batch_size}: start at most {batches} processes (--nproc_per_node "
+        "times --nnodes) or lower --batch-size"
+    )
+
+
+def distributed_device(requested: str | None, ranks: Ranks) -> torch.device:
+    """This process's device under torchrun: the GPU numbered by its LOCAL_RANK with CUDA (the default when there
+    is one), else the CPU. ValueError (one sentence) for a device the processes cannot share this way."""
+    kind = "cuda" if requested is None and torch.cuda.is_available() else "cpu"
+    if requested is not None:
+        try:
+            chosen = torch.device(requested)
+        except RuntimeError:
+            raise ValueError(f"unknown device {requested!r}; use cpu or cuda") from None
+        if chosen.type not in ("cuda", "cpu"):
+            raise ValueError(f"under torchrun the processes train on CUDA (nccl) or the CPU (gloo), not {requested}")
+        if chosen.type == "cuda" and chosen.index is not None:
+            raise ValueError(
+                f"under torchrun each process uses the GPU numbered by its LOCAL_RANK, so --device {requested} would "
+                "put them all on one GPU: pass --device cuda (choose GPUs with CUDA_VISIBLE_DEVICES)"
+            )
+        kind = chosen.type
+    if kind == "cpu":
+        return torch.device("cpu")
+    count = torch.cuda.device_count() if torch.cuda.is_available() else 0
+    if ranks.local_rank >= count:
+        raise ValueError(
+            f"process {ranks.local_rank} on this machine has no GPU of its own ({count} visible): start at most "
+            f"{count} processes per machine (--nproc_per_node {max(1, count)}) or pass --device cpu"
+        )
+    return torch.device("cuda", ranks.local_rank)
+
+
+def start_process_group(ranks: Ranks, device: torch.device) -> str:
+    """Join torchrun's processes (its environment says where rank 0 listens): nccl between GPUs, gloo on CPUs.
+    Returns the backend's name."""
+    backend = "nccl" if device.type == "cuda" else "gloo"
+    if device.type == "cuda":
+        torch.cuda.set_device(device)
+    dist.init_process_group(backend, timeout=PROCESS_GROUP_TIMEOUT, device_id=device if device.type == "cuda" else None)
+    return backend
+
+
+def stop_on_sigterm(signum: int, frame: Any) -> None:
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)  # once: the clean-up that follows is not cut short
+    raise Stopped
+
+
+def is_lost_contact(error: BaseException) -> bool:
+    """True for the error a collective raises when another process is gone (gloo) or it waited too long (nccl)."""
+    return isinstance(error, dist.DistError) or (isinstance(error, RuntimeError) and "gloo" in str(error))
+
+
+@contextlib.contextmanager
+def quiet_unless_main(ranks: Ranks) -> Iterator[None]:
+    """On every process but rank 0: nothing on stdout, no progress bars, only errors in the log. Rank 0 prints and
+    logs for the run; the others would repeat its lines (the same skipped files, the same epochs)."""
+    if ranks.is_main:
+        yield
+        return
+    root = logging.getLogger()
+    level = root.level
+    cli.set_progress(False)
+    root.setLevel(logging.ERROR)
+    try:
+        with open(os.devnull, "w", encoding="utf-8") as devnull, contextlib.redirect_stdout(devnull):
+            yield
+    finally:
+        root.setLevel(level)
+
+
+def gather_objects(value: T, ranks: Ranks) -> list[T]:
+    """Every process's ``value`` (picklable), in rank order."""
+    if not ranks.is_distributed:
+        return [value]
+    values: list[Any] = [None] * ranks.world_size
+    dist.all_gather_object(values, value)
+    return values
+
+
+SHARED_ERRORS = (training_data.DatasetError, classifier.CheckpointError, classifier.WeightsUnavailableError)
+
+
+def from_main(ranks: Ranks, compute: Callable[[], T]) -> T:
+    """``compute()`` on rank 0 alone, its result (or its one-sentence error) passed to every process: for what only
+    rank 0 may touch or need have, the output folder (other machines may not share it)."""
+    if not ranks.is_distributed:
+        return compute()
+    message: list[Any] = [None]
+    if ranks.is_main:
+        try:
+            message[0] = ("result", compute())
+        except SHARED_ERRORS as error:
+            message[0] = ("error", error)
+    dist.broadcast_object_list(message, src=0)
+    kind, value = message[0]
+    if kind == "error":
+        raise value
+    return value
+
+
+def first_on_each_machine(ranks: Ranks, build: Callable[[], T]) -> T:
+    """``build()`` on the first process of each machine, then on the others: what it downloads into the machine's
+    cache (the ImageNet weights) is fetched once per machine, never by two processes at once. A one-sentence
+    error of a first process is raised on every process."""
+    if not ranks.is_distributed:
+        return build()
+    result, problem = None, None
+    if ranks.local_rank == 0:
+        try:
+            result = build()
+        except SHARED_ERRORS as error:
+            problem = error
+    problems = [error for error in gather_objects(problem, ranks) if error is not None]
+    if problems:
+        raise problems[0]
+    return result if ranks.local_rank == 0 else build()
+
+
+def merge_skipped(parts: Sequence[Sequence[dict[str, str]]]) -> list[dict[str, str]]:
+    """The files set aside by any process (``{path, split, reason}``), each once, in the order first found."""
+    merged: dict[str, dict[str, str]] = {}
+    for part in parts:
+        for item in part:
+            merged.setdefault(item["path"], item)
+    return list(merged.values())
+
+
+def merge_failures(parts: Sequence[Sequence[tuple[int, str]]]) -> list[tuple[int, str]]:
+    """The (index, reason) decode failures of all processes, each image once, by index."""
+    return sorted({int(index): reason for part in parts for index, reason in part}.items())
+
+
+def merge_predictions(parts: Sequence[training_report.Predictions]) -> training_report.Predictions:
+    """The per-image results of all processes as one: rows sorted by dataset index, each image once (an image that
+    two processes scored, such as a padding repeat, keeps its first row), so the result is the single-process one."""
+    indices = torch.cat([part.indices for part in parts])
+    _, first_rows = np.unique(indices.numpy(), return_index=True)  # sorted by index
+    rows = torch.from_numpy(first_rows)
+    return training_report.Predictions(
+        torch.cat([part.logits for part in parts])[rows],
+        torch.cat([part.labels for part in parts])[rows],
+        indices[rows],
+        merge_failures([part.failures for part in parts]),
+    )
+
+
+def unwrap(model: nn.Module) -> nn.Module:
+    """The model itself inside its DistributedDataParallel wrapper (checkpoints hold its state_dict: no "module.")."""
+    return model.module if isinstance(model, DistributedDataParallel) else model
+
+
+def wrap_for_training(model: nn.Module, ranks: Ranks, device: torch.device) -> nn.Module:
+    """The model as it trains: under torchrun in DistributedDataParallel (gradients averaged over the processes at
+    every step), else itself."""
+    if not ranks.is_distributed:
+        return model
+    return DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
+
+
+def share_buffers(model: nn.Module, ranks: Ranks) -> None:
+    """Give every process rank 0's BatchNorm statistics: each process's last training batch changed its own, and
+    evaluation, checkpoints and the next epoch must all see the one model."""
+    if ranks.is_distributed:
+        for buffer in model.buffers():
+            dist.broadcast(buffer, src=0)
+
+
+# ---------------------------------------------------------------------------------------------------------------------
 # One run: its data, model and records
 
 
@@ -183,13 +420,39 @@ class TrainingRun:
     best_model_path: Path
     skipped_files: list[dict[str, str]] = dataclasses.field(default_factory=list)
     history: list[dict[str, Any]] = dataclasses.field(default_factory=list)
+    ranks: Ranks = dataclasses.field(default_factory=Ranks)
+    train_model: nn.Module | None = None  # ``model`` as it trains: in DistributedDataParallel under torchrun
 
     def loader(self, dataset: training_data.ImageDataset) -> DataLoader:
         """A loader over ``dataset`` in order, no augmentation (for per-image scores of any split)."""
-        sampler = training_data.UsableIndices(dataset)
-        return training_data.make_loader(
-            dataset, sampler, self.args.batch_size, self.num_workers, self.device, drop_last=False
-        )
+        return make_eval_loader(dataset, self.args, self.ranks, self.num_workers, self.device)
+
+
+def make_train_loader(
+    dataset: training_data.ImageDataset,
+    num_classes: int,
+    seed: int,
+    args: argparse.Namespace,
+    ranks: Ranks,
+    num_workers: int,
+    device: torch.device,
+) -> DataLoader:
+    """The loader of an epoch's weighted, augmented draw (``set_epoch`` picks the epoch); under torchrun this
+    process's share. The last incomplete batch is dropped, unless it is the only one: a batch of one or two images
+    gives noisy BatchNorm statistics."""
+    is_weighted = not args.no_weighted_sampling
+    sampler = training_data.EpochSampler(dataset, num_classes, is_weighted, seed, ranks.rank, ranks.world_size)
+    drop_last = len(sampler) > args.batch_size
+    return training_data.make_loader(dataset, sampler, args.batch_size, num_workers, device, drop_last)
+
+
+def make_eval_loader(
+    dataset: training_data.ImageDataset, args: argparse.Namespace, ranks: Ranks, num_workers: int, device: torch.device
+) -> DataLoader:
+    """A loader over ``dataset`` in order, no augmentation; under torchrun over this process's share, which
+    ``evaluate`` gathers."""
+    sampler = training_data.UsableIndices(dataset, ranks.rank, ranks.world_size)
+    return training_data.make_loader(dataset, sampler, args.batch_size, num_workers, device, drop_last=False)
 
 
 def model_input(batch: dict[str, Any], run: TrainingRun) -> tuple[torch.Tensor, torch.Tensor]:
@@ -210,7 +473,10 @@ def autocast(run: TrainingRun) -> torch.autocast:
 def evaluate(model: nn.Module, loader: DataLoader, run: TrainingRun, description: str) -> training_report.Predictions:
     """Run ``model`` in eval mode over ``loader`` (no augmentation); per-image logits, labels and dataset indices.
 
-    Every per-image result of the trainer (validation, calibration, the analysis scores) comes through here.
+    Every per-image result of the trainer (validation, calibration, the analysis scores) comes through here. Under
+    torchrun ``loader`` holds this process's share and the results of all processes are gathered, each image once,
+    in index order: the whole set, on every process, as one process would have it. ``model`` is never the
+    DistributedDataParallel wrapper (the shares differ in size; evaluation needs no synchronisation).
     """
     was_training = model.training
     model.eval()
@@ -225,12 +491,15 @@ def evaluate(model: nn.Module, loader: DataLoader, run: TrainingRun, description
         labels.append(batch["labels"])
         indices.append(batch["indices"])
     model.train(was_training)
-    return training_report.Predictions(
+    predictions = training_report.Predictions(
         torch.cat(logits) if logits else torch.zeros((0, len(run.classes))),
         torch.cat(labels) if labels else torch.zeros(0, dtype=torch.long),
         torch.cat(indices) if indices else torch.zeros(0, dtype=torch.long),
         failures,
     )
+    if not run.ranks.is_distributed:
+        return predictions
+    return merge_predictions(gather_objects(predictions, run.ranks))
 
 
 def training_step(
@@ -241,11 +510,12 @@ def training_step(
     scaler: torch.amp.GradScaler,
     inputs: torch.Tensor,
     labels: torch.Tensor,
+    loss_weight: float = 1.0,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """One optimisation step on a batch (forward, loss, backward, optimizer and schedule); returns logits and loss."""
     with autocast(run):
         logits = model(inputs)
-        loss = F.cross_entropy(logits, labels)
+        loss = F.cross_entropy(logits, labels) * loss_weight
     optimizer.zero_grad(set_to_none=True)
     scaler.scale(loss).backward()
     scaler.step(optimizer)
@@ -263,28 +533,58 @@ def train_one_epoch(
     scaler: torch.amp.GradScaler,
     epoch: int,
 ) -> dict[str, Any]:
-    """One pass over the epoch's weighted draw; returns loss, accuracy, image count and decode failures."""
-    set_train_mode(model, run.frozen)
+    """One pass over the epoch's weighted draw; returns loss, accuracy, image count and decode failures.
+
+    Under torchrun ``model`` is the DistributedDataParallel wrapper and ``loader`` this process's share; the
+    returned figures and failures are those of all processes, and every process ends with rank 0's BatchNorm
+    statistics (``share_buffers``), so all hold the same model.
+    """
+    module = unwrap(model)
+    set_train_mode(module, run.frozen)
     loader.sampler.set_epoch(epoch)
-    total_loss = torch.zeros((), device=run.device)
-    total_correct = torch.zeros((), device=run.device, dtype=torch.long)
-    seen = 0
+    totals = torch.zeros(3, device=run.device)  # loss sum, correct, images (float32: exact counts up to 2**24)
     failures: list[tuple[int, str]] = []
     for batch in cli.progress(loader, desc=f"epoch {epoch + 1} train", leave=False):
         failures.extend(batch["failures"])
         if len(batch["labels"]) == 0:
+            if run.ranks.is_distributed:  # every process takes part in every step's gradient all-reduce
+                idle_step(model, run, optimizer, scheduler, scaler)
             continue
         inputs, labels = model_input(batch, run)
         logits, loss = training_step(model, run, optimizer, scheduler, scaler, inputs, labels)
-        total_loss += loss.detach().float() * len(labels)
-        total_correct += (logits.detach().argmax(dim=1) == labels).sum()
-        seen += len(labels)
+        totals[0] += loss.detach().float() * len(labels)
+        totals[1] += (logits.detach().argmax(dim=1) == labels).sum()
+        totals[2] += len(labels)
+    if run.ranks.is_distributed:
+        dist.all_reduce(totals)
+        failures = merge_failures(gather_objects(failures, run.ranks))
+        share_buffers(module, run.ranks)
+    total_loss, total_correct, seen = totals.tolist()
     return {
-        "train_loss": float(total_loss.item() / seen) if seen else float("nan"),
-        "train_accuracy": float(total_correct.item() / seen) if seen else 0.0,
-        "train_images": seen,
+        "train_loss": float(total_loss / seen) if seen else float("nan"),
+        "train_accuracy": float(total_correct / seen) if seen else 0.0,
+        "train_images": int(seen),
         "failures": failures,
     }
+
+
+def idle_step(
+    model: nn.Module,
+    run: TrainingRun,
+    optimizer: torch.optim.Optimizer,
+    scheduler: torch.optim.lr_scheduler.LRScheduler,
+    scaler: torch.amp.GradScaler,
+) -> None:
+    """A step that adds nothing, for a process whose whole batch failed to decode: DistributedDataParallel needs
+    every process in every step's all-reduce, and the schedule stays in step. Two blank images, a zero loss, and
+    BatchNorm in eval mode, so its statistics do not see them."""
+    module = unwrap(model)
+    module.eval()
+    size = run.args.image_size
+    blank = torch.zeros((2, size, size, 3), dtype=torch.uint8)
+    inputs, labels = model_input({"images": blank, "labels": torch.zeros(2, dtype=torch.long)}, run)
+    training_step(model, run, optimizer, scheduler, scaler, inputs, labels, loss_weight=0.0)
+    set_train_mode(module, run.frozen)
 
 
 # ---------------------------------------------------------------------------------------------------------------------
@@ -315,7 +615,9 @@ def save_checkpoint(
         **checkpoint_fields(run),
         "format_version": classifier.CHECKPOINT_FORMAT_VERSION,
         "temperature": float(temperature),
-        "model_state_dict": {key: value.detach().to("cpu").clone() for key, value in model.state_dict().items()},
+        "model_state_dict": {
+            key: value.detach().to("cpu").clone() for key, value in unwrap(model).state_dict().items()
+        },
     }
     with fileio.atomic_write(path) as handle:
         torch.save(checkpoint, handle)
@@ -343,7 +645,10 @@ def save_last_checkpoint(
     epoch: int,
     tracker: problematic_analysis.ProblematicImageTracker | None,
 ) -> None:
-    """Everything --resume needs to continue after ``epoch`` exactly as if the run had not stopped."""
+    """Everything --resume needs to continue after ``epoch`` exactly as if the run had not stopped (rank 0 writes it;
+    nothing in it depends on the number of processes)."""
+    if not run.ranks.is_main:
+        return
     extra = {
         "epoch": epoch + 1,
         "arguments": plain_arguments(run.args),
@@ -425,8 +730,21 @@ def prepare_output_folders(args: argparse.Namespace, output_dir: Path) -> str | 
     return None
 
 
-def setup_training(args: argparse.Namespace, resume: dict[str, Any] | None, output_dir: Path) -> TrainingRun:
-    """Scan and check the dataset, prepare the image cache, build the model and the loaders; no training yet."""
+def setup_training(
+    args: argparse.Namespace,
+    resume: dict[str, Any] | None,
+    output_dir: Path,
+    ranks: Ranks = Ranks(),
+    device: torch.device | None = None,
+    backend: str | None = None,
+) -> TrainingRun:
+    """Scan and check the dataset, prepare the image cache, build the model and the loaders; no training yet.
+
+    Under torchrun every process does this on its own (rank 0 alone writes the --cache-dir copies); they agree on
+    the files to skip, and refuse together a process count larger than the batches of an epoch. ``device``: the
+    process's (default: --device).
+    """
+    device = device if device is not None else classifier.pick_device(args.device)
     dataset_dir = Path(args.dataset_dir)
     data = training_data.build_datasets(
         dataset_dir,
@@ -436,11 +754,17 @@ def setup_training(args: argparse.Namespace, resume: dict[str, Any] | None, outp
         args.uniform_augmentation,
         expected_classes=resume["classes"] if resume is not None else None,
         earlier_skips=resume.get("skipped_files", []) if resume is not None else (),
+        is_writing_cache=ranks.is_main,
+        agree=(lambda skipped: merge_skipped(gather_objects(skipped, ranks))) if ranks.is_distributed else None,
     )
     classes, train_dataset, val_dataset = data.classes, data.train, data.val
-    device = classifier.pick_device(args.device)
+    problem = rank_count_problem(ranks.world_size, sum(data.counts["train"]), args.batch_size)
+    if problem:
+        raise training_data.DatasetError(problem)
     state = resume["model_state_dict"] if resume is not None else None
-    model = make_model(args, len(classes), device, seed=args.seed, weights=args.weights, state_dict=state)
+    model = first_on_each_machine(
+        ranks, lambda: make_model(args, len(classes), device, seed=args.seed, weights=args.weights, state_dict=state)
+    )
     frozen = frozen_blocks(args.freeze_until)
     if frozen and resume is None and str(args.weights).lower() == "none":
         logger.warning(
@@ -456,15 +780,13 @@ def setup_training(args: argparse.Namespace, resume: dict[str, Any] | None, outp
         logger.warning("--amp is only used on CUDA; training in float32 on %s.", device)
 
     num_workers = training_data.resolve_num_workers(args.workers, device)
-    sampler = training_data.EpochSampler(train_dataset, len(classes), not args.no_weighted_sampling, args.seed)
-    drop_last = sum(data.counts["train"]) > args.batch_size  # a last batch of one or two images gives noisy BatchNorm
-    train_loader = training_data.make_loader(train_dataset, sampler, args.batch_size, num_workers, device, drop_last)
-    val_sampler = training_data.UsableIndices(val_dataset)
-    val_loader = training_data.make_loader(val_dataset, val_sampler, args.batch_size, num_workers, device, False)
+    train_loader = make_train_loader(train_dataset, len(classes), args.seed, args, ranks, num_workers, device)
+    val_loader = make_eval_loader(val_dataset, args, ranks, num_workers, device)
 
     metadata = training_report.new_metadata(
         plain_arguments(args), data, model, frozen=frozen, device=device, amp_dtype=amp_dtype,
-        is_channels_last=uses_channels_last(args), num_workers=num_workers,
+        is_channels_last=uses_channels_last(args), num_workers=num_workers, world_size=ranks.world_size,
+        backend=backend,
     )  # fmt: skip
     if resume is not None and isinstance(resume.get("metadata_started"), str):
         metadata["started"] = resume["metadata_started"]
@@ -485,6 +807,8 @@ def setup_training(args: argparse.Namespace, resume: dict[str, Any] | None, outp
         metadata=metadata,
         best_model_path=output_dir / best_model_name(output_dir, resume),
         skipped_files=data.skipped_files,
+        ranks=ranks,
+        train_model=wrap_for_training(model, ranks, device),
     )
 
 
@@ -493,7 +817,10 @@ def setup_training(args: argparse.Namespace, resume: dict[str, Any] | None, outp
 
 
 def save_epoch_outputs(run: TrainingRun, record: dict[str, Any], predictions: training_report.Predictions) -> None:
-    """The files of one finished epoch: error analysis, the best model (when this epoch is best), plots, metadata."""
+    """The files of one finished epoch: error analysis, the best model (when this epoch is best), plots, metadata.
+    Rank 0 writes them; the other processes never write a file."""
+    if not run.ranks.is_main:
+        return
     epoch = record["epoch"] - 1
     training_report.write_error_analysis(run.output_dir, predictions, run.val_dataset, run.classes, epoch)
     if record["is_best"]:
@@ -509,6 +836,8 @@ def save_epoch_outputs(run: TrainingRun, record: dict[str, Any], predictions: tr
 
 
 def write_metadata(run: TrainingRun, status: str) -> None:
+    if not run.ranks.is_main:
+        return
     run.metadata["best_model"] = run.best_model_path.name  # best_model.pending.pth until an earlier run's is replaced
     training_report.write_metadata(run.output_dir / METADATA_NAME, run.metadata, status, run.history, run.skipped_files)
 
@@ -516,13 +845,14 @@ def write_metadata(run: TrainingRun, status: str) -> None:
 def write_analysis_report(
     run: TrainingRun, scores: problematic_analysis.ScoreTable, method: str, folds: np.ndarray | None = None
 ) -> tuple[dict[str, Any], Path]:
-    """Build and write the problematic-images report; the training metadata keeps where it went."""
+    """Build and write (rank 0) the problematic-images report; the training metadata keeps where it went."""
     path = problematic_analysis.report_path(run.args)
     report = problematic_analysis.make_report(
         scores, run.train_dataset.samples, run.classes, run.args, plain_arguments(run.args), method,
         run.skipped_files, folds,
     )  # fmt: skip
-    run.metadata["problematic_analysis"] = problematic_analysis.write_report(path, report)
+    if run.ranks.is_main:
+        run.metadata["problematic_analysis"] = problematic_analysis.write_report(path, report)
     return report, path
 
 
@@ -543,6 +873,10 @@ def run_epochs(
         training_data.restore_rng_states(resume["rng_states"])
         run.history = list(resume["history"])
         start_epoch = int(resume["epoch"])
+        # The schedule goes by steps, and an epoch has fewer of them with more processes: it carries on from the
+        # epochs done, so a run resumed with another number of processes keeps its learning-rate curve.
+        scheduler.last_epoch = start_epoch * len(run.train_loader) - 1
+        scheduler.step()
         print(f"Resuming after epoch {start_epoch} of {args.epochs}.")
     write_metadata(run, "running")
 
@@ -559,7 +893,7 @@ def run_epochs(
     for epoch in cli.progress(range(start_epoch, args.epochs), desc="epochs"):
         started = time.perf_counter()
         learning_rate = optimizer.param_groups[0]["lr"]
-        train_stats = train_one_epoch(run, model, run.train_loader, optimizer, scheduler, scaler, epoch)
+        train_stats = train_one_epoch(run, run.train_model, run.train_loader, optimizer, scheduler, scaler, epoch)
         training_data.record_failures(run.skipped_files, run.train_dataset, "train", train_stats["failures"])
         predictions = evaluate(model, run.val_loader, run, f"epoch {epoch + 1} val")
         training_data.record_failures(run.skipped_files, run.val_dataset, "val", predictions.failures)
@@ -599,7 +933,8 @@ def cross_validate(run: TrainingRun, folds: int) -> tuple[problematic_analysis.S
     The images are split into ``folds`` stratified folds; for each, a fresh model (make_model, make_optimizer: the
     main run's arch, weights, freezing, optimizer and schedule) trains on the other folds for --analysis-epochs epochs
     with ``train_one_epoch``, and ``evaluate`` scores the held-out fold after every epoch. The global RNG states are
-    restored afterwards, so the main training that may follow is unchanged.
+    restored afterwards, so the main training that may follow is unchanged. Under torchrun each fold model trains
+    like the main one (DistributedDataParallel, a share of each epoch per process) and the scores are gathered.
     """
     args, train = run.args, run.train_dataset
     num_samples, num_classes = len(train.samples), len(run.classes)
@@ -614,13 +949,12 @@ def cross_validate(run: TrainingRun, folds: int) -> tuple[problematic_analysis.S
         fold_train = train.with_view("train", set(train.excluded) | held_out)
         fold_seed = training_data.epoch_seed(args.seed, fold + 1)
         model = make_model(args, num_classes, run.device, seed=fold_seed, weights=args.weights)
-        sampler = training_data.EpochSampler(fold_train, num_classes, not args.no_weighted_sampling, fold_seed)
-        drop_last = num_samples - len(fold_train.excluded) > args.batch_size
-        loader = training_data.make_loader(fold_train, sampler, args.batch_size, run.num_workers, run.device, drop_last)
+        train_model = wrap_for_training(model, run.ranks, run.device)
+        loader = make_train_loader(fold_train, num_classes, fold_seed, args, run.ranks, run.num_workers, run.device)
         optimizer, scheduler, scaler = make_optimizer(model, args, len(loader), run.device, run.amp_dtype)
         held_out_loader = run.loader(train.with_view("eval", set(range(num_samples)) - held_out))
         for epoch in range(args.analysis_epochs):
-            stats = train_one_epoch(run, model, loader, optimizer, scheduler, scaler, epoch)
+            stats = train_one_epoch(run, train_model, loader, optimizer, scheduler, scaler, epoch)
             training_data.record_failures(run.skipped_files, train, "train", stats["failures"])
             fold_scores = evaluate(model, held_out_loader, run, f"fold {fold + 1}/{folds} epoch {epoch + 1}")
             training_data.record_failures(run.skipped_files, train, "train", fold_scores.failures)
@@ -629,31 +963,35 @@ def cross_validate(run: TrainingRun, folds: int) -> tuple[problematic_analysis.S
             f"fold {fold + 1}/{folds}: trained {args.analysis_epochs} epoch(s) on "
             f"{num_samples - len(fold_train.excluded)} images, scored {len(held_out)} held-out images"
         )
-        del model, optimizer, loader
+        del model, train_model, optimizer, loader
     training_data.restore_rng_states(saved_rng)
     return scores, fold_of
 
 
 def calibrate_best_model(run: TrainingRun) -> dict[str, Any] | None:
-    """Fit a temperature on the val logits of the best model, store it in its checkpoint, sweep the thresholds."""
+    """Fit a temperature on the val logits of the best model, store it in its checkpoint, sweep the thresholds.
+    Under torchrun rank 0 reads the checkpoint and passes it on, all processes score their share of val."""
     path = run.best_model_path
-    if not path.is_file():
+    checkpoint = from_main(run.ranks, lambda: classifier.load_checkpoint(path) if path.is_file() else None)
+    if checkpoint is None:
         return None
-    checkpoint = classifier.load_checkpoint(path)
     model = make_model(run.args, len(run.classes), run.device, state_dict=checkpoint["model_state_dict"])
     predictions = evaluate(model, run.val_loader, run, "calibrating")
     training_data.record_failures(run.skipped_files, run.val_dataset, "val", predictions.failures)
     calibration, table, recommended = training_report.calibrate(predictions, run.classes)
     extra = {key: value for key, value in checkpoint.items() if key not in CHECKPOINT_CORE_KEYS}
     extra.update({"calibration": calibration, "thresholds": table, "recommended_confidence_threshold": recommended})
-    save_checkpoint(path, model, run, extra, temperature=calibration["temperature"])
+    if run.ranks.is_main:
+        save_checkpoint(path, model, run, extra, temperature=calibration["temperature"])
     run.metadata.update({"calibration": calibration, "thresholds": table, "recommended_threshold": recommended})
     return calibration
 
 
 def finish_run(run: TrainingRun) -> None:
     """The run is complete: its best model becomes best_model.pth (replacing an earlier run's only now) and the
-    metadata says so."""
+    metadata says so (rank 0)."""
+    if not run.ranks.is_main:
+        return
     if run.best_model_path.name != BEST_MODEL_NAME and run.best_model_path.is_file():
         final = run.output_dir / BEST_MODEL_NAME
         run.best_model_path.replace(final)
@@ -713,11 +1051,14 @@ def get_args_parser(add_help: bool = True) -> argparse.ArgumentParser:
     return parser
 
 
-def argument_problem(args: argparse.Namespace) -> str | None:
+def argument_problem(args: argparse.Namespace, ranks: Ranks = Ranks()) -> str | None:
     """One sentence for values no run can use, or None."""
-    for name, minimum in (("epochs", 1), ("batch_size", 1), ("image_size", 32), ("warmup_epochs", 0), ("patience", 0)):
+    for name, minimum in (("epochs", 1), ("batch_size", 1), ("warmup_epochs", 0), ("patience", 0)):
         if getattr(args, name) < minimum:
             return f"--{name.replace('_', '-')} must be at least {minimum}, got {getattr(args, name)}"
+    low, high = classifier.IMAGE_SIZE_RANGE
+    if not low <= args.image_size <= high:
+        return f"--image-size must be {low} to {high} pixels (classifier.py refuses other sizes), got {args.image_size}"
     if not args.learning_rate > 0:
         return f"--learning-rate must be positive, got {args.learning_rate}"
     if args.weight_decay < 0:
@@ -729,10 +1070,21 @@ def argument_problem(args: argparse.Namespace) -> str | None:
     if args.cache_max_gb < 0:
         return f"--cache-max-gb must not be negative, got {args.cache_max_gb}"
     try:
-        classifier.pick_device(args.device)
+        distributed_device(args.device, ranks) if ranks.is_distributed else classifier.pick_device(args.device)
     except ValueError as error:
         return f"--device: {error}"
     return problematic_analysis.argument_problem(args)
+
+
+def interruption_message(run: TrainingRun | None, output_dir: Path, cause: str) -> str:
+    """What an interrupted run leaves: the epochs done, the files that are intact, how to carry on."""
+    done = len(run.history) if run is not None else 0
+    pending = run is not None and run.best_model_path.name != BEST_MODEL_NAME
+    kept = f" (the previous {BEST_MODEL_NAME} stays until this run finishes; its best so far: {PENDING_BEST_NAME})"
+    return (
+        f"{cause} after {done} finished epoch(s); {cli.printable(output_dir / BEST_MODEL_NAME)} and "
+        f"{METADATA_NAME} are intact{kept if pending else ''}. Run again with --resume to continue."
+    )
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -740,23 +1092,56 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parser.parse_args(argv)
     cli.setup_logging(args.verbose)
     cli.set_progress(not args.no_progress)
-    problem = argument_problem(args)
-    if problem:
-        return cli.error(problem)
+    try:
+        ranks = ranks_from_environment(os.environ)
+    except ValueError as error:
+        return cli.error(str(error))
+    with quiet_unless_main(ranks):
+        problem = argument_problem(args, ranks)
+        if problem:
+            return cli.error(problem) if ranks.is_main else cli.EXIT_USAGE
+        if not ranks.is_distributed:
+            return train(parser, argv, args, ranks, classifier.pick_device(args.device))
+        device = distributed_device(args.device, ranks)
+        previous_handler = signal.signal(signal.SIGTERM, stop_on_sigterm)  # how torchrun ends the other processes
+        try:
+            backend = start_process_group(ranks, device)
+            return train(parser, argv, args, ranks, device, backend)
+        except KeyboardInterrupt:  # before the training began
+            return cli.EXIT_INTERRUPTED
+        finally:
+            signal.signal(signal.SIGTERM, previous_handler)
+            if dist.is_initialized():
+                dist.destroy_process_group()
+
+
+def train(
+    parser: argparse.ArgumentParser,
+    argv: Sequence[str] | None,
+    args: argparse.Namespace,
+    ranks: Ranks,
+    device: torch.device,
+    backend: str | None = None,
+) -> int:
+    """The run after its arguments are checked: set-up, the analysis, the epochs, calibration; the exit code."""
+    fail = cli.error if ranks.is_main else (lambda message: cli.EXIT_USAGE)  # rank 0 says it for all
     is_analysis_run = args.detect_problematic and args.stop_after_analysis  # a short run: its model is thrown away
     output_dir = problematic_analysis.analysis_output_dir(args.output_dir) if is_analysis_run else Path(args.output_dir)
-    problem = prepare_output_folders(args, output_dir)
+    problem = from_main(ranks, lambda: prepare_output_folders(args, output_dir))
     if problem:
-        return cli.error(cli.printable(problem))
+        return fail(cli.printable(problem))
     run = None
     try:
         resume = None
         if args.resume:
-            args, resume = load_resume_checkpoint(parser, argv, args, output_dir)
-            problem = argument_problem(args)
+            device_flag = args.device
+            args, resume = from_main(ranks, lambda: load_resume_checkpoint(parser, argv, args, output_dir))
+            if ranks.is_distributed:  # each process's device comes from torchrun, never from the checkpoint
+                args.device = device_flag
+            problem = argument_problem(args, ranks)
             if problem:
-                return cli.error(problem)
-        run = setup_training(args, resume, output_dir)
+                return fail(problem)
+        run = setup_training(args, resume, output_dir, ranks, device, backend)
         training_report.print_setup(run.metadata, METADATA_NAME)
         if run.best_model_path.name == PENDING_BEST_NAME and resume is None:
             print(
@@ -781,22 +1166,25 @@ def main(argv: Sequence[str] | None = None) -> int:
         finish_run(run)
         if not is_analysis_run:
             training_report.print_summary(run.metadata, run.best_model_path, run.output_dir / METADATA_NAME)
-    except (training_data.DatasetError, classifier.CheckpointError) as error:
-        return cli.error(cli.printable(error))
-    except classifier.WeightsUnavailableError as error:
-        cli.error(cli.printable(error))
-        return cli.EXIT_PARTIAL
-    except KeyboardInterrupt:
+    except SHARED_ERRORS as error:  # one sentence: unusable data, checkpoint or weights; nothing was trained
+        return fail(cli.printable(error))
+    except KeyboardInterrupt as interruption:
         if run is not None and run.history:
             write_metadata(run, "interrupted")
-        done = len(run.history) if run is not None else 0
-        pending = run is not None and run.best_model_path.name != BEST_MODEL_NAME
-        kept = f" (the previous {BEST_MODEL_NAME} stays until this run finishes; its best so far: {PENDING_BEST_NAME})"
-        print(
-            f"\nInterrupted after {done} finished epoch(s); {cli.printable(output_dir / BEST_MODEL_NAME)} and "
-            f"{METADATA_NAME} are intact{kept if pending else ''}. Run again with --resume to continue.",
-            file=sys.stderr,
-        )
+        if ranks.is_main:
+            cause = "Interrupted"
+            if isinstance(interruption, Stopped):
+                cause = "Stopped by torchrun (a training process ended or the run was interrupted; see below)"
+            print("\n" + interruption_message(run, output_dir, cause), file=sys.stderr)
+        return cli.EXIT_INTERRUPTED
+    except RuntimeError as error:
+        if not (ranks.is_distributed and is_lost_contact(error)):
+            raise
+        if run is not None and run.history:
+            write_metadata(run, "interrupted")
+        detail = cli.printable(str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__)
+        cause = f"rank {ranks.rank} of {ranks.world_size} lost contact with the other training processes ({detail})"
+        cli.error(interruption_message(run, output_dir, cause))
         return cli.EXIT_INTERRUPTED
     return cli.EXIT_PARTIAL if run.skipped_files else cli.EXIT_OK
 

@@ -10,6 +10,8 @@ classifier.py (one set of reasons a bad file is refused) and writes nothing but 
 - ``ImageDataset``: HWC uint8 squares, augmented (view "train") or exactly as classifier.py sees them ("eval").
 - ``AUGMENTATION_TABLE``: the one per-class augmentation table.
 - ``EpochSampler`` / ``draw_epoch``: the epoch's draw, class-balanced by inverse frequency, reproducible by seed.
+  Under torchrun every process draws the same epoch and keeps its own strided share (``shard``), like
+  torch.utils.data.DistributedSampler does for a permutation; ``UsableIndices`` shares the evaluation the same way.
 """
 
 from __future__ import annotations
@@ -156,6 +158,23 @@ def draw_epoch(
     return list(zip(indices, augmentation_seeds))
 
 
+def shard(items: Sequence[Any], rank: int, world_size: int, *, is_padded: bool = True) -> list[Any]:
+    """Process ``rank``'s share of ``items``: every ``world_size``-th item from position ``rank``.
+
+    Padded (training): the list is first extended by repeating its start to a multiple of ``world_size``, as
+    DistributedSampler does, so every process takes the same number of steps (DistributedDataParallel needs that);
+    the shares together are the whole list plus fewer than ``world_size`` repeats. Not padded (evaluation): the
+    shares are disjoint and together exactly ``items``.
+    """
+    items = list(items)
+    if world_size == 1:
+        return items
+    if is_padded and items:
+        total = math.ceil(len(items) / world_size) * world_size
+        items = (items * math.ceil(total / len(items)))[:total]
+    return items[rank::world_size]
+
+
 def rng_states() -> dict[str, Any]:
     """The global RNG states as plain types and tensors (loadable with weights_only=True), for --resume: with
     ``epoch_seed`` they make a resumed epoch replay exactly."""
@@ -177,8 +196,9 @@ def restore_rng_states(states: dict[str, Any]) -> None:
     np.random.set_state((kind, np.asarray(keys, dtype=np.uint32), position, has_gauss, cached))
     version, internal, gauss = states["python"]
     random.setstate((version, tuple(internal), gauss))
-    if "cuda" in states and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all(states["cuda"])
+    if "cuda" in states and torch.cuda.is_available():  # a machine with fewer GPUs restores the ones it has
+        for device, state in enumerate(states["cuda"][: torch.cuda.device_count()]):
+            torch.cuda.set_rng_state(state, device)
 
 
 def augmentation_policy_for(class_name: str, is_uniform: bool = False) -> AugmentationPolicy:
@@ -189,8 +209,9 @@ def augmentation_policy_for(class_name: str, is_uniform: bool = False) -> Augmen
 def build_augmentation(policy: AugmentationPolicy, image_size: int) -> Callable[[torch.Tensor], torch.Tensor]:
     """The policy as a torchvision.transforms.v2 pipeline: CHW uint8 tensor in, ``image_size`` square CHW uint8 out.
 
-    Crop first, so rotation, flips and colours work on the small square; corners a rotation uncovers get the ImageNet
-    mean colour, which normalises to about zero.
+    Rotation first, on the cached copy (its shorter side is the resize size), then the random crop to the square,
+    so the crop usually cuts away the corners a rotation uncovers; those that remain get the ImageNet mean colour,
+    which normalises to about zero. Flips, colours and grayscale then work on the small square.
     """
     from torchvision.transforms import v2
 
@@ -350,15 +371,18 @@ def prepare_images(
     memory_budget_bytes: int,
     cache_dir: Path | None,
     description: str,
+    is_writing_cache: bool = True,
 ) -> tuple[PreparedImages, list[tuple[int, str]]]:
     """Check every file once before training and keep downsized copies, so later epochs skip JPEG decoding.
 
     With a memory budget or a cache folder each file is decoded (draft mode: only at the size needed) and resized
     once; without either, only the header is checked and bad data shows up when the file is read in an epoch.
-    Returns the cache and the (index, reason) of every file that cannot be used.
+    Returns the cache and the (index, reason) of every file that cannot be used. ``is_writing_cache`` False (the
+    processes of a torchrun run other than rank 0): copies already in ``cache_dir`` are read, none is written; a copy
+    over the memory budget is read from where rank 0 writes it, or decoded again while it is not there.
     """
     is_decoding = memory_budget_bytes > 0 or cache_dir is not None
-    if cache_dir is not None:
+    if cache_dir is not None and is_writing_cache:
         cache_dir.mkdir(parents=True, exist_ok=True)
 
     def prepare(sample: Sample) -> tuple[np.ndarray | Path | None, str | None]:
@@ -369,8 +393,11 @@ def prepare_images(
             if cached is not None and cached.is_file():
                 return (np.load(cached, allow_pickle=False) if memory_budget_bytes > 0 else cached), None
             pixels = decode_view(sample.path, view, image_size, resize_size)
-            if cached is not None:
-                save_array_atomically(cached, pixels)
+            if cached is not None and is_writing_cache:
+                try:
+                    save_array_atomically(cached, pixels)
+                except OSError as error:  # a full or failing cache disk costs speed, never the image
+                    logger.warning("Cannot keep a copy in %s: %s", cli.printable(cache_dir), cli.printable(error))
             return pixels, None
         except classifier.ImageLoadError as error:
             return None, str(error)
@@ -459,7 +486,10 @@ class ImageDataset(Dataset):
         """The image in this dataset's view, from the cache when there is a copy, else decoded from the file."""
         entry = self.prepared.entries[index] if self.prepared is not None else None
         if isinstance(entry, Path):
-            entry = np.load(entry, allow_pickle=False)
+            try:
+                entry = np.load(entry, allow_pickle=False)
+            except (OSError, ValueError):  # not (yet) written by the process that writes the cache, or damaged
+                entry = None
         if entry is None:
             return decode_view(self.samples[index].path, self.view, self.image_size, self.resize_size)
         if self.view == "eval" and self.prepared.view == "train":
@@ -491,38 +521,53 @@ class ImageDataset(Dataset):
 
 
 class EpochSampler(Sampler):
-    """Yields the (index, augmentation seed) pairs of ``draw_epoch`` for the epoch set with ``set_epoch``."""
+    """Yields the (index, augmentation seed) pairs of ``draw_epoch`` for the epoch set with ``set_epoch``.
 
-    def __init__(self, dataset: ImageDataset, num_classes: int, is_weighted: bool, seed: int) -> None:
+    Under torchrun (``world_size`` > 1) every process draws the same whole epoch from (seed, epoch) and yields its
+    padded strided share: the shares together are the single-process draw, so the class shares and each image's
+    augmentation are those of a single process, and the sampler's state is only (seed, epoch), whatever the number
+    of processes.
+    """
+
+    def __init__(
+        self, dataset: ImageDataset, num_classes: int, is_weighted: bool, seed: int, rank: int = 0, world_size: int = 1
+    ) -> None:
         self.dataset = dataset
         self.labels = [sample.label for sample in dataset.samples]
         self.num_classes = num_classes
         self.is_weighted = is_weighted
         self.seed = seed
+        self.rank = rank
+        self.world_size = world_size
         self.epoch = 0
 
     def set_epoch(self, epoch: int) -> None:
         self.epoch = epoch
 
     def __len__(self) -> int:
-        return len(self.labels) - len(self.dataset.excluded)
+        return math.ceil((len(self.labels) - len(self.dataset.excluded)) / self.world_size)
 
     def __iter__(self) -> Iterator[tuple[int, int]]:
         excluded = frozenset(self.dataset.excluded)
-        return iter(draw_epoch(self.labels, self.num_classes, self.is_weighted, self.seed, self.epoch, excluded))
+        pairs = draw_epoch(self.labels, self.num_classes, self.is_weighted, self.seed, self.epoch, excluded)
+        return iter(shard(pairs, self.rank, self.world_size))
 
 
 class UsableIndices(Sampler):
-    """Every index of the dataset in order, except the excluded ones (for evaluation)."""
+    """Every index of the dataset in order, except the excluded ones (for evaluation); under torchrun this process's
+    strided share, unpadded: the shares together are every usable index exactly once."""
 
-    def __init__(self, dataset: ImageDataset) -> None:
+    def __init__(self, dataset: ImageDataset, rank: int = 0, world_size: int = 1) -> None:
         self.dataset = dataset
+        self.rank = rank
+        self.world_size = world_size
 
     def __len__(self) -> int:
-        return len(self.dataset) - len(self.dataset.excluded)
+        return len(range(self.rank, len(self.dataset) - len(self.dataset.excluded), self.world_size))
 
     def __iter__(self) -> Iterator[int]:
-        return iter([i for i in range(len(self.dataset)) if i not in self.dataset.excluded])
+        usable = [i for i in range(len(self.dataset)) if i not in self.dataset.excluded]
+        return iter(shard(usable, self.rank, self.world_size, is_padded=False))
 
 
 def record_failures(
@@ -616,11 +661,15 @@ def build_datasets(
     is_uniform_augmentation: bool,
     expected_classes: Sequence[str] | None = None,
     earlier_skips: Sequence[dict[str, str]] = (),
+    is_writing_cache: bool = True,
+    agree: Callable[[list[dict[str, str]]], list[dict[str, str]]] | None = None,
 ) -> Datasets:
     """Scan, check and cache both splits; DatasetError (one sentence) when they cannot be trained on.
 
     ``expected_classes``: those of a checkpoint being resumed. ``earlier_skips``: files a resumed run found broken
-    mid-epoch, which stay skipped.
+    mid-epoch, which stay skipped. Under torchrun, ``is_writing_cache`` is False on all processes but rank 0, and
+    ``agree`` turns this process's skipped files into those of all processes, so each sets aside the same images
+    (their draws of an epoch must match).
     """
     classes, train_samples, val_samples, skipped = load_dataset(dataset_dir)
     for item in skipped:
@@ -635,11 +684,17 @@ def build_datasets(
     for split, samples, view in (("train", train_samples, "train"), ("val", val_samples, "eval")):
         budget = int(cache_max_gb * 1024**3)
         prepared[split], failures = prepare_images(
-            samples, view, image_size, resize_size, budget, cache_dir, f"checking {split}"
+            samples, view, image_size, resize_size, budget, cache_dir, f"checking {split}", is_writing_cache
         )
         for index, reason in failures:
             logger.warning("Skipping %s: %s", cli.printable(samples[index].relpath), cli.printable(reason))
             skipped_files.append({"path": samples[index].relpath, "split": split, "reason": reason})
+    if agree is not None:
+        found_here = {item["path"] for item in skipped_files}
+        skipped_files = agree(skipped_files)
+        for item in skipped_files:
+            if item["path"] not in found_here:  # another process could not read it
+                logger.warning("Skipping %s: %s", cli.printable(item["path"]), cli.printable(item["reason"]))
     known = {item["path"] for item in skipped_files}
     skipped_files.extend(item for item in earlier_skips if item["path"] not in known)
     bad = {item["path"] for item in skipped_files}

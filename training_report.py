@@ -383,8 +383,14 @@ def new_metadata(
     amp_dtype: Any,
     is_channels_last: bool,
     num_workers: int,
+    world_size: int = 1,
+    backend: str | None = None,
 ) -> dict[str, Any]:
-    """training_metadata.json of a new run: settings, class counts, sampling and augmentation; results come later."""
+    """training_metadata.json of a new run: settings, class counts, sampling and augmentation; results come later.
+
+    ``world_size`` and ``backend``: the processes of a torchrun run (each takes --batch-size images per step) and
+    their torch.distributed backend; 1 and None for a single process. ``device`` is rank 0's.
+    """
     classes, counts, policies = data.classes, data.counts, data.policies
     is_weighted = not arguments["no_weighted_sampling"]
     config = {
@@ -402,6 +408,9 @@ def new_metadata(
         "amp_dtype": str(amp_dtype).removeprefix("torch.") if amp_dtype else None,
         "channels_last": is_channels_last,
         "num_workers": num_workers,
+        "world_size": world_size,
+        "distributed_backend": backend,
+        "images_per_step": arguments["batch_size"] * world_size,
         "optimizer": "AdamW",
         "schedule": f"linear warm-up {arguments['warmup_epochs']} epoch(s), then cosine to 0",
         "memory_cache_mb": round(data.memory_bytes / 1024**2, 1),
@@ -464,9 +473,11 @@ def write_metadata(
 def print_setup(metadata: dict[str, Any], metadata_name: str) -> None:
     """What is about to be trained: model, classes, images per class, sampling weights and skipped files."""
     config, classes, skipped = metadata["config"], metadata["classes"], metadata["skipped_files"]
+    processes = config.get("world_size", 1)
+    kind = config["device"].split(":")[0]
+    where = config["device"] if processes == 1 else f"{processes} processes ({kind}, {config['distributed_backend']})"
     print(
-        f"Training {config['arch']} on {cli.printable(metadata['dataset_dir'])} ({', '.join(classes)}) on "
-        f"{config['device']}, "
+        f"Training {config['arch']} on {cli.printable(metadata['dataset_dir'])} ({', '.join(classes)}) on {where}, "
         f"{config['trainable_parameters']:,} of {config['total_parameters']:,} parameters trainable "
         f"(frozen: {', '.join(config['frozen_blocks']) or 'none'})."
     )
