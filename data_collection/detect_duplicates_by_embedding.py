@@ -1,15 +1,18 @@
 """Find semantic duplicates (the same picture after crops, edits, re-renders) with the trained model's embeddings.
 
 Each image goes through the model of ``--model`` exactly as classifier.py preprocesses it; its pooled features
-(2048 numbers for a ResNet50), L2-normalised, are compared by cosine similarity: a blocked matrix product (never an
-N x N matrix), or FAISS's range search with --search faiss (same pairs). A group is a representative and
-the images within the threshold of it (no chains). ``--threshold auto`` (the default) reads the threshold off the
-similarities of random pairs; groups that no real duplicate search produces (a large share of the dataset, huge
-groups, everything alike) are reported as a warning. Semantic similarity is not duplication: look at the gallery.
+(2048 numbers for a ResNet50), L2-normalised, are compared by cosine similarity (similarity_search.py): exactly
+by blocked matrix products (never an N x N matrix) below 50,000 images, from there by FAISS's inverted-file index
+where faiss-cpu is installed (approximate: minutes for a million images; --search exact|faiss chooses). A group
+is a representative and the images within the threshold of it (no chains). ``--threshold auto`` (the default)
+reads the threshold off the similarities of random pairs; groups that no real duplicate search produces (a large
+share of the dataset, huge groups, everything alike) are reported as a warning. Semantic similarity is not
+duplication: look at the gallery.
 
     python data_collection/detect_duplicates_by_embedding.py
     python data_collection/detect_duplicates_by_embedding.py --model models/best_model.pth --threshold 0.97
     python data_collection/detect_duplicates_by_embedding.py --dataset-dir photos --no-cache --device cpu
+    python data_collection/detect_duplicates_by_embedding.py --dataset-dir huge --search faiss --nprobe 16
 
 Writes dataset/duplicate_report_embedding.json (the shared report format of duplicate_report.py; each file's own
 value is its cosine "similarity" to its group's representative; "threshold" holds the figures behind an automatic
@@ -20,18 +23,15 @@ time and the model file: a re-run embeds only new or changed images).
 from __future__ import annotations
 
 import argparse
-import functools
 import logging
-import os
 import sys
 from collections.abc import Sequence
-from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
-import duplicate_report as dr  # the sibling module (Python puts the script's folder on sys.path)
+import duplicate_report as dr  # the sibling modules (Python puts the script's folder on sys.path)
 import numpy as np
-from threadpoolctl import ThreadpoolController  # installed with scikit-learn
+import similarity_search as search
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # classifier.py, cli.py, fileio.py: the project root
 import classifier  # noqa: E402 - needs the line above
@@ -44,14 +44,6 @@ METHOD = "embedding"
 DEFAULT_MODEL = "models/best_model.pth"
 DEFAULT_THRESHOLD = "auto"  # a cosine similarity means different things for different models: read it off the data
 DEFAULT_BATCH_SIZE = 32
-BLOCK_BYTES = 64 << 20  # one block of similarities (rows x all later columns, float32) stays under 64 MB
-ROUNDING_TOLERANCE = 1e-6  # a unit float32 row's length is 1 to about 1e-7: identical images score 1 within this
-MAX_BLOCK_ROWS = 512  # smaller blocks follow the upper triangle closely: a block's own square is half wasted
-CANDIDATE_SLACK = 1e-4  # products this close below the threshold are re-checked exactly (float32 rounding: ~1e-6)
-EXACT_CHUNK = 1 << 14  # candidate pairs checked in float64 per step (two gathers of this many rows)
-MAX_PAIRS = 20_000_000  # more pairs than this (about 320 MB) means the threshold joins nearly everything: stop
-SEARCH_THREADS = os.cpu_count() or 1  # blocks searched at once, one BLAS thread each
-FAISS_QUERY_ROWS = 8192  # rows per FAISS range search: bounds the memory of one call's results
 RANDOM_PAIRS = 20_000  # random pairs of images whose similarities show how the model spreads different pictures
 AUTO_QUANTILE = 0.999  # nearly every random pair is two different pictures: this quantile is the top of their range
 AUTO_POSITION = 0.5  # --threshold auto lies this far from that quantile to 1 (halfway)
@@ -62,121 +54,8 @@ IMPLAUSIBLE_MEDIAN = 0.8  # random pairs this similar (median) come from a weak 
 SEED = 0  # which random pairs are sampled
 
 
-class TooManyPairsError(ValueError):
-    """The threshold puts more than MAX_PAIRS pairs together: the search stops instead of filling the memory."""
-
-
 # ----------------------------------------------------------------------------------------------------------------
-# Pure functions: similarity search over L2-normalised embeddings, the threshold, plausibility
-
-
-def normalize_rows(embeddings: np.ndarray) -> np.ndarray:
-    """Rows scaled to unit length (zero rows stay zero), float32."""
-    embeddings = np.asarray(embeddings, dtype=np.float32)
-    norms = np.linalg.norm(embeddings, axis=1, keepdims=True)
-    return embeddings / np.where(norms > 0, norms, 1.0)
-
-
-def exact_pairs(embeddings: np.ndarray, candidates: np.ndarray, threshold: float) -> np.ndarray:
-    """The candidate pairs (i < j) whose cosine similarity, computed in float64, reaches ``threshold``; sorted.
-
-    Reaches means within ROUNDING_TOLERANCE: identical images must meet --threshold 1.
-
-    Both searches (numpy and FAISS) pass their float32 candidates through this one decision, so they give the same
-    pairs, and the same as a float64 similarity matrix would.
-    """
-    kept = [np.empty((0, 2), dtype=np.int64)]
-    for start in range(0, len(candidates), EXACT_CHUNK):
-        chunk = candidates[start : start + EXACT_CHUNK]
-        first, second = embeddings[chunk[:, 0]].astype(np.float64), embeddings[chunk[:, 1]].astype(np.float64)
-        kept.append(chunk[np.einsum("ij,ij->i", first, second) >= threshold - ROUNDING_TOLERANCE])
-    pairs = np.concatenate(kept)
-    return pairs[np.lexsort((pairs[:, 1], pairs[:, 0]))]
-
-
-@functools.cache
-def blas_controller() -> ThreadpoolController:
-    """The BLAS thread pools of this process (found once: scanning the loaded libraries takes a while)."""
-    return ThreadpoolController()
-
-
-def find_similar_pairs_numpy(
-    embeddings: np.ndarray, threshold: float, block_bytes: int = BLOCK_BYTES, threads: int = SEARCH_THREADS
-) -> np.ndarray:
-    """All pairs (i < j) of unit rows with cosine similarity >= ``threshold``; (k, 2) int64, sorted.
-
-    A block of rows against itself (upper triangle) and against all later rows: two matrix products, never N x N;
-    only the rare rows whose best similarity reaches the threshold are searched with np.nonzero. Blocks run in
-    ``threads`` threads, each with a one-thread BLAS: the comparisons run in parallel too, and nothing spins when
-    other programs use the cores. Raises TooManyPairsError past MAX_PAIRS.
-    """
-    embeddings = np.ascontiguousarray(embeddings, dtype=np.float32)
-    count = len(embeddings)
-    rows_per_block = max(1, min(MAX_BLOCK_ROWS, block_bytes // (4 * max(1, count) * threads)))
-    low = threshold - CANDIDATE_SLACK
-
-    def search_block(start: int) -> np.ndarray:
-        stop = min(count, start + rows_per_block)
-        rows = embeddings[start:stop]
-        first, second = np.nonzero(np.triu(rows @ rows.T >= low, 1))
-        later = rows @ embeddings[stop:].T
-        hit_rows = np.flatnonzero(later.max(axis=1, initial=-np.inf) >= low)
-        hit_first, hit_second = np.nonzero(later[hit_rows] >= low)
-        return np.concatenate(
-            [
-                np.stack([first + start, second + start], axis=1),
-                np.stack([hit_rows[hit_first] + start, hit_second + stop], axis=1),
-            ]
-        ).astype(np.int64)
-
-    found = [np.empty((0, 2), dtype=np.int64)]
-    total = 0
-    with blas_controller().limit(limits=1, user_api="blas"), ThreadPoolExecutor(threads) as pool:
-        for pairs in pool.map(search_block, range(0, count, rows_per_block)):
-            found.append(pairs)
-            total += len(pairs)
-            if total > MAX_PAIRS:
-                raise TooManyPairsError(f"more than {MAX_PAIRS:,} pairs reach cosine similarity {threshold:g}")
-    return exact_pairs(embeddings, np.concatenate(found), threshold)
-
-
-def find_similar_pairs_faiss(embeddings: np.ndarray, threshold: float) -> np.ndarray:
-    """The same pairs as find_similar_pairs_numpy, through a FAISS flat inner-product index's range search."""
-    import faiss  # optional: only when installed (pip install faiss-cpu)
-
-    embeddings = np.ascontiguousarray(embeddings, dtype=np.float32)
-    index = faiss.IndexFlatIP(embeddings.shape[1])
-    index.add(embeddings)
-    found = [np.empty((0, 2), dtype=np.int64)]
-    total = 0
-    for start in range(0, len(embeddings), FAISS_QUERY_ROWS):
-        limits, _, neighbours = index.range_search(
-            embeddings[start : start + FAISS_QUERY_ROWS], threshold - CANDIDATE_SLACK
-        )
-        first = np.repeat(np.arange(len(limits) - 1), np.diff(limits.astype(np.int64))) + start
-        later = neighbours > first
-        found.append(np.stack([first[later], neighbours[later]], axis=1).astype(np.int64))
-        total += len(found[-1])
-        if total > MAX_PAIRS:
-            raise TooManyPairsError(f"more than {MAX_PAIRS:,} pairs reach cosine similarity {threshold:g}")
-    return exact_pairs(embeddings, np.concatenate(found), threshold)
-
-
-def find_similar_pairs(
-    embeddings: np.ndarray, threshold: float, block_bytes: int = BLOCK_BYTES, engine: str = "numpy"
-) -> tuple[np.ndarray, str]:
-    """(pairs, the engine used): ``engine`` "numpy" or "faiss"; both give the same pairs (see exact_pairs).
-
-    A FAISS failure (not installed, an old version, out of memory) falls back to numpy with one warning.
-    """
-    if engine == "faiss":
-        try:
-            return find_similar_pairs_faiss(embeddings, threshold), "faiss"
-        except TooManyPairsError:
-            raise
-        except Exception as error:  # noqa: BLE001 - any FAISS problem: the numpy search gives the same pairs
-            logger.warning("FAISS search failed (%s): searching with numpy instead", error)
-    return find_similar_pairs_numpy(embeddings, threshold, block_bytes), "numpy"
+# Pure functions: the threshold, plausibility (the search itself is similarity_search's)
 
 
 def random_pair_similarities(embeddings: np.ndarray, pairs: int = RANDOM_PAIRS, seed: int = SEED) -> np.ndarray:
@@ -245,6 +124,16 @@ def implausibility_warnings(images: int, groups: Sequence[Sequence[int]], median
     return found
 
 
+def describe_search(info: dict[str, Any]) -> str:
+    """The search in words, for the summary: an approximate one says what it may miss and how to find more."""
+    if info["exact"]:
+        return f"{info['engine']} (exact: every pair)"
+    return (
+        f"{info['engine']}, approximate ({info['nprobe']} of {info['lists']} cells searched per image: a few pairs "
+        "may be missed; a higher --nprobe finds more, --search exact finds all)"
+    )
+
+
 def similarity_to_representative(embeddings: np.ndarray, group: Sequence[int]) -> np.ndarray:
     """Cosine similarity of each member to the group's representative (its first member; 1.0 for itself)."""
     return embeddings[list(group)] @ embeddings[group[0]]
@@ -294,6 +183,14 @@ def threshold_value(text: str) -> str | float:
     return value
 
 
+def search_mode(text: str) -> str:
+    """--search: auto, exact or faiss ("numpy", the old name of exact, still works)."""
+    mode = "exact" if text == "numpy" else text
+    if mode not in search.SEARCH_MODES:
+        raise argparse.ArgumentTypeError(f"expected one of {', '.join(search.SEARCH_MODES)}, got {text!r}")
+    return mode
+
+
 def get_args_parser(add_help: bool = True) -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         description="Find semantic duplicates by cosine similarity of the trained model's embeddings.",
@@ -321,11 +218,20 @@ def get_args_parser(add_help: bool = True) -> argparse.ArgumentParser:
     parser.add_argument("--device", default=None, help="cpu, cuda, cuda:1, mps (default: cuda, then mps, then cpu)")
     parser.add_argument(
         "--search",
-        choices=("numpy", "faiss"),
-        default="numpy",
-        help="similarity search, the same pairs either way: numpy (blocked matrix products) or faiss (FAISS's flat "
-        "inner-product range search; pip install faiss-cpu; slower than numpy on the CPUs measured, see "
-        "BENCHMARKS.md) (default: numpy)",
+        type=search_mode,
+        default="auto",
+        metavar="{auto,exact,faiss}",
+        help="similarity search: exact (numpy's blocked matrix products: every pair, time grows with N squared), "
+        "faiss (FAISS's inverted-file index, pip install faiss-cpu: approximate, for hundreds of thousands of "
+        f"images), or auto (exact below {search.AUTO_FAISS_MIN_ROWS:,} images, faiss from there where installed) "
+        "(default: auto)",
+    )
+    parser.add_argument(
+        "--nprobe",
+        type=int,
+        default=search.DEFAULT_NPROBE,
+        help="with the faiss search: cells of the index searched per image, of about 4 * sqrt(images); more finds "
+        f"more pairs and takes longer (default: {search.DEFAULT_NPROBE})",
     )
     return parser
 
@@ -335,6 +241,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parser.parse_args(argv)
     if args.batch_size < 1:
         return cli.error("--batch-size must be at least 1")
+    if args.nprobe < 1:
+        return cli.error("--nprobe must be at least 1")
     if not args.model.is_file():
         return cli.error(
             f"model file {cli.printable(args.model)} not found: train one first (python train_classifier.py) or "
@@ -374,13 +282,15 @@ def main(argv: Sequence[str] | None = None) -> int:
     errors = [{"path": items[to_embed[position]].rel, "reason": reason} for position, reason in failures.items()]
 
     order = sorted(vectors)
-    matrix = normalize_rows(np.stack([vectors[index] for index in order])) if order else np.zeros((0, 1), np.float32)
+    matrix = (
+        search.normalize_rows(np.stack([vectors[index] for index in order])) if order else np.zeros((0, 1), np.float32)
+    )
     random_similarities = random_pair_similarities(matrix)
     median = float(np.median(random_similarities)) if len(random_similarities) else None
     threshold, threshold_info = choose_threshold(args.threshold, random_similarities)
     try:
-        pairs, engine = find_similar_pairs(matrix, threshold, engine=args.search)
-    except TooManyPairsError as error:
+        pairs, search_info = search.cosine_pairs(matrix, threshold, args.search, args.nprobe)
+    except search.TooManyPairsError as error:
         return cli.error(
             f"{error}: the model puts unrelated images together (trained from scratch or on few images?); use a "
             "stronger model (trained with --weights imagenet) or a higher --threshold"
@@ -417,11 +327,12 @@ def main(argv: Sequence[str] | None = None) -> int:
             "from_cache": len(vectors) - len(new_vectors),
             "threshold": threshold_info,
             "random_pair_median": median,
-            "search": engine,
+            "search": search_info["engine"],
+            "search_settings": search_info,
         },
         notes=[
             f"Embedded {len(new_vectors)} images, {len(vectors) - len(new_vectors)} taken from the cache; "
-            f"threshold {shown} (cosine similarity to a group's representative); search: {engine}"
+            f"threshold {shown} (cosine similarity to a group's representative); search: {describe_search(search_info)}"
         ],
         warnings=implausibility_warnings(len(order), groups, median),
     )

@@ -1,9 +1,10 @@
 """Find near copies (resized, recompressed, slightly cropped or brightened) with imagehash's perceptual hash (pHash).
 
 Images are decoded at reduced size (JPEG draft mode: the hash needs only 32x32 pixels) and hashed in parallel
-processes; pairs within the Hamming ``--threshold`` are found by multi-index hashing (no all-pairs comparison) and
-verified exactly. A group is a representative and the images within the threshold of it (never a chain A~B~C
-joining images far apart); the representative is the image with the most near copies, ties by path.
+processes. Pairs within the Hamming ``--threshold`` are found exactly: by FAISS's multi-index hashing where
+faiss-cpu is installed (seconds for a million hashes), else by comparing all pairs with numpy (the same pairs,
+minutes from about 50,000 images). A group is a representative and the images within the threshold of it (never
+a chain A~B~C joining images far apart); the representative is the image with the most near copies, ties by path.
 
     python data_collection/detect_duplicates_by_phash.py --threshold 5
     python data_collection/detect_duplicates_by_phash.py --threshold 8 --flip-invariant --gallery
@@ -24,10 +25,11 @@ import sys
 from collections.abc import Iterator, Sequence
 from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
-from typing import NamedTuple
+from typing import Any, NamedTuple
 
-import duplicate_report as dr  # the sibling module (Python puts the script's folder on sys.path)
+import duplicate_report as dr  # the sibling modules (Python puts the script's folder on sys.path)
 import numpy as np
+import similarity_search as search
 from PIL import Image, ImageOps
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # cli.py lives in the project root
@@ -44,9 +46,6 @@ ROUND_DECIMALS = 6  # DCT products carry ~1e-10 of float noise; coefficients tha
 MIN_FILES_FOR_PROCESSES = 64  # below this, starting processes costs more than it saves
 CHUNKSIZE = 16  # files per task sent to a worker process: amortises the inter-process round trip
 LOW_INFORMATION_FRACTION = 0.25  # hashes with fewer set bits come from nearly uniform images (normal: about 0.5)
-MIH_MIN_KEYS_PER_CANDIDATE = 16  # multi-index hashing only when a chunk's 2**bits values keep buckets this sparse
-MAX_CANDIDATES_PER_BATCH = 1 << 22  # candidate pairs verified at once: bounds memory for skewed hash sets
-BRUTE_FORCE_BLOCK_ELEMENTS = 1 << 23  # pairs compared per numpy step in the brute force (about 64 MB of uint64)
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -82,94 +81,12 @@ def is_low_information(bit_rows: np.ndarray) -> np.ndarray:
     return np.asarray(bit_rows, dtype=bool).sum(axis=1) < bit_rows.shape[1] * LOW_INFORMATION_FRACTION
 
 
-def hamming_distances(first: np.ndarray, second: np.ndarray) -> np.ndarray:
-    """Row-wise Hamming distances of two (k, words) uint64 arrays (broadcasting like ``^``)."""
-    return np.bitwise_count(first ^ second).sum(axis=-1, dtype=np.int32)
-
-
-def brute_force_pairs(words: np.ndarray, max_distance: int) -> np.ndarray:
-    """All pairs (i < j) within ``max_distance``, comparing every pair in blocks (XOR + popcount); (k, 2) int64.
-
-    The reference for find_near_duplicate_pairs and its fallback for thresholds too large for multi-indexing.
-    """
-    count = len(words)
-    found = [np.empty((0, 2), dtype=np.int64)]
-    rows_per_block = max(1, BRUTE_FORCE_BLOCK_ELEMENTS // max(1, count))
-    for start in range(0, count, rows_per_block):
-        stop = min(count, start + rows_per_block)
-        distances = hamming_distances(words[start:stop, None, :], words[None, start:, :])
-        rows, columns = np.nonzero(distances <= max_distance)
-        first, second = rows + start, columns + start
-        keep = second > first
-        found.append(np.stack([first[keep], second[keep]], axis=1).astype(np.int64))
-    return np.concatenate(found)
-
-
-def _chunk_labels(chunk_bits: np.ndarray) -> np.ndarray:
-    """One integer per row, equal exactly when the rows' bits are equal."""
-    if chunk_bits.shape[1] <= 62:
-        return chunk_bits.astype(np.int64) @ (np.int64(1) << np.arange(chunk_bits.shape[1], dtype=np.int64))
-    packed = np.ascontiguousarray(np.packbits(chunk_bits, axis=1))
-    as_bytes = packed.view(np.dtype((np.void, packed.shape[1]))).ravel()
-    return np.unique(as_bytes, return_inverse=True)[1].astype(np.int64)
-
-
-def _pairs_within_runs(order: np.ndarray, run_end: np.ndarray) -> Iterator[tuple[np.ndarray, np.ndarray]]:
-    """All pairs of items sharing a bucket, in batches of at most MAX_CANDIDATES_PER_BATCH pairs.
-
-    ``order`` lists items sorted by bucket; ``run_end[p]`` is the end (exclusive) of the bucket holding position p.
-    """
-    positions = np.arange(len(order))
-    partners = run_end - positions - 1  # the later items of the same bucket
-    cumulative = np.cumsum(partners)
-    start = 0
-    while start < len(order):
-        base = cumulative[start - 1] if start else 0
-        stop = max(start + 1, int(np.searchsorted(cumulative, base + MAX_CANDIDATES_PER_BATCH, side="right")))
-        counts = partners[start:stop]
-        total = int(counts.sum())
-        if total:
-            first_positions = np.repeat(positions[start:stop], counts)
-            offsets = np.arange(total) - np.repeat(np.cumsum(counts) - counts, counts) + 1
-            yield order[first_positions], order[first_positions + offsets]
-        start = stop
-
-
-def find_near_duplicate_pairs(words: np.ndarray, max_distance: int, bits: int) -> np.ndarray:
-    """All pairs (i < j) of hashes within ``max_distance`` bits, sorted; (k, 2) int64. Same result as brute force.
-
-    Multi-index hashing: split the ``bits`` into max_distance + 1 chunks; two hashes within max_distance differ in
-    at most max_distance chunks, so they agree exactly on at least one. Only pairs sharing a chunk value are
-    compared. Falls back to brute force when chunks are too short to narrow the search.
-    """
-    count = len(words)
-    chunks = max_distance + 1
-    if count < 2:
-        return np.empty((0, 2), dtype=np.int64)
-    if chunks > bits or 2 ** (bits // chunks) < MIH_MIN_KEYS_PER_CANDIDATE * chunks:
-        return brute_force_pairs(words, max_distance)
-    bit_rows = unpack_hashes(words, bits)
-    bounds = np.linspace(0, bits, chunks + 1).round().astype(int)
-    found = [np.empty(0, dtype=np.int64)]
-    for chunk in range(chunks):
-        labels = _chunk_labels(bit_rows[:, bounds[chunk] : bounds[chunk + 1]])
-        order = np.argsort(labels, kind="stable")
-        run_starts = np.flatnonzero(np.diff(labels[order])) + 1
-        run_lengths = np.diff(np.concatenate(([0], run_starts, [count])))
-        run_end = np.repeat(np.concatenate((run_starts, [count])), run_lengths)
-        for first, second in _pairs_within_runs(order, run_end):
-            close = hamming_distances(words[first], words[second]) <= max_distance
-            low, high = np.minimum(first[close], second[close]), np.maximum(first[close], second[close])
-            found.append(low * count + high)
-    codes = np.unique(np.concatenate(found))
-    return np.stack([codes // count, codes % count], axis=1)
-
-
 def near_duplicate_groups(
     words: np.ndarray, max_distance: int, bits: int, mirrored_words: np.ndarray | None = None
-) -> list[list[int]]:
-    """Groups of images within ``max_distance`` of their group's representative (dr.star_groups), representative
-    first; with ``mirrored_words``, an image also counts as near another when its mirror image is.
+) -> tuple[list[list[int]], dict[str, Any]]:
+    """(groups of images within ``max_distance`` of their group's representative (dr.star_groups), representative
+    first; how the pairs were searched). With ``mirrored_words``, an image also counts as near another when its
+    mirror image is. The pairs are exact (similarity_search.hamming_pairs: FAISS or numpy, the same pairs).
 
     Images with identical hashes (and mirror hashes) are collapsed into one search item first, so a thousand copies
     of one image cost one entry, not a million pairs; ties between items go to the first image (path order).
@@ -187,7 +104,7 @@ def near_duplicate_groups(
     rows = unique_keys[:, :width]
     if mirrored_words is not None:
         rows = np.concatenate([rows, unique_keys[:, width:]])  # rows nodes.. are the mirrored hashes
-    pairs = find_near_duplicate_pairs(rows, max_distance, bits)
+    pairs, search_info = search.hamming_pairs(rows, max_distance, bits)
     first, second = pairs[:, 0], pairs[:, 1]
     keep = (first % nodes != second % nodes) & ((first < nodes) | (second < nodes))  # not both mirrored
     node_pairs = np.stack([first[keep] % nodes, second[keep] % nodes], axis=1)
@@ -198,7 +115,7 @@ def near_duplicate_groups(
         representative = images_of_node[node_group[0]]
         others = np.concatenate([representative[1:], *(images_of_node[node] for node in node_group[1:])])
         groups.append([int(representative[0]), *sorted(int(image) for image in others)])
-    return groups
+    return groups, search_info
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -393,6 +310,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     hashed = [(item, result) for item, result in zip(items, results) if result.error is None]
     entry_groups: list[list[dict]] = []
     plain: list[str] = []
+    search_info: dict[str, Any] = {}
     if hashed:
         bit_rows = bits_from_packed([result.packed for _, result in hashed], bits)
         is_plain = is_low_information(bit_rows)
@@ -401,7 +319,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         mirrored = None
         if args.flip_invariant:
             mirrored = pack_hashes(bits_from_packed([hashed[i][1].mirrored for i in compared], bits))
-        groups = near_duplicate_groups(pack_hashes(bit_rows[compared]), args.threshold, bits, mirrored)
+        groups, search_info = near_duplicate_groups(pack_hashes(bit_rows[compared]), args.threshold, bits, mirrored)
 
         def describe(index: int) -> tuple[dr.ScanItem, int, int, dict[str, str | None]]:
             item, result = hashed[compared[index]]
@@ -422,7 +340,13 @@ def main(argv: Sequence[str] | None = None) -> int:
         images_read=len(hashed),
         entry_groups=entry_groups,
         errors=errors + scan.skipped,
-        extra={"plain_images": plain, "hashed": len(todo), "from_cache": len(items) - len(todo)},
+        extra={
+            "plain_images": plain,
+            "hashed": len(todo),
+            "from_cache": len(items) - len(todo),
+            "search": search_info.get("engine", "none"),
+            "search_settings": search_info,
+        },
         notes=notes,
     )
 

@@ -18,6 +18,7 @@ import imagehash
 import numpy as np
 import pytest
 import remove_duplicates
+import similarity_search as search
 from conftest import (
     IS_ROOT,
     ROOT,
@@ -91,9 +92,9 @@ def test_phash_groups_do_not_chain() -> None:
         rows[index] = rows[index - 1]
         rows[index, 4 * index : 4 * index + 4] ^= True
     words = by_phash.pack_hashes(rows)
-    groups = by_phash.near_duplicate_groups(words, 5, bits)
+    groups, _ = by_phash.near_duplicate_groups(words, 5, bits)
     for representative, *members in groups:
-        distances = by_phash.hamming_distances(words[members], words[representative])
+        distances = search.hamming_distances(words[members], words[representative])
         assert (distances <= 5).all()
     assert max(len(group) for group in groups) <= 3
 
@@ -258,6 +259,21 @@ def test_phash_default_threshold_keeps_resized_and_recompressed(near_copy_datase
         assert gallery.format == "PNG" and gallery.width > 200
 
 
+def test_phash_report_is_the_same_with_and_without_faiss(
+    near_copy_dataset: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    pytest.importorskip("faiss")
+    arguments = ["--dataset-dir", str(near_copy_dataset), "--threshold", str(NEAR_THRESHOLD), "--flip-invariant"]
+    assert by_phash.main(arguments) == 0
+    with_faiss = load(near_copy_dataset / "duplicate_report_phash.json")
+    monkeypatch.setattr(search, "import_faiss", lambda: None)
+    assert by_phash.main(arguments) == 0
+    without_faiss = load(near_copy_dataset / "duplicate_report_phash.json")
+    assert with_faiss["search"].startswith("faiss-binary") and without_faiss["search"] == "numpy"
+    assert with_faiss["duplicate_groups"] == without_faiss["duplicate_groups"]
+    assert with_faiss["summary"] == without_faiss["summary"] and with_faiss["summary"]["groups"] == 3
+
+
 def test_phash_skips_every_bad_file_and_reads_the_others(tmp_path: Path) -> None:
     dataset = make_dataset(tmp_path / "dataset", train_per_class=1, val_per_class=1)
     files = write_bad_files(dataset / "val" / "plane")
@@ -296,20 +312,6 @@ def test_draft_decoded_hashes_match_full_decodes(tmp_path: Path) -> None:
     assert np.mean(distances) < 2
 
 
-@pytest.mark.parametrize(("bits", "max_distance"), [(64, 0), (64, 3), (64, 5), (64, 10), (64, 24), (256, 12), (36, 4)])
-def test_near_duplicate_search_equals_brute_force(bits: int, max_distance: int) -> None:
-    rng = np.random.default_rng(bits * 100 + max_distance)
-    base = rng.random((1500, bits)) < 0.5
-    near = base[:300] ^ (rng.random((300, bits)) < max(1, max_distance) / bits)  # many pairs near the threshold
-    clustered = np.repeat(base[300:310], 5, axis=0)  # identical hashes in groups
-    words = by_phash.pack_hashes(np.concatenate([base, near, clustered]))
-    expected = by_phash.brute_force_pairs(words, max_distance)
-    expected = expected[np.lexsort((expected[:, 1], expected[:, 0]))]
-    found = by_phash.find_near_duplicate_pairs(words, max_distance, bits)
-    assert len(expected) > 0
-    np.testing.assert_array_equal(found, expected)
-
-
 def test_mirrored_hash_groups_connect_copies() -> None:
     bits = 64
     rng = np.random.default_rng(5)
@@ -317,8 +319,8 @@ def test_mirrored_hash_groups_connect_copies() -> None:
     mirrored = rng.random((6, bits)) < 0.5
     hashes[3] = mirrored[0]  # image 3 looks like image 0 mirrored
     words, mirror_words = by_phash.pack_hashes(hashes), by_phash.pack_hashes(mirrored)
-    assert by_phash.near_duplicate_groups(words, 2, bits) == []
-    assert by_phash.near_duplicate_groups(words, 2, bits, mirror_words) == [[0, 3]]
+    assert by_phash.near_duplicate_groups(words, 2, bits)[0] == []
+    assert by_phash.near_duplicate_groups(words, 2, bits, mirror_words)[0] == [[0, 3]]
 
 
 def test_help_runs_as_a_script() -> None:

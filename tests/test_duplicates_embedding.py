@@ -13,6 +13,7 @@ import detect_duplicates_by_embedding as by_embedding
 import duplicate_report as dr
 import numpy as np
 import pytest
+import similarity_search as search
 import torch
 from conftest import (
     DEFAULT_CLASSES,
@@ -89,23 +90,6 @@ def test_groups_copies_not_distinct_images_and_reuses_the_cache(planted: Path, t
     assert again["embedded"] == 1 and again["from_cache"] == 16  # only the new image
 
 
-def test_search_equals_the_full_similarity_matrix() -> None:
-    rng = np.random.default_rng(0)
-    cases = [(400, 16, 0.8), (2500, 256, 0.95), (2200, 512, 0.9)]
-    for count, dim, threshold in cases:
-        data = rng.standard_normal((count, dim)).astype(np.float32)
-        data[count // 2 :] = np.abs(data[count // 2 :]) + 1.0  # a tight cluster: the bound prunes nothing there
-        planted = rng.choice(count, size=(40, 2), replace=False)
-        data[planted[:, 1]] = data[planted[:, 0]] + 0.05 * rng.standard_normal((40, dim)).astype(np.float32)
-        data = by_embedding.normalize_rows(data)
-        similarity = data.astype(np.float64) @ data.T.astype(np.float64)
-        rows, columns = np.nonzero(np.triu(similarity >= threshold - by_embedding.ROUNDING_TOLERANCE, 1))
-        expected = np.stack([rows, columns], axis=1)
-        found, engine = by_embedding.find_similar_pairs(data, threshold, block_bytes=1 << 20, engine="numpy")
-        assert len(expected) >= 40 and engine == "numpy"
-        np.testing.assert_array_equal(found, expected)
-
-
 def test_bad_files_are_skipped_with_reasons(tmp_path: Path, tiny_model: Path) -> None:
     dataset = make_dataset(tmp_path / "dataset", train_per_class=1, val_per_class=1, size=(64, 48))
     files = write_bad_files(dataset / "train" / "other")
@@ -135,32 +119,6 @@ def test_help_runs_as_a_script() -> None:
     script = ROOT / "data_collection" / "detect_duplicates_by_embedding.py"
     result = subprocess.run([sys.executable, str(script), "--help"], capture_output=True, text=True)
     assert result.returncode == 0 and "--model" in result.stdout and "models/best_model.pth" in result.stdout
-
-
-def test_faiss_search_gives_the_same_pairs_as_numpy() -> None:
-    pytest.importorskip("faiss")
-    rng = np.random.default_rng(3)
-    data = rng.standard_normal((3000, 512)).astype(np.float32)
-    planted = rng.choice(3000, size=(60, 2), replace=False)
-    data[planted[:, 1]] = data[planted[:, 0]] + 0.1 * rng.standard_normal((60, 512)).astype(np.float32)
-    data[planted[0, 1]] = data[planted[0, 0]]  # an exact copy: similarity 1 at threshold 1
-    data = by_embedding.normalize_rows(data)
-    for threshold in (0.95, 0.99, 1.0):
-        numpy_pairs, _ = by_embedding.find_similar_pairs(data, threshold, engine="numpy")
-        faiss_pairs, engine = by_embedding.find_similar_pairs(data, threshold, engine="faiss")
-        assert engine == "faiss" and len(numpy_pairs) >= 1
-        np.testing.assert_array_equal(faiss_pairs, numpy_pairs)
-
-
-def test_a_failing_faiss_falls_back_to_numpy(monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture) -> None:
-    def broken(*_: object) -> None:
-        raise MemoryError("cannot allocate")
-
-    monkeypatch.setattr(by_embedding, "find_similar_pairs_faiss", broken)
-    data = by_embedding.normalize_rows(np.eye(4, dtype=np.float32) + 1.0)
-    pairs, engine = by_embedding.find_similar_pairs(data, 0.5, engine="faiss")
-    assert engine == "numpy" and len(pairs) == 6
-    assert "FAISS search failed (cannot allocate): searching with numpy instead" in caplog.text
 
 
 def test_a_weak_model_gets_a_warning_no_chained_groups_and_no_removal_command(
@@ -221,3 +179,27 @@ def test_odd_files_and_no_progress_bars(tmp_path: Path, tiny_model: Path, capsys
     (dataset / "duplicate_report_embedding.json").read_bytes().decode("utf-8")  # strict UTF-8
     assert "it/s" not in err and "img/s" not in err and "%|" not in err
     assert (dataset / "duplicate_report_embedding.png").is_file()  # the gallery is written by default
+
+
+def test_search_choice_is_in_the_report_and_a_missing_faiss_is_one_sentence(
+    planted: Path, tiny_model: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture
+) -> None:
+    code, exact = run(planted, tiny_model, NEAR_THRESHOLD, "--no-gallery", "--search", "numpy")  # the old name
+    assert code == 0 and exact["search"] == "numpy" and exact["search_settings"] == {"engine": "numpy", "exact": True}
+    assert exact["arguments"]["search"] == "exact" and "numpy (exact: every pair)" in capsys.readouterr().out
+    monkeypatch.setattr(search, "import_faiss", lambda: None)
+    code, fallback = run(planted, tiny_model, NEAR_THRESHOLD, "--no-gallery", "--search", "faiss")
+    err = capsys.readouterr().err
+    assert code == 0 and fallback["search"] == "numpy" and groups_of(fallback) == groups_of(exact)
+    assert err.count("FAISS is not installed (pip install faiss-cpu)") == 1
+    assert by_embedding.main(["--dataset-dir", str(planted), "--model", str(tiny_model), "--nprobe", "0"]) == 2
+    assert "--nprobe must be at least 1" in capsys.readouterr().err
+
+
+def test_faiss_search_in_the_detector_gives_the_same_groups(planted: Path, tiny_model: Path) -> None:
+    pytest.importorskip("faiss")
+    code, exact = run(planted, tiny_model, NEAR_THRESHOLD, "--no-gallery", "--search", "exact")
+    code_faiss, with_faiss = run(planted, tiny_model, NEAR_THRESHOLD, "--no-gallery", "--search", "faiss")
+    assert code == code_faiss == 0 and with_faiss["search"] == "faiss-ivf"
+    assert with_faiss["search_settings"]["exact"] is True  # 16 images: one cell, searched whole
+    assert with_faiss["duplicate_groups"] == exact["duplicate_groups"] and groups_of(exact)
