@@ -755,18 +755,6 @@ def _atomic_file(path: str | os.PathLike, mode: str = "w") -> Iterator[Any]:
         raise
 
 
-# TODO(remove when unused): only tests/test_duplicates_embedding.py still calls it.
-def save_checkpoint(path: str | os.PathLike, model: nn.Module, **fields: Any) -> dict[str, Any]:
-    """Deprecated: write ``torch.save(make_checkpoint(model, **fields))`` with fileio.atomic_write instead."""
-    import torch
-
-    checkpoint = make_checkpoint(model, **fields)
-    Path(path).parent.mkdir(parents=True, exist_ok=True)
-    with _atomic_file(path, "wb") as handle:
-        torch.save(checkpoint, handle)
-    return checkpoint
-
-
 # -- Command line ----------------------------------------------------------------------------------------------------
 def prediction_row(path: Any, result: Result | None, error: str | None, k: int) -> dict[str, Any]:
     """One image's output record (what --json prints and --csv writes); ``error`` is the reason it was unusable."""
