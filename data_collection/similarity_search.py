@@ -360,8 +360,6 @@ def cosine_pairs_faiss(
     faiss = import_faiss()
     if faiss is None:
         raise missing_faiss_error()
-    from faiss.contrib.ivf_tools import add_preassigned, range_search_preassigned
-
     embeddings = np.ascontiguousarray(embeddings, dtype=np.float32)
     count, dimension = embeddings.shape
     lists = ivf_list_count(count)
@@ -380,14 +378,14 @@ def cosine_pairs_faiss(
         stop = min(count, start + IVF_QUERY_ROWS)
         list_scores[start:stop], nearest_lists[start:stop] = quantizer.search(embeddings[start:stop], nprobe)
     nearest = np.ascontiguousarray(nearest_lists[:, 0])
-    add_preassigned(index, embeddings, nearest)
+    index.add_core(count, faiss.swig_ptr(embeddings), None, faiss.swig_ptr(nearest))  # cells as computed above
     order = np.argsort(nearest, kind="stable")
     found = [np.empty((0, 2), dtype=np.int64)]
     total = 0
     for start in range(0, count, IVF_QUERY_ROWS):
         queries = order[start : start + IVF_QUERY_ROWS]
-        limits, _, neighbours = range_search_preassigned(
-            index, embeddings[queries], threshold - CANDIDATE_SLACK, nearest_lists[queries], list_scores[queries]
+        limits, _, neighbours = index.range_search_preassigned(
+            embeddings[queries], threshold - CANDIDATE_SLACK, nearest_lists[queries], list_scores[queries]
         )
         found.append(pairs_from_ranges(limits, neighbours, queries))
         total += len(found[-1])
