@@ -227,8 +227,8 @@ def rank_count_problem(world_size: int, usable_train_images: int, batch_size: in
         return None
     return (
         f"torchrun started {world_size} training processes but the {usable_train_images} usable training images make "
-        f"only {batches} batch(es) of --batch-size {batch_size}: start at most {batches} processes (--nproc_per_node "
-        "times --nnodes) or lower --batch-size"
+        f"only {batches} batch{'es' if batches > 1 else ''} of --batch-size {batch_size}: start at most {batches} "
+        f"process{'es' if batches > 1 else ''} (--nproc_per_node times --nnodes) or lower --batch-size"
     )
 
 
@@ -278,6 +278,15 @@ def stop_on_sigterm(signum: int, frame: Any) -> None:
 def is_lost_contact(error: BaseException) -> bool:
     """True for the error a collective raises when another process is gone (gloo) or it waited too long (nccl)."""
     return isinstance(error, dist.DistError) or (isinstance(error, RuntimeError) and "gloo" in str(error))
+
+
+def short_reason(error: BaseException) -> str:
+    """The first sentence of a collective's error, without gloo's source location: "Read error [host]:port:
+    Connection reset by peer"."""
+    text = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+    if text.startswith("[") and "] " in text:
+        text = text.split("] ", 1)[1]
+    return text.split(". ", 1)[0].rstrip(".")
 
 
 @contextlib.contextmanager
@@ -1097,22 +1106,32 @@ def main(argv: Sequence[str] | None = None) -> int:
     except ValueError as error:
         return cli.error(str(error))
     with quiet_unless_main(ranks):
-        problem = argument_problem(args, ranks)
-        if problem:
-            return cli.error(problem) if ranks.is_main else cli.EXIT_USAGE
-        if not ranks.is_distributed:
-            return train(parser, argv, args, ranks, classifier.pick_device(args.device))
-        device = distributed_device(args.device, ranks)
-        previous_handler = signal.signal(signal.SIGTERM, stop_on_sigterm)  # how torchrun ends the other processes
-        try:
-            backend = start_process_group(ranks, device)
-            return train(parser, argv, args, ranks, device, backend)
-        except KeyboardInterrupt:  # before the training began
-            return cli.EXIT_INTERRUPTED
-        finally:
-            signal.signal(signal.SIGTERM, previous_handler)
-            if dist.is_initialized():
-                dist.destroy_process_group()
+        code = run_process(parser, argv, args, ranks)
+    # Under torchrun only rank 0's exit code tells how the run went: torchrun ends every other process as soon as
+    # one exits with a code other than 0, which could cut short what rank 0 still prints or writes.
+    return code if ranks.is_main or code == cli.EXIT_INTERRUPTED else cli.EXIT_OK
+
+
+def run_process(
+    parser: argparse.ArgumentParser, argv: Sequence[str] | None, args: argparse.Namespace, ranks: Ranks
+) -> int:
+    """This process's part of the run: alone, or in torchrun's process group (left in every case)."""
+    problem = argument_problem(args, ranks)
+    if problem:
+        return cli.error(problem) if ranks.is_main else cli.EXIT_USAGE
+    if not ranks.is_distributed:
+        return train(parser, argv, args, ranks, classifier.pick_device(args.device))
+    device = distributed_device(args.device, ranks)
+    previous_handler = signal.signal(signal.SIGTERM, stop_on_sigterm)  # how torchrun ends the other processes
+    try:
+        backend = start_process_group(ranks, device)
+        return train(parser, argv, args, ranks, device, backend)
+    except KeyboardInterrupt:  # before the training began
+        return cli.EXIT_INTERRUPTED
+    finally:
+        signal.signal(signal.SIGTERM, previous_handler)
+        if dist.is_initialized():
+            dist.destroy_process_group()
 
 
 def train(
@@ -1169,22 +1188,25 @@ def train(
     except SHARED_ERRORS as error:  # one sentence: unusable data, checkpoint or weights; nothing was trained
         return fail(cli.printable(error))
     except KeyboardInterrupt as interruption:
-        if run is not None and run.history:
-            write_metadata(run, "interrupted")
+        if ranks.is_distributed:
+            signal.signal(signal.SIGTERM, signal.SIG_IGN)  # torchrun's stop must not cut this short
         if ranks.is_main:
             cause = "Interrupted"
             if isinstance(interruption, Stopped):
                 cause = "Stopped by torchrun (a training process ended or the run was interrupted; see below)"
-            print("\n" + interruption_message(run, output_dir, cause), file=sys.stderr)
+            print("\n" + interruption_message(run, output_dir, cause), file=sys.stderr, flush=True)
+        if run is not None and run.history:
+            write_metadata(run, "interrupted")
         return cli.EXIT_INTERRUPTED
     except RuntimeError as error:
         if not (ranks.is_distributed and is_lost_contact(error)):
             raise
+        signal.signal(signal.SIGTERM, signal.SIG_IGN)  # torchrun stops the others next: this one says why first
+        cause = f"rank {ranks.rank} of {ranks.world_size} lost contact with the other training processes"
+        cause += f" ({cli.printable(short_reason(error))}; torchrun names the process that ended)"
+        cli.error(interruption_message(run, output_dir, cause))
         if run is not None and run.history:
             write_metadata(run, "interrupted")
-        detail = cli.printable(str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__)
-        cause = f"rank {ranks.rank} of {ranks.world_size} lost contact with the other training processes ({detail})"
-        cli.error(interruption_message(run, output_dir, cause))
         return cli.EXIT_INTERRUPTED
     return cli.EXIT_PARTIAL if run.skipped_files else cli.EXIT_OK
 

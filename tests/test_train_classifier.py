@@ -551,6 +551,22 @@ def test_an_unavailable_device_is_a_usage_error(tmp_path: Path, capsys: pytest.C
     assert not (tmp_path / "models").exists()
 
 
+@pytest.mark.parametrize("size", ["15", "1025"])
+def test_an_image_size_classifier_py_refuses_is_refused_up_front(
+    tmp_path: Path, size: str, capsys: pytest.CaptureFixture
+) -> None:
+    dataset = tmp_path / "dataset"  # never read: the size is refused before any work
+    assert (
+        train_classifier.main(
+            ["--dataset-dir", str(dataset), "--output-dir", str(tmp_path / "m"), "--image-size", size]
+        )
+        == 2
+    )
+    error = capsys.readouterr().err
+    assert error == f"error: --image-size must be 16 to 1024 pixels (classifier.py refuses other sizes), got {size}\n"
+    assert not (tmp_path / "m").exists()
+
+
 def test_contact_sheet_names_are_shortened_to_the_thumbnail_width() -> None:
     from PIL import ImageFont
 
