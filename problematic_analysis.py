@@ -4,9 +4,10 @@ which are likely mislabelled, from one loss per image per analysis epoch.
 Imported by train_classifier.py, not a script. The trainer calls it directly: ``ProblematicImageTracker.after_epoch``
 with the scores of the training images after each of the first --analysis-epochs epochs (in-sample), or, with
 --cross-val-folds K, ``ScoreTable.add`` with the held-out scores of K fold models (out-of-fold); its state goes into
-last_checkpoint.pth so --resume continues an interrupted analysis. Pure functions (loss statistics, confident
-learning, stratified folds, the report dict) come first, then the tracker, then writing and printing the report
-(schema: problematic_report.py, read by review_problematic_images.py).
+last_checkpoint.pth so --resume continues an interrupted analysis. Under torchrun the scores reach it already
+gathered from all processes by train_classifier.evaluate (each image once, in index order). Pure functions (loss
+statistics, confident learning, stratified folds, the report dict) come first, then the tracker, then writing and
+printing the report (schema: problematic_report.py, read by review_problematic_images.py).
 """
 
 from __future__ import annotations

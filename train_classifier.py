@@ -176,8 +176,9 @@ def set_train_mode(model: nn.Module, blocks: Sequence[str]) -> None:
 
 
 # ---------------------------------------------------------------------------------------------------------------------
-# Several processes (torchrun): which one this is, and what they share. Every function here is a no-op for one
-# process, so a plain ``python train_classifier.py`` never creates a process group.
+# Several processes (torchrun): which one this is, and what they share. With one process the sharing functions
+# return at once, and a plain ``python train_classifier.py`` (or torchrun with one process) never creates a process
+# group.
 
 
 @dataclasses.dataclass(frozen=True)
@@ -1016,7 +1017,9 @@ def finish_run(run: TrainingRun) -> None:
 def get_args_parser(add_help: bool = True) -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         description="Fine-tune a ResNet on dataset/train/<class>/ with weighted sampling, class-specific "
-        "augmentation, per-epoch metrics and error analysis, then calibrate it.",
+        "augmentation, per-epoch metrics and error analysis, then calibrate it. Started by torchrun "
+        "(torchrun --nproc_per_node=N train_classifier.py ...) it trains on N GPUs, or on several machines, with "
+        "DistributedDataParallel; --batch-size is then per process.",
         epilog=cli.EXIT_CODES_HELP,
         add_help=add_help,
     )

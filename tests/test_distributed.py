@@ -260,10 +260,12 @@ def test_torchrun_trains_gathers_writes_once_resumes_and_survives_a_killed_proce
     )
     assert resumed["config"]["world_size"] == 1
 
-    # --resume with 2 processes again; rank 1 is killed after the next epoch: the run stops with one sentence
+    # --resume with 2 processes again, now with --cache-dir (rank 0 writes the copies, rank 1 reads them); rank 1
+    # is killed after the next epoch: the run stops with one sentence
     last_written = (output / "last_checkpoint.pth").stat().st_mtime_ns
+    cache = tmp_path / "cache"
     process = subprocess.Popen(
-        torchrun_command("--output-dir", str(output), "--resume", "--epochs", "50"),
+        torchrun_command("--output-dir", str(output), "--resume", "--epochs", "50", "--cache-dir", str(cache)),
         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env, cwd=tmp_path,
     )  # fmt: skip
     try:
@@ -289,6 +291,7 @@ def test_torchrun_trains_gathers_writes_once_resumes_and_survives_a_killed_proce
     assert last["epoch"] == len(stopped["epochs"])
     classifier.load_checkpoint(output / "best_model.pth")
     assert writes_of(log, 1, tmp_path) == []  # in either torchrun run
+    assert len(list(cache.glob("*.npy"))) == 10 + 6  # every usable image, once, by rank 0
 
     epochs = len(stopped["epochs"]) + 1
     assert train_classifier.main(["--resume", "--output-dir", str(output), "--epochs", str(epochs)]) == 1
