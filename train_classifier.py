@@ -24,43 +24,40 @@ With --detect-problematic, the report goes to <dataset-dir>/problematic_images_r
 
 This file is the story: arguments, set-up, the train/evaluate loop, checkpoints and resume. Beside it:
 training_data.py (scan, cached copies, augmentation, sampling), training_report.py (metrics, calibration, plots,
-tables) and problematic_analysis.py (--detect-problematic).
+tables), problematic_analysis.py (--detect-problematic, cross-validation) and distributed.py (torchrun).
 
 Under torchrun (RANK, WORLD_SIZE and LOCAL_RANK set; the command line is otherwise the same) each process trains a
 DistributedDataParallel copy of the model on its share of every epoch (training_data.EpochSampler: the same draw
 on every process, a strided share each), ``evaluate`` gathers the per-image results of all processes, so metrics,
 the best model, calibration and the analysis see the whole validation or training set, and only rank 0 writes
 files (``save_epoch_outputs``, ``save_last_checkpoint``, ``write_analysis_report``, ``calibrate_best_model``,
-``finish_run``) or reads the output folder (``from_main``). Each process uses --batch-size images per step.
+``finish_run``) or reads the output folder (``distributed.from_main``). Each process uses --batch-size images per
+step.
 """
 
 from __future__ import annotations
 
 import argparse
-import contextlib
 import dataclasses
-import datetime
 import logging
 import math
 import os
-import signal
 import sys
 import time
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any
 
 import numpy as np
 import torch
-import torch.distributed as dist
 import torch.nn.functional as F
 from torch import nn
-from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import DataLoader
 from tqdm import tqdm
 
 import classifier
 import cli
+import distributed
 import fileio
 import problematic_analysis
 import training_data
@@ -76,19 +73,10 @@ OWN_FILE_NAMES = (BEST_MODEL_NAME, PENDING_BEST_NAME, LAST_CHECKPOINT_NAME, META
                   "confusion_matrix.png")  # fmt: skip  # their stale temp files (a killed run's) are removed at start
 FREEZE_CHOICES = ("layer1", "layer2", "layer3", "none")  # freeze the stem and every stage up to this one
 BACKBONE_BLOCKS = ("conv1", "bn1", "layer1", "layer2", "layer3", "layer4")  # ResNet stem and stages, input first
-# What last_checkpoint.pth holds beyond classifier.py's format (a best-model checkpoint lacks them), and that format.
+# What last_checkpoint.pth holds beyond classifier.py's format (a best-model checkpoint lacks them).
 RESUME_KEYS = (
     "epoch", "arguments", "history", "optimizer_state_dict", "scheduler_state_dict", "scaler_state_dict", "rng_states",
 )  # fmt: skip
-CHECKPOINT_CORE_KEYS = (
-    "format_version", "arch", "classes", "num_classes", "image_size", "resize_size", "mean", "std",
-    "confidence_threshold", "temperature", "model_state_dict",
-)  # fmt: skip
-# How long a process waits in a collective for the others before giving up. When a process dies torchrun stops the
-# others at once (SIGTERM); this bounds only a hang, and is long enough for what rank 0 does alone between two
-# collectives (writing an epoch's plots, contact sheets and checkpoints) and for the slowest process's image checks.
-PROCESS_GROUP_TIMEOUT = datetime.timedelta(minutes=30)
-T = TypeVar("T")
 
 
 # ---------------------------------------------------------------------------------------------------------------------
@@ -176,236 +164,6 @@ def set_train_mode(model: nn.Module, blocks: Sequence[str]) -> None:
 
 
 # ---------------------------------------------------------------------------------------------------------------------
-# Several processes (torchrun): which one this is, and what they share. With one process the sharing functions
-# return at once, and a plain ``python train_classifier.py`` (or torchrun with one process) never creates a process
-# group.
-
-
-@dataclasses.dataclass(frozen=True)
-class Ranks:
-    """This process's place among torchrun's processes; ``Ranks()`` is a plain single-process run."""
-
-    rank: int = 0
-    world_size: int = 1
-    local_rank: int = 0  # the process's number on its machine: which GPU it uses
-
-    @property
-    def is_distributed(self) -> bool:
-        return self.world_size > 1
-
-    @property
-    def is_main(self) -> bool:
-        """Rank 0: the one process that prints, logs and writes files."""
-        return self.rank == 0
-
-
-class Stopped(KeyboardInterrupt):
-    """torchrun ended this process (SIGTERM): another process failed, or the run was interrupted. A
-    KeyboardInterrupt, so it takes the same way out: the metadata says "interrupted", the checkpoints stay as they
-    are."""
-
-
-def ranks_from_environment(environ: Mapping[str, str]) -> Ranks:
-    """torchrun's RANK, WORLD_SIZE and LOCAL_RANK; ``Ranks()`` when they are not set. ValueError for values that
-    are not a process's place among the others."""
-    if "RANK" not in environ or "WORLD_SIZE" not in environ:
-        return Ranks()
-    try:
-        rank, world_size = int(environ["RANK"]), int(environ["WORLD_SIZE"])
-        local_rank = int(environ.get("LOCAL_RANK", "0"))
-    except ValueError:
-        raise ValueError("RANK, WORLD_SIZE and LOCAL_RANK must be whole numbers (they are set by torchrun)") from None
-    if not (world_size >= 1 and 0 <= rank < world_size and local_rank >= 0):
-        raise ValueError(f"RANK {rank} and WORLD_SIZE {world_size} do not fit together (they are set by torchrun)")
-    return Ranks(rank, world_size, local_rank)
-
-
-def rank_count_problem(world_size: int, usable_train_images: int, batch_size: int) -> str | None:
-    """One sentence when there are more processes than batches in an epoch (a process would have no images of its
-    own, only repeats of the others'), else None."""
-    batches = math.ceil(usable_train_images / batch_size)
-    if world_size <= batches:
-        return None
-    return (
-        f"torchrun started {world_size} training processes but the {usable_train_images} usable training images make "
-        f"only {batches} batch{'es' if batches > 1 else ''} of --batch-size {batch_size}: start at most {batches} "
-        f"process{'es' if batches > 1 else ''} (--nproc_per_node times --nnodes) or lower --batch-size"
-    )
-
-
-def distributed_device(requested: str | None, ranks: Ranks) -> torch.device:
-    """This process's device under torchrun: the GPU numbered by its LOCAL_RANK with CUDA (the default when there
-    is one), else the CPU. ValueError (one sentence) for a device the processes cannot share this way."""
-    kind = "cuda" if requested is None and torch.cuda.is_available() else "cpu"
-    if requested is not None:
-        try:
-            chosen = torch.device(requested)
-        except RuntimeError:
-            raise ValueError(f"unknown device {requested!r}; use cpu or cuda") from None
-        if chosen.type not in ("cuda", "cpu"):
-            raise ValueError(f"under torchrun the processes train on CUDA (nccl) or the CPU (gloo), not {requested}")
-        if chosen.type == "cuda" and chosen.index is not None:
-            raise ValueError(
-                f"under torchrun each process uses the GPU numbered by its LOCAL_RANK, so --device {requested} would "
-                "put them all on one GPU: pass --device cuda (choose GPUs with CUDA_VISIBLE_DEVICES)"
-            )
-        kind = chosen.type
-    if kind == "cpu":
-        return torch.device("cpu")
-    count = torch.cuda.device_count() if torch.cuda.is_available() else 0
-    if ranks.local_rank >= count:
-        raise ValueError(
-            f"process {ranks.local_rank} on this machine has no GPU of its own ({count} visible): start at most "
-            f"{count} processes per machine (--nproc_per_node {max(1, count)}) or pass --device cpu"
-        )
-    return torch.device("cuda", ranks.local_rank)
-
-
-def start_process_group(ranks: Ranks, device: torch.device) -> str:
-    """Join torchrun's processes (its environment says where rank 0 listens): nccl between GPUs, gloo on CPUs.
-    Returns the backend's name."""
-    backend = "nccl" if device.type == "cuda" else "gloo"
-    if device.type == "cuda":
-        torch.cuda.set_device(device)
-    dist.init_process_group(backend, timeout=PROCESS_GROUP_TIMEOUT, device_id=device if device.type == "cuda" else None)
-    return backend
-
-
-def stop_on_sigterm(signum: int, frame: Any) -> None:
-    signal.signal(signal.SIGTERM, signal.SIG_IGN)  # once: the clean-up that follows is not cut short
-    raise Stopped
-
-
-def is_lost_contact(error: BaseException) -> bool:
-    """True for the error a collective raises when another process is gone (gloo) or it waited too long (nccl)."""
-    return isinstance(error, dist.DistError) or (isinstance(error, RuntimeError) and "gloo" in str(error))
-
-
-def short_reason(error: BaseException) -> str:
-    """The first sentence of a collective's error, without gloo's source location: "Read error [host]:port:
-    Connection reset by peer"."""
-    text = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
-    if text.startswith("[") and "] " in text:
-        text = text.split("] ", 1)[1]
-    return text.split(". ", 1)[0].rstrip(".")
-
-
-@contextlib.contextmanager
-def quiet_unless_main(ranks: Ranks) -> Iterator[None]:
-    """On every process but rank 0: nothing on stdout, no progress bars, only errors in the log. Rank 0 prints and
-    logs for the run; the others would repeat its lines (the same skipped files, the same epochs)."""
-    if ranks.is_main:
-        yield
-        return
-    root = logging.getLogger()
-    level = root.level
-    cli.set_progress(False)
-    root.setLevel(logging.ERROR)
-    try:
-        with open(os.devnull, "w", encoding="utf-8") as devnull, contextlib.redirect_stdout(devnull):
-            yield
-    finally:
-        root.setLevel(level)
-
-
-def gather_objects(value: T, ranks: Ranks) -> list[T]:
-    """Every process's ``value`` (picklable), in rank order."""
-    if not ranks.is_distributed:
-        return [value]
-    values: list[Any] = [None] * ranks.world_size
-    dist.all_gather_object(values, value)
-    return values
-
-
-SHARED_ERRORS = (training_data.DatasetError, classifier.CheckpointError, classifier.WeightsUnavailableError)
-
-
-def from_main(ranks: Ranks, compute: Callable[[], T]) -> T:
-    """``compute()`` on rank 0 alone, its result (or its one-sentence error) passed to every process: for what only
-    rank 0 may touch or need have, the output folder (other machines may not share it)."""
-    if not ranks.is_distributed:
-        return compute()
-    message: list[Any] = [None]
-    if ranks.is_main:
-        try:
-            message[0] = ("result", compute())
-        except SHARED_ERRORS as error:
-            message[0] = ("error", error)
-    dist.broadcast_object_list(message, src=0)
-    kind, value = message[0]
-    if kind == "error":
-        raise value
-    return value
-
-
-def first_on_each_machine(ranks: Ranks, build: Callable[[], T]) -> T:
-    """``build()`` on the first process of each machine, then on the others: what it downloads into the machine's
-    cache (the ImageNet weights) is fetched once per machine, never by two processes at once. A one-sentence
-    error of a first process is raised on every process."""
-    if not ranks.is_distributed:
-        return build()
-    result, problem = None, None
-    if ranks.local_rank == 0:
-        try:
-            result = build()
-        except SHARED_ERRORS as error:
-            problem = error
-    problems = [error for error in gather_objects(problem, ranks) if error is not None]
-    if problems:
-        raise problems[0]
-    return result if ranks.local_rank == 0 else build()
-
-
-def merge_skipped(parts: Sequence[Sequence[dict[str, str]]]) -> list[dict[str, str]]:
-    """The files set aside by any process (``{path, split, reason}``), each once, in the order first found."""
-    merged: dict[str, dict[str, str]] = {}
-    for part in parts:
-        for item in part:
-            merged.setdefault(item["path"], item)
-    return list(merged.values())
-
-
-def merge_failures(parts: Sequence[Sequence[tuple[int, str]]]) -> list[tuple[int, str]]:
-    """The (index, reason) decode failures of all processes, each image once, by index."""
-    return sorted({int(index): reason for part in parts for index, reason in part}.items())
-
-
-def merge_predictions(parts: Sequence[training_report.Predictions]) -> training_report.Predictions:
-    """The per-image results of all processes as one: rows sorted by dataset index, each image once (an image that
-    two processes scored, such as a padding repeat, keeps its first row), so the result is the single-process one."""
-    indices = torch.cat([part.indices for part in parts])
-    _, first_rows = np.unique(indices.numpy(), return_index=True)  # sorted by index
-    rows = torch.from_numpy(first_rows)
-    return training_report.Predictions(
-        torch.cat([part.logits for part in parts])[rows],
-        torch.cat([part.labels for part in parts])[rows],
-        indices[rows],
-        merge_failures([part.failures for part in parts]),
-    )
-
-
-def unwrap(model: nn.Module) -> nn.Module:
-    """The model itself inside its DistributedDataParallel wrapper (checkpoints hold its state_dict: no "module.")."""
-    return model.module if isinstance(model, DistributedDataParallel) else model
-
-
-def wrap_for_training(model: nn.Module, ranks: Ranks, device: torch.device) -> nn.Module:
-    """The model as it trains: under torchrun in DistributedDataParallel (gradients averaged over the processes at
-    every step), else itself."""
-    if not ranks.is_distributed:
-        return model
-    return DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
-
-
-def share_buffers(model: nn.Module, ranks: Ranks) -> None:
-    """Give every process rank 0's BatchNorm statistics: each process's last training batch changed its own, and
-    evaluation, checkpoints and the next epoch must all see the one model."""
-    if ranks.is_distributed:
-        for buffer in model.buffers():
-            dist.broadcast(buffer, src=0)
-
-
-# ---------------------------------------------------------------------------------------------------------------------
 # One run: its data, model and records
 
 
@@ -430,7 +188,7 @@ class TrainingRun:
     best_model_path: Path
     skipped_files: list[dict[str, str]] = dataclasses.field(default_factory=list)
     history: list[dict[str, Any]] = dataclasses.field(default_factory=list)
-    ranks: Ranks = dataclasses.field(default_factory=Ranks)
+    ranks: distributed.Ranks = dataclasses.field(default_factory=distributed.Ranks)
     train_model: nn.Module | None = None  # ``model`` as it trains: in DistributedDataParallel under torchrun
 
     def loader(self, dataset: training_data.ImageDataset) -> DataLoader:
@@ -443,7 +201,7 @@ def make_train_loader(
     num_classes: int,
     seed: int,
     args: argparse.Namespace,
-    ranks: Ranks,
+    ranks: distributed.Ranks,
     num_workers: int,
     device: torch.device,
 ) -> DataLoader:
@@ -457,7 +215,11 @@ def make_train_loader(
 
 
 def make_eval_loader(
-    dataset: training_data.ImageDataset, args: argparse.Namespace, ranks: Ranks, num_workers: int, device: torch.device
+    dataset: training_data.ImageDataset,
+    args: argparse.Namespace,
+    ranks: distributed.Ranks,
+    num_workers: int,
+    device: torch.device,
 ) -> DataLoader:
     """A loader over ``dataset`` in order, no augmentation; under torchrun over this process's share, which
     ``evaluate`` gathers."""
@@ -507,9 +269,7 @@ def evaluate(model: nn.Module, loader: DataLoader, run: TrainingRun, description
         torch.cat(indices) if indices else torch.zeros(0, dtype=torch.long),
         failures,
     )
-    if not run.ranks.is_distributed:
-        return predictions
-    return merge_predictions(gather_objects(predictions, run.ranks))
+    return distributed.gather_predictions(predictions, run.ranks)
 
 
 def training_step(
@@ -549,7 +309,7 @@ def train_one_epoch(
     returned figures and failures are those of all processes, and every process ends with rank 0's BatchNorm
     statistics (``share_buffers``), so all hold the same model.
     """
-    module = unwrap(model)
+    module = distributed.unwrap(model)
     set_train_mode(module, run.frozen)
     loader.sampler.set_epoch(epoch)
     totals = torch.zeros(3, device=run.device)  # loss sum, correct, images (float32: exact counts up to 2**24)
@@ -565,11 +325,9 @@ def train_one_epoch(
         totals[0] += loss.detach().float() * len(labels)
         totals[1] += (logits.detach().argmax(dim=1) == labels).sum()
         totals[2] += len(labels)
-    if run.ranks.is_distributed:
-        dist.all_reduce(totals)
-        failures = merge_failures(gather_objects(failures, run.ranks))
-        share_buffers(module, run.ranks)
-    total_loss, total_correct, seen = totals.tolist()
+    total_loss, total_correct, seen = distributed.sum_over_processes(totals, run.ranks).tolist()
+    failures = distributed.gather_failures(failures, run.ranks)
+    distributed.share_buffers(module, run.ranks)
     return {
         "train_loss": float(total_loss / seen) if seen else float("nan"),
         "train_accuracy": float(total_correct / seen) if seen else 0.0,
@@ -588,7 +346,7 @@ def idle_step(
     """A step that adds nothing, for a process whose whole batch failed to decode: DistributedDataParallel needs
     every process in every step's all-reduce, and the schedule stays in step. Two blank images, a zero loss, and
     BatchNorm in eval mode, so its statistics do not see them."""
-    module = unwrap(model)
+    module = distributed.unwrap(model)
     module.eval()
     size = run.args.image_size
     blank = torch.zeros((2, size, size, 3), dtype=torch.uint8)
@@ -601,34 +359,24 @@ def idle_step(
 # Checkpoints: classifier.py's format, written here; --resume reads the last one
 
 
-def checkpoint_fields(run: TrainingRun) -> dict[str, Any]:
-    """The classifier.py checkpoint fields of this run (everything but the weights, the temperature and extras)."""
-    return {
-        "arch": run.args.arch,
-        "classes": list(run.classes),
-        "num_classes": len(run.classes),
-        "image_size": int(run.args.image_size),
-        "resize_size": classifier.default_resize_size(run.args.image_size),
-        "mean": [float(value) for value in classifier.IMAGENET_MEAN],
-        "std": [float(value) for value in classifier.IMAGENET_STD],
-        "confidence_threshold": float(run.args.confidence_threshold),
-    }
-
-
 def save_checkpoint(
     path: Path, model: nn.Module, run: TrainingRun, extra: dict[str, Any], temperature: float = 1.0
 ) -> None:
-    """A checkpoint of format_version 1 (plain types and CPU tensors, loadable with weights_only=True), written
-    atomically: readers see the old file or the new one, never half of one."""
-    checkpoint = {
-        **extra,
-        **checkpoint_fields(run),
-        "format_version": classifier.CHECKPOINT_FORMAT_VERSION,
-        "temperature": float(temperature),
-        "model_state_dict": {
-            key: value.detach().to("cpu").clone() for key, value in unwrap(model).state_dict().items()
-        },
-    }
+    """A checkpoint in classifier.py's format (``classifier.make_checkpoint``: plain types and CPU tensors, loadable
+    with weights_only=True; its own fields win over ``extra``'s), written atomically: readers see the old file or the
+    new one, never half of one."""
+    checkpoint = classifier.make_checkpoint(
+        distributed.unwrap(model),
+        arch=run.args.arch,
+        classes=run.classes,
+        image_size=run.args.image_size,
+        resize_size=classifier.default_resize_size(run.args.image_size),
+        mean=classifier.IMAGENET_MEAN,
+        std=classifier.IMAGENET_STD,
+        confidence_threshold=run.args.confidence_threshold,
+        temperature=temperature,
+        extra=extra,
+    )
     with fileio.atomic_write(path) as handle:
         torch.save(checkpoint, handle)
 
@@ -744,7 +492,7 @@ def setup_training(
     args: argparse.Namespace,
     resume: dict[str, Any] | None,
     output_dir: Path,
-    ranks: Ranks = Ranks(),
+    ranks: distributed.Ranks = distributed.SINGLE_PROCESS,
     device: torch.device | None = None,
     backend: str | None = None,
 ) -> TrainingRun:
@@ -765,14 +513,14 @@ def setup_training(
         expected_classes=resume["classes"] if resume is not None else None,
         earlier_skips=resume.get("skipped_files", []) if resume is not None else (),
         is_writing_cache=ranks.is_main,
-        agree=(lambda skipped: merge_skipped(gather_objects(skipped, ranks))) if ranks.is_distributed else None,
+        agree=distributed.skipped_files_agreement(ranks),
     )
     classes, train_dataset, val_dataset = data.classes, data.train, data.val
-    problem = rank_count_problem(ranks.world_size, sum(data.counts["train"]), args.batch_size)
+    problem = distributed.rank_count_problem(ranks.world_size, sum(data.counts["train"]), args.batch_size)
     if problem:
         raise training_data.DatasetError(problem)
     state = resume["model_state_dict"] if resume is not None else None
-    model = first_on_each_machine(
+    model = distributed.first_on_each_machine(
         ranks, lambda: make_model(args, len(classes), device, seed=args.seed, weights=args.weights, state_dict=state)
     )
     frozen = frozen_blocks(args.freeze_until)
@@ -818,7 +566,7 @@ def setup_training(
         best_model_path=output_dir / best_model_name(output_dir, resume),
         skipped_files=data.skipped_files,
         ranks=ranks,
-        train_model=wrap_for_training(model, ranks, device),
+        train_model=distributed.wrap_for_training(model, ranks, device),
     )
 
 
@@ -959,7 +707,7 @@ def cross_validate(run: TrainingRun, folds: int) -> tuple[problematic_analysis.S
         fold_train = train.with_view("train", set(train.excluded) | held_out)
         fold_seed = training_data.epoch_seed(args.seed, fold + 1)
         model = make_model(args, num_classes, run.device, seed=fold_seed, weights=args.weights)
-        train_model = wrap_for_training(model, run.ranks, run.device)
+        train_model = distributed.wrap_for_training(model, run.ranks, run.device)
         loader = make_train_loader(fold_train, num_classes, fold_seed, args, run.ranks, run.num_workers, run.device)
         optimizer, scheduler, scaler = make_optimizer(model, args, len(loader), run.device, run.amp_dtype)
         held_out_loader = run.loader(train.with_view("eval", set(range(num_samples)) - held_out))
@@ -982,15 +730,16 @@ def calibrate_best_model(run: TrainingRun) -> dict[str, Any] | None:
     """Fit a temperature on the val logits of the best model, store it in its checkpoint, sweep the thresholds.
     Under torchrun rank 0 reads the checkpoint and passes it on, all processes score their share of val."""
     path = run.best_model_path
-    checkpoint = from_main(run.ranks, lambda: classifier.load_checkpoint(path) if path.is_file() else None)
+    checkpoint = distributed.from_main(run.ranks, lambda: classifier.load_checkpoint(path) if path.is_file() else None)
     if checkpoint is None:
         return None
     model = make_model(run.args, len(run.classes), run.device, state_dict=checkpoint["model_state_dict"])
     predictions = evaluate(model, run.val_loader, run, "calibrating")
     training_data.record_failures(run.skipped_files, run.val_dataset, "val", predictions.failures)
     calibration, table, recommended = training_report.calibrate(predictions, run.classes)
-    extra = {key: value for key, value in checkpoint.items() if key not in CHECKPOINT_CORE_KEYS}
-    extra.update({"calibration": calibration, "thresholds": table, "recommended_confidence_threshold": recommended})
+    # Its extras stay (summary, metrics); save_checkpoint writes the format's own fields over the stored ones.
+    extra = {**checkpoint, "calibration": calibration, "thresholds": table}
+    extra["recommended_confidence_threshold"] = recommended
     if run.ranks.is_main:
         save_checkpoint(path, model, run, extra, temperature=calibration["temperature"])
     run.metadata.update({"calibration": calibration, "thresholds": table, "recommended_threshold": recommended})
@@ -1063,7 +812,7 @@ def get_args_parser(add_help: bool = True) -> argparse.ArgumentParser:
     return parser
 
 
-def argument_problem(args: argparse.Namespace, ranks: Ranks = Ranks()) -> str | None:
+def argument_problem(args: argparse.Namespace, ranks: distributed.Ranks = distributed.SINGLE_PROCESS) -> str | None:
     """One sentence for values no run can use, or None."""
     for name, minimum in (("epochs", 1), ("batch_size", 1), ("warmup_epochs", 0), ("patience", 0)):
         if getattr(args, name) < minimum:
@@ -1082,7 +831,7 @@ def argument_problem(args: argparse.Namespace, ranks: Ranks = Ranks()) -> str | 
     if args.cache_max_gb < 0:
         return f"--cache-max-gb must not be negative, got {args.cache_max_gb}"
     try:
-        distributed_device(args.device, ranks) if ranks.is_distributed else classifier.pick_device(args.device)
+        distributed.process_device(args.device, ranks)
     except ValueError as error:
         return f"--device: {error}"
     return problematic_analysis.argument_problem(args)
@@ -1105,10 +854,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     cli.setup_logging(args.verbose)
     cli.set_progress(not args.no_progress)
     try:
-        ranks = ranks_from_environment(os.environ)
+        ranks = distributed.ranks_from_environment(os.environ)
     except ValueError as error:
         return cli.error(str(error))
-    with quiet_unless_main(ranks):
+    with distributed.quiet_unless_main(ranks):
         code = run_process(parser, argv, args, ranks)
     # Under torchrun only rank 0's exit code tells how the run went: torchrun ends every other process as soon as
     # one exits with a code other than 0, which could cut short what rank 0 still prints or writes.
@@ -1116,32 +865,27 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 def run_process(
-    parser: argparse.ArgumentParser, argv: Sequence[str] | None, args: argparse.Namespace, ranks: Ranks
+    parser: argparse.ArgumentParser, argv: Sequence[str] | None, args: argparse.Namespace, ranks: distributed.Ranks
 ) -> int:
     """This process's part of the run: alone, or in torchrun's process group (left in every case)."""
     problem = argument_problem(args, ranks)
     if problem:
         return cli.error(problem) if ranks.is_main else cli.EXIT_USAGE
+    device = distributed.process_device(args.device, ranks)
     if not ranks.is_distributed:
-        return train(parser, argv, args, ranks, classifier.pick_device(args.device))
-    device = distributed_device(args.device, ranks)
-    previous_handler = signal.signal(signal.SIGTERM, stop_on_sigterm)  # how torchrun ends the other processes
+        return train(parser, argv, args, ranks, device)
     try:
-        backend = start_process_group(ranks, device)
-        return train(parser, argv, args, ranks, device, backend)
+        with distributed.process_group(ranks, device) as backend:
+            return train(parser, argv, args, ranks, device, backend)
     except KeyboardInterrupt:  # before the training began
         return cli.EXIT_INTERRUPTED
-    finally:
-        signal.signal(signal.SIGTERM, previous_handler)
-        if dist.is_initialized():
-            dist.destroy_process_group()
 
 
 def train(
     parser: argparse.ArgumentParser,
     argv: Sequence[str] | None,
     args: argparse.Namespace,
-    ranks: Ranks,
+    ranks: distributed.Ranks,
     device: torch.device,
     backend: str | None = None,
 ) -> int:
@@ -1149,7 +893,7 @@ def train(
     fail = cli.error if ranks.is_main else (lambda message: cli.EXIT_USAGE)  # rank 0 says it for all
     is_analysis_run = args.detect_problematic and args.stop_after_analysis  # a short run: its model is thrown away
     output_dir = problematic_analysis.analysis_output_dir(args.output_dir) if is_analysis_run else Path(args.output_dir)
-    problem = from_main(ranks, lambda: prepare_output_folders(args, output_dir))
+    problem = distributed.from_main(ranks, lambda: prepare_output_folders(args, output_dir))
     if problem:
         return fail(cli.printable(problem))
     run = None
@@ -1157,7 +901,7 @@ def train(
         resume = None
         if args.resume:
             device_flag = args.device
-            args, resume = from_main(ranks, lambda: load_resume_checkpoint(parser, argv, args, output_dir))
+            args, resume = distributed.from_main(ranks, lambda: load_resume_checkpoint(parser, argv, args, output_dir))
             if ranks.is_distributed:  # each process's device comes from torchrun, never from the checkpoint
                 args.device = device_flag
             problem = argument_problem(args, ranks)
@@ -1188,25 +932,21 @@ def train(
         finish_run(run)
         if not is_analysis_run:
             training_report.print_summary(run.metadata, run.best_model_path, run.output_dir / METADATA_NAME)
-    except SHARED_ERRORS as error:  # one sentence: unusable data, checkpoint or weights; nothing was trained
+    except distributed.SHARED_ERRORS as error:  # one sentence: unusable data, checkpoint or weights; nothing trained
         return fail(cli.printable(error))
     except KeyboardInterrupt as interruption:
-        if ranks.is_distributed:
-            signal.signal(signal.SIGTERM, signal.SIG_IGN)  # torchrun's stop must not cut this short
+        distributed.ignore_sigterm(ranks)  # torchrun's stop must not cut this short
         if ranks.is_main:
-            cause = "Interrupted"
-            if isinstance(interruption, Stopped):
-                cause = "Stopped by torchrun (a training process ended or the run was interrupted; see below)"
+            cause = distributed.interruption_cause(interruption)
             print("\n" + interruption_message(run, output_dir, cause), file=sys.stderr, flush=True)
         if run is not None and run.history:
             write_metadata(run, "interrupted")
         return cli.EXIT_INTERRUPTED
     except RuntimeError as error:
-        if not (ranks.is_distributed and is_lost_contact(error)):
+        cause = distributed.lost_contact_cause(error, ranks)
+        if cause is None:
             raise
-        signal.signal(signal.SIGTERM, signal.SIG_IGN)  # torchrun stops the others next: this one says why first
-        cause = f"rank {ranks.rank} of {ranks.world_size} lost contact with the other training processes"
-        cause += f" ({cli.printable(short_reason(error))}; torchrun names the process that ended)"
+        distributed.ignore_sigterm(ranks)  # torchrun stops the others next: this one says why first
         cli.error(interruption_message(run, output_dir, cause))
         if run is not None and run.history:
             write_metadata(run, "interrupted")

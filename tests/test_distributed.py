@@ -25,6 +25,7 @@ import torch.distributed
 from conftest import ROOT, make_class_image, make_dataset
 
 import classifier
+import distributed
 import train_classifier
 import training_data
 import training_report
@@ -160,7 +161,7 @@ def test_gathered_predictions_equal_the_single_process_ones() -> None:
         Predictions(logits[[0, 2, 4, 6, 8]], labels[[0, 2, 4, 6, 8]], torch.tensor([0, 2, 4, 6, 8]), [(5, "bad")]),
         Predictions(logits[[1, 3, 7, 0]], labels[[1, 3, 7, 0]], torch.tensor([1, 3, 7, 0]), [(5, "bad"), (9, "x")]),
     ]  # image 5 failed on both (a padding repeat), image 0 came twice
-    merged = train_classifier.merge_predictions(parts)
+    merged = distributed.merge_predictions(parts)
     keep = [0, 1, 2, 3, 4, 6, 7, 8]
     assert merged.indices.tolist() == keep
     assert torch.equal(merged.logits, single.logits[keep]) and torch.equal(merged.labels, single.labels[keep])
@@ -171,25 +172,25 @@ def test_gathered_predictions_equal_the_single_process_ones() -> None:
 
 
 def test_process_settings_that_cannot_work_are_one_sentence() -> None:
-    assert train_classifier.ranks_from_environment({}) == train_classifier.Ranks()
-    ranks = train_classifier.ranks_from_environment({"RANK": "1", "WORLD_SIZE": "2", "LOCAL_RANK": "1"})
+    assert distributed.ranks_from_environment({}) == distributed.Ranks()
+    ranks = distributed.ranks_from_environment({"RANK": "1", "WORLD_SIZE": "2", "LOCAL_RANK": "1"})
     assert (ranks.rank, ranks.world_size, ranks.is_distributed, ranks.is_main) == (1, 2, True, False)
     with pytest.raises(ValueError, match="RANK 2 and WORLD_SIZE 2"):
-        train_classifier.ranks_from_environment({"RANK": "2", "WORLD_SIZE": "2"})
-    assert train_classifier.distributed_device("cpu", ranks) == torch.device("cpu")
+        distributed.ranks_from_environment({"RANK": "2", "WORLD_SIZE": "2"})
+    assert distributed.distributed_device("cpu", ranks) == torch.device("cpu")
     with pytest.raises(ValueError, match="--device cuda:1 would put them all on one GPU"):
-        train_classifier.distributed_device("cuda:1", ranks)
+        distributed.distributed_device("cuda:1", ranks)
     with pytest.raises(ValueError, match="CUDA .nccl. or the CPU .gloo., not mps"):
-        train_classifier.distributed_device("mps", ranks)
+        distributed.distributed_device("mps", ranks)
     if torch.cuda.device_count() < 2:
         with pytest.raises(ValueError, match="process 1 on this machine has no GPU of its own"):
-            train_classifier.distributed_device("cuda", ranks)
+            distributed.distributed_device("cuda", ranks)
     gloo = RuntimeError("[/src/gloo/transport/tcp/pair.cc:545] Read error [127.0.0.1]:5017: Connection reset by "
                         "peer. This is typically caused by a remote worker hanging. GLHF!")  # fmt: skip
-    assert train_classifier.is_lost_contact(gloo) and not train_classifier.is_lost_contact(RuntimeError("a bug"))
-    assert train_classifier.short_reason(gloo) == "Read error [127.0.0.1]:5017: Connection reset by peer"
-    assert train_classifier.rank_count_problem(3, 10, 4) is None  # 3 batches: one per process
-    problem = train_classifier.rank_count_problem(4, 10, 4)
+    assert distributed.is_lost_contact(gloo) and not distributed.is_lost_contact(RuntimeError("a bug"))
+    assert distributed.short_reason(gloo) == "Read error [127.0.0.1]:5017: Connection reset by peer"
+    assert distributed.rank_count_problem(3, 10, 4) is None  # 3 batches: one per process
+    problem = distributed.rank_count_problem(4, 10, 4)
     assert problem == (
         "torchrun started 4 training processes but the 10 usable training images make only 3 batches of "
         "--batch-size 4: start at most 3 processes (--nproc_per_node times --nnodes) or lower --batch-size"
