@@ -2,28 +2,36 @@
 which are likely mislabelled, from one loss per image per analysis epoch.
 
 Imported by train_classifier.py, not a script. The trainer calls it directly: ``ProblematicImageTracker.after_epoch``
-with the scores of the training images after each of the first --analysis-epochs epochs (in-sample), or, with
---cross-val-folds K, ``ScoreTable.add`` with the held-out scores of K fold models (out-of-fold); its state goes into
-last_checkpoint.pth so --resume continues an interrupted analysis. Under torchrun the scores reach it already
-gathered from all processes by train_classifier.evaluate (each image once, in index order). Pure functions (loss
-statistics, confident learning, stratified folds, the report dict) come first, then the tracker, then writing and
-printing the report (schema: problematic_report.py, read by review_problematic_images.py).
+with the scores of the training images after each of the first --analysis-epochs epochs (in-sample), whose state
+goes into last_checkpoint.pth so --resume continues an interrupted analysis; or, with --cross-val-folds K,
+``cross_validate``, which trains K fold models with the trainer's own make_model / make_optimizer / train_one_epoch /
+evaluate (passed in, so this module never imports the trainer) and keeps their held-out scores (out-of-fold). Under
+torchrun the scores reach it already gathered from all processes by train_classifier.evaluate (each image once, in
+index order). Pure functions (loss statistics, confident learning, stratified folds, the report dict) come first,
+then the tracker and the cross-validation, then writing and printing the report (schema: problematic_report.py,
+read by review_problematic_images.py).
 """
 
 from __future__ import annotations
 
 import argparse
 import logging
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
+from torch import nn
 
 import cli
+import distributed
 import fileio
 import problematic_report
+import training_data
 from training_report import Predictions
+
+if TYPE_CHECKING:
+    from train_classifier import TrainingRun  # not imported at run time: the trainer imports this module
 
 logger = logging.getLogger(__name__)
 
@@ -283,6 +291,55 @@ def saved_state(checkpoint: dict[str, Any] | None) -> dict[str, Any] | None:
     if checkpoint is None:
         return None
     return checkpoint.get("problematic_analysis") or (checkpoint.get("hook_state") or {}).get("problematic_analysis")
+
+
+def cross_validate(
+    run: TrainingRun,
+    folds: int,
+    make_model: Callable[..., nn.Module],
+    make_optimizer: Callable[..., tuple[Any, Any, Any]],
+    train_one_epoch: Callable[..., dict[str, Any]],
+    evaluate: Callable[..., Predictions],
+) -> tuple[ScoreTable, np.ndarray]:
+    """Out-of-fold scores of every usable training image, and the fold that scored it (-1: not scored).
+
+    The images are split into ``folds`` stratified folds; for each, a fresh model (the trainer's ``make_model`` and
+    ``make_optimizer``, passed in: the main run's arch, weights, freezing, optimizer and schedule) trains on the
+    other folds for --analysis-epochs epochs with the trainer's ``train_one_epoch``, and its ``evaluate`` scores the
+    held-out fold after every epoch. The global RNG states are restored afterwards, so the main training that may
+    follow is unchanged. Under torchrun each fold model trains like the main one (DistributedDataParallel, a share
+    of each epoch per process) and the scores are gathered.
+    """
+    args, train = run.args, run.train_dataset
+    num_samples, num_classes = len(train.samples), len(run.classes)
+    usable = np.array([i for i in range(num_samples) if i not in train.excluded], dtype=np.int64)
+    fold_of = np.full(num_samples, -1, dtype=np.int64)
+    labels = np.array([train.samples[i].label for i in usable], dtype=np.int64)
+    fold_of[usable] = assign_folds(labels, folds, args.seed)
+    scores = ScoreTable(num_samples, num_classes, args.analysis_epochs)
+    saved_rng = training_data.rng_states()
+    for fold in range(folds):
+        held_out = set(np.flatnonzero(fold_of == fold).tolist())
+        fold_train = train.with_view("train", set(train.excluded) | held_out)
+        fold_seed = training_data.epoch_seed(args.seed, fold + 1)
+        model = make_model(args, num_classes, run.device, seed=fold_seed, weights=args.weights)
+        train_model = distributed.wrap_for_training(model, run.ranks, run.device)
+        loader = run.epoch_loader(fold_train, fold_seed)
+        optimizer, scheduler, scaler = make_optimizer(model, args, len(loader), run.device, run.amp_dtype)
+        held_out_loader = run.loader(train.with_view("eval", set(range(num_samples)) - held_out))
+        for epoch in range(args.analysis_epochs):
+            stats = train_one_epoch(run, train_model, loader, optimizer, scheduler, scaler, epoch)
+            training_data.record_failures(run.skipped_files, train, "train", stats["failures"])
+            fold_scores = evaluate(model, held_out_loader, run, f"fold {fold + 1}/{folds} epoch {epoch + 1}")
+            training_data.record_failures(run.skipped_files, train, "train", fold_scores.failures)
+            scores.add(epoch, fold_scores)
+        print(
+            f"fold {fold + 1}/{folds}: trained {args.analysis_epochs} epoch(s) on "
+            f"{num_samples - len(fold_train.excluded)} images, scored {len(held_out)} held-out images"
+        )
+        del model, train_model, optimizer, loader
+    training_data.restore_rng_states(saved_rng)
+    return scores, fold_of
 
 
 # ---------------------------------------------------------------------------------------------------------------------

@@ -177,8 +177,6 @@ class TrainingRun:
     classes: list[str]
     train_dataset: training_data.ImageDataset
     val_dataset: training_data.ImageDataset
-    train_loader: DataLoader
-    val_loader: DataLoader
     model: nn.Module
     frozen: list[str]
     device: torch.device
@@ -190,41 +188,28 @@ class TrainingRun:
     history: list[dict[str, Any]] = dataclasses.field(default_factory=list)
     ranks: distributed.Ranks = dataclasses.field(default_factory=distributed.Ranks)
     train_model: nn.Module | None = None  # ``model`` as it trains: in DistributedDataParallel under torchrun
+    train_loader: DataLoader = dataclasses.field(init=False)  # the epochs' draws of train_dataset from --seed
+    val_loader: DataLoader = dataclasses.field(init=False)
+
+    def __post_init__(self) -> None:
+        self.train_loader = self.epoch_loader(self.train_dataset, self.args.seed)
+        self.val_loader = self.loader(self.val_dataset)
 
     def loader(self, dataset: training_data.ImageDataset) -> DataLoader:
-        """A loader over ``dataset`` in order, no augmentation (for per-image scores of any split)."""
-        return make_eval_loader(dataset, self.args, self.ranks, self.num_workers, self.device)
+        """A loader over ``dataset`` in order, no augmentation (for per-image scores of any split); under torchrun
+        over this process's share, which ``evaluate`` gathers."""
+        ranks = self.ranks
+        return training_data.make_eval_loader(
+            dataset, self.args.batch_size, self.num_workers, self.device, ranks.rank, ranks.world_size
+        )
 
-
-def make_train_loader(
-    dataset: training_data.ImageDataset,
-    num_classes: int,
-    seed: int,
-    args: argparse.Namespace,
-    ranks: distributed.Ranks,
-    num_workers: int,
-    device: torch.device,
-) -> DataLoader:
-    """The loader of an epoch's weighted, augmented draw (``set_epoch`` picks the epoch); under torchrun this
-    process's share. The last incomplete batch is dropped, unless it is the only one: a batch of one or two images
-    gives noisy BatchNorm statistics."""
-    is_weighted = not args.no_weighted_sampling
-    sampler = training_data.EpochSampler(dataset, num_classes, is_weighted, seed, ranks.rank, ranks.world_size)
-    drop_last = len(sampler) > args.batch_size
-    return training_data.make_loader(dataset, sampler, args.batch_size, num_workers, device, drop_last)
-
-
-def make_eval_loader(
-    dataset: training_data.ImageDataset,
-    args: argparse.Namespace,
-    ranks: distributed.Ranks,
-    num_workers: int,
-    device: torch.device,
-) -> DataLoader:
-    """A loader over ``dataset`` in order, no augmentation; under torchrun over this process's share, which
-    ``evaluate`` gathers."""
-    sampler = training_data.UsableIndices(dataset, ranks.rank, ranks.world_size)
-    return training_data.make_loader(dataset, sampler, args.batch_size, num_workers, device, drop_last=False)
+    def epoch_loader(self, dataset: training_data.ImageDataset, seed: int) -> DataLoader:
+        """The loader of ``dataset``'s weighted, augmented epoch draws from ``seed`` (``set_epoch`` picks the epoch);
+        under torchrun this process's share."""
+        args, ranks = self.args, self.ranks
+        return training_data.make_train_loader(
+            dataset, len(self.classes), seed, args, self.num_workers, self.device, ranks.rank, ranks.world_size
+        )
 
 
 def model_input(batch: dict[str, Any], run: TrainingRun) -> tuple[torch.Tensor, torch.Tensor]:
@@ -538,8 +523,6 @@ def setup_training(
         logger.warning("--amp is only used on CUDA; training in float32 on %s.", device)
 
     num_workers = training_data.resolve_num_workers(args.workers, device)
-    train_loader = make_train_loader(train_dataset, len(classes), args.seed, args, ranks, num_workers, device)
-    val_loader = make_eval_loader(val_dataset, args, ranks, num_workers, device)
 
     metadata = training_report.new_metadata(
         plain_arguments(args), data, model, frozen=frozen, device=device, amp_dtype=amp_dtype,
@@ -555,8 +538,6 @@ def setup_training(
         classes=classes,
         train_dataset=train_dataset,
         val_dataset=val_dataset,
-        train_loader=train_loader,
-        val_loader=val_loader,
         model=model,
         frozen=frozen,
         device=device,
@@ -683,47 +664,6 @@ def run_epochs(
         if args.patience and epochs_without_improvement >= args.patience:
             print(f"Stopping early: no better val macro F1 for {args.patience} epochs.")
             break
-
-
-def cross_validate(run: TrainingRun, folds: int) -> tuple[problematic_analysis.ScoreTable, np.ndarray]:
-    """Out-of-fold scores of every usable training image, and the fold that scored it (-1: not scored).
-
-    The images are split into ``folds`` stratified folds; for each, a fresh model (make_model, make_optimizer: the
-    main run's arch, weights, freezing, optimizer and schedule) trains on the other folds for --analysis-epochs epochs
-    with ``train_one_epoch``, and ``evaluate`` scores the held-out fold after every epoch. The global RNG states are
-    restored afterwards, so the main training that may follow is unchanged. Under torchrun each fold model trains
-    like the main one (DistributedDataParallel, a share of each epoch per process) and the scores are gathered.
-    """
-    args, train = run.args, run.train_dataset
-    num_samples, num_classes = len(train.samples), len(run.classes)
-    usable = np.array([i for i in range(num_samples) if i not in train.excluded], dtype=np.int64)
-    fold_of = np.full(num_samples, -1, dtype=np.int64)
-    labels = np.array([train.samples[i].label for i in usable], dtype=np.int64)
-    fold_of[usable] = problematic_analysis.assign_folds(labels, folds, args.seed)
-    scores = problematic_analysis.ScoreTable(num_samples, num_classes, args.analysis_epochs)
-    saved_rng = training_data.rng_states()
-    for fold in range(folds):
-        held_out = set(np.flatnonzero(fold_of == fold).tolist())
-        fold_train = train.with_view("train", set(train.excluded) | held_out)
-        fold_seed = training_data.epoch_seed(args.seed, fold + 1)
-        model = make_model(args, num_classes, run.device, seed=fold_seed, weights=args.weights)
-        train_model = distributed.wrap_for_training(model, run.ranks, run.device)
-        loader = make_train_loader(fold_train, num_classes, fold_seed, args, run.ranks, run.num_workers, run.device)
-        optimizer, scheduler, scaler = make_optimizer(model, args, len(loader), run.device, run.amp_dtype)
-        held_out_loader = run.loader(train.with_view("eval", set(range(num_samples)) - held_out))
-        for epoch in range(args.analysis_epochs):
-            stats = train_one_epoch(run, train_model, loader, optimizer, scheduler, scaler, epoch)
-            training_data.record_failures(run.skipped_files, train, "train", stats["failures"])
-            fold_scores = evaluate(model, held_out_loader, run, f"fold {fold + 1}/{folds} epoch {epoch + 1}")
-            training_data.record_failures(run.skipped_files, train, "train", fold_scores.failures)
-            scores.add(epoch, fold_scores)
-        print(
-            f"fold {fold + 1}/{folds}: trained {args.analysis_epochs} epoch(s) on "
-            f"{num_samples - len(fold_train.excluded)} images, scored {len(held_out)} held-out images"
-        )
-        del model, train_model, optimizer, loader
-    training_data.restore_rng_states(saved_rng)
-    return scores, fold_of
 
 
 def calibrate_best_model(run: TrainingRun) -> dict[str, Any] | None:
@@ -917,7 +857,9 @@ def train(
         tracker = None
         if args.detect_problematic and args.cross_val_folds:
             if resume is None:  # a resumed run did its cross-validation before its first epoch
-                scores, folds = cross_validate(run, args.cross_val_folds)
+                scores, folds = problematic_analysis.cross_validate(
+                    run, args.cross_val_folds, make_model, make_optimizer, train_one_epoch, evaluate
+                )
                 report, path = write_analysis_report(run, scores, problematic_analysis.OUT_OF_FOLD, folds)
                 problematic_analysis.print_report(report, path, args.dataset_dir)
             if args.stop_after_analysis:

@@ -12,6 +12,7 @@ classifier.py (one set of reasons a bad file is refused) and writes nothing but 
 - ``EpochSampler`` / ``draw_epoch``: the epoch's draw, class-balanced by inverse frequency, reproducible by seed.
   Under torchrun every process draws the same epoch and keeps its own strided share (``shard``), like
   torch.utils.data.DistributedSampler does for a permutation; ``UsableIndices`` shares the evaluation the same way.
+  ``make_train_loader`` / ``make_eval_loader`` put them in DataLoaders.
 """
 
 from __future__ import annotations
@@ -614,6 +615,33 @@ def make_loader(
         persistent_workers=num_workers > 0,
         prefetch_factor=4 if num_workers > 0 else None,
     )
+
+
+def make_train_loader(
+    dataset: ImageDataset,
+    num_classes: int,
+    seed: int,
+    args: argparse.Namespace,
+    num_workers: int,
+    device: torch.device,
+    rank: int = 0,
+    world_size: int = 1,
+) -> DataLoader:
+    """The loader of an epoch's draw (``EpochSampler``: weighted unless --no-weighted-sampling, augmented), --batch-size
+    images a step, ``set_epoch`` picks the epoch; under torchrun process ``rank``'s share. The last incomplete batch
+    is dropped, unless it is the only one: a batch of one or two images gives noisy BatchNorm statistics."""
+    sampler = EpochSampler(dataset, num_classes, not args.no_weighted_sampling, seed, rank, world_size)
+    drop_last = len(sampler) > args.batch_size
+    return make_loader(dataset, sampler, args.batch_size, num_workers, device, drop_last)
+
+
+def make_eval_loader(
+    dataset: ImageDataset, batch_size: int, num_workers: int, device: torch.device, rank: int = 0, world_size: int = 1
+) -> DataLoader:
+    """A loader over ``dataset`` in order, no augmentation; under torchrun over process ``rank``'s share (the
+    trainer's ``evaluate`` gathers the shares)."""
+    sampler = UsableIndices(dataset, rank, world_size)
+    return make_loader(dataset, sampler, batch_size, num_workers, device, drop_last=False)
 
 
 # ---------------------------------------------------------------------------------------------------------------------
