@@ -3,13 +3,14 @@
 Three measurements, each printed with wall-clock and CPU times (CPU time moves little when others use the cores):
   1. pHash of 1000x750 JPEGs: detect_duplicates_by_phash.hash_files (draft decoding, worker processes) against
      ``imagehash.phash(Image.open(p).convert("RGB"))`` in a loop; also the mean Hamming distance between the two.
-  2. Near-duplicate search over 64-bit hashes (random plus planted pairs) at threshold 5: multi-index hashing
-     against a blocked numpy XOR-and-popcount brute force and, where installed, FAISS's IndexBinaryFlat range
-     search; the pairs must be identical.
+  2. Near-duplicate search over 64-bit hashes (random plus planted pairs) at threshold 5: the detector's search
+     (similarity_search.hamming_pairs: FAISS's multi-index hashing where installed) against numpy's blocked
+     XOR-and-popcount over all pairs (its fallback); the pairs must be identical.
   3. Embedding search over unit vectors (--dim, planted near pairs; CNN-like clustered and isotropic) at cosine
-     0.95: the detector's blocked numpy search, FAISS's IndexFlatIP range search where installed, and any earlier
-     version of the detector given with --compare-with (e.g. the range-finder pruning search it replaced); pairs
-     must be identical; peak memory of the numpy search.
+     0.95: the exact blocked numpy search, FAISS's IVF range search where installed (approximate: it may miss a
+     pair), and any earlier version of the detector given with --compare-with (e.g. the range-finder pruning
+     search, its find_similar_pairs); peak memory of the numpy search.
+  benchmarks/bench_search_scale.py measures the searches at 100k and 1M, each in a process of its own.
 
     python benchmarks/bench_duplicates.py
     python benchmarks/bench_duplicates.py --only embedding --embeddings 2000 20000 100000 --dim 512
@@ -43,6 +44,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path[:0] = [str(ROOT), str(ROOT / "data_collection")]
 import detect_duplicates_by_phash as by_phash  # noqa: E402 - found through the line above
 import imagehash  # noqa: E402
+import similarity_search as search  # noqa: E402
 
 OUT_DIR = ROOT / "benchmarks" / "_out"
 IMAGE_SIZE = (1000, 750)  # a typical web photo
@@ -175,32 +177,15 @@ def bench_phash(image_count: int, workers: int) -> None:
     print(f"  mean Hamming distance to the naive hashes: {mean_distance:.2f} bits (goal < 2), max {max(distances)}")
 
 
-def faiss_binary_pairs(words: np.ndarray, max_distance: int) -> np.ndarray:
-    """Pairs (i < j) within ``max_distance`` bits by FAISS's exact IndexBinaryFlat range search (radius is strict)."""
-    import faiss
-
-    codes = np.ascontiguousarray(words).view(np.uint8)
-    index = faiss.IndexBinaryFlat(codes.shape[1] * 8)
-    index.add(codes)
-    limits, _, neighbours = index.range_search(codes, max_distance + 1)
-    first = np.repeat(np.arange(len(codes)), np.diff(limits.astype(np.int64)))
-    pairs = np.stack([first, neighbours], axis=1)[neighbours > first].astype(np.int64)
-    return pairs[np.lexsort((pairs[:, 1], pairs[:, 0]))]
-
-
 def bench_search(hash_count: int) -> None:
     rng = np.random.default_rng(0)
     words = by_phash.pack_hashes(planted_hashes(hash_count, PLANTED_PAIRS, rng))
-    expected, brute_time = timed(by_phash.brute_force_pairs, words, HASH_THRESHOLD)
-    expected = expected[np.lexsort((expected[:, 1], expected[:, 0]))]
-    found, our_time = timed(by_phash.find_near_duplicate_pairs, words, HASH_THRESHOLD, HASH_BITS)
+    expected, brute_time = timed(search.hamming_pairs_numpy, words, HASH_THRESHOLD)
+    (found, info), our_time = timed(search.hamming_pairs, words, HASH_THRESHOLD, HASH_BITS)
     print(f"Near-duplicate search, {len(words)} hashes ({PLANTED_PAIRS} planted pairs), threshold {HASH_THRESHOLD}:")
-    compare("blocked numpy XOR + popcount brute force", brute_time, "multi-index hashing", our_time, GOALS["search"])
-    print(f"  pairs: {len(found)} found, identical to brute force: {np.array_equal(found, expected)}")
-    if importlib.util.find_spec("faiss") is not None:
-        faiss_pairs, faiss_time = timed(faiss_binary_pairs, words, HASH_THRESHOLD)
-        print(f"  FAISS IndexBinaryFlat range search: {faiss_time.wall:.2f} s (CPU {faiss_time.cpu:.2f} s), "
-              f"identical pairs: {np.array_equal(faiss_pairs, expected)}")  # fmt: skip
+    compare("numpy XOR + popcount, all pairs (no FAISS)", brute_time, f"hamming_pairs: {info['engine']}", our_time,
+            GOALS["search"])  # fmt: skip
+    print(f"  pairs: {len(found)} found, identical to numpy's: {np.array_equal(found, expected)}")
 
 
 def load_module(path: Path) -> Any:
@@ -212,13 +197,11 @@ def load_module(path: Path) -> Any:
 
 
 def bench_embedding(counts: Sequence[int], dim: int, compare_with: Path | None, faiss_max: int) -> None:
-    import detect_duplicates_by_embedding as by_embedding
-
     def numpy_search(data: np.ndarray) -> np.ndarray:
-        return by_embedding.find_similar_pairs(data, COSINE_THRESHOLD, engine="numpy")[0]
+        return search.cosine_pairs_numpy(data, COSINE_THRESHOLD)
 
     def faiss_search(data: np.ndarray) -> np.ndarray:
-        return by_embedding.find_similar_pairs_faiss(data, COSINE_THRESHOLD)
+        return search.cosine_pairs_faiss(data, COSINE_THRESHOLD)[0]
 
     other = load_module(compare_with) if compare_with else None
     has_faiss = importlib.util.find_spec("faiss") is not None
@@ -238,7 +221,7 @@ def bench_embedding(counts: Sequence[int], dim: int, compare_with: Path | None, 
             memory = f"peak memory {peak / 1e9:.3f} GB + embeddings {data.nbytes / 1e9:.3f} GB"
             print(f"  {'ours: blocked numpy, threads':<50} {timing.wall:7.2f} s  (CPU {timing.cpu:6.2f} s), "
                   f"{len(reference)} pairs, {memory}")  # fmt: skip
-            runs = [("FAISS IndexFlatIP range search", faiss_search)] if has_faiss and count <= faiss_max else []
+            runs = [("FAISS IVF range search (approximate)", faiss_search)] if has_faiss and count <= faiss_max else []
             if other is not None:
                 runs.append(
                     (
@@ -246,11 +229,11 @@ def bench_embedding(counts: Sequence[int], dim: int, compare_with: Path | None, 
                         lambda x: other.find_similar_pairs(x, COSINE_THRESHOLD),
                     )
                 )
-            for label, search in runs:
-                pairs, theirs = timed(search, data)
+            for label, other_search in runs:
+                pairs, theirs = timed(other_search, data)
                 ratio = f"ours / this: {timing.wall / theirs.wall:.2f} wall, {timing.cpu / theirs.cpu:.2f} CPU"
                 print(f"  {label:<50} {theirs.wall:7.2f} s  (CPU {theirs.cpu:6.2f} s), "
-                      f"identical pairs: {np.array_equal(np.asarray(pairs), reference)}, {ratio}")  # fmt: skip
+                      f"{len(pairs)} pairs, same: {np.array_equal(np.asarray(pairs), reference)}, {ratio}")  # fmt: skip
             del data
             gc.collect()
 

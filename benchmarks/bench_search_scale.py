@@ -29,6 +29,7 @@ from __future__ import annotations
 import argparse
 import importlib.util
 import json
+import logging
 import os
 import platform
 import resource
@@ -156,8 +157,22 @@ def search_once(case: dict[str, Any], data: np.ndarray) -> tuple[np.ndarray, dic
     return pairs, {key: info[key] for key in ("lists", "nprobe", "exact")}
 
 
+class Stages(logging.Handler):
+    """Keeps the search's own log lines (FAISS's stage timings) for the report."""
+
+    def __init__(self) -> None:
+        super().__init__(logging.INFO)
+        self.lines: list[str] = []
+
+    def emit(self, record: logging.LogRecord) -> None:
+        self.lines.append(record.getMessage())
+
+
 def run_case(case: dict[str, Any]) -> dict[str, Any]:
     """Run one case here; its figures as a dict (the pairs found are saved when asked, for a later recall)."""
+    stages = Stages()
+    search.logger.addHandler(stages)
+    search.logger.setLevel(logging.INFO)
     if case["kind"] == "groups":
         import duplicate_report as dr
 
@@ -197,6 +212,7 @@ def run_case(case: dict[str, Any]) -> dict[str, Any]:
         "planted_recall": recall(found, planted),
         "peak_gb": peak_gb(),
         "load": (load, os.getloadavg()[0]),
+        "stages": stages.lines,
     }
     if case.get("reference"):
         reference = Path(case["reference"])
@@ -333,10 +349,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     for stale in reference_dir.glob("exact_*.npy"):  # references are for this run's data only
         stale.unlink()
     print("| case | time | peak memory | found | load | goal |\n|---|---|---|---|---|---|")
+    stages = []
     for case in cases(args, reference_dir):
         result = in_subprocess(case)
         if result is not None:
             print(line(result), flush=True)
+            stages += [f"- {describe(result)}: {stage}" for stage in result.get("stages", [])]
+    print("\n".join(stages))
     return 0
 
 
