@@ -297,7 +297,7 @@ def cross_validate(
     run: TrainingRun,
     folds: int,
     make_model: Callable[..., nn.Module],
-    make_optimizer: Callable[..., tuple[Any, Any, Any]],
+    make_optimizer: Callable[..., Any],
     train_one_epoch: Callable[..., dict[str, Any]],
     evaluate: Callable[..., Predictions],
 ) -> tuple[ScoreTable, np.ndarray]:
@@ -325,10 +325,10 @@ def cross_validate(
         model = make_model(args, num_classes, run.device, seed=fold_seed, weights=args.weights)
         train_model = distributed.wrap_for_training(model, run.ranks, run.device)
         loader = run.epoch_loader(fold_train, fold_seed)
-        optimizer, scheduler, scaler = make_optimizer(model, args, len(loader), run.device, run.amp_dtype)
+        optimization = make_optimizer(model, args, len(loader), run.device, run.amp_dtype)
         held_out_loader = run.loader(train.with_view("eval", set(range(num_samples)) - held_out))
         for epoch in range(args.analysis_epochs):
-            stats = train_one_epoch(run, train_model, loader, optimizer, scheduler, scaler, epoch)
+            stats = train_one_epoch(run, train_model, loader, optimization, epoch)
             training_data.record_failures(run.skipped_files, train, "train", stats["failures"])
             fold_scores = evaluate(model, held_out_loader, run, f"fold {fold + 1}/{folds} epoch {epoch + 1}")
             training_data.record_failures(run.skipped_files, train, "train", fold_scores.failures)
@@ -337,7 +337,7 @@ def cross_validate(
             f"fold {fold + 1}/{folds}: trained {args.analysis_epochs} epoch(s) on "
             f"{num_samples - len(fold_train.excluded)} images, scored {len(held_out)} held-out images"
         )
-        del model, train_model, optimizer, loader
+        del model, train_model, optimization, loader
     training_data.restore_rng_states(saved_rng)
     return scores, fold_of
 

@@ -26,13 +26,11 @@ This file is the story: arguments, set-up, the train/evaluate loop, checkpoints 
 training_data.py (scan, cached copies, augmentation, sampling), training_report.py (metrics, calibration, plots,
 tables), problematic_analysis.py (--detect-problematic, cross-validation) and distributed.py (torchrun).
 
-Under torchrun (RANK, WORLD_SIZE and LOCAL_RANK set; the command line is otherwise the same) each process trains a
-DistributedDataParallel copy of the model on its share of every epoch (training_data.EpochSampler: the same draw
-on every process, a strided share each), ``evaluate`` gathers the per-image results of all processes, so metrics,
-the best model, calibration and the analysis see the whole validation or training set, and only rank 0 writes
-files (``save_epoch_outputs``, ``save_last_checkpoint``, ``write_analysis_report``, ``calibrate_best_model``,
-``finish_run``) or reads the output folder (``distributed.from_main``). Each process uses --batch-size images per
-step.
+Under torchrun each process trains a DistributedDataParallel copy of the model on its share of every epoch (of
+--batch-size images a step), ``evaluate`` gathers the per-image results of all processes, so metrics, the best model,
+calibration and the analysis see the whole set, and only rank 0 writes files (``save_epoch_outputs``,
+``save_last_checkpoint``, ``write_analysis_report``, ``calibrate_best_model``, ``finish_run``) or reads the output
+folder (``distributed.from_main``).
 """
 
 from __future__ import annotations
@@ -46,7 +44,7 @@ import sys
 import time
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import numpy as np
 import torch
@@ -133,9 +131,17 @@ def uses_channels_last(args: argparse.Namespace) -> bool:
     return args.channels_last if args.channels_last is not None else True
 
 
+class Optimization(NamedTuple):
+    """What a training step changes besides the weights, saved in last_checkpoint.pth for --resume."""
+
+    optimizer: torch.optim.Optimizer
+    scheduler: torch.optim.lr_scheduler.LambdaLR  # stepped after every batch
+    scaler: torch.amp.GradScaler  # float16's gradient scaling (a no-op otherwise)
+
+
 def make_optimizer(
     model: nn.Module, args: argparse.Namespace, steps_per_epoch: int, device: torch.device, amp_dtype: Any
-) -> tuple[torch.optim.Optimizer, torch.optim.lr_scheduler.LambdaLR, torch.amp.GradScaler]:
+) -> Optimization:
     """AdamW on the trainable parameters (no weight decay on biases and BatchNorm weights), a linear warm-up of
     --warmup-epochs then cosine decay over --epochs, and the gradient scaler float16 needs."""
     decay, no_decay = [], []
@@ -151,7 +157,7 @@ def make_optimizer(
         optimizer, lambda step: learning_rate_factor(step, warmup_steps, total_steps)
     )
     scaler = torch.amp.GradScaler(device.type, enabled=amp_dtype == torch.float16)
-    return optimizer, scheduler, scaler
+    return Optimization(optimizer, scheduler, scaler)
 
 
 def set_train_mode(model: nn.Module, blocks: Sequence[str]) -> None:
@@ -172,7 +178,6 @@ class TrainingRun:
     """Everything one run needs, built once by ``setup_training``."""
 
     args: argparse.Namespace
-    dataset_dir: Path
     output_dir: Path
     classes: list[str]
     train_dataset: training_data.ImageDataset
@@ -186,12 +191,13 @@ class TrainingRun:
     best_model_path: Path
     skipped_files: list[dict[str, str]] = dataclasses.field(default_factory=list)
     history: list[dict[str, Any]] = dataclasses.field(default_factory=list)
-    ranks: distributed.Ranks = dataclasses.field(default_factory=distributed.Ranks)
-    train_model: nn.Module | None = None  # ``model`` as it trains: in DistributedDataParallel under torchrun
+    ranks: distributed.Ranks = distributed.SINGLE_PROCESS
+    train_model: nn.Module = dataclasses.field(init=False)  # ``model`` as it trains: in DDP under torchrun
     train_loader: DataLoader = dataclasses.field(init=False)  # the epochs' draws of train_dataset from --seed
     val_loader: DataLoader = dataclasses.field(init=False)
 
     def __post_init__(self) -> None:
+        self.train_model = distributed.wrap_for_training(self.model, self.ranks, self.device)
         self.train_loader = self.epoch_loader(self.train_dataset, self.args.seed)
         self.val_loader = self.loader(self.val_dataset)
 
@@ -260,9 +266,7 @@ def evaluate(model: nn.Module, loader: DataLoader, run: TrainingRun, description
 def training_step(
     model: nn.Module,
     run: TrainingRun,
-    optimizer: torch.optim.Optimizer,
-    scheduler: torch.optim.lr_scheduler.LRScheduler,
-    scaler: torch.amp.GradScaler,
+    optimization: Optimization,
     inputs: torch.Tensor,
     labels: torch.Tensor,
     loss_weight: float = 1.0,
@@ -271,22 +275,16 @@ def training_step(
     with autocast(run):
         logits = model(inputs)
         loss = F.cross_entropy(logits, labels) * loss_weight
-    optimizer.zero_grad(set_to_none=True)
-    scaler.scale(loss).backward()
-    scaler.step(optimizer)
-    scaler.update()
-    scheduler.step()
+    optimization.optimizer.zero_grad(set_to_none=True)
+    optimization.scaler.scale(loss).backward()
+    optimization.scaler.step(optimization.optimizer)
+    optimization.scaler.update()
+    optimization.scheduler.step()
     return logits, loss
 
 
 def train_one_epoch(
-    run: TrainingRun,
-    model: nn.Module,
-    loader: DataLoader,
-    optimizer: torch.optim.Optimizer,
-    scheduler: torch.optim.lr_scheduler.LRScheduler,
-    scaler: torch.amp.GradScaler,
-    epoch: int,
+    run: TrainingRun, model: nn.Module, loader: DataLoader, optimization: Optimization, epoch: int
 ) -> dict[str, Any]:
     """One pass over the epoch's weighted draw; returns loss, accuracy, image count and decode failures.
 
@@ -303,10 +301,10 @@ def train_one_epoch(
         failures.extend(batch["failures"])
         if len(batch["labels"]) == 0:
             if run.ranks.is_distributed:  # every process takes part in every step's gradient all-reduce
-                idle_step(model, run, optimizer, scheduler, scaler)
+                idle_step(model, run, optimization)
             continue
         inputs, labels = model_input(batch, run)
-        logits, loss = training_step(model, run, optimizer, scheduler, scaler, inputs, labels)
+        logits, loss = training_step(model, run, optimization, inputs, labels)
         totals[0] += loss.detach().float() * len(labels)
         totals[1] += (logits.detach().argmax(dim=1) == labels).sum()
         totals[2] += len(labels)
@@ -321,13 +319,7 @@ def train_one_epoch(
     }
 
 
-def idle_step(
-    model: nn.Module,
-    run: TrainingRun,
-    optimizer: torch.optim.Optimizer,
-    scheduler: torch.optim.lr_scheduler.LRScheduler,
-    scaler: torch.amp.GradScaler,
-) -> None:
+def idle_step(model: nn.Module, run: TrainingRun, optimization: Optimization) -> None:
     """A step that adds nothing, for a process whose whole batch failed to decode: DistributedDataParallel needs
     every process in every step's all-reduce, and the schedule stays in step. Two blank images, a zero loss, and
     BatchNorm in eval mode, so its statistics do not see them."""
@@ -336,7 +328,7 @@ def idle_step(
     size = run.args.image_size
     blank = torch.zeros((2, size, size, 3), dtype=torch.uint8)
     inputs, labels = model_input({"images": blank, "labels": torch.zeros(2, dtype=torch.long)}, run)
-    training_step(model, run, optimizer, scheduler, scaler, inputs, labels, loss_weight=0.0)
+    training_step(model, run, optimization, inputs, labels, loss_weight=0.0)
     set_train_mode(module, run.frozen)
 
 
@@ -382,9 +374,7 @@ def run_summary(run: TrainingRun, record: dict[str, Any]) -> dict[str, Any]:
 
 def save_last_checkpoint(
     run: TrainingRun,
-    optimizer: torch.optim.Optimizer,
-    scheduler: torch.optim.lr_scheduler.LRScheduler,
-    scaler: torch.amp.GradScaler,
+    optimization: Optimization,
     epoch: int,
     tracker: problematic_analysis.ProblematicImageTracker | None,
 ) -> None:
@@ -400,9 +390,9 @@ def save_last_checkpoint(
         "problematic_analysis": tracker.state_dict() if tracker is not None else None,
         "metadata_started": run.metadata["started"],
         "best_model_name": run.best_model_path.name,
-        "optimizer_state_dict": optimizer.state_dict(),
-        "scheduler_state_dict": scheduler.state_dict(),
-        "scaler_state_dict": scaler.state_dict(),
+        "optimizer_state_dict": optimization.optimizer.state_dict(),
+        "scheduler_state_dict": optimization.scheduler.state_dict(),
+        "scaler_state_dict": optimization.scaler.state_dict(),
         "rng_states": training_data.rng_states(),
     }
     save_checkpoint(run.output_dir / LAST_CHECKPOINT_NAME, run.model, run, extra)
@@ -488,9 +478,8 @@ def setup_training(
     process's (default: --device).
     """
     device = device if device is not None else classifier.pick_device(args.device)
-    dataset_dir = Path(args.dataset_dir)
     data = training_data.build_datasets(
-        dataset_dir,
+        Path(args.dataset_dir),
         args.image_size,
         args.cache_max_gb,
         Path(args.cache_dir) if args.cache_dir else None,
@@ -533,7 +522,6 @@ def setup_training(
         metadata["started"] = resume["metadata_started"]
     return TrainingRun(
         args=args,
-        dataset_dir=dataset_dir,
         output_dir=output_dir,
         classes=classes,
         train_dataset=train_dataset,
@@ -547,7 +535,6 @@ def setup_training(
         best_model_path=output_dir / best_model_name(output_dir, resume),
         skipped_files=data.skipped_files,
         ranks=ranks,
-        train_model=distributed.wrap_for_training(model, ranks, device),
     )
 
 
@@ -603,19 +590,19 @@ def run_epochs(
     """The epoch loop: train, evaluate, record, save; stops early after --patience epochs without a better F1, or
     after the analysis epochs with --stop-after-analysis."""
     args, model = run.args, run.model
-    optimizer, scheduler, scaler = make_optimizer(model, args, len(run.train_loader), run.device, run.amp_dtype)
+    optimization = make_optimizer(model, args, len(run.train_loader), run.device, run.amp_dtype)
     start_epoch = 0
     if resume is not None:
-        optimizer.load_state_dict(resume["optimizer_state_dict"])
-        scheduler.load_state_dict(resume["scheduler_state_dict"])
-        scaler.load_state_dict(resume["scaler_state_dict"])
+        optimization.optimizer.load_state_dict(resume["optimizer_state_dict"])
+        optimization.scheduler.load_state_dict(resume["scheduler_state_dict"])
+        optimization.scaler.load_state_dict(resume["scaler_state_dict"])
         training_data.restore_rng_states(resume["rng_states"])
         run.history = list(resume["history"])
         start_epoch = int(resume["epoch"])
         # The schedule goes by steps, and an epoch has fewer of them with more processes: it carries on from the
         # epochs done, so a run resumed with another number of processes keeps its learning-rate curve.
-        scheduler.last_epoch = start_epoch * len(run.train_loader) - 1
-        scheduler.step()
+        optimization.scheduler.last_epoch = start_epoch * len(run.train_loader) - 1
+        optimization.scheduler.step()
         print(f"Resuming after epoch {start_epoch} of {args.epochs}.")
     write_metadata(run, "running")
 
@@ -631,8 +618,8 @@ def run_epochs(
     score_loader = run.loader(run.train_dataset.with_view("eval")) if tracker is not None else None
     for epoch in cli.progress(range(start_epoch, args.epochs), desc="epochs"):
         started = time.perf_counter()
-        learning_rate = optimizer.param_groups[0]["lr"]
-        train_stats = train_one_epoch(run, run.train_model, run.train_loader, optimizer, scheduler, scaler, epoch)
+        learning_rate = optimization.optimizer.param_groups[0]["lr"]
+        train_stats = train_one_epoch(run, run.train_model, run.train_loader, optimization, epoch)
         training_data.record_failures(run.skipped_files, run.train_dataset, "train", train_stats["failures"])
         predictions = evaluate(model, run.val_loader, run, f"epoch {epoch + 1} val")
         training_data.record_failures(run.skipped_files, run.val_dataset, "val", predictions.failures)
@@ -654,7 +641,7 @@ def run_epochs(
                 report, report_file = write_analysis_report(run, tracker.scores, problematic_analysis.IN_SAMPLE)
                 tracker.report_path, score_loader = str(report_file), None  # its workers are not needed any more
         save_epoch_outputs(run, record, predictions)
-        save_last_checkpoint(run, optimizer, scheduler, scaler, epoch, tracker)
+        save_last_checkpoint(run, optimization, epoch, tracker)
         tqdm.write(training_report.format_epoch_line(record), file=sys.stdout)
         if report is not None:
             problematic_analysis.print_report(report, report_file, args.dataset_dir)
@@ -766,10 +753,9 @@ def argument_problem(args: argparse.Namespace, ranks: distributed.Ranks = distri
         return f"--weight-decay must not be negative, got {args.weight_decay}"
     if not 0.0 <= args.confidence_threshold <= 1.0:
         return f"--confidence-threshold must be between 0 and 1, got {args.confidence_threshold}"
-    if args.workers is not None and args.workers < 0:
-        return f"--workers must not be negative, got {args.workers}"
-    if args.cache_max_gb < 0:
-        return f"--cache-max-gb must not be negative, got {args.cache_max_gb}"
+    data_problem = training_data.argument_problem(args)  # --workers, --cache-max-gb
+    if data_problem:
+        return data_problem
     try:
         distributed.process_device(args.device, ranks)
     except ValueError as error:

@@ -806,5 +806,14 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
 
 
+def argument_problem(args: argparse.Namespace) -> str | None:
+    """One sentence for values of these flags no run can use, or None."""
+    if args.workers is not None and args.workers < 0:
+        return f"--workers must not be negative, got {args.workers}"
+    if args.cache_max_gb < 0:
+        return f"--cache-max-gb must not be negative, got {args.cache_max_gb}"
+    return None
+
+
 if __name__ == "__main__":
     raise SystemExit("training_data.py is imported by train_classifier.py, not a script; see README.md")

@@ -207,7 +207,7 @@ def history_for_comparison(history: Sequence[dict[str, Any]]) -> list[dict[str, 
 
 @dataclasses.dataclass
 class Predictions:
-    """Per-image results of ``evaluate_dataset``: rows follow ``indices`` (positions in the dataset's samples)."""
+    """Per-image results of the trainer's ``evaluate``: rows follow ``indices`` (positions in the dataset's samples)."""
 
     logits: torch.Tensor  # (N, C) float32, CPU
     labels: torch.Tensor  # (N,)

@@ -140,9 +140,7 @@ def ready_batches(context: train_classifier.TrainingRun, epoch: int) -> list[tup
 def time_training(
     context: train_classifier.TrainingRun,
     ready: Sequence[tuple[torch.Tensor, torch.Tensor]],
-    optimizer: torch.optim.Optimizer,
-    scheduler: torch.optim.lr_scheduler.LRScheduler,
-    scaler: torch.amp.GradScaler,
+    optimization: train_classifier.Optimization,
     epoch: int,
 ) -> dict[str, float]:
     """Seconds of a real epoch (loader, model input, training_step) and of the same steps on ready tensors.
@@ -156,12 +154,10 @@ def time_training(
     for ready_inputs, ready_labels in ready:
         started = time.perf_counter()
         inputs, labels = train_classifier.model_input(next(real_batches), context)
-        train_classifier.training_step(context.model, context, optimizer, scheduler, scaler, inputs, labels)[1].item()
+        train_classifier.training_step(context.model, context, optimization, inputs, labels)[1].item()
         seconds["real"] += time.perf_counter() - started
         started = time.perf_counter()
-        train_classifier.training_step(
-            context.model, context, optimizer, scheduler, scaler, ready_inputs, ready_labels
-        )[1].item()
+        train_classifier.training_step(context.model, context, optimization, ready_inputs, ready_labels)[1].item()
         seconds["ready"] += time.perf_counter() - started
         seconds["images"] += len(labels)
     return seconds
@@ -256,11 +252,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 0
 
     # (b) a real training epoch against the same steps on ready tensors
-    optimizer, scheduler, scaler = train_classifier.make_optimizer(
+    optimization = train_classifier.make_optimizer(
         context.model, trainer_args, len(context.train_loader), context.device, context.amp_dtype
     )
-    time_training(context, ready_batches(context, 100)[:1], optimizer, scheduler, scaler, 100)  # warm-up, untimed
-    timed = time_training(context, ready_batches(context, 101), optimizer, scheduler, scaler, 102)
+    time_training(context, ready_batches(context, 100)[:1], optimization, 100)  # warm-up, untimed
+    timed = time_training(context, ready_batches(context, 101), optimization, 102)
     ready_rate, real_rate = timed["images"] / timed["ready"], timed["images"] / timed["real"]
     first_rate = timed["images"] / (timed["real"] + best["decode_once"])
     print(f"\n(b) training {args.arch}, freeze-until layer3, {context.device}, alternating step by step (images/s)")
