@@ -290,7 +290,7 @@ def train_one_epoch(
 
     Under torchrun ``model`` is the DistributedDataParallel wrapper and ``loader`` this process's share; the
     returned figures and failures are those of all processes, and every process ends with rank 0's BatchNorm
-    statistics (``share_buffers``), so all hold the same model.
+    statistics (``distributed.share_buffers``), so all hold the same model.
     """
     module = distributed.unwrap(model)
     set_train_mode(module, run.frozen)
