@@ -565,3 +565,7 @@ def print_summary(metadata: dict[str, Any], model_path: Path, metadata_path: Pat
             f"  or in Python: BirdPlaneSupermanClassifier(..., confidence_threshold={recommended:.2f})"
         )
     print(f"\nModel: {cli.printable(model_path)}   metadata: {cli.printable(metadata_path)}")
+
+
+if __name__ == "__main__":
+    raise SystemExit("training_report.py is imported by train_classifier.py, not a script; see README.md")

@@ -102,6 +102,7 @@ def import_faiss() -> ModuleType | None:
         os.environ["OPENBLAS_CORETYPE"] = core_type
     else:
         is_set_here = False
+    logging.getLogger("faiss.loader").setLevel(logging.WARNING)  # its INFO lines about optional CPU builds alarm users
     try:
         import faiss  # optional: pip install faiss-cpu
     except Exception as error:  # noqa: BLE001 - ImportError, or a broken install's OSError: numpy does the work
@@ -251,7 +252,7 @@ def hamming_pairs(words: np.ndarray, max_distance: int, bits: int) -> tuple[np.n
         return hamming_pairs_numpy(words, max_distance), {"engine": "numpy", "exact": True}
 
     if import_faiss() is None:
-        log = logger.warning if count > SLOW_NUMPY_HASHES else logger.info
+        log = logger.warning if count > SLOW_NUMPY_HASHES else logger.debug
         log(
             "FAISS is not installed: comparing all pairs of %d hashes with numpy (pip install faiss-cpu makes this "
             "search fast)",
@@ -397,7 +398,7 @@ def cosine_pairs_faiss(
     searched = time.perf_counter()
     pairs = exact_pairs(embeddings, unique_pairs(np.concatenate(found)), threshold)
     checked = time.perf_counter()
-    logger.info(
+    logger.debug(
         "FAISS IVF over %d vectors: %d cells trained in %.1f s, vectors assigned in %.1f s, %d cells each searched "
         "in %.1f s, candidates checked in %.1f s",
         count, lists, trained - started, assigned - trained, nprobe, searched - assigned, checked - searched,
@@ -445,3 +446,9 @@ def cosine_pairs(
     if len(embeddings) < 2 or choose_engine(len(embeddings), mode) == "numpy":
         return numpy_search()
     return with_fallback(lambda: cosine_pairs_faiss(embeddings, threshold, nprobe), numpy_search)
+
+
+if __name__ == "__main__":
+    raise SystemExit(
+        "similarity_search.py is imported by the duplicate detectors, not a script; run detect_duplicates_by_phash.py"
+    )
