@@ -34,6 +34,7 @@ HASH_CHUNK_BYTES = 1 << 20  # read files in 1 MiB pieces: constant memory, few s
 TEMP_SUFFIX = ".tmp"  # every temp file the project writes is ".<name>.<random>.tmp" beside its target
 STALE_TEMP_SECONDS = 3600  # a temp file of our kind older than this belongs to a killed run and may be removed
 UNREADABLE_LOCK_STALE_S = 60.0  # a lock file with no readable owner (killed while writing it) is stale after this
+LOCK_READ_LIMIT = 65536  # a lock record is about 100 bytes; a lock file is never read beyond this
 
 
 class ReportError(ValueError):
@@ -297,11 +298,23 @@ def is_process_alive(pid: int) -> bool:
 
 
 def lock_owner(path: str | os.PathLike) -> tuple[dict[str, Any] | None, str]:
-    """(the owner a lock file records, or None when it is unreadable, the file's raw text)."""
+    """(the owner a lock file records, or None when it is unreadable, the file's raw text).
+
+    Only a regular file is read, never through a symlink and at most LOCK_READ_LIMIT bytes, so a FIFO, a device or a
+    link to one at the lock's place cannot hang or exhaust memory: it counts as a lock with no readable owner.
+    """
     try:
-        text = Path(path).read_text(encoding="utf-8", errors="replace")
+        descriptor = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK)
     except OSError:
         return None, ""
+    try:
+        if not stat.S_ISREG(os.fstat(descriptor).st_mode):
+            return None, ""
+        text = os.read(descriptor, LOCK_READ_LIMIT).decode("utf-8", errors="replace")
+    except OSError:
+        return None, ""
+    finally:
+        os.close(descriptor)
     try:
         owner = json.loads(text)
     except json.JSONDecodeError:

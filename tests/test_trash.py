@@ -207,6 +207,30 @@ def test_a_killed_run_never_leaves_the_lock_stuck(dataset: Path) -> None:
         pass
 
 
+@pytest.mark.parametrize("kind", ["fifo", "link to a fifo outside", "link to /dev/zero"])
+def test_a_lock_that_is_not_a_regular_file_refuses_without_hanging(dataset: Path, outside: Path, kind: str) -> None:
+    lock_path = dataset / ".trash/.lock"
+    lock_path.parent.mkdir()
+    if kind == "fifo":
+        os.mkfifo(lock_path)
+    elif kind == "link to a fifo outside":
+        os.mkfifo(outside / "pipe")
+        lock_path.symlink_to(outside / "pipe")
+    else:
+        lock_path.symlink_to("/dev/zero")
+    before = tree_snapshot(outside)
+    code = (
+        f"import sys; sys.path.insert(0, {str(ROOT)!r}); import trash\n"
+        f"try:\n    with trash.lock({str(dataset)!r}, 't'):\n        print('ran')\n"
+        "except trash.TrashError as error:\n    print(error)\n"
+    )
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
+    assert result.returncode == 0, result.stderr
+    assert "its lock file is being written or is damaged" in result.stdout
+    assert os.path.lexists(lock_path)  # not its own lock: left for the person (taken over only once stale)
+    assert tree_snapshot(outside) == before
+
+
 def test_two_threads_at_once_one_runs_one_refuses(dataset: Path) -> None:
     barrier, outcomes = threading.Barrier(2), []
 
