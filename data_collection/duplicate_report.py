@@ -585,14 +585,25 @@ def validate_report(report: Any, source: str = "the report") -> dict[str, Any]:
         raise ReportError(f"{source} has unknown duplicate group categories; expected {', '.join(CATEGORIES)}")
     required = ("path", "size", "mtime_ns", "set", "class")
     for category, category_groups in groups.items():
-        for group in category_groups if isinstance(category_groups, list) else [None]:
-            files = group.get("files") if isinstance(group, dict) else None
-            if (
-                not isinstance(files, list)
-                or not isinstance(group.get("id"), int)
-                or not all(isinstance(entry, dict) and all(key in entry for key in required) for entry in files)
-            ):
-                raise ReportError(f"{source} has a malformed group in {category!r}; run the detector again")
+        if not isinstance(category_groups, list):
+            raise ReportError(f"{source}: duplicate_groups.{category} is not a list; run the detector again")
+        for number, group in enumerate(category_groups):
+            where = f"duplicate_groups.{category}[{number}]"
+            problem = None
+            if not isinstance(group, dict):
+                problem = f"{where} is not an object"
+            elif not isinstance(group.get("id"), int) or isinstance(group.get("id"), bool):
+                problem = f"{where}.id is not a whole number"
+            elif not isinstance(group.get("files"), list):
+                problem = f"{where}.files is not a list"
+            else:
+                for index, entry in enumerate(group["files"]):
+                    missing = [key for key in required if not isinstance(entry, dict) or key not in entry]
+                    if missing:
+                        problem = f"{where}.files[{index}] lacks {', '.join(missing)}"
+                        break
+            if problem:
+                raise ReportError(f"{source}: {problem}; run the detector again")
     return report
 
 

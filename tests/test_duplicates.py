@@ -126,10 +126,17 @@ def test_missing_report_fields_are_refused(tmp_path: Path) -> None:
         dr.validate_report({"schema_version": 1})
     with pytest.raises(dr.ReportError, match="unknown method"):
         dr.validate_report({"schema_version": 1, "method": "guess", "duplicate_groups": {}})
-    with pytest.raises(dr.ReportError, match="malformed group"):
-        dr.validate_report(
-            {"schema_version": 1, "method": "phash", "duplicate_groups": {"same_class_and_set": [{"id": 1}]}}
-        )
+
+    def groups(*group: object) -> dict:
+        return {"schema_version": 1, "method": "phash", "duplicate_groups": {"same_class_and_set": list(group)}}
+
+    with pytest.raises(dr.ReportError, match=r"same_class_and_set\[0\]\.files is not a list"):
+        dr.validate_report(groups({"id": 1}))
+    with pytest.raises(dr.ReportError, match=r"same_class_and_set\[0\]\.id is not a whole number"):
+        dr.validate_report(groups({"id": "1", "files": []}))
+    entry = {"path": "train/bird/a.jpg", "size": 1, "set": "train", "class": "bird"}  # no mtime_ns
+    with pytest.raises(dr.ReportError, match=r"same_class_and_set\[1\]\.files\[0\] lacks mtime_ns"):
+        dr.validate_report(groups({"id": 1, "files": []}, {"id": 2, "files": [entry]}))
 
 
 # ----------------------------------------------------------------------------------------------------------------
