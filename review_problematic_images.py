@@ -450,9 +450,12 @@ def decide(
             print(f"\n{describe_entry(entry, position, len(pending))}")
             if viewer is not None:
                 viewer.show(dataset_dir / entry["path"], f"{entry['class']} -> {entry.get('suggested_class', '?')}")
-            action, target = ask_about(
-                entry, [c for c in fileio.class_folders(dataset_dir / split) if c != entry["class"]]
-            )
+            targets = [  # only class folders a relabel may move into: not the own class, none leading outside
+                c
+                for c in fileio.class_folders(dataset_dir / split)
+                if c != entry["class"] and fileio.is_inside(dataset_dir / split / c, dataset_dir)
+            ]
+            action, target = ask_about(entry, targets)
             if action == "quit":
                 print("Quitting; the decisions so far are kept.")
                 break

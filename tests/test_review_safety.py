@@ -142,6 +142,21 @@ def test_report_entry_through_a_symlinked_folder_is_never_moved(
     assert not (dataset / report["problematic_images"]["bird"][1]["path"]).exists()  # the honest one was deleted
 
 
+def test_a_class_folder_leading_outside_is_never_offered_as_a_relabel_target(
+    reviewed: Reviewed, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    dataset, report_path, report = reviewed
+    victim = make_victim(tmp_path)
+    (dataset / "train" / "evilclass").symlink_to(victim / "sub", target_is_directory=True)
+    before = tree_snapshot(victim)
+    code, _ = run_interactive(monkeypatch, report_path, ["r evilclass", "q"])
+    assert code == 0
+    assert "there is no class folder 'evilclass' to move it to" in capsys.readouterr().out  # refused at the prompt
+    decisions = report_path.with_name(review.DECISIONS_FILE_NAME)
+    assert not decisions.exists() or "evilclass" not in decisions.read_text(encoding="utf-8")
+    assert tree_snapshot(victim) == before
+
+
 def test_decisions_made_for_another_dataset_are_refused(
     reviewed: Reviewed, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
