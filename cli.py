@@ -7,7 +7,7 @@ tqdm only.
   unusable input (one sentence), 130 interrupted.
 - One error printer: ``error(message)`` writes ``error: <message>`` on stderr and returns EXIT_USAGE.
 - One verbosity flag and one progress switch: ``add_output_flags(parser)`` adds ``-v/--verbose`` and
-  ``--no-progress``; ``setup_logging(args)`` configures logging from them (only scripts' ``main`` calls it).
+  ``--no-progress``; ``apply_output_flags(args)`` acts on them (only scripts' ``main`` calls it).
 - Progress bars on stderr, only when stderr is a terminal: ``progress(iterable, ...)``.
 - Report flags are named the same way everywhere: ``add_report_flag(parser, ...)`` adds ``--report`` and keeps a
   script's old spellings as hidden aliases so existing commands still work.
@@ -101,6 +101,12 @@ def setup_logging(verbose: bool = False) -> None:
 
 
 _progress_enabled = True
+
+
+def apply_output_flags(args: argparse.Namespace) -> None:
+    """Act on ``add_output_flags``' two switches: logging level from ``-v``, bars off with ``--no-progress``."""
+    setup_logging(args.verbose)
+    set_progress(not args.no_progress)
 
 
 def set_progress(enabled: bool) -> None:

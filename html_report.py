@@ -786,8 +786,7 @@ def get_args_parser(add_help: bool = True) -> argparse.ArgumentParser:
 def main(argv: Sequence[str] | None = None) -> int:
     parser = get_args_parser()
     args = parser.parse_args(argv)
-    cli.setup_logging(args.verbose)
-    cli.set_progress(not args.no_progress)
+    cli.apply_output_flags(args)
     if not args.dataset_dir.is_dir():
         return cli.error(f"the dataset folder {args.dataset_dir} does not exist (pass --dataset-dir)")
     output = args.report if args.report is not None else args.dataset_dir / DEFAULT_NAME

@@ -656,8 +656,7 @@ def get_args_parser(add_help: bool = True) -> argparse.ArgumentParser:
 def main(argv: Sequence[str] | None = None) -> int:
     parser = get_args_parser()
     args = parser.parse_args(argv)
-    cli.setup_logging(args.verbose)
-    cli.set_progress(not args.no_progress)
+    cli.apply_output_flags(args)
     if args.limit is not None and args.limit < 1:
         parser.error("--limit must be at least 1")
     if args.undo is not None and args.apply_decisions is not None:

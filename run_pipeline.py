@@ -715,8 +715,7 @@ def check_args(parser: argparse.ArgumentParser, args: argparse.Namespace) -> Non
 def main(argv: Sequence[str] | None = None) -> int:
     parser = get_args_parser()
     args = parser.parse_args(argv)
-    cli.setup_logging(args.verbose)
-    cli.set_progress(not args.no_progress)
+    cli.apply_output_flags(args)
     check_args(parser, args)
     dataset_dir = args.dataset_dir
     html_path = args.report if args.report is not None else dataset_dir / DEFAULT_HTML_NAME

@@ -777,8 +777,7 @@ def interruption_message(run: TrainingRun | None, output_dir: Path, cause: str) 
 def main(argv: Sequence[str] | None = None) -> int:
     parser = get_args_parser()
     args = parser.parse_args(argv)
-    cli.setup_logging(args.verbose)
-    cli.set_progress(not args.no_progress)
+    cli.apply_output_flags(args)
     try:
         ranks = distributed.ranks_from_environment(os.environ)
     except ValueError as error:

@@ -706,8 +706,7 @@ def main(
 ) -> int:
     """Run the downloader; ``search_backend`` and ``sleep`` are for tests (a fake search, no real waiting)."""
     args = get_args_parser().parse_args(argv)
-    cli.setup_logging(args.verbose)
-    cli.set_progress(not args.no_progress)
+    cli.apply_output_flags(args)
     logging.getLogger("urllib3").setLevel(logging.WARNING)  # one line per connection would drown -v
     if not args.verbose:
         logging.getLogger("ddgs").setLevel(logging.WARNING)  # its errors repeat our "retrying" warnings

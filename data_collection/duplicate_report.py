@@ -763,8 +763,7 @@ def start(args: argparse.Namespace, method: str) -> Scan | int:
     Returns the scan, or the exit code after one sentence on stderr (a read-only destination is said before any
     work; an empty or missing dataset too).
     """
-    cli.setup_logging(args.verbose)
-    cli.set_progress(not args.no_progress)
+    cli.apply_output_flags(args)
     sets = parse_sets(args.sets)
     if not args.dataset_dir.is_dir():
         return cli.error(f"dataset folder {cli.printable(args.dataset_dir)} does not exist (pass --dataset-dir)")

@@ -768,8 +768,7 @@ def run_undo(args: argparse.Namespace) -> int:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = get_args_parser().parse_args(argv)
-    cli.setup_logging(args.verbose)
-    cli.set_progress(not args.no_progress)
+    cli.apply_output_flags(args)
     try:
         return run_undo(args) if args.undo is not None else run_removal(args)
     except (fileio.ReportError, dr.ReportError) as error:  # also trash.TrashError: a held lock, a symlinked trash...
