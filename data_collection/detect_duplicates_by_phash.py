@@ -22,12 +22,13 @@ import functools
 import logging
 import os
 import sys
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 from typing import Any, NamedTuple
 
 import duplicate_report as dr  # the sibling modules (Python puts the script's folder on sys.path)
+import near_copy_check
 import numpy as np
 import similarity_search as search
 from PIL import Image, ImageOps
@@ -38,7 +39,7 @@ import cli  # noqa: E402 - needs the line above
 logger = logging.getLogger(__name__)
 
 METHOD = "phash"
-DEFAULT_THRESHOLD = 5  # of 64 bits: resized / recompressed / 5%-cropped / brightened copies stay within it
+DEFAULT_THRESHOLD = 12  # candidate radius (64 bits), then the pixel check: see USAGE_EXAMPLES.md for measured recall
 DEFAULT_HASH_SIZE = 8  # 8x8 = 64-bit hashes, imagehash's default
 HIGHFREQ_FACTOR = 4  # imagehash.phash's default: the DCT runs on (hash_size * 4) pixels square
 DEFAULT_WORKERS = os.cpu_count() or 1  # decoding is CPU-bound: one process per core
@@ -82,7 +83,11 @@ def is_low_information(bit_rows: np.ndarray) -> np.ndarray:
 
 
 def near_duplicate_groups(
-    words: np.ndarray, max_distance: int, bits: int, mirrored_words: np.ndarray | None = None
+    words: np.ndarray,
+    max_distance: int,
+    bits: int,
+    mirrored_words: np.ndarray | None = None,
+    verify: Callable[[np.ndarray], np.ndarray] | None = None,
 ) -> tuple[list[list[int]], dict[str, Any]]:
     """(groups of images within ``max_distance`` of their group's representative (dr.star_groups), representative
     first; how the pairs were searched). With ``mirrored_words``, an image also counts as near another when its
@@ -90,6 +95,10 @@ def near_duplicate_groups(
 
     Images with identical hashes (and mirror hashes) are collapsed into one search item first, so a thousand copies
     of one image cost one entry, not a million pairs; ties between items go to the first image (path order).
+
+    ``verify`` (the second stage): takes (n, 2) image index pairs, returns n booleans, True for the same photo. Then
+    the pairs within ``max_distance`` are only candidates: a group holds verified pairs only, and never a pair that
+    failed (see checked_items).
     """
     keys = words if mirrored_words is None else np.concatenate([words, mirrored_words], axis=1)
     unique_keys, first_image, node_of_image = np.unique(keys, axis=0, return_index=True, return_inverse=True)
@@ -110,12 +119,51 @@ def near_duplicate_groups(
     node_pairs = np.stack([first[keep] % nodes, second[keep] % nodes], axis=1)
     weights = np.bincount(node_of_image, minlength=nodes)
     images_of_node = np.split(np.argsort(node_of_image, kind="stable"), np.cumsum(weights)[:-1])
+    if verify is None:
+        node_groups = dr.star_groups(nodes, node_pairs, weights)
+    else:
+        images_of_node, node_pairs, rejected = checked_items(images_of_node, node_pairs, verify)
+        weights = np.array([len(images) for images in images_of_node])
+        node_groups = dr.star_groups(len(weights), node_pairs, weights)
+        node_groups = near_copy_check.split_conflicts(node_groups, rejected, weights)
+        search_info = {**search_info, "checked_pairs": len(node_pairs) + len(rejected), "rejected_pairs": len(rejected)}
     groups = []
-    for node_group in dr.star_groups(nodes, node_pairs, weights):
+    for node_group in node_groups:
         representative = images_of_node[node_group[0]]
         others = np.concatenate([representative[1:], *(images_of_node[node] for node in node_group[1:])])
         groups.append([int(representative[0]), *sorted(int(image) for image in others)])
     return groups, search_info
+
+
+def checked_items(
+    images_of_node: Sequence[np.ndarray], node_pairs: np.ndarray, verify: Callable[[np.ndarray], np.ndarray]
+) -> tuple[list[np.ndarray], np.ndarray, np.ndarray]:
+    """The search items after the second stage: (images of each item, verified item pairs, rejected item pairs).
+
+    Images that share a hash are checked against the first of them; one that fails becomes an item of its own,
+    rejected against its old item and a candidate of everything that item was a candidate of. Each candidate pair
+    of items is then checked on the items' first images (copies of one picture stand for each other).
+    """
+    inner = np.array([(images[0], image) for images in images_of_node for image in images[1:]], dtype=np.int64)
+    failed = set(inner[~verify(inner), 1].tolist()) if len(inner) else set()
+    items: list[np.ndarray] = []
+    items_of_node: list[list[int]] = []
+    rejected: list[tuple[int, int]] = []
+    candidates: list[tuple[int, int]] = []  # two images that failed against their item may be copies of each other
+    for images in images_of_node:
+        kept = np.array([image for image in images if image not in failed], dtype=np.int64)
+        own = [len(items) + index for index in range(1 + len(images) - len(kept))]
+        items.extend([kept, *(np.array([image]) for image in images if image in failed)])
+        items_of_node.append(own)
+        rejected.extend((own[0], item) for item in own[1:])
+        candidates.extend((a, b) for index, a in enumerate(own[1:], 1) for b in own[index + 1 :])
+    for first, second in node_pairs.tolist():
+        candidates.extend((a, b) for a in items_of_node[first] for b in items_of_node[second])
+    pairs = np.array(candidates, dtype=np.int64).reshape(-1, 2)
+    first_image = np.array([images[0] for images in items], dtype=np.int64)
+    is_same = verify(first_image[pairs]) if len(pairs) else np.zeros(0, dtype=bool)
+    rejected_pairs = np.concatenate([np.array(rejected, dtype=np.int64).reshape(-1, 2), pairs[~is_same]])
+    return items, pairs[is_same], rejected_pairs
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -194,6 +242,42 @@ def iter_hashes(paths: Sequence[Path], hash_size: int, is_flip_invariant: bool, 
         yield from cli.progress(pool.map(hash_file, tasks, chunksize=CHUNKSIZE), **options)
 
 
+def read_thumbnail(path: str) -> np.ndarray | None:
+    """near_copy_check's thumbnail of one file, or None if it cannot be read (now). Runs in worker processes."""
+    side = near_copy_check.THUMBNAIL_SIDE
+    try:
+        image, _ = dr.read_image(Path(path), draft_size=(side, side), mode="L")
+        return near_copy_check.thumbnail(image)
+    except Exception:  # noqa: BLE001 - a file changed since it was hashed matches nothing; the scan goes on
+        return None
+
+
+def read_thumbnails(paths: Sequence[Path], workers: int) -> list[np.ndarray | None]:
+    """read_thumbnail for every path, in order, in ``workers`` processes (in this one for few files)."""
+    tasks = [str(path) for path in paths]
+    options = {"total": len(tasks), "desc": "Checking", "unit": "img"}
+    if workers == 1 or len(tasks) < MIN_FILES_FOR_PROCESSES:
+        return [read_thumbnail(task) for task in cli.progress(tasks, **options)]
+    with ProcessPoolExecutor(max_workers=workers) as pool:
+        return list(cli.progress(pool.map(read_thumbnail, tasks, chunksize=CHUNKSIZE), **options))
+
+
+def pixel_check(
+    paths: Sequence[Path], min_similarity: float, is_flip_invariant: bool, workers: int
+) -> Callable[[np.ndarray], np.ndarray]:
+    """The second stage for near_duplicate_groups: True for pairs of ``paths`` (by index) that near_copy_check
+    finds to be the same photo. Each thumbnail is read once, when a pair first needs it."""
+    thumbnails: dict[int, np.ndarray | None] = {}
+
+    def verify(pairs: np.ndarray) -> np.ndarray:
+        needed = sorted(set(np.asarray(pairs).ravel().tolist()) - set(thumbnails))
+        thumbnails.update(zip(needed, read_thumbnails([paths[index] for index in needed], workers)))
+        scores = near_copy_check.pair_similarities(pairs, thumbnails, is_flip_invariant, min_similarity)
+        return scores >= min_similarity
+
+    return verify
+
+
 def hash_files(paths: Sequence[Path], hash_size: int, is_flip_invariant: bool, workers: int) -> list[HashResult]:
     """iter_hashes as a list."""
     return list(iter_hashes(paths, hash_size, is_flip_invariant, workers))
@@ -259,7 +343,19 @@ def get_args_parser(add_help: bool = True) -> argparse.ArgumentParser:
         help=f"hash side: the hash has hash-size**2 bits (default: {DEFAULT_HASH_SIZE}, i.e. 64 bits)",
     )
     parser.add_argument(
-        "--flip-invariant", action="store_true", help="also find mirrored (left-right flipped) copies (default: off)"
+        "--min-similarity",
+        type=float,
+        default=near_copy_check.MIN_SIMILARITY,
+        help="the second stage: each pair within --threshold is kept only if small aligned thumbnails of the two "
+        "images correlate at least this much in detail (0 to 1; copies score 0.87-1.0, different photos of one "
+        "layout up to 0.77 on real photos); 0 trusts the hash alone, as before, with a strict --threshold such as 5 "
+        f"(default: {near_copy_check.MIN_SIMILARITY})",
+    )
+    parser.add_argument(
+        "--flip-invariant",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="also find mirrored (left-right flipped) copies (default: on)",
     )
     parser.add_argument(
         "--workers",
@@ -283,6 +379,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         )
     if args.workers < 1:
         return cli.error("--workers must be at least 1")
+    if not 0 <= args.min_similarity <= 1:
+        return cli.error("--min-similarity must be between 0 and 1 (0: no pixel check)")
     scan = dr.start(args, METHOD)
     if isinstance(scan, int):
         return scan
@@ -319,7 +417,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         mirrored = None
         if args.flip_invariant:
             mirrored = pack_hashes(bits_from_packed([hashed[i][1].mirrored for i in compared], bits))
-        groups, search_info = near_duplicate_groups(pack_hashes(bit_rows[compared]), args.threshold, bits, mirrored)
+        verify = None
+        if args.min_similarity > 0:
+            paths = [hashed[index][0].path for index in compared]
+            verify = pixel_check(paths, args.min_similarity, args.flip_invariant, args.workers)
+        words = pack_hashes(bit_rows[compared])
+        groups, search_info = near_duplicate_groups(words, args.threshold, bits, mirrored, verify)
 
         def describe(index: int) -> tuple[dr.ScanItem, int, int, dict[str, str | None]]:
             item, result = hashed[compared[index]]
