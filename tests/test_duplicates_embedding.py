@@ -10,7 +10,6 @@ import sys
 from pathlib import Path
 
 import detect_duplicates_by_embedding as by_embedding
-import duplicate_report as dr
 import numpy as np
 import pytest
 import similarity_search as search
@@ -27,6 +26,7 @@ from conftest import (
 )
 
 import classifier
+import duplicate_report as dr
 import fileio
 
 SIZE = (128, 96)
