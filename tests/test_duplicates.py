@@ -4,11 +4,13 @@ from __future__ import annotations
 
 import json
 import os
+import resource
 import shutil
 import signal
 import subprocess
 import sys
 import time
+import zipfile
 from pathlib import Path
 
 import detect_duplicates_by_filesize as by_filesize
@@ -584,8 +586,6 @@ def test_hash_detectors_do_not_import_torch() -> None:
 
 def write_npz(path: Path, arrays: dict[str, np.ndarray], declared_zeros: int = 0) -> None:
     """An .npz like save_cache's; ``declared_zeros``: one more member of that many zero bytes, deflated (a bomb)."""
-    import zipfile
-
     with zipfile.ZipFile(path, "w", zipfile.ZIP_DEFLATED) as archive:
         for name, array in arrays.items():
             with archive.open(f"{name}.npy", "w") as handle:
@@ -621,11 +621,8 @@ def test_a_bad_cache_is_ignored_with_one_warning_and_rebuilt(
     else:  # an array header declaring a billion rows in a member of a few bytes
         header = {"descr": "<i8", "fortran_order": False, "shape": (10**9,)}
         write_npz(cache, {name: array for name, array in arrays.items() if name != "column_width"})
-        import zipfile
-
-        with zipfile.ZipFile(cache, "a") as archive:
-            with archive.open("column_width.npy", "w") as handle:
-                np.lib.format.write_array_header_1_0(handle, header)
+        with zipfile.ZipFile(cache, "a") as archive, archive.open("column_width.npy", "w") as handle:
+            np.lib.format.write_array_header_1_0(handle, header)
     capsys.readouterr()
     peak_before = resource_peak_mb()
     assert by_phash.main(args) == 0
@@ -639,6 +636,4 @@ def test_a_bad_cache_is_ignored_with_one_warning_and_rebuilt(
 
 
 def resource_peak_mb() -> float:
-    import resource
-
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024

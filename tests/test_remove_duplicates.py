@@ -160,7 +160,8 @@ def test_apply_then_undo_restores_the_tree_byte_for_byte(copies_dataset: Path, c
     assert rd.main(["--report", report_of(copies_dataset), "--strategy", "all", "--apply", "--yes"]) == 0
     assert not (copies_dataset / "val/plane/leaked.jpg").exists()
     for group in dr.iter_groups(load(Path(report_of(copies_dataset)))):  # one copy of each group of copies is left
-        expected = len(group["files"]) if group["category"] in dr.CONFLICT_CATEGORIES else 1  # label conflicts: untouched
+        is_conflict = group["category"] in dr.CONFLICT_CATEGORIES  # label conflicts: untouched
+        expected = len(group["files"]) if is_conflict else 1
         assert sum((copies_dataset / e["path"]).exists() for e in group["files"]) == expected
     log_path = the_log(copies_dataset)
     log = load(log_path)
