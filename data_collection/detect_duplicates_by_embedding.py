@@ -250,17 +250,25 @@ def get_args_parser(add_help: bool = True) -> argparse.ArgumentParser:
     return parser
 
 
+def usage_problem(args: argparse.Namespace) -> str | None:
+    """The sentence for arguments that cannot work (checked before any image is read), or None."""
+    if args.batch_size < 1:
+        return "--batch-size must be at least 1"
+    if args.nprobe < 1:
+        return "--nprobe must be at least 1"
+    if not args.model.is_file():
+        return (
+            f"model file {cli.printable(args.model)} not found: train one first (python train_classifier.py) or pass "
+            "--model FILE"
+        )
+    return None
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     args = get_args_parser().parse_args(argv)
-    if args.batch_size < 1:
-        return cli.error("--batch-size must be at least 1")
-    if args.nprobe < 1:
-        return cli.error("--nprobe must be at least 1")
-    if not args.model.is_file():
-        return cli.error(
-            f"model file {cli.printable(args.model)} not found: train one first (python train_classifier.py) or "
-            "pass --model FILE"
-        )
+    problem = usage_problem(args)
+    if problem:
+        return cli.error(problem)
     scan = dd.start(args, METHOD)
     if isinstance(scan, int):
         return scan
