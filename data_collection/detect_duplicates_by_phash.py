@@ -144,7 +144,7 @@ def decode_for_hash(path: Path, hash_size: int) -> tuple[Image.Image, tuple[int,
     return dd.read_image(path, draft_size=(side, side), mode="L")
 
 
-def cache_columns(hash_size: int, is_flip_invariant: bool) -> dd.ColumnSpec:
+def cache_columns(hash_size: int, is_flip_invariant: bool) -> dict[str, tuple[str, tuple[int, ...]]]:
     """What hash_file's values look like, so a cache of other types or sizes is ignored, never trusted."""
     width = -(-(hash_size**2) // 8)
     return {

@@ -22,12 +22,12 @@ import os
 import stat
 import sys
 import warnings
-import zipfile
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, NamedTuple
 
+import file_cache  # the sibling module (Python puts the script's folder on sys.path)
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # fileio.py, cli.py and classifier.py: project root
@@ -66,9 +66,6 @@ DEFAULT_DATASET_DIR = "dataset"
 DEFAULT_SETS = ("train", "val")  # the sub-folders a dataset made by download_images.py has
 WHOLE_FOLDER_SET = "."  # the set name of images when the dataset folder has none of the set folders
 TAIL_BYTES = 65536  # a complete JPEG normally ends with its end marker within this many bytes of the end
-CACHE_VERSION = 2  # bump when the cache layout changes; an unknown cache is ignored and rebuilt
-CACHE_BYTES_PER_FILE = 64 * 1024  # a cache row: a path (up to 4 KiB) and its values (a 2048-float embedding: 8 KiB)
-CACHE_MIN_BYTES = 64 * 1024 * 1024  # the cache of a small dataset may grow to this before it is refused unread
 GALLERY_MAX_GROUPS = 12  # rows of the contact sheet
 GALLERY_MAX_FILES = 8  # columns: files shown per group
 GALLERY_THUMB_PIXELS = 160  # thumbnails are decoded at about this size (JPEG draft mode)
@@ -462,10 +459,7 @@ def entry_groups_for(
 
 
 # ----------------------------------------------------------------------------------------------------------------
-# The per-file cache of hashes and embeddings, and the flow every detector's computation goes through
-
-CacheKey = tuple[str, int, int]  # (relative path, size, mtime_ns): a changed file has another key
-ColumnSpec = dict[str, tuple[str, tuple[int | None, ...]]]  # name -> (numpy dtype kinds, shape of one row; None: any)
+# The flow every detector's computation goes through: the per-file cache (file_cache.py), compute, Ctrl-C
 
 
 class Computed(NamedTuple):
@@ -476,7 +470,7 @@ class Computed(NamedTuple):
     from_cache: int  # items whose values came from the cache (the others were computed in this run)
 
 
-def file_key(item: ScanItem) -> CacheKey | None:
+def file_key(item: ScanItem) -> file_cache.Key | None:
     """(relative path, size, mtime_ns): a changed file has another key. None when it cannot be stat'ed."""
     try:
         info = item.path.stat()
@@ -485,121 +479,11 @@ def file_key(item: ScanItem) -> CacheKey | None:
     return (item.rel, info.st_size, info.st_mtime_ns)
 
 
-def cache_byte_limit(files: int) -> int:
-    """The most bytes (on disk, and unpacked) a cache of ``files`` files may have before it is refused unread."""
-    return max(CACHE_MIN_BYTES, files * CACHE_BYTES_PER_FILE)
-
-
-def cache_archive_problem(path: Path, max_bytes: int) -> str | None:
-    """Why the .npz at ``path`` must not be loaded (too large on disk or unpacked, an array larger than its member,
-    objects inside), read from the zip directory and the arrays' headers only; None when np.load may read it.
-    """
-    size = path.stat().st_size
-    if size > max_bytes:
-        return f"it has {size} bytes, more than the {max_bytes} a cache of this dataset may have"
-    with zipfile.ZipFile(path) as archive:
-        members = archive.infolist()
-        unpacked = sum(member.file_size for member in members)
-        if unpacked > max_bytes:
-            return f"it unpacks to {unpacked} bytes, more than the {max_bytes} a cache of this dataset may have"
-        for member in members:
-            with archive.open(member) as handle:
-                version = np.lib.format.read_magic(handle)
-                read_header = np.lib.format.read_array_header_1_0 if version == (1, 0) else None
-                read_header = np.lib.format.read_array_header_2_0 if version == (2, 0) else read_header
-                if read_header is None:
-                    return f"{member.filename} has an unknown array format {version}"
-                shape, _, dtype = read_header(handle)
-                if dtype.hasobject:
-                    return f"{member.filename} holds Python objects"
-                if int(np.prod(shape, dtype=np.float64)) * dtype.itemsize > member.file_size:
-                    return f"{member.filename} declares an array larger than its {member.file_size} bytes"
-    return None
-
-
-def _column_problem(name: str, values: np.ndarray, rows: int, spec: tuple[str, tuple[int | None, ...]]) -> str | None:
-    kinds, row_shape = spec
-    is_shape_ok = values.ndim == 1 + len(row_shape) and all(
-        want is None or want == have for want, have in zip(row_shape, values.shape[1:])
-    )
-    if values.dtype.kind not in kinds or len(values) != rows or not is_shape_ok:
-        return f"column {name} is {values.dtype} {values.shape}, not {rows} rows of {row_shape} ({kinds})"
-    return None
-
-
-def cache_rows(data: Any, settings: str, columns: ColumnSpec) -> dict[CacheKey, dict[str, Any]] | None:
-    """The rows of a loaded cache (np.load's NpzFile); None when it was made with other settings; ValueError naming
-    the array that is not what save_cache writes."""
-    if int(data["version"]) != CACHE_VERSION or str(data["settings"]) != settings:
-        return None
-    paths, sizes, mtimes = data["paths"], data["sizes"], data["mtimes"]
-    if paths.dtype.kind != "S" or sizes.dtype.kind != "i" or mtimes.dtype.kind != "i":
-        raise ValueError(f"its keys are {paths.dtype}, {sizes.dtype}, {mtimes.dtype}, not bytes and integers")
-    if not paths.ndim == sizes.ndim == mtimes.ndim == 1 or not len(paths) == len(sizes) == len(mtimes):
-        raise ValueError("its keys are not three lists of one length")
-    values = {name: data[f"column_{name}"] for name in columns} if len(paths) else {}
-    for name, column in values.items():
-        problem = _column_problem(name, column, len(paths), columns[name])
-        if problem:
-            raise ValueError(problem)
-    keys = zip(paths.tolist(), sizes.tolist(), mtimes.tolist())
-    return {
-        (os.fsdecode(p), int(s), int(m)): {name: column[row] for name, column in values.items()}
-        for row, (p, s, m) in enumerate(keys)
-    }
-
-
-def load_cache(path: Path, settings: str, columns: ColumnSpec, max_bytes: int) -> dict[CacheKey, dict[str, Any]]:
-    """{file key: {column: value}} from a cache written with the same ``settings`` and ``columns``; {} otherwise.
-
-    A cache is only an optimisation: one that is truncated, of the wrong types, or larger than ``max_bytes`` (checked
-    before anything is unpacked: a deflate bomb costs nothing) is ignored with one warning, and rebuilt.
-    """
-    if fileio.regular_file_reason(path) is not None:
-        return {}
-    try:
-        problem = cache_archive_problem(path, max_bytes)
-        if problem is None:
-            with np.load(path, allow_pickle=False) as data:
-                rows = cache_rows(data, settings, columns)
-            if rows is None:
-                logger.info("Cache %s was made with other settings: computing everything again", cli.printable(path))
-            return rows or {}
-    except Exception as error:  # noqa: BLE001 - a cache is only an optimisation: anything wrong means "rebuild it"
-        problem = f"{type(error).__name__}: {error}"
-    logger.warning("Ignoring unusable cache %s (%s): computing everything again", cli.printable(path), problem)
-    return {}
-
-
-def save_cache(path: Path, settings: str, cache: dict[CacheKey, dict[str, Any]]) -> None:
-    """Write the cache atomically (stale temp files of a killed run removed); an unwritable folder costs one warning.
-
-    Paths are stored as their bytes' escapes (``os.fsencode``), so a file name that is not UTF-8 survives.
-    """
-    reason = fileio.writable_folder_reason(path.parent)
-    if reason:
-        logger.warning("Cache not saved: %s", cli.printable(reason))
-        return
-    keys = sorted(cache)
-    names = sorted(cache[keys[0]]) if keys else []
-    fileio.remove_stale_temp_files(path.parent, path.name)
-    with fileio.atomic_write(path) as handle:
-        np.savez(
-            handle,
-            version=np.int64(CACHE_VERSION),
-            settings=np.str_(settings),
-            paths=np.array([os.fsencode(key[0]) for key in keys] or [b""])[: len(keys)],
-            sizes=np.array([key[1] for key in keys], dtype=np.int64),
-            mtimes=np.array([key[2] for key in keys], dtype=np.int64),
-            **{f"column_{name}": np.array([cache[key][name] for key in keys]) for name in names},
-        )
-
-
 def compute_cached(
     items: Sequence[ScanItem],
     cache_file: Path | None,
     settings: str,
-    columns: ColumnSpec,
+    columns: file_cache.Columns,
     compute: Callable[[Sequence[ScanItem]], Iterable[tuple[dict[str, Any] | None, str | None]]],
     what: str,
 ) -> Computed | int:
@@ -610,14 +494,14 @@ def compute_cached(
     ``what`` names the values in that line ("hashes").
     """
     keys = [file_key(item) for item in items]
-    cache = load_cache(cache_file, settings, columns, cache_byte_limit(len(items))) if cache_file else {}
+    cache = file_cache.load(cache_file, settings, columns, file_cache.byte_limit(len(items))) if cache_file else {}
     values: list[dict[str, Any] | None] = [cache.get(key) if key else None for key in keys]
     todo = [index for index, value in enumerate(values) if value is None]
     reasons: dict[int, str] = {}
 
     def save() -> None:
         if cache_file:
-            save_cache(cache_file, settings, {key: v for key, v in zip(keys, values) if key and v is not None})
+            file_cache.save(cache_file, settings, {key: v for key, v in zip(keys, values) if key and v is not None})
 
     try:
         for position, (value, reason) in enumerate(compute([items[index] for index in todo])):

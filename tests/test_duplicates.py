@@ -16,6 +16,7 @@ from pathlib import Path
 import detect_duplicates_by_filesize as by_filesize
 import detect_duplicates_by_phash as by_phash
 import duplicate_detection as dd
+import file_cache
 import imagehash
 import numpy as np
 import pytest
@@ -568,9 +569,9 @@ def test_phash_rerun_hashes_only_new_files_and_ctrl_c_keeps_what_was_done(
 def test_the_cache_keeps_non_utf8_names(tmp_path: Path) -> None:
     key = (f"train/bird/{BAD_NAME}", 10, 20)
     columns = {"value": ("i", (3,))}
-    dd.save_cache(tmp_path / "c.npz", "s", {key: {"value": np.arange(3)}})
-    assert list(dd.load_cache(tmp_path / "c.npz", "s", columns, 10**6)) == [key]
-    assert dd.load_cache(tmp_path / "c.npz", "other settings", columns, 10**6) == {}
+    file_cache.save(tmp_path / "c.npz", "s", {key: {"value": np.arange(3)}})
+    assert list(file_cache.load(tmp_path / "c.npz", "s", columns, 10**6)) == [key]
+    assert file_cache.load(tmp_path / "c.npz", "other settings", columns, 10**6) == {}
 
 
 def test_hash_detectors_do_not_import_torch() -> None:
@@ -585,7 +586,7 @@ def test_hash_detectors_do_not_import_torch() -> None:
 
 
 def write_npz(path: Path, arrays: dict[str, np.ndarray], declared_zeros: int = 0) -> None:
-    """An .npz like save_cache's; ``declared_zeros``: one more member of that many zero bytes, deflated (a bomb)."""
+    """An .npz like file_cache.save writes; ``declared_zeros``: one more member of that many zero bytes (a bomb)."""
     with zipfile.ZipFile(path, "w", zipfile.ZIP_DEFLATED) as archive:
         for name, array in arrays.items():
             with archive.open(f"{name}.npy", "w") as handle:
