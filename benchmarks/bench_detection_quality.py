@@ -37,9 +37,9 @@ import resource
 import shutil
 import sys
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, NamedTuple
+from typing import NamedTuple
 
 import numpy as np
 from PIL import Image, ImageDraw, ImageEnhance, ImageFont, ImageOps
@@ -207,3 +207,327 @@ def run_imagededup(folder: Path, thresholds: Sequence[int], workers: int) -> dic
         pairs = {frozenset((name, other)) for name, others in duplicates.items() for other in others}
         results[threshold] = (pairs, encode_wall + time.perf_counter() - wall, encode_cpu + cpu_seconds() - cpu)
     return results
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Planted label flips
+
+
+class LabelledSet(NamedTuple):
+    paths: list[Path]
+    classes: list[str]
+    given: np.ndarray  # the labels after flipping
+    is_flipped: np.ndarray
+
+
+def labelled_photos(folder: Path, per_class: int, seed: int) -> tuple[list[Path], list[str], np.ndarray]:
+    """Up to ``per_class`` photos from each class folder of ``folder`` (seeded choice), their classes, labels."""
+    classes = sorted(path.name for path in folder.iterdir() if path.is_dir() and not path.name.startswith("."))
+    rng = random.Random(seed)
+    paths, labels = [], []
+    for index, name in enumerate(classes):
+        photos = list_photos(folder / name)
+        for path in sorted(rng.sample(photos, min(per_class, len(photos)))):
+            paths.append(path)
+            labels.append(index)
+    return paths, classes, np.array(labels)
+
+
+def generated_labelled(folder: Path, classes: int, per_class: int) -> tuple[list[Path], list[str], np.ndarray]:
+    """Photo-like JPEGs whose colours lean towards a hue per class (so a class is learnable, not trivial)."""
+    folder.mkdir(parents=True, exist_ok=True)
+    hues = np.array([(220, 60, 60), (60, 180, 60), (60, 80, 220), (210, 200, 60), (190, 70, 200), (60, 200, 200)])
+    paths, labels = [], []
+    for label in range(classes):
+        for index in range(per_class):
+            path = folder / f"class{label}_{index:04d}.jpg"
+            if not path.exists():
+                pixels = np.asarray(make_photo(50_000 + label * 1000 + index, (160, 120)), dtype=np.float32)
+                pixels = 0.7 * pixels + 0.3 * hues[label % len(hues)]
+                Image.fromarray(pixels.astype(np.uint8)).save(path, "JPEG", quality=JPEG_QUALITY)
+            paths.append(path)
+            labels.append(label)
+    return paths, [f"class{label}" for label in range(classes)], np.array(labels)
+
+
+def flip_labels(labels: np.ndarray, classes: int, fraction: float, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """(given labels, is flipped): ``fraction`` of the images, chosen at random, moved to another class at random."""
+    rng = np.random.default_rng(seed)
+    flipped = rng.choice(len(labels), round(len(labels) * fraction), replace=False)
+    given = labels.copy()
+    given[flipped] = (labels[flipped] + rng.integers(1, classes, len(flipped))) % classes
+    is_flipped = np.zeros(len(labels), dtype=bool)
+    is_flipped[flipped] = True
+    return given, is_flipped
+
+
+def load_pixels(paths: Sequence[Path], side: int = 64) -> np.ndarray:
+    """(N, side, side, 3) float32 in [0, 1]: each image squashed to a square (the analysis' input, too)."""
+    rows = []
+    for path in paths:
+        with Image.open(path) as image:
+            image.draft("RGB", (side * 2, side * 2))
+            rows.append(np.asarray(ImageOps.exif_transpose(image).convert("RGB").resize((side, side)), np.float32))
+    return np.stack(rows) / 255.0
+
+
+def simple_features(pixels: np.ndarray) -> np.ndarray:
+    """The peer's features, none of them learnt from labels: HOG (8 px cells of the 64 px greyscale image, 9
+    unsigned orientations, each cell L2-normalised), the image at 8 x 8 RGB, and a 4 x 4 x 4 colour histogram."""
+    count, side = len(pixels), pixels.shape[1]
+    grey = pixels @ np.array([0.299, 0.587, 0.114], dtype=np.float32)
+    gy, gx = np.gradient(grey, axis=(1, 2))
+    bins = np.minimum((np.mod(np.arctan2(gy, gx), np.pi) / np.pi * 9).astype(int), 8)
+    weighted = np.eye(9, dtype=np.float32)[bins] * np.hypot(gx, gy)[..., None]
+    cells = weighted.reshape(count, side // 8, 8, side // 8, 8, 9).sum(axis=(2, 4))
+    cells /= np.linalg.norm(cells, axis=3, keepdims=True) + 1e-6
+    tiny = pixels.reshape(count, 8, side // 8, 8, side // 8, 3).mean(axis=(2, 4))
+    levels = np.minimum((pixels * 4).astype(int), 3)
+    codes = (levels[..., 0] * 16 + levels[..., 1] * 4 + levels[..., 2]).reshape(count, -1)
+    histogram = np.stack([np.bincount(row, minlength=64) for row in codes]) / codes.shape[1]
+    return np.hstack([cells.reshape(count, -1), tiny.reshape(count, -1), histogram]).astype(np.float32)
+
+
+def peer_label_issues(pixels: np.ndarray, given: np.ndarray, seed: int) -> np.ndarray:
+    """cleanlab's find_label_issues (its default rule) on the out-of-fold probabilities of a scikit-learn logistic
+    regression over simple_features."""
+    from cleanlab.filter import find_label_issues  # noqa: PLC0415 - a benchmark-only requirement
+    from sklearn.linear_model import LogisticRegression  # noqa: PLC0415
+    from sklearn.model_selection import StratifiedKFold, cross_val_predict  # noqa: PLC0415
+    from sklearn.pipeline import make_pipeline  # noqa: PLC0415
+    from sklearn.preprocessing import StandardScaler  # noqa: PLC0415
+
+    model = make_pipeline(StandardScaler(), LogisticRegression(max_iter=2000))
+    folds = StratifiedKFold(n_splits=5, shuffle=True, random_state=seed)
+    probabilities = cross_val_predict(model, simple_features(pixels), given, cv=folds, method="predict_proba")
+    return find_label_issues(given, probabilities)
+
+
+def ours_by_analysis(pixels: np.ndarray, given: np.ndarray, seed: int) -> np.ndarray:
+    """Our out-of-fold analysis as the trainer runs it without pretrained weights: problematic_analysis's label
+    issues from its label-independent pixel features."""
+    import torch  # noqa: PLC0415
+
+    import problematic_analysis  # noqa: PLC0415 - imports torch
+
+    images = torch.from_numpy(pixels).permute(0, 3, 1, 2).contiguous()
+    features = problematic_analysis.pixel_features(images).numpy()
+    return problematic_analysis.label_issues_from_features([features], given, seed=seed)[0]
+
+
+def ours_by_trainer(
+    paths: Sequence[Path], classes: Sequence[str], given: np.ndarray, seed: int, epochs: int
+) -> np.ndarray:
+    """Our trainer's --detect-problematic run (ResNet18 from scratch at 64 px, the analysis over all --epochs) on a
+    dataset folder holding the images under their given labels: the images its report marks as label issues."""
+    import train_classifier  # noqa: PLC0415 - imports torch
+
+    dataset = OUT_DIR / "labels_dataset"
+    if dataset.exists():
+        shutil.rmtree(dataset)
+    names = []
+    for index, (path, label) in enumerate(zip(paths, given)):
+        name = f"train/{classes[label]}/img{index:05d}{path.suffix.lower()}"
+        (dataset / name).parent.mkdir(parents=True, exist_ok=True)
+        shutil.copyfile(path, dataset / name)
+        names.append(name)
+    for label, name in enumerate(classes):  # a small validation set the trainer needs: one image per class, copied
+        (dataset / "val" / name).mkdir(parents=True)
+        shutil.copyfile(paths[int(np.flatnonzero(given == label)[0])], dataset / "val" / name / f"val{paths[0].suffix}")
+    report = OUT_DIR / "problematic_report.json"
+    arguments = ["--dataset-dir", str(dataset), "--output-dir", str(OUT_DIR / "labels_model"), "--arch", "resnet18"]
+    arguments += ["--image-size", "64", "--weights", "none", "--epochs", str(epochs), "--patience", "0"]
+    arguments += ["--detect-problematic", "--analysis-epochs", str(epochs), "--stop-after-analysis"]
+    arguments += ["--report", str(report), "--seed", str(seed), "--no-progress"]
+    with contextlib.redirect_stdout(io.StringIO()):
+        code = train_classifier.main(arguments)
+    if code not in (0, 1):
+        raise RuntimeError(f"train_classifier.py exited with {code}")
+    data = json.loads(report.read_text(encoding="utf-8"))
+    flagged = {
+        entry["path"]
+        for entries in data["problematic_images"].values()
+        for entry in entries
+        if entry.get("is_label_issue")
+    }
+    return np.array([name in flagged for name in names])
+
+
+def precision_recall(flagged: np.ndarray, is_flipped: np.ndarray) -> tuple[int, float, float]:
+    hits = int((flagged & is_flipped).sum())
+    return int(flagged.sum()), hits / max(1, int(flagged.sum())), hits / max(1, int(is_flipped.sum()))
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# The two measurements
+
+
+def bench_near_copies(photos: Sequence[Path], args: argparse.Namespace) -> None:
+    folder = OUT_DIR / "near_copies"
+    truth = plant_near_copies(photos, args.sources, folder, args.seed)
+    planted = sum(kind != "original" for _, kind in truth.values())
+    print(f"Near copies: {len(photos)} photos, {planted} planted variants of {args.sources} of them, in {folder}")
+    rows = []
+    baseline = None
+    runs = [
+        (
+            "ours, before: one stage (5, no mirror, no check)",
+            ["--threshold", "5", "--min-similarity", "0", "--no-flip-invariant"],
+        )
+    ]
+    runs.append((f"ours, default ({by_phash.DEFAULT_THRESHOLD} + check, mirror)", []))
+    runs += [(f"ours, {threshold} + check", ["--threshold", str(threshold)]) for threshold in args.thresholds]
+    for label, arguments in runs:
+        pairs, wall, cpu = run_ours(folder, arguments, args.workers)
+        baseline = baseline or (wall, cpu)
+        rows.append((label, score_pairs(pairs, truth), wall, cpu))
+    if importlib.util.find_spec("imagededup") is None:
+        print("  imagededup is not installed (pip install imagededup): its rows are left out")
+    else:
+        for threshold, (pairs, wall, cpu) in run_imagededup(folder, IMAGEDEDUP_THRESHOLDS, args.workers).items():
+            rows.append(
+                (
+                    f"imagededup PHash, {threshold}" + (" (its default)" if threshold == 10 else ""),
+                    score_pairs(pairs, truth),
+                    wall,
+                    cpu,
+                )
+            )
+    kinds = " | ".join(VARIANT_KINDS)
+    print(
+        f"| tool, threshold | found /{planted} | {kinds} | pairs of different photos | wall s | CPU s | CPU vs before |"
+    )
+    print("|---" * (len(VARIANT_KINDS) + 6) + "|")
+    for label, score, wall, cpu in rows:
+        counts = " | ".join(str(score.by_kind[kind]) for kind in VARIANT_KINDS)
+        print(
+            f"| {label} | {score.found} | {counts} | {score.false_pairs} | {wall:.1f} | {cpu:.1f} "
+            f"| {cpu / baseline[1]:.2f}x |"
+        )
+    for label, score, _, _ in rows:
+        if score.examples:
+            print(f"  {label}: e.g. {', '.join(' ~ '.join(pair) for pair in score.examples[:3])}")
+
+
+def bench_label_issues(
+    paths: Sequence[Path], classes: Sequence[str], labels: np.ndarray, args: argparse.Namespace
+) -> None:
+    given, is_flipped = flip_labels(labels, len(classes), args.flip_fraction, args.seed)
+    print(
+        f"Label issues: {len(paths)} images in {len(classes)} classes, {int(is_flipped.sum())} moved to a wrong class"
+    )
+    pixels = load_pixels(paths)
+    rows = []
+    method = args.label_method
+    if method == "auto":
+        import problematic_analysis  # noqa: PLC0415
+
+        method = "analysis" if hasattr(problematic_analysis, "label_issues_from_features") else "trainer"
+    wall, cpu = time.perf_counter(), cpu_seconds()
+    if method == "analysis":
+        flagged = ours_by_analysis(pixels, given, args.seed)
+        label = "ours: out-of-fold analysis (problematic_analysis.label_issues_from_features, pixel features)"
+    else:
+        flagged = ours_by_trainer(paths, classes, given, args.seed, args.epochs)
+        label = f"ours: train_classifier --detect-problematic (ResNet18 from scratch, 64 px, {args.epochs} epochs)"
+    rows.append((label, flagged, time.perf_counter() - wall, cpu_seconds() - cpu))
+    wall, cpu = time.perf_counter(), cpu_seconds()
+    flagged = peer_label_issues(pixels, given, args.seed)
+    rows.append(
+        (
+            "cleanlab find_label_issues on out-of-fold LR (HOG + tiny + colour)",
+            flagged,
+            time.perf_counter() - wall,
+            cpu_seconds() - cpu,
+        )
+    )
+    print("| method | flagged | precision | recall | wall s | CPU s |")
+    print("|---|---|---|---|---|---|")
+    for label, flagged, wall, cpu in rows:
+        count, precision, recall = precision_recall(flagged, is_flipped)
+        print(f"| {label} | {count} | {precision:.2f} | {recall:.2f} | {wall:.1f} | {cpu:.1f} |")
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Command line
+
+
+def get_args_parser(add_help: bool = True) -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        description="Quality of the near-copy and label-issue detection, ours beside the peers.", add_help=add_help
+    )
+    parser.add_argument(
+        "--photos",
+        type=Path,
+        nargs="+",
+        default=None,
+        help="folders of real photos for the near copies (default: generated)",
+    )
+    parser.add_argument(
+        "--labelled",
+        type=Path,
+        default=None,
+        help="a folder of class folders for the label issues (default: generated)",
+    )
+    parser.add_argument(
+        "--generated",
+        action="store_true",
+        help="generated images for both parts, whatever else is given (default: off)",
+    )
+    parser.add_argument("--only", choices=("near", "labels"), default=None, help="run one part (default: both)")
+    parser.add_argument(
+        "--max-photos", type=int, default=1000, help="photos used per --photos folder, seeded choice (default: 1000)"
+    )
+    parser.add_argument("--sources", type=int, default=20, help="photos that get the ten variants (default: 20)")
+    parser.add_argument(
+        "--thresholds", type=int, nargs="*", default=[14], help="more thresholds of ours to run (default: 14)"
+    )
+    parser.add_argument("--per-class", type=int, default=60, help="images per class for the label issues (default: 60)")
+    parser.add_argument(
+        "--flip-fraction", type=float, default=0.05, help="share of images moved to a wrong class (default: 0.05)"
+    )
+    parser.add_argument(
+        "--label-method",
+        choices=("auto", "analysis", "trainer"),
+        default="auto",
+        help="how ours finds label issues: the analysis' pure function, or a trainer run "
+        "(default: auto, the function where it exists)",
+    )
+    parser.add_argument(
+        "--epochs", type=int, default=8, help="epochs of the trainer run (--label-method trainer) (default: 8)"
+    )
+    parser.add_argument(
+        "--workers", type=int, default=os.cpu_count() or 1, help="processes of each tool (default: CPU count)"
+    )
+    parser.add_argument("--seed", type=int, default=0, help="seed of every random choice (default: 0)")
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = get_args_parser().parse_args(argv)
+    OUT_DIR.mkdir(parents=True, exist_ok=True)
+    print(
+        f"Machine: {platform.machine()}, {os.cpu_count()} CPUs, Python {platform.python_version()}, "
+        f"load average {', '.join(f'{x:.1f}' for x in os.getloadavg())}"
+    )
+    if args.only in (None, "near"):
+        if args.photos and not args.generated:
+            photos = []
+            for folder in args.photos:
+                found = list_photos(folder)
+                photos += sorted(random.Random(args.seed).sample(found, min(args.max_photos, len(found))))
+        else:
+            photos = generated_photos(min(args.max_photos, 200), OUT_DIR / "generated_photos")
+        bench_near_copies(photos, args)
+    if args.only in (None, "labels"):
+        if args.labelled and not args.generated:
+            paths, classes, labels = labelled_photos(args.labelled, args.per_class, args.seed)
+        else:
+            paths, classes, labels = generated_labelled(OUT_DIR / "generated_labelled", 6, args.per_class)
+        bench_label_issues(paths, classes, labels, args)
+    print(f"load average at the end: {', '.join(f'{x:.1f}' for x in os.getloadavg())}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import functools
 from collections.abc import Iterable, Mapping, Sequence
+from typing import NamedTuple
 
 import numpy as np
 from PIL import Image
@@ -69,11 +70,11 @@ def trim_border(pixels: np.ndarray) -> np.ndarray:
 
 
 def thumbnail(image: Image.Image) -> np.ndarray:
-    """The check's thumbnail of an image: greyscale, at most THUMBNAIL_SIDE a side, uniform border trimmed (uint8)."""
+    """The check's thumbnail of an image: greyscale, at most THUMBNAIL_SIDE a side (uint8)."""
     grey = image if image.mode == "L" else image.convert("L")
     grey = grey.copy()
     grey.thumbnail((THUMBNAIL_SIDE, THUMBNAIL_SIDE), Image.Resampling.BILINEAR, reducing_gap=2.0)
-    return np.rint(trim_border(np.asarray(grey))).astype(np.uint8)
+    return np.asarray(grey, dtype=np.uint8)
 
 
 @functools.cache
@@ -148,8 +149,8 @@ def mirrored(views: np.ndarray, side: int) -> np.ndarray:
     return views.reshape(len(views), side, side)[:, :, ::-1].reshape(len(views), -1)
 
 
-class Prepared:
-    """One image as the check sees it: its thumbnail, and (computed when first needed, then kept) the detail view
+class Views:
+    """One thumbnail as the check sees it: its pixels, and (computed when first needed, then kept) the detail view
     of the whole and the coarse views of all crops."""
 
     def __init__(self, pixels: np.ndarray) -> None:
@@ -162,6 +163,19 @@ class Prepared:
     @functools.cached_property
     def coarse(self) -> np.ndarray:
         return coarse_views(self.pixels, crop_boxes())
+
+
+class Prepared(NamedTuple):
+    """One image: the views of its thumbnail with any uniform border trimmed, and of the untrimmed one when the
+    trimming took something (a flat edge of the picture itself may be trimmed in one copy and not in another)."""
+
+    trimmed: Views
+    untrimmed: Views | None
+
+
+def prepare(pixels: np.ndarray) -> Prepared:
+    trimmed = trim_border(pixels)
+    return Prepared(Views(trimmed), None if trimmed.shape == pixels.shape else Views(pixels))
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -188,6 +202,14 @@ def similarity(
     (either image cropped, either way round) in detail. The best robust correlation counts; the search stops as
     soon as one reaches ``enough`` (pass 1.0 for the exact best).
     """
+    best = _similarity(first.trimmed, second.trimmed, is_flip_invariant, enough)
+    if best < enough and (first.untrimmed is not None or second.untrimmed is not None):
+        untrimmed = (first.untrimmed or first.trimmed, second.untrimmed or second.trimmed)
+        best = max(best, _similarity(*untrimmed, is_flip_invariant, enough))
+    return best
+
+
+def _similarity(first: Views, second: Views, is_flip_invariant: bool, enough: float) -> float:
     best = robust_correlation(first.whole, second.whole)
     if is_flip_invariant and best < enough:
         best = max(best, robust_correlation(mirrored(first.whole[None], VIEW_SIDE)[0], second.whole))
@@ -221,7 +243,7 @@ def pair_similarities(
     pairs = np.asarray(pairs, dtype=np.int64).reshape(-1, 2)
     scores = np.zeros(len(pairs))
     prepared = {
-        image: Prepared(thumbnails[image])
+        image: prepare(thumbnails[image])
         for image in set(pairs.ravel().tolist())
         if thumbnails[image] is not None and min(thumbnails[image].shape) > 0
     }

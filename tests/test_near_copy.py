@@ -88,9 +88,10 @@ def test_similarity_separates_copies_from_a_look_alike(look_alike_dataset: Path)
     assert scores[3] < near_copy_check.MIN_SIMILARITY - 0.1
     no_mirror = near_copy_check.pair_similarities(pairs[2:3], thumbnails, is_flip_invariant=False, enough=1.0)
     assert no_mirror[0] < near_copy_check.MIN_SIMILARITY  # the mirrored copy needs the mirrored comparison
-    bordered = thumbnails[2].astype(float)
+    bordered = near_copy_check.trim_border(thumbnails[2])
     edges = [bordered[0].mean(), bordered[-1].mean(), bordered[:, 0].mean(), bordered[:, -1].mean()]
-    assert min(edges) > 40 and bordered.shape[0] < thumbnails[0].shape[0]  # the black border was trimmed
+    assert min(edges) > 40 and bordered.shape[0] < thumbnails[2].shape[0]  # the black border is trimmed
+    assert near_copy_check.trim_border(thumbnails[0]).shape == thumbnails[0].shape  # and nothing of a photo
 
 
 def test_a_group_never_holds_a_rejected_pair() -> None:
