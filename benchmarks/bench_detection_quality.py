@@ -336,7 +336,8 @@ def ours_by_trainer(
         shutil.copyfile(paths[int(np.flatnonzero(given == label)[0])], dataset / "val" / name / f"val{paths[0].suffix}")
     report = OUT_DIR / "problematic_report.json"
     arguments = ["--dataset-dir", str(dataset), "--output-dir", str(OUT_DIR / "labels_model"), "--arch", "resnet18"]
-    arguments += ["--image-size", "64", "--weights", "none", "--epochs", str(epochs), "--patience", "0"]
+    arguments += ["--image-size", "64", "--weights", "none", "--freeze-until", "none", "--epochs", str(epochs)]
+    arguments += ["--patience", "0"]
     arguments += ["--detect-problematic", "--analysis-epochs", str(epochs), "--stop-after-analysis"]
     arguments += ["--report", str(report), "--seed", str(seed), "--no-progress"]
     with contextlib.redirect_stdout(io.StringIO()):
