@@ -173,8 +173,9 @@ def cpu_seconds() -> float:
     return time.process_time() + children.ru_utime + children.ru_stime
 
 
-def run_ours(folder: Path, arguments: Sequence[str], workers: int) -> tuple[set[frozenset[str]], float, float]:
-    """Our pHash detector through its main(): (pairs inside its groups, wall seconds, CPU seconds)."""
+def run_ours(folder: Path, arguments: Sequence[str], workers: int) -> tuple[set[frozenset[str]], float, float, str]:
+    """Our pHash detector through its main(): (pairs inside its groups, wall seconds, CPU seconds, what the pixel
+    check did)."""
     report = OUT_DIR / "report_phash.json"
     command = ["--dataset-dir", str(folder), "--report", str(report), "--no-cache", "--no-progress"]
     wall, cpu = time.perf_counter(), cpu_seconds()
@@ -187,7 +188,9 @@ def run_ours(folder: Path, arguments: Sequence[str], workers: int) -> tuple[set[
     groups = [
         [entry["path"] for entry in group["files"]] for groups in data["duplicate_groups"].values() for group in groups
     ]
-    return group_pairs(groups), wall, cpu
+    settings = data["search_settings"]
+    checked = f"{settings['rejected_pairs']} of {settings['checked_pairs']}" if "checked_pairs" in settings else "-"
+    return group_pairs(groups), wall, cpu, checked
 
 
 def run_imagededup(folder: Path, thresholds: Sequence[int], workers: int) -> dict[int, tuple[set, float, float]]:
@@ -379,9 +382,9 @@ def bench_near_copies(photos: Sequence[Path], args: argparse.Namespace) -> None:
     runs.append((f"ours, default ({by_phash.DEFAULT_THRESHOLD} + check, mirror)", []))
     runs += [(f"ours, {threshold} + check", ["--threshold", str(threshold)]) for threshold in args.thresholds]
     for label, arguments in runs:
-        pairs, wall, cpu = run_ours(folder, arguments, args.workers)
+        pairs, wall, cpu, checked = run_ours(folder, arguments, args.workers)
         baseline = baseline or (wall, cpu)
-        rows.append((label, score_pairs(pairs, truth), wall, cpu))
+        rows.append((label, score_pairs(pairs, truth), wall, cpu, checked))
     if importlib.util.find_spec("imagededup") is None:
         print("  imagededup is not installed (pip install imagededup): its rows are left out")
     else:
@@ -392,20 +395,22 @@ def bench_near_copies(photos: Sequence[Path], args: argparse.Namespace) -> None:
                     score_pairs(pairs, truth),
                     wall,
                     cpu,
+                    "-",
                 )
             )
     kinds = " | ".join(VARIANT_KINDS)
     print(
-        f"| tool, threshold | found /{planted} | {kinds} | pairs of different photos | wall s | CPU s | CPU vs before |"
+        f"| tool, threshold | found /{planted} | {kinds} | pairs of different photos | candidate pairs rejected "
+        "by the check | wall s | CPU s | CPU vs before |"
     )
-    print("|---" * (len(VARIANT_KINDS) + 6) + "|")
-    for label, score, wall, cpu in rows:
+    print("|---" * (len(VARIANT_KINDS) + 7) + "|")
+    for label, score, wall, cpu, checked in rows:
         counts = " | ".join(str(score.by_kind[kind]) for kind in VARIANT_KINDS)
         print(
-            f"| {label} | {score.found} | {counts} | {score.false_pairs} | {wall:.1f} | {cpu:.1f} "
+            f"| {label} | {score.found} | {counts} | {score.false_pairs} | {checked} | {wall:.1f} | {cpu:.1f} "
             f"| {cpu / baseline[1]:.2f}x |"
         )
-    for label, score, _, _ in rows:
+    for label, score, *_ in rows:
         if score.examples:
             print(f"  {label}: e.g. {', '.join(' ~ '.join(pair) for pair in score.examples[:3])}")
 

@@ -279,3 +279,10 @@ def split_conflicts(
         if sum(1 if weights is None else int(weights[member]) for member in kept) > 1:
             result.append(kept)
     return result
+
+
+if __name__ == "__main__":
+    raise SystemExit(
+        "near_copy_check.py is imported by detect_duplicates_by_phash.py, not a script; run data_collection/"
+        "detect_duplicates_by_phash.py"
+    )
