@@ -46,7 +46,8 @@ BORDER_MAX_FRACTION = 0.2  # never trim more than a fifth of a side
 
 
 def trim_border(pixels: np.ndarray) -> np.ndarray:
-    """The greyscale ``pixels`` without a uniform border: lines at each edge that are flat and of the edge's colour."""
+    """The greyscale ``pixels`` without a uniform border: lines at each edge that are flat and of the edge's colour,
+    at most BORDER_MAX_FRACTION of each side (none of an image under 5 pixels a side)."""
     pixels = np.asarray(pixels, dtype=np.float32)
     height, width = pixels.shape
     top, bottom, left, right = 0, height, 0, width
@@ -55,16 +56,16 @@ def trim_border(pixels: np.ndarray) -> np.ndarray:
         return line.size > 0 and line.std() <= BORDER_MAX_STD and abs(float(line.mean()) - colour) <= BORDER_MAX_STEP
 
     colour = float(pixels[0].mean())
-    while top < height * BORDER_MAX_FRACTION and is_border(pixels[top, left:right], colour):
+    while top + 1 <= height * BORDER_MAX_FRACTION and is_border(pixels[top, left:right], colour):
         top += 1
     colour = float(pixels[-1].mean())
-    while height - bottom < height * BORDER_MAX_FRACTION and is_border(pixels[bottom - 1, left:right], colour):
+    while height - bottom + 1 <= height * BORDER_MAX_FRACTION and is_border(pixels[bottom - 1, left:right], colour):
         bottom -= 1
     colour = float(pixels[top:bottom, 0].mean())
-    while left < width * BORDER_MAX_FRACTION and is_border(pixels[top:bottom, left], colour):
+    while left + 1 <= width * BORDER_MAX_FRACTION and is_border(pixels[top:bottom, left], colour):
         left += 1
     colour = float(pixels[top:bottom, -1].mean())
-    while width - right < width * BORDER_MAX_FRACTION and is_border(pixels[top:bottom, right - 1], colour):
+    while width - right + 1 <= width * BORDER_MAX_FRACTION and is_border(pixels[top:bottom, right - 1], colour):
         right -= 1
     return pixels[top:bottom, left:right]
 

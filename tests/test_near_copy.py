@@ -92,6 +92,7 @@ def test_similarity_separates_copies_from_a_look_alike(look_alike_dataset: Path)
     edges = [bordered[0].mean(), bordered[-1].mean(), bordered[:, 0].mean(), bordered[:, -1].mean()]
     assert min(edges) > 40 and bordered.shape[0] < thumbnails[2].shape[0]  # the black border is trimmed
     assert near_copy_check.trim_border(thumbnails[0]).shape == thumbnails[0].shape  # and nothing of a photo
+    assert near_copy_check.trim_border(np.zeros((1, 3))).shape == (1, 3)  # a tiny flat image stays whole
 
 
 def test_a_group_never_holds_a_rejected_pair() -> None:
