@@ -745,8 +745,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         )
     except KeyboardInterrupt:
         print(
-            f"\nInterrupted during stage {stage}: what is finished stays finished; run the same command again to "
-            "carry on (an interrupted training resumes from its last checkpoint).",
+            f"\nInterrupted during stage {stage}: what is finished stays finished. {cli.CARRY_ON_ADVICE}",
             file=sys.stderr,
         )
         return cli.EXIT_INTERRUPTED
