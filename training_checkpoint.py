@@ -157,15 +157,17 @@ def resume_settings(
             stored.setdefault(new, stored.pop(old))
     given = given_flags(parser, argv)
     args = parser.parse_args(argv)
-    not_used = []
+    not_used, seen = [], set()
     for action in parser._actions:
         dest = action.dest
-        if dest not in stored or dest in given or dest in NOT_RESTORED:
+        if dest not in stored or dest in given or dest in NOT_RESTORED or dest in seen:
             continue
+        seen.add(dest)  # a flag's hidden old spelling shares its destination
         if not is_restorable(dest, stored[dest]):
             now = getattr(args, dest)
             if stored[dest] != (str(now) if now is not None else None):
-                not_used.append(f"{action.option_strings[0]} {stored[dest]!r} (this run: {now!r})")
+                this_run = "none" if now is None else repr(str(now))
+                not_used.append(f"{action.option_strings[0]} {stored[dest]!r} (this run: {this_run})")
             continue
         try:
             setattr(args, dest, restored_value(action, stored[dest]))
