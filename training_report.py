@@ -50,8 +50,8 @@ def classification_metrics(labels: Sequence[int], predicted: Sequence[int], clas
     """Accuracy, per-class precision/recall/F1/support, macro F1 over the classes present (support > 0), and the
     confusion matrix (rows = true class, columns = predicted class), from scikit-learn.
 
-    A value with nothing to measure is None (null in JSON), not 0: recall and F1 of a class with no val images,
-    precision of a class never predicted."""
+    A class with no val images has no recall or F1: None (null in JSON), not 0; nor a precision unless it was
+    predicted. A class with images that is never predicted has precision 0, as scikit-learn's zero_division=0."""
     from sklearn.metrics import confusion_matrix, precision_recall_fscore_support  # a second to import: only here
 
     indices = list(range(len(classes)))
@@ -61,6 +61,7 @@ def classification_metrics(labels: Sequence[int], predicted: Sequence[int], clas
         labels, predicted, labels=indices, zero_division=np.nan
     )
     present = support > 0
+    precision = np.where(present & np.isnan(precision), 0.0, precision)
     f1 = np.where(present, f1, np.nan)  # scikit-learn gives 0 to a class with no images that was predicted
 
     def defined(value: float) -> float | None:
