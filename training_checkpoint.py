@@ -100,7 +100,9 @@ def claim_output_folder(
         if reason:
             return reason + hint
     try:
+        created = [folder for folder in (output_dir, *output_dir.parents) if not folder.exists()]  # innermost first
         output_dir.mkdir(parents=True, exist_ok=True)
+        held.callback(remove_empty_folders, created)  # a run that wrote nothing leaves no folder behind
         lock = fileio.hold_lock(output_dir / LOCK_NAME, "train_classifier.py", f"training into {output_dir}")
         held.enter_context(lock)
     except fileio.LockHeldError as error:
@@ -115,6 +117,13 @@ def claim_output_folder(
     if removed:
         logger.info("Removed %d temp file(s) left by an interrupted run.", removed)
     return None
+
+
+def remove_empty_folders(folders: Sequence[Path]) -> None:
+    """Remove each folder that is empty (rmdir never removes anything else), in the order given."""
+    for folder in folders:
+        with contextlib.suppress(OSError):
+            folder.rmdir()
 
 
 def checked_state(checkpoint: dict[str, Any], path: Path) -> None:

@@ -144,6 +144,12 @@ def test_best_model_is_a_calibrated_classifier_checkpoint(trained: dict, tmp_pat
         copy.write_bytes((output / "best_model.pth").read_bytes())
         assert classifier.main([str(copy), *command[3:]]) == 0
         assert classifier.load_checkpoint(copy)["confidence_threshold"] == metadata["recommended_threshold"]
+    for refused in (
+        ["--set-threshold", "1.5"],
+        [str(dataset / "val" / "plane" / "plane_000.jpg"), "--set-threshold", "0.5"],
+    ):
+        assert classifier.main([str(output / "best_model.pth"), *refused]) == 2  # out of range; images: a mistake
+    assert classifier.load_checkpoint(output / "best_model.pth")["confidence_threshold"] == 0.7
     clf = classifier.BirdPlaneSupermanClassifier(output / "best_model.pth", device="cpu")
     predicted, confidence, probabilities = clf.predict(dataset / "val" / "plane" / "plane_000.jpg")
     assert set(probabilities) == set(metadata["classes"]) and 0 <= confidence <= 1
