@@ -106,6 +106,7 @@ def claim_output_folder(
         lock = fileio.hold_lock(output_dir / LOCK_NAME, "train_classifier.py", f"training into {output_dir}")
         held.enter_context(lock)
     except fileio.LockHeldError as error:
+        held.close()
         return str(error)
     except OSError as error:
         return f"cannot create the output folder {output_dir} ({error.strerror or error})"

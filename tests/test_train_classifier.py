@@ -714,6 +714,24 @@ def test_an_image_size_classifier_py_refuses_is_refused_up_front(
     assert not (tmp_path / "m").exists()
 
 
+def test_progress_into_a_log_is_a_plain_line_every_30_seconds_of_long_work(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture
+) -> None:
+    import tqdm.std
+
+    clock = [1000.0]
+    monkeypatch.setattr(tqdm.std, "time", lambda: clock[0])  # tqdm's clock
+    cli.set_progress(True)
+    for _ in cli.progress(range(5), desc="short"):  # a few seconds of work: nothing in the log
+        clock[0] += 1.0
+    for _ in cli.progress(range(10), desc="epoch 1 train"):  # 10 steps of 10 s each
+        clock[0] += 10.0
+    err = capsys.readouterr().err  # not a terminal, like a log file
+    lines = err.splitlines()
+    assert len(lines) == 3 and all(line.startswith("epoch 1 train: ") for line in lines) and "\r" not in err
+    assert [line.split("|")[2].split()[0] for line in lines] == ["3/10", "6/10", "9/10"]  # every 30 s of work
+
+
 def test_contact_sheet_names_are_shortened_to_the_thumbnail_width() -> None:
     from PIL import ImageFont
 
