@@ -79,7 +79,7 @@ def add_output_flags(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--no-progress",
         action="store_true",
-        help="never draw progress bars (default: bars only when stderr is a terminal)",
+        help="no progress output (default: bars on a terminal, a plain line every 30 s of long work in a log)",
     )
 
 

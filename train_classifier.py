@@ -20,6 +20,7 @@ Writes into --output-dir (default models/):
                                calibration and the threshold table (rewritten atomically after every epoch)
     training_curves.png, confusion_matrix.png (best epoch)
     error_analysis/epoch_XX/<true_class>_errors.json and contact_sheet.png (most confident mistakes)
+    .train_classifier.lock     while a run trains there: a second trainer on the same folder is refused
 With --detect-problematic, the report goes to <dataset-dir>/problematic_images_report.json (or --report PATH).
 
 This file is the story: arguments, set-up, the train/evaluate loop, checkpoints and resume. Beside it:
