@@ -37,6 +37,8 @@ PATH_ARGUMENTS = ("dataset_dir", "output_dir", "cache_dir", "report", "weights")
 NOT_RESTORED = ("resume", "verbose", "no_progress")  # how this run is asked to behave, not how the model trains
 WEIGHT_NAMES = ("imagenet", "none")  # --weights values that are not paths, so a checkpoint may restore them
 RENAMED = (("num_workers", "workers"), ("problematic_report", "report"))  # old checkpoints' names of the flags
+FIGURES = ("train_loss", "train_accuracy", "val_loss", "val_accuracy", "macro_f1", "learning_rate")  # printed per epoch
+SKIP_KEYS = ("path", "split", "reason")  # of each skipped file
 _NOT_GIVEN = object()
 
 
@@ -127,6 +129,17 @@ def remove_empty_folders(folders: Sequence[Path]) -> None:
             folder.rmdir()
 
 
+def is_whole(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def is_epoch_record(record: Any) -> bool:
+    """An epoch of the stored history as the trainer reads and prints it: whole epoch, is_best, numbers."""
+    if not isinstance(record, dict) or not is_whole(record.get("epoch")) or not isinstance(record.get("is_best"), bool):
+        return False
+    return all(isinstance(record.get(key), int | float) and not isinstance(record.get(key), bool) for key in FIGURES)
+
+
 def checked_state(checkpoint: dict[str, Any], path: Path) -> None:
     """CheckpointError (one sentence) when the training state a resume reads is missing or of the wrong kind."""
     missing = [key for key in RESUME_KEYS if key not in checkpoint]
@@ -137,13 +150,13 @@ def checked_state(checkpoint: dict[str, Any], path: Path) -> None:
         )
     epoch, history, skipped = checkpoint["epoch"], checkpoint["history"], checkpoint.get("skipped_files", [])
     problems = (
-        (not isinstance(epoch, int) or isinstance(epoch, bool) or epoch < 0, f"epoch {epoch!r}"),
-        (not all(isinstance(r, dict) and isinstance(r.get("epoch"), int) for r in history), "history"),
+        (not is_whole(epoch) or epoch < 0, f"epoch {epoch!r}"),
+        (not all(is_epoch_record(record) for record in history), "history"),
         (
             not isinstance(skipped, list)
-            or not all(isinstance(i, dict) and isinstance(i.get("path"), str) for i in skipped),
+            or not all(isinstance(i, dict) and all(isinstance(i.get(k), str) for k in SKIP_KEYS) for i in skipped),
             "skipped_files",
-        ),  # fmt: skip
+        ),
     )
     for failed, what in problems:
         if failed:

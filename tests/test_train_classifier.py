@@ -455,6 +455,21 @@ def test_wrong_types_in_stored_arguments_are_one_sentence(
         assert train_classifier.main([*argv, flag, "4"]) == 0
 
 
+@pytest.mark.parametrize(
+    ("key", "value"), [("epoch", "abc"), ("history", [{"epoch": 1, "is_best": True, "macro_f1": "x"}])]
+)
+def test_a_damaged_training_state_is_one_sentence(
+    trained: dict, tmp_path: Path, capsys: pytest.CaptureFixture, key: str, value: object
+) -> None:
+    path = crafted_checkpoint(trained, tmp_path / "models")
+    checkpoint = torch.load(path, weights_only=True)
+    torch.save({**checkpoint, key: value}, path)
+    argv = ["--resume", "--dataset-dir", str(trained["dataset"]), "--output-dir", str(tmp_path / "models")]
+    assert train_classifier.main(argv) == 2
+    error = capsys.readouterr().err.strip()
+    assert len(error.splitlines()) == 1 and f"stores an unusable {key}" in error and "without --resume" in error
+
+
 def test_a_second_trainer_on_the_same_output_folder_is_refused(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
     dataset = make_dataset(tmp_path / "dataset", TWO_CLASSES, train_per_class=2, val_per_class=1, size=(32, 32))
     output = tmp_path / "models"
