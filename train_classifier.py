@@ -564,10 +564,7 @@ def run_epochs(
     optimization = make_optimizer(model, args, len(run.train_loader), run.device, run.amp_dtype)
     start_epoch = 0
     if resume is not None:
-        optimization.optimizer.load_state_dict(resume["optimizer_state_dict"])
-        optimization.scheduler.load_state_dict(resume["scheduler_state_dict"])
-        optimization.scaler.load_state_dict(resume["scaler_state_dict"])
-        training_data.restore_rng_states(resume["rng_states"])
+        training_checkpoint.restore_state(optimization, resume)  # optimizer, schedule, loss scaler, RNG states
         run.history = list(resume["history"])
         start_epoch = int(resume["epoch"])
         # The schedule goes by steps, and an epoch has fewer of them with more processes: it carries on from the

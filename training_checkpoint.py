@@ -165,6 +165,21 @@ def checked_state(checkpoint: dict[str, Any], path: Path) -> None:
             )
 
 
+def restore_state(optimization: Any, checkpoint: dict[str, Any]) -> None:
+    """Load the optimizer, scheduler and loss scaler states (``optimization``: the trainer's Optimization) and the
+    RNG states stored in the last checkpoint; CheckpointError (one sentence) when they do not fit this run."""
+    try:
+        optimization.optimizer.load_state_dict(checkpoint["optimizer_state_dict"])
+        optimization.scheduler.load_state_dict(checkpoint["scheduler_state_dict"])
+        optimization.scaler.load_state_dict(checkpoint["scaler_state_dict"])
+        training_data.restore_rng_states(checkpoint["rng_states"])
+    except (ValueError, TypeError, KeyError, IndexError, AttributeError, RuntimeError) as error:
+        raise classifier.CheckpointError(
+            f"the training state in the last checkpoint does not fit this run ({type(error).__name__}); run without "
+            "--resume to start a new training."
+        ) from None
+
+
 def resume_settings(
     parser: argparse.ArgumentParser, argv: Sequence[str] | None, path: Path
 ) -> tuple[argparse.Namespace, dict[str, Any]]:
