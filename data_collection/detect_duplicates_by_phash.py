@@ -28,7 +28,7 @@ import argparse
 import logging
 import os
 import sys
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 from typing import Any
@@ -280,7 +280,11 @@ def pixel_check(
     def verify(pairs: np.ndarray) -> np.ndarray:
         needed = sorted(set(np.asarray(pairs).ravel().tolist()) - set(thumbnails))
         thumbnails.update(zip(needed, read_thumbnails([paths[index] for index in needed], workers)))
-        scores = near_copy_check.pair_similarities(pairs, thumbnails, is_flip_invariant, min_similarity)
+
+        def bar(rows: Iterable[int]) -> Iterable[int]:
+            return cli.progress(rows, desc="Comparing", unit="pair")
+
+        scores = near_copy_check.pair_similarities(pairs, thumbnails, is_flip_invariant, min_similarity, bar)
         return scores >= min_similarity
 
     return verify

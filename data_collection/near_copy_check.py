@@ -16,7 +16,7 @@ most 0.86 on the real-photo benchmark (BENCHMARKS.md).
 from __future__ import annotations
 
 import functools
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import NamedTuple
 
 import numpy as np
@@ -238,9 +238,10 @@ def pair_similarities(
     thumbnails: Mapping[int, np.ndarray | None] | Sequence[np.ndarray | None],
     is_flip_invariant: bool = True,
     enough: float = MIN_SIMILARITY,
+    progress: Callable[[Iterable[int]], Iterable[int]] = iter,
 ) -> np.ndarray:
     """The similarity (0 to 1) of each pair (an (n, 2) array of indices into ``thumbnails``); see ``similarity``.
-    A pair with a missing or empty thumbnail scores 0."""
+    A pair with a missing or empty thumbnail scores 0. ``progress`` wraps the loop over pair rows (a progress bar)."""
     pairs = np.asarray(pairs, dtype=np.int64).reshape(-1, 2)
     scores = np.zeros(len(pairs))
     prepared = {
@@ -249,7 +250,8 @@ def pair_similarities(
         if thumbnails[image] is not None and min(thumbnails[image].shape) > 0
     }
     with threadpool_limits(limits=1, user_api="blas"):  # small products: threads cost 50x more than they save
-        for row, (first, second) in enumerate(pairs.tolist()):
+        for row in progress(range(len(pairs))):
+            first, second = int(pairs[row, 0]), int(pairs[row, 1])
             if first in prepared and second in prepared:
                 scores[row] = similarity(prepared[first], prepared[second], is_flip_invariant, enough)
     return scores
