@@ -306,7 +306,8 @@ def get_args_parser(add_help: bool = True) -> argparse.ArgumentParser:
         type=int,
         default=DEFAULT_THRESHOLD,
         help="Hamming distance: the most hash bits (of hash-size**2) in which an image may differ from its group's "
-        f"representative and still count as a copy, 0 to hash-size**2 (default: {DEFAULT_THRESHOLD} of 64)",
+        "representative and still be a candidate copy, which the pixel check then decides (--min-similarity); 0 to "
+        f"hash-size**2 (default: {DEFAULT_THRESHOLD} of 64: 5%% crops and borders are mostly within it)",
     )
     parser.add_argument(
         "--hash-size",
@@ -319,8 +320,8 @@ def get_args_parser(add_help: bool = True) -> argparse.ArgumentParser:
         type=float,
         default=near_copy_check.MIN_SIMILARITY,
         help="the second stage: each pair within --threshold is kept only if small aligned thumbnails of the two "
-        "images correlate at least this much in detail (0 to 1; copies score 0.87-1.0, different photos of one "
-        "layout up to 0.77 on real photos); 0 trusts the hash alone, as before, with a strict --threshold such as 5 "
+        "images correlate at least this much in detail (0 to 1; copies score 0.91-1.0, different photos of one "
+        "layout up to 0.76 on real photos); 0 trusts the hash alone, as before, with a strict --threshold such as 5 "
         f"(default: {near_copy_check.MIN_SIMILARITY})",
     )
     parser.add_argument(
