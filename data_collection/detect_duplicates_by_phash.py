@@ -124,11 +124,14 @@ def near_duplicate_groups(
     if verify is None:
         node_groups = dd.star_groups(nodes, node_pairs, weights)
     else:
+        inner_pairs = sum(len(images) - 1 for images in images_of_node)
         images_of_node, node_pairs, rejected = checked_items(images_of_node, node_pairs, verify)
         weights = np.array([len(images) for images in images_of_node])
         node_groups = dd.star_groups(len(weights), node_pairs, weights)
         node_groups = near_copy_check.split_conflicts(node_groups, rejected, weights)
-        search_info = {**search_info, "checked_pairs": len(node_pairs) + len(rejected), "rejected_pairs": len(rejected)}
+        split_off = len(images_of_node) - nodes  # images that failed against their identical hash: counted once
+        checked = inner_pairs + len(node_pairs) + len(rejected) - split_off
+        search_info = {**search_info, "checked_pairs": checked, "rejected_pairs": len(rejected)}
     groups = []
     for node_group in node_groups:
         representative = images_of_node[node_group[0]]

@@ -64,6 +64,8 @@ def test_crop_border_and_mirror_are_found_and_a_look_alike_is_not(look_alike_dat
 
     assert by_phash.main(command) == 0  # the defaults
     assert groups_of(report) == [copies]
+    settings = json.loads(report.read_text(encoding="utf-8"))["search_settings"]
+    assert settings["checked_pairs"] >= len(copies) - 1 + settings["rejected_pairs"] and settings["rejected_pairs"] >= 1
 
     def phash(name: str) -> imagehash.ImageHash:
         values, _ = by_phash.hash_file((str(look_alike_dataset / name), 8, False))
