@@ -12,12 +12,13 @@ Two measurements on the same files in one run, ours beside the peers:
      named by ``--label-method``; the peer: cleanlab's ``find_label_issues`` (default rule) on out-of-fold
      probabilities of a scikit-learn logistic regression over HOG + tiny pixels + a colour histogram.
 
-With no photo folder the images are generated (photo-like shapes on gradients), so anyone can run it; real photos
-are the test that counts (BENCHMARKS.md names the public repositories and commits used):
+With no photo folder the images are generated (photo-like shapes on gradients; at most 200 photos), so anyone can run
+it; real photos are the test that counts (BENCHMARKS.md names the public repositories and commits used). imagededup
+is a benchmark-only requirement (pip install imagededup): without it its rows are left out, with a sentence.
 
     python benchmarks/bench_detection_quality.py --generated
-    python benchmarks/bench_detection_quality.py --photos /work/photos/imagenet --labelled /work/photos/clothing/train
-    python benchmarks/bench_detection_quality.py --photos /work/photos/imagenet --only near --thresholds 5 8 10
+    python benchmarks/bench_detection_quality.py --photos /work/photos/imagenet /work/photos/clothing/train --only near
+    python benchmarks/bench_detection_quality.py --labelled /work/photos/clothing/train --only labels --per-class 150
 
 Writes the planted sets under benchmarks/_out/quality/ (git-ignored; rebuilt on every run) and the reports there.
 """
