@@ -31,7 +31,7 @@ except ImportError:  # Windows: O_APPEND single writes alone keep lines whole
     fcntl = None  # type: ignore[assignment]
 
 MANIFEST_NAME = "download_manifest.jsonl"
-SCHEMA_VERSION = 2  # of a manifest line; 2 added "limit" (version 1 lines are read as they are)
+SCHEMA_VERSION = 3  # of a manifest line; 2 added "limit", 3 "label_conflict_with" (older lines are read as they are)
 # Failure reasons a command-line limit decided, and that limit's flag.
 LIMIT_FLAGS = {
     "too small": "--min-size",
@@ -70,6 +70,7 @@ def new_record(candidate: Candidate) -> dict[str, Any]:
         "detail": None,
         "retryable": False,
         "limit": None,
+        "label_conflict_with": None,  # saved, and the same bytes are in these other class folders: a label conflict
     }
 
 
