@@ -624,7 +624,8 @@ def get_args_parser(add_help: bool = True) -> argparse.ArgumentParser:
         "--timeout",
         type=float,
         default=DEFAULT_TIMEOUT_S,
-        help=f"seconds to wait for a server to connect or send data (default: {DEFAULT_TIMEOUT_S:g})",
+        help="seconds one download may take in all (connect, headers, body), however slowly the server sends "
+        f"(default: {DEFAULT_TIMEOUT_S:g})",
     )
     parser.add_argument(
         "--max-bytes",
