@@ -339,24 +339,26 @@ class DownloadRun:
     def ensure_val_image(self, class_name: str) -> None:
         """Move one train image of a class with 2 or more images and none in val/ there, so every class is checked.
 
-        The one moved is our own download (named by its hash) with the smallest hash: the same choice on every run.
+        The one moved is our own download (named by its hash) with the smallest hash, not a label-conflict copy if
+        another will do: the same choice on every run.
         Once in val/ it stays (later runs find a val image and move nothing); new images follow the hash rule.
         """
         stats = self.stats[class_name]
         if self.config.val_fraction <= 0 or stats.on_disk["val"] or stats.total_on_disk < 2:
             return
-        ours = sorted(
-            (digest, path)
+        ours = sorted(  # a label-conflict copy last: moving it alone would also make a train/val leak
+            (len(paths) > 1, digest, path)
             for digest, paths in self.known_paths.items()
             if (path := paths.get(class_name)) is not None
             and OWN_NAME_PATTERN.match(path.rpartition("/")[2])
             and path.startswith(f"train/{class_name}/{digest}.")
-            and (digest, class_name) in self.on_disk & self.recorded
+            and (digest, class_name) in self.on_disk
+            and (digest, class_name) in self.recorded
         )
         if not ours:
             logger.warning("%s has no image in val/ and none of ours to move there: move one yourself", class_name)
             return
-        digest, source = ours[0]
+        _, digest, source = ours[0]
         target = f"val/{source.removeprefix('train/')}"
         dataset_dir = self.config.dataset_dir
         if not move_new_name(resolve_inside(dataset_dir, source), resolve_inside(dataset_dir, target)):
