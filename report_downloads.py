@@ -6,6 +6,7 @@ it; the latest line for a URL is its state) and returns plain data; html_report.
 
 from __future__ import annotations
 
+import os
 import sys
 from collections import Counter
 from dataclasses import dataclass, field
@@ -15,6 +16,8 @@ from urllib.parse import urlsplit
 
 sys.path.insert(0, str(Path(__file__).resolve().parent / "data_collection"))  # download_manifest.py lives there
 from download_manifest import MANIFEST_NAME, latest_records_by_url, read_manifest  # noqa: E402
+
+from fileio import regular_file_reason  # noqa: E402
 
 
 @dataclass
@@ -53,8 +56,11 @@ def is_web_link(url: Any) -> bool:
 def read_crawl(dataset_dir: Path) -> Crawl:
     """The dataset's download manifest, summarized; an empty Crawl when there is none."""
     path = dataset_dir / MANIFEST_NAME
-    if not path.exists():
+    if not os.path.lexists(path):
         return Crawl()
+    reason = regular_file_reason(path)  # a FIFO would block the read, a symlink could lead anywhere
+    if reason:
+        return Crawl(problem=f"{MANIFEST_NAME} {reason}: not read")
     try:
         return summarize(read_manifest(path))
     except (OSError, ValueError, RecursionError) as error:

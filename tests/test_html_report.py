@@ -574,3 +574,24 @@ def test_browser_page_fits_a_390_px_phone_without_sideways_scrolling(browser, se
     finally:
         browser.set_window_size(1280, 900)
     assert severe_messages(browser) == []
+
+
+def test_a_crafted_or_odd_download_manifest_never_breaks_the_page(setup) -> None:
+    manifest = setup["dataset"] / download_manifest.MANIFEST_NAME
+    lines = [
+        '{"url": 5, "status": "failed"}',
+        "[1, 2]",
+        '{"url": "https://a.example/x", "status": "saved", "path": 7}',
+        '{"url": "javascript:alert(1)", "status": "saved", "path": "train/bird/bird_000.jpg", "query": ["q"]}',
+        '{"url": "https://a.example/y", "status": "failed", "reason": ["odd"], "class": {"c": 1}}',
+        "{cut",
+    ]
+    manifest.write_text("\n".join(lines) + "\n", encoding="utf-8")
+    assert make_page(setup) == 0
+    page = setup["page"].read_text(encoding="utf-8")
+    assert 'href="javascript:' not in page and "from javascript:alert(1)" in page  # shown, never a link
+    assert "https://a.example/y" in page
+    manifest.unlink()
+    os.mkfifo(manifest)  # a read would block forever
+    assert make_page(setup) == 1
+    assert "download_manifest.jsonl is a named pipe" in setup["page"].read_text(encoding="utf-8")
