@@ -18,6 +18,7 @@ from _download_helpers import FakeSearch, ImageServer, Route, encode_good_image
 from conftest import ROOT
 from download_images import REPORT_NAME, split_for_hash
 from download_manifest import MANIFEST_NAME, latest_records_by_url, read_manifest
+from image_fetch import DEADLINE_POOLS, DeadlineAdapter, Fetcher, FetchLimits
 
 FAST = ["--workers", "4", "--retries", "0", "--min-size", "32", "--no-progress"]
 SLACK_S = 2.0  # what a loaded 2-core machine may add to a deadline: start-up, the watchdog's poll, the thread switch
@@ -82,6 +83,16 @@ def test_a_server_dripping_body_or_headers_is_cut_at_the_timeout(tmp_path: Path,
         assert (record["status"], record["reason"], record["retryable"]) == ("failed", "timeout", True)
     assert list(image_files(dataset).values()) == [good]  # nothing half-received was kept
     assert "timeout (--timeout 1 s): 2" in capsys.readouterr().out
+
+
+def test_https_and_proxied_requests_get_the_same_deadline() -> None:
+    fetcher = Fetcher(FetchLimits())
+    adapter = fetcher._session().get_adapter("https://img.example/a.jpg")
+    assert isinstance(adapter, DeadlineAdapter)
+    for url in ("https://img.example/a.jpg", "http://img.example/a.jpg"):
+        assert type(adapter.poolmanager.connection_from_url(url)) is DEADLINE_POOLS[url.split(":")[0]]
+        proxied = adapter.proxy_manager_for("http://proxy.example:3128").connection_from_url(url)
+        assert type(proxied) is DEADLINE_POOLS[url.split(":")[0]]
 
 
 def test_ctrl_c_ends_the_run_within_seconds_and_keeps_what_finished(tmp_path: Path) -> None:
