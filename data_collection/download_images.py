@@ -626,7 +626,8 @@ def get_args_parser(add_help: bool = True) -> argparse.ArgumentParser:
         "--timeout",
         type=float,
         default=DEFAULT_TIMEOUT_S,
-        help="seconds one download may take in all (connect, headers, body), however slowly the server sends "
+        help="seconds one download may take in all (connect, headers, body; half a second of grace), however slowly "
+        "the server sends; a silent server is retried at once, one cut mid-answer on the next run "
         f"(default: {DEFAULT_TIMEOUT_S:g})",
     )
     parser.add_argument(

@@ -33,6 +33,9 @@ from urllib3.connectionpool import HTTPConnectionPool, HTTPSConnectionPool
 from urllib3.exceptions import ReadTimeoutError
 
 DEFAULT_TIMEOUT_S = 10.0  # for one whole download: a 5 MB photo at 4 Mbit/s, with room to connect
+# The whole-request deadline is --timeout plus this: a silent server meets the per-read --timeout first (a plain
+# timeout, retried at once); only a server that keeps sending, too slowly, meets the deadline (retried next run).
+DEADLINE_GRACE_S = 0.5
 WATCHDOG_POLL_S = 0.05  # how late past its deadline a request may end; the watchdog sleeps only while requests run
 DEFAULT_MAX_BYTES = 20_000_000  # a photo worth training on is well under 20 MB
 DEFAULT_MIN_SIZE = 100  # pixels on the shorter side; smaller ones are thumbnails or icons, useless at 224 px
@@ -130,6 +133,7 @@ class Answer(NamedTuple):
     detail: str = ""
     has_response: bool = True
     declared_bytes: int | None = None
+    is_worth_retrying_now: bool = True  # False when a server was cut at the deadline mid-answer: it would be again
 
 
 # ---------------------------------------------------------------------------------------------------------- pure
@@ -259,6 +263,7 @@ class RequestDeadline:
     def __init__(self, seconds: float) -> None:
         self.expires_at = time.monotonic() + seconds
         self.is_expired = False
+        self.was_connected = False  # a socket was open when it expired: the server was slow, not unreachable
         self._connections: list[Any] = []
         self._lock = threading.Lock()
 
@@ -274,6 +279,7 @@ class RequestDeadline:
         with self._lock:
             self.is_expired = True
             sockets = [getattr(connection, "sock", None) for connection in self._connections]
+            self.was_connected = self.was_connected or any(sock is not None for sock in sockets)
         for sock in sockets:
             if sock is not None:
                 with contextlib.suppress(OSError):
@@ -397,6 +403,8 @@ class Fetcher:
                 result.has_response = result.has_response or answer.has_response
                 if answer.reason is None or answer.reason == "connection error" or not is_retryable(answer.reason):
                     break
+                if not answer.is_worth_retrying_now:  # a later run tries it again (a "timeout" stays retryable)
+                    break
             if answer.reason is not None:
                 result.reason, result.detail, result.declared_bytes = (
                     answer.reason,
@@ -428,10 +436,11 @@ class Fetcher:
         return session
 
     def _get(self, url: str) -> Answer:
-        """One GET that ends within --timeout in all, whatever the server does; a late one is a "timeout"."""
+        """One GET that ends within --timeout (and DEADLINE_GRACE_S) in all, whatever the server does; a late one is
+        a "timeout", not retried at once when the server was connected (dripping): it would be cut again."""
         timeout_s = self.limits.timeout_s
         answer = None
-        with self.watchdog.guard(timeout_s) as deadline:
+        with self.watchdog.guard(timeout_s + DEADLINE_GRACE_S) as deadline:
             try:
                 answer = self._get_within_limits(url)
             except Exception:
@@ -444,7 +453,8 @@ class Fetcher:
         if session is not None:
             session.close()
         has_response = answer.has_response if answer is not None else False
-        return Answer(None, "timeout", f"not complete within --timeout {timeout_s:g} s", has_response)
+        detail = f"not complete within --timeout {timeout_s:g} s"
+        return Answer(None, "timeout", detail, has_response, is_worth_retrying_now=not deadline.was_connected)
 
     def _get_within_limits(self, url: str) -> Answer:
         """One GET: status, Content-Type and size checked; the caller's deadline ends it when it is late."""
