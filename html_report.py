@@ -350,8 +350,8 @@ def render_refusals(page: Page) -> str:
         )
         lists.append(f"<details><summary>{esc(reason)}: {sum(by_class.values())}</summary><ul>{items}</ul></details>")
     hint = (
-        "<p>The latest attempt of each URL in download_manifest.jsonl. A re-run retries timeouts and server errors; "
-        "a changed limit (<code>--min-size</code>, <code>--max-bytes</code>) retries what it refused; "
+        "<p>The latest attempt of each URL (per class) in download_manifest.jsonl. A re-run retries timeouts and "
+        "server errors; a changed limit (<code>--min-size</code>, <code>--max-bytes</code>) retries what it refused; "
         "<code>--retry-failed</code> retries the rest.</p>"
     )
     page.glance["refused"] = plural(len(crawl.refusals), "URL") + " refused"

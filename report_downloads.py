@@ -15,7 +15,7 @@ from typing import Any
 from urllib.parse import urlsplit
 
 sys.path.insert(0, str(Path(__file__).resolve().parent / "data_collection"))  # download_manifest.py lives there
-from download_manifest import MANIFEST_NAME, latest_records_by_url, read_manifest  # noqa: E402
+from download_manifest import MANIFEST_NAME, latest_records, read_manifest  # noqa: E402
 
 from fileio import regular_file_reason  # noqa: E402
 
@@ -39,7 +39,7 @@ class Crawl:
 def summarize(records: list[dict[str, Any]]) -> Crawl:
     """The saved record of each image path and the URLs whose latest attempt failed, from manifest records."""
     crawl = Crawl()
-    for record in latest_records_by_url(records).values():
+    for record in latest_records(records).values():
         if record.get("status") == "saved" and isinstance(record.get("path"), str):
             crawl.sources.setdefault(record["path"], record)
         elif record.get("status") == "failed":

@@ -13,7 +13,7 @@ Writes (all under --dataset-dir, default dataset/):
     train/<class>/<sha256>.<ext>, val/<class>/<sha256>.<ext>   the images, original bytes
     download_manifest.jsonl     one line per URL tried: class, query, URL, source page, title, size, hash, path,
                                 split, or why it failed and the limit that refused it (appended as it goes; the
-                                latest line for a URL counts; safe with two runs at once)
+                                latest line for a URL in a class counts; safe with two runs at once)
     download_report.json        this run's counts per class, queries that came back short, and every failure
     .search_cache/              search results per query, so a re-run does not search again
 """
@@ -44,7 +44,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # cli.py and filei
 from download_manifest import (  # noqa: E402 - the siblings import cli and fileio too
     MANIFEST_NAME,
     ManifestWriter,
-    latest_records_by_url,
+    latest_records,
     limit_of,
     new_record,
     read_manifest,
@@ -312,7 +312,7 @@ class DownloadRun:
                     self.known_paths.setdefault(digest, {}).setdefault(name, path)
                     self.recorded.add((digest, name))
                 self.worked_before.append(str(record.get("url", "")))
-        self.latest = latest_records_by_url(records)
+        self.latest = latest_records(records)  # (class, url) -> its latest manifest line
         self.manifest = ManifestWriter(dataset_dir / MANIFEST_NAME)
         self.stats = {
             name: ClassStats(asked=config.per_class, on_disk=Counter(counts.get(name, Counter())))
@@ -320,7 +320,7 @@ class DownloadRun:
         }
         self.short_queries: list[ShortQuery] = []
         self.errors: list[dict[str, Any]] = []
-        self.claimed_urls: dict[str, str] = {}  # url -> class that fetches it in this run
+        self.claimed: set[tuple[str, str]] = set()  # (class, url) fetched in this run
         self.is_network_confirmed = False  # a server answered, or the network check found one that would
 
     def run(self) -> RunSummary:
@@ -401,17 +401,16 @@ class DownloadRun:
         stats = self.stats[class_name]
         jobs = []
         for candidate in candidates:
-            previous = self.latest.get(candidate.url)
+            key = (class_name, candidate.url)  # a URL offered under another class too is fetched for each
+            previous = self.latest.get(key)
             if previous is not None and not should_fetch(previous, self.fetcher.limits, self.config.retry_failed):
-                if previous.get("class") != class_name:
-                    stats.duplicates += 1  # the same URL, settled under another class
-                else:
-                    stats.already_done += 1
-                    if previous.get("status") == "failed":
-                        stats.failed_before[str(previous.get("reason"))] += 1
-            elif self.claimed_urls.setdefault(candidate.url, class_name) != class_name:
-                stats.duplicates += 1  # the same URL, fetched for another class in this run
+                stats.already_done += 1
+                if previous.get("status") == "failed":
+                    stats.failed_before[str(previous.get("reason"))] += 1
+            elif key in self.claimed:
+                stats.duplicates += 1  # the same URL twice in the class's candidates
             else:
+                self.claimed.add(key)
                 jobs.append(candidate)
         return jobs
 
@@ -549,7 +548,7 @@ class DownloadRun:
     def write_record(self, record: dict[str, Any]) -> None:
         """Append a manifest line; it is the URL's state from now on."""
         self.manifest.write(record)
-        self.latest[record["url"]] = record
+        self.latest[record["class"], record["url"]] = record
 
     def record_failure(self, record: dict[str, Any], result: FetchResult, stats: ClassStats) -> None:
         assert result.reason is not None
@@ -719,7 +718,7 @@ def check_args(args: argparse.Namespace) -> str | None:
 
 
 def read_urls_file(path: Path) -> tuple[list[Candidate], list[str]]:
-    """Candidates from a ``class,url`` file (repeated URLs kept once) and one message per malformed line.
+    """Candidates from a ``class,url`` file (a repeated line kept once) and one message per malformed line.
 
     Raises ValueError with one sentence when the file cannot be used at all.
     """
@@ -738,21 +737,23 @@ def read_urls_file(path: Path) -> tuple[list[Candidate], list[str]]:
         logger.warning("%s: skipped", cli.printable(problem))
     if not entries:
         raise ValueError(f"--urls-file {shown}: no 'class,url' line with an http(s) URL")
-    first_class: dict[str, tuple[int, str]] = {}
+    first_line: dict[tuple[str, str], int] = {}  # (class, url) -> its first line
+    first_class: dict[str, tuple[int, str]] = {}  # url -> (line, class) where it was first listed
     candidates = []
     for line_number, class_name, url in entries:
-        if url in first_class:
-            first_line, first_name = first_class[url]
-            if first_name != class_name:
-                logger.warning(
-                    "%s line %d: URL already listed as %r on line %d: kept there only",
-                    shown,
-                    line_number,
-                    first_name,
-                    first_line,
-                )
+        if (class_name, url) in first_line:
             continue
-        first_class[url] = (line_number, class_name)
+        first_line[class_name, url] = line_number
+        if url in first_class:
+            line, name = first_class[url]
+            logger.warning(
+                "%s line %d: URL also listed as %r on line %d: downloaded for both, a label conflict to decide",
+                shown,
+                line_number,
+                name,
+                line,
+            )
+        first_class.setdefault(url, (line_number, class_name))
         candidates.append(Candidate(class_name, url, source="urls-file"))
     return candidates, problems
 

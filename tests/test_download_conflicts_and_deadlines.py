@@ -17,11 +17,15 @@ import remove_duplicates
 from _download_helpers import FakeSearch, ImageServer, Route, encode_good_image
 from conftest import ROOT
 from download_images import REPORT_NAME, split_for_hash
-from download_manifest import MANIFEST_NAME, latest_records_by_url, read_manifest
+from download_manifest import MANIFEST_NAME, latest_records, read_manifest
 from image_fetch import DEADLINE_POOLS, DeadlineAdapter, Fetcher, FetchLimits
 
 FAST = ["--workers", "4", "--retries", "0", "--min-size", "32", "--no-progress"]
 SLACK_S = 2.0  # what a loaded 2-core machine may add to a deadline: start-up, the watchdog's poll, the thread switch
+
+
+def latest_by_url(dataset: Path) -> dict[str, dict]:
+    return {url: record for (_, url), record in latest_records(read_manifest(dataset / MANIFEST_NAME)).items()}
 
 
 def run(argv: list[str]) -> int:
@@ -78,7 +82,7 @@ def test_a_server_dripping_body_or_headers_is_cut_at_the_timeout(tmp_path: Path,
     assert status == 1  # two URLs unusable
     assert server.hits["/drip-body.png"] == server.hits["/drip-headers.png"] == 1
     assert elapsed < 1 + SLACK_S, f"took {elapsed:.1f} s with --timeout 1"
-    latest = latest_records_by_url(read_manifest(dataset / MANIFEST_NAME))
+    latest = latest_by_url(dataset)
     assert latest[server.url("/good.png")]["status"] == "saved"
     for path in ("/drip-body.png", "/drip-headers.png"):
         record = latest[server.url(path)]
@@ -165,7 +169,7 @@ def test_the_same_photo_under_two_labels_is_kept_in_both_and_reported_as_a_confl
         }
     ]
     assert report["classes"]["bird"]["label_conflicts"] == report["classes"]["plane"]["label_conflicts"] == 1
-    latest = latest_records_by_url(read_manifest(dataset / MANIFEST_NAME))
+    latest = latest_by_url(dataset)
     assert latest[server.url("/plane/also-shared.png")]["label_conflict_with"] == [copies[0]]
 
     # The exact-copy detector sees a label conflict; the remover's automatic strategies leave it alone.
@@ -207,7 +211,7 @@ def test_every_class_with_two_or_more_images_gets_a_val_image_stably(tmp_path: P
             assert val == [f"val/{name}/{smallest}.png"]
         else:
             assert val == []
-    latest = latest_records_by_url(read_manifest(tmp_path / "one" / MANIFEST_NAME))
+    latest = latest_by_url(tmp_path / "one")
     assert {record["path"] for record in latest.values()} == set(tree)  # the manifest follows the move
     report = json.loads((tmp_path / "one" / REPORT_NAME).read_text(encoding="utf-8"))
     assert report["classes"]["superman"]["val"] == 1 and report["classes"]["superman"]["train"] == 2

@@ -582,15 +582,16 @@ def test_a_crafted_or_odd_download_manifest_never_breaks_the_page(setup) -> None
         '{"url": 5, "status": "failed"}',
         "[1, 2]",
         '{"url": "https://a.example/x", "status": "saved", "path": 7}',
-        '{"url": "javascript:alert(1)", "status": "saved", "path": "train/bird/bird_000.jpg", "query": ["q"]}',
-        '{"url": "https://a.example/y", "status": "failed", "reason": ["odd"], "class": {"c": 1}}',
+        '{"url": "javascript:alert(1)", "class": "bird", "status": "saved", "path": "train/bird/bird_000.jpg", '
+        '"query": ["q"]}',
+        '{"url": "https://a.example/y", "status": "failed", "reason": ["odd"], "class": "<i>b"}',
         "{cut",
     ]
     manifest.write_text("\n".join(lines) + "\n", encoding="utf-8")
     assert make_page(setup) == 0
     page = setup["page"].read_text(encoding="utf-8")
     assert 'href="javascript:' not in page and "from javascript:alert(1)" in page  # shown, never a link
-    assert "https://a.example/y" in page
+    assert "https://a.example/y" in page and "&lt;i&gt;b" in page and "<i>b" not in page
     manifest.unlink()
     os.mkfifo(manifest)  # a read would block forever
     assert make_page(setup) == 1
