@@ -1,5 +1,6 @@
 """download_images.py against hostile and unlucky inputs: a server that drips, Ctrl-C mid-download, the same photo
-offered under two labels, and classes too small for the hash split to give them a val image."""
+offered under two labels (two URLs, or one URL on two lines of a URL file with malformed lines), and classes too small
+for the hash split to give them a val image."""
 
 from __future__ import annotations
 
@@ -14,7 +15,7 @@ from pathlib import Path
 import detect_duplicates_by_filesize
 import download_images
 import remove_duplicates
-from _download_helpers import FakeSearch, ImageServer, Route, encode_good_image
+from _download_helpers import FakeSearch, ImageServer, Route, encode_good_image, good_routes
 from conftest import ROOT
 from download_images import REPORT_NAME, split_for_hash
 from download_manifest import MANIFEST_NAME, latest_records, read_manifest
@@ -180,6 +181,39 @@ def test_the_same_photo_under_two_labels_is_kept_in_both_and_reported_as_a_confl
     report_path = str(dataset / "duplicate_report_filesize.json")
     assert remove_duplicates.main(["--report", report_path, "--strategy", "all", "--apply", "--yes"]) in (0, 1)
     assert all((dataset / path).read_bytes() == shared for path in copies)
+
+
+def test_urls_file_names_malformed_lines_and_downloads_the_rest(tmp_path: Path, capsys) -> None:
+    routes = good_routes("cat", 0, 3)
+    with ImageServer(routes) as server:
+        good = [server.url(path) for path in routes]
+        lines = [
+            "class,url",
+            "# my own list",
+            f"cat,{good[0]}",
+            "cat no comma here",
+            f"cat,{good[1]}",
+            "cat,ftp://example.com/x.jpg",
+            f"../up,{good[2]}",
+            "",
+            f'"cat","{good[2]}"',
+            f"dog,{good[0]}",  # the same URL under another class: fetched for both, a label conflict
+            f"cat,{good[0]}",  # the same line again: once
+        ]
+        urls = tmp_path / "urls.csv"
+        urls.write_text("\n".join(lines) + "\n")
+        dataset = tmp_path / "dataset"
+        assert run(["--urls-file", str(urls), "--dataset-dir", str(dataset), *FAST]) == 1
+    err = capsys.readouterr().err
+    for line_number in (4, 6, 7):
+        assert f"urls.csv line {line_number}:" in err
+    assert "line 10: URL also listed as 'cat' on line 3: downloaded for both, a label conflict" in err
+    files = image_files(dataset)
+    assert sorted(Path(relative).parent.name for relative in files) == ["cat"] * 3 + ["dog"]
+    assert [server.hits[path] for path in routes] == [2, 1, 1]
+    report = json.loads((dataset / REPORT_NAME).read_text())
+    assert sum("line" in error.get("input", "") for error in report["errors"]) == 3
+    assert [conflict["classes"] for conflict in report["label_conflicts"]] == [["cat", "dog"]]
 
 
 # ------------------------------------------------------------------------------------------------ small classes

@@ -419,39 +419,6 @@ def test_no_network_for_url_list_leaves_nothing_behind(tmp_path: Path, capsys) -
     assert not dataset.exists()
 
 
-def test_urls_file_names_malformed_lines_and_downloads_the_rest(tmp_path: Path, capsys) -> None:
-    routes = good_routes("cat", 0, 3)
-    with ImageServer(routes) as server:
-        good = [server.url(path) for path in routes]
-        lines = [
-            "class,url",
-            "# my own list",
-            f"cat,{good[0]}",
-            "cat no comma here",
-            f"cat,{good[1]}",
-            "cat,ftp://example.com/x.jpg",
-            f"../up,{good[2]}",
-            "",
-            f'"cat","{good[2]}"',
-            f"dog,{good[0]}",  # the same URL under another class: fetched for both, a label conflict
-            f"cat,{good[0]}",  # the same line again: once
-        ]
-        urls = tmp_path / "urls.csv"
-        urls.write_text("\n".join(lines) + "\n")
-        dataset = tmp_path / "dataset"
-        assert run(["--urls-file", str(urls), "--dataset-dir", str(dataset), *FAST]) == 1
-    err = capsys.readouterr().err
-    for line_number in (4, 6, 7):
-        assert f"urls.csv line {line_number}:" in err
-    assert "line 10: URL also listed as 'cat' on line 3: downloaded for both, a label conflict" in err
-    files = image_files(dataset)
-    assert sorted(Path(relative).parent.name for relative in files) == ["cat"] * 3 + ["dog"]
-    assert [server.hits[path] for path in routes] == [2, 1, 1]
-    report = json.loads((dataset / REPORT_NAME).read_text())
-    assert sum("line" in error.get("input", "") for error in report["errors"]) == 3
-    assert [conflict["classes"] for conflict in report["label_conflicts"]] == [["cat", "dog"]]
-
-
 def test_existing_images_are_respected(tmp_path: Path) -> None:
     routes = good_routes("bird", 0, 4)
     paths = list(routes)
