@@ -35,7 +35,7 @@ import classifier
 from classifier import BirdPlaneSupermanClassifier, CheckpointError, ImageLoadError
 
 CLASSES = ["bird", "plane", "superman", "other"]
-ALLOWED_IMPORTS = {"torch", "torchvision", "PIL", "numpy"}
+ALLOWED_IMPORTS = {"torch", "torchvision", "PIL", "numpy", "onnx", "onnxruntime"}
 
 
 def save_tiny_model(path: Path, *, classes=CLASSES, arch="resnet18", image_size=64, **fields) -> torch.nn.Module:
