@@ -11,13 +11,15 @@ the model (``build_model``) and the model file formats (``make_checkpoint``, ``l
     python classifier.py models/best_model.pth test_images/ --json > predictions.jsonl
     python classifier.py models/best_model.pth --export-onnx models/best_model.onnx
     python classifier.py models/best_model.onnx test_images/              # onnxruntime, no torch needed
+    python classifier.py models/best_model.pth --set-threshold 0.5   # store the trainer's recommended threshold
 
     from classifier import BirdPlaneSupermanClassifier
     clf = BirdPlaneSupermanClassifier("models/best_model.pth", confidence_threshold=0.7)
     pred_class, confidence, probs = clf.predict("img.jpg")
     results = clf.predict_batch(paths)  # a list: (path, class, confidence, probs) per path, in order
 
-Writes only the files --csv and --export-onnx name; predictions go to stdout, warnings and errors to stderr.
+Writes only the model files --export-onnx and --set-threshold name and the --csv file; predictions go to stdout,
+warnings and errors to stderr.
 Exit codes: 0 done, 1 done but some images unusable, 2 usage error or unusable model/input, 130 interrupted.
 """
 
@@ -138,23 +140,16 @@ def _is_number(value: Any, whole: bool = False) -> bool:
 
 def checkpoint_problem(checkpoint: dict[str, Any]) -> str | None:
     """Why a loaded checkpoint is unusable, ending a sentence that starts with its path; None if usable (reads only)."""
-    problem = settings_problem(checkpoint)
-    if problem:
+    if problem := settings_problem(checkpoint):
         return problem
     state = checkpoint["model_state_dict"]
     if not isinstance(state, dict):
         return "holds no model weights (model_state_dict is not a dict of tensors)"
-    head = state.get("fc.weight")
-    if head is not None and (getattr(head, "ndim", 0) != 2 or head.shape[0] != len(checkpoint["classes"])):
-        return head_problem(head.shape[0] if getattr(head, "ndim", 0) else "?", len(checkpoint["classes"]))
+    head, classes = state.get("fc.weight"), len(checkpoint["classes"])
+    if head is not None and (getattr(head, "ndim", 0) != 2 or head.shape[0] != classes):
+        outputs = head.shape[0] if getattr(head, "ndim", 0) else "?"
+        return f"has weights with {outputs} outputs but the checkpoint lists {classes} classes"
     return None
-
-
-def head_problem(outputs: Any, num_classes: int, listed_in: str = "the checkpoint") -> str | None:
-    """The sentence for a model whose number of outputs is not its number of classes; None when they agree."""
-    if outputs == num_classes:
-        return None
-    return f"has weights with {outputs} outputs but {listed_in} lists {num_classes} classes"
 
 
 def settings_problem(checkpoint: dict[str, Any]) -> str | None:
@@ -403,8 +398,7 @@ def load_image(source: ImageSource, draft_size: tuple[int, int] | None = None, m
         position = handle.tell()
         handle.seek(0)  # Image.open reads a file object from its start, so the JPEG starts there
         data, _ = handle.read(), handle.seek(position)
-        with Image.open(io.BytesIO(data)) as image:
-            return decode_image(image, draft_size, mode)
+        return decode_image(Image.open(io.BytesIO(data)), draft_size, mode)  # bytes in memory: nothing to close
 
 
 # -- Preprocessing: the model input, exactly as the trainer evaluates it ------------------------------------------
@@ -643,23 +637,6 @@ def load_checkpoint(path: str | os.PathLike, map_location: str | torch.device = 
     return checkpoint
 
 
-def model_from_checkpoint(checkpoint: dict[str, Any], path: Path, device: torch.device) -> nn.Module:
-    """The checked checkpoint's model on ``device``, in eval mode; CheckpointError when its weights do not fit."""
-    import torch
-
-    arch, num_classes = checkpoint["arch"], len(checkpoint["classes"])
-    model = build_model(arch, num_classes, weights=None)
-    try:
-        model.load_state_dict(checkpoint["model_state_dict"], strict=True)
-    except (RuntimeError, TypeError, AttributeError) as error:
-        lines = str(error).splitlines() or [type(error).__name__]
-        detail = lines[1].strip() if len(lines) > 1 else lines[0]
-        raise CheckpointError(
-            f"The weights in {path} do not match a {arch} with {num_classes} classes ({detail[:160]})."
-        ) from None
-    return model.to(device).to(memory_format=torch.channels_last).eval()
-
-
 # -- ONNX: export_onnx writes the model for onnxruntime (needs torch), load_onnx reads it (needs onnxruntime only) --
 def is_onnx_path(path: str | os.PathLike) -> bool:
     return Path(path).suffix.lower() == ".onnx"  # how BirdPlaneSupermanClassifier tells the two formats apart
@@ -714,14 +691,6 @@ def _onnx_providers(device: str | None, available: Sequence[str]) -> list[Any]:
     raise ValueError(f"device {device!r}: this onnxruntime runs on {', '.join(available)}; use cpu")
 
 
-def _metadata_value(text: str) -> Any:
-    """A metadata string as the JSON it should hold (numbers, lists of them, text); anything else stays text."""
-    try:
-        return json.loads(text)  # plain data only: JSON cannot run code
-    except (ValueError, RecursionError):
-        return text
-
-
 def load_onnx(path: str | os.PathLike, device: str | None = None) -> tuple[Any, dict[str, Any], str]:
     """(onnxruntime session, the settings from its metadata, device name) for an exported model, checked like a
     checkpoint (``settings_problem``); CheckpointError naming the file otherwise, ValueError for ``device``."""
@@ -747,7 +716,10 @@ def load_onnx(path: str | os.PathLike, device: str | None = None) -> tuple[Any, 
     missing = ", ".join(key for key in ONNX_METADATA if key not in metadata)
     if missing:
         raise CheckpointError(f"{path} is an ONNX model whose metadata lacks {missing}; {EXPECTED_ONNX}.")
-    settings = {key: _metadata_value(metadata[key]) for key in ONNX_METADATA}
+    settings = {key: metadata[key] for key in ONNX_METADATA}
+    for key, text in settings.items():  # each the JSON of a number or a list; what is not JSON stays text
+        with contextlib.suppress(ValueError, RecursionError):  # JSON is plain data: reading it runs no code
+            settings[key] = json.loads(text)
     problem = settings_problem(settings) or _onnx_graph_problem(session, settings)
     if problem:
         raise CheckpointError(f"{path} {problem}.")
@@ -765,7 +737,9 @@ def _onnx_graph_problem(session: Any, settings: dict[str, Any]) -> str | None:
     logits = outputs.get(ONNX_LOGITS)
     if logits is None or len(logits) != 2 or ONNX_EMBEDDING not in outputs:
         return f"lacks the outputs {ONNX_LOGITS!r} [N, classes] and {ONNX_EMBEDDING!r} [N, features] of an export"
-    return head_problem(logits[1], len(settings["classes"]), listed_in="its metadata")
+    if logits[1] != len(settings["classes"]):  # the sentence checkpoint_problem says of a checkpoint's weights
+        return f"has weights with {logits[1]} outputs but its metadata lists {len(settings['classes'])} classes"
+    return None
 
 
 # -- The classifier --------------------------------------------------------------------------------------------------
@@ -787,9 +761,18 @@ class BirdPlaneSupermanClassifier:
         if is_onnx_path(self.model_path):
             self.session, checkpoint, self.device = load_onnx(self.model_path, device)
         else:
+            import torch
+
             checkpoint = load_checkpoint(self.model_path)
-            self.device = pick_device(device)
-            self.model = model_from_checkpoint(checkpoint, self.model_path, self.device)
+            self.device, model = pick_device(device), build_model(checkpoint["arch"], len(checkpoint["classes"]))
+            try:
+                model.load_state_dict(checkpoint["model_state_dict"], strict=True)
+            except (RuntimeError, TypeError, AttributeError) as error:
+                lines = str(error).splitlines() or [type(error).__name__]
+                detail = (lines[1].strip() if len(lines) > 1 else lines[0])[:160]
+                fit = f"a {checkpoint['arch']} with {len(checkpoint['classes'])} classes ({detail})"
+                raise CheckpointError(f"The weights in {model_path} do not match {fit}.") from None
+            self.model = model.to(self.device).to(memory_format=torch.channels_last).eval()
         self.arch: str = checkpoint["arch"]
         self.classes: list[str] = list(checkpoint["classes"])
         self.checkpoint = {k: v for k, v in checkpoint.items() if k != "model_state_dict"}
@@ -1007,7 +990,6 @@ def export_command(model_path: str, inputs: Sequence[str], onnx_path: str) -> in
         inputs and "--export-onnx writes a model file and classifies nothing: name only the .pth model",
         is_onnx_path(model_path) and f"--export-onnx needs a .pth checkpoint to export, not {model_path}",
         not is_onnx_path(onnx_path) and f"--export-onnx: the file name must end in .onnx, got {onnx_path}",
-        Path(onnx_path).is_dir() and f"--export-onnx: {onnx_path} is a folder",
         not Path(onnx_path).resolve().parent.is_dir() and f"--export-onnx: the folder of {onnx_path} does not exist",
         onnx_export_problem(),
     )
@@ -1022,6 +1004,20 @@ def export_command(model_path: str, inputs: Sequence[str], onnx_path: str) -> in
         return EXIT_INTERRUPTED
     check = f"onnxruntime's probabilities are within {difference:.1g} of torch's"
     print(f"Wrote {_printable(onnx_path)} ({Path(onnx_path).stat().st_size / 1e6:.1f} MB); {check}.")
+    return EXIT_OK
+
+
+def store_threshold(model_path: str, threshold: float) -> int:
+    """--set-threshold: the model file as it was, with ``threshold`` stored as its confidence threshold."""
+    import torch
+
+    if not 0.0 <= threshold <= 1.0:
+        return _error(f"--set-threshold must be between 0 and 1, got {threshold}")
+    checkpoint = load_checkpoint(model_path)
+    previous, checkpoint["confidence_threshold"] = checkpoint["confidence_threshold"], threshold
+    with _atomic_file(model_path, "wb") as handle:
+        torch.save(checkpoint, handle)
+    print(f"{_printable(model_path)}: confidence threshold {previous:.2f} -> {threshold:.2f}")
     return EXIT_OK
 
 
@@ -1043,6 +1039,7 @@ def get_args_parser(add_help: bool = True) -> argparse.ArgumentParser:
     add("--recursive", action="store_true", help="also look in subfolders of folders (default: off)")
     below = f"minimum softmax confidence (0-1) below which the prediction becomes {FALLBACK_LABEL!r}"
     add("--threshold", type=float, help=f"{below} (default: the one stored in the checkpoint)")
+    add("--set-threshold", type=float, metavar="T", help="store T as the model file's threshold and exit (no images)")
     add("--batch-size", type=int, default=DEFAULT_BATCH_SIZE, help="images per forward pass (default: 32)")
     add("--device", help="cpu, cuda, cuda:1, mps (default: cuda, then mps, then cpu)")
     add("--top-k", type=int, default=1, help="how many classes to show per image (default: 1)")
@@ -1064,6 +1061,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     model_path, inputs = (args.model, args.paths) if args.model else (args.paths[0], args.paths[1:])
     if args.export_onnx:
         return export_command(model_path, inputs, args.export_onnx)
+    if args.set_threshold is not None:
+        if inputs:
+            return _error("--set-threshold changes the model file only: give no images with it")
+        try:
+            return store_threshold(model_path, args.set_threshold)
+        except (CheckpointError, OSError) as error:
+            return _error(str(error))
     missing = [item for item in inputs if not os.path.lexists(item)]
     bad_threshold = args.threshold is not None and not 0.0 <= args.threshold <= 1.0
     no_csv_folder = args.csv and not Path(args.csv).resolve().parent.is_dir()
@@ -1079,17 +1083,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         if failed:
             return _error(message)
     try:
-        if not is_onnx_path(model_path):  # onnxruntime's devices are checked as the model loads
-            pick_device(args.device)
-    except ValueError as error:
-        return _error(f"--device: {error}")
-    try:
         clf = BirdPlaneSupermanClassifier(model_path, confidence_threshold=args.threshold, device=args.device)
         settings = f"{clf.arch}, classes {', '.join(clf.classes)}, {clf.image_size} px, threshold "
         settings += f"{clf.confidence_threshold:.2f}, temperature {clf.temperature:.2f}, on {clf.device}"
         logger.info("Model %s: %s", _printable(model_path), _printable(settings))
         return classify_and_print(clf, inputs, args)
-    except ValueError as error:  # a CheckpointError says it all; another is onnxruntime's refusal of --device
+    except ValueError as error:  # a CheckpointError says it all; another is pick_device's or onnxruntime's refusal
         return _error(str(error) if isinstance(error, CheckpointError) else f"--device: {error}")
     except KeyboardInterrupt:
         print("Interrupted.", file=sys.stderr)
