@@ -104,6 +104,8 @@ def test_no_torch_needed_to_import_and_run_an_onnx_model(exported: dict) -> None
         "try:\n    import torch\nexcept ImportError:\n    print('no torch')\n"
         f"clf = classifier.BirdPlaneSupermanClassifier({str(onnx_path)!r})\n"
         f"print(json.dumps(clf.predict({str(paths[1])!r})))\n"
+        f"vectors = [v for _, v, _ in clf.embed_batch([{str(paths[1])!r}, {str(paths[4])!r}])]\n"
+        "assert abs(sum(x * x for x in vectors[0]) - 1) < 1e-5 and vectors[1] is None\n"
         f"code = classifier.main([{str(onnx_path)!r}, {str(paths[1])!r}, {str(paths[4])!r}, '--json'])\n"
         f"export = classifier.main([{str(exported['models'] / 'best_model.pth')!r}, '--export-onnx', 'x.onnx'])\n"
         "print(code, export, 'torch' in sys.modules and sys.modules['torch'] is not None)\n"
