@@ -408,6 +408,14 @@ def softmax_with_temperature(logits: torch.Tensor, temperature: float) -> torch.
 
 
 # -- Model -----------------------------------------------------------------------------------------------------------
+def pooled_features(model: nn.Module, inputs: torch.Tensor) -> torch.Tensor:
+    """The (N, features) pooled output of a torchvision ResNet before its head (``model.fc`` of it gives the logits):
+    what embed_batch returns, and what the trainer's label-issue analysis learns from."""
+    m = model  # torchvision's ResNet.forward, stopped before the head
+    x = m.layer4(m.layer3(m.layer2(m.layer1(m.maxpool(m.relu(m.bn1(m.conv1(inputs))))))))
+    return m.avgpool(x).flatten(1)
+
+
 def build_model(arch: str, num_classes: int, weights: str | None = None) -> nn.Module:
     """A torchvision ResNet with a fresh ``num_classes`` head; ``weights``: None or "none" (random), "imagenet"
     (torchvision's, downloaded once into the torch hub cache) or a local file holding a state dict or a checkpoint."""
@@ -668,9 +676,7 @@ class BirdPlaneSupermanClassifier:
             x = normalize_batch(batch, self.mean, self.std)
             if not embed:
                 return softmax_with_temperature(self.model(x), self.temperature).cpu().numpy()
-            m = self.model  # torchvision's ResNet.forward, stopped before the head
-            x = m.layer4(m.layer3(m.layer2(m.layer1(m.maxpool(m.relu(m.bn1(m.conv1(x))))))))
-            return torch.nn.functional.normalize(torch.flatten(m.avgpool(x), 1).float(), dim=1).cpu().numpy()
+            return torch.nn.functional.normalize(pooled_features(self.model, x).float(), dim=1).cpu().numpy()
 
     def _result(self, probabilities: np.ndarray) -> Result:
         best = int(np.argmax(probabilities))
