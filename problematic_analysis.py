@@ -4,8 +4,8 @@ mislabelled, and which are merely hard, from out-of-sample probabilities and one
 Imported by train_classifier.py, not a script; it never imports the trainer. The default analysis: the trainer
 scores the training images after each of the first --analysis-epochs epochs (``ProblematicImageTracker``: one loss
 per image, state in last_checkpoint.pth for --resume); at the last one an ``AnalysisScorer`` also returns each
-image's features (the network's embedding, the pretrained backbone's when --weights gives one, and
-``pixel_features``: HOG, a tiny image and a colour histogram, which do not depend on the labels). A logistic
+image's features that do not depend on the labels (the pretrained backbone's embedding when --weights gives one,
+and ``pixel_features``: HOG, a tiny image and a colour histogram). A logistic
 regression fitted by scikit-learn's cross_val_predict on the other folds gives each image its probabilities
 (``out_of_fold_probabilities``), and cleanlab's rule (``find_label_issues``, written here with numpy and checked
 against cleanlab by a test) flags the likely label issues. With --cross-val-folds K the trainer's
@@ -56,7 +56,8 @@ THRESHOLD_FLOOR = 2e-6  # cleanlab's lower bound on a threshold
 TOLERANCE = 1e-6  # cleanlab's floating-point slack: in the threshold test, the rounding loop and the argmax tie-break
 TINY = 1e-100  # cleanlab's guard against dividing by an empty row
 LINEAR_FOLDS = 5  # the logistic regression of the default analysis: each fit sees 80 % of the images
-REGULARISATION = 0.1  # inverse L2 strength of that regression on standardised features (measured: see USAGE_EXAMPLES)
+REGULARISATION = 0.3  # inverse L2 strength of that regression on the standardised blocks: of 0.1, 0.3, 1, 3 and 10
+# the best precision at full recall on generated sets with 5 % flips (USAGE_EXAMPLES.md, "How it works")
 LOGISTIC_ITERATIONS = 300  # lbfgs iterations; more change the flags of the test sets by nothing
 PIXEL_FEATURE_SIZE = 64  # px the label-independent pixel features are computed at: 8 x 8 HOG cells of 8 px
 ORIENTATIONS = 9  # HOG's unsigned gradient orientation bins (Dalal and Triggs)
@@ -237,7 +238,7 @@ def label_issues_from_features(
 ) -> tuple[np.ndarray, np.ndarray]:
     """(is_label_issue, out-of-fold probabilities): the default analysis on arrays, for the trainer and benchmarks.
 
-    ``feature_blocks``: (N, d_i) arrays per image, such as ``pixel_features`` and the network's embeddings;
+    ``feature_blocks``: (N, d_i) arrays per image, such as ``pixel_features`` and a pretrained network's embeddings;
     ``labels``: (N,) given class indices 0..K-1 (every class present). A logistic regression on the standardised
     blocks scores each image out of fold; ``find_label_issues`` applies ``rule`` to those probabilities.
     """
@@ -372,21 +373,21 @@ def build_problematic_report(
 
 
 class AnalysisScorer(nn.Module):
-    """What the trainer's ``evaluate`` runs at the last analysis epoch: per image the model's logits, then its pooled
-    features, the pretrained backbone's (when --weights gives one) and ``pixel_features``, side by side in one row
-    (``ScoreTable.add`` takes them apart). ``widths``: the feature blocks' widths, in that order."""
+    """What the trainer's ``evaluate`` runs at the last analysis epoch: per image the model's logits, then the
+    features that do not depend on the labels, side by side in one row (``ScoreTable.add`` takes them apart): the
+    pretrained backbone's pooled features (when --weights gives one) and ``pixel_features``. The trained model's own
+    embeddings are left out on purpose: it has fitted the noisy labels, and with them the flags found fewer of the
+    planted mislabels (USAGE_EXAMPLES.md, "How it works"). ``widths``: the feature blocks' widths, in order."""
 
     def __init__(self, model: nn.Module, backbone: nn.Module | None = None) -> None:
         super().__init__()
         self.model, self.backbone = model, backbone
-        embedding = model.fc.in_features
-        self.widths = [embedding] + ([embedding] if backbone is not None else []) + [PIXEL_FEATURE_WIDTH]
+        self.widths = ([backbone.fc.in_features] if backbone is not None else []) + [PIXEL_FEATURE_WIDTH]
         self.register_buffer("mean", torch.tensor(classifier.IMAGENET_MEAN).view(1, 3, 1, 1), persistent=False)
         self.register_buffer("std", torch.tensor(classifier.IMAGENET_STD).view(1, 3, 1, 1), persistent=False)
 
     def forward(self, inputs: torch.Tensor) -> torch.Tensor:
-        pooled = classifier.pooled_features(self.model, inputs)
-        parts = [self.model.fc(pooled), pooled]
+        parts = [self.model(inputs)]
         if self.backbone is not None:
             parts.append(classifier.pooled_features(self.backbone, inputs))
         parts.append(pixel_features(inputs.float() * self.std + self.mean))  # back to [0, 1] pixels
@@ -583,14 +584,13 @@ def make_report(
     """The report of the training ``samples`` scored in ``scores``; unscored images are listed under errors.
 
     LINEAR_OUT_OF_FOLD: the probabilities the rule reads come from ``linear_probabilities`` over the kept feature
-    blocks and the network's own last-epoch log-probabilities; OUT_OF_FOLD: from the fold networks.
+    blocks; OUT_OF_FOLD: from the fold networks.
     """
     scored = scores.scored_rows()
     labels = np.array([samples[i].label for i in scored], dtype=np.int64)
     probabilities = scores.probabilities[scored]
     if method == LINEAR_OUT_OF_FOLD and len(np.unique(labels)) > 1:
-        network = np.log(np.clip(probabilities, 1e-6, None))
-        probabilities = linear_probabilities([*scores.feature_blocks(scored), network], labels, len(classes), args.seed)
+        probabilities = linear_probabilities(scores.feature_blocks(scored), labels, len(classes), args.seed)
     return build_problematic_report(
         relative_paths=[samples[i].relpath for i in scored],
         labels=labels,
@@ -657,8 +657,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--detect-problematic",
         action="store_true",
         help="score every training image in the first --analysis-epochs epochs, then flag likely label issues from "
-        "out-of-fold probabilities (a logistic regression over the images' features and the network's embeddings) "
-        "and list the hardest examples (default: off)",
+        "out-of-fold probabilities (a logistic regression over features that do not depend on the labels: pixel "
+        "gradients and colours, and the pretrained backbone's embeddings) and list the hardest examples "
+        "(default: off)",
     )
     group.add_argument(
         "--analysis-epochs", type=int, default=3, help="epochs whose per-image losses are recorded (default: 3)"

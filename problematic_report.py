@@ -16,9 +16,10 @@ before every image's probabilities were kept, is still read):
     classes            class names, in the model's order
     analysis_epochs    how many epochs contributed a loss per image
     method             whose probabilities the label-issue rule read: "linear-out-of-fold" (the default: a logistic
-                       regression fitted on the other folds, over the images' features and the network's
-                       embeddings), "out-of-fold" (--cross-val-folds K: a network that never trained on the image;
-                       older trainers wrote "cross_validation") or "in-sample" (version 1 only: the network itself)
+                       regression fitted on the other folds, over features that do not depend on the labels: pixel
+                       gradients and colours, the pretrained backbone's embeddings), "out-of-fold"
+                       (--cross-val-folds K: a network that never trained on the image; older trainers wrote
+                       "cross_validation") or "in-sample" (version 1 only: the network itself)
     evidence_note      one sentence saying how much weight the label-issue flags carry
     label_issue_rule   "prune_by_noise_rate" or "confident_learning" (cleanlab's rules; version 2)
     cross_val_folds    K or null
@@ -57,7 +58,7 @@ IN_SAMPLE_NOTE = (
 OUT_OF_FOLD_NOTE = "out-of-fold flags: each image was scored by a model that never trained on it"
 LINEAR_NOTE = (
     "out-of-fold flags: each image's probabilities come from a logistic regression fitted on the other folds' "
-    "images (their pixel features and the network's embeddings); a flag means the evidence prefers another class"
+    "images (features that do not depend on the labels); a flag means the evidence prefers another class"
 )
 LINEAR_OUT_OF_FOLD = "linear-out-of-fold"  # the default analysis: a logistic regression's out-of-fold probabilities
 OUT_OF_FOLD_METHODS = ("out-of-fold", "cross_validation", LINEAR_OUT_OF_FOLD)  # "cross_validation": older trainers
