@@ -91,14 +91,16 @@ def label_probability(entry: dict[str, Any]) -> Any:
 
 
 def suggested_class(entry: dict[str, Any]) -> str | None:
-    """The class a reader may offer instead of the given one: only one more probable than the given class (a version-1
-    entry named one even when the given class was the most probable)."""
+    """The class a reader may offer instead of the given one: only for a likely label issue, and only one more
+    probable than the given class (a version-1 entry named one for every image, even when its own class was the
+    most probable), so no card says "hard example" and "suggested X" at once."""
     suggested, probabilities = entry.get("suggested_class"), entry.get("probabilities")
-    if suggested is None or not isinstance(probabilities, dict):
-        return suggested
-    given, other = probabilities.get(entry.get("class")), probabilities.get(suggested)
-    if _is_number(given) and _is_number(other) and other <= given:
+    if suggested is None or not is_label_issue(entry):
         return None
+    if isinstance(probabilities, dict):
+        given, other = probabilities.get(entry.get("class")), probabilities.get(suggested)
+        if _is_number(given) and _is_number(other) and other <= given:
+            return None
     return suggested
 
 

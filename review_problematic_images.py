@@ -82,17 +82,17 @@ HELP_TEXT = (
 def select_entries(
     report: dict[str, Any], classes: Sequence[str] | None = None, only_label_issues: bool = False
 ) -> list[dict[str, Any]]:
-    """The report's entries of the chosen classes (all if None): first the likely label issues, class by class in
-    report order, the most probable other class first; then (unless ``only_label_issues``) the hard examples,
-    class by class, highest rank first."""
-    issues, hard = [], []
+    """The report's entries of the chosen classes (all if None), class by class in report order: first the class's
+    likely label issues, the most probable other class first, then (unless ``only_label_issues``) its hard
+    examples, highest rank first."""
+    selected = []
     for class_name in [name for name in report["classes"] if classes is None or name in classes]:
         entries = report["problematic_images"].get(class_name, [])
         ordered = [entry for _, entry in sorted(enumerate(entries), key=lambda p: (p[1].get("rank", p[0] + 1), p[0]))]
-        margin = lambda entry: entry["margin"] if isinstance(entry.get("margin"), (int, float)) else 0.0  # noqa: E731
-        issues += sorted((entry for entry in ordered if is_label_issue(entry)), key=lambda entry: -margin(entry))
-        hard += [entry for entry in ordered if not is_label_issue(entry)]
-    return issues if only_label_issues else issues + hard
+        issues = [entry for entry in ordered if is_label_issue(entry)]
+        selected += sorted(issues, key=lambda entry: -float(entry.get("margin") or 0.0))
+        selected += [] if only_label_issues else [entry for entry in ordered if not is_label_issue(entry)]
+    return selected
 
 
 def limit_per_class(entries: Iterable[dict[str, Any]], limit: int | None) -> list[dict[str, Any]]:
