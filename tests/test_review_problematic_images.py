@@ -575,7 +575,7 @@ def test_grid_and_summary_print_the_evidence_note(
     texts = " ".join(text.get_text() for text in figure.texts)
     plt.close(figure)
     assert "in-sample flags are weak evidence" in texts and "--detect-problematic" in texts
-    for method in ("out-of-fold", "cross_validation", "linear-out-of-fold"):  # the schema's name and the one older trainers wrote
+    for method in ("out-of-fold", "cross_validation", "linear-out-of-fold"):  # "cross_validation": older trainers
         assert problematic_report.report_evidence_note({**report, "method": method}).startswith("out-of-fold flags")
         assert problematic_report.evidence_note(method).startswith("out-of-fold flags")
 
