@@ -8,6 +8,7 @@ Reads, each if present (a missing, unusable or stale one is named in its section
     <dataset>/duplicate_report_*.json                 every duplicate detector's report (duplicate_report.py, schema 1)
     <dataset>/problematic_images_report.json          train_classifier.py --detect-problematic (problematic_report.py)
     <models>/training_metadata.json, <models>/error_analysis/epoch_XX/<class>_errors.json
+    <dataset>/download_manifest.jsonl                 download_images.py: each image's source, the URLs refused
 Writes the page (default <dataset>/report.html) and its thumbnails (report_images.py), small JPEGs in
 <page name>_files/thumbs/ beside it, linked relatively: the page opens from disk in any browser with no server and no
 network, and the folder can be zipped and shared. Thumbnails load lazily, so a page with a thousand images stays
@@ -41,9 +42,11 @@ for _folder in (ROOT, ROOT / "data_collection"):
         sys.path.insert(0, str(_folder))
 
 import cli  # noqa: E402 - needs the lines above when run from another folder
+import duplicate_report  # noqa: E402
 import fileio  # noqa: E402
 import problematic_report  # noqa: E402
 from problematic_report import DECISIONS_FILE_NAME, DECISIONS_SCHEMA_VERSION, DECISIONS_TYPE  # noqa: E402
+from report_downloads import Crawl, is_web_link, read_crawl  # noqa: E402
 from report_images import Catalog, Shown, locate, remove_stale_thumbs  # noqa: E402
 
 logger = logging.getLogger(__name__)
@@ -54,12 +57,6 @@ DEFAULT_NAME = "report.html"
 PIPELINE_STATE_NAME = "pipeline_state.json"  # run_pipeline.py's record, in the dataset folder: its undo logs
 MAX_ERRORS_SHOWN = 60  # most confident val mistakes on the page, across classes
 PREVIEW_STRATEGIES = ("safe", "prefer-train", "prefer-val", "keep-best", "shortest-path", "first-alpha", "all")
-CATEGORY_NOTES = {  # duplicate_report.py's category names, as a person reads them, and the filter tags they get
-    "same_class_and_set": ("plain copies (same class and split)", ("copies",)),
-    "same_class_diff_set": ("train/val leak (same class)", ("leak",)),
-    "diff_class_same_set": ("label conflict (same split)", ("conflict",)),
-    "diff_class_diff_set": ("label conflict and train/val leak", ("conflict", "leak")),
-}
 FILTER_CATEGORIES = (
     ("copies", "plain copies"),
     ("leak", "train/val leaks"),
@@ -198,33 +195,19 @@ def problem_caption(entry: dict[str, Any]) -> str:
     return f"<div>{badge} {esc(given)}</div><div>p({esc(given)}) {probability}, {losses}</div>"
 
 
-def duplicate_groups(data: Any) -> tuple[list[dict[str, Any]], int, str | None]:
-    """(usable groups, worst first; count of malformed groups left out; None or why the report is unusable).
-
-    Worst first: label conflicts (with a leak first), then train/val leaks, then plain copies; larger groups first.
-
-    Reads a duplicate report of schema 1 defensively: any field may be missing or of the wrong type.
+def duplicate_groups(data: Any) -> tuple[list[dict[str, Any]], str | None]:
+    """(groups worst first, None) or ([], why the report is unusable), by duplicate_report's validator (the one every
+    reader uses). Worst first: label conflicts (with a leak first), then train/val leaks, then plain copies; larger
+    groups first.
     """
-    if not isinstance(data, dict) or not isinstance(data.get("duplicate_groups"), dict):
-        return [], 0, "it is not a duplicate report (no 'duplicate_groups' object)"
-    if data.get("schema_version") != 1:
-        return [], 0, f"it has schema_version {data.get('schema_version')!r}; this page reads version 1"
-    groups, malformed = [], 0
-    for category, items in data["duplicate_groups"].items():
-        for group in items if isinstance(items, list) else [None]:
-            files = group.get("files") if isinstance(group, dict) else None
-            if (
-                category not in CATEGORY_NOTES
-                or not isinstance(files, list)
-                or len(files) < 2
-                or not all(isinstance(entry, dict) and isinstance(entry.get("path"), str) for entry in files)
-            ):
-                malformed += 1
-                continue
-            groups.append({**group, "category": category})
-    severity = list(CATEGORY_NOTES)[::-1]  # CATEGORY_NOTES lists them mildest first
-    groups.sort(key=lambda group: (severity.index(group["category"]), -len(group["files"]), str(group.get("id"))))
-    return groups, malformed, None
+    problem = duplicate_report.report_problem(data)
+    return ([], problem) if problem else (duplicate_report.problems_first(data), None)
+
+
+def category_tags(category: str) -> tuple[str, ...]:
+    """The filter tags of a duplicate category on the page: conflict and/or leak, else copies."""
+    tags = ("conflict",) * (category in duplicate_report.CONFLICT_CATEGORIES)
+    return tags + ("leak",) * (category in duplicate_report.LEAK_CATEGORIES) or ("copies",)
 
 
 def strategy_previews(group: dict[str, Any]) -> list[tuple[str, list[str]]] | None:
@@ -301,6 +284,7 @@ class Page:
     counts: dict[str, dict[str, int]]
     unusable: list[str] = field(default_factory=list)  # reports present but unusable: exit code 1
     glance: dict[str, str] = field(default_factory=dict)  # section id -> one line for the summary at the top
+    crawl: Crawl = field(default_factory=Crawl)  # the download manifest: sources of images, refused URLs
 
     @property
     def classes(self) -> list[str]:
@@ -329,7 +313,10 @@ def render_card(
         parts.append(f'<a class="thumb" href="{esc(shown.href)}" target="_blank" rel="noopener">{image}</a>')
     else:
         parts.append(f'<div class="thumb missing">{esc(shown.problem or "no thumbnail")}</div>')
-    parts.append(f'<figcaption><div class="path">{esc(shown.path)}</div>{caption}</figcaption>{extra}')
+    parts.append(
+        f'<figcaption><div class="path">{esc(shown.path)}</div>{render_source(page, shown.path)}{caption}'
+        f"</figcaption>{extra}"
+    )
     if shown.thumb and shown.split in SPLITS and shown.class_name:
         targets = [name for name in page.counts.get(shown.split, {}) if name != shown.class_name]
         options = "".join(f'<option value="{esc(name)}">{esc(name)}</option>' for name in targets)
@@ -341,6 +328,53 @@ def render_card(
         )
     parts.append("</figure>")
     return "".join(parts)
+
+
+def render_source(page: Page, path: str) -> str:
+    """Where the downloader found the image (its URL, and the search query), from the manifest; empty if unknown."""
+    record = page.crawl.sources.get(path)
+    if record is None:
+        return ""
+    url = record.get("url")
+    link = f'<a href="{esc(url)}" rel="noopener noreferrer">{esc(url)}</a>' if is_web_link(url) else esc(url)
+    query = f" (query {esc(record['query'])})" if record.get("query") else ""
+    return f'<div class="source">from {link}{query}</div>'
+
+
+def render_refusals(page: Page) -> str:
+    """What the crawl refused: URLs per reason and class, then every URL with its reason (collapsed)."""
+    head = '<section id="refused"><h2>Refused by the crawl</h2>'
+    crawl = page.crawl
+    if crawl.problem:
+        page.unusable.append(crawl.problem)
+        return f'{head}<p class="note">{esc(crawl.problem)}.</p></section>'
+    if not crawl.refusals:
+        return f'{head}<p class="muted">No URL refused (or no download manifest).</p></section>'
+    counts = crawl.counts()
+    classes = sorted({name for by_class in counts.values() for name in by_class})
+    cells = "".join(f"<th>{esc(name)}</th>" for name in classes)
+    rows = "".join(
+        f"<tr><th>{esc(reason)}</th>{''.join(f'<td>{by_class[name]}</td>' for name in classes)}"
+        f"<td>{sum(by_class.values())}</td></tr>"
+        for reason, by_class in counts.items()
+    )
+    table = f'<table class="refusals"><tr><th>reason</th>{cells}<th>total</th></tr>{rows}</table>'
+    lists = []
+    for reason, by_class in counts.items():
+        items = "".join(
+            f"<li>{esc(record.get('class'))}: <span class=url>{esc(record.get('url'))}</span> "
+            f"<span class=muted>{esc(record.get('detail'))}</span></li>"
+            for record in crawl.refusals
+            if str(record.get("reason")) == reason
+        )
+        lists.append(f"<details><summary>{esc(reason)}: {sum(by_class.values())}</summary><ul>{items}</ul></details>")
+    hint = (
+        "<p>The latest attempt of each URL (per class) in download_manifest.jsonl. A re-run retries timeouts and "
+        "server errors; a changed limit (<code>--min-size</code>, <code>--max-bytes</code>) retries what it refused; "
+        "<code>--retry-failed</code> retries the rest.</p>"
+    )
+    page.glance["refused"] = plural(len(crawl.refusals), "URL") + " refused"
+    return f"{head}{hint}{table}{''.join(lists)}</section>"
 
 
 def render_counts(page: Page) -> str:
@@ -385,23 +419,21 @@ def stale_entries(dataset_dir: Path, files: Sequence[dict[str, Any]]) -> int:
 def render_duplicate_report(page: Page, path: Path) -> str:
     method = path.stem.removeprefix("duplicate_report_")
     data, problem = read_optional(path, "duplicate report")
-    groups, malformed, unusable = duplicate_groups(data) if problem is None else ([], 0, problem)
+    groups, unusable = duplicate_groups(data) if problem is None else ([], problem)
     title = f"<h3>{esc(method)} <span class=muted>({esc(path.name)})</span></h3>"
     if unusable:
         page.unusable.append(f"{path}: {unusable}")
         return f'<div class="report" id="dup-{esc(method)}">{title}<p class="note">Unusable: {esc(unusable)}.</p></div>'
     parts = [f'<div class="report" id="dup-{esc(method)}">{title}']
-    counts = {category: sum(group["category"] == category for group in groups) for category in CATEGORY_NOTES}
+    counts = duplicate_report.group_counts(data)
     cells = "".join(
         f'<tr><th>{esc(note)}</th><td data-count="{category}">{counts[category]}</td></tr>'
-        for category, (note, _) in CATEGORY_NOTES.items()
+        for category, note in duplicate_report.CATEGORY_NOTES.items()
     )
     parts.append(
         f"<p>Created {esc(data.get('created', '?'))}; {len(groups)} groups, "
         f'{sum(len(group["files"]) for group in groups)} files.</p><table class="small">{cells}</table>'
     )
-    if malformed:
-        parts.append(f'<p class="note">{malformed} malformed groups left out.</p>')
     stale = sum(stale_entries(page.dataset_dir, group["files"]) for group in groups)
     if stale:
         parts.append(
@@ -409,7 +441,7 @@ def render_duplicate_report(page: Page, path: Path) -> str:
             f"the detector again (python data_collection/detect_duplicates_by_{esc(method)}.py).</p>"
         )
     for group in groups:
-        note, tags = CATEGORY_NOTES[group["category"]]
+        note, tags = duplicate_report.CATEGORY_NOTES[group["category"]], category_tags(group["category"])
         classes = [entry.get("class") for entry in group["files"]]
         cards = []
         for entry in group["files"]:
@@ -435,8 +467,8 @@ def render_duplicate_report(page: Page, path: Path) -> str:
             f'<div class="cards">{"".join(cards)}</div>{plan}</div>'
         )
     parts.append("</div>")
-    conflicts = sum(group["category"].startswith("diff_class") for group in groups)
-    leaks = sum(group["category"].endswith("diff_set") for group in groups)
+    conflicts = sum(group["category"] in duplicate_report.CONFLICT_CATEGORIES for group in groups)
+    leaks = sum(group["category"] in duplicate_report.LEAK_CATEGORIES for group in groups)
     page.glance[f"dup-{method}"] = (
         f"{method}: {plural(len(groups), 'duplicate group')} "
         f"({plural(conflicts, 'label conflict')}, {plural(leaks, 'train/val leak')})"
@@ -714,6 +746,7 @@ def page_asset(name: str) -> str:
 
 def render_page(page: Page, problematic_path: Path) -> str:
     counts = render_counts(page)
+    refusals = render_refusals(page)
     duplicates = render_duplicates(page)
     problematic, report = render_problematic(page, problematic_path)
     training = render_training(page)
@@ -757,7 +790,7 @@ def render_page(page: Page, problematic_path: Path) -> str:
         '<meta name="viewport" content="width=device-width, initial-scale=1"><link rel="icon" href="data:,">'
         f"<title>birdplane report: {esc(page.dataset_dir.name)}</title>"
         f"<style>{page_asset('report.css')}</style></head><body>"
-        f"{header}<main>{intro}{glance}{counts}{duplicates}{problematic}{training}</main>"
+        f"{header}<main>{intro}{glance}{counts}{refusals}{duplicates}{problematic}{training}</main>"
         f'<script type="application/json" id="report-data">{json_for_script(data)}</script>'
         f"<script>{page_asset('report.js')}</script></body></html>\n"
     )
@@ -771,7 +804,7 @@ def build_report(dataset_dir: Path, models_dir: Path, output: Path, problematic_
         if folder.is_symlink():
             raise fileio.UnsafePathError(f"{folder} is a symbolic link: the report never writes through one")
     catalog = Catalog(dataset_dir, output.parent, thumbs_dir)
-    page = Page(dataset_dir, models_dir, catalog, count_images(dataset_dir))
+    page = Page(dataset_dir, models_dir, catalog, count_images(dataset_dir), crawl=read_crawl(dataset_dir))
     with cli.progress(desc="Images for the report", unit="image") as catalog.bar:
         text = render_page(page, problematic_path or dataset_dir / problematic_report.DEFAULT_NAME)
     with fileio.atomic_write(output, "w") as handle:
