@@ -536,12 +536,18 @@ def saved_state(checkpoint: dict[str, Any] | None) -> dict[str, Any] | None:
 def start_tracker(
     samples: Sequence[Any], classes: Sequence[str], args: argparse.Namespace, device: torch.device, resume: Any
 ) -> ProblematicImageTracker:
-    """The default analysis's tracker for the training ``samples``, carrying on from a ``resume`` checkpoint."""
-    backbone = pretrained_backbone(args.arch, len(classes), args.weights, device)
-    tracker = ProblematicImageTracker(
-        [sample.relpath for sample in samples], len(classes), args.analysis_epochs, backbone
-    )
+    """The default analysis's tracker for the training ``samples``, carrying on from a ``resume`` checkpoint, with
+    the pretrained backbone while the analysis still needs it. Backbone weights that cannot be loaded now (a resumed
+    run whose --weights file is gone, ImageNet weights without network) leave the analysis to the pixel features,
+    with a warning: the training itself does not need them."""
+    relpaths = [sample.relpath for sample in samples]
+    tracker = ProblematicImageTracker(relpaths, len(classes), args.analysis_epochs)
     tracker.load_state_dict(saved_state(resume))
+    if not tracker.is_complete:
+        try:
+            tracker.backbone = pretrained_backbone(args.arch, len(classes), args.weights, device)
+        except (classifier.WeightsUnavailableError, ValueError, OSError) as error:
+            logger.warning("The analysis goes on without the pretrained backbone's features: %s", error)
     return tracker
 
 
