@@ -62,7 +62,7 @@ FILTER_CATEGORIES = (
     ("leak", "train/val leaks"),
     ("conflict", "label conflicts"),
     ("label-issue", "likely label issues"),
-    ("hard", "hard images"),
+    ("hard", "hard examples"),
     ("error", "confident val mistakes"),
 )
 CHART_COLOURS = ("#1f77b4", "#d62728", "#2ca02c", "#9467bd")

@@ -569,6 +569,8 @@ def linear_probabilities(blocks: Sequence[np.ndarray], labels: np.ndarray, num_c
     """``out_of_fold_probabilities`` of the standardised ``blocks`` with a column per class of the model: a class
     none of these images carries gets probability 0."""
     present = np.unique(labels)
+    widths = "+".join(str(block.shape[1]) for block in blocks)
+    print(f"Fitting the label-issue logistic regression: {len(labels)} images, {widths} features, {LINEAR_FOLDS} folds")
     partial = out_of_fold_probabilities(
         standardised_blocks(blocks), np.searchsorted(present, labels), LINEAR_FOLDS, seed
     )
