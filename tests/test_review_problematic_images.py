@@ -418,12 +418,12 @@ def test_interrupt_while_moving_leaves_no_half_moved_file_and_undo_restores(
     before = tree_snapshot(dataset / "train")
     real_rename, calls = os.rename, []
 
-    def rename_then_interrupt(source: Any, destination: Any) -> None:
+    def rename_then_interrupt(source: Any, destination: Any, **options: Any) -> None:
         if str(destination).endswith((".jpg", ".png")):  # an image move, not a lock or log write
             calls.append(source)
             if len(calls) == 2:
                 raise KeyboardInterrupt
-        real_rename(source, destination)
+        real_rename(source, destination, **options)
 
     monkeypatch.setattr(os, "rename", rename_then_interrupt)
     code, _ = run_interactive(monkeypatch, report_path, ["d", "d", "d", "q", "y"])

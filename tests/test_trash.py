@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from _race_helpers import FolderSwapper
 from conftest import IS_ROOT, ROOT, tree_snapshot
 
 import fileio
@@ -110,10 +111,10 @@ def log_field_at_each_rename(dataset: Path, monkeypatch: pytest.MonkeyPatch, key
     """Trash two files; for each os.rename, ``key`` of every move as the log on disk says just before it."""
     seen, real_rename = [], os.rename
 
-    def rename(source, destination):
+    def rename(source, destination, **options):
         (log_path,) = (dataset / ".trash").glob("*.json")
         seen.append([move[key] for move in load(log_path)["moves"]])
-        real_rename(source, destination)
+        real_rename(source, destination, **options)
 
     monkeypatch.setattr(os, "rename", rename)
     run(dataset, [trash.Move("train/bird/a.jpg"), trash.Move("train/bird/b.jpg")])
@@ -426,11 +427,11 @@ sys.path.insert(0, {str(ROOT)!r})
 import trash
 dataset = {str(dataset)!r}
 real_rename, count = os.rename, [0]
-def rename(a, b):
+def rename(a, b, **options):
     count[0] += 1
     if count[0] == 3:
         os.kill(os.getpid(), 9)
-    real_rename(a, b)
+    real_rename(a, b, **options)
 os.rename = rename
 moves = [trash.Move(p) for p in ("train/bird/a.jpg", "train/bird/b.jpg", "train/plane/c.jpg", "val/bird/d.jpg")]
 with trash.lock(dataset, "killed.py"):
@@ -532,3 +533,27 @@ def test_a_file_missing_from_the_trash_is_reported(dataset: Path) -> None:
     result = undo(dataset, log_path)
     assert result.errors == [("train/bird/a.jpg", f"not found in the trash {destination}, and not back in place")]
     assert result.done == ["train/bird/b.jpg"] and (dataset / "train/bird/b.jpg").is_file()
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# A folder swapped for a symlink while files move (issue 17 item 2, BAD_INPUTS 27)
+
+
+def test_a_folder_swapped_for_a_link_to_outside_during_apply_and_undo_moves_nothing_outside(tmp_path: Path) -> None:
+    dataset, outside = tmp_path / "dataset", tmp_path / "outside"
+    names = [f"img{number:03d}.jpg" for number in range(120)]
+    for name in names:  # the same names on both sides: a redirected rename would find its file
+        write(dataset / "train/bird" / name, f"dataset {name}".encode() * 20)
+        write(outside / name, f"outside {name}".encode() * 20)
+    os.symlink(outside, dataset / "train/evil")
+    before_outside, before_dataset = tree_snapshot(outside), tree_snapshot(dataset)
+    swaps = 0
+    for round_number in range(3):
+        with FolderSwapper(dataset / "train/bird", dataset / "train/evil") as swapper:
+            log_path, _ = run(dataset, [trash.Move(f"train/bird/{name}") for name in names])
+            undo(dataset, log_path)
+        swaps += swapper.swaps
+        assert tree_snapshot(outside) == before_outside, f"round {round_number}"
+        undo(dataset, log_path)  # no race now: whatever the race made it refuse comes back
+        assert without_trash(tree_snapshot(dataset)) == before_dataset
+    assert swaps > 1000  # the race really ran
