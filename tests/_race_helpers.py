@@ -1,8 +1,8 @@
 """A folder swapper for race tests (BAD_INPUTS 27): a thread that exchanges a dataset folder with a symlink to outside.
 
-Imported by tests/test_trash.py and tests/test_review_safety.py. On Linux the swap is one atomic
-``renameat2(RENAME_EXCHANGE)`` through ctypes, the attack issue 17 used; elsewhere two plain renames do the same job
-less atomically.
+Imported by tests/test_trash.py, tests/test_review_safety.py and tests/test_remove_duplicates.py. On Linux the swap
+is one atomic ``renameat2(RENAME_EXCHANGE)`` through ctypes, the attack issue 17 used; elsewhere two plain renames do
+the same job less atomically.
 """
 
 from __future__ import annotations
@@ -12,7 +12,9 @@ import ctypes.util
 import os
 import threading
 import time
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 AT_FDCWD = -100  # "relative to the working directory" for the *at() calls
 RENAME_EXCHANGE = 2  # linux/fs.h: swap the two names atomically
@@ -55,8 +57,7 @@ class FolderSwapper:
     def _run(self) -> None:
         while not self.stop.is_set():
             self._exchange()
-            if self.swaps % 64 == 0:
-                time.sleep(0)  # let the run under attack hold the GIL between our system calls
+            time.sleep(0)  # give the run under attack the GIL: as often in the swapped state as in the real one
 
     def __enter__(self) -> FolderSwapper:
         self.thread.start()
@@ -67,3 +68,25 @@ class FolderSwapper:
         self.thread.join()
         if os.path.islink(self.folder):
             self._exchange()  # the real folder back at its name
+
+
+def race_every_move(monkeypatch: Any, folder: Path, link: Path) -> list[int]:
+    """Make trash.apply and trash.undo run while ``folder`` and ``link`` swap: the race starts after a tool's own
+    checks, when files move. Returns the list of swap counts, one per apply or undo, to show the race ran."""
+    import trash
+
+    counts: list[int] = []
+
+    def racing(function: Callable[..., Any]) -> Callable[..., Any]:
+        def run(*args: Any, **options: Any) -> Any:
+            with FolderSwapper(folder, link) as swapper:
+                try:
+                    return function(*args, **options)
+                finally:
+                    counts.append(swapper.swaps)
+
+        return run
+
+    monkeypatch.setattr(trash, "apply", racing(trash.apply))
+    monkeypatch.setattr(trash, "undo", racing(trash.undo))
+    return counts

