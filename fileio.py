@@ -10,7 +10,8 @@ One meaning per helper:
 - ``is_safe_relative`` is lexical (no absolute path, no '..'); ``resolve_inside`` resolves symlinks and checks the
   real path against the real folder. Use the second right before touching a file.
 - ``utc_now``: every timestamp the project writes is UTC, ISO 8601, to the second.
-- ``read_json``: parsed JSON, or ``ReportError`` with one sentence.
+- ``read_json``: parsed JSON of a bounded size (``MAX_*_BYTES`` per kind of file), or ``ReportError`` with one
+  sentence; ``parse_json`` is its parser for text read otherwise (a JSONL line), failing the same way.
 - ``hold_lock``: one run at a time on a folder (an O_EXCL lock file naming its owner; a dead owner's is taken over);
   ``is_process_alive`` says whether a pid recorded in a lock or a temp file name still runs.
 """
@@ -23,6 +24,7 @@ import json
 import os
 import socket
 import stat
+import sys
 import tempfile
 import time
 from collections.abc import Iterator
@@ -35,6 +37,13 @@ TEMP_SUFFIX = ".tmp"  # every temp file the project writes is ".<name>.<random>.
 STALE_TEMP_SECONDS = 3600  # a temp file of our kind older than this belongs to a killed run and may be removed
 UNREADABLE_LOCK_STALE_S = 60.0  # a lock file with no readable owner (killed while writing it) is stale after this
 LOCK_READ_LIMIT = 65536  # a lock record is about 100 bytes; a lock file is never read beyond this
+# The most bytes read_json reads of each kind of file: far above what a 100,000-image dataset writes, far below what
+# would exhaust memory once parsed (a JSON text takes several times its size as Python objects).
+MAX_REPORT_BYTES = 256 << 20  # duplicate report ~30 MB, problematic report ~100 MB at 100k images (300 B / 1 KB each)
+MAX_LOG_BYTES = 256 << 20  # a trash log: ~45 MB for 100k moves (450 B a move)
+MAX_DECISIONS_BYTES = 64 << 20  # a decisions file: ~15 MB for 100k decisions
+MAX_SMALL_JSON_BYTES = 16 << 20  # pipeline state, --queries, a search cache: a few KB each
+MAX_JSON_LINE_BYTES = 1 << 20  # one line of a JSONL file (the download manifest): ~400 B a record
 
 
 class ReportError(ValueError):
@@ -220,24 +229,65 @@ def write_json(path: str | os.PathLike, data: Any, indent: int | None = 2) -> No
         handle.write("\n")
 
 
-def read_json(path: str | os.PathLike, what: str) -> Any:
-    """Parsed JSON; ReportError with one sentence when the file is missing, not a file, unreadable or not JSON."""
-    path = Path(path)
-    if not path.exists():
-        raise ReportError(f"the {what} {path} does not exist")
-    reason = regular_file_reason(path.resolve())
-    if reason:
-        raise ReportError(f"the {what} {path} {reason}")
-    try:
-        text = path.read_text(encoding="utf-8")
-    except (OSError, UnicodeDecodeError) as error:
-        raise ReportError(f"the {what} {path} cannot be read ({error})") from None
+def parse_json(text: str | bytes, where: str) -> Any:
+    """``json.loads(text)``, every way it can fail turned into ReportError with one sentence that starts with ``where``.
+
+    Besides malformed text: nesting deeper than Python's recursion limit (``'[' * 1000``, 2 KB) and an integer of more
+    than 4,300 digits (``sys.get_int_max_str_digits``) fail inside the parser; both are named, never a traceback.
+    """
     try:
         return json.loads(text)
     except json.JSONDecodeError as error:
         raise ReportError(
-            f"the {what} {path} is not valid JSON (truncated or corrupted? {error.msg} at line {error.lineno})"
+            f"{where} is not valid JSON (line {error.lineno}: {error.msg}; truncated or corrupted?)"
         ) from None
+    except RecursionError:
+        raise ReportError(f"{where} is nested too deeply to be read (lists or objects inside each other)") from None
+    except ValueError as error:  # "Exceeds the limit (4300 digits) for integer string conversion"
+        if "digits" in str(error):
+            raise ReportError(f"{where} holds a number of more than {sys.get_int_max_str_digits()} digits") from None
+        raise ReportError(f"{where} holds a value that cannot be read ({error})") from None
+    except MemoryError:
+        raise ReportError(f"{where} is too large to be read in memory") from None
+
+
+def read_bounded(path: str | os.PathLike, what: str, max_bytes: int) -> bytes:
+    """The bytes of the regular file ``path`` (through a symlink), at most ``max_bytes``; else ReportError (a sentence).
+
+    Opened without blocking (a FIFO swapped in cannot hang) and checked on the open file; never reads past the limit,
+    so memory stays bounded whatever the file claims or grows to.
+    """
+    path = Path(path)
+    if not path.exists():
+        raise ReportError(f"the {what} {path} does not exist")
+    try:
+        descriptor = os.open(path, os.O_RDONLY | os.O_NONBLOCK | getattr(os, "O_CLOEXEC", 0))
+    except OSError as error:
+        raise ReportError(f"the {what} {path} cannot be read ({error.strerror or error})") from None
+    with os.fdopen(descriptor, "rb") as handle:
+        info = os.fstat(descriptor)
+        if not stat.S_ISREG(info.st_mode):
+            raise ReportError(f"the {what} {path} {describe_kind(info.st_mode)}")
+        try:
+            data = b"" if info.st_size > max_bytes else handle.read(max_bytes + 1)  # too big: refused unread
+        except OSError as error:
+            raise ReportError(f"the {what} {path} cannot be read ({error.strerror or error})") from None
+    if info.st_size > max_bytes or len(data) > max_bytes:
+        raise ReportError(
+            f"the {what} {path} is larger than {max_bytes / 2**20:.0f} MiB, more than a {what} can be: not read"
+        )
+    return data
+
+
+def read_json(path: str | os.PathLike, what: str, max_bytes: int = MAX_REPORT_BYTES) -> Any:
+    """Parsed JSON of at most ``max_bytes`` (one of the MAX_*_BYTES); ReportError with one sentence when the file is
+    missing, not a file, unreadable, too large, not UTF-8 or not JSON (malformed, nested too deeply, a huge number)."""
+    data = read_bounded(path, what, max_bytes)
+    try:
+        text = data.decode("utf-8")
+    except UnicodeDecodeError as error:
+        raise ReportError(f"the {what} {path} cannot be read ({error})") from None
+    return parse_json(text, f"the {what} {path}")
 
 
 def create_exclusive(folder: str | os.PathLike, stem: str, suffix: str, limit: int = 100_000) -> Path:
@@ -316,8 +366,8 @@ def lock_owner(path: str | os.PathLike) -> tuple[dict[str, Any] | None, str]:
     finally:
         os.close(descriptor)
     try:
-        owner = json.loads(text)
-    except json.JSONDecodeError:
+        owner = parse_json(text, "the lock")
+    except ReportError:  # damaged, or crafted (deeply nested, a huge number): no readable owner
         return None, text
     return (owner if isinstance(owner, dict) else None), text
 

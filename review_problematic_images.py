@@ -353,7 +353,7 @@ def refused_decisions(dataset_dir: Path, decisions: dict[str, dict[str, Any]]) -
 
 def load_decisions_file(path: Path, dataset_dir: Path) -> dict[str, Any]:
     """A decisions file checked for its shape and for the dataset it was made on; else ReportError (one sentence)."""
-    data = fileio.read_json(path, "decisions file")
+    data = fileio.read_json(path, "decisions file", fileio.MAX_DECISIONS_BYTES)
     try:
         validate_decisions(data)
     except ReportError as error:
@@ -581,7 +581,7 @@ def apply_decisions_file(path: Path, dataset_dir: Path, assume_yes: bool) -> int
 def undo_run(log_path: Path, dataset_dir: Path | None) -> int:
     """--undo: put back every file of one of this tool's trash logs, then forget the restored images' decisions."""
     try:
-        old = fileio.read_json(log_path, "log")
+        old = fileio.read_json(log_path, "log", fileio.MAX_LOG_BYTES)
     except ReportError:
         old = None  # trash.load_log says what is wrong with it
     if isinstance(old, dict) and old.get("log_type") == OLD_MOVE_LOG_TYPE:

@@ -506,7 +506,7 @@ def load_log(dataset_dir: str | os.PathLike, log_path: str | os.PathLike) -> dic
     """The validated log; TrashError (one sentence) unless it is a well-formed log of this dataset in its trash."""
     log_path = Path(log_path)
     try:
-        data = fileio.read_json(log_path, "trash log")
+        data = fileio.read_json(log_path, "trash log", fileio.MAX_LOG_BYTES)
     except fileio.ReportError as error:
         raise TrashError(str(error)) from None
     data = validate_log(data, f"the trash log {log_path}")

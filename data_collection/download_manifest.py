@@ -23,7 +23,7 @@ from typing import Any
 
 from image_fetch import Candidate, FetchLimits, is_retryable
 
-from fileio import utc_now
+from fileio import MAX_JSON_LINE_BYTES, ReportError, parse_json, utc_now
 
 try:
     import fcntl
@@ -162,12 +162,13 @@ def read_manifest(path: Path) -> list[dict[str, Any]]:
         return []
     records = []
     with open(path, encoding="utf-8", errors="replace") as file:
-        for line_number, line in enumerate(file, start=1):
+        lines = iter(lambda: file.readline(MAX_JSON_LINE_BYTES), "")  # a line of hundreds of MB is read in pieces
+        for line_number, line in enumerate(lines, start=1):
             if not line.strip():
                 continue
             try:
-                record = json.loads(line)
-            except json.JSONDecodeError:
+                record = parse_json(line, "a manifest line")  # malformed, nested too deeply, a huge number
+            except ReportError:
                 logger.warning("%s line %d is not a JSON record (cut off?): ignored", path.name, line_number)
                 continue
             if isinstance(record, dict):

@@ -27,7 +27,7 @@ from urllib.parse import urlsplit
 from image_fetch import Candidate, NoNetworkError, backoff_delay, can_connect
 
 from cli import printable
-from fileio import write_json
+from fileio import MAX_SMALL_JSON_BYTES, ReportError, read_json, write_json
 
 SEARCH_CACHE_DIR = ".search_cache"
 CACHE_SCHEMA_VERSION = 1  # of a cached query's JSON file
@@ -165,12 +165,12 @@ def ddgs_search(query: str, page: int, options: SearchOptions) -> list[dict[str,
 
 
 def read_search_cache(path: Path, query: str) -> dict[str, Any] | None:
-    try:
-        cached = json.loads(path.read_text(encoding="utf-8"))
-    except FileNotFoundError:
+    if not path.exists():
         return None
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as error:
-        logger.warning("search cache %s unreadable (%s): searching again", printable(path.name), error)
+    try:
+        cached = read_json(path, "search cache", MAX_SMALL_JSON_BYTES)
+    except ReportError as error:
+        logger.warning("%s: searching again", printable(str(error)))
         return None
     if (
         not isinstance(cached, dict)

