@@ -195,10 +195,13 @@ def sha256_file(path: str | os.PathLike) -> str:
 
 
 @contextlib.contextmanager
-def atomic_write(path: str | os.PathLike, mode: str = "wb") -> Iterator[Any]:
+def atomic_write(path: str | os.PathLike, mode: str = "wb", fsync: bool = True) -> Iterator[Any]:
     """A handle on a temp file beside ``path``; on success it is fsynced and renamed over ``path``, else removed.
 
-    Text mode writes UTF-8; a lone surrogate (a non-UTF-8 file name) is written as the JSON escape ``\\udcXX``.
+    The temp file is created exclusively (mkstemp: a link planted at a guessable name is never written through) and
+    the rename replaces whatever is at ``path``, a symlink included, without following it. ``fsync=False`` for a cache
+    that is made again if lost (thumbnails). Text mode writes UTF-8; a lone surrogate (a non-UTF-8 file name) is written
+    as the JSON escape ``\\udcXX``.
     """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -211,7 +214,8 @@ def atomic_write(path: str | os.PathLike, mode: str = "wb") -> Iterator[Any]:
         with os.fdopen(fd, mode, **({} if "b" in mode else text_options)) as handle:
             yield handle
             handle.flush()
-            os.fsync(handle.fileno())
+            if fsync:
+                os.fsync(handle.fileno())
         os.replace(tmp_name, path)
     except BaseException:
         Path(tmp_name).unlink(missing_ok=True)

@@ -15,6 +15,7 @@ import hashlib
 import io
 import os
 import re
+import stat
 import time
 import urllib.parse
 from dataclasses import dataclass, field
@@ -27,7 +28,7 @@ import fileio
 THUMB_PIXELS = 160  # longer side of a thumbnail: enough to judge a label
 THUMB_QUALITY = 80  # with THUMB_PIXELS: 4-7 KB a photo (measured 4.1, 4.9, 6.5 KB on three 640x427/512x600 photos)
 THUMB_NAME = re.compile(r"^[0-9a-f]{20}\.jpg$")  # the only files this module ever removes (its own stale thumbnails)
-THUMB_TEMP_NAME = re.compile(r"^\.[0-9a-f]{20}\.jpg\.\d+\.tmp$")  # and its half-written ones, once old
+THUMB_TEMP_NAME = re.compile(r"^\.[0-9a-f]{20}\.jpg\.\w+\.tmp$")  # and its half-written ones (fileio's), once old
 
 
 def locate(dataset_dir: Path, relative: Any) -> tuple[Path | None, str | None]:
@@ -51,7 +52,8 @@ def locate(dataset_dir: Path, relative: Any) -> tuple[Path | None, str | None]:
 def write_thumbnail(source: Path, destination: Path) -> tuple[int, int]:
     """A JPEG of at most THUMB_PIXELS a side, read by classifier.py's rules (upright, alpha on white, bombs refused).
 
-    Written to a temp name and renamed, so a half-written thumbnail is never used; not fsynced: it is a cache, made
+    Written through fileio.atomic_write (an exclusive temp name, renamed over whatever is at ``destination``, a planted
+    symlink included, never through it), so a half-written thumbnail is never used; not fsynced: it is a cache, made
     again if lost, and an fsync per thumbnail took more than half the time of a first build.
     """
     import classifier
@@ -60,14 +62,33 @@ def write_thumbnail(source: Path, destination: Path) -> tuple[int, int]:
     thumbnail.thumbnail((THUMB_PIXELS, THUMB_PIXELS))
     buffer = io.BytesIO()
     thumbnail.save(buffer, "JPEG", quality=THUMB_QUALITY)
-    temporary = destination.with_name(f".{destination.name}.{os.getpid()}{fileio.TEMP_SUFFIX}")
-    destination.parent.mkdir(parents=True, exist_ok=True)
-    try:
-        temporary.write_bytes(buffer.getvalue())
-        os.replace(temporary, destination)
-    finally:
-        temporary.unlink(missing_ok=True)
+    with fileio.atomic_write(destination, "wb", fsync=False) as handle:
+        handle.write(buffer.getvalue())
     return thumbnail.size
+
+
+def own_thumbnail_size(path: Path) -> tuple[int, int] | None:
+    """The size of the thumbnail at ``path`` when it is one this module wrote, else None (then it is written again).
+
+    Ours means: a regular file, not a symbolic link (opened with O_NOFOLLOW, so one swapped in meanwhile fails too),
+    with one name (a hard link planted there would share an outside file's bytes) and owned by this user. Anything
+    else at the predictable name, such as a link to an image outside the dataset, is never shown.
+    """
+    try:
+        descriptor = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK)
+    except OSError:
+        return None
+    with open(descriptor, "rb") as handle:
+        info = os.fstat(descriptor)
+        if not stat.S_ISREG(info.st_mode) or info.st_nlink != 1 or info.st_uid != os.geteuid():
+            return None
+        from PIL import Image
+
+        try:
+            with Image.open(handle) as image:
+                return image.size
+        except OSError:  # damaged (a killed run cannot leave one, but a disk can): written again
+            return None
 
 
 @dataclass
@@ -115,13 +136,7 @@ class Catalog:
             stamp = f"{key}\0{info.st_size}\0{info.st_mtime_ns}".encode(errors="surrogateescape")
             name = hashlib.sha256(stamp).hexdigest()
             thumb = self.thumbs_dir / f"{name[:20]}.jpg"
-            if thumb.is_file():
-                from PIL import Image
-
-                with Image.open(thumb) as image:
-                    shown.size = image.size
-            else:
-                shown.size = write_thumbnail(path, thumb)
+            shown.size = own_thumbnail_size(thumb) or write_thumbnail(path, thumb)
             shown.thumb = link_to(thumb, self.page_dir)
         except Exception as error:  # noqa: BLE001 - one unreadable image must not stop the page
             shown.thumb = None

@@ -12,6 +12,7 @@ from pathlib import Path
 import pytest
 import remove_duplicates
 import search_queries
+from conftest import make_class_image, save_image
 from download_manifest import read_manifest
 from image_search import read_search_cache
 
@@ -20,6 +21,7 @@ import html_report
 import review_problematic_images as review
 import run_pipeline
 import trash
+from report_images import Catalog
 
 HOSTILE = {
     "deep": "[" * 1000 + "]" * 1000,  # 2 KB: RecursionError inside json.loads before
@@ -115,3 +117,26 @@ def test_a_lock_file_holding_hostile_json_is_a_damaged_lock_not_a_crash(tmp_path
     (dataset / ".trash" / trash.LOCK_NAME).write_text(HOSTILE["deep"])
     with pytest.raises(trash.TrashError, match="damaged"), trash.lock(dataset, "t.py"):
         pass
+
+
+# ------------------------------------------------------------------------------------------ page thumbnails (issue 17)
+
+
+@pytest.mark.parametrize("planted", ["symlink", "hardlink"])
+def test_a_link_planted_at_a_thumbnail_name_is_never_shown_and_the_outside_file_stays(
+    tmp_path: Path, planted: str
+) -> None:
+    dataset, outside = tmp_path / "dataset", tmp_path / "outside.jpg"
+    save_image(make_class_image(0, 1), dataset / "train/bird/a.jpg")
+    save_image(make_class_image(2, 7, size=(200, 100)), outside)
+    secret = outside.read_bytes()
+    thumbs = dataset / "report_files/thumbs"
+    first = Catalog(dataset, dataset, thumbs).add("train/bird/a.jpg")
+    ours = (dataset / first.thumb).read_bytes()
+    thumb = dataset / first.thumb
+    thumb.unlink()
+    (thumb.symlink_to if planted == "symlink" else thumb.hardlink_to)(outside)  # the predictable name, planted
+    shown = Catalog(dataset, dataset, thumbs).add("train/bird/a.jpg")
+    assert shown.thumb == first.thumb and shown.problem is None
+    assert not thumb.is_symlink() and thumb.read_bytes() == ours  # rewritten: the page shows our thumbnail
+    assert outside.read_bytes() == secret and shown.size == first.size  # the outside file is neither shown nor written
