@@ -44,6 +44,7 @@ MAX_LOG_BYTES = 256 << 20  # a trash log: ~45 MB for 100k moves (450 B a move)
 MAX_DECISIONS_BYTES = 64 << 20  # a decisions file: ~15 MB for 100k decisions
 MAX_SMALL_JSON_BYTES = 16 << 20  # pipeline state, --queries, a search cache: a few KB each
 MAX_JSON_LINE_BYTES = 1 << 20  # one line of a JSONL file (the download manifest): ~400 B a record
+SPLITS = ("train", "val")  # a dataset's two folders of class folders: <dataset>/<split>/<class>/<image>
 
 
 class ReportError(ValueError):

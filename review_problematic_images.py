@@ -311,6 +311,22 @@ def relabel_refusal(dataset_dir: Path, path: str, target: str) -> str | None:
     return None
 
 
+def not_a_dataset_image(dataset_dir: Path, path: str, real: Path) -> str | None:
+    """Why ``path`` is not an image in a class folder of train/ or val/ (the only files a decision moves), or None.
+
+    So a decisions file cannot trash pipeline_state.json, a report or a model beside the class folders. An image is
+    what the trainer and detectors read (classifier.find_image_files): a known extension, or image bytes.
+    """
+    import classifier  # no torch on import
+
+    parts = PurePosixPath(path).parts
+    if len(parts) != 3 or parts[0] not in fileio.SPLITS or parts[1] not in fileio.class_folders(dataset_dir / parts[0]):
+        return f"{path} is not in a class folder of train/ or val/: a decision only moves the images there"
+    if Path(parts[2]).suffix.lower() not in classifier.IMAGE_EXTENSIONS and not classifier.is_image_file(real):
+        return f"{path} is not an image: a decision only moves the images of the class folders"
+    return None
+
+
 def decision_refusal(dataset_dir: Path, path: str, decision: dict[str, Any]) -> str | None:
     """Why ``decision`` about ``path`` cannot be carried out in this dataset now (naming the path), or None.
 
@@ -329,6 +345,8 @@ def decision_refusal(dataset_dir: Path, path: str, decision: dict[str, Any]) -> 
     reason = fileio.regular_file_reason(real)
     if reason:
         return f"{path} {reason}"
+    if reason := not_a_dataset_image(dataset_dir, path, real):
+        return reason
     if fileio.writable_folder_reason(real.parent):
         return f"{path}: its folder is read-only"
     if decision["action"] == "relabel" and (reason := relabel_refusal(dataset_dir, path, decision["target_class"])):

@@ -480,3 +480,26 @@ def test_a_class_folder_swapped_for_a_link_to_outside_while_applying_and_undoing
         before_dataset
     )
     assert sum(swaps) >= 10, swaps  # the race really ran
+
+
+@pytest.mark.parametrize(
+    ("path", "expected"),
+    [
+        ("pipeline_state.json", "is not in a class folder of train/ or val/"),
+        ("train/notes.txt", "is not in a class folder of train/ or val/"),
+        ("models/best_model.pth", "is not in a class folder of train/ or val/"),
+        ("train/bird/readme.txt", "is not an image"),
+    ],
+)
+def test_a_decision_only_moves_images_of_the_class_folders(
+    reviewed: Reviewed, tmp_path: Path, capsys: pytest.CaptureFixture[str], path: str, expected: str
+) -> None:
+    dataset, _, _ = reviewed
+    (dataset / path).parent.mkdir(parents=True, exist_ok=True)
+    (dataset / path).write_text('{"stages": {}}')
+    before = tree_snapshot(dataset)
+    decisions = decisions_file(tmp_path / "d.json", dataset, {path: {"action": "delete"}})
+    assert apply(decisions, dataset, "--yes") == 2
+    error = one_error_line(capsys)
+    assert f"{path} {expected}" in error and "nothing was moved" in error
+    assert tree_snapshot(dataset) == before

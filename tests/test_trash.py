@@ -584,3 +584,32 @@ def test_remove_duplicates_through_a_swapping_class_folder_moves_nothing_outside
     monkeypatch.undo()
     rd.main(["--undo", str(log_path)])
     assert without_trash(tree_snapshot(dataset)) == before_dataset and sum(swaps) >= 10
+
+
+def test_a_kill_9_while_hashing_leaves_an_empty_log_that_undo_explains(
+    dataset: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    import remove_duplicates as rd
+
+    before = tree_snapshot(dataset)
+    code = f"""
+import hashlib, os, sys
+sys.path.insert(0, {str(ROOT)!r})
+import trash
+real_digest, count = hashlib.file_digest, [0]
+def digest(*args, **options):
+    count[0] += 1
+    if count[0] == 2:
+        os.kill(os.getpid(), 9)
+    return real_digest(*args, **options)
+hashlib.file_digest = digest
+with trash.lock({str(dataset)!r}, "remove_duplicates.py"):
+    trash.new_log({str(dataset)!r}, "remove_duplicates", [trash.Move(f"train/bird/{{n}}.jpg") for n in "ab"])
+"""
+    assert subprocess.run([sys.executable, "-c", code]).returncode == -9
+    (log_path,) = (dataset / ".trash").glob("*.json")
+    assert log_path.stat().st_size == 0
+    assert rd.main(["--undo", str(log_path)]) == 2
+    err = capsys.readouterr().err
+    assert "nothing was moved by that run" in err and len(err.splitlines()) == 1
+    assert without_trash(tree_snapshot(dataset)) == before
