@@ -451,4 +451,6 @@ def hold_lock(path: str | os.PathLike, tool: str, doing: str) -> Iterator[Path]:
 
 
 if __name__ == "__main__":
-    raise SystemExit("fileio.py is a module imported by the birdplane scripts, not a script; see README.md")
+    import cli
+
+    cli.refuse_running_as_script(__file__, "see README.md")

@@ -167,4 +167,4 @@ def remove_stale_thumbs(thumbs_dir: Path, keep: set[str]) -> None:
 
 
 if __name__ == "__main__":
-    raise SystemExit("report_images.py is imported by html_report.py, not a script; run html_report.py")
+    cli.refuse_running_as_script(__file__, "run html_report.py")

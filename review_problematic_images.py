@@ -619,6 +619,9 @@ def undo_run(log_path: Path, dataset_dir: Path | None) -> int:
         except KeyboardInterrupt:
             print("\nInterrupted; run the same --undo again to finish.", file=sys.stderr)
             return cli.EXIT_INTERRUPTED
+    if result.is_already_undone:
+        print(f"{cli.printable(log_path)}: {trash.ALREADY_UNDONE} (on {result.undone_before}); nothing changed.")
+        return cli.EXIT_OK
     for source, reason in result.errors:
         LOGGER.warning("not restored %s: %s", cli.printable(source), cli.printable(reason))
     restored = {move["source"]: move["destination"] for move in log["moves"] if move["source"] in result.done}

@@ -717,4 +717,6 @@ def undo(
 
 
 if __name__ == "__main__":
-    raise SystemExit("trash.py is a module imported by the birdplane scripts, not a script; see README.md")
+    import cli
+
+    cli.refuse_running_as_script(__file__, "see README.md")

@@ -17,13 +17,15 @@ import contextlib
 import json
 import logging
 import os
+import sys
 from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import Any
 
 from image_fetch import Candidate, FetchLimits, is_retryable
 
-from fileio import MAX_JSON_LINE_BYTES, ReportError, parse_json, utc_now
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # cli.py and fileio.py: the project root
+from fileio import MAX_JSON_LINE_BYTES, ReportError, parse_json, utc_now  # noqa: E402
 
 try:
     import fcntl
@@ -217,4 +219,6 @@ class ManifestWriter:
 
 
 if __name__ == "__main__":
-    raise SystemExit("download_manifest.py is imported by download_images.py, not a script; see README.md")
+    import cli
+
+    cli.refuse_running_as_script(__file__, "run data_collection/download_images.py")

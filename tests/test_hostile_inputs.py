@@ -6,13 +6,15 @@ memory stays bounded: a file over its kind's limit is refused unread.
 from __future__ import annotations
 
 import os
+import subprocess
+import sys
 import time
 from pathlib import Path
 
 import pytest
 import remove_duplicates
 import search_queries
-from conftest import make_class_image, save_image
+from conftest import ROOT, make_class_image, save_image
 from download_manifest import read_manifest
 from image_search import read_search_cache
 
@@ -140,3 +142,63 @@ def test_a_link_planted_at_a_thumbnail_name_is_never_shown_and_the_outside_file_
     assert shown.thumb == first.thumb and shown.problem is None
     assert not thumb.is_symlink() and thumb.read_bytes() == ours  # rewritten: the page shows our thumbnail
     assert outside.read_bytes() == secret and shown.size == first.size  # the outside file is neither shown nor written
+
+
+# ------------------------------------------------------------------------------- a module run as a script (issue 18)
+
+MODULES = sorted(
+    path.relative_to(ROOT).as_posix()
+    for path in [*ROOT.glob("*.py"), *(ROOT / "data_collection").glob("*.py")]
+    if "\ndef main(" not in path.read_text(encoding="utf-8")
+)
+
+
+RUN_AS_SCRIPTS = """
+import os, runpy, sys, traceback
+root, base_path = sys.argv[1], sys.path[1:]
+for name in sys.argv[2:]:
+    ours = [key for key, value in sys.modules.items() if (getattr(value, "__file__", None) or "").startswith(root)]
+    for module in ours:
+        del sys.modules[module]  # each run imports our modules afresh, as a new process would (torch stays loaded)
+    path = os.path.join(root, name)
+    sys.path[:] = [os.path.dirname(path), *base_path]  # what python puts first for a script
+    print("@@ " + name, file=sys.stderr, flush=True)
+    try:
+        runpy.run_path(path, run_name="__main__")
+        code = 0
+    except SystemExit as stop:
+        code = stop.code if isinstance(stop.code, int) else 1
+        if isinstance(stop.code, str):
+            print(stop.code, file=sys.stderr)
+    except BaseException:
+        traceback.print_exc()
+        code = 1
+    print("@@ exit %d" % code, file=sys.stderr, flush=True)
+"""
+
+
+@pytest.fixture(scope="module")
+def modules_run_as_scripts() -> tuple[str, dict[str, tuple[int, str]]]:
+    """(stdout, {module: (exit code, stderr)}) of every sibling module run as a script, the way ``python module.py``
+    runs it (its folder first on sys.path, our modules imported afresh), in one process so torch loads once."""
+    result = subprocess.run(
+        [sys.executable, "-c", RUN_AS_SCRIPTS, str(ROOT), *MODULES], cwd="/", capture_output=True, text=True
+    )
+    runs = {}
+    for chunk in result.stderr.split("@@ ")[1:]:
+        if not chunk.startswith("exit "):
+            name, _, text = chunk.partition("\n")
+            runs[name] = text
+        else:
+            runs[name] = (int(chunk.split()[1]), runs[name])
+    return result.stdout, runs
+
+
+@pytest.mark.parametrize("name", MODULES)
+def test_a_module_run_as_a_script_exits_2_with_one_error_line(
+    modules_run_as_scripts: tuple[str, dict[str, tuple[int, str]]], name: str
+) -> None:
+    stdout, runs = modules_run_as_scripts
+    code, stderr = runs[name]
+    assert code == 2 and stdout == "", stderr
+    assert stderr.startswith(f"error: {Path(name).name} is a module") and len(stderr.splitlines()) == 1

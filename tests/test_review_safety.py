@@ -248,6 +248,10 @@ def test_apply_decisions_moves_three_marked_images_and_undo_restores_the_tree(
     assert review.main(["--undo", str(log)]) == 0
     after = tree_snapshot(dataset)
     assert {name: data for name, data in after.items() if not name.startswith(".trash/")} == before
+    capsys.readouterr()
+    assert review.main(["--undo", str(log)]) == 0  # again: says so, instead of "Restored 3 file(s)" a second time
+    out = capsys.readouterr().out
+    assert "nothing to restore: already undone" in out and "Restored" not in out and tree_snapshot(dataset) == after
 
 
 def test_apply_decisions_asks_first_and_no_changes_nothing(

@@ -613,3 +613,24 @@ with trash.lock({str(dataset)!r}, "remove_duplicates.py"):
     err = capsys.readouterr().err
     assert "nothing was moved by that run" in err and len(err.splitlines()) == 1
     assert without_trash(tree_snapshot(dataset)) == before
+
+
+def test_remove_duplicates_undo_of_an_undone_log_says_already_undone(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    import detect_duplicates_by_filesize as by_filesize
+    import remove_duplicates as rd
+    from conftest import make_dataset
+
+    dataset = make_dataset(tmp_path / "dataset", ("bird", "plane"), 2, 1)
+    write(dataset / "train/bird/copy.jpg", (dataset / "train/bird/bird_000.jpg").read_bytes())
+    assert by_filesize.main(["--dataset-dir", str(dataset)]) == 0
+    before = tree_snapshot(dataset)
+    report = str(dataset / "duplicate_report_filesize.json")
+    assert rd.main(["--report", report, "--strategy", "all", "--apply", "--yes"]) == 0
+    (log_path,) = (dataset / ".trash").glob("remove_duplicates_*.json")
+    assert rd.main(["--undo", str(log_path)]) == 0 and "Restored 1 files" in capsys.readouterr().out
+    assert rd.main(["--undo", str(log_path)]) == 0
+    out = capsys.readouterr().out
+    assert "nothing to restore: already undone" in out and "Restored" not in out
+    assert without_trash(tree_snapshot(dataset)) == before
