@@ -67,11 +67,11 @@ def error(message: str) -> int:
     return EXIT_USAGE
 
 
-def refuse_running_as_script(module_file: str, instead: str) -> NoReturn:
+def refuse_running_as_script(module_file: str, instead: str, imported_by: str = "the birdplane scripts") -> NoReturn:
     """What a sibling module does when run as ``python module.py``: one ``error:`` line saying what it is and what to
     run ``instead``, exit EXIT_USAGE (2: a usage error). Called from its ``if __name__ == "__main__":`` block."""
     name = os.path.basename(module_file)
-    raise SystemExit(error(f"{name} is a module imported by the birdplane scripts, not a script; {instead}"))
+    raise SystemExit(error(f"{name} is a module imported by {imported_by}, not a script; {instead}"))
 
 
 def add_output_flags(parser: argparse.ArgumentParser) -> None:

@@ -22,6 +22,7 @@ import contextlib
 import hashlib
 import json
 import os
+import secrets
 import socket
 import stat
 import sys
@@ -196,40 +197,49 @@ def sha256_file(path: str | os.PathLike) -> str:
 
 
 @contextlib.contextmanager
-def atomic_write(path: str | os.PathLike, mode: str = "wb", fsync: bool = True) -> Iterator[Any]:
+def atomic_write(
+    path: str | os.PathLike, mode: str = "wb", fsync: bool = True, dir_fd: int | None = None
+) -> Iterator[Any]:
     """A handle on a temp file beside ``path``; on success it is fsynced and renamed over ``path``, else removed.
 
-    The temp file is created exclusively (mkstemp: a link planted at a guessable name is never written through) and
-    the rename replaces whatever is at ``path``, a symlink included, without following it. ``fsync=False`` for a cache
-    that is made again if lost (thumbnails). Text mode writes UTF-8; a lone surrogate (a non-UTF-8 file name) is written
-    as the JSON escape ``\\udcXX``.
+    The temp file is created exclusively (a link planted at a guessable name is never written through) and the rename
+    replaces whatever is at ``path``, a symlink included, without following it. With ``dir_fd`` (a descriptor of an
+    open folder) ``path`` is a name in that folder and every step is taken relative to it, so the folder cannot be
+    swapped for a symlink between a check and the write. ``fsync=False`` for a cache that is made again if lost
+    (thumbnails). Text mode writes UTF-8; a lone surrogate (a non-UTF-8 file name) is written as ``\\udcXX``.
     """
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp_name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=TEMP_SUFFIX, dir=path.parent)
-    try:
+    if dir_fd is None:
+        path = Path(path)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp_name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=TEMP_SUFFIX, dir=path.parent)
         umask = os.umask(0)
         os.umask(umask)
         os.chmod(tmp_name, 0o666 & ~umask)  # mkstemp makes 0600; the result is an ordinary file
+    else:
+        tmp_name = f".{os.fspath(path)}.{secrets.token_hex(4)}{TEMP_SUFFIX}"
+        flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | getattr(os, "O_CLOEXEC", 0)
+        fd = os.open(tmp_name, flags, 0o666, dir_fd=dir_fd)  # 0666 minus the umask: an ordinary file
+    try:
         text_options = {"encoding": "utf-8", "errors": "backslashreplace", "newline": ""}
         with os.fdopen(fd, mode, **({} if "b" in mode else text_options)) as handle:
             yield handle
             handle.flush()
             if fsync:
                 os.fsync(handle.fileno())
-        os.replace(tmp_name, path)
+        os.replace(tmp_name, path, src_dir_fd=dir_fd, dst_dir_fd=dir_fd)
     except BaseException:
-        Path(tmp_name).unlink(missing_ok=True)
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(tmp_name, dir_fd=dir_fd)
         raise
 
 
-def write_json(path: str | os.PathLike, data: Any, indent: int | None = 2) -> None:
+def write_json(path: str | os.PathLike, data: Any, indent: int | None = 2, dir_fd: int | None = None) -> None:
     """Strict JSON (no NaN), UTF-8, written atomically: the way every birdplane report and log reaches the disk.
 
     Strings holding a non-UTF-8 file name (lone surrogates) are written as ``\\udcXX`` escapes, so the file stays valid
     UTF-8 and ``read_json`` gives back the same string (``os.fsencode`` then gives back the same bytes).
     """
-    with atomic_write(path, "w") as handle:
+    with atomic_write(path, "w", dir_fd=dir_fd) as handle:  # dir_fd: see atomic_write
         json.dump(data, handle, indent=indent, ensure_ascii=False, allow_nan=False)
         handle.write("\n")
 
@@ -295,17 +305,23 @@ def read_json(path: str | os.PathLike, what: str, max_bytes: int = MAX_REPORT_BY
     return parse_json(text, f"the {what} {path}")
 
 
-def create_exclusive(folder: str | os.PathLike, stem: str, suffix: str, limit: int = 100_000) -> Path:
+def create_exclusive(
+    folder: str | os.PathLike, stem: str, suffix: str, limit: int = 100_000, dir_fd: int | None = None
+) -> Path:
     """Create and return a new empty file ``stem<suffix>``, ``stem_1<suffix>``, ... that did not exist (O_EXCL).
 
-    Two runs started in the same second never get the same name, so one never overwrites the other's file.
+    Two runs started in the same second never get the same name, so one never overwrites the other's file. With
+    ``dir_fd`` (a descriptor of ``folder``, open) the file is created relative to it, whatever ``folder`` now names.
     """
     folder = Path(folder)
-    folder.mkdir(parents=True, exist_ok=True)
+    if dir_fd is None:
+        folder.mkdir(parents=True, exist_ok=True)
     for number in range(limit):
-        candidate = folder / (f"{stem}{suffix}" if number == 0 else f"{stem}_{number}{suffix}")
+        name = f"{stem}{suffix}" if number == 0 else f"{stem}_{number}{suffix}"
+        candidate = folder / name
         try:
-            os.close(os.open(candidate, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666))
+            flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW
+            os.close(os.open(candidate if dir_fd is None else name, flags, 0o666, dir_fd=dir_fd))
         except FileExistsError:
             continue
         return candidate
@@ -352,14 +368,15 @@ def is_process_alive(pid: int) -> bool:
     return True
 
 
-def lock_owner(path: str | os.PathLike) -> tuple[dict[str, Any] | None, str]:
+def lock_owner(path: str | os.PathLike, dir_fd: int | None = None) -> tuple[dict[str, Any] | None, str]:
     """(the owner a lock file records, or None when it is unreadable, the file's raw text).
 
     Only a regular file is read, never through a symlink and at most LOCK_READ_LIMIT bytes, so a FIFO, a device or a
-    link to one at the lock's place cannot hang or exhaust memory: it counts as a lock with no readable owner.
+    link to one at the lock's place cannot hang or exhaust memory: it counts as a lock with no readable owner. With
+    ``dir_fd`` (an open folder), ``path`` is a name in it.
     """
     try:
-        descriptor = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK)
+        descriptor = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK, dir_fd=dir_fd)
     except OSError:
         return None, ""
     try:

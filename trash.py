@@ -259,7 +259,19 @@ def lock(dataset_dir: str | os.PathLike, tool: str) -> Iterator[Path]:
 
 
 def _require_lock(dataset_dir: str | os.PathLike) -> None:
-    owner, _ = fileio.lock_owner(Path(dataset_dir) / TRASH_FOLDER / LOCK_NAME)
+    """RuntimeError unless this process holds the lock (a programming error); TrashError when .trash is not a folder."""
+    with _Tree(Path(dataset_dir)) as tree:
+        try:
+            folder = tree.open_folder((TRASH_FOLDER,))  # never through a link, even one swapped in meanwhile
+        except fileio.UnsafePathError:
+            raise TrashError(f"{Path(dataset_dir) / TRASH_FOLDER} was replaced while the run started") from None
+        except FileNotFoundError:
+            folder = None
+        try:
+            owner = None if folder is None else fileio.lock_owner(LOCK_NAME, dir_fd=folder)[0]
+        finally:
+            if folder is not None:
+                os.close(folder)
     if owner is None or owner.get("pid") != os.getpid():
         raise RuntimeError("trash.new_log, apply and undo must run inside trash.lock(dataset_dir, tool)")
 
@@ -404,18 +416,30 @@ def _kept_problem(tree: _Tree, source_id: os.stat_result, kept: Sequence[str]) -
 
 
 class _LogWriter:
-    """Rewrites a log atomically (fileio.write_json), at most every LOG_WRITE_INTERVAL_S unless forced."""
+    """Rewrites a log atomically (fileio.write_json), at most every LOG_WRITE_INTERVAL_S unless forced.
 
-    def __init__(self, path: Path, data: dict[str, Any]) -> None:
-        self.path, self.data, self.written_at = path, data, time.monotonic()
+    Written relative to a descriptor of the log's folder, opened once from the dataset down like every folder a move
+    uses: a ``.trash`` swapped for a symlink to outside mid-run never receives a log write.
+    """
+
+    def __init__(self, tree: _Tree, path: Path, data: dict[str, Any]) -> None:
+        try:  # load_log checked the log lies in the real trash: it can only fail if a folder was swapped since
+            parts = path.resolve().relative_to(tree.real).parts
+            self.folder, self.name = tree.open_folder(parts[:-1]), parts[-1]
+        except (ValueError, OSError, fileio.UnsafePathError):
+            raise TrashError(f"the folder of {path} was replaced while the run started; nothing was moved") from None
+        self.data, self.written_at = data, time.monotonic()
 
     def changed(self) -> None:
         if time.monotonic() - self.written_at >= LOG_WRITE_INTERVAL_S:
             self.flush()
 
     def flush(self) -> None:
-        fileio.write_json(self.path, self.data)
+        fileio.write_json(self.name, self.data, dir_fd=self.folder)
         self.written_at = time.monotonic()
+
+    def close(self) -> None:
+        os.close(self.folder)
 
 
 def _planned(tree: _Tree, run_id: str, move: Move) -> dict[str, Any]:
@@ -473,28 +497,35 @@ def new_log(
     if unknown:
         raise ValueError(f"unknown action {unknown[0]!r}; choose one of {', '.join(ACTIONS)}")
     folder = trash_folder(dataset_dir, create=True)
-    log_path = fileio.create_exclusive(folder, f"{tool_stem(tool)}_{fileio.utc_stamp()}", ".json")
-    run_id = log_path.stem  # also the run's trash folder: unique because logs are never removed
-    real_dataset = Path(dataset_dir).resolve()
-    try:
-        with _Tree(Path(dataset_dir)) as tree:
-            records = [_planned(tree, run_id, move) for move in (progress or list)(moves)]
-        data = {
-            "schema_version": SCHEMA_VERSION,
-            "log_type": LOG_TYPE,
-            "tool": tool_stem(tool),
-            "run_id": run_id,
-            "created": fileio.utc_now(),
-            "dataset_dir": str(real_dataset),
-            "extra": dict(extra or {}),
-            "moves": records,
-            "undone": None,
-        }
-        fileio.write_json(log_path, data)
-    except BaseException:
-        log_path.unlink(missing_ok=True)  # an empty log (Ctrl-C while hashing) would only confuse a later undo
-        raise
+    with _Tree(Path(dataset_dir)) as tree, contextlib.ExitStack() as stack:
+        trash_fd = tree.open_folder((TRASH_FOLDER,))  # the log is created and written here, never through a link
+        stack.callback(os.close, trash_fd)
+        log_path = fileio.create_exclusive(folder, f"{tool_stem(tool)}_{fileio.utc_stamp()}", ".json", dir_fd=trash_fd)
+        try:
+            records = [_planned(tree, log_path.stem, move) for move in (progress or list)(moves)]
+            fileio.write_json(log_path.name, _log_data(tree, tool, log_path.stem, records, extra), dir_fd=trash_fd)
+        except BaseException:
+            with contextlib.suppress(OSError):  # an empty log (Ctrl-C while hashing) would only confuse a later undo
+                os.unlink(log_path.name, dir_fd=trash_fd)
+            raise
     return log_path
+
+
+def _log_data(
+    tree: _Tree, tool: str, run_id: str, records: list[dict[str, Any]], extra: dict[str, Any] | None
+) -> dict[str, Any]:
+    """A new log's fields; ``run_id`` (the log's name) is also the run's trash folder: unique, as logs are kept."""
+    return {
+        "schema_version": SCHEMA_VERSION,
+        "log_type": LOG_TYPE,
+        "tool": tool_stem(tool),
+        "run_id": run_id,
+        "created": fileio.utc_now(),
+        "dataset_dir": str(tree.real),
+        "extra": dict(extra or {}),
+        "moves": records,
+        "undone": None,
+    }
 
 
 def dataset_of_log(log_path: str | os.PathLike) -> Path:
@@ -578,9 +609,10 @@ def apply(
     _require_lock(dataset_dir)
     dataset_dir = Path(dataset_dir)
     data = load_log(dataset_dir, log_path)
-    writer, result = _LogWriter(Path(log_path), data), Result()
-    try:
-        with _Tree(dataset_dir) as tree:
+    result = Result()
+    with _Tree(dataset_dir) as tree:
+        writer = _LogWriter(tree, Path(log_path), data)
+        try:
             for move in progress(data["moves"]) if progress else data["moves"]:
                 if move["status"] == "refused":
                     result.errors.append((move["source"], move["reason"] or "refused"))
@@ -599,8 +631,9 @@ def apply(
                     move["status"] = "done"
                     result.done.append(move["source"])
                 writer.changed()
-    finally:
-        writer.flush()
+        finally:
+            writer.flush()
+            writer.close()
     return result
 
 
@@ -692,8 +725,9 @@ def undo(
     dataset_dir = Path(dataset_dir)
     data = load_log(dataset_dir, log_path)
     trash_folder(dataset_dir)
-    writer, result = _LogWriter(Path(log_path), data), Result(undone_before=data["undone"])
+    result = Result(undone_before=data["undone"])
     with _Tree(dataset_dir) as tree:
+        writer = _LogWriter(tree, Path(log_path), data)
         try:
             for move in progress(list(reversed(data["moves"]))) if progress else reversed(data["moves"]):
                 if move["status"] == "refused":
@@ -712,6 +746,7 @@ def undo(
             data["undone"] = fileio.utc_now()
         finally:
             writer.flush()
+            writer.close()
         _remove_empty_trash_folders(tree, data["moves"])
     return result
 

@@ -250,14 +250,6 @@ def test_help_runs_as_a_script() -> None:
     assert "--mode" in result.stdout and "--undo" in result.stdout
 
 
-def test_figures_module_refuses_to_run_as_a_script() -> None:
-    result = subprocess.run(
-        [sys.executable, str(ROOT / "review_figures.py")], capture_output=True, text=True, timeout=60
-    )
-    assert result.returncode == 1
-    assert "not a script; run review_problematic_images.py" in result.stderr
-
-
 @pytest.mark.parametrize(
     ("content", "expected"),
     [

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import socket
@@ -634,3 +635,28 @@ def test_remove_duplicates_undo_of_an_undone_log_says_already_undone(
     out = capsys.readouterr().out
     assert "nothing to restore: already undone" in out and "Restored" not in out
     assert without_trash(tree_snapshot(dataset)) == before
+
+
+def test_a_trash_folder_swapped_for_a_link_to_outside_during_apply_and_undo_receives_nothing_outside(
+    dataset: Path, outside: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(trash, "LOG_WRITE_INTERVAL_S", 0.0)  # a log write after every move: many chances to escape
+    names = [f"img{number:03d}.jpg" for number in range(60)]
+    for name in names:
+        write(dataset / "train/bird" / name, f"dataset {name}".encode() * 20)
+    before_outside, before_dataset = tree_snapshot(outside), tree_snapshot(dataset)
+    os.symlink(outside, dataset / "evil_trash")
+    swaps = 0
+    with trash.lock(dataset, "t.py"):
+        log_path = trash.new_log(dataset, "t", [trash.Move(f"train/bird/{name}") for name in names])
+        for step in (trash.apply, trash.undo):
+            for _ in range(20):  # until one starts while .trash is the real folder (else: "is a symbolic link")
+                swapper = FolderSwapper(dataset / ".trash", dataset / "evil_trash")
+                with swapper, contextlib.suppress(trash.TrashError):
+                    step(dataset, log_path)
+                    break
+                swaps += swapper.swaps
+            swaps += swapper.swaps
+            assert tree_snapshot(outside) == before_outside and sorted(os.listdir(outside)) == ["precious.jpg", "sub"]
+        trash.undo(dataset, log_path)  # no race now
+    assert without_trash(tree_snapshot(dataset)) == before_dataset and swaps >= 10
