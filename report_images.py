@@ -11,6 +11,7 @@ classifier.py's rules (upright, alpha on white, decompression bombs refused), im
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import io
 import os
@@ -49,10 +50,34 @@ def locate(dataset_dir: Path, relative: Any) -> tuple[Path | None, str | None]:
     return path, None
 
 
-def write_thumbnail(source: Path, destination: Path) -> tuple[int, int]:
-    """A JPEG of at most THUMB_PIXELS a side, read by classifier.py's rules (upright, alpha on white, bombs refused).
+def open_thumbs_folder(thumbs_dir: Path, create: bool = True) -> int:
+    """A descriptor of ``<page folder>/<page>_files/thumbs``: the page folder as named, the two folders below it each
+    opened without following a link (created when ``create``). Every thumbnail is read, written and removed relative to
+    it, so neither folder can be swapped for a symlink to outside between html_report's check and a write.
 
-    Written through fileio.atomic_write (an exclusive temp name, renamed over whatever is at ``destination``, a planted
+    OSError (ELOOP or ENOTDIR for a link or a file in their place) when it cannot be opened.
+    """
+    flags = os.O_RDONLY | os.O_DIRECTORY | getattr(os, "O_CLOEXEC", 0)
+    descriptor = os.open(thumbs_dir.parent.parent, flags)
+    try:
+        for name in (thumbs_dir.parent.name, thumbs_dir.name):
+            if create:
+                with contextlib.suppress(FileExistsError):
+                    os.mkdir(name, dir_fd=descriptor)
+            child = os.open(name, flags | os.O_NOFOLLOW, dir_fd=descriptor)
+            os.close(descriptor)
+            descriptor = child
+    except BaseException:
+        os.close(descriptor)
+        raise
+    return descriptor
+
+
+def write_thumbnail(source: Path, name: str, folder: int) -> tuple[int, int]:
+    """The JPEG ``name`` in the open folder ``folder``, at most THUMB_PIXELS a side, read by classifier.py's rules
+    (upright, alpha on white, bombs refused); returns its size.
+
+    Written through fileio.atomic_write (an exclusive temp name, renamed over whatever is at ``name``, a planted
     symlink included, never through it), so a half-written thumbnail is never used; not fsynced: it is a cache, made
     again if lost, and an fsync per thumbnail took more than half the time of a first build.
     """
@@ -62,20 +87,20 @@ def write_thumbnail(source: Path, destination: Path) -> tuple[int, int]:
     thumbnail.thumbnail((THUMB_PIXELS, THUMB_PIXELS))
     buffer = io.BytesIO()
     thumbnail.save(buffer, "JPEG", quality=THUMB_QUALITY)
-    with fileio.atomic_write(destination, "wb", fsync=False) as handle:
+    with fileio.atomic_write(name, "wb", fsync=False, dir_fd=folder) as handle:
         handle.write(buffer.getvalue())
     return thumbnail.size
 
 
-def own_thumbnail_size(path: Path) -> tuple[int, int] | None:
-    """The size of the thumbnail at ``path`` when it is one this module wrote, else None (then it is written again).
+def own_thumbnail_size(name: str, folder: int) -> tuple[int, int] | None:
+    """The size of the thumbnail ``name`` in ``folder`` when it is one this module wrote, else None (written again).
 
     Ours means: a regular file, not a symbolic link (opened with O_NOFOLLOW, so one swapped in meanwhile fails too),
     with one name (a hard link planted there would share an outside file's bytes) and owned by this user. Anything
     else at the predictable name, such as a link to an image outside the dataset, is never shown.
     """
     try:
-        descriptor = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK)
+        descriptor = os.open(name, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK, dir_fd=folder)
     except OSError:
         return None
     with open(descriptor, "rb") as handle:
@@ -135,9 +160,13 @@ class Catalog:
             shown.sha256 = fileio.sha256_file(path)
             stamp = f"{key}\0{info.st_size}\0{info.st_mtime_ns}".encode(errors="surrogateescape")
             name = hashlib.sha256(stamp).hexdigest()
-            thumb = self.thumbs_dir / f"{name[:20]}.jpg"
-            shown.size = own_thumbnail_size(thumb) or write_thumbnail(path, thumb)
-            shown.thumb = link_to(thumb, self.page_dir)
+            thumb = f"{name[:20]}.jpg"
+            folder = open_thumbs_folder(self.thumbs_dir)
+            try:
+                shown.size = own_thumbnail_size(thumb, folder) or write_thumbnail(path, thumb, folder)
+            finally:
+                os.close(folder)
+            shown.thumb = link_to(self.thumbs_dir / thumb, self.page_dir)
         except Exception as error:  # noqa: BLE001 - one unreadable image must not stop the page
             shown.thumb = None
             shown.problem = f"unreadable ({cli.printable(str(error) or type(error).__name__)})"
@@ -155,15 +184,24 @@ def link_to(path: Path, page_dir: Path) -> str:
 
 
 def remove_stale_thumbs(thumbs_dir: Path, keep: set[str]) -> None:
-    """Delete this script's thumbnails that no image of the page uses any more (only names it creates)."""
+    """Delete this script's thumbnails that no image of the page uses any more (only names it creates, only regular
+    files, relative to the folder opened by ``open_thumbs_folder``: never a file elsewhere through a swapped link)."""
     cutoff = time.time() - fileio.STALE_TEMP_SECONDS
-    for path in thumbs_dir.iterdir() if thumbs_dir.is_dir() else []:
-        if not fileio.is_regular_file(path, follow_symlinks=False):
-            continue
-        if (THUMB_NAME.match(path.name) and path.name not in keep) or (
-            THUMB_TEMP_NAME.match(path.name) and path.lstat().st_mtime < cutoff
-        ):
-            path.unlink(missing_ok=True)
+    try:
+        folder = open_thumbs_folder(thumbs_dir, create=False)
+    except OSError:
+        return  # no thumbnails folder (or not a real one): nothing of ours to remove
+    try:
+        for name in os.listdir(folder):
+            with contextlib.suppress(OSError):
+                info = os.stat(name, dir_fd=folder, follow_symlinks=False)
+                if stat.S_ISREG(info.st_mode) and (
+                    (THUMB_NAME.match(name) and name not in keep)
+                    or (THUMB_TEMP_NAME.match(name) and info.st_mtime < cutoff)
+                ):
+                    os.unlink(name, dir_fd=folder)
+    finally:
+        os.close(folder)
 
 
 if __name__ == "__main__":

@@ -14,6 +14,7 @@ from pathlib import Path
 import pytest
 import remove_duplicates
 import search_queries
+from _race_helpers import FolderSwapper
 from conftest import ROOT, make_class_image, save_image
 from download_manifest import read_manifest
 from image_search import read_search_cache
@@ -23,7 +24,7 @@ import html_report
 import review_problematic_images as review
 import run_pipeline
 import trash
-from report_images import Catalog
+from report_images import Catalog, remove_stale_thumbs
 
 HOSTILE = {
     "deep": "[" * 1000 + "]" * 1000,  # 2 KB: RecursionError inside json.loads before
@@ -202,3 +203,22 @@ def test_a_module_run_as_a_script_exits_2_with_one_error_line(
     code, stderr = runs[name]
     assert code == 2 and stdout == "", stderr
     assert stderr.startswith(f"error: {Path(name).name} is a module") and len(stderr.splitlines()) == 1
+
+
+def test_a_thumbnail_folder_swapped_for_a_link_to_outside_while_the_page_builds_receives_nothing(
+    tmp_path: Path,
+) -> None:
+    dataset, outside = tmp_path / "dataset", tmp_path / "outside"
+    for number in range(30):
+        save_image(make_class_image(number % 3, number, size=(32, 32)), dataset / f"train/bird/{number:02d}.jpg")
+    outside.mkdir()
+    (outside / "keep.txt").write_text("mine")
+    thumbs = dataset / "report_files/thumbs"
+    thumbs.mkdir(parents=True)
+    os.symlink(outside, dataset / "report_files/evil")
+    catalog = Catalog(dataset, dataset, thumbs)
+    with FolderSwapper(thumbs, dataset / "report_files/evil") as swapper:
+        for number in range(30):
+            catalog.add(f"train/bird/{number:02d}.jpg")  # a refusal while swapped shows as an unreadable thumbnail
+        remove_stale_thumbs(thumbs, set())  # and removing every thumbnail while swapped
+    assert sorted(os.listdir(outside)) == ["keep.txt"] and swapper.swaps >= 10
