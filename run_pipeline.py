@@ -49,7 +49,11 @@ for _folder in (ROOT, ROOT / "data_collection"):  # the scripts run in-process, 
         sys.path.insert(0, str(_folder))
 
 import cli  # noqa: E402 - needs the lines above when run from another folder
+import duplicate_report  # noqa: E402
 import fileio  # noqa: E402
+from duplicate_report import CONFLICT_CATEGORIES, COPY_CATEGORY, LEAK_CATEGORY  # noqa: E402
+from problematic_report import DEFAULT_NAME as PROBLEMATIC_REPORT_NAME  # noqa: E402
+from trash import TRASH_FOLDER  # noqa: E402
 
 logger = logging.getLogger(__name__)
 
@@ -67,10 +71,6 @@ STATE_TYPE = "birdplane_pipeline_state"
 LOCK_NAME = ".pipeline.lock"  # in the dataset folder: one pipeline run per dataset at a time (hidden: never scanned)
 SPLITS = ("train", "val")  # the folders download_images.py fills and train_classifier.py reads
 EXACT_METHOD, NEAR_METHOD = "filesize", "phash"
-LEAK_CATEGORY, COPY_CATEGORY = "same_class_diff_set", "same_class_and_set"  # duplicate_report.py's category names
-CONFLICT_CATEGORIES = ("diff_class_same_set", "diff_class_diff_set")  # the same picture under two labels
-TRASH_FOLDER = ".trash"  # where every birdplane tool puts removed files and (since trash.py) its undo logs
-PROBLEMATIC_REPORT_NAME = "problematic_images_report.json"  # the trainer's default, in the dataset folder
 DEFAULT_ANALYSIS_EPOCHS = 3  # the trainer's default; lowered to --epochs when fewer epochs are asked for
 DEFAULT_HTML_NAME = "report.html"
 SCRIPTS = {  # module name -> script path relative to the project root
@@ -183,13 +183,6 @@ def removal_command(report: Path, strategy: str, category: str) -> Command:
     return Command("remove_duplicates", argv)
 
 
-def freeze_until(args: argparse.Namespace) -> str | None:
-    """--freeze-until as given; with --weights none and none given, "none" (random layers kept frozen never learn)."""
-    if args.freeze_until is None and args.weights is not None and args.weights.lower() == "none":
-        return "none"
-    return args.freeze_until
-
-
 def train_command(args: argparse.Namespace, dataset_dir: Path, models_dir: Path) -> Command:
     """The trainer with the training settings given once to the pipeline, plus the analysis (and its calibration)."""
     argv = ["--dataset-dir", str(dataset_dir), "--output-dir", str(models_dir)]
@@ -201,12 +194,12 @@ def train_command(args: argparse.Namespace, dataset_dir: Path, models_dir: Path)
             ("--epochs", args.epochs),
             ("--batch-size", args.batch_size),
             ("--learning-rate", args.learning_rate),
-            ("--freeze-until", freeze_until(args)),
+            ("--freeze-until", args.freeze_until),
             ("--seed", args.seed),
             ("--device", args.device),
         ]
     )
-    argv.append("--detect-problematic")
+    argv += ["--confidence-threshold", "auto", "--detect-problematic"]  # the model stores the recommended threshold
     argv += optional_flags(
         [
             ("--analysis-epochs", analysis_epochs(args)),
@@ -226,14 +219,6 @@ def digest(value: Any) -> str:
     """SHA-256 of a JSON-able value (sorted keys): equal inputs, equal digest, whatever the order they were built in."""
     text = json.dumps(value, sort_keys=True, ensure_ascii=True, default=str)
     return hashlib.sha256(text.encode("ascii")).hexdigest()
-
-
-def group_counts(report: Any) -> dict[str, int]:
-    """Groups per category of a duplicate report read defensively (a malformed report counts as no groups)."""
-    groups = report.get("duplicate_groups") if isinstance(report, dict) else None
-    if not isinstance(groups, dict):
-        return {}
-    return {str(name): len(items) for name, items in groups.items() if isinstance(items, list)}
 
 
 # ---------------------------------------------------------------------------------------------------------------------
@@ -362,11 +347,11 @@ def run_command(run: Run, stage: str, command: Command) -> int:
 
 
 def exact_report(run: Run) -> Path:
-    return run.dataset_dir / f"duplicate_report_{EXACT_METHOD}.json"
+    return run.dataset_dir / duplicate_report.report_name(EXACT_METHOD)
 
 
 def near_report(run: Run) -> Path:
-    return run.dataset_dir / f"duplicate_report_{NEAR_METHOD}.json"
+    return run.dataset_dir / duplicate_report.report_name(NEAR_METHOD)
 
 
 def problematic_report(run: Run) -> Path:
@@ -458,7 +443,7 @@ def read_groups(path: Path) -> dict[str, int] | None:
     if not path.exists():
         return None
     try:
-        return group_counts(fileio.read_json(path, "duplicate report"))
+        return duplicate_report.group_counts(duplicate_report.load_report(path, "duplicate report"))
     except fileio.ReportError as error:
         logger.warning("%s", error)
         return None
@@ -523,8 +508,6 @@ def run_dedupe(run: Run) -> int:
 def run_train(run: Run) -> int:
     """Train with the analysis; a run interrupted with these same inputs resumes from its last checkpoint."""
     command = train_command(run.args, run.dataset_dir, run.models_dir)
-    if run.args.freeze_until is None and freeze_until(run.args) == "none":
-        print("--weights none: training every layer (--freeze-until none); random layers kept frozen never learn.")
     previous = run.state["stages"].get("train", {})
     fingerprint = digest(stage_inputs(run, "train"))
     resumable = (run.models_dir / "last_checkpoint.pth").is_file()
@@ -745,8 +728,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         )
     except KeyboardInterrupt:
         print(
-            f"\nInterrupted during stage {stage}: what is finished stays finished; run the same command again to "
-            "carry on (an interrupted training resumes from its last checkpoint).",
+            f"\nInterrupted during stage {stage}: what is finished stays finished. {cli.CARRY_ON_ADVICE}",
             file=sys.stderr,
         )
         return cli.EXIT_INTERRUPTED
