@@ -19,6 +19,7 @@ One meaning per helper:
 from __future__ import annotations
 
 import contextlib
+import fnmatch
 import hashlib
 import json
 import os
@@ -328,25 +329,35 @@ def create_exclusive(
     raise OSError(f"no free name for {stem}{suffix} in {folder}")
 
 
-def remove_stale_temp_files(folder: str | os.PathLike, name: str, max_age_s: float = STALE_TEMP_SECONDS) -> int:
+def remove_stale_temp_files(
+    folder: str | os.PathLike, name: str, max_age_s: float = STALE_TEMP_SECONDS, dir_fd: int | None = None
+) -> int:
     """Remove ``.<name>.*.tmp`` files that a killed run left in ``folder`` (older than ``max_age_s``); returns count.
 
-    Only temp files of the given target name are touched, so other tools' files and live writers are left alone.
+    Only regular temp files of the given target name (a glob pattern allowed) are touched, so other tools' files and
+    live writers are left alone. Listed and removed relative to one descriptor of the folder (``dir_fd``, or opened
+    here), so a folder swapped for a symlink meanwhile cannot lead the removal elsewhere.
     """
     removed = 0
     cutoff = time.time() - max_age_s
     try:
-        candidates = list(Path(folder).glob(f".{name}.*{TEMP_SUFFIX}"))
+        descriptor = os.open(folder, os.O_RDONLY | os.O_DIRECTORY) if dir_fd is None else dir_fd
     except OSError:
         return 0
+    try:
+        candidates = fnmatch.filter(os.listdir(descriptor), f".{name}.*{TEMP_SUFFIX}")
+    except OSError:
+        candidates = []
     for candidate in candidates:
         try:
-            info = candidate.lstat()
+            info = os.stat(candidate, dir_fd=descriptor, follow_symlinks=False)
             if stat.S_ISREG(info.st_mode) and info.st_mtime < cutoff:
-                candidate.unlink()
+                os.unlink(candidate, dir_fd=descriptor)
                 removed += 1
         except OSError:
             continue
+    if dir_fd is None:
+        os.close(descriptor)
     return removed
 
 
@@ -394,11 +405,11 @@ def lock_owner(path: str | os.PathLike, dir_fd: int | None = None) -> tuple[dict
     return (owner if isinstance(owner, dict) else None), text
 
 
-def _is_stale_lock(path: Path, owner: dict[str, Any] | None) -> bool:
+def _is_stale_lock(path: str | os.PathLike, owner: dict[str, Any] | None, dir_fd: int | None = None) -> bool:
     """True when the run that wrote the lock is gone: its pid is dead on this host, or it died while writing it."""
     if owner is None:
         try:
-            return time.time() - path.lstat().st_mtime > UNREADABLE_LOCK_STALE_S
+            return time.time() - os.stat(path, dir_fd=dir_fd, follow_symlinks=False).st_mtime > UNREADABLE_LOCK_STALE_S
         except FileNotFoundError:
             return True
     pid = owner.get("pid")
@@ -407,17 +418,19 @@ def _is_stale_lock(path: Path, owner: dict[str, Any] | None) -> bool:
     return not is_process_alive(pid)
 
 
-def _take_over_lock(path: Path, stale_text: str) -> None:
+def _take_over_lock(path: Path, stale_text: str, dir_fd: int | None = None) -> None:
     """Set a stale lock aside; if another run replaced it meanwhile (a live lock), put that one back untouched."""
     aside = path.with_name(f"{path.name}.stale.{os.getpid()}.{time.monotonic_ns()}")
+    fds = {"src_dir_fd": dir_fd, "dst_dir_fd": dir_fd}
     try:
-        os.rename(path, aside)
+        os.rename(path, aside, **fds)
     except FileNotFoundError:
         return  # another run took it over first: the next attempt sees its lock
-    if lock_owner(aside)[1] != stale_text:
+    if lock_owner(aside, dir_fd)[1] != stale_text:
         with contextlib.suppress(OSError):
-            os.link(aside, path)  # a hard link never replaces a lock created meanwhile
-    aside.unlink(missing_ok=True)
+            os.link(aside, path, **fds, follow_symlinks=False)  # a hard link never replaces a lock created meanwhile
+    with contextlib.suppress(FileNotFoundError):
+        os.unlink(aside, dir_fd=dir_fd)
 
 
 def _lock_held_message(path: Path, owner: dict[str, Any] | None, doing: str) -> str:
@@ -432,23 +445,25 @@ def _lock_held_message(path: Path, owner: dict[str, Any] | None, doing: str) -> 
 
 
 @contextlib.contextmanager
-def hold_lock(path: str | os.PathLike, tool: str, doing: str) -> Iterator[Path]:
+def hold_lock(path: str | os.PathLike, tool: str, doing: str, dir_fd: int | None = None) -> Iterator[Path]:
     """Hold the lock file ``path`` while the block runs: a second run that asks for it refuses.
 
     Created with O_EXCL, it records pid, host, ``tool`` and start time. A lock whose process is dead (same host), or
     that has had no readable owner for UNREADABLE_LOCK_STALE_S, is stale and taken over, so a killed run never leaves
     it stuck. Removed on exit if it is still this run's. LockHeldError (one sentence: who is ``doing`` what, e.g.
-    "changing dataset") when another run holds it or it cannot be created.
+    "changing dataset") when another run holds it or it cannot be created. With ``dir_fd`` (a descriptor of the
+    lock's folder, open) every step uses the name ``path.name`` in that folder; ``path`` only names it in messages.
     """
     path = Path(path)
+    name = path if dir_fd is None else Path(path.name)
     record = json.dumps({"pid": os.getpid(), "host": socket.gethostname(), "tool": tool, "started": utc_now()}).encode()
     for _ in range(5):
         try:
-            descriptor = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)
+            descriptor = os.open(name, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o666, dir_fd=dir_fd)
         except FileExistsError:
-            owner, text = lock_owner(path)
-            if _is_stale_lock(path, owner):
-                _take_over_lock(path, text)
+            owner, text = lock_owner(name, dir_fd)
+            if _is_stale_lock(name, owner, dir_fd):
+                _take_over_lock(name, text, dir_fd)
                 continue
             raise LockHeldError(_lock_held_message(path, owner, doing)) from None
         except OSError as error:
@@ -459,12 +474,13 @@ def hold_lock(path: str | os.PathLike, tool: str, doing: str) -> Iterator[Path]:
             os.fsync(handle.fileno())
         break
     else:
-        raise LockHeldError(_lock_held_message(path, lock_owner(path)[0], doing))
+        raise LockHeldError(_lock_held_message(path, lock_owner(name, dir_fd)[0], doing))
     try:
         yield path
     finally:
-        if lock_owner(path)[1].encode() == record:
-            path.unlink(missing_ok=True)
+        if lock_owner(name, dir_fd)[1].encode() == record:
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(name, dir_fd=dir_fd)
 
 
 if __name__ == "__main__":

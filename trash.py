@@ -239,18 +239,27 @@ def lock(dataset_dir: str | os.PathLike, tool: str) -> Iterator[Path]:
 
     fileio.hold_lock's lock file (O_EXCL; pid, host, tool and start time; a dead process's lock is taken over, so a
     killed run never leaves the dataset locked). Creates ``.trash`` when needed and removes it again on exit if it is
-    still empty. TrashError (one sentence) when the lock is held or cannot be created.
+    still empty. TrashError (one sentence) when the lock is held or cannot be created. The lock and the clean-up of
+    stale temp files act relative to a descriptor of ``.trash`` opened without following a link, like every move.
     """
     existed = os.path.lexists(Path(dataset_dir) / TRASH_FOLDER)
     folder = trash_folder(dataset_dir, create=True)
     try:
         with contextlib.ExitStack() as stack:
+            with _Tree(Path(dataset_dir)) as tree:
+                try:
+                    trash_fd = tree.open_folder((TRASH_FOLDER,))
+                except (fileio.UnsafePathError, FileNotFoundError):
+                    raise TrashError(f"{folder} was replaced while the run started: nothing was changed") from None
+            stack.callback(os.close, trash_fd)
             try:
-                path = stack.enter_context(fileio.hold_lock(folder / LOCK_NAME, tool, f"changing {dataset_dir}"))
+                lock_file = fileio.hold_lock(folder / LOCK_NAME, tool, f"changing {dataset_dir}", dir_fd=trash_fd)
+                path = stack.enter_context(lock_file)
             except fileio.LockHeldError as error:
                 raise TrashError(str(error)) from None
-            for log in folder.glob("*.json"):  # temp files of log writes a killed run left behind
-                fileio.remove_stale_temp_files(folder, log.name)
+            for name in os.listdir(trash_fd):  # temp files of log writes a killed run left behind
+                if name.endswith(".json"):
+                    fileio.remove_stale_temp_files(folder, name, dir_fd=trash_fd)
             yield path
     finally:
         if not existed:

@@ -660,3 +660,26 @@ def test_a_trash_folder_swapped_for_a_link_to_outside_during_apply_and_undo_rece
             assert tree_snapshot(outside) == before_outside and sorted(os.listdir(outside)) == ["precious.jpg", "sub"]
         trash.undo(dataset, log_path)  # no race now
     assert without_trash(tree_snapshot(dataset)) == before_dataset and swaps >= 10
+
+
+def test_taking_the_lock_while_the_trash_folder_is_swapped_creates_nothing_outside(
+    dataset: Path, outside: Path
+) -> None:
+    (dataset / ".trash").mkdir()
+    (dataset / ".trash" / ".t_1.json.x.tmp").write_bytes(b"a stale temp file of ours")
+    os.utime(dataset / ".trash" / ".t_1.json.x.tmp", (1, 1))
+    (dataset / ".trash" / "t_1.json").write_text("{}")
+    for folder in (dataset / ".trash", outside):  # the same names outside: a redirected clean-up would remove it
+        (folder / ".t_1.json.y.tmp").write_bytes(b"precious")
+        os.utime(folder / ".t_1.json.y.tmp", (1, 1))
+    (outside / "t_1.json").write_text("{}")
+    before = tree_snapshot(outside)
+    os.symlink(outside, dataset / "evil_trash")
+    taken = 0
+    with FolderSwapper(dataset / ".trash", dataset / "evil_trash") as swapper:
+        for _ in range(300):
+            with contextlib.suppress(trash.TrashError), trash.lock(dataset, "t.py"):
+                taken += 1
+    assert tree_snapshot(outside) == before  # no lock created there, no temp file of its removed
+    assert sorted(os.listdir(outside)) == [".t_1.json.y.tmp", "precious.jpg", "sub", "t_1.json"]
+    assert taken > 0 and swapper.swaps >= 10
