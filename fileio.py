@@ -29,7 +29,7 @@ import stat
 import sys
 import tempfile
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from datetime import datetime, timezone
 from pathlib import Path, PurePosixPath
 from typing import Any
@@ -46,6 +46,7 @@ MAX_LOG_BYTES = 256 << 20  # a trash log: ~45 MB for 100k moves (450 B a move)
 MAX_DECISIONS_BYTES = 64 << 20  # a decisions file: ~15 MB for 100k decisions
 MAX_SMALL_JSON_BYTES = 16 << 20  # pipeline state, --queries, a search cache: a few KB each
 MAX_JSON_LINE_BYTES = 1 << 20  # one line of a JSONL file (the download manifest): ~400 B a record
+CLOEXEC = getattr(os, "O_CLOEXEC", 0)  # descriptors never leak into a child process
 SPLITS = ("train", "val")  # a dataset's two folders of class folders: <dataset>/<split>/<class>/<image>
 
 
@@ -123,6 +124,29 @@ def resolve_inside(root: str | os.PathLike, relative: str) -> Path:
     if not real_parent.is_relative_to(real_root):
         raise UnsafePathError(f"{relative} leads outside {root} through a symlinked folder")
     return real_parent / candidate.name
+
+
+def open_folder_below(start: int, names: Sequence[str], create: bool = False) -> int:
+    """A new descriptor of the folder ``start/names[0]/names[1]/...``, each name opened with O_NOFOLLOW|O_DIRECTORY
+    relative to the one before (``start`` is an open folder), made first when ``create``.
+
+    What is reached is a real folder below ``start`` whatever any name points to: a folder swapped for a symlink after
+    a check makes the open fail (OSError ELOOP, or ENOTDIR for a file in its place), it never leads elsewhere; and a
+    folder once open stays the one that was checked. FileNotFoundError when one is missing and not ``create``.
+    """
+    descriptor = os.dup(start)
+    try:
+        for name in names:
+            if create:
+                with contextlib.suppress(FileExistsError):
+                    os.mkdir(name, dir_fd=descriptor)
+            child = os.open(name, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | CLOEXEC, dir_fd=descriptor)
+            os.close(descriptor)
+            descriptor = child
+    except BaseException:
+        os.close(descriptor)
+        raise
+    return descriptor
 
 
 def regular_file_reason(path: str | os.PathLike) -> str | None:
@@ -218,7 +242,7 @@ def atomic_write(
         os.chmod(tmp_name, 0o666 & ~umask)  # mkstemp makes 0600; the result is an ordinary file
     else:
         tmp_name = f".{os.fspath(path)}.{secrets.token_hex(4)}{TEMP_SUFFIX}"
-        flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | getattr(os, "O_CLOEXEC", 0)
+        flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | CLOEXEC
         fd = os.open(tmp_name, flags, 0o666, dir_fd=dir_fd)  # 0666 minus the umask: an ordinary file
     try:
         text_options = {"encoding": "utf-8", "errors": "backslashreplace", "newline": ""}
@@ -277,7 +301,7 @@ def read_bounded(path: str | os.PathLike, what: str, max_bytes: int) -> bytes:
     if not path.exists():
         raise ReportError(f"the {what} {path} does not exist")
     try:
-        descriptor = os.open(path, os.O_RDONLY | os.O_NONBLOCK | getattr(os, "O_CLOEXEC", 0))
+        descriptor = os.open(path, os.O_RDONLY | os.O_NONBLOCK | CLOEXEC)
     except OSError as error:
         raise ReportError(f"the {what} {path} cannot be read ({error.strerror or error})") from None
     with os.fdopen(descriptor, "rb") as handle:

@@ -57,20 +57,11 @@ def open_thumbs_folder(thumbs_dir: Path, create: bool = True) -> int:
 
     OSError (ELOOP or ENOTDIR for a link or a file in their place) when it cannot be opened.
     """
-    flags = os.O_RDONLY | os.O_DIRECTORY | getattr(os, "O_CLOEXEC", 0)
-    descriptor = os.open(thumbs_dir.parent.parent, flags)
+    page_folder = os.open(thumbs_dir.parent.parent, os.O_RDONLY | os.O_DIRECTORY | fileio.CLOEXEC)
     try:
-        for name in (thumbs_dir.parent.name, thumbs_dir.name):
-            if create:
-                with contextlib.suppress(FileExistsError):
-                    os.mkdir(name, dir_fd=descriptor)
-            child = os.open(name, flags | os.O_NOFOLLOW, dir_fd=descriptor)
-            os.close(descriptor)
-            descriptor = child
-    except BaseException:
-        os.close(descriptor)
-        raise
-    return descriptor
+        return fileio.open_folder_below(page_folder, (thumbs_dir.parent.name, thumbs_dir.name), create)
+    finally:
+        os.close(page_folder)
 
 
 def write_thumbnail(source: Path, name: str, folder: int) -> tuple[int, int]:

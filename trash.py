@@ -65,9 +65,7 @@ LOG_WRITE_INTERVAL_S = 1.0  # rewrite the log at most this often while moving: e
 # reads the disk rather than the statuses, so a kill between two writes loses nothing
 TOOL_NAME = re.compile(r"[A-Za-z0-9_-]+")  # tool names become file names
 SHA256_HEX = re.compile(r"[0-9a-f]{64}")
-CLOEXEC = getattr(os, "O_CLOEXEC", 0)  # descriptors never leak into a child process
-FOLDER_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | CLOEXEC  # a real folder, never reached through a link
-FILE_FLAGS = os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | CLOEXEC  # never a link; a FIFO swapped in cannot hang
+FILE_FLAGS = os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | fileio.CLOEXEC  # never a link; a FIFO cannot hang
 ALREADY_UNDONE = "nothing to restore: already undone"  # what --undo of an undone log says (both tools)
 
 ProgressWrapper = Callable[[Iterable[Any]], Iterable[Any]]  # e.g. lambda items: cli.progress(items, desc="Moving")
@@ -319,7 +317,7 @@ class _Tree:
 
     def __init__(self, dataset_dir: Path) -> None:
         self.dataset_dir, self.real = dataset_dir, dataset_dir.resolve()
-        self.fd = os.open(self.real, os.O_RDONLY | os.O_DIRECTORY | CLOEXEC)  # the folder the user named
+        self.fd = os.open(self.real, os.O_RDONLY | os.O_DIRECTORY | fileio.CLOEXEC)  # the folder the user named
 
     def __enter__(self) -> _Tree:
         return self
@@ -338,28 +336,15 @@ class _Tree:
         ``create`` makes the missing ones (the trash's run folders, an undo's class folder). FileNotFoundError when one
         is missing; UnsafePathError when one is a symlink or a file (it took the folder's place after the check).
         """
-        descriptor = os.dup(self.fd)
         try:
-            for name in parts:
-                if create:
-                    with contextlib.suppress(FileExistsError):
-                        os.mkdir(name, dir_fd=descriptor)
-                try:
-                    child = os.open(name, FOLDER_FLAGS, dir_fd=descriptor)
-                except OSError as error:
-                    if error.errno not in (errno.ELOOP, errno.ENOTDIR):
-                        raise
-                    where = "/".join(parts[: parts.index(name) + 1])
-                    raise fileio.UnsafePathError(
-                        f"its folder {where} is not a real folder now (a symbolic link or a file took its place): "
-                        "not followed"
-                    ) from None
-                os.close(descriptor)
-                descriptor = child
-        except BaseException:
-            os.close(descriptor)
-            raise
-        return descriptor
+            return fileio.open_folder_below(self.fd, parts, create)
+        except OSError as error:
+            if error.errno not in (errno.ELOOP, errno.ENOTDIR):
+                raise
+            raise fileio.UnsafePathError(
+                f"a folder of {'/'.join(parts)} is not a real folder now (a symbolic link or a file took its place): "
+                "not followed"
+            ) from None
 
 
 def _exists(folder: int, name: str) -> bool:
