@@ -29,6 +29,7 @@ import fileio
 THUMB_PIXELS = 160  # longer side of a thumbnail: enough to judge a label
 THUMB_QUALITY = 80  # with THUMB_PIXELS: 4-7 KB a photo (measured 4.1, 4.9, 6.5 KB on three 640x427/512x600 photos)
 THUMB_NAME = re.compile(r"^[0-9a-f]{20}\.jpg$")  # the only files this module ever removes (its own stale thumbnails)
+PROC_FD = Path("/proc/self/fd")  # Linux: an open file's path, so classifier.load_image reads exactly that file
 THUMB_TEMP_NAME = re.compile(r"^\.[0-9a-f]{20}\.jpg\.\w+\.tmp$")  # and its half-written ones (fileio's), once old
 
 
@@ -62,6 +63,28 @@ def open_thumbs_folder(thumbs_dir: Path, create: bool = True) -> int:
         return fileio.open_folder_below(page_folder, (thumbs_dir.parent.name, thumbs_dir.name), create)
     finally:
         os.close(page_folder)
+
+
+def open_located(dataset_dir: Path, path: Path) -> int:
+    """A read-only descriptor of the file ``locate`` found, reached from the dataset folder by its real names, none
+    followed (fileio.open_folder_below), so what is hashed and shown is the file that was checked even when a class
+    folder is swapped for a link to outside meanwhile. OSError, or ValueError when its real path has left the dataset.
+    """
+    real_root = dataset_dir.resolve()
+    parts = path.resolve().relative_to(real_root).parts
+    root = os.open(real_root, os.O_RDONLY | os.O_DIRECTORY | fileio.CLOEXEC)
+    try:
+        folder = fileio.open_folder_below(root, parts[:-1])
+    finally:
+        os.close(root)
+    try:
+        descriptor = os.open(parts[-1], os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | fileio.CLOEXEC, dir_fd=folder)
+    finally:
+        os.close(folder)
+    if not stat.S_ISREG(os.fstat(descriptor).st_mode):
+        os.close(descriptor)
+        raise OSError(f"{path} is not a regular file now")
+    return descriptor
 
 
 def write_thumbnail(source: Path, name: str, folder: int) -> tuple[int, int]:
@@ -147,16 +170,23 @@ class Catalog:
             return shown
         shown.href = link_to(path, self.page_dir)
         try:
-            info = path.stat()
-            shown.sha256 = fileio.sha256_file(path)
-            stamp = f"{key}\0{info.st_size}\0{info.st_mtime_ns}".encode(errors="surrogateescape")
-            name = hashlib.sha256(stamp).hexdigest()
-            thumb = f"{name[:20]}.jpg"
-            folder = open_thumbs_folder(self.thumbs_dir)
-            try:
-                shown.size = own_thumbnail_size(thumb, folder) or write_thumbnail(path, thumb, folder)
-            finally:
-                os.close(folder)
+            descriptor = open_located(self.dataset_dir, path)
+        except (OSError, ValueError):
+            shown.problem = "changed while the page was built (a folder on its way was replaced): not shown"
+            return shown
+        try:
+            with open(descriptor, "rb") as handle:
+                info = os.fstat(descriptor)
+                shown.sha256 = hashlib.file_digest(handle, "sha256").hexdigest()
+                stamp = f"{key}\0{info.st_size}\0{info.st_mtime_ns}".encode(errors="surrogateescape")
+                name = hashlib.sha256(stamp).hexdigest()
+                thumb = f"{name[:20]}.jpg"
+                source = Path(f"/proc/self/fd/{descriptor}") if PROC_FD.is_dir() else path  # the file checked
+                folder = open_thumbs_folder(self.thumbs_dir)
+                try:
+                    shown.size = own_thumbnail_size(thumb, folder) or write_thumbnail(source, thumb, folder)
+                finally:
+                    os.close(folder)
             shown.thumb = link_to(self.thumbs_dir / thumb, self.page_dir)
         except Exception as error:  # noqa: BLE001 - one unreadable image must not stop the page
             shown.thumb = None

@@ -222,3 +222,27 @@ def test_a_thumbnail_folder_swapped_for_a_link_to_outside_while_the_page_builds_
             catalog.add(f"train/bird/{number:02d}.jpg")  # a refusal while swapped shows as an unreadable thumbnail
         remove_stale_thumbs(thumbs, set())  # and removing every thumbnail while swapped
     assert sorted(os.listdir(outside)) == ["keep.txt"] and swapper.swaps >= 10
+
+
+def test_a_class_folder_swapped_after_the_check_never_puts_an_outside_image_on_the_page(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The race made deterministic: train/bird is exchanged with a link to outside right after ``locate`` checked it."""
+    import report_images
+
+    dataset, outside = tmp_path / "dataset", tmp_path / "outside"
+    save_image(make_class_image(0, 1, size=(32, 32)), dataset / "train/bird/a.jpg")
+    save_image(make_class_image(2, 2, size=(32, 32)), outside / "a.jpg")  # another picture under the same name
+    os.symlink(outside, dataset / "train/evil")
+    real_locate = report_images.locate
+
+    def locate_then_swap(dataset_dir: Path, relative: str) -> tuple[Path | None, str | None]:
+        found = real_locate(dataset_dir, relative)
+        os.rename(dataset / "train/bird", dataset / "train/aside")
+        os.rename(dataset / "train/evil", dataset / "train/bird")  # bird now leads outside
+        return found
+
+    monkeypatch.setattr(report_images, "locate", locate_then_swap)
+    shown = Catalog(dataset, tmp_path / "page", tmp_path / "page/report_files/thumbs").add("train/bird/a.jpg")
+    assert shown.sha256 is None and shown.thumb is None and "changed while the page was built" in shown.problem
+    assert not list((tmp_path / "page").rglob("*.jpg"))  # no thumbnail of the outside picture
