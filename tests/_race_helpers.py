@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import ctypes
 import ctypes.util
+import errno
 import os
 import threading
 import time
@@ -43,11 +44,12 @@ class FolderSwapper:
 
     def _exchange(self) -> None:
         if self.renameat2 is not None:
-            if self.renameat2(AT_FDCWD, self.folder, AT_FDCWD, self.link, RENAME_EXCHANGE) != 0:
-                self.renameat2 = None  # not supported here (old kernel, odd filesystem): fall back
-            else:
+            if self.renameat2(AT_FDCWD, self.folder, AT_FDCWD, self.link, RENAME_EXCHANGE) == 0:
                 self.swaps += 1
                 return
+            if ctypes.get_errno() not in (errno.ENOSYS, errno.EINVAL, errno.EOPNOTSUPP):
+                return  # a passing failure: try again
+            self.renameat2 = None  # not supported here (old kernel, odd filesystem): fall back
         aside = self.folder + b".swap"
         os.rename(self.folder, aside)
         os.rename(self.link, self.folder)
