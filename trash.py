@@ -530,7 +530,11 @@ def dataset_of_log(log_path: str | os.PathLike) -> Path:
 def load_log(dataset_dir: str | os.PathLike, log_path: str | os.PathLike) -> dict[str, Any]:
     """The validated log; TrashError (one sentence) unless it is a well-formed log of this dataset in its trash."""
     log_path = Path(log_path)
-    if fileio.is_regular_file(log_path) and os.path.getsize(log_path) == 0:  # new_log names the log before hashing
+    try:
+        info = os.stat(log_path)  # one look: the name may change meanwhile
+    except OSError:
+        info = None  # read_json says what is wrong
+    if info is not None and stat.S_ISREG(info.st_mode) and info.st_size == 0:  # new_log names the log before hashing
         raise TrashError(
             f"the trash log {log_path} is empty: its run was stopped while it was hashing files, before anything "
             "moved; nothing was moved by that run, so there is nothing to undo"
