@@ -739,4 +739,4 @@ def argument_problem(args: argparse.Namespace) -> str | None:
 
 
 if __name__ == "__main__":
-    raise SystemExit("problematic_analysis.py is imported by train_classifier.py, not a script; see README.md")
+    cli.refuse_running_as_script(__file__, "run train_classifier.py")

@@ -183,7 +183,8 @@ def write_report(path: str | Path, report: dict[str, Any]) -> None:
 
 
 if __name__ == "__main__":
-    raise SystemExit(
-        "problematic_report.py is a module (the report's schema), not a script; "
-        "run train_classifier.py --detect-problematic or review_problematic_images.py"
+    import cli
+
+    cli.refuse_running_as_script(
+        __file__, "run train_classifier.py --detect-problematic or review_problematic_images.py"
     )

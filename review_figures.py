@@ -258,7 +258,4 @@ class ImageViewer:
 
 
 if __name__ == "__main__":
-    raise SystemExit(
-        "review_figures.py is a module imported by review_problematic_images.py, not a script; "
-        "run review_problematic_images.py"
-    )
+    cli.refuse_running_as_script(__file__, "run review_problematic_images.py")

@@ -328,6 +328,22 @@ def relabel_refusal(dataset_dir: Path, path: str, target: str) -> str | None:
     return None
 
 
+def not_a_dataset_image(dataset_dir: Path, path: str, real: Path) -> str | None:
+    """Why ``path`` is not an image in a class folder of train/ or val/ (the only files a decision moves), or None.
+
+    So a decisions file cannot trash pipeline_state.json, a report or a model beside the class folders. An image is
+    what the trainer and detectors read (classifier.find_image_files): a known extension, or image bytes.
+    """
+    import classifier  # no torch on import
+
+    parts = PurePosixPath(path).parts
+    if len(parts) != 3 or parts[0] not in fileio.SPLITS or parts[1] not in fileio.class_folders(dataset_dir / parts[0]):
+        return f"{path} is not in a class folder of train/ or val/: a decision only moves the images there"
+    if Path(parts[2]).suffix.lower() not in classifier.IMAGE_EXTENSIONS and not classifier.is_image_file(real):
+        return f"{path} is not an image: a decision only moves the images of the class folders"
+    return None
+
+
 def decision_refusal(dataset_dir: Path, path: str, decision: dict[str, Any]) -> str | None:
     """Why ``decision`` about ``path`` cannot be carried out in this dataset now (naming the path), or None.
 
@@ -346,6 +362,8 @@ def decision_refusal(dataset_dir: Path, path: str, decision: dict[str, Any]) -> 
     reason = fileio.regular_file_reason(real)
     if reason:
         return f"{path} {reason}"
+    if reason := not_a_dataset_image(dataset_dir, path, real):
+        return reason
     if fileio.writable_folder_reason(real.parent):
         return f"{path}: its folder is read-only"
     if decision["action"] == "relabel" and (reason := relabel_refusal(dataset_dir, path, decision["target_class"])):
@@ -370,7 +388,7 @@ def refused_decisions(dataset_dir: Path, decisions: dict[str, dict[str, Any]]) -
 
 def load_decisions_file(path: Path, dataset_dir: Path) -> dict[str, Any]:
     """A decisions file checked for its shape and for the dataset it was made on; else ReportError (one sentence)."""
-    data = fileio.read_json(path, "decisions file")
+    data = fileio.read_json(path, "decisions file", fileio.MAX_DECISIONS_BYTES)
     try:
         validate_decisions(data)
     except ReportError as error:
@@ -598,7 +616,7 @@ def apply_decisions_file(path: Path, dataset_dir: Path, assume_yes: bool) -> int
 def undo_run(log_path: Path, dataset_dir: Path | None) -> int:
     """--undo: put back every file of one of this tool's trash logs, then forget the restored images' decisions."""
     try:
-        old = fileio.read_json(log_path, "log")
+        old = fileio.read_json(log_path, "log", fileio.MAX_LOG_BYTES)
     except ReportError:
         old = None  # trash.load_log says what is wrong with it
     if isinstance(old, dict) and old.get("log_type") == OLD_MOVE_LOG_TYPE:
@@ -618,6 +636,9 @@ def undo_run(log_path: Path, dataset_dir: Path | None) -> int:
         except KeyboardInterrupt:
             print("\nInterrupted; run the same --undo again to finish.", file=sys.stderr)
             return cli.EXIT_INTERRUPTED
+    if result.is_already_undone:
+        print(f"{cli.printable(log_path)}: {trash.ALREADY_UNDONE} (on {result.undone_before}); nothing changed.")
+        return cli.EXIT_OK
     for source, reason in result.errors:
         logger.warning("not restored %s: %s", cli.printable(source), cli.printable(reason))
     restored = {move["source"]: move["destination"] for move in log["moves"] if move["source"] in result.done}

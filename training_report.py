@@ -619,4 +619,4 @@ def print_threshold_advice(metadata: dict[str, Any], model_path: Path) -> None:
 
 
 if __name__ == "__main__":
-    raise SystemExit("training_report.py is imported by train_classifier.py, not a script; see README.md")
+    cli.refuse_running_as_script(__file__, "run train_classifier.py")

@@ -276,14 +276,6 @@ def test_help_runs_as_a_script() -> None:
     assert "--mode" in result.stdout and "--undo" in result.stdout
 
 
-def test_figures_module_refuses_to_run_as_a_script() -> None:
-    result = subprocess.run(
-        [sys.executable, str(ROOT / "review_figures.py")], capture_output=True, text=True, timeout=60
-    )
-    assert result.returncode == 1
-    assert "not a script; run review_problematic_images.py" in result.stderr
-
-
 @pytest.mark.parametrize(
     ("content", "expected"),
     [
@@ -444,12 +436,12 @@ def test_interrupt_while_moving_leaves_no_half_moved_file_and_undo_restores(
     before = tree_snapshot(dataset / "train")
     real_rename, calls = os.rename, []
 
-    def rename_then_interrupt(source: Any, destination: Any) -> None:
+    def rename_then_interrupt(source: Any, destination: Any, **options: Any) -> None:
         if str(destination).endswith((".jpg", ".png")):  # an image move, not a lock or log write
             calls.append(source)
             if len(calls) == 2:
                 raise KeyboardInterrupt
-        real_rename(source, destination)
+        real_rename(source, destination, **options)
 
     monkeypatch.setattr(os, "rename", rename_then_interrupt)
     code, _ = run_interactive(monkeypatch, report_path, ["d", "d", "d", "q", "y"])
