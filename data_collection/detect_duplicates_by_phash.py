@@ -53,6 +53,7 @@ HIGHFREQ_FACTOR = 4  # imagehash.phash's default: the DCT runs on (hash_size * 4
 DEFAULT_WORKERS = os.cpu_count() or 1  # decoding is CPU-bound: one process per core
 MIN_FILES_FOR_PROCESSES = 64  # below this, starting processes costs more than it saves
 CHUNKSIZE = 16  # files per task sent to a worker process: amortises the inter-process round trip
+PAIRS_PER_TASK = 128  # pairs of the pixel check per worker task (~50 ms): amortises sending their thumbnails
 LOW_INFORMATION_FRACTION = 0.25  # hashes with fewer set bits come from nearly uniform images (normal: about 0.5)
 
 
@@ -273,6 +274,37 @@ def read_thumbnails(paths: Sequence[Path], workers: int) -> list[np.ndarray | No
         return list(cli.progress(pool.map(read_thumbnail, tasks, chunksize=CHUNKSIZE), **options))
 
 
+def score_chunk(task: tuple[np.ndarray, dict[int, np.ndarray | None], bool, float]) -> np.ndarray:
+    """near_copy_check.pair_similarities of one chunk of pairs and the thumbnails they need. Runs in workers."""
+    pairs, thumbnails, is_flip_invariant, enough = task
+    return near_copy_check.pair_similarities(pairs, thumbnails, is_flip_invariant, enough)
+
+
+def score_pairs(
+    pairs: np.ndarray, thumbnails: dict[int, np.ndarray | None], is_flip_invariant: bool, enough: float, workers: int
+) -> np.ndarray:
+    """near_copy_check.pair_similarities of ``pairs``, in ``workers`` processes for many pairs (chunks of pairs
+    sorted by their first image, so few thumbnails travel to two processes), with a progress bar."""
+    pairs = np.asarray(pairs, dtype=np.int64).reshape(-1, 2)
+    if workers == 1 or len(pairs) < 2 * PAIRS_PER_TASK:
+
+        def bar(rows: Iterable[int]) -> Iterable[int]:
+            return cli.progress(rows, desc="Comparing", unit="pair")
+
+        return near_copy_check.pair_similarities(pairs, thumbnails, is_flip_invariant, enough, bar)
+    chunks = np.array_split(np.argsort(pairs[:, 0], kind="stable"), -(-len(pairs) // PAIRS_PER_TASK))
+    tasks = [
+        (pairs[chunk], {i: thumbnails[i] for i in set(pairs[chunk].ravel().tolist())}, is_flip_invariant, enough)
+        for chunk in chunks
+    ]
+    scores = np.zeros(len(pairs))
+    with ProcessPoolExecutor(max_workers=workers) as pool:
+        results = cli.progress(pool.map(score_chunk, tasks), total=len(tasks), desc="Comparing", unit="batch")
+        for chunk, chunk_scores in zip(chunks, results):
+            scores[chunk] = chunk_scores
+    return scores
+
+
 def pixel_check(
     paths: Sequence[Path], min_similarity: float, is_flip_invariant: bool, workers: int
 ) -> Callable[[np.ndarray], np.ndarray]:
@@ -283,12 +315,7 @@ def pixel_check(
     def verify(pairs: np.ndarray) -> np.ndarray:
         needed = sorted(set(np.asarray(pairs).ravel().tolist()) - set(thumbnails))
         thumbnails.update(zip(needed, read_thumbnails([paths[index] for index in needed], workers)))
-
-        def bar(rows: Iterable[int]) -> Iterable[int]:
-            return cli.progress(rows, desc="Comparing", unit="pair")
-
-        scores = near_copy_check.pair_similarities(pairs, thumbnails, is_flip_invariant, min_similarity, bar)
-        return scores >= min_similarity
+        return score_pairs(pairs, thumbnails, is_flip_invariant, min_similarity, workers) >= min_similarity
 
     return verify
 

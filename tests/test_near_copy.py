@@ -115,3 +115,13 @@ def test_checked_items_split_an_identical_hash_that_fails() -> None:
     assert [item.tolist() for item in items] == [[0, 1], [2], [3]]
     assert {tuple(pair) for pair in verified.tolist()} == {(0, 2)}
     assert {tuple(sorted(pair)) for pair in rejected.tolist()} == {(0, 1), (1, 2)}
+
+
+def test_pairs_scored_in_processes_equal_in_process(look_alike_dataset: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    paths = sorted(look_alike_dataset.iterdir())
+    thumbnails = dict(enumerate(by_phash.read_thumbnails(paths, 1)))
+    pairs = np.array([(a, b) for a in range(len(paths)) for b in range(a + 1, len(paths))])
+    monkeypatch.setattr(by_phash, "PAIRS_PER_TASK", 2)  # five chunks over two processes
+    in_processes = by_phash.score_pairs(pairs, thumbnails, True, 1.0, workers=2)
+    assert np.array_equal(in_processes, by_phash.score_pairs(pairs, thumbnails, True, 1.0, workers=1))
+    assert (in_processes > 0).all()
