@@ -402,14 +402,14 @@ def bench_near_copies(photos: Sequence[Path], args: argparse.Namespace) -> None:
     kinds = " | ".join(VARIANT_KINDS)
     print(
         f"| tool, threshold | found /{planted} | {kinds} | pairs of different photos | candidate pairs rejected "
-        "by the check | wall s | CPU s | CPU vs before |"
+        "by the check | wall s | CPU s | wall, CPU vs before |"
     )
     print("|---" * (len(VARIANT_KINDS) + 7) + "|")
     for label, score, wall, cpu, checked in rows:
         counts = " | ".join(str(score.by_kind[kind]) for kind in VARIANT_KINDS)
         print(
-            f"| {label} | {score.found} | {counts} | {score.false_pairs} | {checked} | {wall:.1f} | {cpu:.1f} "
-            f"| {cpu / baseline[1]:.2f}x |"
+            f"| {label} | {score.found} | {counts} | {score.false_pairs} | {checked} | {wall:.2f} | {cpu:.2f} "
+            f"| {wall / baseline[0]:.2f}x, {cpu / baseline[1]:.2f}x |"
         )
     for label, score, *_ in rows:
         if score.examples:
