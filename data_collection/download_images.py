@@ -152,7 +152,12 @@ def parse_url_lines(lines: Iterable[str], source: str) -> tuple[list[tuple[int, 
         text = line.strip()
         if not text or text.startswith("#"):
             continue
-        fields = next(csv.reader([text]))
+        try:  # a field over csv's limit, or a URL urlsplit refuses ("http://[::1"), costs its line, not the run
+            fields = next(csv.reader([text]))
+            parts = urlsplit(",".join(fields[1:]).strip())
+        except (csv.Error, ValueError) as error:
+            problems.append(f"{source} line {line_number}: cannot be read as 'class,url' ({str(error)[:80]})")
+            continue
         if [value.strip().lower() for value in fields] == ["class", "url"]:
             continue
         if len(fields) < 2:
@@ -162,7 +167,6 @@ def parse_url_lines(lines: Iterable[str], source: str) -> tuple[list[tuple[int, 
         if not CLASS_NAME_PATTERN.match(class_name):
             problems.append(f"{source} line {line_number}: class name {class_name!r} cannot be a folder name")
             continue
-        parts = urlsplit(url)
         if parts.scheme not in ("http", "https") or not parts.netloc:
             problems.append(f"{source} line {line_number}: {url[:80]!r} is not an http(s) URL")
             continue

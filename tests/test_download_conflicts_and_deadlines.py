@@ -17,7 +17,7 @@ import download_images
 import remove_duplicates
 from _download_helpers import FakeSearch, ImageServer, Route, encode_good_image, good_routes
 from conftest import ROOT
-from download_images import REPORT_NAME, split_for_hash
+from download_images import REPORT_NAME, parse_url_lines, split_for_hash
 from download_manifest import MANIFEST_NAME, latest_records, read_manifest
 from image_fetch import DEADLINE_POOLS, DeadlineAdapter, Fetcher, FetchLimits
 
@@ -258,3 +258,11 @@ def test_val_fraction_zero_asks_for_no_val_images(tmp_path: Path) -> None:
         urls = write_urls(tmp_path / "urls.csv", [("bird", server.url(path)) for path in routes])
         assert run(["--urls-file", str(urls), "--dataset-dir", str(dataset), "--val-fraction", "0", *FAST]) == 0
     assert all(path.startswith("train/") for path in image_files(dataset))
+
+
+def test_a_url_line_python_cannot_parse_is_one_skipped_line_not_the_end_of_the_run() -> None:
+    lines = ["bird,http://[::1:80/x.jpg", "bird,http://a/" + "a" * 300_000, "bird,http://a/ok.jpg"]
+    entries, problems = parse_url_lines(lines, "urls.csv")
+    assert entries == [(3, "bird", "http://a/ok.jpg")]
+    assert [problem.split(":")[0] for problem in problems] == ["urls.csv line 1", "urls.csv line 2"]
+    assert all(len(problem) < 300 for problem in problems)
