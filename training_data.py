@@ -809,8 +809,8 @@ def argument_problem(args: argparse.Namespace) -> str | None:
     """One sentence for values of these flags no run can use, or None."""
     if args.workers is not None and args.workers < 0:
         return f"--workers must not be negative, got {args.workers}"
-    if args.cache_max_gb < 0:
-        return f"--cache-max-gb must not be negative, got {args.cache_max_gb}"
+    if not 0 <= args.cache_max_gb < math.inf:
+        return f"--cache-max-gb must be a number that is not negative, got {args.cache_max_gb}"
     return None
 
 
