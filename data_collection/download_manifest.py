@@ -170,7 +170,7 @@ def read_manifest(path: Path) -> list[dict[str, Any]]:
                 continue
             try:
                 record = json.loads(line)
-            except json.JSONDecodeError:
+            except (ValueError, RecursionError):  # cut off, a 5,000-digit number, [[[[...]]]] nested past the stack
                 logger.warning("%s line %d is not a JSON record (cut off?): ignored", path.name, line_number)
                 continue
             if isinstance(record, dict):

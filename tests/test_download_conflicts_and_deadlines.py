@@ -266,3 +266,22 @@ def test_a_url_line_python_cannot_parse_is_one_skipped_line_not_the_end_of_the_r
     assert entries == [(3, "bird", "http://a/ok.jpg")]
     assert [problem.split(":")[0] for problem in problems] == ["urls.csv line 1", "urls.csv line 2"]
     assert all(len(problem) < 300 for problem in problems)
+
+
+def test_a_manifest_line_json_cannot_hold_is_skipped_like_a_cut_one(tmp_path: Path, caplog) -> None:
+    manifest = tmp_path / MANIFEST_NAME
+    good = {"class": "bird", "url": "http://a/x.jpg", "status": "failed", "reason": "http 404"}
+    lines = ["[" * 100_000 + "]" * 100_000, '{"n": ' + "9" * 5000 + "}", json.dumps(good)]
+    manifest.write_text("\n".join(lines) + "\n", encoding="utf-8")
+    assert read_manifest(manifest) == [good]
+    assert caplog.text.count("is not a JSON record") == 2
+
+
+def test_a_urls_file_of_gigabytes_is_refused_before_it_is_read(tmp_path: Path, capsys) -> None:
+    urls = tmp_path / "urls.csv"
+    with open(urls, "wb") as handle:
+        handle.truncate(4 << 30)  # sparse: costs no disk, but read whole it would take 4 GB of memory
+    assert run(["--urls-file", str(urls), "--dataset-dir", str(tmp_path / "dataset"), *FAST]) == 2
+    error = capsys.readouterr().err.strip()
+    assert error.startswith("error: --urls-file") and "bytes, more than a URL list needs" in error
+    assert len(error.splitlines()) == 1 and not (tmp_path / "dataset").exists()
