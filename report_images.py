@@ -62,8 +62,11 @@ def write_thumbnail(source: Path, destination: Path) -> tuple[int, int]:
     thumbnail.save(buffer, "JPEG", quality=THUMB_QUALITY)
     temporary = destination.with_name(f".{destination.name}.{os.getpid()}{fileio.TEMP_SUFFIX}")
     destination.parent.mkdir(parents=True, exist_ok=True)
+    temporary.unlink(missing_ok=True)  # a leftover, or a link planted at this guessable name: never written through
     try:
-        temporary.write_bytes(buffer.getvalue())
+        handle = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o666)
+        with os.fdopen(handle, "wb") as file:
+            file.write(buffer.getvalue())
         os.replace(temporary, destination)
     finally:
         temporary.unlink(missing_ok=True)
@@ -115,7 +118,7 @@ class Catalog:
             stamp = f"{key}\0{info.st_size}\0{info.st_mtime_ns}".encode(errors="surrogateescape")
             name = hashlib.sha256(stamp).hexdigest()
             thumb = self.thumbs_dir / f"{name[:20]}.jpg"
-            if thumb.is_file():
+            if fileio.is_regular_file(thumb, follow_symlinks=False):  # a link planted at the name is replaced
                 from PIL import Image
 
                 with Image.open(thumb) as image:
