@@ -26,6 +26,7 @@ import cli
 import fileio
 import problematic_analysis
 import training_data
+import training_report
 
 logger = logging.getLogger(__name__)
 
@@ -102,6 +103,10 @@ def claim_output_folder(
         reason = fileio.writable_folder_reason(folder)
         if reason:
             return reason + hint
+    analysis = output_dir / training_report.ERROR_ANALYSIS_NAME  # written per epoch: a planted link would lead out
+    for folder in (analysis, *([] if analysis.is_symlink() else sorted(analysis.glob("epoch_*")))):
+        if folder.is_symlink():
+            return f"{folder} is a symbolic link: the trainer never writes through one; remove it or pick another"
     try:
         created = [folder for folder in (output_dir, *output_dir.parents) if not folder.exists()]  # innermost first
         output_dir.mkdir(parents=True, exist_ok=True)

@@ -508,6 +508,22 @@ def test_a_second_trainer_on_the_same_output_folder_is_refused(tmp_path: Path, c
     assert sorted(path.name for path in output.iterdir()) == [killed.name]  # nothing written, nothing removed
 
 
+@pytest.mark.parametrize("planted", ["error_analysis", "error_analysis/epoch_01"])
+def test_a_symlinked_error_analysis_folder_is_refused_before_any_work(
+    tmp_path: Path, capsys: pytest.CaptureFixture, planted: str
+) -> None:
+    dataset = make_dataset(tmp_path / "dataset", TWO_CLASSES, train_per_class=2, val_per_class=1, size=(32, 32))
+    outside = tmp_path / "elsewhere"
+    outside.mkdir()
+    link = tmp_path / "models" / planted
+    link.parent.mkdir(parents=True)
+    link.symlink_to(outside, target_is_directory=True)
+    assert run_trainer(dataset, tmp_path / "models", "--weights", "none") == 2
+    error = capsys.readouterr().err.strip()
+    assert len(error.splitlines()) == 1 and "is a symbolic link" in error and planted in error
+    assert list(outside.iterdir()) == []
+
+
 def test_fifos_and_non_utf8_names_are_skipped_with_their_reasons(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
     dataset = make_dataset(tmp_path / "dataset", TWO_CLASSES, train_per_class=3, val_per_class=2, size=(32, 32))
     folder = dataset / "train" / "bird"
