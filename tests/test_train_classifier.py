@@ -474,7 +474,13 @@ def test_a_damaged_training_state_is_one_sentence(
 
 @pytest.mark.parametrize(
     ("flag", "value"),
-    [("--learning-rate", "inf"), ("--weight-decay", "nan"), ("--seed", str(2**80)), ("--cache-max-gb", "nan")],
+    [
+        ("--learning-rate", "inf"),
+        ("--weight-decay", "nan"),
+        ("--seed", str(2**80)),
+        ("--cache-max-gb", "nan"),
+        ("--workers", str(10**6)),
+    ],  # a million loader processes from a crafted checkpoint would exhaust the machine
 )
 def test_values_no_run_can_use_are_one_sentence_typed_or_stored(
     trained: dict, tmp_path: Path, capsys: pytest.CaptureFixture, flag: str, value: str
