@@ -265,7 +265,7 @@ def load_state(path: Path) -> dict[str, Any]:
     if not path.exists():
         return empty
     try:
-        data = fileio.read_json(path, "pipeline state")
+        data = fileio.read_json(path, "pipeline state", fileio.MAX_SMALL_JSON_BYTES)
     except fileio.ReportError as error:
         logger.warning("%s; every stage will run", error)
         return empty

@@ -242,4 +242,4 @@ def resume_settings(
 
 
 if __name__ == "__main__":
-    raise SystemExit("training_checkpoint.py is imported by train_classifier.py, not a script; see README.md")
+    cli.refuse_running_as_script(__file__, "run train_classifier.py")

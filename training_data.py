@@ -119,10 +119,15 @@ def class_counts(labels: Sequence[int], num_classes: int) -> list[int]:
     return np.bincount(np.asarray(labels, dtype=np.int64), minlength=num_classes).astype(int).tolist()
 
 
+def class_sampling_weights(counts: Sequence[int]) -> list[float]:
+    """The weighted sampler's per-class weight (``draw_epoch``): 1/count, 0 for an empty class; the training metadata
+    records these."""
+    return [1.0 / count if count else 0.0 for count in counts]
+
+
 def inverse_frequency_weights(labels: Sequence[int], num_classes: int) -> tuple[list[float], list[float]]:
     """(per-class weight 1/count, per-sample weight): sampling by these gives every class the same expected share."""
-    counts = class_counts(labels, num_classes)
-    class_weights = [1.0 / count if count else 0.0 for count in counts]
+    class_weights = class_sampling_weights(class_counts(labels, num_classes))
     return class_weights, [class_weights[label] for label in labels]
 
 
@@ -816,4 +821,4 @@ def argument_problem(args: argparse.Namespace) -> str | None:
 
 
 if __name__ == "__main__":
-    raise SystemExit("training_data.py is imported by train_classifier.py, not a script; see README.md")
+    cli.refuse_running_as_script(__file__, "run train_classifier.py")

@@ -25,6 +25,7 @@ from PIL import Image, ImageDraw, ImageFont
 import classifier
 import cli
 import fileio
+import training_data
 from training_data import Datasets, ImageDataset
 
 logger = logging.getLogger(__name__)
@@ -389,6 +390,21 @@ def write_error_analysis(
     return mistakes
 
 
+def best_model_extras(record: dict[str, Any], metadata: dict[str, Any]) -> dict[str, Any]:
+    """The extras stored in best_model.pth beside classifier.py's fields: how the model was made (the run's
+    arguments, class counts and augmentation from ``metadata``) and how good it is (the epoch's ``record``)."""
+    return {
+        "epoch": record["epoch"],
+        "metrics": {k: v for k, v in record.items() if k != "confusion_matrix"},
+        "confusion_matrix": record["confusion_matrix"],
+        "arguments": metadata["arguments"],
+        "class_counts": metadata["class_counts"],
+        "augmentation_policy": metadata["augmentation"]["policy"],
+        "created": fileio.utc_now(),
+        "trainer": "train_classifier.py",
+    }
+
+
 def new_metadata(
     arguments: dict[str, Any],
     data: Datasets,
@@ -434,7 +450,7 @@ def new_metadata(
         "torch": torch.__version__,
     }
     usable_train = counts["train"]
-    class_weights = [1.0 / count for count in usable_train]  # what draw_epoch uses (no class is empty by now)
+    class_weights = training_data.class_sampling_weights(usable_train)
     shares = [(1 / len(classes)) if is_weighted else count / sum(usable_train) for count in usable_train]
     now = fileio.utc_now()
     return {
@@ -604,4 +620,4 @@ def print_threshold_advice(metadata: dict[str, Any], model_path: Path) -> None:
 
 
 if __name__ == "__main__":
-    raise SystemExit("training_report.py is imported by train_classifier.py, not a script; see README.md")
+    cli.refuse_running_as_script(__file__, "run train_classifier.py")

@@ -146,7 +146,5 @@ def save(path: Path, settings: str, cache: dict[Key, dict[str, Any]]) -> None:
 
 
 if __name__ == "__main__":
-    raise SystemExit(
-        "file_cache.py is a module (the duplicate detectors' per-file cache), not a script; run one of "
-        "data_collection/detect_duplicates_by_phash.py or detect_duplicates_by_embedding.py"
-    )
+    run_instead = "run data_collection/detect_duplicates_by_phash.py or detect_duplicates_by_embedding.py"
+    cli.refuse_running_as_script(__file__, run_instead, "the duplicate detectors")

@@ -766,6 +766,9 @@ def run_undo(args: argparse.Namespace) -> int:
     except KeyboardInterrupt:
         print(f"\nInterrupted: run --undo {cli.printable(log_path)} again to finish; nothing is lost.")
         return cli.EXIT_INTERRUPTED
+    if result.is_already_undone:
+        print(f"{cli.printable(log_path)}: {trash.ALREADY_UNDONE} (on {result.undone_before}); nothing changed.")
+        return cli.EXIT_OK
     for path, problem in result.errors:
         logger.warning("%s: %s", cli.printable(path), cli.printable(problem))
     problems = f"; {len(result.errors)} not restored (see above)" if result.errors else ""

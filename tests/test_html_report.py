@@ -146,6 +146,11 @@ def test_page_shows_every_section_with_the_reports_counts(setup) -> None:
     assert paths == ["train/bird/bird_002.jpg", "train/superman/superman_000.jpg", "train/bird/bird_003.jpg",
                      "train/plane/plane_001.jpg", "train/superman/superman_001.jpg"]  # fmt: skip # issues, then loss
     assert problems.count("<polyline") == len(PROBLEMS)  # a loss sparkline each
+    issues, hard = problems.split('id="hard-examples"')
+    assert issues.count('<figure class="card"') == 2 and hard.count('<figure class="card"') == 3  # apart
+    assert "<details" in problems and "<details open" not in problems  # hard examples collapsed by default
+    assert "suggested" not in hard and "more likely" not in hard  # a hard example names no other class
+    assert "labelled bird, more likely <b>plane</b>" in issues and "p(plane) 0.70 &gt; p(bird) 0.20" in issues
     assert '<b id="recommended">0.60</b>' in page and "<tr class=recommended><td>0.60</td>" in page
     assert 'id="confusion"' in page and "val/plane/plane_001.jpg" in page  # a confident mistake of the best epoch
     assert page.count('<svg class="chart"') == 3
@@ -153,7 +158,7 @@ def test_page_shows_every_section_with_the_reports_counts(setup) -> None:
     assert re.findall(r">([^<]+)</a>", glance) == [
         "21 images in 3 classes",
         "filesize: 3 duplicate groups (1 label conflict, 1 train/val leak)",
-        "5 problematic images (2 likely label issues)",
+        "2 likely label issues (3 hard examples listed apart)",
         "val macro F1 0.600, recommended threshold 0.60",
     ]
 
@@ -403,7 +408,8 @@ def card_of(browser, path: str) -> Any:
         "return d.images.findIndex(function (i) { return i.path === wanted; });",
         path,
     )
-    card = browser.find_element("css selector", f'#problem-cards .card[data-i="{index}"]')
+    browser.execute_script("document.getElementById('hard-examples').open = true")  # as a person opens it
+    card = browser.find_element("css selector", f'#problematic .card[data-i="{index}"]')
     browser.execute_script("arguments[0].scrollIntoView({block: 'center'})", card)
     return card
 
@@ -419,7 +425,10 @@ def test_browser_page_opens_without_console_errors_and_counts_match(browser, set
         len(groups) for groups in report["duplicate_groups"].values()
     )
     entries = [entry for items in setup["problems"]["problematic_images"].values() for entry in items]
-    assert len(browser.find_elements("css selector", "#problem-cards .card")) == len(entries)
+    issues = [entry for entry in entries if entry["is_label_issue"]]
+    assert len(browser.find_elements("css selector", "#problem-cards .card")) == len(issues)
+    assert len(browser.find_elements("css selector", "#hard-cards .card")) == len(entries) - len(issues)
+    assert visible(browser, "#hard-cards .card") == []  # collapsed until opened
     for name in CLASSES:
         issues = sum(entry["is_label_issue"] for entry in setup["problems"]["problematic_images"][name])
         assert browser.find_element("css selector", f'#problematic [data-issues="{name}"]').text == str(issues)
@@ -439,7 +448,7 @@ def test_browser_filters_by_class_and_by_category(browser, setup) -> None:
     everything = len(visible(browser, "#problem-cards .card"))
     Select(browser.find_element("id", "filter-class")).select_by_value("superman")
     cards = visible(browser, "#problem-cards .card")
-    assert len(cards) == 2 < everything
+    assert len(cards) == 1 < everything  # superman's label issue; its hard example stays collapsed
     assert all("train/superman/" in card.find_element("css selector", ".path").text for card in cards)
     assert visible(browser, ".group") == []  # no duplicate group has a superman image
     Select(browser.find_element("id", "filter-class")).select_by_value("")

@@ -307,11 +307,11 @@ def test_ctrl_c_during_removal_leaves_an_exact_log_and_undo_works(
     before = tree_snapshot(copies_dataset)
     real_rename, calls = os.rename, []
 
-    def rename_then_interrupt(source, destination) -> None:
+    def rename_then_interrupt(source, destination, **options) -> None:
         calls.append(source)
         if len(calls) == 2:
             raise KeyboardInterrupt
-        real_rename(source, destination)
+        real_rename(source, destination, **options)
 
     monkeypatch.setattr(os, "rename", rename_then_interrupt)
     assert rd.main(["--report", report_of(copies_dataset), "--strategy", "all", "--apply", "--yes"]) == 130
@@ -346,10 +346,10 @@ def test_undo_after_a_kill_reads_the_disk(copies_dataset: Path, capsys: pytest.C
 def test_a_failing_move_is_reported_and_the_rest_goes_on(copies_dataset: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     real_rename = os.rename
 
-    def refuse_leaked(source, destination) -> None:
+    def refuse_leaked(source, destination, **options) -> None:
         if Path(source).name == "leaked.jpg":
             raise PermissionError(13, "Permission denied")
-        real_rename(source, destination)
+        real_rename(source, destination, **options)
 
     monkeypatch.setattr(os, "rename", refuse_leaked)
     assert rd.main(["--report", report_of(copies_dataset), "--strategy", "all", "--apply", "--yes"]) == 1
