@@ -71,6 +71,7 @@ logger = logging.getLogger(__name__)
 BEST_MODEL_NAME = "best_model.pth"
 PENDING_BEST_NAME = "best_model.pending.pth"  # a new run's best while an earlier run's best_model.pth stays in place
 LAST_CHECKPOINT_NAME = "last_checkpoint.pth"
+MAX_SEED = 2**63 - 1  # torch.manual_seed and the epoch seeds take a signed 64-bit integer
 METADATA_NAME = "training_metadata.json"
 OWN_FILE_NAMES = (BEST_MODEL_NAME, PENDING_BEST_NAME, LAST_CHECKPOINT_NAME, METADATA_NAME, "training_curves.png",
                   "confusion_matrix.png")  # fmt: skip  # their stale temp files (a killed run's) are removed at start
@@ -734,10 +735,12 @@ def argument_problem(args: argparse.Namespace, ranks: distributed.Ranks = distri
     low, high = classifier.IMAGE_SIZE_RANGE
     if not low <= args.image_size <= high:
         return f"--image-size must be {low} to {high} pixels (classifier.py refuses other sizes), got {args.image_size}"
-    if not args.learning_rate > 0:
-        return f"--learning-rate must be positive, got {args.learning_rate}"
-    if args.weight_decay < 0:
-        return f"--weight-decay must not be negative, got {args.weight_decay}"
+    if not 0 < args.learning_rate < math.inf:  # inf or nan would train NaN weights and break the JSON metadata
+        return f"--learning-rate must be a positive number, got {args.learning_rate}"
+    if not 0 <= args.weight_decay < math.inf:
+        return f"--weight-decay must be a number that is not negative, got {args.weight_decay}"
+    if not 0 <= args.seed <= MAX_SEED:
+        return f"--seed must be from 0 to {MAX_SEED} (torch's seed range), got {args.seed}"
     if args.export_onnx and classifier.onnx_export_problem():  # said before training, not after it
         return f"--export-onnx: {classifier.onnx_export_problem()}"
     data_problem = training_data.argument_problem(args)  # --workers, --cache-max-gb

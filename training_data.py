@@ -45,6 +45,7 @@ CROP_RATIO = (3 / 4, 4 / 3)  # aspect ratios of random crops, torchvision's Rand
 TRAINING_COPY_MAX_ASPECT = 2.0  # cached training copies keep at most a 2:1 centre band of a panorama
 ROTATION_FILL = (124, 116, 104)  # ImageNet mean colour: corners uncovered by a rotation normalise to about zero
 DEFAULT_CACHE_MAX_GB = 4.0  # downsized copies kept in memory; a 4:3 photo at 224 px takes 0.26 MB
+MAX_WORKERS = 64  # loader processes; more only cost memory (each a Python with the dataset), never speed
 PREPARE_THREADS = max(1, min(8, os.cpu_count() or 1))  # Pillow releases the GIL while decoding and resizing
 
 
@@ -812,10 +813,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def argument_problem(args: argparse.Namespace) -> str | None:
     """One sentence for values of these flags no run can use, or None."""
-    if args.workers is not None and args.workers < 0:
-        return f"--workers must not be negative, got {args.workers}"
-    if args.cache_max_gb < 0:
-        return f"--cache-max-gb must not be negative, got {args.cache_max_gb}"
+    if args.workers is not None and not 0 <= args.workers <= MAX_WORKERS:
+        return f"--workers must be from 0 to {MAX_WORKERS}, got {args.workers}"
+    if not 0 <= args.cache_max_gb < math.inf:
+        return f"--cache-max-gb must be a number that is not negative, got {args.cache_max_gb}"
     return None
 
 

@@ -32,6 +32,7 @@ logger = logging.getLogger(__name__)
 
 SCHEMA_VERSION = 1  # of training_metadata.json and the error-analysis files
 ERRORS_PER_CLASS = 10  # most confident mistakes kept per true class and epoch
+ERROR_ANALYSIS_NAME = "error_analysis"  # the folder in the output folder with each epoch's most confident mistakes
 THRESHOLDS = tuple(round(0.50 + 0.05 * i, 2) for i in range(10))  # 0.50 ... 0.95, the confidence thresholds tried
 ECE_BINS = 15  # the usual number of equal-width confidence bins for the expected calibration error
 TEMPERATURE_SEARCH_RANGE = (0.25, 20.0)  # T tried by the fit; a val set with no mistakes would push T towards 0
@@ -370,7 +371,7 @@ def write_error_analysis(
     output_dir: Path, predictions: Predictions, val_dataset: ImageDataset, classes: Sequence[str], epoch: int
 ) -> dict[str, list[dict[str, Any]]]:
     """error_analysis/epoch_XX/<true_class>_errors.json and contact_sheet.png for one epoch (0-based ``epoch``)."""
-    folder = output_dir / "error_analysis" / f"epoch_{epoch + 1:02d}"
+    folder = output_dir / ERROR_ANALYSIS_NAME / f"epoch_{epoch + 1:02d}"
     mistakes = top_confident_mistakes(
         predictions.probabilities(), predictions.labels.tolist(), predictions.relpaths(val_dataset), classes
     )

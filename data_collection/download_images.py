@@ -88,6 +88,7 @@ from fileio import (  # noqa: E402
     is_inside,
     is_process_alive,
     is_regular_file,
+    open_folder_below,
     regular_file_reason,
     relative_posix,
     remove_stale_temp_files,
@@ -101,6 +102,7 @@ SPLITS = ("train", "val")
 DEFAULT_PER_CLASS = 500  # 4 default classes x 500 = about 2000 images
 CANDIDATE_FACTOR = 1.5  # search for 1.5x the images wanted: a quarter to a third of image-search URLs fail
 DEFAULT_VAL_FRACTION = 0.2
+MAX_URLS_FILE_BYTES = 256 * 1024 * 1024  # a million URLs fit in ~200 MB; more is not a URL list (read whole)
 DEFAULT_WORKERS = 8  # downloads wait on the network, not the CPU: 8 in flight hide most of the latency
 IN_FLIGHT_PER_WORKER = 2  # keep each worker busy without queuing URLs a finished class will never need
 # Our own half-written images: ".<sha256>.<ext>.<pid>.<random>.part" (older versions wrote no random part).
@@ -152,7 +154,12 @@ def parse_url_lines(lines: Iterable[str], source: str) -> tuple[list[tuple[int, 
         text = line.strip()
         if not text or text.startswith("#"):
             continue
-        fields = next(csv.reader([text]))
+        try:  # a field over csv's limit, or a URL urlsplit refuses ("http://[::1"), costs its line, not the run
+            fields = next(csv.reader([text]))
+            parts = urlsplit(",".join(fields[1:]).strip())
+        except (csv.Error, ValueError) as error:
+            problems.append(f"{source} line {line_number}: cannot be read as 'class,url' ({str(error)[:80]})")
+            continue
         if [value.strip().lower() for value in fields] == ["class", "url"]:
             continue
         if len(fields) < 2:
@@ -162,7 +169,6 @@ def parse_url_lines(lines: Iterable[str], source: str) -> tuple[list[tuple[int, 
         if not CLASS_NAME_PATTERN.match(class_name):
             problems.append(f"{source} line {line_number}: class name {class_name!r} cannot be a folder name")
             continue
-        parts = urlsplit(url)
         if parts.scheme not in ("http", "https") or not parts.netloc:
             problems.append(f"{source} line {line_number}: {url[:80]!r} is not an http(s) URL")
             continue
@@ -269,19 +275,48 @@ def save_new_file(data: bytes, path: Path) -> bool:
         temp.unlink(missing_ok=True)
 
 
-def move_new_name(source: Path, target: Path) -> bool:
-    """Move ``source`` to ``target`` unless a file is already there (or ``source`` is gone); True when moved."""
-    target.parent.mkdir(parents=True, exist_ok=True)
+def move_new_name(dataset_dir: Path, source: str, target: str) -> bool:
+    """Move the file ``source`` to ``target`` (POSIX paths relative to ``dataset_dir``) unless a file is already there
+    (or ``source`` is gone); True when moved.
+
+    Both folders are opened below the dataset with O_NOFOLLOW (``fileio.open_folder_below``) and the move is made
+    relative to them: a class folder swapped for a symlink to elsewhere makes the move fail, never lead outside.
+    """
+    *source_folders, source_name = source.split("/")
+    *target_folders, target_name = target.split("/")
+    root = os.open(dataset_dir, os.O_RDONLY | os.O_DIRECTORY)
     try:
-        os.link(source, target)
+        source_fd = open_folder_below(root, source_folders)
+        try:
+            target_fd = open_folder_below(root, target_folders, create=True)
+            try:
+                return move_between(source_fd, source_name, target_fd, target_name)
+            finally:
+                os.close(target_fd)
+        finally:
+            os.close(source_fd)
+    except OSError as error:  # a folder swapped for a link or a file: leave the image where it is
+        logger.warning("could not move %s to %s (%s)", cli.printable(source), cli.printable(target), error)
+        return False
+    finally:
+        os.close(root)
+
+
+def move_between(source_fd: int, source_name: str, target_fd: int, target_name: str) -> bool:
+    """``move_new_name`` within two open folders: a hard link then unlink, so an existing target is never replaced."""
+    try:
+        os.link(source_name, target_name, src_dir_fd=source_fd, dst_dir_fd=target_fd, follow_symlinks=False)
     except (FileExistsError, FileNotFoundError):
         return False
     except OSError:  # a file system without hard links: rename after a last look
-        if os.path.lexists(target):
+        try:
+            os.stat(target_name, dir_fd=target_fd, follow_symlinks=False)
             return False
-        os.replace(source, target)
+        except FileNotFoundError:
+            pass
+        os.rename(source_name, target_name, src_dir_fd=source_fd, dst_dir_fd=target_fd)
         return True
-    source.unlink()
+    os.unlink(source_name, dir_fd=source_fd)
     return True
 
 
@@ -360,8 +395,7 @@ class DownloadRun:
             return
         _, digest, source = ours[0]
         target = f"val/{source.removeprefix('train/')}"
-        dataset_dir = self.config.dataset_dir
-        if not move_new_name(resolve_inside(dataset_dir, source), resolve_inside(dataset_dir, target)):
+        if not move_new_name(self.config.dataset_dir, source, target):
             return  # a parallel run moved it, or a file took the name: nothing of ours to overwrite
         stats.on_disk["train"] -= 1
         stats.on_disk["val"] += 1
@@ -728,6 +762,8 @@ def read_urls_file(path: Path) -> tuple[list[Candidate], list[str]]:
         reason = "no such file"
     if reason:
         raise ValueError(f"--urls-file {shown}: {reason}")
+    if (size := path.stat().st_size) > MAX_URLS_FILE_BYTES:
+        raise ValueError(f"--urls-file {shown}: {size} bytes, more than a URL list needs ({MAX_URLS_FILE_BYTES})")
     try:
         lines = path.read_text(encoding="utf-8-sig").splitlines()
     except (OSError, UnicodeDecodeError) as error:

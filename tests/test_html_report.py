@@ -321,6 +321,26 @@ def test_a_symlinked_thumbnail_folder_is_refused(setup, tmp_path: Path, capsys) 
     assert list(elsewhere.iterdir()) == [] and not setup["page"].exists()
 
 
+def test_a_thumbnail_planted_as_a_symlink_is_replaced_never_shown(setup, tmp_path: Path) -> None:
+    """Thumbnail names are predictable (path, size, mtime): a link planted at one must not put an outside picture
+    on the page, and the picture it points to stays as it was."""
+    assert make_page(setup) == 0
+    thumbs = setup["dataset"] / "report_files" / "thumbs"
+    secret = tmp_path / "private.jpg"
+    Image.new("RGB", (300, 100), (0, 0, 0)).save(secret)
+    before = secret.read_bytes()
+    for thumb in thumbs.glob("*.jpg"):
+        thumb.unlink()
+        thumb.symlink_to(secret)
+        (thumbs / f".{thumb.name}.{os.getpid()}.tmp").symlink_to(secret)  # and at its temp name (pid is guessable)
+    assert make_page(setup) == 0
+    assert secret.read_bytes() == before
+    for thumb in thumbs.glob("*.jpg"):
+        assert not thumb.is_symlink()
+        with Image.open(thumb) as image:
+            assert image.size != (160, 53)  # a thumbnail of the dataset's image, not of the planted one
+
+
 def test_sparkline_and_chart_read_values_defensively() -> None:
     line = html_report.sparkline_svg([1.0, "x", None, 0.5, float("nan"), 0.25], reference=0.69)
     assert len(re.search(r'points="([^"]*)"', line).group(1).split()) == 3 and 'class="ref"' in line

@@ -869,3 +869,24 @@ def test_a_copy_changed_between_the_plan_and_the_removal_is_left_alone(
     out = capsys.readouterr().out
     assert "Nothing to remove" in out and (copies_dataset / "train/bird/bird_copy.jpg").exists()
     assert not (copies_dataset / trash.TRASH_FOLDER).exists() or not list((copies_dataset / ".trash").glob("*.json"))
+
+
+@pytest.mark.parametrize("strategy", ["safe", "prefer-train", "all"])
+def test_a_report_that_lies_about_a_files_class_or_set_never_decides_a_removal(
+    copies_dataset: Path, strategy: str, capsys: pytest.CaptureFixture
+) -> None:
+    report = load(Path(report_of(copies_dataset)))
+    groups = report["duplicate_groups"]
+    conflict = groups.pop("diff_class_same_set")[0]  # train/superman and train/other: the same picture, two labels
+    for file in conflict["files"]:
+        file["class"] = "superman"  # passed off as plain copies, so a strategy would remove one
+    leak = groups["same_class_diff_set"][0]  # train/plane/plane_001.jpg and its val copies
+    for file in leak["files"]:
+        file["set"] = "val" if file["set"] == "train" else "train"  # prefer-train would remove the train copy
+    groups["same_class_and_set"].append({**conflict, "category": "same_class_and_set"})
+    groups["diff_class_same_set"] = []
+    Path(report_of(copies_dataset)).write_text(json.dumps(report), encoding="utf-8")
+    conflict_paths = [file["path"] for file in conflict["files"]]
+    assert rd.main(["--report", report_of(copies_dataset), "--strategy", strategy, "--apply", "--yes"]) == 1
+    assert all((copies_dataset / path).is_file() for path in [*conflict_paths, "train/plane/plane_001.jpg"])
+    assert "do not match its path" in capsys.readouterr().out
