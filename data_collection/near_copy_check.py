@@ -285,7 +285,12 @@ def split_conflicts(
 
 
 if __name__ == "__main__":
-    raise SystemExit(
-        "near_copy_check.py is imported by detect_duplicates_by_phash.py, not a script; run data_collection/"
-        "detect_duplicates_by_phash.py"
+    import sys
+    from pathlib import Path
+
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # cli.py: the project root
+    import cli
+
+    cli.refuse_running_as_script(
+        __file__, "run data_collection/detect_duplicates_by_phash.py", "detect_duplicates_by_phash.py"
     )
