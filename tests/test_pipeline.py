@@ -22,6 +22,7 @@ import remove_duplicates
 from _download_helpers import ImageServer, Route, encode_good_image
 from conftest import ROOT, make_class_image, make_dataset, save_image
 
+import pipeline_state
 import run_pipeline
 import train_classifier
 
@@ -180,7 +181,7 @@ def test_interrupted_training_resumes_from_its_checkpoint(pipeline, monkeypatch)
 
 def test_undo_of_the_removal_log_restores_the_files_byte_for_byte(pipeline) -> None:
     dataset = pipeline["dataset"]
-    state = json.loads((dataset / run_pipeline.STATE_NAME).read_text(encoding="utf-8"))
+    state = json.loads((dataset / pipeline_state.STATE_NAME).read_text(encoding="utf-8"))
     logs = state["deletion_logs"]
     assert len(logs) == 2  # one for the leak, one for the plain copy
     page = (dataset / "report.html").read_text(encoding="utf-8")
@@ -255,7 +256,7 @@ def test_training_that_does_nothing_stops_the_pipeline_and_says_how_to_rerun(tmp
     err = capsys.readouterr().err
     assert code == 2 and "error: stage train stopped: it finished without writing" in err and "best_model.pth" in err
     assert not (dataset / "report.html").exists()
-    state = json.loads((dataset / run_pipeline.STATE_NAME).read_text(encoding="utf-8"))
+    state = json.loads((dataset / pipeline_state.STATE_NAME).read_text(encoding="utf-8"))
     assert state["stages"]["train"]["status"] == "incomplete"  # not skipped as up to date next time
 
 
@@ -270,7 +271,7 @@ def test_dedupe_without_a_report_removes_nothing_and_says_why(tmp_path: Path) ->
 
 def test_an_unusable_state_file_means_every_stage_runs(tmp_path: Path, capsys) -> None:
     dataset = make_dataset(tmp_path / "dataset", CLASSES, train_per_class=1, val_per_class=1)
-    (dataset / run_pipeline.STATE_NAME).write_text('{"truncated', encoding="utf-8")
+    (dataset / pipeline_state.STATE_NAME).write_text('{"truncated', encoding="utf-8")
     assert run_pipeline.main(["--dataset-dir", str(dataset), "--no-collect", "--dry-run"]) == 0
     captured = capsys.readouterr()
     assert captured.out.count("would run") == 4 and "not valid JSON" in captured.err
