@@ -275,7 +275,7 @@ def small_class_lines(counts: dict[str, int], refusals: dict[str, Counter], hint
 
 
 # ---------------------------------------------------------------------------------------------------------------------
-# Disk: fingerprints, the state file, running a script in-process
+# Disk: the state file, the lock, running a script in-process
 # ---------------------------------------------------------------------------------------------------------------------
 
 
@@ -815,7 +815,7 @@ def summary_line(run: Run) -> str:
         lists += [cli.printable(path) for path in paths if path.is_file()]
     names = ", ".join(stage.name for stage in partial)
     where = f"see {', '.join(lists)} and the {names} output above" if lists else f"see the {names} output above"
-    return f"Pipeline done, {count or 'some'} inputs unusable ({where})."
+    return f"Pipeline done, {count or 'some'} input{'' if count == 1 else 's'} unusable ({where})."
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -833,18 +833,18 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     if args.dry_run:
         for number, name in enumerate(stages, start=1):
-            stage = STAGE_BY_NAME[name]
-            skip = name not in forced and is_up_to_date(run, stage)
+            step = STAGE_BY_NAME[name]
+            skip = name not in forced and is_up_to_date(run, step)
             print(f"[{number}/{len(stages)}] {name}: {'up to date, would be skipped' if skip else 'would run'}")
-            for command in [] if skip else stage.commands(run):
-                print(f"  $ {command_line(command, Path.cwd())}{stage.note}")
+            for command in [] if skip else step.commands(run):
+                print(f"  $ {command_line(command, Path.cwd())}{step.note}")
         return cli.EXIT_OK
 
-    name = stages[0]
+    stage = stages[0]
     try:
         with pipeline_lock(dataset_dir):
-            for number, name in enumerate(stages, start=1):
-                run_stage(run, STAGE_BY_NAME[name], f"[{number}/{len(stages)}]", name in forced)
+            for number, stage in enumerate(stages, start=1):
+                run_stage(run, STAGE_BY_NAME[stage], f"[{number}/{len(stages)}]", stage in forced)
     except fileio.ReportError as error:
         return cli.error(str(error))
     except StageFailed as failure:
@@ -854,7 +854,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         )
     except KeyboardInterrupt:
         print(
-            f"\nInterrupted during stage {name}: what is finished stays finished; run the same command again to "
+            f"\nInterrupted during stage {stage}: what is finished stays finished; run the same command again to "
             "carry on (an interrupted training resumes from its last checkpoint).",
             file=sys.stderr,
         )
