@@ -406,7 +406,7 @@ def record_stage(run: Run, stage: str, status: str, commands: Sequence[Command],
 def warn_about_small_classes(run: Run) -> None:
     """Before training: name each class too small to learn well, with the download refusals that made it so."""
     counts = training_counts(dataset_listing(run.dataset_dir))
-    refusals, _ = download_refusals(run)
+    refusals = download_refusals(run)
     for line in small_class_lines(counts, refusals, download_report.failure_hint):
         print(line)
 
@@ -419,16 +419,16 @@ def run_commands(run: Run, stage: Stage) -> int:
     return code
 
 
-def count_listed(path: Path, key: str, what: str) -> int:
-    """How many entries the list under ``key`` of a report holds (0 when it is missing or unusable)."""
+def listed_inputs(path: Path, key: str, field: str, what: str) -> set[str]:
+    """The ``field`` of each entry in the list under ``key`` of a report: what a stage could not use."""
     data = read_optional_json(path, what)
     listed = data.get(key) if isinstance(data, dict) else None
-    return len(listed) if isinstance(listed, list) else 0
+    entries = listed if isinstance(listed, list) else []
+    return {str(entry[field]) for entry in entries if isinstance(entry, dict) and field in entry}
 
 
-def download_refusals(run: Run) -> tuple[dict[str, Counter], int]:
-    """From download_report.json: failed URLs per class and reason (this run's and earlier runs' not tried again),
-    and the malformed lines of the URLs file; empty when there is no usable report."""
+def download_refusals(run: Run) -> dict[str, Counter]:
+    """From download_report.json: failed URLs per class and reason, this run's and earlier runs' not tried again."""
     report = read_optional_json(run.dataset_dir / download_report.REPORT_NAME, "download report")
     classes = report.get("classes") if isinstance(report, dict) else None
     refusals: dict[str, Counter] = {}
@@ -439,31 +439,28 @@ def download_refusals(run: Run) -> tuple[dict[str, Counter], int]:
             for reason, count in (by_reason if isinstance(by_reason, dict) else {}).items():
                 counts[str(reason)] += count if type(count) is int and count > 0 else 0
         refusals[str(name)] = +counts
-    errors = report.get("errors") if isinstance(report, dict) else None
-    bad_lines = sum(isinstance(error, dict) and "input" in error for error in errors) if isinstance(errors, list) else 0
-    return refusals, bad_lines
+    return refusals
 
 
-def collect_unusable(run: Run) -> tuple[int, list[Path]]:
-    refusals, bad_lines = download_refusals(run)
-    return sum(sum(counts.values()) for counts in refusals.values()) + bad_lines, [
-        run.dataset_dir / download_report.REPORT_NAME
-    ]
+def collect_unusable(run: Run) -> tuple[set[str], list[Path]]:
+    report = run.dataset_dir / download_report.REPORT_NAME
+    inputs = listed_inputs(report, "errors", "url", "download report")  # failed URLs; and malformed lines:
+    return inputs | listed_inputs(report, "errors", "input", "download report"), [report]
 
 
-def detect_unusable(run: Run) -> tuple[int, list[Path]]:
+def detect_unusable(run: Run) -> tuple[set[str], list[Path]]:
     reports = [exact_report(run), near_report(run)]
-    return sum(count_listed(path, "errors", "duplicate report") for path in reports), reports
+    return set().union(*(listed_inputs(path, "errors", "path", "duplicate report") for path in reports)), reports
 
 
-def train_unusable(run: Run) -> tuple[int, list[Path]]:
+def train_unusable(run: Run) -> tuple[set[str], list[Path]]:
     metadata = run.models_dir / "training_metadata.json"
-    return count_listed(metadata, "skipped_files", "training metadata"), [metadata]
+    return listed_inputs(metadata, "skipped_files", "path", "training metadata"), [metadata]
 
 
-def no_list(run: Run) -> tuple[int, list[Path]]:
+def no_list(run: Run) -> tuple[set[str], list[Path]]:
     """A stage whose unusable inputs are only in what it printed."""
-    return 0, []
+    return set(), []
 
 
 def read_groups(path: Path) -> dict[str, int] | None:
@@ -570,7 +567,7 @@ class Stage:
     inputs: Callable[[Run], Any]  # what its result depends on: skipped while this is as it was when it finished
     outputs: Callable[[Run], list[Path]]  # what it must leave for the next stages; one missing and it runs again
     body: Callable[[Run, Stage], int]  # runs the commands, records the stage; the worst exit code
-    unusable: Callable[[Run], tuple[int, list[Path]]] = no_list  # inputs it could not use, and where they are listed
+    unusable: Callable[[Run], tuple[set[str], list[Path]]] = no_list  # what it could not use, and where it is listed
     note: str = ""  # printed after each command in --dry-run
 
 
@@ -808,13 +805,15 @@ def summary_line(run: Run) -> str:
     partial = [STAGE_BY_NAME[name] for name, code in run.codes.items() if code == cli.EXIT_PARTIAL]
     if not partial:
         return "Pipeline done."
-    count, lists = 0, []
+    inputs: set[str] = set()  # URLs and dataset paths: an image two stages skipped counts once
+    lists = []
     for stage in partial:
         found, paths = stage.unusable(run)
-        count += found
+        inputs |= found
         lists += [cli.printable(path) for path in paths if path.is_file()]
     names = ", ".join(stage.name for stage in partial)
     where = f"see {', '.join(lists)} and the {names} output above" if lists else f"see the {names} output above"
+    count = len(inputs)
     return f"Pipeline done, {count or 'some'} input{'' if count == 1 else 's'} unusable ({where})."
 
 

@@ -45,7 +45,8 @@ def run(argv: list[str]) -> tuple[int, str]:
 
 def printed_commands(output: str) -> list[list[str]]:
     """The '$ python SCRIPT ARGS' lines a run printed, split as a shell would."""
-    return [shlex.split(line[2:])[1:] for line in output.splitlines() if line.startswith("$ python ")]
+    lines = [line.strip() for line in output.splitlines()]  # --dry-run indents them
+    return [shlex.split(line[2:])[1:] for line in lines if line.startswith("$ python ")]
 
 
 def mtime(path: Path) -> int:
