@@ -15,16 +15,19 @@ so any stage can be rerun by hand:
     python run_pipeline.py --only report          # rebuild just the report;  --from train  retrains, then reports
     python run_pipeline.py --dry-run              # which stages are up to date, and the commands the others run
     python run_pipeline.py --no-collect --dataset-dir photos    # your own images in photos/train|val/<class>/
+    python run_pipeline.py --urls-file my_urls.csv --min-size 30   # the downloader's limits are pipeline flags too
 
 A stage whose inputs (the dataset's file list with sizes and times, its own arguments, the reports it reads) are
 unchanged since it last finished is skipped, so a re-run after Ctrl-C or after adding images carries on where it
 stopped; an interrupted training resumes from its last checkpoint. Label conflicts and near copies are never removed:
-they go to the report for a person.
+they go to the report for a person. The exit code is the worst stage's; the last line counts the unusable inputs and
+names the reports that list them. Each stage is one ``Stage`` record in ``STAGE_TABLE``.
 
 Writes what the stages write (dataset/train|val/<class>/, dataset/duplicate_report_{filesize,phash}.json, the
 removed copies and their undo logs in dataset/.trash/, models/, dataset/problematic_images_report.json,
 dataset/report.html and dataset/report_files/) and dataset/pipeline_state.json, the record of what each stage last
-did (dataset/.pipeline.lock while it runs: a second run on the same dataset refuses).
+did (pipeline_state.py; it never chooses a path or flag value), and dataset/.pipeline.lock while it runs (a second
+run on the same dataset refuses).
 """
 
 from __future__ import annotations

@@ -385,7 +385,7 @@ def test_the_downloaders_limits_reach_it_and_small_classes_are_named_with_their_
     dataset = make_dataset(tmp_path / "dataset", CLASSES, train_per_class=3, val_per_class=1)
     for number in range(3, 16):
         save_image(make_class_image(0, number), dataset / f"train/bird/bird_{number:03d}.jpg")
-    refused = {"failures_by_reason": {"too small": 258}, "failed_before_by_reason": {"HTTP 404": 2}}
+    refused = {"failures_by_reason": {"too small": 258}, "failed_before_by_reason": {"http 404": 2}}
     report = {"schema_version": 2, "classes": {"plane": refused, "bird": {}}, "errors": []}
     (dataset / "download_report.json").write_text(json.dumps(report), encoding="utf-8")
     urls = tmp_path / "urls.csv"
@@ -410,7 +410,7 @@ def test_the_downloaders_limits_reach_it_and_small_classes_are_named_with_their_
     lines = output.splitlines()
     assert code == 0
     assert (
-        "  plane: 3 training images; 258 refused as too small (lower --min-size to retry); 2 refused as HTTP 404"
+        "  plane: 3 training images; 258 refused as too small (lower --min-size to retry); 2 refused as http 404"
         in (output)
     )
     assert "  bird: 16 training images" in lines  # under 20, no download refusal recorded
