@@ -224,6 +224,7 @@ def train_command(args: argparse.Namespace, dataset_dir: Path, models_dir: Path)
             ("--analysis-epochs", analysis_epochs(args)),
             ("--cross-val-folds", args.cross_val_folds),
             ("--top-n-problematic", args.top_n_problematic),
+            ("--patience", args.patience),
         ]
     )
     return Command("train_classifier", tuple(argv))
@@ -756,6 +757,9 @@ def get_args_parser(add_help: bool = True) -> argparse.ArgumentParser:
     )
     train.add_argument(
         "--top-n-problematic", type=int, default=None, help="images per class in the analysis (default: 50)"
+    )
+    train.add_argument(
+        "--patience", type=int, default=None, help="epochs without a better val macro F1 before stopping (default: 5)"
     )
     cli.add_output_flags(parser)
     return parser
