@@ -1,6 +1,6 @@
 """The pipeline's state file (``<dataset>/pipeline_state.json``) and the fingerprints it records.
 
-Imported by run_pipeline.py; not a script. Standard library only. The state says, per stage, whether it last
+Imported by run_pipeline.py; not a script; standard library, cli and fileio only. The state says, per stage, whether it last
 finished (``done``), was interrupted (``started``) or left nothing usable (``incomplete``), a fingerprint of what its
 result depended on, and its exit code; plus the undo logs of what the dedupe stage removed. A state file is read as
 untrusted input: it only decides which stages are skipped, whether an interrupted training resumes, and which undo
@@ -14,6 +14,7 @@ import hashlib
 import json
 import logging
 import os
+import sys
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -121,9 +122,10 @@ def load_state(dataset_dir: Path, stage_names: Sequence[str]) -> dict[str, Any]:
 
     The state only decides which stages are skipped, whether an interrupted training resumes, and which undo logs the
     page lists: every path and flag value a stage uses comes from the command line and the defaults. A stage record
-    that is not one this script wrote is dropped (that stage runs), as is an undo log outside the dataset.
+    that is not one run_pipeline.py wrote is dropped (that stage runs), as is an undo log outside the dataset.
     """
     path = dataset_dir / STATE_NAME
+    shown = cli.printable(path)
     empty = {"schema_version": STATE_SCHEMA_VERSION, "state_type": STATE_TYPE, "stages": {}}
     data = read_optional_json(path, "pipeline state")
     if data is None:
@@ -134,20 +136,20 @@ def load_state(dataset_dir: Path, stage_names: Sequence[str]) -> dict[str, Any]:
         or data.get("schema_version") != STATE_SCHEMA_VERSION
         or not isinstance(data.get("stages"), dict)
     ):
-        logger.warning("%s is not a pipeline state file of this version; every stage will run", path)
+        logger.warning("%s is not a pipeline state file of this version; every stage will run", shown)
         return empty
     stages = {}
     for name, record in data["stages"].items():
         problem = "not a stage" if name not in stage_names else stage_record_problem(record)
         if problem:
-            logger.warning("%s: stage %s ignored (%s); it will run", path, cli.printable(str(name)[:40]), problem)
+            logger.warning("%s: stage %s ignored (%s); it will run", shown, cli.printable(str(name)[:40]), problem)
         else:
             stages[name] = record
     logs = data.get("deletion_logs", [])
     logs = logs if isinstance(logs, list) else [logs]
     kept = [log for log in logs if isinstance(log, str) and is_inside(log, dataset_dir)]
     if len(kept) != len(logs):
-        logger.warning("%s: %d undo log(s) that are not files in the dataset ignored", path, len(logs) - len(kept))
+        logger.warning("%s: %d undo log(s) that are not files in the dataset ignored", shown, len(logs) - len(kept))
     return {**empty, "stages": stages, "deletion_logs": kept}
 
 
@@ -155,5 +157,6 @@ def save_state(dataset_dir: Path, state: dict[str, Any]) -> None:
     fileio.write_json(dataset_dir / STATE_NAME, state)
 
 
-if __name__ == "__main__":
-    raise SystemExit("pipeline_state.py is imported by run_pipeline.py, not a script; see README.md")
+if __name__ == "__main__":  # a module, not a script: a usage error (exit 2)
+    print("error: pipeline_state.py is imported by run_pipeline.py, not a script; see README.md", file=sys.stderr)
+    raise SystemExit(cli.EXIT_USAGE)
