@@ -1,10 +1,10 @@
 """The pipeline's state file (``<dataset>/pipeline_state.json``) and the fingerprints it records.
 
-Imported by run_pipeline.py; not a script; standard library, cli and fileio only. The state says, per stage, whether it last
-finished (``done``), was interrupted (``started``) or left nothing usable (``incomplete``), a fingerprint of what its
-result depended on, and its exit code; plus the undo logs of what the dedupe stage removed. A state file is read as
-untrusted input: it only decides which stages are skipped, whether an interrupted training resumes, and which undo
-logs (inside the dataset) are listed; every path and flag value a stage uses comes from the command line and the
+Imported by run_pipeline.py; not a script; standard library, cli and fileio only. The state says, per stage, whether
+it last finished (``done``), was interrupted (``started``) or left nothing usable (``incomplete``), a fingerprint of
+what its result depended on, and its exit code; plus the undo logs of what the dedupe stage removed. A state file is
+read as untrusted input: it only decides which stages are skipped, whether an interrupted training resumes, and which
+undo logs (inside the dataset) are listed; every path and flag value a stage uses comes from the command line and the
 defaults. A record this module would not have written is dropped with a warning, so that stage runs.
 """
 
