@@ -266,8 +266,8 @@ def small_class_lines(counts: dict[str, int], refusals: dict[str, Counter], hint
         return []
     largest = max(counts, key=lambda name: counts[name])
     lines = [
-        f"Few training images (under {MIN_CLASS_IMAGES}, or under a fifth of the largest class, {largest} with "
-        f"{counts[largest]}): such a class is learnt poorly and its val metrics are noise."
+        f"Few training images (under {MIN_CLASS_IMAGES}, or under a fifth of the largest class, "
+        f"{cli.printable(largest)} with {counts[largest]}): such a class is learnt poorly, its val metrics are noise."
     ]
     for name in small:
         causes = refusals.get(name, Counter())
