@@ -41,6 +41,7 @@ for _folder in (ROOT, ROOT / "data_collection"):
         sys.path.insert(0, str(_folder))
 
 import cli  # noqa: E402 - needs the lines above when run from another folder
+import duplicate_report  # noqa: E402
 import fileio  # noqa: E402
 import problematic_report  # noqa: E402
 from problematic_report import DECISIONS_FILE_NAME, DECISIONS_SCHEMA_VERSION, DECISIONS_TYPE  # noqa: E402
@@ -54,12 +55,6 @@ DEFAULT_NAME = "report.html"
 PIPELINE_STATE_NAME = "pipeline_state.json"  # run_pipeline.py's record, in the dataset folder: its undo logs
 MAX_ERRORS_SHOWN = 60  # most confident val mistakes on the page, across classes
 PREVIEW_STRATEGIES = ("safe", "prefer-train", "prefer-val", "keep-best", "shortest-path", "first-alpha", "all")
-CATEGORY_NOTES = {  # duplicate_report.py's category names, as a person reads them, and the filter tags they get
-    "same_class_and_set": ("plain copies (same class and split)", ("copies",)),
-    "same_class_diff_set": ("train/val leak (same class)", ("leak",)),
-    "diff_class_same_set": ("label conflict (same split)", ("conflict",)),
-    "diff_class_diff_set": ("label conflict and train/val leak", ("conflict", "leak")),
-}
 FILTER_CATEGORIES = (
     ("copies", "plain copies"),
     ("leak", "train/val leaks"),
@@ -179,33 +174,19 @@ def problem_order(entry: dict[str, Any]) -> tuple:
     return (not entry.get("is_label_issue"), -loss, str(entry.get("path")))
 
 
-def duplicate_groups(data: Any) -> tuple[list[dict[str, Any]], int, str | None]:
-    """(usable groups, worst first; count of malformed groups left out; None or why the report is unusable).
-
-    Worst first: label conflicts (with a leak first), then train/val leaks, then plain copies; larger groups first.
-
-    Reads a duplicate report of schema 1 defensively: any field may be missing or of the wrong type.
+def duplicate_groups(data: Any) -> tuple[list[dict[str, Any]], str | None]:
+    """(groups worst first, None) or ([], why the report is unusable), by duplicate_report's validator (the one every
+    reader uses). Worst first: label conflicts (with a leak first), then train/val leaks, then plain copies; larger
+    groups first.
     """
-    if not isinstance(data, dict) or not isinstance(data.get("duplicate_groups"), dict):
-        return [], 0, "it is not a duplicate report (no 'duplicate_groups' object)"
-    if data.get("schema_version") != 1:
-        return [], 0, f"it has schema_version {data.get('schema_version')!r}; this page reads version 1"
-    groups, malformed = [], 0
-    for category, items in data["duplicate_groups"].items():
-        for group in items if isinstance(items, list) else [None]:
-            files = group.get("files") if isinstance(group, dict) else None
-            if (
-                category not in CATEGORY_NOTES
-                or not isinstance(files, list)
-                or len(files) < 2
-                or not all(isinstance(entry, dict) and isinstance(entry.get("path"), str) for entry in files)
-            ):
-                malformed += 1
-                continue
-            groups.append({**group, "category": category})
-    severity = list(CATEGORY_NOTES)[::-1]  # CATEGORY_NOTES lists them mildest first
-    groups.sort(key=lambda group: (severity.index(group["category"]), -len(group["files"]), str(group.get("id"))))
-    return groups, malformed, None
+    problem = duplicate_report.report_problem(data)
+    return ([], problem) if problem else (duplicate_report.problems_first(data), None)
+
+
+def category_tags(category: str) -> tuple[str, ...]:
+    """The filter tags of a duplicate category on the page: conflict and/or leak, else copies."""
+    tags = ("conflict",) * (category in duplicate_report.CONFLICT_CATEGORIES)
+    return tags + ("leak",) * (category in duplicate_report.LEAK_CATEGORIES) or ("copies",)
 
 
 def strategy_previews(group: dict[str, Any]) -> list[tuple[str, list[str]]] | None:
@@ -366,23 +347,21 @@ def stale_entries(dataset_dir: Path, files: Sequence[dict[str, Any]]) -> int:
 def render_duplicate_report(page: Page, path: Path) -> str:
     method = path.stem.removeprefix("duplicate_report_")
     data, problem = read_optional(path, "duplicate report")
-    groups, malformed, unusable = duplicate_groups(data) if problem is None else ([], 0, problem)
+    groups, unusable = duplicate_groups(data) if problem is None else ([], problem)
     title = f"<h3>{esc(method)} <span class=muted>({esc(path.name)})</span></h3>"
     if unusable:
         page.unusable.append(f"{path}: {unusable}")
         return f'<div class="report" id="dup-{esc(method)}">{title}<p class="note">Unusable: {esc(unusable)}.</p></div>'
     parts = [f'<div class="report" id="dup-{esc(method)}">{title}']
-    counts = {category: sum(group["category"] == category for group in groups) for category in CATEGORY_NOTES}
+    counts = duplicate_report.group_counts(data)
     cells = "".join(
         f'<tr><th>{esc(note)}</th><td data-count="{category}">{counts[category]}</td></tr>'
-        for category, (note, _) in CATEGORY_NOTES.items()
+        for category, note in duplicate_report.CATEGORY_NOTES.items()
     )
     parts.append(
         f"<p>Created {esc(data.get('created', '?'))}; {len(groups)} groups, "
         f'{sum(len(group["files"]) for group in groups)} files.</p><table class="small">{cells}</table>'
     )
-    if malformed:
-        parts.append(f'<p class="note">{malformed} malformed groups left out.</p>')
     stale = sum(stale_entries(page.dataset_dir, group["files"]) for group in groups)
     if stale:
         parts.append(
@@ -390,7 +369,7 @@ def render_duplicate_report(page: Page, path: Path) -> str:
             f"the detector again (python data_collection/detect_duplicates_by_{esc(method)}.py).</p>"
         )
     for group in groups:
-        note, tags = CATEGORY_NOTES[group["category"]]
+        note, tags = duplicate_report.CATEGORY_NOTES[group["category"]], category_tags(group["category"])
         classes = [entry.get("class") for entry in group["files"]]
         cards = []
         for entry in group["files"]:
@@ -416,8 +395,8 @@ def render_duplicate_report(page: Page, path: Path) -> str:
             f'<div class="cards">{"".join(cards)}</div>{plan}</div>'
         )
     parts.append("</div>")
-    conflicts = sum(group["category"].startswith("diff_class") for group in groups)
-    leaks = sum(group["category"].endswith("diff_set") for group in groups)
+    conflicts = sum(group["category"] in duplicate_report.CONFLICT_CATEGORIES for group in groups)
+    leaks = sum(group["category"] in duplicate_report.LEAK_CATEGORIES for group in groups)
     page.glance[f"dup-{method}"] = (
         f"{method}: {plural(len(groups), 'duplicate group')} "
         f"({plural(conflicts, 'label conflict')}, {plural(leaks, 'train/val leak')})"

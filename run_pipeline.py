@@ -55,18 +55,18 @@ import download_report  # noqa: E402 - its report's name, and the hint that name
 import search_queries  # noqa: E402
 
 import cli  # noqa: E402 - needs the lines above when run from another folder
+import duplicate_report  # noqa: E402
 import fileio  # noqa: E402
 import pipeline_state  # noqa: E402
+from duplicate_report import CONFLICT_CATEGORIES, COPY_CATEGORY, LEAK_CATEGORY  # noqa: E402
 from pipeline_state import content_digest, dataset_listing, digest, file_stamp, files_below, read_optional_json  # noqa: E402
+from problematic_report import DEFAULT_NAME as PROBLEMATIC_REPORT_NAME  # noqa: E402
+from trash import TRASH_FOLDER  # noqa: E402
 
 logger = logging.getLogger(__name__)
 
 LOCK_NAME = ".pipeline.lock"  # in the dataset folder: one pipeline run per dataset at a time (hidden: never scanned)
 EXACT_METHOD, NEAR_METHOD = "filesize", "phash"
-LEAK_CATEGORY, COPY_CATEGORY = "same_class_diff_set", "same_class_and_set"  # duplicate_report.py's category names
-CONFLICT_CATEGORIES = ("diff_class_same_set", "diff_class_diff_set")  # the same picture under two labels
-TRASH_FOLDER = ".trash"  # where every birdplane tool puts removed files and (since trash.py) its undo logs
-PROBLEMATIC_REPORT_NAME = "problematic_images_report.json"  # the trainer's default, in the dataset folder
 DEFAULT_ANALYSIS_EPOCHS = 3  # the trainer's default; lowered to --epochs when fewer epochs are asked for
 DEFAULT_HTML_NAME = "report.html"
 ONNX_MODEL_NAME = "best_model.onnx"  # classifier.py --export-onnx / the trainer's --export-onnx, in the models folder
@@ -235,14 +235,6 @@ def report_command(dataset_dir: Path, models_dir: Path, html_path: Path) -> Comm
     return Command("html_report", argv)
 
 
-def group_counts(report: Any) -> dict[str, int]:
-    """Groups per category of a duplicate report read defensively (a malformed report counts as no groups)."""
-    groups = report.get("duplicate_groups") if isinstance(report, dict) else None
-    if not isinstance(groups, dict):
-        return {}
-    return {str(name): len(items) for name, items in groups.items() if isinstance(items, list)}
-
-
 def training_counts(listing: Sequence[Sequence[Any]]) -> dict[str, int]:
     """Files per class folder under train/, from ``dataset_listing``."""
     counts: Counter = Counter()
@@ -339,11 +331,11 @@ def run_command(run: Run, stage: str, command: Command) -> int:
 
 
 def exact_report(run: Run) -> Path:
-    return run.dataset_dir / f"duplicate_report_{EXACT_METHOD}.json"
+    return run.dataset_dir / duplicate_report.report_name(EXACT_METHOD)
 
 
 def near_report(run: Run) -> Path:
-    return run.dataset_dir / f"duplicate_report_{NEAR_METHOD}.json"
+    return run.dataset_dir / duplicate_report.report_name(NEAR_METHOD)
 
 
 def problematic_report(run: Run) -> Path:
@@ -423,10 +415,9 @@ def run_commands(run: Run, stage: Stage) -> int:
     return code
 
 
-def listed_inputs(path: Path, key: str, field: str, what: str) -> set[str]:
+def listed_inputs(report: Any, key: str, field: str) -> set[str]:
     """The ``field`` of each entry in the list under ``key`` of a report: what a stage could not use."""
-    data = read_optional_json(path, what)
-    listed = data.get(key) if isinstance(data, dict) else None
+    listed = report.get(key) if isinstance(report, dict) else None
     entries = listed if isinstance(listed, list) else []
     return {str(entry[field]) for entry in entries if isinstance(entry, dict) and field in entry}
 
@@ -447,19 +438,19 @@ def download_refusals(run: Run) -> dict[str, Counter]:
 
 
 def collect_unusable(run: Run) -> tuple[set[str], list[Path]]:
-    report = run.dataset_dir / download_report.REPORT_NAME
-    inputs = listed_inputs(report, "errors", "url", "download report")  # failed URLs; and malformed lines:
-    return inputs | listed_inputs(report, "errors", "input", "download report"), [report]
+    path = run.dataset_dir / download_report.REPORT_NAME
+    report = read_optional_json(path, "download report")
+    return listed_inputs(report, "errors", "url") | listed_inputs(report, "errors", "input"), [path]
 
 
 def detect_unusable(run: Run) -> tuple[set[str], list[Path]]:
-    reports = [exact_report(run), near_report(run)]
-    return set().union(*(listed_inputs(path, "errors", "path", "duplicate report") for path in reports)), reports
+    paths = [exact_report(run), near_report(run)]
+    return set().union(*(listed_inputs(load_duplicate_report(path), "errors", "path") for path in paths)), paths
 
 
 def train_unusable(run: Run) -> tuple[set[str], list[Path]]:
-    metadata = run.models_dir / "training_metadata.json"
-    return listed_inputs(metadata, "skipped_files", "path", "training metadata"), [metadata]
+    path = run.models_dir / "training_metadata.json"
+    return listed_inputs(read_optional_json(path, "training metadata"), "skipped_files", "path"), [path]
 
 
 def no_list(run: Run) -> tuple[set[str], list[Path]]:
@@ -467,15 +458,21 @@ def no_list(run: Run) -> tuple[set[str], list[Path]]:
     return set(), []
 
 
-def read_groups(path: Path) -> dict[str, int] | None:
-    """Groups per category of a duplicate report; None when it is missing or unusable (named in a warning)."""
+def load_duplicate_report(path: Path) -> dict[str, Any] | None:
+    """A duplicate report checked by its format's one validator; None when it is missing or unusable (a warning)."""
     if not path.exists():
         return None
     try:
-        return group_counts(fileio.read_json(path, "duplicate report"))
+        return duplicate_report.load_report(path, "duplicate report")
     except fileio.ReportError as error:
         logger.warning("%s", error)
         return None
+
+
+def read_groups(path: Path) -> dict[str, int] | None:
+    """Groups per category of a duplicate report; None when it is missing or unusable (named in a warning)."""
+    report = load_duplicate_report(path)
+    return None if report is None else duplicate_report.group_counts(report)
 
 
 def conflicts(counts: dict[str, int]) -> int:

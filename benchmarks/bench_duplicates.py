@@ -1,7 +1,8 @@
 """Speed of the duplicate detectors against the obvious alternatives, on the same generated data, in one process.
 
 Three measurements, each printed with wall-clock and CPU times (CPU time moves little when others use the cores):
-  1. pHash of 1000x750 JPEGs: detect_duplicates_by_phash.hash_files (draft decoding, worker processes) against
+  1. pHash of 1000x750 JPEGs: detect_duplicates_by_phash.iter_hashes, the detector's own path (draft decoding to
+     greyscale, imagehash.phash on that, worker processes) against
      ``imagehash.phash(Image.open(p).convert("RGB"))`` in a loop; also the mean Hamming distance between the two.
   2. Near-duplicate search over 64-bit hashes (random plus planted pairs) at threshold 5: the detector's search
      (similarity_search.hamming_pairs: FAISS's multi-index hashing where installed) against numpy's blocked
@@ -43,6 +44,7 @@ from PIL import Image, ImageDraw
 ROOT = Path(__file__).resolve().parents[1]
 sys.path[:0] = [str(ROOT), str(ROOT / "data_collection")]
 import detect_duplicates_by_phash as by_phash  # noqa: E402 - found through the line above
+import duplicate_detection as dd  # noqa: E402
 import imagehash  # noqa: E402
 import similarity_search as search  # noqa: E402
 
@@ -168,8 +170,13 @@ def bench_phash(image_count: int, workers: int) -> None:
     for path in paths:  # both paths read from the page cache
         path.read_bytes()
     naive, naive_time = timed(naive_phash, paths)
-    ours, our_time = timed(by_phash.hash_files, paths, by_phash.DEFAULT_HASH_SIZE, False, workers)
-    distances = [hash_a - imagehash.hex_to_hash(result.phash) for hash_a, result in zip(naive, ours)]
+    items = [dd.ScanItem(path, path.name, ".", "") for path in paths]
+
+    def ours_phash() -> list:
+        return list(by_phash.iter_hashes(items, by_phash.DEFAULT_HASH_SIZE, False, workers))
+
+    ours, our_time = timed(ours_phash)
+    distances = [hash_a - imagehash.hex_to_hash(values["phash"]) for hash_a, (values, _) in zip(naive, ours)]
     mean_distance = float(np.mean(distances))
     print(f"pHash, {image_count} JPEGs {IMAGE_SIZE[0]}x{IMAGE_SIZE[1]} (images per second):")
     compare("naive imagehash.phash(Image.open(p).convert('RGB'))", naive_time,

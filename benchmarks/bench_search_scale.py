@@ -11,7 +11,7 @@ every exact pair; and the load average (other programs share the cores). Cases:
   - embeddings: unit vectors, CNN-like (non-negative, low rank, in clusters) or isotropic, plus planted pairs with
     cosine similarities spread over 0.955-0.999, cosine >= 0.95: numpy's exact blocked search and FAISS's IVF
     range search (one run per --nprobe).
-  - groups: dr.star_groups over random pairs and one long chain, to show it grows linearly with the pairs.
+  - groups: dd.star_groups over random pairs and one long chain, to show it grows linearly with the pairs.
 
     python benchmarks/bench_search_scale.py --hashes 100000 --embeddings 100000
     python benchmarks/bench_search_scale.py --only hashes --hashes 1000000 --engines faiss
@@ -174,7 +174,7 @@ def run_case(case: dict[str, Any]) -> dict[str, Any]:
     search.logger.addHandler(stages)
     search.logger.setLevel(logging.INFO)
     if case["kind"] == "groups":
-        import duplicate_report as dr
+        import duplicate_detection as dd
 
         rng = np.random.default_rng(SEED)
         count = case["count"]
@@ -185,7 +185,7 @@ def run_case(case: dict[str, Any]) -> dict[str, Any]:
             ]
         )
         started, cpu = time.perf_counter(), time.process_time()
-        groups = dr.star_groups(count, pairs)
+        groups = dd.star_groups(count, pairs)
         return {
             **case,
             "seconds": time.perf_counter() - started,

@@ -25,11 +25,11 @@ from __future__ import annotations
 import argparse
 import logging
 import sys
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
-import duplicate_report as dr  # the sibling modules (Python puts the script's folder on sys.path)
+import duplicate_detection as dd  # the sibling modules (Python puts the script's folder on sys.path)
 import numpy as np
 import similarity_search as search
 
@@ -134,6 +134,25 @@ def describe_search(info: dict[str, Any]) -> str:
     )
 
 
+def group_embeddings(
+    matrix: np.ndarray, setting: str | float, mode: str, nprobe: int
+) -> tuple[list[list[int]], dict[int, float], dict[str, Any]]:
+    """(star groups of the rows of ``matrix`` (L2-normalised) within the threshold of --threshold ``setting``, each
+    member's cosine similarity to its representative, the figures the report records: threshold, random_pair_median,
+    search, search_settings). Raises similarity_search.TooManyPairsError when nearly everything is alike.
+    """
+    random_similarities = random_pair_similarities(matrix)
+    median = float(np.median(random_similarities)) if len(random_similarities) else None
+    threshold, threshold_info = choose_threshold(setting, random_similarities)
+    pairs, search_info = search.cosine_pairs(matrix, threshold, mode, nprobe)
+    groups = dd.star_groups(len(matrix), pairs)
+    similarity: dict[int, float] = {}
+    for group in groups:
+        similarity.update(zip(group, similarity_to_representative(matrix, group).tolist()))
+    figures = {"threshold": threshold_info, "random_pair_median": median, "search": search_info["engine"]}
+    return groups, similarity, {**figures, "search_settings": search_info}
+
+
 def similarity_to_representative(embeddings: np.ndarray, group: Sequence[int]) -> np.ndarray:
     """Cosine similarity of each member to the group's representative (its first member; 1.0 for itself)."""
     return embeddings[list(group)] @ embeddings[group[0]]
@@ -149,21 +168,16 @@ def cache_settings(model_path: Path, dataset_dir: Path) -> str:
 
 
 def embed_items(
-    model: classifier.BirdPlaneSupermanClassifier,
-    items: Sequence[dr.ScanItem],
-    batch_size: int,
-    vectors: dict[int, np.ndarray],
-    errors: dict[int, str],
-) -> None:
-    """Fill ``vectors`` ({index: embedding}) and ``errors`` ({index: reason}) for ``items`` as they are embedded,
-    through classifier.py's own preprocessing and model; what was embedded before a Ctrl-C stays in ``vectors``.
-    """
+    model: classifier.BirdPlaneSupermanClassifier, items: Sequence[dd.ScanItem], batch_size: int
+) -> Iterator[tuple[dict[str, np.ndarray] | None, str | None]]:
+    """({"embedding": vector}, None) or (None, why) for each item, in order, as it is embedded, through classifier.py's
+    own preprocessing and model, with a progress bar."""
     results = model.embed_batch([item.path for item in items], batch_size=batch_size)
-    for index, (_, vector, error) in enumerate(cli.progress(results, total=len(items), desc="Embedding", unit="img")):
+    for _, vector, error in cli.progress(results, total=len(items), desc="Embedding", unit="img"):
         if vector is None:
-            errors[index] = error or "could not be embedded"
+            yield None, error or "could not be embedded"
         else:
-            vectors[index] = np.asarray(vector, dtype=np.float32)
+            yield {"embedding": np.asarray(vector, dtype=np.float32)}, None
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -197,7 +211,7 @@ def get_args_parser(add_help: bool = True) -> argparse.ArgumentParser:
         epilog=cli.EXIT_CODES_HELP,
         add_help=add_help,
     )
-    dr.add_common_arguments(parser, METHOD, is_gallery_default=True)
+    dd.add_common_arguments(parser, METHOD, is_gallery_default=True)
     parser.add_argument(
         "--model", type=Path, default=Path(DEFAULT_MODEL), help=f"checkpoint (default: {DEFAULT_MODEL})"
     )
@@ -236,105 +250,86 @@ def get_args_parser(add_help: bool = True) -> argparse.ArgumentParser:
     return parser
 
 
-def main(argv: Sequence[str] | None = None) -> int:
-    parser = get_args_parser()
-    args = parser.parse_args(argv)
+def usage_problem(args: argparse.Namespace) -> str | None:
+    """The sentence for arguments that cannot work (checked before any image is read), or None."""
     if args.batch_size < 1:
-        return cli.error("--batch-size must be at least 1")
+        return "--batch-size must be at least 1"
     if args.nprobe < 1:
-        return cli.error("--nprobe must be at least 1")
+        return "--nprobe must be at least 1"
     if not args.model.is_file():
-        return cli.error(
-            f"model file {cli.printable(args.model)} not found: train one first (python train_classifier.py) or "
-            "pass --model FILE"
+        return (
+            f"model file {cli.printable(args.model)} not found: train one first (python train_classifier.py) or pass "
+            "--model FILE"
         )
-    scan = dr.start(args, METHOD)
+    return None
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = get_args_parser().parse_args(argv)
+    problem = usage_problem(args)
+    if problem:
+        return cli.error(problem)
+    scan = dd.start(args, METHOD)
     if isinstance(scan, int):
         return scan
-    items = scan.items
     try:
         model = classifier.BirdPlaneSupermanClassifier(args.model, device=args.device)
     except (classifier.CheckpointError, ValueError, RuntimeError) as error:
         return cli.error(f"cannot use {cli.printable(args.model)}: {error}")
-
-    cache_file = dr.cache_path(args, METHOD)
-    settings = cache_settings(args.model, args.dataset_dir)
-    cache = dr.load_cache(cache_file, settings) if cache_file else {}
-    keys = [dr.file_key(item) for item in items]
-    vectors = {index: cache[k]["embedding"] for index, k in enumerate(keys) if k is not None and k in cache}
-    to_embed = [index for index in range(len(items)) if index not in vectors]
-    new_vectors: dict[int, np.ndarray] = {}
-    failures: dict[int, str] = {}
-
-    def save() -> None:
-        vectors.update({to_embed[position]: vector for position, vector in new_vectors.items()})
-        if cache_file:
-            dr.save_cache(cache_file, settings, {keys[i]: {"embedding": v} for i, v in vectors.items() if keys[i]})
-
-    try:
-        embed_items(model, [items[index] for index in to_embed], args.batch_size, new_vectors, failures)
-    except KeyboardInterrupt:
-        save()
-        kept = f"{len(new_vectors)} new embeddings kept in the cache; a re-run goes on from there" if cache_file else ""
-        print(f"Interrupted: {kept or 'nothing written'}.")
-        return cli.EXIT_INTERRUPTED
-    save()
-    errors = [{"path": items[to_embed[position]].rel, "reason": reason} for position, reason in failures.items()]
-
-    order = sorted(vectors)
-    matrix = (
-        search.normalize_rows(np.stack([vectors[index] for index in order])) if order else np.zeros((0, 1), np.float32)
+    embedded = dd.compute_cached(
+        scan.items,
+        dd.cache_path(args, METHOD),
+        cache_settings(args.model, args.dataset_dir),
+        {"embedding": ("f", (None,))},
+        lambda items: embed_items(model, items, args.batch_size),
+        "embeddings",
     )
-    random_similarities = random_pair_similarities(matrix)
-    median = float(np.median(random_similarities)) if len(random_similarities) else None
-    threshold, threshold_info = choose_threshold(args.threshold, random_similarities)
+    if isinstance(embedded, int):
+        return embedded
+    order = [index for index, values in enumerate(embedded.values) if values is not None]
+    vectors = [embedded.values[index]["embedding"] for index in order]
+    matrix = search.normalize_rows(np.stack(vectors)) if vectors else np.zeros((0, 1), np.float32)
     try:
-        pairs, search_info = search.cosine_pairs(matrix, threshold, args.search, args.nprobe)
+        groups, similarity, found = group_embeddings(matrix, args.threshold, args.search, args.nprobe)
     except search.TooManyPairsError as error:
         return cli.error(
             f"{error}: the model puts unrelated images together (trained from scratch or on few images?); use a "
             "stronger model (trained with --weights imagenet) or a higher --threshold"
         )
-    groups = dr.star_groups(len(order), pairs)
-    similarity = {
-        member: float(value)
-        for group in groups
-        for member, value in zip(group, similarity_to_representative(matrix, group))
-    }
 
-    def describe(position: int) -> tuple[dr.ScanItem, int, int, dict[str, Any]]:
-        item = items[order[position]]
+    def describe(position: int) -> tuple[dd.ScanItem, int, int, dict[str, Any]]:
+        item = scan.items[order[position]]
         try:
-            width, height = dr.probe_image(item.path)
-        except dr.ImageReadError:
+            width, height = dd.probe_image(item.path)
+        except dd.ImageReadError:
             width, height = 0, 0
         return item, width, height, {"similarity": round(similarity[position], 6)}
 
-    entry_groups = dr.entry_groups_for(groups, describe, errors)
-    shown = f"auto: {threshold:g}" if threshold_info["source"] == "auto" else f"{threshold:g}"
-    return dr.finish(
+    errors = embedded.errors + scan.skipped
+    entry_groups = dd.entry_groups_for(groups, describe, errors)
+    new = len(order) - embedded.from_cache
+    threshold = found["threshold"]["value"]
+    shown = f"auto: {threshold:g}" if found["threshold"]["source"] == "auto" else f"{threshold:g}"
+    return dd.finish(
         args,
         METHOD,
         scan.sets,
-        files_scanned=len(items) + len(scan.skipped),
-        images_read=len(vectors),
+        files_scanned=len(scan.items) + len(scan.skipped),
+        images_read=len(order),
         entry_groups=entry_groups,
-        errors=errors + scan.skipped,
+        errors=errors,
         extra={
             "model": str(args.model),
             "embedding_dim": int(matrix.shape[1]) if order else 0,
-            "embedded": len(new_vectors),
-            "from_cache": len(vectors) - len(new_vectors),
-            "threshold": threshold_info,
-            "random_pair_median": median,
-            "search": search_info["engine"],
-            "search_settings": search_info,
+            "embedded": new,
+            "from_cache": embedded.from_cache,
+            **found,
         },
         notes=[
-            f"Embedded {len(new_vectors)} images, {len(vectors) - len(new_vectors)} taken from the cache; "
-            f"threshold {shown} (cosine similarity to a group's representative); search: {describe_search(search_info)}"
+            f"Embedded {new} images, {embedded.from_cache} taken from the cache; threshold {shown} (cosine similarity "
+            f"to a group's representative); search: {describe_search(found['search_settings'])}"
         ],
-        warnings=implausibility_warnings(len(order), groups, median),
+        warnings=implausibility_warnings(len(order), groups, found["random_pair_median"]),
     )
 
 

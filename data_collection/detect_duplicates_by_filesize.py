@@ -22,7 +22,7 @@ from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
-import duplicate_report as dr  # the sibling module (Python puts the script's folder on sys.path)
+import duplicate_detection as dd  # the sibling module (Python puts the script's folder on sys.path)
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # cli.py and fileio.py live in the project root
 import cli  # noqa: E402 - needs the line above
@@ -40,7 +40,7 @@ DEFAULT_WORKERS = max(1, min(4, os.cpu_count() or 1))  # hashlib releases the GI
 
 def sizes_to_hash(sizes: Sequence[int]) -> list[int]:
     """Indices of the files whose size is shared by at least one other file: the only ones worth hashing."""
-    return [index for group in dr.group_by_key(sizes) for index in group]
+    return [index for group in dd.group_by_key(sizes) for index in group]
 
 
 def exact_duplicate_groups(sizes: Sequence[int], hashes: Sequence[str | None]) -> list[list[int]]:
@@ -49,7 +49,7 @@ def exact_duplicate_groups(sizes: Sequence[int], hashes: Sequence[str | None]) -
         (size, digest) if digest is not None else ("unique", index)
         for index, (size, digest) in enumerate(zip(sizes, hashes))
     ]
-    return dr.group_by_key(keys)
+    return dd.group_by_key(keys)
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -57,16 +57,16 @@ def exact_duplicate_groups(sizes: Sequence[int], hashes: Sequence[str | None]) -
 
 
 def probe_all(
-    items: Sequence[dr.ScanItem],
-) -> tuple[list[tuple[dr.ScanItem, int, tuple[int, int]]], list[dict[str, str]]]:
+    items: Sequence[dd.ScanItem],
+) -> tuple[list[tuple[dd.ScanItem, int, tuple[int, int]]], list[dict[str, str]]]:
     """(item, size, (width, height)) for each usable image; the others as errors. Reads headers only."""
-    good: list[tuple[dr.ScanItem, int, tuple[int, int]]] = []
+    good: list[tuple[dd.ScanItem, int, tuple[int, int]]] = []
     errors: list[dict[str, str]] = []
     for item in cli.progress(items, desc="Reading headers", unit="file"):
         try:
-            dimensions = dr.probe_image(item.path)
+            dimensions = dd.probe_image(item.path)
             good.append((item, item.path.stat().st_size, dimensions))
-        except dr.ImageReadError as error:
+        except dd.ImageReadError as error:
             errors.append({"path": item.rel, "reason": str(error)})
         except OSError as error:
             errors.append({"path": item.rel, "reason": f"cannot read the file ({error.strerror or error})"})
@@ -94,7 +94,7 @@ def get_args_parser(add_help: bool = True) -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         description="Find byte-identical copies: group by file size, confirm with SHA-256.", add_help=add_help
     )
-    dr.add_common_arguments(parser, METHOD)
+    dd.add_common_arguments(parser, METHOD)
     parser.add_argument(
         "--workers", type=int, default=DEFAULT_WORKERS, help=f"threads hashing files (default: {DEFAULT_WORKERS})"
     )
@@ -108,7 +108,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parser.parse_args(argv)
     if args.workers < 1:
         return cli.error("--workers must be at least 1")
-    scan = dr.start(args, METHOD)
+    scan = dd.start(args, METHOD)
     if isinstance(scan, int):
         return scan
     try:
@@ -124,18 +124,18 @@ def main(argv: Sequence[str] | None = None) -> int:
         print("Interrupted: no report written.")
         return cli.EXIT_INTERRUPTED
 
-    def describe(index: int) -> tuple[dr.ScanItem, int, int, dict[str, str | None]]:
+    def describe(index: int) -> tuple[dd.ScanItem, int, int, dict[str, str | None]]:
         item, _, (width, height) = good[index]
         return item, width, height, {"sha256": hashes[index]}
 
     groups = exact_duplicate_groups([size for _, size, _ in good], hashes)
-    return dr.finish(
+    return dd.finish(
         args,
         METHOD,
         scan.sets,
         files_scanned=len(scan.items) + len(scan.skipped),
         images_read=len(good),
-        entry_groups=dr.entry_groups_for(groups, describe, errors),
+        entry_groups=dd.entry_groups_for(groups, describe, errors),
         errors=errors + scan.skipped,
         extra={"files_hashed": len(candidates)},
     )

@@ -27,10 +27,9 @@ from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
 from typing import Any
 
-import duplicate_report as dr  # the sibling module (Python puts the script's folder on sys.path)
-
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # cli.py, fileio.py and trash.py live in the root
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # cli.py, duplicate_report.py, fileio.py, trash.py
 import cli  # noqa: E402 - needs the line above
+import duplicate_report as dr  # noqa: E402 - the report's format: categories, validator
 import fileio  # noqa: E402
 import trash  # noqa: E402
 
@@ -40,7 +39,6 @@ TOOL = "remove_duplicates.py"  # names the lock holder and the logs (.trash/remo
 STRATEGIES = ("safe", "prefer-train", "prefer-val", "first-alpha", "shortest-path", "keep-best", "all", "interactive")
 DEFAULT_STRATEGY = "safe"  # the only one that cannot remove anything but byte-identical copies
 TRAIN_SET, VAL_SET = "train", "val"
-CROSS_CLASS = ("diff_class_same_set", "diff_class_diff_set")  # label conflicts: the same picture under two labels
 
 
 class StopAsking(Exception):
@@ -100,7 +98,7 @@ KEEP_ONE = {  # strategies that keep exactly one file per group: the smallest ke
 
 def is_label_conflict(group: dict[str, Any]) -> bool:
     """True when the group holds one picture under more than one class (by its category or its files' classes)."""
-    return group["category"] in CROSS_CLASS or len({entry["class"] for entry in group["files"]}) > 1
+    return group["category"] in dr.CONFLICT_CATEGORIES or len({entry["class"] for entry in group["files"]}) > 1
 
 
 def describe_entry(entry: dict[str, Any]) -> str:
@@ -325,57 +323,6 @@ def normalise_group(group: dict[str, Any]) -> tuple[dict[str, Any], str | None]:
     return {**group, "files": files}, None
 
 
-def report_problem(report: dict[str, Any]) -> str | None:
-    """The first value this script reads from a report that has the wrong type, as words naming the field; or None.
-
-    duplicate_report.validate_report checks the layout; this checks each value used here (a width "abc", an empty
-    group, a group without its category, a number where a path belongs) so none of them can crash a run.
-    """
-
-    def wrong(name: str, expected: str, value: Any) -> str:
-        is_plain = isinstance(value, (str, int, float)) and not isinstance(value, bool)
-        return f"{name} must be {expected} (it is {repr(value)[:60] if is_plain else type(value).__name__})"
-
-    def is_count(value: Any) -> bool:
-        return isinstance(value, int) and not isinstance(value, bool) and value >= 0
-
-    if report.get("dataset_dir") is not None and not (isinstance(report["dataset_dir"], str) and report["dataset_dir"]):
-        return wrong("dataset_dir", "a folder name", report["dataset_dir"])
-    ids = set()
-    for category, groups in report["duplicate_groups"].items():
-        if not isinstance(groups, list):
-            return wrong(f"duplicate_groups.{category}", "a list of groups", groups)
-        for index, group in enumerate(groups):
-            where = f"duplicate_groups.{category}[{index}]"
-            if not isinstance(group, dict):
-                return wrong(where, "a group", group)
-            if not isinstance(group.get("id"), int) or isinstance(group["id"], bool) or group["id"] in ids:
-                return wrong(f"{where}.id", "a whole number no other group has", group.get("id"))
-            ids.add(group["id"])
-            if group.get("category") != category:
-                return wrong(f"{where}.category", repr(category), group.get("category"))
-            files = group.get("files")
-            if not isinstance(files, list) or len(files) < 2:
-                return wrong(f"{where}.files", "a list of at least two files", files)
-            for number, entry in enumerate(files):
-                at = f"{where}.files[{number}]"
-                if not isinstance(entry, dict):
-                    return wrong(at, "a file entry", entry)
-                for key in ("path", "set", "class"):
-                    if not isinstance(entry.get(key), str):
-                        return wrong(f"{at}.{key}", "text", entry.get(key))
-                for key in ("size", "mtime_ns", "width", "height"):
-                    if (key in ("size", "mtime_ns") or key in entry) and not is_count(entry.get(key)):
-                        return wrong(f"{at}.{key}", "a whole number", entry.get(key))
-                if entry.get("sha256") is not None and not isinstance(entry["sha256"], str):
-                    return wrong(f"{at}.sha256", "text or null", entry["sha256"])
-            if dr.categorize(files) != category:
-                return (
-                    f"{where}.category is {category!r} but its files' classes and sets make it {dr.categorize(files)!r}"
-                )
-    return None
-
-
 def is_embedding_report(report: dict[str, Any]) -> bool:
     return report.get("method") == "embedding" or "embedding" in str(report.get("detector", ""))
 
@@ -442,17 +389,40 @@ def usable_groups(
     return usable, skipped
 
 
-def add_content_hashes(groups: Sequence[dict[str, Any]], dataset_dir: Path) -> list[tuple[dict[str, Any], str]]:
-    """Fill in "sha256" where a report has none (safe needs it); groups that cannot be read are returned."""
-    unreadable = []
-    for group in groups:
+def claims_identical(args: argparse.Namespace, report: dict[str, Any]) -> bool:
+    """True when the run treats files as byte-identical: --strategy safe, or a report of the file-size detector."""
+    return args.strategy == "safe" or report.get("method") == "filesize"
+
+
+def content_problem(group: dict[str, Any], dataset_dir: Path, is_identical_claimed: bool) -> str | None:
+    """Hash every file of ``group`` now (into its "sha256"); why its contents are not what the report (or an earlier
+    check) says, or None. A report's "sha256" is never trusted: a wrong one made different files "byte-identical".
+    """
+    for entry in group["files"]:
         try:
-            for entry in group["files"]:
-                if not entry.get("sha256"):
-                    entry["sha256"] = fileio.sha256_file(dataset_dir / entry["path"])
+            actual = fileio.sha256_file(dataset_dir / entry["path"])
         except OSError as error:
-            unreadable.append((group, f"cannot read {entry['path']} ({error.strerror or error})"))
-    return unreadable
+            return f"cannot read {entry['path']} ({error.strerror or error})"
+        if entry.get("sha256") not in (None, "", actual):
+            return f"{entry['path']} does not have the content the report gives it (another sha256): not a copy"
+        entry["sha256"] = actual
+    if is_identical_claimed and len({entry["sha256"] for entry in group["files"]}) > 1:
+        return "its files are not byte-identical, as the report says they are: not copies"
+    return None
+
+
+def check_contents(
+    groups: Sequence[dict[str, Any]], dataset_dir: Path, is_identical_claimed: bool
+) -> tuple[list[dict[str, Any]], list[tuple[dict[str, Any], str]]]:
+    """(groups whose files hash as the report says, [(group, why skipped)])."""
+    good, skipped = [], []
+    for group in cli.progress(groups, desc="Hashing", unit="group"):
+        problem = content_problem(group, dataset_dir, is_identical_claimed)
+        if problem:
+            skipped.append((group, problem))
+        else:
+            good.append(group)
+    return good, skipped
 
 
 def entry_location(full: Path) -> str:
@@ -543,10 +513,9 @@ def make_run_plan(args: argparse.Namespace, report: dict[str, Any], dataset_dir:
                 groups.append(normal)
     usable, unusable = usable_groups(groups, dataset_dir)
     skipped += unusable
-    if args.strategy == "safe":
-        unreadable = add_content_hashes(usable, dataset_dir)
-        skipped += unreadable
-        usable = [group for group in usable if all(group is not bad for bad, _ in unreadable)]
+    if claims_identical(args, report):
+        usable, not_identical = check_contents(usable, dataset_dir, report.get("method") == "filesize")
+        skipped += not_identical
 
     def choose(group: dict[str, Any]) -> list[int] | None:
         return ask_keep(group, group["files"].index(min(group["files"], key=all_key)))
@@ -571,8 +540,25 @@ def print_plan(args: argparse.Namespace, report: dict[str, Any], dataset_dir: Pa
     )
 
 
+def recheck_contents(plans: Sequence[GroupPlan], dataset_dir: Path) -> list[tuple[dict[str, Any], str]]:
+    """Hash the files of every plan that removes something once more, right before acting; a plan whose files no
+    longer have the content they were planned with removes nothing. Returns those groups with the reason."""
+    changed = []
+    for plan in plans:
+        files = plan.keep + [entry for entry, _ in plan.remove]
+        problem = plan.remove and content_problem({"files": [dict(entry) for entry in files]}, dataset_dir, False)
+        if problem:
+            plan.keep, plan.remove = files, []
+            changed.append(({"id": plan.group_id, "category": plan.category}, f"changed since the plan: {problem}"))
+    return changed
+
+
 def remove(args: argparse.Namespace, report: dict[str, Any], dataset_dir: Path, run_plan: RunPlan) -> int:
     """Log every removal, then carry it out through trash.py (inside the lock); the exit code."""
+    if claims_identical(args, report):
+        for group, reason in recheck_contents(run_plan.plans, dataset_dir):
+            logger.warning("Group %s left alone: %s", group["id"], cli.printable(reason))
+            run_plan.skipped.append((group, reason))
     action = "delete" if args.delete else "trash"
     moves = [
         trash.Move(
@@ -584,6 +570,9 @@ def remove(args: argparse.Namespace, report: dict[str, Any], dataset_dir: Path, 
         for plan in run_plan.plans
         for entry, reason in plan.remove
     ]
+    if not moves:
+        print("Nothing to remove.")
+        return cli.EXIT_PARTIAL
     extra = {
         "report": os.fspath(args.report),
         "report_method": report["method"],
@@ -703,9 +692,6 @@ def run_removal(args: argparse.Namespace) -> int:
     if (args.yes or args.delete) and not args.apply:
         return cli.error("--yes and --delete only make sense with --apply")
     report = dr.load_report(args.report)
-    problem = report_problem(report)
-    if problem:
-        return cli.error(f"the report {cli.printable(args.report)}: {problem}; run the detector again")
     dataset_dir = dataset_in_use(args, report)
     if is_embedding_report(report) and args.strategy != "interactive" and args.categories is None:
         return cli.error(
@@ -771,7 +757,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     cli.apply_output_flags(args)
     try:
         return run_undo(args) if args.undo is not None else run_removal(args)
-    except (fileio.ReportError, dr.ReportError) as error:  # also trash.TrashError: a held lock, a symlinked trash...
+    except fileio.ReportError as error:  # also trash.TrashError: a held lock, a symlinked trash...
         return cli.error(cli.printable(str(error)))
 
 

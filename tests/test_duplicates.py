@@ -1,19 +1,22 @@
-"""Tests of duplicate_report.py and the file-size and perceptual-hash detectors (no model needed)."""
+"""Tests of duplicate_detection.py and the file-size and perceptual-hash detectors (no model needed)."""
 
 from __future__ import annotations
 
 import json
 import os
+import resource
 import shutil
 import signal
 import subprocess
 import sys
 import time
+import zipfile
 from pathlib import Path
 
 import detect_duplicates_by_filesize as by_filesize
 import detect_duplicates_by_phash as by_phash
-import duplicate_report as dr
+import duplicate_detection as dd
+import file_cache
 import imagehash
 import numpy as np
 import pytest
@@ -29,8 +32,9 @@ from conftest import (
     save_image,
     write_bad_files,
 )
-from PIL import Image
+from PIL import Image, ImageOps
 
+import duplicate_report as dr
 import fileio
 
 NEAR_SIZE = (256, 192)  # measured: at this size resized/recompressed copies stay within 4 bits, distinct >= 16 apart
@@ -60,7 +64,7 @@ def copy(dataset: Path, source: str, destination: str) -> str:
 
 
 # ----------------------------------------------------------------------------------------------------------------
-# duplicate_report.py
+# duplicate_detection.py
 
 
 def test_star_groups_do_not_depend_on_pair_order() -> None:
@@ -69,13 +73,13 @@ def test_star_groups_do_not_depend_on_pair_order() -> None:
     expected = [[2, 3], [4, 10, 11], [5, 0, 9]]  # representative first: the member with most neighbours
     for _ in range(5):
         shuffled = [tuple(rng.permutation(pair)) for pair in rng.permutation(np.array(pairs))]
-        assert dr.star_groups(12, shuffled) == expected
+        assert dd.star_groups(12, shuffled) == expected
 
 
 def test_groups_do_not_chain() -> None:
     """A~B~C~...~J (each only near the next) must not become one group of ten unrelated images."""
     chain = [(index, index + 1) for index in range(9)]
-    groups = dr.star_groups(10, chain)
+    groups = dd.star_groups(10, chain)
     neighbours = {frozenset(pair) for pair in chain}
     assert groups and max(len(group) for group in groups) <= 3
     for representative, *members in groups:  # every member is near its group's representative
@@ -99,44 +103,14 @@ def test_phash_groups_do_not_chain() -> None:
     assert max(len(group) for group in groups) <= 3
 
 
-def test_categories_follow_classes_and_sets() -> None:
-    def entry(set_name: str, class_name: str) -> dict:
-        return {"set": set_name, "class": class_name}
-
-    assert dr.categorize([entry("train", "bird"), entry("train", "bird")]) == "same_class_and_set"
-    assert dr.categorize([entry("train", "bird"), entry("val", "bird")]) == "same_class_diff_set"
-    assert dr.categorize([entry("train", "bird"), entry("train", "plane")]) == "diff_class_same_set"
-    assert dr.categorize([entry("train", "bird"), entry("val", "plane")]) == "diff_class_diff_set"
-
-
 def test_scan_finds_images_by_content_and_name(tmp_path: Path) -> None:
     files = write_bad_files(tmp_path / "bad")
     (tmp_path / "bad" / "notes.txt").write_text("not an image", encoding="utf-8")
     (tmp_path / "bad" / ".hidden.jpg").write_bytes(files["IMG.JPG"].read_bytes())
-    items, sets, skipped = dr.scan_dataset(tmp_path / "bad", ["train"])
+    items, sets, skipped = dd.scan_dataset(tmp_path / "bad", ["train"])
     assert skipped == []
-    assert sets == [dr.WHOLE_FOLDER_SET]
+    assert sets == [dd.WHOLE_FOLDER_SET]
     assert {item.rel for item in items} == set(files)  # every bad file (so it is reported), no text, no hidden file
-
-
-def test_missing_report_fields_are_refused(tmp_path: Path) -> None:
-    with pytest.raises(dr.ReportError, match="schema version"):
-        dr.validate_report({"schema_version": 99, "duplicate_groups": {}})
-    with pytest.raises(dr.ReportError, match="not a duplicate report"):
-        dr.validate_report({"schema_version": 1})
-    with pytest.raises(dr.ReportError, match="unknown method"):
-        dr.validate_report({"schema_version": 1, "method": "guess", "duplicate_groups": {}})
-
-    def groups(*group: object) -> dict:
-        return {"schema_version": 1, "method": "phash", "duplicate_groups": {"same_class_and_set": list(group)}}
-
-    with pytest.raises(dr.ReportError, match=r"same_class_and_set\[0\]\.files is not a list"):
-        dr.validate_report(groups({"id": 1}))
-    with pytest.raises(dr.ReportError, match=r"same_class_and_set\[0\]\.id is not a whole number"):
-        dr.validate_report(groups({"id": "1", "files": []}))
-    entry = {"path": "train/bird/a.jpg", "size": 1, "set": "train", "class": "bird"}  # no mtime_ns
-    with pytest.raises(dr.ReportError, match=r"same_class_and_set\[1\]\.files\[0\] lacks mtime_ns"):
-        dr.validate_report(groups({"id": 1, "files": []}, {"id": 2, "files": [entry]}))
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -314,7 +288,7 @@ def test_draft_decoded_hashes_match_full_decodes(tmp_path: Path) -> None:
     for seed in range(4):
         path = save_image(make_class_image(seed % 4, seed, (800, 600)), tmp_path / f"{seed}.jpg")
         naive = imagehash.phash(Image.open(path).convert("RGB"))
-        ours = imagehash.hex_to_hash(by_phash.hash_file((str(path), 8, False)).phash)
+        ours = imagehash.hex_to_hash(by_phash.hash_file((str(path), 8, False))[0]["phash"])
         distances.append(naive - ours)
     assert np.mean(distances) < 2
 
@@ -345,7 +319,7 @@ def test_classes_of_any_name_and_a_dataset_without_sets(tmp_path: Path) -> None:
     copy(folder, "cats/a.jpg", "dogs/b.jpg")
     assert by_filesize.main(["--dataset-dir", str(folder), "--output", str(tmp_path / "r.json")]) == 0
     report = load(tmp_path / "r.json")
-    assert report["sets"] == [dr.WHOLE_FOLDER_SET]
+    assert report["sets"] == [dd.WHOLE_FOLDER_SET]
     assert group_paths(report)["diff_class_same_set"] == [{"cats/a.jpg", "dogs/b.jpg"}]
     for _ in range(2):  # the report and gallery written into the folder are not scanned as images next time
         assert by_filesize.main(["--dataset-dir", str(folder), "--gallery"]) == 0
@@ -354,14 +328,14 @@ def test_classes_of_any_name_and_a_dataset_without_sets(tmp_path: Path) -> None:
 
 def test_help_of_the_report_module_says_what_it_is() -> None:
     result = subprocess.run(
-        [sys.executable, str(ROOT / "data_collection" / "duplicate_report.py"), "--help"],
+        [sys.executable, str(ROOT / "data_collection" / "duplicate_detection.py"), "--help"],
         capture_output=True,
         text=True,
     )
     lines = (result.stdout + result.stderr).strip().splitlines()
     assert result.returncode == 2 and len(lines) == 1
     assert "module imported by the duplicate detectors, not a script" in lines[0]
-    assert all(name in lines[0] for name in dr.DETECTORS)
+    assert all(name in lines[0] for name in dd.DETECTORS)
 
 
 def test_threshold_help_says_what_it_measures() -> None:
@@ -379,12 +353,12 @@ def fake_report(method: str, warnings: list[str] | None = None) -> dict:
 
 def test_next_step_for_an_embedding_report_is_to_look_never_to_apply() -> None:
     report_path, gallery = Path("d/duplicate_report_embedding.json"), Path("d/duplicate_report_embedding.png")
-    lines = " ".join(dr.next_step(fake_report("embedding"), report_path, gallery))
+    lines = " ".join(dd.next_step(fake_report("embedding"), report_path, gallery))
     assert f"look at the groups in {gallery}" in lines and "--apply" not in lines
     assert "--strategy interactive" in lines and "prefer-train" not in lines
-    warned = " ".join(dr.next_step(fake_report("embedding", ["implausible"]), report_path, gallery))
+    warned = " ".join(dd.next_step(fake_report("embedding", ["implausible"]), report_path, gallery))
     assert "remove_duplicates" not in warned and str(gallery) in warned
-    phash = " ".join(dr.next_step(fake_report("phash"), Path("r.json"), None))
+    phash = " ".join(dd.next_step(fake_report("phash"), Path("r.json"), None))
     assert "remove_duplicates.py --report r.json --strategy prefer-train" in phash and "--apply" not in phash
 
 
@@ -409,7 +383,7 @@ def test_gallery_title_covers_no_caption_and_says_how_many_groups(near_copy_data
     dataset = near_copy_dataset
     assert by_phash.main(["--dataset-dir", str(dataset), "--threshold", str(NEAR_THRESHOLD), "--workers", "1"]) == 0
     report = load(dataset / "duplicate_report_phash.json")
-    figure, shown = dr.gallery_figure(report, dataset, max_groups=2)
+    figure, shown = dd.gallery_figure(report, dataset, max_groups=2)
     assert shown == 2 and "showing 2 of 3 groups" in figure._suptitle.get_text()
     columns = len(figure.axes) // 2
     assert "label conflict" in figure.axes[0].get_ylabel()  # the hero/other conflict first, then the leak;
@@ -546,20 +520,20 @@ def test_no_progress_bars_when_stderr_is_not_a_terminal(tmp_path: Path, capsys: 
         assert "it/s" not in err and "img/s" not in err and "file/s" not in err and "%|" not in err
 
 
-def test_our_phash_is_imagehash_phash_bit_for_bit() -> None:
-    rng = np.random.default_rng(11)
-    images = [Image.new("L", (50, 40), 123), Image.new("L", (1, 1), 7), make_class_image(1, 5, (90, 70)).convert("L")]
-    for index in range(60):
-        pixels = rng.integers(0, 256, (int(rng.integers(8, 150)), int(rng.integers(8, 150))), dtype=np.uint8)
-        if index % 3 == 0:
-            pixels[:] = pixels[0, 0]
-            pixels[:, : pixels.shape[1] // 2] = 200  # two flat halves: many DCT coefficients exactly zero
-        images.append(Image.fromarray(pixels, "L"))
+def test_the_hash_is_imagehash_phash_of_the_decoded_image(tmp_path: Path) -> None:
+    """The detector's hash (and mirrored hash) equals imagehash.phash on the image it decodes, for JPEG (draft mode)
+    and PNG, two hash sizes (how close a draft decode stays to a full one: the test above)."""
+    paths = [save_image(make_class_image(i % 4, i, (300, 220)), tmp_path / f"{i}.jpg") for i in range(4)]
+    paths.append(save_image(make_class_image(1, 9, (90, 70)), tmp_path / "small.png"))
     for hash_size in (8, 6):
-        for image in images:
-            reference = imagehash.phash(image, hash_size=hash_size)
-            bits = by_phash.phash_bits(image, hash_size)
-            assert (bits == reference.hash).all() and by_phash.hash_hex(bits) == str(reference)
+        for path in paths:
+            values, error = by_phash.hash_file((str(path), hash_size, True))
+            decoded, size = by_phash.decode_for_hash(path, hash_size)
+            reference = imagehash.phash(decoded, hash_size=hash_size)
+            mirrored = imagehash.phash(ImageOps.mirror(decoded), hash_size=hash_size)
+            assert error is None and values["phash"] == str(reference) and (values["width"], values["height"]) == size
+            assert (np.unpackbits(values["packed"])[: hash_size**2] == reference.hash.ravel()).all()
+            assert (np.unpackbits(values["mirrored"])[: hash_size**2] == mirrored.hash.ravel()).all()
 
 
 def test_phash_rerun_hashes_only_new_files_and_ctrl_c_keeps_what_was_done(
@@ -569,7 +543,7 @@ def test_phash_rerun_hashes_only_new_files_and_ctrl_c_keeps_what_was_done(
     real_hash_file = by_phash.hash_file
     calls: list[str] = []
 
-    def interrupted_after_five(task: tuple[str, int, bool]) -> by_phash.HashResult:
+    def interrupted_after_five(task: tuple[str, int, bool]) -> tuple:
         if len(calls) == 5:
             raise KeyboardInterrupt
         calls.append(task[0])
@@ -594,9 +568,10 @@ def test_phash_rerun_hashes_only_new_files_and_ctrl_c_keeps_what_was_done(
 
 def test_the_cache_keeps_non_utf8_names(tmp_path: Path) -> None:
     key = (f"train/bird/{BAD_NAME}", 10, 20)
-    dr.save_cache(tmp_path / "c.npz", "s", {key: {"value": np.arange(3)}})
-    assert list(dr.load_cache(tmp_path / "c.npz", "s")) == [key]
-    assert dr.load_cache(tmp_path / "c.npz", "other settings") == {}
+    columns = {"value": ("i", (3,))}
+    file_cache.save(tmp_path / "c.npz", "s", {key: {"value": np.arange(3)}})
+    assert list(file_cache.load(tmp_path / "c.npz", "s", columns, 10**6)) == [key]
+    assert file_cache.load(tmp_path / "c.npz", "other settings", columns, 10**6) == {}
 
 
 def test_hash_detectors_do_not_import_torch() -> None:
@@ -608,3 +583,58 @@ def test_hash_detectors_do_not_import_torch() -> None:
         [sys.executable, "-c", code, str(ROOT / "data_collection")], capture_output=True, text=True, check=True
     )
     assert result.stdout.strip() == "False"
+
+
+def write_npz(path: Path, arrays: dict[str, np.ndarray], declared_zeros: int = 0) -> None:
+    """An .npz like file_cache.save writes; ``declared_zeros``: one more member of that many zero bytes (a bomb)."""
+    with zipfile.ZipFile(path, "w", zipfile.ZIP_DEFLATED) as archive:
+        for name, array in arrays.items():
+            with archive.open(f"{name}.npy", "w") as handle:
+                np.lib.format.write_array(handle, np.asarray(array), allow_pickle=False)
+        if declared_zeros:
+            with archive.open("column_bomb.npy", "w", force_zip64=True) as handle:
+                chunk = bytes(1 << 20)
+                for _ in range(declared_zeros >> 20):
+                    handle.write(chunk)
+
+
+@pytest.mark.parametrize("damage", ["truncated", "integer_paths", "wrong_column_type", "bomb", "header_lies"])
+def test_a_bad_cache_is_ignored_with_one_warning_and_rebuilt(
+    tmp_path: Path, damage: str, capsys: pytest.CaptureFixture
+) -> None:
+    """Issue 17: a truncated .phash_cache.npz gave BadZipFile, integer paths a TypeError, a 195 KB deflate bomb used
+    1.8 GB before its traceback. Each is ignored with one warning (nothing unpacked for the bomb), then rebuilt."""
+    dataset = make_dataset(tmp_path / "dataset", train_per_class=1, val_per_class=1)
+    args = ["--dataset-dir", str(dataset), "--workers", "1"]
+    assert by_phash.main(args) == 0
+    cache = dataset / ".phash_cache.npz"
+    with np.load(cache) as data:
+        arrays = {name: data[name] for name in data.files}
+    if damage == "truncated":
+        cache.write_bytes(cache.read_bytes()[: cache.stat().st_size // 2])
+    elif damage == "integer_paths":
+        write_npz(cache, {**arrays, "paths": np.arange(len(arrays["paths"]))})
+    elif damage == "wrong_column_type":
+        write_npz(cache, {**arrays, "column_packed": arrays["column_packed"].astype(np.float64)})
+    elif damage == "bomb":  # 100 MB of zeros deflate to about 100 KB: refused from the zip directory alone
+        write_npz(cache, arrays, declared_zeros=100 << 20)
+        assert cache.stat().st_size < 200_000
+    else:  # an array header declaring a billion rows in a member of a few bytes
+        header = {"descr": "<i8", "fortran_order": False, "shape": (10**9,)}
+        write_npz(cache, {name: array for name, array in arrays.items() if name != "column_width"})
+        with zipfile.ZipFile(cache, "a") as archive, archive.open("column_width.npy", "w") as handle:
+            np.lib.format.write_array_header_1_0(handle, header)
+    capsys.readouterr()
+    peak_before = resource_peak_mb()
+    assert by_phash.main(args) == 0
+    err = capsys.readouterr().err
+    assert err.count("Ignoring unusable cache") == 1 and err.count("\n") == 1 and "Traceback" not in err
+    assert resource_peak_mb() - peak_before < 50  # nothing was unpacked into memory
+    report = load(dataset / "duplicate_report_phash.json")
+    assert report["from_cache"] == 0 and report["hashed"] == report["images_read"] == 8
+    assert by_phash.main(args) == 0  # rebuilt: the next run takes everything from it
+    assert load(dataset / "duplicate_report_phash.json")["from_cache"] == 8 and "cache" not in capsys.readouterr().err
+
+
+def resource_peak_mb() -> float:
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024

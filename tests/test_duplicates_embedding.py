@@ -10,7 +10,6 @@ import sys
 from pathlib import Path
 
 import detect_duplicates_by_embedding as by_embedding
-import duplicate_report as dr
 import numpy as np
 import pytest
 import similarity_search as search
@@ -27,6 +26,7 @@ from conftest import (
 )
 
 import classifier
+import duplicate_report as dr
 import fileio
 
 SIZE = (128, 96)
@@ -71,7 +71,9 @@ def run(dataset: Path, model: Path, threshold: str, *extra: str) -> tuple[int, d
     return code, load(dataset / "duplicate_report_embedding.json")
 
 
-def test_groups_copies_not_distinct_images_and_reuses_the_cache(planted: Path, tiny_model: Path) -> None:
+def test_groups_copies_not_distinct_images_and_reuses_the_cache(
+    planted: Path, tiny_model: Path, capsys: pytest.CaptureFixture
+) -> None:
     code, strict = run(planted, tiny_model, STRICT_THRESHOLD)
     assert code == 0 and strict["embedded"] == strict["images_read"] == 16 and strict["from_cache"] == 0
     exact = {"train/bird/original.jpg", "val/bird/exact.jpg"}
@@ -88,6 +90,20 @@ def test_groups_copies_not_distinct_images_and_reuses_the_cache(planted: Path, t
     save_image(make_class_image(3, 5, SIZE), planted / "val" / "other" / "new.jpg")
     code, again = run(planted, tiny_model, NEAR_THRESHOLD)
     assert again["embedded"] == 1 and again["from_cache"] == 16  # only the new image
+
+    cache = planted / ".embedding_cache.npz"  # issue 17: a bad cache is one warning and a rebuild, never a traceback
+    with np.load(cache) as data:
+        arrays = {name: data[name] for name in data.files}
+    for damage in ("truncated", "text embeddings"):
+        if damage == "truncated":
+            cache.write_bytes(cache.read_bytes()[:1000])
+        else:
+            np.savez(cache, **{**arrays, "column_embedding": arrays["column_embedding"].astype(str)})
+        capsys.readouterr()
+        code, rebuilt = run(planted, tiny_model, NEAR_THRESHOLD)
+        err = capsys.readouterr().err
+        assert code == 0 and rebuilt["embedded"] == 17 and rebuilt["from_cache"] == 0
+        assert err.count("Ignoring unusable cache") == 1 and "Traceback" not in err
 
 
 def test_bad_files_are_skipped_with_reasons(tmp_path: Path, tiny_model: Path) -> None:

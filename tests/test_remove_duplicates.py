@@ -13,13 +13,13 @@ from pathlib import Path
 
 import detect_duplicates_by_filesize as by_filesize
 import detect_duplicates_by_phash as by_phash
-import duplicate_report as dr
 import numpy as np
 import pytest
 import remove_duplicates as rd
 from conftest import IS_ROOT, ROOT, make_class_image, make_dataset, make_near_duplicates, save_image, tree_snapshot
 
 import cli
+import duplicate_report as dr
 import fileio
 import trash
 
@@ -97,7 +97,7 @@ def test_every_strategy_plans_as_documented(strategy: str) -> None:
         assert {e["path"] for e in plan.keep} == expected, (strategy, group["id"])
         assert {e["path"] for e, _ in plan.remove} == {e["path"] for e in group["files"]} - expected
         assert all(reason for _, reason in plan.remove)
-        if group["category"] in rd.CROSS_CLASS:  # label conflicts: left for the user by every strategy
+        if group["category"] in dr.CONFLICT_CATEGORIES:  # label conflicts: left for the user by every strategy
             assert plan.remove == [] and plan.is_left_for_user
             assert any("label conflict" in note for note in plan.notes)
 
@@ -160,7 +160,8 @@ def test_apply_then_undo_restores_the_tree_byte_for_byte(copies_dataset: Path, c
     assert rd.main(["--report", report_of(copies_dataset), "--strategy", "all", "--apply", "--yes"]) == 0
     assert not (copies_dataset / "val/plane/leaked.jpg").exists()
     for group in dr.iter_groups(load(Path(report_of(copies_dataset)))):  # one copy of each group of copies is left
-        expected = len(group["files"]) if group["category"] in rd.CROSS_CLASS else 1  # label conflicts: untouched
+        is_conflict = group["category"] in dr.CONFLICT_CATEGORIES  # label conflicts: untouched
+        expected = len(group["files"]) if is_conflict else 1
         assert sum((copies_dataset / e["path"]).exists() for e in group["files"]) == expected
     log_path = the_log(copies_dataset)
     log = load(log_path)
@@ -232,7 +233,8 @@ def test_the_last_copy_is_never_removed(
     assert (copies_dataset / "val/plane/leaked.jpg").exists() and (
         copies_dataset / "val/plane/leaked_again.jpg"
     ).exists()
-    assert "its kept copy train/plane/plane_001.jpg is gone: not removing the last copy" in capsys.readouterr().err
+    err = capsys.readouterr().err  # seen by the content re-check right before acting (a file-size report), or by trash
+    assert "train/plane/plane_001.jpg" in err and ("cannot read" in err or "is gone: not removing the last copy" in err)
 
 
 def test_a_kept_symlink_keeps_its_target(tmp_path: Path) -> None:
@@ -635,12 +637,12 @@ def test_undo_never_pulls_in_an_outside_file_through_a_symlink_in_the_trash(
 
 WRONG_VALUES = {  # what a report says -> the words of the refusal
     "width": ("abc", "files[0].width must be a whole number (it is 'abc')"),
-    "files": ([], "files must be a list of at least two files (it is list)"),
+    "files": ([], "files must be a list of at least two files (it has 0)"),
     "category": (None, ".category must be 'same_class_and_set' (it is NoneType)"),
     "path": (5, "files[0].path must be text (it is 5)"),
     "size": ("12", "files[0].size must be a whole number (it is '12')"),
     "id": (2, ".id must be a whole number no other group has (it is 2)"),  # another group's id
-    "class": ("plane", "but its files' classes and sets make it 'diff_class_same_set'"),
+    "class": ("plane", "category must be 'diff_class_same_set' (its files' classes and sets)"),
     "dataset_dir": (7, "dataset_dir must be a folder name (it is 7)"),
 }
 
@@ -830,3 +832,40 @@ def test_a_fifo_in_a_report_is_skipped_never_opened(tmp_path: Path, capsys: pyte
     assert rd.main(["--report", str(report), "--strategy", "safe", "--apply", "--yes"]) == 1  # safe would hash it
     assert "train/bird/pipe.jpg is a named pipe (FIFO), not a file" in capsys.readouterr().out
     assert (dataset / "train/bird/bird_000.jpg").is_file()
+
+
+@pytest.mark.parametrize("method", ["filesize", "phash"])
+def test_a_report_calling_two_different_files_byte_identical_is_not_believed(
+    tmp_path: Path, method: str, capsys: pytest.CaptureFixture
+) -> None:
+    """Issue 17: a report gave two different files one sha256; safe printed "byte-identical copy" and --delete removed
+    one for good. Both files are hashed again before acting; the group is skipped with the reason."""
+    dataset = make_dataset(tmp_path / "dataset", train_per_class=2, val_per_class=1)
+    pair = ["train/bird/bird_000.jpg", "train/bird/bird_001.jpg"]
+    assert (dataset / pair[0]).read_bytes() != (dataset / pair[1]).read_bytes()
+    path = hand_report(dataset, [pair], method=method)
+    report = load(path)
+    for entry_ in report["duplicate_groups"]["same_class_and_set"][0]["files"]:
+        entry_["sha256"] = fileio.sha256_file(dataset / pair[0])  # the lie: the second file has other bytes
+    fileio.write_json(path, report)
+    before = tree_snapshot(dataset)
+    for strategy in ("safe", "first-alpha") if method == "filesize" else ("safe",):
+        code = rd.main(["--report", str(path), "--strategy", strategy, "--apply", "--yes", "--delete"])
+        out = capsys.readouterr().out
+        assert code == 1 and "byte-identical copy" not in out and "does not have the content" in out
+        assert tree_snapshot(dataset) == before  # nothing deleted, nothing moved
+
+
+def test_a_copy_changed_between_the_plan_and_the_removal_is_left_alone(
+    copies_dataset: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture
+) -> None:
+    def confirm_while_someone_edits(question: str) -> bool:
+        (copies_dataset / "train/bird/bird_copy.jpg").write_bytes(b"edited while the question was open")
+        return True
+
+    monkeypatch.setattr(cli, "confirm", confirm_while_someone_edits)
+    report = report_of(copies_dataset)
+    assert rd.main(["--report", report, "--strategy", "safe", "--categories", "same_class_and_set", "--apply"]) == 1
+    out = capsys.readouterr().out
+    assert "Nothing to remove" in out and (copies_dataset / "train/bird/bird_copy.jpg").exists()
+    assert not (copies_dataset / trash.TRASH_FOLDER).exists() or not list((copies_dataset / ".trash").glob("*.json"))

@@ -10,7 +10,7 @@ import time
 import tracemalloc
 from pathlib import Path
 
-import duplicate_report as dr
+import duplicate_detection as dd
 import numpy as np
 import pytest
 import similarity_search as search
@@ -280,7 +280,7 @@ def test_star_groups_take_time_linear_in_the_pairs() -> None:
     chains = np.stack([np.arange(100_000), np.arange(1, 100_001)], axis=1)  # one chain through 100,001 items
     clusters = rng.integers(100_001, count, size=(100_000, 2))
     started = time.perf_counter()
-    groups = dr.star_groups(count, np.concatenate([chains, clusters]))
+    groups = dd.star_groups(count, np.concatenate([chains, clusters]))
     elapsed = time.perf_counter() - started
     assert elapsed < 20, elapsed
     members = [member for group in groups for member in group]

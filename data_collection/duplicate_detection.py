@@ -1,23 +1,11 @@
-"""What the three duplicate detectors and remove_duplicates.py share: finding images, groups, the report, the gallery.
+"""What the three duplicate detectors share: finding and reading images, groups, the cache, the report, the gallery.
 
-Imported by detect_duplicates_by_filesize.py, detect_duplicates_by_phash.py, detect_duplicates_by_embedding.py and
-remove_duplicates.py; not a script. A detector scans a dataset with ``scan_dataset``, turns the "is a duplicate of"
-pairs it finds into groups with ``star_groups`` (every member is a neighbour of the group's representative: no
-chains), and writes one report format with ``finish``; ``remove_duplicates.py`` reads it back with ``load_report``.
-
-Report layout (``SCHEMA_VERSION`` 1)::
-
-    {"schema_version": 1, "method": "phash", "detector": "detect_duplicates_by_phash.py", "created": "...(UTC)",
-     "dataset_dir": "/abs/dataset", "sets": [...], "arguments": {...}, "files_scanned": 1234, "images_read": 1230,
-     "summary": {"groups": 12, "files_in_groups": 27, "removable_copies": 15, "by_category": {...}},
-     "duplicate_groups": {"same_class_and_set": [group, ...], "same_class_diff_set": [...],
-                          "diff_class_same_set": [...], "diff_class_diff_set": [...]},
-     "warnings": ["..."],                      # implausible output, said in sentences (may be empty)
-     "errors": [{"path": "train/bird/x.jpg", "reason": "empty file (0 bytes)"}]}
-    group = {"id": 3, "category": "same_class_diff_set", "representative": "train/bird/a.jpg",
-             "files": [entry, ...], ...method's own group values}
-    entry = {"path": "train/bird/a.jpg", "size": 51234, "mtime_ns": ..., "set": "train", "class": "bird",
-             "filename": "a.jpg", "width": 640, "height": 480, "is_symlink": false, ...method's own value}
+Imported by detect_duplicates_by_filesize.py, detect_duplicates_by_phash.py and detect_duplicates_by_embedding.py;
+not a script. A detector scans a dataset with ``scan_dataset``, computes its per-file values through
+``compute_cached`` (the per-file cache, Ctrl-C keeps what was done), turns the "is a duplicate of" pairs it finds
+into groups with ``star_groups`` (every member is a neighbour of the group's representative: no chains), and writes
+the report with ``finish``. The report's format (categories, validator, counts) is the root-level
+duplicate_report.py's, which remove_duplicates.py, html_report.py and run_pipeline.py read it with.
 
 Paths are relative to the dataset folder, in POSIX form; a file name that is not valid UTF-8 is kept, written as
 ``\\udcXX`` escapes by fileio.write_json (lossless, and the report stays valid UTF-8). How images are read (by
@@ -39,12 +27,24 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, NamedTuple
 
+import file_cache  # the sibling module (Python puts the script's folder on sys.path)
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # fileio.py, cli.py and classifier.py: project root
 import cli  # noqa: E402 - needs the line above
 import fileio  # noqa: E402
-from fileio import ReportError, read_json  # noqa: E402 - ReportError: remove_duplicates.py catches it as dr.ReportError
+from duplicate_report import (  # noqa: E402 - the report's format
+    CATEGORIES,
+    CATEGORY_NOTES,
+    REPORT_PREFIX,
+    SCHEMA_VERSION,
+    categorize,
+    iter_groups,
+    problems_first,
+    report_name,
+    summarize,
+    validate_report,
+)
 
 DETECTORS = (
     "detect_duplicates_by_filesize.py",
@@ -54,7 +54,7 @@ DETECTORS = (
 if __name__ == "__main__":  # answer at once, before the slow import below (classifier.py imports torch)
     raise SystemExit(
         cli.error(
-            "duplicate_report.py is a module imported by the duplicate detectors, not a script; run one of "
+            "duplicate_detection.py is a module imported by the duplicate detectors, not a script; run one of "
             + ", ".join(f"data_collection/{name}" for name in DETECTORS)
         )
     )
@@ -62,27 +62,10 @@ import classifier  # noqa: E402
 
 logger = logging.getLogger(__name__)
 
-SCHEMA_VERSION = 1  # bump when the report layout changes; remove_duplicates.py refuses versions it does not know
-METHODS = ("filesize", "phash", "embedding")
-CATEGORIES = ("same_class_and_set", "same_class_diff_set", "diff_class_same_set", "diff_class_diff_set")
-CATEGORY_NOTES = {  # what each category means for the user, printed next to the counts
-    "same_class_and_set": "plain copies",
-    "same_class_diff_set": "train/val leakage",
-    "diff_class_same_set": "label conflict",
-    "diff_class_diff_set": "label conflict and leakage",
-}
-PROBLEMS_FIRST = (  # the gallery's order: what harms training most first (label conflicts, then leaks)
-    "diff_class_diff_set",
-    "diff_class_same_set",
-    "same_class_diff_set",
-    "same_class_and_set",
-)
 DEFAULT_DATASET_DIR = "dataset"
 DEFAULT_SETS = ("train", "val")  # the sub-folders a dataset made by download_images.py has
 WHOLE_FOLDER_SET = "."  # the set name of images when the dataset folder has none of the set folders
-REPORT_PREFIX = "duplicate_report_"  # the detectors' reports and galleries are named duplicate_report_<method>.*
 TAIL_BYTES = 65536  # a complete JPEG normally ends with its end marker within this many bytes of the end
-CACHE_VERSION = 2  # bump when the cache layout changes; an unknown cache is ignored and rebuilt
 GALLERY_MAX_GROUPS = 12  # rows of the contact sheet
 GALLERY_MAX_FILES = 8  # columns: files shown per group
 GALLERY_THUMB_PIXELS = 160  # thumbnails are decoded at about this size (JPEG draft mode)
@@ -109,16 +92,7 @@ class Scan(NamedTuple):
 
 
 # ----------------------------------------------------------------------------------------------------------------
-# Pure functions: locations, categories, groups, summaries
-
-
-def categorize(entries: Sequence[dict[str, Any]]) -> str:
-    """The category of a group from the classes and sets of its files (see CATEGORIES)."""
-    same_class = len({entry["class"] for entry in entries}) == 1
-    same_set = len({entry["set"] for entry in entries}) == 1
-    if same_class:
-        return "same_class_and_set" if same_set else "same_class_diff_set"
-    return "diff_class_same_set" if same_set else "diff_class_diff_set"
+# Pure functions: groups, the report
 
 
 def star_groups(
@@ -190,29 +164,6 @@ def make_groups(
             result[category].append({"id": next_id, "category": category, **extra, "files": files})
             next_id += 1
     return result
-
-
-def iter_groups(report: dict[str, Any]) -> list[dict[str, Any]]:
-    """All groups of a report in id order."""
-    groups = [group for category in CATEGORIES for group in report["duplicate_groups"].get(category, [])]
-    return sorted(groups, key=lambda group: group["id"])
-
-
-def problems_first(report: dict[str, Any]) -> list[dict[str, Any]]:
-    """All groups, label conflicts and train/val leaks before same-class copies, largest first within each."""
-    rank = {category: position for position, category in enumerate(PROBLEMS_FIRST)}
-    return sorted(iter_groups(report), key=lambda group: (rank[group["category"]], -len(group["files"]), group["id"]))
-
-
-def summarize(duplicate_groups: dict[str, list[dict[str, Any]]]) -> dict[str, Any]:
-    """Counts per category and overall; removable copies = files in groups minus one per group."""
-    by_category = {
-        category: {"groups": len(groups), "files": sum(len(group["files"]) for group in groups)}
-        for category, groups in duplicate_groups.items()
-    }
-    groups = sum(counts["groups"] for counts in by_category.values())
-    files = sum(counts["files"] for counts in by_category.values())
-    return {"groups": groups, "files_in_groups": files, "removable_copies": files - groups, "by_category": by_category}
 
 
 def to_plain(value: Any) -> Any:
@@ -508,10 +459,18 @@ def entry_groups_for(
 
 
 # ----------------------------------------------------------------------------------------------------------------
-# The per-file cache of hashes and embeddings
+# The flow every detector's computation goes through: the per-file cache (file_cache.py), compute, Ctrl-C
 
 
-def file_key(item: ScanItem) -> tuple[str, int, int] | None:
+class Computed(NamedTuple):
+    """What compute_cached gives: each item's values (None where they could not be computed), and the failures."""
+
+    values: list[dict[str, Any] | None]  # per scanned item, in order: {column: value}
+    errors: list[dict[str, str]]  # {"path", "reason"} of the items that could not be computed
+    from_cache: int  # items whose values came from the cache (the others were computed in this run)
+
+
+def file_key(item: ScanItem) -> file_cache.Key | None:
     """(relative path, size, mtime_ns): a changed file has another key. None when it cannot be stat'ed."""
     try:
         info = item.path.stat()
@@ -520,96 +479,49 @@ def file_key(item: ScanItem) -> tuple[str, int, int] | None:
     return (item.rel, info.st_size, info.st_mtime_ns)
 
 
-def load_cache(path: Path, settings: str) -> dict[tuple[str, int, int], dict[str, np.ndarray]]:
-    """{file key: {column: value}} from a cache written with the same ``settings``; {} otherwise (said in a line)."""
-    if fileio.regular_file_reason(path) is not None:
-        return {}
-    try:
-        with np.load(path, allow_pickle=False) as data:
-            if int(data["version"]) != CACHE_VERSION or str(data["settings"]) != settings:
-                logger.info("Cache %s was made with other settings: computing everything again", cli.printable(path))
-                return {}
-            keys = zip(data["paths"].tolist(), data["sizes"].tolist(), data["mtimes"].tolist())
-            columns = {name.removeprefix("column_"): data[name] for name in data.files if name.startswith("column_")}
-            return {
-                (os.fsdecode(p), int(s), int(m)): {name: values[row] for name, values in columns.items()}
-                for row, (p, s, m) in enumerate(keys)
-            }
-    except (OSError, KeyError, ValueError, EOFError) as error:
-        logger.warning("Ignoring unreadable cache %s (%s): computing everything again", cli.printable(path), error)
-        return {}
+def compute_cached(
+    items: Sequence[ScanItem],
+    cache_file: Path | None,
+    settings: str,
+    columns: file_cache.Columns,
+    compute: Callable[[Sequence[ScanItem]], Iterable[tuple[dict[str, Any] | None, str | None]]],
+    what: str,
+) -> Computed | int:
+    """Each item's values: from the cache where its path, size and mtime are unchanged, else from ``compute``.
 
-
-def save_cache(path: Path, settings: str, cache: dict[tuple[str, int, int], dict[str, np.ndarray]]) -> None:
-    """Write the cache atomically (stale temp files of a killed run removed); an unwritable folder costs one warning.
-
-    Paths are stored as their bytes' escapes (``os.fsencode``), so a file name that is not UTF-8 survives.
+    ``compute(items)`` yields for each item, in order, (values, None) or (None, why it failed). The cache (None: no
+    cache) is saved afterwards, and on Ctrl-C with what was done; then one line says so and 130 is returned.
+    ``what`` names the values in that line ("hashes").
     """
-    reason = fileio.writable_folder_reason(path.parent)
-    if reason:
-        logger.warning("Cache not saved: %s", cli.printable(reason))
-        return
-    keys = sorted(cache)
-    names = sorted(cache[keys[0]]) if keys else []
-    fileio.remove_stale_temp_files(path.parent, path.name)
-    with fileio.atomic_write(path) as handle:
-        np.savez(
-            handle,
-            version=np.int64(CACHE_VERSION),
-            settings=np.str_(settings),
-            paths=np.array([os.fsencode(key[0]) for key in keys] or [b""])[: len(keys)],
-            sizes=np.array([key[1] for key in keys], dtype=np.int64),
-            mtimes=np.array([key[2] for key in keys], dtype=np.int64),
-            **{f"column_{name}": np.array([cache[key][name] for key in keys]) for name in names},
-        )
+    keys = [file_key(item) for item in items]
+    cache = file_cache.load(cache_file, settings, columns, file_cache.byte_limit(len(items))) if cache_file else {}
+    values: list[dict[str, Any] | None] = [cache.get(key) if key else None for key in keys]
+    todo = [index for index, value in enumerate(values) if value is None]
+    reasons: dict[int, str] = {}
+
+    def save() -> None:
+        if cache_file:
+            file_cache.save(cache_file, settings, {key: v for key, v in zip(keys, values) if key and v is not None})
+
+    try:
+        for position, (value, reason) in enumerate(compute([items[index] for index in todo])):
+            if value is None:
+                reasons[todo[position]] = reason or "could not be read"
+            else:
+                values[todo[position]] = value
+    except KeyboardInterrupt:
+        save()
+        done = sum(values[index] is not None for index in todo)
+        kept = f"{done} new {what} kept in the cache; a re-run goes on from there" if cache_file else "nothing written"
+        print(f"Interrupted: {kept}. No report written.")
+        return cli.EXIT_INTERRUPTED
+    save()
+    errors = [{"path": items[index].rel, "reason": reason} for index, reason in sorted(reasons.items())]
+    return Computed(values, errors, len(items) - len(todo))
 
 
 # ----------------------------------------------------------------------------------------------------------------
 # Reports and the gallery
-
-
-def validate_report(report: Any, source: str = "the report") -> dict[str, Any]:
-    """The report if it has the layout this module writes; ReportError naming what is wrong otherwise."""
-    if not isinstance(report, dict) or "duplicate_groups" not in report:
-        raise ReportError(f"{source} is not a duplicate report (no 'duplicate_groups'); run a detector first")
-    version = report.get("schema_version")
-    if version != SCHEMA_VERSION:
-        raise ReportError(
-            f"{source} has schema version {version!r} but this script reads version {SCHEMA_VERSION}; "
-            "run the detector again to make a new report"
-        )
-    if report.get("method") not in METHODS:
-        raise ReportError(f"{source} names an unknown method {report.get('method')!r} (known: {', '.join(METHODS)})")
-    groups = report["duplicate_groups"]
-    if not isinstance(groups, dict) or not set(groups) <= set(CATEGORIES):
-        raise ReportError(f"{source} has unknown duplicate group categories; expected {', '.join(CATEGORIES)}")
-    required = ("path", "size", "mtime_ns", "set", "class")
-    for category, category_groups in groups.items():
-        if not isinstance(category_groups, list):
-            raise ReportError(f"{source}: duplicate_groups.{category} is not a list; run the detector again")
-        for number, group in enumerate(category_groups):
-            where = f"duplicate_groups.{category}[{number}]"
-            problem = None
-            if not isinstance(group, dict):
-                problem = f"{where} is not an object"
-            elif not isinstance(group.get("id"), int) or isinstance(group.get("id"), bool):
-                problem = f"{where}.id is not a whole number"
-            elif not isinstance(group.get("files"), list):
-                problem = f"{where}.files is not a list"
-            else:
-                for index, entry in enumerate(group["files"]):
-                    missing = [key for key in required if not isinstance(entry, dict) or key not in entry]
-                    if missing:
-                        problem = f"{where}.files[{index}] lacks {', '.join(missing)}"
-                        break
-            if problem:
-                raise ReportError(f"{source}: {problem}; run the detector again")
-    return report
-
-
-def load_report(path: Path) -> dict[str, Any]:
-    """A validated duplicate report from ``path``; ReportError (one sentence) when it cannot be used."""
-    return validate_report(read_json(path, "report"), f"report {path}")
 
 
 def gallery_figure(
@@ -701,7 +613,7 @@ def add_common_arguments(parser: argparse.ArgumentParser, method: str, is_galler
     cli.add_report_flag(
         parser,
         f"report file to write; give a path elsewhere to scan a read-only dataset "
-        f"(default: <dataset-dir>/{REPORT_PREFIX}{method}.json)",
+        f"(default: <dataset-dir>/{report_name(method)})",
         aliases=("--output",),
         type=Path,
         default=None,
@@ -742,7 +654,7 @@ def add_common_arguments(parser: argparse.ArgumentParser, method: str, is_galler
 
 
 def report_path(args: argparse.Namespace, method: str) -> Path:
-    return args.report if args.report is not None else args.dataset_dir / f"{REPORT_PREFIX}{method}.json"
+    return args.report if args.report is not None else args.dataset_dir / report_name(method)
 
 
 def cache_path(args: argparse.Namespace, method: str) -> Path | None:
@@ -825,6 +737,7 @@ def finish(
         extra=extra,
         warnings=warnings,
     )
+    validate_report(report, "the new report")  # a detector never writes what a reader would refuse
     output = report_path(args, method)
     fileio.remove_stale_temp_files(output.parent, output.name)
     fileio.write_json(output, report, indent=1)
