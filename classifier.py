@@ -8,13 +8,15 @@ found and read (``find_image_files``, ``open_image``, ``load_image``), the prepr
     python classifier.py models/best_model.pth test_image.jpg
     python classifier.py --model models/best_model.pth test_images/ --recursive --top-k 3
     python classifier.py models/best_model.pth test_images/ --json > predictions.jsonl
+    python classifier.py models/best_model.pth --set-threshold 0.5   # store the trainer's recommended threshold
 
     from classifier import BirdPlaneSupermanClassifier
     clf = BirdPlaneSupermanClassifier("models/best_model.pth", confidence_threshold=0.7)
     pred_class, confidence, probs = clf.predict("img.jpg")
     results = clf.predict_batch(paths)  # a list: (path, class, confidence, probs) per path, in order
 
-Writes nothing unless ``--csv FILE`` is given; predictions go to stdout, warnings and errors to stderr.
+Writes nothing unless ``--csv FILE`` (or ``--set-threshold``: the model file) is given; predictions go to stdout,
+warnings and errors to stderr.
 Exit codes: 0 done, 1 done but some images unusable, 2 usage error or unusable model/input, 130 interrupted.
 """
 
@@ -816,6 +818,20 @@ def classify_and_print(clf: BirdPlaneSupermanClassifier, inputs: Sequence[str], 
     return EXIT_PARTIAL if any(row["error"] for row in rows) else EXIT_OK
 
 
+def store_threshold(model_path: str, threshold: float) -> int:
+    """--set-threshold: the model file as it was, with ``threshold`` stored as its confidence threshold."""
+    import torch
+
+    if not 0.0 <= threshold <= 1.0:
+        return _error(f"--set-threshold must be between 0 and 1, got {threshold}")
+    checkpoint = load_checkpoint(model_path)
+    previous, checkpoint["confidence_threshold"] = checkpoint["confidence_threshold"], threshold
+    with _atomic_file(model_path, "wb") as handle:
+        torch.save(checkpoint, handle)
+    print(f"{_printable(model_path)}: confidence threshold {previous:.2f} -> {threshold:.2f}")
+    return EXIT_OK
+
+
 def _error(message: str) -> int:
     """``error: <message>`` on stderr (the project's one error format); returns EXIT_USAGE."""
     print(f"error: {_printable(message)}", file=sys.stderr)
@@ -834,6 +850,7 @@ def get_args_parser(add_help: bool = True) -> argparse.ArgumentParser:
     add("--recursive", action="store_true", help="also look in subfolders of folders (default: off)")
     below = f"minimum softmax confidence (0-1) below which the prediction becomes {FALLBACK_LABEL!r}"
     add("--threshold", type=float, help=f"{below} (default: the one stored in the checkpoint)")
+    add("--set-threshold", type=float, metavar="T", help="store T as the model file's threshold and exit (no images)")
     add("--batch-size", type=int, default=DEFAULT_BATCH_SIZE, help="images per forward pass (default: 32)")
     add("--device", help="cpu, cuda, cuda:1, mps (default: cuda, then mps, then cpu)")
     add("--top-k", type=int, default=1, help="how many classes to show per image (default: 1)")
@@ -851,6 +868,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     if not args.model and not args.paths:
         return _error("no model given: python classifier.py MODEL IMAGE... (or --model MODEL IMAGE...)")
     model_path, inputs = (args.model, args.paths) if args.model else (args.paths[0], args.paths[1:])
+    if args.set_threshold is not None:
+        if inputs:
+            return _error("--set-threshold changes the model file only: give no images with it")
+        try:
+            return store_threshold(model_path, args.set_threshold)
+        except (CheckpointError, OSError) as error:
+            return _error(str(error))
     missing = [item for item in inputs if not os.path.lexists(item)]
     bad_threshold = args.threshold is not None and not 0.0 <= args.threshold <= 1.0
     no_csv_folder = args.csv and not Path(args.csv).resolve().parent.is_dir()

@@ -8,7 +8,9 @@ tqdm only.
 - One error printer: ``error(message)`` writes ``error: <message>`` on stderr and returns EXIT_USAGE.
 - One verbosity flag and one progress switch: ``add_output_flags(parser)`` adds ``-v/--verbose`` and
   ``--no-progress``; ``apply_output_flags(args)`` acts on them (only scripts' ``main`` calls it).
-- Progress bars on stderr, only when stderr is a terminal: ``progress(iterable, ...)``.
+- Progress on stderr: ``progress(iterable, ...)`` draws a tqdm bar on a terminal; into a log file or a pipe it writes
+  a plain line (the bar's text) at least every PROGRESS_LINE_SECONDS of long work, and nothing for short work.
+- One piece of advice after Ctrl-C, the same in every script that can carry on: ``CARRY_ON_ADVICE``.
 - Report flags are named the same way everywhere: ``add_report_flag(parser, ...)`` adds ``--report`` and keeps a
   script's old spellings as hidden aliases so existing commands still work.
 - Everything printed that holds a file name goes through ``printable`` so control and right-to-left characters
@@ -30,6 +32,11 @@ EXIT_OK = 0  # done
 EXIT_PARTIAL = 1  # done, but some inputs were unusable (each reported by path with the reason)
 EXIT_USAGE = 2  # usage error or unusable input (one sentence on stderr); nothing was changed
 EXIT_INTERRUPTED = 130  # Ctrl-C: the shell's convention (128 + SIGINT)
+CARRY_ON_ADVICE = (  # what an interrupted trainer and an interrupted pipeline both say, word for word
+    "Run the same command again to carry on; train_classifier.py needs --resume added, run_pipeline.py resumes by "
+    "itself."
+)
+PROGRESS_LINE_SECONDS = 30.0  # without a terminal, a plain progress line this often: a log shows the run is alive
 EXIT_CODES_HELP = (
     "exit codes: 0 done, 1 done but some inputs unusable, 2 usage error or unusable input, 130 interrupted"
 )
@@ -72,7 +79,7 @@ def add_output_flags(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--no-progress",
         action="store_true",
-        help="never draw progress bars (default: bars only when stderr is a terminal)",
+        help="no progress output (default: bars on a terminal, a plain line every 30 s of long work in a log)",
     )
 
 
@@ -115,15 +122,47 @@ def set_progress(enabled: bool) -> None:
     _progress_enabled = enabled
 
 
+def _plain_progress_class() -> type:
+    """tqdm for a log file or a pipe: no bar redrawn with carriage returns, one plain line of the bar's text each
+    time PROGRESS_LINE_SECONDS have passed since the last (none at the start or end of short work)."""
+    from tqdm import tqdm
+
+    class PlainProgress(tqdm):
+        monitor_interval = 0  # no monitor thread: every update checks the clock (at most once a second)
+
+        def __init__(self, *args: Any, **options: Any) -> None:
+            self._line_at: float | None = None
+            super().__init__(*args, **{**options, "leave": False})  # close() then only "clears" (see display)
+
+        def display(self, msg: str | None = None, pos: int | None = None) -> bool:
+            now = self._time()
+            if self._line_at is None:
+                self._line_at = now
+            elif msg is None and now - self._line_at >= PROGRESS_LINE_SECONDS:
+                self._line_at = now
+                self.fp.write(f"{self}\n")
+                self.fp.flush()
+            return False  # nothing on screen to clear or move past: tqdm writes no carriage return after it
+
+        def clear(self, nolock: bool = False) -> None:
+            """Nothing to clear in a log (tqdm.write calls this around each line it writes)."""
+
+    return PlainProgress
+
+
 def progress_wanted() -> bool:
     """True when bars should be drawn: not switched off and stderr is a terminal (never into a log file)."""
     return _progress_enabled and sys.stderr.isatty()
 
 
 def progress(iterable: Iterable[T] | None = None, **options: Any) -> Any:
-    """A tqdm bar on stderr when ``progress_wanted()``; otherwise tqdm's no-op (same interface, draws nothing)."""
+    """A tqdm bar on stderr when ``progress_wanted()``; without a terminal plain lines for long work (see
+    ``_plain_progress_class``); with --no-progress tqdm's no-op (same interface, draws nothing)."""
     from tqdm import tqdm
 
+    if _progress_enabled and not sys.stderr.isatty():
+        options = {"ascii": True, "miniters": 1, "mininterval": min(1.0, PROGRESS_LINE_SECONDS), **options}
+        return _plain_progress_class()(iterable, file=sys.stderr, **options)
     return tqdm(iterable, disable=not progress_wanted(), file=sys.stderr, **options)
 
 

@@ -195,13 +195,6 @@ def removal_command(report: Path, strategy: str, category: str) -> Command:
     return Command("remove_duplicates", argv)
 
 
-def freeze_until(args: argparse.Namespace) -> str | None:
-    """--freeze-until as given; with --weights none and none given, "none" (random layers kept frozen never learn)."""
-    if args.freeze_until is None and args.weights is not None and args.weights.lower() == "none":
-        return "none"
-    return args.freeze_until
-
-
 def train_command(args: argparse.Namespace, dataset_dir: Path, models_dir: Path) -> Command:
     """The trainer with the training settings given once to the pipeline, plus the analysis (and its calibration)."""
     argv = ["--dataset-dir", str(dataset_dir), "--output-dir", str(models_dir)]
@@ -213,12 +206,12 @@ def train_command(args: argparse.Namespace, dataset_dir: Path, models_dir: Path)
             ("--epochs", args.epochs),
             ("--batch-size", args.batch_size),
             ("--learning-rate", args.learning_rate),
-            ("--freeze-until", freeze_until(args)),
+            ("--freeze-until", args.freeze_until),
             ("--seed", args.seed),
             ("--device", args.device),
         ]
     )
-    argv.append("--detect-problematic")
+    argv += ["--confidence-threshold", "auto", "--detect-problematic"]  # the model stores the recommended threshold
     argv += optional_flags(
         [
             ("--analysis-epochs", analysis_epochs(args)),
@@ -534,8 +527,6 @@ def run_dedupe(run: Run, stage: Stage) -> int:
 def run_train(run: Run, stage: Stage) -> int:
     """Train with the analysis; a run interrupted with these same inputs resumes from its last checkpoint."""
     command = train_command(run.args, run.dataset_dir, run.models_dir)
-    if run.args.freeze_until is None and freeze_until(run.args) == "none":
-        print("--weights none: training every layer (--freeze-until none); random layers kept frozen never learn.")
     previous = run.state["stages"].get("train", {})
     fingerprint = digest(stage.inputs(run))
     warn_about_small_classes(run)
@@ -857,8 +848,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         )
     except KeyboardInterrupt:
         print(
-            f"\nInterrupted during stage {stage}: what is finished stays finished; run the same command again to "
-            "carry on (an interrupted training resumes from its last checkpoint).",
+            f"\nInterrupted during stage {stage}: what is finished stays finished. {cli.CARRY_ON_ADVICE}",
             file=sys.stderr,
         )
         return cli.EXIT_INTERRUPTED

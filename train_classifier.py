@@ -20,11 +20,13 @@ Writes into --output-dir (default models/):
                                calibration and the threshold table (rewritten atomically after every epoch)
     training_curves.png, confusion_matrix.png (best epoch)
     error_analysis/epoch_XX/<true_class>_errors.json and contact_sheet.png (most confident mistakes)
+    .train_classifier.lock     while a run trains there: a second trainer on the same folder is refused
 With --detect-problematic, the report goes to <dataset-dir>/problematic_images_report.json (or --report PATH).
 
 This file is the story: arguments, set-up, the train/evaluate loop, checkpoints and resume. Beside it:
 training_data.py (scan, cached copies, augmentation, sampling), training_report.py (metrics, calibration, plots,
-tables), problematic_analysis.py (--detect-problematic, cross-validation) and distributed.py (torchrun).
+tables), training_checkpoint.py (the output folder's lock, what --resume restores), problematic_analysis.py
+(--detect-problematic, cross-validation) and distributed.py (torchrun).
 
 Under torchrun each process trains a DistributedDataParallel copy of the model on its share of every epoch (of
 --batch-size images a step), ``evaluate`` gathers the per-image results of all processes, so metrics, the best model,
@@ -36,6 +38,7 @@ folder (``distributed.from_main``).
 from __future__ import annotations
 
 import argparse
+import contextlib
 import dataclasses
 import logging
 import math
@@ -58,6 +61,7 @@ import cli
 import distributed
 import fileio
 import problematic_analysis
+import training_checkpoint
 import training_data
 import training_report
 
@@ -71,10 +75,6 @@ OWN_FILE_NAMES = (BEST_MODEL_NAME, PENDING_BEST_NAME, LAST_CHECKPOINT_NAME, META
                   "confusion_matrix.png")  # fmt: skip  # their stale temp files (a killed run's) are removed at start
 FREEZE_CHOICES = ("layer1", "layer2", "layer3", "none")  # freeze the stem and every stage up to this one
 BACKBONE_BLOCKS = ("conv1", "bn1", "layer1", "layer2", "layer3", "layer4")  # ResNet stem and stages, input first
-# What last_checkpoint.pth holds beyond classifier.py's format (a best-model checkpoint lacks them).
-RESUME_KEYS = (
-    "epoch", "arguments", "history", "optimizer_state_dict", "scheduler_state_dict", "scaler_state_dict", "rng_states",
-)  # fmt: skip
 
 
 # ---------------------------------------------------------------------------------------------------------------------
@@ -94,6 +94,30 @@ def frozen_blocks(freeze_until: str) -> list[str]:
     if freeze_until == "none":
         return []
     return list(BACKBONE_BLOCKS[: BACKBONE_BLOCKS.index(freeze_until) + 1])
+
+
+def default_freeze_until(weights: str) -> str:
+    """--freeze-until when none is given: layer3 keeps pretrained stages fixed, but with --weights none every layer
+    trains (random layers kept frozen never learn)."""
+    return "none" if str(weights).lower() == "none" else "layer3"
+
+
+def threshold_setting(text: str) -> float | str:
+    """--confidence-threshold: a number from 0 to 1, or "auto" (the threshold the val sweep recommends)."""
+    if text.strip().lower() == "auto":
+        return "auto"
+    value = float(text)
+    if not 0.0 <= value <= 1.0:  # NaN fails this too
+        raise argparse.ArgumentTypeError(f"a number from 0 to 1, or auto, is needed, got {text}")
+    return value
+
+
+def stored_threshold(args: argparse.Namespace, recommended: float | None = None) -> float:
+    """The confidence threshold a checkpoint of this run stores: --confidence-threshold, or with auto the
+    recommended one (classifier.py's default until calibration has recommended one)."""
+    if args.confidence_threshold != "auto":
+        return float(args.confidence_threshold)
+    return recommended if recommended is not None else classifier.DEFAULT_CONFIDENCE_THRESHOLD
 
 
 def plain_arguments(args: argparse.Namespace) -> dict[str, Any]:
@@ -341,7 +365,7 @@ def save_checkpoint(
 ) -> None:
     """A checkpoint in classifier.py's format (``classifier.make_checkpoint``: plain types and CPU tensors, loadable
     with weights_only=True; its own fields win over ``extra``'s), written atomically: readers see the old file or the
-    new one, never half of one."""
+    new one, never half of one. Its threshold: --confidence-threshold, or with auto the one ``extra`` recommends."""
     checkpoint = classifier.make_checkpoint(
         distributed.unwrap(model),
         arch=run.args.arch,
@@ -350,7 +374,7 @@ def save_checkpoint(
         resize_size=classifier.default_resize_size(run.args.image_size),
         mean=classifier.IMAGENET_MEAN,
         std=classifier.IMAGENET_STD,
-        confidence_threshold=run.args.confidence_threshold,
+        confidence_threshold=stored_threshold(run.args, extra.get("recommended_confidence_threshold")),
         temperature=temperature,
         extra=extra,
     )
@@ -398,39 +422,6 @@ def save_last_checkpoint(
     save_checkpoint(run.output_dir / LAST_CHECKPOINT_NAME, run.model, run, extra)
 
 
-def load_resume_checkpoint(
-    parser: argparse.ArgumentParser, argv: Sequence[str] | None, args: argparse.Namespace, output_dir: Path
-) -> tuple[argparse.Namespace, dict[str, Any]]:
-    """The last checkpoint and the run's settings: those stored in it, overridden by the flags given now."""
-    path = output_dir / LAST_CHECKPOINT_NAME
-    if not path.is_file():
-        raise training_data.DatasetError(f"There is no {path} to resume from; run without --resume to start training.")
-    checkpoint = classifier.load_checkpoint(path)
-    missing = [key for key in RESUME_KEYS if key not in checkpoint]
-    if missing or not isinstance(checkpoint["arguments"], dict) or not isinstance(checkpoint["history"], list):
-        raise classifier.CheckpointError(
-            f"{path} holds a model but not the training state --resume needs (no {(missing or ['arguments'])[0]}): "
-            "it is a copy of a best model or from another program; run without --resume to start a new training."
-        )
-    stored = dict(checkpoint["arguments"])
-    # Checkpoints written before the flags were renamed keep their settings under the old names.
-    for old, new in (("num_workers", "workers"), ("problematic_report", "report")):
-        if old in stored:
-            stored.setdefault(new, stored.pop(old))
-    # argparse sets a default only for attributes missing from the namespace, so the stored settings survive unless
-    # a flag is given on this command line; flags added since the checkpoint was written get their defaults.
-    merged = parser.parse_args(argv, namespace=argparse.Namespace(**stored))
-    merged.output_dir = args.output_dir
-    merged.resume = True
-    for name, key in (("arch", "arch"), ("image_size", "image_size")):
-        if getattr(merged, name) != checkpoint[key]:
-            raise training_data.DatasetError(
-                f"The checkpoint in {path} was trained with --{name.replace('_', '-')} {checkpoint[key]}, not "
-                f"{getattr(merged, name)}; resume with the same setting or train from scratch."
-            )
-    return merged, checkpoint
-
-
 # ---------------------------------------------------------------------------------------------------------------------
 # Set-up
 
@@ -441,26 +432,6 @@ def best_model_name(output_dir: Path, resume: dict[str, Any] | None) -> str:
     if resume is not None:  # only one of the two names: a checkpoint never chooses where the trainer writes
         return PENDING_BEST_NAME if resume.get("best_model_name") == PENDING_BEST_NAME else BEST_MODEL_NAME
     return PENDING_BEST_NAME if (output_dir / BEST_MODEL_NAME).exists() else BEST_MODEL_NAME
-
-
-def prepare_output_folders(args: argparse.Namespace, output_dir: Path) -> str | None:
-    """Before any work: one sentence when a folder this run writes into is read-only; else remove the hidden temp
-    files a killed run of this trainer left there (only its own names, never other tools') and return None."""
-    report = problematic_analysis.report_path(args) if args.detect_problematic else None
-    folders = [(output_dir, "")]
-    if report:
-        folders.append((report.parent, "; the problematic-images report goes there: pass --report PATH elsewhere"))
-    if args.cache_dir:
-        folders.append((Path(args.cache_dir), "; choose another --cache-dir"))
-    for folder, hint in folders:
-        reason = fileio.writable_folder_reason(folder)
-        if reason:
-            return reason + hint
-    places = [(output_dir, name) for name in OWN_FILE_NAMES] + ([(report.parent, report.name)] if report else [])
-    removed = sum(fileio.remove_stale_temp_files(folder, name) for folder, name in places if folder.is_dir())
-    if removed:
-        logger.info("Removed %d temp file(s) left by an interrupted run.", removed)
-    return None
 
 
 def setup_training(
@@ -593,10 +564,7 @@ def run_epochs(
     optimization = make_optimizer(model, args, len(run.train_loader), run.device, run.amp_dtype)
     start_epoch = 0
     if resume is not None:
-        optimization.optimizer.load_state_dict(resume["optimizer_state_dict"])
-        optimization.scheduler.load_state_dict(resume["scheduler_state_dict"])
-        optimization.scaler.load_state_dict(resume["scaler_state_dict"])
-        training_data.restore_rng_states(resume["rng_states"])
+        training_checkpoint.restore_state(optimization, resume)  # optimizer, schedule, loss scaler, RNG states
         run.history = list(resume["history"])
         start_epoch = int(resume["epoch"])
         # The schedule goes by steps, and an epoch has fewer of them with more processes: it carries on from the
@@ -667,9 +635,11 @@ def calibrate_best_model(run: TrainingRun) -> dict[str, Any] | None:
     # Its extras stay (summary, metrics); save_checkpoint writes the format's own fields over the stored ones.
     extra = {**checkpoint, "calibration": calibration, "thresholds": table}
     extra["recommended_confidence_threshold"] = recommended
+    threshold = stored_threshold(run.args, recommended)
     if run.ranks.is_main:
         save_checkpoint(path, model, run, extra, temperature=calibration["temperature"])
     run.metadata.update({"calibration": calibration, "thresholds": table, "recommended_threshold": recommended})
+    run.metadata["confidence_threshold"] = threshold  # the one best_model.pth stores
     return calibration
 
 
@@ -710,16 +680,17 @@ def get_args_parser(add_help: bool = True) -> argparse.ArgumentParser:
     add("--patience", type=int, default=5, help="epochs without a better val macro F1 before stopping (default: 5)")
     add(
         "--confidence-threshold",
-        type=float,
+        type=threshold_setting,
         default=classifier.DEFAULT_CONFIDENCE_THRESHOLD,
         help="stored in the checkpoint: the minimum softmax confidence (0-1) below which classifier.py's prediction "
-        "becomes 'other' (default: 0.7)",
+        "becomes 'other'; auto stores the one the val sweep recommends (default: 0.7)",
     )
     add(
         "--freeze-until",
         choices=FREEZE_CHOICES,
-        default="layer3",
-        help="freeze the stem and stages up to (default: layer3)",
+        default=None,
+        help="freeze the stem and stages up to (default: layer3; none with --weights none, as random layers kept "
+        "frozen never learn)",
     )
     add("--arch", choices=classifier.SUPPORTED_ARCHS, default=classifier.DEFAULT_ARCH, help="(default: resnet50)")
     add("--weights", default="imagenet", help="imagenet, none (random) or a file (default: imagenet)")
@@ -751,8 +722,6 @@ def argument_problem(args: argparse.Namespace, ranks: distributed.Ranks = distri
         return f"--learning-rate must be positive, got {args.learning_rate}"
     if args.weight_decay < 0:
         return f"--weight-decay must not be negative, got {args.weight_decay}"
-    if not 0.0 <= args.confidence_threshold <= 1.0:
-        return f"--confidence-threshold must be between 0 and 1, got {args.confidence_threshold}"
     data_problem = training_data.argument_problem(args)  # --workers, --cache-max-gb
     if data_problem:
         return data_problem
@@ -770,7 +739,7 @@ def interruption_message(run: TrainingRun | None, output_dir: Path, cause: str) 
     kept = f" (the previous {BEST_MODEL_NAME} stays until this run finishes; its best so far: {PENDING_BEST_NAME})"
     return (
         f"{cause} after {done} finished epoch(s); {cli.printable(output_dir / BEST_MODEL_NAME)} and "
-        f"{METADATA_NAME} are intact{kept if pending else ''}. Run again with --resume to continue."
+        f"{METADATA_NAME} are intact{kept if pending else ''}. {cli.CARRY_ON_ADVICE}"
     )
 
 
@@ -793,6 +762,7 @@ def run_process(
     parser: argparse.ArgumentParser, argv: Sequence[str] | None, args: argparse.Namespace, ranks: distributed.Ranks
 ) -> int:
     """This process's part of the run: alone, or in torchrun's process group (left in every case)."""
+    args.freeze_until = args.freeze_until or default_freeze_until(args.weights)
     problem = argument_problem(args, ranks)
     if problem:
         return cli.error(problem) if ranks.is_main else cli.EXIT_USAGE
@@ -818,15 +788,18 @@ def train(
     fail = cli.error if ranks.is_main else (lambda message: cli.EXIT_USAGE)  # rank 0 says it for all
     is_analysis_run = args.detect_problematic and args.stop_after_analysis  # a short run: its model is thrown away
     output_dir = problematic_analysis.analysis_output_dir(args.output_dir) if is_analysis_run else Path(args.output_dir)
-    problem = distributed.from_main(ranks, lambda: prepare_output_folders(args, output_dir))
+    held = contextlib.ExitStack()  # rank 0's lock on the output folder, released when the run ends
+    claim = training_checkpoint.claim_output_folder
+    problem = distributed.from_main(ranks, lambda: claim(args, output_dir, OWN_FILE_NAMES, held))
     if problem:
         return fail(cli.printable(problem))
     run = None
     try:
         resume = None
         if args.resume:
-            device_flag = args.device
-            args, resume = distributed.from_main(ranks, lambda: load_resume_checkpoint(parser, argv, args, output_dir))
+            device_flag, last = args.device, output_dir / LAST_CHECKPOINT_NAME
+            args, resume = distributed.from_main(ranks, lambda: training_checkpoint.resume_settings(parser, argv, last))
+            args.freeze_until = args.freeze_until or default_freeze_until(args.weights)
             if ranks.is_distributed:  # each process's device comes from torchrun, never from the checkpoint
                 args.device = device_flag
             problem = argument_problem(args, ranks)
@@ -878,6 +851,8 @@ def train(
         if run is not None and run.history:
             write_metadata(run, "interrupted")
         return cli.EXIT_INTERRUPTED
+    finally:
+        held.close()
     return cli.EXIT_PARTIAL if run.skipped_files else cli.EXIT_OK
 
 

@@ -103,17 +103,15 @@ AUGMENTATION_TABLE: dict[str, AugmentationPolicy] = {
 
 
 def compare_class_sets(train_classes: Sequence[str], val_classes: Sequence[str]) -> str | None:
-    """One sentence naming how val's class folders differ from train's, or None when they match."""
-    missing = sorted(set(train_classes) - set(val_classes))
+    """One sentence naming val's class folders that train/ lacks, or None. A class of train/ with no folder (or no
+    images) in val/ is trained anyway: its val metrics are undefined."""
     extra = sorted(set(val_classes) - set(train_classes))
-    parts = []
-    if missing:
-        parts.append(f"val/ lacks the class folder(s) {', '.join(missing)} that train/ has")
-    if extra:
-        parts.append(f"val/ has the class folder(s) {', '.join(extra)} that train/ lacks")
-    if not parts:
+    if not extra:
         return None
-    return "The class folders differ: " + "; ".join(parts) + "; give val/ exactly the class folders of train/."
+    return (
+        f"val/ has the class folder(s) {cli.printable(', '.join(extra))} that train/ lacks; move those images into "
+        "train/<class>/ (a class needs training images) or out of val/."
+    )
 
 
 def class_counts(labels: Sequence[int], num_classes: int) -> list[int]:
@@ -658,8 +656,6 @@ def load_dataset(dataset_dir: Path) -> tuple[list[str], list[Sample], list[Sampl
     if len(classes) < 2:
         raise DatasetError(f"{dataset_dir / 'train'} has only the class {classes[0]!r}; a classifier needs two.")
     val_classes = fileio.class_folders(dataset_dir / "val")
-    if not val_classes:
-        raise DatasetError(f"{dataset_dir / 'val'} has no class folders; expected val/<class>/ like train/.")
     difference = compare_class_sets(classes, val_classes)
     if difference:
         raise DatasetError(difference)
@@ -743,12 +739,15 @@ def build_datasets(
 
 
 def check_class_counts(classes: Sequence[str], counts: dict[str, list[int]]) -> None:
-    """DatasetError naming the empty splits or classes (after bad files are set aside)."""
+    """DatasetError naming an empty split or a class with no training images (after bad files are set aside). A class
+    with no val images is trained anyway (its val metrics are undefined); val needs images of some class, to pick
+    the best epoch and calibrate."""
     for split, split_counts in counts.items():
         if sum(split_counts) == 0:
-            raise DatasetError(f"The {split}/ split has no usable images; add images to {split}/<class>/.")
+            where = f"{split}/<class>/ (the class folder names of train/)" if split == "val" else f"{split}/<class>/"
+            raise DatasetError(f"The {split}/ split has no usable images; add images to {where}.")
         empty = [name for name, count in zip(classes, split_counts) if count == 0]
-        if empty:
+        if empty and split == "train":
             raise DatasetError(
                 f"The class folder(s) {', '.join(f'{split}/{name}' for name in empty)} have no usable images; "
                 "add images or remove the class from train/ and val/."

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import dataclasses
 import logging
+import shlex
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -32,7 +33,7 @@ SCHEMA_VERSION = 1  # of training_metadata.json and the error-analysis files
 ERRORS_PER_CLASS = 10  # most confident mistakes kept per true class and epoch
 THRESHOLDS = tuple(round(0.50 + 0.05 * i, 2) for i in range(10))  # 0.50 ... 0.95, the confidence thresholds tried
 ECE_BINS = 15  # the usual number of equal-width confidence bins for the expected calibration error
-TEMPERATURE_RANGE = (0.25, 20.0)  # searched temperatures; a perfectly separated val set would push T towards 0
+TEMPERATURE_SEARCH_RANGE = (0.25, 20.0)  # T tried by the fit; a val set with no mistakes would push T towards 0
 TEMPERATURE_TOLERANCE = 1e-6  # on 1/T: far below what changes a probability in the third decimal
 AUGMENTATION_NOTE = (
     "torchvision.transforms.v2 per class: RandomResizedCrop(crop_scale), RandomRotation(+/- rotation_degrees), "
@@ -47,20 +48,29 @@ CONTACT_TILE = 128  # pixels per thumbnail in the error-analysis contact sheets
 
 def classification_metrics(labels: Sequence[int], predicted: Sequence[int], classes: Sequence[str]) -> dict[str, Any]:
     """Accuracy, per-class precision/recall/F1/support, macro F1 over the classes present (support > 0), and the
-    confusion matrix (rows = true class, columns = predicted class), from scikit-learn."""
+    confusion matrix (rows = true class, columns = predicted class), from scikit-learn.
+
+    A class with no val images has no recall or F1: None (null in JSON), not 0; nor a precision unless it was
+    predicted. A class with images that is never predicted has precision 0, as scikit-learn's zero_division=0."""
     from sklearn.metrics import confusion_matrix, precision_recall_fscore_support  # a second to import: only here
 
     indices = list(range(len(classes)))
     labels, predicted = np.asarray(labels, dtype=np.int64), np.asarray(predicted, dtype=np.int64)
     matrix = confusion_matrix(labels, predicted, labels=indices) if len(labels) else np.zeros((len(classes),) * 2)
     precision, recall, f1, support = precision_recall_fscore_support(
-        labels, predicted, labels=indices, zero_division=0.0
+        labels, predicted, labels=indices, zero_division=np.nan
     )
+    present = support > 0
+    precision = np.where(present & np.isnan(precision), 0.0, precision)
+    f1 = np.where(present, f1, np.nan)  # scikit-learn gives 0 to a class with no images that was predicted
+
+    def defined(value: float) -> float | None:
+        return None if np.isnan(value) else float(value)
+
     per_class = {
-        name: {"precision": float(p), "recall": float(r), "f1": float(f), "support": int(n)}
+        name: {"precision": defined(p), "recall": defined(r), "f1": defined(f), "support": int(n)}
         for name, p, r, f, n in zip(classes, precision, recall, f1, support)
     }
-    present = support > 0
     return {
         "accuracy": float((labels == predicted).mean()) if len(labels) else 0.0,
         "macro_f1": float(f1[present].mean()) if present.any() else 0.0,
@@ -74,10 +84,10 @@ def negative_log_likelihood(logits: torch.Tensor, labels: torch.Tensor, temperat
 
 
 def fit_temperature(logits: torch.Tensor, labels: torch.Tensor) -> float:
-    """The temperature T minimising the NLL of softmax(logits / T), within TEMPERATURE_RANGE.
+    """The temperature T minimising the NLL of softmax(logits / T), within TEMPERATURE_SEARCH_RANGE.
 
     The NLL is convex in 1/T, so scipy's bounded scalar search over 1/T finds the optimum. T is kept within
-    TEMPERATURE_RANGE: with no mistakes on val the NLL keeps falling as T shrinks, and a tiny T would make the
+    TEMPERATURE_SEARCH_RANGE: with no mistakes on val the NLL keeps falling as T shrinks, and a tiny T would make the
     classifier absurdly sure of itself.
     """
     from scipy.optimize import minimize_scalar  # comes with scikit-learn
@@ -87,7 +97,7 @@ def fit_temperature(logits: torch.Tensor, labels: torch.Tensor) -> float:
     logits, labels = logits.float(), labels.long()
     result = minimize_scalar(
         lambda inverse: float(F.cross_entropy(logits * inverse, labels).item()),
-        bounds=(1.0 / TEMPERATURE_RANGE[1], 1.0 / TEMPERATURE_RANGE[0]),
+        bounds=(1.0 / TEMPERATURE_SEARCH_RANGE[1], 1.0 / TEMPERATURE_SEARCH_RANGE[0]),
         method="bounded",
         options={"xatol": TEMPERATURE_TOLERANCE},
     )
@@ -147,26 +157,35 @@ def recommend_threshold(table: Sequence[dict[str, Any]]) -> float:
 
 
 def calibrate(predictions: Predictions, classes: Sequence[str]) -> tuple[dict[str, Any], list[dict[str, Any]], float]:
-    """(calibration, threshold table, recommended threshold) of a model's val predictions: the fitted temperature,
-    NLL and ECE before and after it, and the threshold sweep on the calibrated probabilities."""
-    temperature = fit_temperature(predictions.logits, predictions.labels)
-    if min(abs(temperature - bound) for bound in TEMPERATURE_RANGE) < 1e-3:
+    """(calibration, threshold table, recommended threshold) of a model's val predictions: the temperature, NLL and
+    ECE before and after it, and the threshold sweep on the calibrated probabilities.
+
+    Calibration never makes things worse: a fitted temperature that does not lower the val ECE is not used (T = 1;
+    ``fitted_temperature``, ``ece_fitted`` and ``is_fit_used`` say so)."""
+    fitted = fit_temperature(predictions.logits, predictions.labels)
+    if min(abs(fitted - bound) for bound in TEMPERATURE_SEARCH_RANGE) < 1e-3:
         logger.warning(
             "The fitted temperature %.2f is at the edge of the range searched %s: the val set is too small or too "
             "easy to calibrate on.",
-            temperature,
-            TEMPERATURE_RANGE,
+            fitted,
+            TEMPERATURE_SEARCH_RANGE,
         )
     labels = predictions.labels.tolist()
-    calibrated = predictions.probabilities(temperature)
-    table = threshold_table(calibrated, labels, classes)
+    ece_before = expected_calibration_error(predictions.probabilities(), labels)
+    ece_fitted = expected_calibration_error(predictions.probabilities(fitted), labels)
+    is_fit_used = ece_fitted < ece_before
+    temperature = fitted if is_fit_used else 1.0
+    table = threshold_table(predictions.probabilities(temperature), labels, classes)
     calibration = {
         "temperature": temperature,
+        "fitted_temperature": fitted,
+        "is_fit_used": is_fit_used,
         "val_images": len(labels),
         "nll_before": negative_log_likelihood(predictions.logits, predictions.labels),
         "nll_after": negative_log_likelihood(predictions.logits, predictions.labels, temperature),
-        "ece_before": expected_calibration_error(predictions.probabilities(), labels),
-        "ece_after": expected_calibration_error(calibrated, labels),
+        "ece_before": ece_before,
+        "ece_after": ece_fitted if is_fit_used else ece_before,
+        "ece_fitted": ece_fitted,
         "ece_bins": ECE_BINS,
     }
     return calibration, table, recommend_threshold(table)
@@ -198,11 +217,6 @@ def top_confident_mistakes(
         mistakes[name].sort(key=lambda item: (-item["confidence"], item["image_path"]))
         del mistakes[name][per_class:]
     return mistakes
-
-
-def history_for_comparison(history: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
-    """Epoch records without the timing fields, which differ between otherwise identical runs."""
-    return [{k: v for k, v in record.items() if k not in ("seconds", "images_per_second")} for record in history]
 
 
 @dataclasses.dataclass
@@ -280,8 +294,9 @@ def plot_confusion_matrix(matrix: Sequence[Sequence[int]], classes: Sequence[str
         for j in range(len(classes)):
             colour = "white" if row_share[i, j] > 0.5 else "black"
             axis.text(j, i, str(int(matrix[i, j])), ha="center", va="center", color=colour)
-    axis.set_xticks(range(len(classes)), classes, rotation=45, ha="right")
-    axis.set_yticks(range(len(classes)), classes)
+    names = [cli.printable(name) for name in classes]  # a non-UTF-8 folder name as \xff escapes, never a crash
+    axis.set_xticks(range(len(classes)), names, rotation=45, ha="right")
+    axis.set_yticks(range(len(classes)), names)
     axis.set_xlabel("predicted")
     axis.set_ylabel("true")
     axis.set_title(title)
@@ -324,7 +339,7 @@ def write_contact_sheet(
     draw.text((6, 6), title if rows else f"{title}: no mistakes", fill="black", font=font)
     for r, (name, items) in enumerate(rows):
         top = header + r * (tile + caption)
-        draw.text((6, top + tile // 2), f"true: {name}", fill="black", font=font)
+        draw.text((6, top + tile // 2), f"true: {cli.printable(name)}", fill="black", font=font)
         for c, item in enumerate(items):
             left = label_width + c * tile
             try:
@@ -332,7 +347,7 @@ def write_contact_sheet(
                 sheet.paste(thumbnail.resize((tile - 4, tile - 4), Image.Resampling.BILINEAR), (left + 2, top + 2))
             except Exception as error:  # noqa: BLE001 - a thumbnail that cannot be shown must not stop training
                 draw.text((left + 6, top + tile // 2), f"unreadable ({type(error).__name__})", fill="red", font=font)
-            text = f"{item['predicted_label']} {item['confidence']:.2f}"
+            text = f"{cli.printable(item['predicted_label'])} {item['confidence']:.2f}"
             draw.text((left + 4, top + tile + 2), text, fill="firebrick", font=font)
             name_text = fit_text(cli.printable(Path(item["image_path"]).name), font, tile - 8)
             draw.text((left + 4, top + tile + 15), name_text, fill="dimgray", font=font)
@@ -477,19 +492,27 @@ def print_setup(metadata: dict[str, Any], metadata_name: str) -> None:
     kind = config["device"].split(":")[0]
     where = config["device"] if processes == 1 else f"{processes} processes ({kind}, {config['distributed_backend']})"
     print(
-        f"Training {config['arch']} on {cli.printable(metadata['dataset_dir'])} ({', '.join(classes)}) on {where}, "
+        f"Training {config['arch']} on {cli.printable(metadata['dataset_dir'])} "
+        f"({cli.printable(', '.join(classes))}) on {where}, "
         f"{config['trainable_parameters']:,} of {config['total_parameters']:,} parameters trainable "
         f"(frozen: {', '.join(config['frozen_blocks']) or 'none'})."
     )
     print(f"{'class':<16}{'train':>7}{'val':>7}{'weight':>10}{'share/epoch':>13}")
     for name in classes:
         print(
-            f"{name:<16}{metadata['class_counts']['train'][name]:>7}{metadata['class_counts']['val'][name]:>7}"
+            f"{cli.printable(name):<16}{metadata['class_counts']['train'][name]:>7}"
+            f"{metadata['class_counts']['val'][name]:>7}"
             f"{metadata['sampling']['class_weights'][name]:>10.4f}"
             f"{metadata['sampling']['expected_share_per_epoch'][name]:>13.1%}"
         )
     if skipped:
         print(f"Skipping {len(skipped)} file(s) that cannot be used (listed in {metadata_name}).")
+    no_val = [cli.printable(name) for name in classes if metadata["class_counts"]["val"][name] == 0]
+    if no_val:
+        print(
+            f"No val images for {', '.join(no_val)}: training anyway; the val recall and F1 of "
+            f"{'that class are' if len(no_val) == 1 else 'those classes are'} undefined (null in {metadata_name})."
+        )
 
 
 def epoch_record(
@@ -546,25 +569,37 @@ def print_summary(metadata: dict[str, Any], model_path: Path, metadata_path: Pat
     print(f"\nBest epoch {best['epoch']}: val accuracy {best['val_accuracy']:.3f}, macro F1 {best['macro_f1']:.3f}")
     print(f"{'class':<16}{'precision':>10}{'recall':>8}{'F1':>7}{'support':>9}")
     for name, values in best["per_class"].items():
-        print(
-            f"{name:<16}{values['precision']:>10.3f}{values['recall']:>8.3f}{values['f1']:>7.3f}{values['support']:>9}"
-        )
+        p, r, f = (("-" if values[k] is None else f"{values[k]:.3f}") for k in ("precision", "recall", "f1"))
+        print(f"{cli.printable(name):<16}{p:>10}{r:>8}{f:>7}{values['support']:>9}")
     calibration = metadata.get("calibration")
     if calibration:
         print(
             f"\nTemperature {calibration['temperature']:.3f}: ECE {calibration['ece_before']:.4f} -> "
             f"{calibration['ece_after']:.4f}, NLL {calibration['nll_before']:.4f} -> {calibration['nll_after']:.4f}"
         )
+        if not calibration.get("is_fit_used", True):
+            print(
+                f"Temperature scaling (fitted T = {calibration['fitted_temperature']:.3f}) did not lower the val ECE "
+                f"({calibration['ece_before']:.4f} -> {calibration['ece_fitted']:.4f}): keeping T = 1."
+            )
         print(f"{'threshold':>9} {'accuracy':>9} {'to other':>9}")
         for row in metadata["thresholds"]:
             print(f"{row['threshold']:>9.2f} {row['accuracy']:>9.3f} {row['sent_to_other']:>9.1%}")
-        recommended, stored = metadata["recommended_threshold"], metadata["arguments"]["confidence_threshold"]
-        print(
-            f"Recommended confidence threshold: {recommended:.2f} (stored in the checkpoint: {stored:.2f}); use it "
-            f"with: python classifier.py {cli.printable(model_path)} IMAGES --threshold {recommended:.2f}\n"
-            f"  or in Python: BirdPlaneSupermanClassifier(..., confidence_threshold={recommended:.2f})"
-        )
     print(f"\nModel: {cli.printable(model_path)}   metadata: {cli.printable(metadata_path)}")
+    if calibration:
+        print_threshold_advice(metadata, model_path)
+
+
+def print_threshold_advice(metadata: dict[str, Any], model_path: Path) -> None:
+    """The trainer's last lines: the confidence threshold the model stores, the one the val sweep recommends, and
+    the one command that stores the recommendation."""
+    recommended, stored = metadata["recommended_threshold"], metadata["confidence_threshold"]
+    if recommended == stored:
+        print(f"Confidence threshold stored in the model: {stored:.2f}, the one the val sweep recommends.")
+        return
+    print(f"Confidence threshold stored in the model: {stored:.2f}; the val sweep recommends {recommended:.2f}.")
+    command = f"python classifier.py {shlex.quote(cli.printable(model_path))} --set-threshold {recommended:.2f}"
+    print(f"To store it: {command}")
 
 
 if __name__ == "__main__":

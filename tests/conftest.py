@@ -201,6 +201,11 @@ def refused_bad_files() -> set[str]:
     return refused
 
 
+def without_timing(history: Sequence[dict]) -> list[dict]:
+    """Epoch records without their timing fields, which differ between otherwise identical runs."""
+    return [{k: v for k, v in record.items() if k not in ("seconds", "images_per_second")} for record in history]
+
+
 def tree_snapshot(root: Path) -> dict[str, bytes]:
     """Every regular file under ``root`` (relative POSIX path -> bytes), for byte-for-byte comparisons."""
     snapshot = {}

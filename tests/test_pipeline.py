@@ -96,8 +96,10 @@ def test_whole_run_prints_each_standalone_command_and_writes_every_output(pipeli
     for flag, value in zip(TINY[::2], TINY[1::2]):  # the training settings reach the trainer as given
         assert train[train.index(flag) + 1] == value
     assert "--detect-problematic" in train and train[train.index("--analysis-epochs") + 1] == "1"
-    assert train[train.index("--freeze-until") + 1] == "none"  # --weights none: every layer learns
-    assert "--weights none: training every layer (--freeze-until none)" in pipeline["output"]
+    assert "--freeze-until" not in train and train[train.index("--confidence-threshold") + 1] == "auto"
+    metadata = json.loads((models / "training_metadata.json").read_text(encoding="utf-8"))
+    assert metadata["config"]["frozen_blocks"] == []  # --weights none: the trainer's own default trains every layer
+    assert metadata["confidence_threshold"] == metadata["recommended_threshold"]  # the model stores the recommended
     downloaded = [path for path in dataset.rglob("*.jpg") if len(path.stem) == 64]  # saved under their SHA-256
     assert len(downloaded) == 4
     for path in (models / "best_model.pth", dataset / "problematic_images_report.json", dataset / "report.html"):
@@ -269,13 +271,12 @@ def test_a_stage_that_cannot_work_stops_the_pipeline_with_one_sentence(tmp_path:
     assert not (tmp_path / "dataset" / "report.html").exists()
 
 
-def test_freeze_until_reaches_the_trainer_as_given_and_defaults_to_none_only_without_weights(tmp_path: Path) -> None:
+def test_freeze_until_reaches_the_trainer_as_given_and_only_then(tmp_path: Path) -> None:
     def train_argv(extra: list[str]) -> list[str]:
         args = run_pipeline.get_args_parser().parse_args(extra)
         return list(run_pipeline.train_command(args, tmp_path / "d", tmp_path / "m").argv)
 
-    no_weights = train_argv(["--weights", "none"])
-    assert no_weights[no_weights.index("--freeze-until") + 1] == "none"  # random layers kept frozen never learn
+    assert "--freeze-until" not in train_argv(["--weights", "none"])  # the trainer's default follows --weights
     given = train_argv(["--weights", "None", "--freeze-until", "layer2"])
     assert given[given.index("--freeze-until") + 1] == "layer2"  # an explicit choice is kept (the trainer warns)
     assert "--freeze-until" not in train_argv([]) and "--freeze-until" not in train_argv(["--weights", "imagenet"])

@@ -9,6 +9,7 @@ import contextlib
 import io
 import json
 import os
+import shlex
 import signal
 import subprocess
 import sys
@@ -21,11 +22,24 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+import torch.nn.functional as F
 import torchvision
-from conftest import IS_ROOT, ROOT, make_class_image, make_dataset, refused_bad_files, save_image, write_bad_files
+from conftest import (
+    IS_ROOT,
+    ROOT,
+    make_class_image,
+    make_dataset,
+    refused_bad_files,
+    save_image,
+    tree_snapshot,
+    without_timing,
+    write_bad_files,
+)
 from PIL import Image
 
 import classifier
+import cli
+import fileio
 import train_classifier
 import training_data
 import training_report
@@ -106,7 +120,7 @@ def test_run_writes_every_output_and_they_parse(trained: dict) -> None:
     assert last["epoch"] == 4 and len(last["history"]) == 4 and "optimizer_state_dict" in last
 
 
-def test_best_model_is_a_calibrated_classifier_checkpoint(trained: dict) -> None:
+def test_best_model_is_a_calibrated_classifier_checkpoint(trained: dict, tmp_path: Path) -> None:
     output, dataset = trained["output"], trained["dataset"]
     metadata = read_json(output / "training_metadata.json")
     checkpoint = classifier.load_checkpoint(output / "best_model.pth")
@@ -117,9 +131,25 @@ def test_best_model_is_a_calibrated_classifier_checkpoint(trained: dict) -> None
     assert [row["threshold"] for row in metadata["thresholds"]] == pytest.approx([0.5 + 0.05 * i for i in range(10)])
     assert metadata["recommended_threshold"] in [row["threshold"] for row in metadata["thresholds"]]
     recommended = f"{metadata['recommended_threshold']:.2f}"
-    hint = next(line for line in trained["stdout"].splitlines() if line.startswith("Recommended confidence"))
-    assert f"python classifier.py {output / 'best_model.pth'} IMAGES --threshold {recommended}" in hint
-    assert f"confidence_threshold={recommended}" in trained["stdout"]  # and the Python API
+    last_lines = trained["stdout"].strip().splitlines()[-2:]  # the stored threshold, the recommended one, the command
+    if recommended == "0.70":
+        assert last_lines[-1] == "Confidence threshold stored in the model: 0.70, the one the val sweep recommends."
+    else:
+        assert (
+            last_lines[0] == f"Confidence threshold stored in the model: 0.70; the val sweep recommends {recommended}."
+        )
+        command = shlex.split(last_lines[1].removeprefix("To store it: "))
+        assert command[:3] == ["python", "classifier.py", str(output / "best_model.pth")]
+        copy = tmp_path / "copy.pth"  # the user's command, run on a copy of the shared model
+        copy.write_bytes((output / "best_model.pth").read_bytes())
+        assert classifier.main([str(copy), *command[3:]]) == 0
+        assert classifier.load_checkpoint(copy)["confidence_threshold"] == metadata["recommended_threshold"]
+    for refused in (
+        ["--set-threshold", "1.5"],
+        [str(dataset / "val" / "plane" / "plane_000.jpg"), "--set-threshold", "0.5"],
+    ):
+        assert classifier.main([str(output / "best_model.pth"), *refused]) == 2  # out of range; images: a mistake
+    assert classifier.load_checkpoint(output / "best_model.pth")["confidence_threshold"] == 0.7
     clf = classifier.BirdPlaneSupermanClassifier(output / "best_model.pth", device="cpu")
     predicted, confidence, probabilities = clf.predict(dataset / "val" / "plane" / "plane_000.jpg")
     assert set(probabilities) == set(metadata["classes"]) and 0 <= confidence <= 1
@@ -184,10 +214,12 @@ def test_resume_after_an_interruption_gives_the_same_history(
     assert partial["status"] == "interrupted" and len(partial["epochs"]) == 1
     classifier.load_checkpoint(tmp_path / "resumed" / "best_model.pth")  # still a valid model
 
-    code = train_classifier.main(["--resume", "--output-dir", str(tmp_path / "resumed")])
+    code = train_classifier.main(
+        ["--resume", "--dataset-dir", str(trained["dataset"]), "--output-dir", str(tmp_path / "resumed")]
+    )
     assert code == 0
     resumed = read_json(tmp_path / "resumed" / "training_metadata.json")["epochs"]
-    assert training_report.history_for_comparison(resumed) == training_report.history_for_comparison(straight)
+    assert without_timing(resumed) == without_timing(straight)
 
 
 def test_resume_without_a_checkpoint_is_a_clear_error(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
@@ -207,8 +239,8 @@ def test_bad_files_are_skipped_and_listed(tmp_path: Path, cache_gb: str, capsys:
         refused = refused_bad_files()
         usable = 4 * 4 + len(files) - len(refused) + (1 if cache_gb == "0" else 0)  # truncated passes a header check
         code = run_trainer(
-            dataset, tmp_path / "models", "--weights", "none", "--epochs", "1", "--cache-max-gb", cache_gb,
-            "--no-weighted-sampling", "--batch-size", str(usable),
+            dataset, tmp_path / "models", "--weights", "none", "--freeze-until", "layer3", "--epochs", "1",
+            "--cache-max-gb", cache_gb, "--no-weighted-sampling", "--batch-size", str(usable),
         )  # fmt: skip
     finally:
         os.chmod(files["unreadable.jpg"], 0o644)
@@ -228,15 +260,37 @@ def test_bad_files_are_skipped_and_listed(tmp_path: Path, cache_gb: str, capsys:
     assert "--freeze-until layer3" in warning and "--freeze-until none" in warning  # the warning names the fix
 
 
-def test_val_missing_a_class_stops_with_one_sentence(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
-    dataset = make_dataset(tmp_path / "dataset", train_per_class=2, val_per_class=1)
-    for path in (dataset / "val" / "superman").iterdir():
-        path.unlink()
+def test_a_small_dataset_trains_with_a_class_missing_from_val_and_a_non_utf8_class_name(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture
+) -> None:
+    """3 images per class, val/superman missing, a class folder train/pl\\xffane (not UTF-8), --weights none with no
+    --freeze-until, --confidence-threshold auto, output to a pipe: it trains, and says so."""
+    plane = os.fsdecode(b"pl\xffane")
+    dataset = make_dataset(tmp_path / "dataset", ("bird", plane, "superman"), 3, [1, 1, 0], size=(32, 32))
+    for path in dataset.glob(f"*/{plane}/*"):
+        path.rename(path.with_name(path.name.replace(plane, "plane")))  # the folder's name is the odd one
     (dataset / "val" / "superman").rmdir()
-    assert run_trainer(dataset, tmp_path / "models", "--weights", "none") == 2
-    error = capsys.readouterr().err
-    assert "superman" in error and "val/" in error and "Traceback" not in error
-    assert not (tmp_path / "models" / "best_model.pth").exists()
+    monkeypatch.setattr(cli, "PROGRESS_LINE_SECONDS", 0.0)  # a plain line at every step instead of every 30 s
+    argv = ["--weights", "none", "--epochs", "1", "--batch-size", "3", "--image-size", "32"]
+    assert run_trainer(dataset, tmp_path / "models", *argv, "--confidence-threshold", "auto") == 0
+    out, err = capsys.readouterr()
+    assert "Traceback" not in err and "pl\\xffane" in out and "No val images for superman: training anyway" in out
+    metadata = read_json(tmp_path / "models" / "training_metadata.json")
+    assert metadata["config"]["frozen_blocks"] == [] and metadata["arguments"]["freeze_until"] == "none"
+    assert metadata["epochs"][0]["per_class"]["superman"] == {
+        "precision": None,
+        "recall": None,
+        "f1": None,
+        "support": 0,
+    }
+    assert metadata["epochs"][0]["per_class"][plane]["support"] == 1  # the odd name comes back losslessly
+    with Image.open(tmp_path / "models" / "confusion_matrix.png") as image:
+        assert image.format == "PNG"
+    checkpoint = classifier.load_checkpoint(tmp_path / "models" / "best_model.pth")
+    assert checkpoint["confidence_threshold"] == metadata["recommended_threshold"] == metadata["confidence_threshold"]
+    assert out.strip().splitlines()[-1].endswith(", the one the val sweep recommends.")
+    steps = [line for line in err.splitlines() if line.startswith("epoch 1 train:")]
+    assert steps and all("\r" not in line and "/" in line for line in steps)  # plain lines a log file can show
 
 
 @pytest.mark.parametrize("problem", ["empty-class", "only-bad-files", "empty-split", "no-dataset"])
@@ -245,8 +299,8 @@ def test_unusable_datasets_stop_before_training(tmp_path: Path, problem: str, ca
     if problem == "empty-class":
         for path in (dataset / "train" / "plane").iterdir():
             path.unlink()
-    elif problem == "only-bad-files":
-        for path in (dataset / "val" / "bird").iterdir():
+    elif problem == "only-bad-files":  # in all of val/ (a class with none in val/ is trained anyway)
+        for path in (dataset / "val").rglob("*.jpg"):
             path.write_bytes(b"")
     elif problem == "empty-split":
         for folder in (dataset / "train").iterdir():
@@ -259,7 +313,7 @@ def test_unusable_datasets_stop_before_training(tmp_path: Path, problem: str, ca
     error = capsys.readouterr().err
     # warnings about the skipped files may come first; the run ends with one "error:" sentence
     assert error.strip().splitlines()[-1].startswith("error: ") and "Traceback" not in error
-    expected = {"empty-class": "train/plane", "only-bad-files": "val/bird", "empty-split": "class folders"}
+    expected = {"empty-class": "train/plane", "only-bad-files": "The val/ split", "empty-split": "class folders"}
     assert expected.get(problem, "does not exist") in error
     assert not (tmp_path / "models" / "best_model.pth").exists()
 
@@ -312,11 +366,11 @@ def test_a_new_run_keeps_the_previous_best_model_until_it_finishes(
     (output / "best_model.pth").write_bytes(previous)
     hour_ago = time.time() - 2 * 3600
     stale = [output / ".best_model.pth.k1ll3d.tmp", output / ".training_metadata.json.x9.tmp"]
-    live = output / ".best_model.pth.wr1t1ng.tmp"  # a writer of this second: left alone
+    stale.append(output / ".last_checkpoint.pth.just.tmp")  # a kill -9 a moment ago: no run holds the folder now
     other = output / ".notes.txt.abc.tmp"  # not a file of the trainer's
-    for path in [*stale, live, other]:
-        path.write_bytes(b"partial")
     for path in [*stale, other]:
+        path.write_bytes(b"partial")
+    for path in [*stale[:2], other]:
         os.utime(path, (hour_ago, hour_ago))
     dataset = make_dataset(tmp_path / "dataset", TWO_CLASSES, train_per_class=3, val_per_class=2, size=(32, 32))
     real_train_one_epoch, calls = train_classifier.train_one_epoch, []
@@ -332,15 +386,104 @@ def test_a_new_run_keeps_the_previous_best_model_until_it_finishes(
     assert run_trainer(dataset, output, *argv) == 130
     monkeypatch.undo()
     assert (output / "best_model.pth").read_bytes() == previous  # one epoch of the new run replaced nothing
-    assert not any(path.exists() for path in stale) and live.exists() and other.exists()
+    assert not any(path.exists() for path in stale) and other.exists()
     assert classifier.load_checkpoint(output / "best_model.pending.pth")["epoch"] == 1
     assert "best_model.pending.pth" in capsys.readouterr().err
 
-    assert train_classifier.main(["--resume", "--output-dir", str(output)]) == 0
+    assert train_classifier.main(["--resume", "--dataset-dir", str(dataset), "--output-dir", str(output)]) == 0
     assert not (output / "best_model.pending.pth").exists()
     final = classifier.load_checkpoint(output / "best_model.pth")  # the new run's, now that it has finished
     assert final["classes"] == list(TWO_CLASSES) and final["image_size"] == 32
     assert read_json(output / "training_metadata.json")["best_model"] == "best_model.pth"
+
+
+def crafted_checkpoint(trained: dict, output: Path, **arguments: object) -> Path:
+    """The trained run's last_checkpoint.pth with some stored arguments changed, saved as plain dicts into
+    ``output`` (what an attacker or a damaged file gives --resume)."""
+    checkpoint = torch.load(trained["output"] / "last_checkpoint.pth", weights_only=True)
+    checkpoint["arguments"].update(arguments)
+    output.mkdir(parents=True, exist_ok=True)
+    torch.save(checkpoint, output / "last_checkpoint.pth")
+    return output / "last_checkpoint.pth"
+
+
+def test_a_checkpoint_never_chooses_where_a_resumed_run_writes(
+    trained: dict, tmp_path: Path, capsys: pytest.CaptureFixture
+) -> None:
+    outside = tmp_path / "elsewhere"
+    (outside / "dataset").mkdir(parents=True)
+    (outside / "victim.json").write_text('{"keep": true}\n', encoding="utf-8")
+    before = tree_snapshot(outside)
+    dataset = tmp_path / "dataset"
+    dataset.mkdir()
+    for path in trained["dataset"].rglob("*.jpg"):
+        (dataset / path.relative_to(trained["dataset"])).parent.mkdir(parents=True, exist_ok=True)
+        (dataset / path.relative_to(trained["dataset"])).write_bytes(path.read_bytes())
+    stored = {
+        "report": str(outside / "victim.json"), "cache_dir": str(outside / "cache"), "epochs": 5,
+        "dataset_dir": str(outside / "dataset"), "output_dir": str(outside / "models"), "detect_problematic": True,
+        "analysis_epochs": 1, "weights": str(outside / "weights.pth"),
+    }  # fmt: skip
+    crafted_checkpoint(trained, tmp_path / "models", **stored)
+    argv = ["--resume", "--dataset-dir", str(dataset), "--output-dir", str(tmp_path / "models"), "--device", "cpu"]
+    assert train_classifier.main(argv) == 0
+    assert tree_snapshot(outside) == before and sorted(outside.iterdir()) == [
+        outside / "dataset",
+        outside / "victim.json",
+    ]
+    metadata = read_json(tmp_path / "models" / "training_metadata.json")
+    assert len(metadata["epochs"]) == 5  # the stored hyper-parameter (epochs 5) was restored
+    notice = [line for line in capsys.readouterr().err.splitlines() if "Not taken from" in line]
+    assert len(notice) == 1 and "--report" in notice[0] and "--cache-dir" in notice[0] and "victim.json" in notice[0]
+
+
+@pytest.mark.parametrize(
+    ("name", "value", "flag"),
+    [("epochs", "abc", "--epochs"), ("batch_size", None, "--batch-size"), ("freeze_until", "layer9", "--freeze-until"),
+     ("learning_rate", True, "--learning-rate")],
+)  # fmt: skip
+def test_wrong_types_in_stored_arguments_are_one_sentence(
+    trained: dict, tmp_path: Path, capsys: pytest.CaptureFixture, name: str, value: object, flag: str
+) -> None:
+    crafted_checkpoint(trained, tmp_path / "models", **{name: value})
+    argv = ["--resume", "--dataset-dir", str(trained["dataset"]), "--output-dir", str(tmp_path / "models")]
+    assert train_classifier.main(argv) == 2
+    error = capsys.readouterr().err.strip()
+    assert len(error.splitlines()) == 1 and error.startswith("error: ") and f"{flag} {value!r}" in error
+    assert f"give {flag} on the command line" in error
+    if flag == "--batch-size":  # giving the flag, as the sentence says, is enough
+        assert train_classifier.main([*argv, flag, "4"]) == 0
+
+
+@pytest.mark.parametrize(
+    ("key", "value"),
+    [("epoch", "abc"), ("history", [{"epoch": 1, "is_best": True, "macro_f1": "x"}]), ("rng_states", {"torch": 1})],
+)
+def test_a_damaged_training_state_is_one_sentence(
+    trained: dict, tmp_path: Path, capsys: pytest.CaptureFixture, key: str, value: object
+) -> None:
+    path = crafted_checkpoint(trained, tmp_path / "models")
+    checkpoint = torch.load(path, weights_only=True)
+    torch.save({**checkpoint, key: value}, path)
+    argv = ["--resume", "--dataset-dir", str(trained["dataset"]), "--output-dir", str(tmp_path / "models")]
+    assert train_classifier.main(argv) == 2
+    error = capsys.readouterr().err.strip().splitlines()[-1]  # after the line naming the stored --weights file
+    assert error.startswith("error: ") and "without --resume" in error
+    assert f"stores an unusable {key}" in error or "does not fit this run" in error
+
+
+def test_a_second_trainer_on_the_same_output_folder_is_refused(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    dataset = make_dataset(tmp_path / "dataset", TWO_CLASSES, train_per_class=2, val_per_class=1, size=(32, 32))
+    output = tmp_path / "models"
+    output.mkdir()
+    killed = output / ".last_checkpoint.pth.k1ll3d.tmp"  # the other run may still be writing it: left alone
+    killed.write_bytes(b"partial")
+    with fileio.hold_lock(output / ".train_classifier.lock", "train_classifier.py", f"training into {output}"):
+        assert run_trainer(dataset, output, "--weights", "none") == 2
+    error = capsys.readouterr().err.strip()
+    assert len(error.splitlines()) == 1 and error.startswith("error: another run (train_classifier.py, pid ")
+    assert f"is training into {output}" in error
+    assert sorted(path.name for path in output.iterdir()) == [killed.name]  # nothing written, nothing removed
 
 
 def test_fifos_and_non_utf8_names_are_skipped_with_their_reasons(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
@@ -499,10 +642,12 @@ def test_classification_metrics_match_sklearn() -> None:
     precision, recall, f1, support = precision_recall_fscore_support(
         labels, predicted, labels=[0, 1, 2, 3], zero_division=0
     )
-    for i, name in enumerate("abcd"):
+    for i, name in enumerate("abc"):
         assert metrics["per_class"][name]["precision"] == pytest.approx(precision[i])
         assert metrics["per_class"][name]["recall"] == pytest.approx(recall[i])
         assert metrics["per_class"][name]["support"] == support[i]
+    # class d has no images: recall and F1 are undefined (None), its precision (it was predicted) is 0
+    assert metrics["per_class"]["d"] == {"precision": 0.0, "recall": None, "f1": None, "support": 0}
     assert metrics["macro_f1"] == pytest.approx(f1_score(labels, predicted, labels=[0, 1, 2], average="macro"))
     assert metrics["accuracy"] == pytest.approx((labels == predicted).mean())
 
@@ -516,6 +661,24 @@ def test_temperature_fit_recovers_a_known_temperature() -> None:
     before = training_report.expected_calibration_error(torch.softmax(logits, 1).numpy(), labels.numpy())
     after = training_report.expected_calibration_error(torch.softmax(logits / temperature, 1).numpy(), labels.numpy())
     assert after < before / 2
+
+
+def test_calibration_never_raises_the_expected_calibration_error() -> None:
+    kept = 0
+    for seed in range(20):
+        generator = torch.Generator().manual_seed(seed)
+        labels = torch.randint(0, 3, (40,), generator=generator)
+        logits = torch.randn(40, 3, generator=generator) * 2 + 1.5 * F.one_hot(labels, 3)
+        predictions = training_report.Predictions(logits, labels, torch.arange(40), [])
+        calibration, table, _ = training_report.calibrate(predictions, ["a", "b", "other"])
+        assert calibration["ece_after"] <= calibration["ece_before"]
+        if not calibration["is_fit_used"]:  # the fit would have made it worse: T = 1, the table of T = 1
+            kept += 1
+            assert calibration["ece_fitted"] >= calibration["ece_before"] and calibration["temperature"] == 1.0
+            assert table == training_report.threshold_table(
+                predictions.probabilities(), labels.tolist(), ["a", "b", "other"]
+            )
+    assert 0 < kept < 20  # both cases occur
 
 
 def test_threshold_table_sends_unsure_predictions_to_other() -> None:
@@ -538,10 +701,11 @@ def test_learning_rate_warms_up_then_decays_to_zero() -> None:
     assert train_classifier.learning_rate_factor(100, 10, 100) == pytest.approx(0.0)
 
 
-def test_class_set_difference_names_both_sides() -> None:
+def test_only_val_classes_that_train_lacks_are_refused() -> None:
     message = training_data.compare_class_sets(["bird", "plane"], ["bird", "cat"])
-    assert "plane" in message and "cat" in message
+    assert "cat" in message and "plane" not in message  # plane, missing from val/, is trained anyway
     assert training_data.compare_class_sets(["a", "b"], ["b", "a"]) is None
+    assert training_data.compare_class_sets(["a", "b"], ["a"]) is None
 
 
 def test_an_unavailable_device_is_a_usage_error(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
@@ -565,6 +729,24 @@ def test_an_image_size_classifier_py_refuses_is_refused_up_front(
     error = capsys.readouterr().err
     assert error == f"error: --image-size must be 16 to 1024 pixels (classifier.py refuses other sizes), got {size}\n"
     assert not (tmp_path / "m").exists()
+
+
+def test_progress_into_a_log_is_a_plain_line_every_30_seconds_of_long_work(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture
+) -> None:
+    import tqdm.std
+
+    clock = [1000.0]
+    monkeypatch.setattr(tqdm.std, "time", lambda: clock[0])  # tqdm's clock
+    cli.set_progress(True)
+    for _ in cli.progress(range(5), desc="short"):  # a few seconds of work: nothing in the log
+        clock[0] += 1.0
+    for _ in cli.progress(range(10), desc="epoch 1 train"):  # 10 steps of 10 s each
+        clock[0] += 10.0
+    err = capsys.readouterr().err  # not a terminal, like a log file
+    lines = err.splitlines()
+    assert len(lines) == 3 and all(line.startswith("epoch 1 train: ") for line in lines) and "\r" not in err
+    assert [line.split("|")[2].split()[0] for line in lines] == ["3/10", "6/10", "9/10"]  # every 30 s of work
 
 
 def test_contact_sheet_names_are_shortened_to_the_thumbnail_width() -> None:
