@@ -8,6 +8,7 @@ Reads, each if present (a missing, unusable or stale one is named in its section
     <dataset>/duplicate_report_*.json                 every duplicate detector's report (duplicate_report.py, schema 1)
     <dataset>/problematic_images_report.json          train_classifier.py --detect-problematic (problematic_report.py)
     <models>/training_metadata.json, <models>/error_analysis/epoch_XX/<class>_errors.json
+    <dataset>/download_manifest.jsonl                 download_images.py: each image's source, the URLs refused
 Writes the page (default <dataset>/report.html) and its thumbnails (report_images.py), small JPEGs in
 <page name>_files/thumbs/ beside it, linked relatively: the page opens from disk in any browser with no server and no
 network, and the folder can be zipped and shared. Thumbnails load lazily, so a page with a thousand images stays
@@ -45,6 +46,7 @@ import duplicate_report  # noqa: E402
 import fileio  # noqa: E402
 import problematic_report  # noqa: E402
 from problematic_report import DECISIONS_FILE_NAME, DECISIONS_SCHEMA_VERSION, DECISIONS_TYPE  # noqa: E402
+from report_downloads import Crawl, is_web_link, read_crawl  # noqa: E402
 from report_images import Catalog, Shown, locate, remove_stale_thumbs  # noqa: E402
 
 logger = logging.getLogger(__name__)
@@ -263,6 +265,7 @@ class Page:
     counts: dict[str, dict[str, int]]
     unusable: list[str] = field(default_factory=list)  # reports present but unusable: exit code 1
     glance: dict[str, str] = field(default_factory=dict)  # section id -> one line for the summary at the top
+    crawl: Crawl = field(default_factory=Crawl)  # the download manifest: sources of images, refused URLs
 
     @property
     def classes(self) -> list[str]:
@@ -291,7 +294,10 @@ def render_card(
         parts.append(f'<a class="thumb" href="{esc(shown.href)}" target="_blank" rel="noopener">{image}</a>')
     else:
         parts.append(f'<div class="thumb missing">{esc(shown.problem or "no thumbnail")}</div>')
-    parts.append(f'<figcaption><div class="path">{esc(shown.path)}</div>{caption}</figcaption>{extra}')
+    parts.append(
+        f'<figcaption><div class="path">{esc(shown.path)}</div>{render_source(page, shown.path)}{caption}'
+        f"</figcaption>{extra}"
+    )
     if shown.thumb and shown.split in SPLITS and shown.class_name:
         targets = [name for name in page.counts.get(shown.split, {}) if name != shown.class_name]
         options = "".join(f'<option value="{esc(name)}">{esc(name)}</option>' for name in targets)
@@ -303,6 +309,53 @@ def render_card(
         )
     parts.append("</figure>")
     return "".join(parts)
+
+
+def render_source(page: Page, path: str) -> str:
+    """Where the downloader found the image (its URL, and the search query), from the manifest; empty if unknown."""
+    record = page.crawl.sources.get(path)
+    if record is None:
+        return ""
+    url = record.get("url")
+    link = f'<a href="{esc(url)}" rel="noopener noreferrer">{esc(url)}</a>' if is_web_link(url) else esc(url)
+    query = f" (query {esc(record['query'])})" if record.get("query") else ""
+    return f'<div class="source">from {link}{query}</div>'
+
+
+def render_refusals(page: Page) -> str:
+    """What the crawl refused: URLs per reason and class, then every URL with its reason (collapsed)."""
+    head = '<section id="refused"><h2>Refused by the crawl</h2>'
+    crawl = page.crawl
+    if crawl.problem:
+        page.unusable.append(crawl.problem)
+        return f'{head}<p class="note">{esc(crawl.problem)}.</p></section>'
+    if not crawl.refusals:
+        return f'{head}<p class="muted">No URL refused (or no download manifest).</p></section>'
+    counts = crawl.counts()
+    classes = sorted({name for by_class in counts.values() for name in by_class})
+    cells = "".join(f"<th>{esc(name)}</th>" for name in classes)
+    rows = "".join(
+        f"<tr><th>{esc(reason)}</th>{''.join(f'<td>{by_class[name]}</td>' for name in classes)}"
+        f"<td>{sum(by_class.values())}</td></tr>"
+        for reason, by_class in counts.items()
+    )
+    table = f'<table class="refusals"><tr><th>reason</th>{cells}<th>total</th></tr>{rows}</table>'
+    lists = []
+    for reason, by_class in counts.items():
+        items = "".join(
+            f"<li>{esc(record.get('class'))}: <span class=url>{esc(record.get('url'))}</span> "
+            f"<span class=muted>{esc(record.get('detail'))}</span></li>"
+            for record in crawl.refusals
+            if str(record.get("reason")) == reason
+        )
+        lists.append(f"<details><summary>{esc(reason)}: {sum(by_class.values())}</summary><ul>{items}</ul></details>")
+    hint = (
+        "<p>The latest attempt of each URL (per class) in download_manifest.jsonl. A re-run retries timeouts and "
+        "server errors; a changed limit (<code>--min-size</code>, <code>--max-bytes</code>) retries what it refused; "
+        "<code>--retry-failed</code> retries the rest.</p>"
+    )
+    page.glance["refused"] = plural(len(crawl.refusals), "URL") + " refused"
+    return f"{head}{hint}{table}{''.join(lists)}</section>"
 
 
 def render_counts(page: Page) -> str:
@@ -670,6 +723,7 @@ def page_asset(name: str) -> str:
 
 def render_page(page: Page, problematic_path: Path) -> str:
     counts = render_counts(page)
+    refusals = render_refusals(page)
     duplicates = render_duplicates(page)
     problematic, report = render_problematic(page, problematic_path)
     training = render_training(page)
@@ -713,7 +767,7 @@ def render_page(page: Page, problematic_path: Path) -> str:
         '<meta name="viewport" content="width=device-width, initial-scale=1"><link rel="icon" href="data:,">'
         f"<title>birdplane report: {esc(page.dataset_dir.name)}</title>"
         f"<style>{page_asset('report.css')}</style></head><body>"
-        f"{header}<main>{intro}{glance}{counts}{duplicates}{problematic}{training}</main>"
+        f"{header}<main>{intro}{glance}{counts}{refusals}{duplicates}{problematic}{training}</main>"
         f'<script type="application/json" id="report-data">{json_for_script(data)}</script>'
         f"<script>{page_asset('report.js')}</script></body></html>\n"
     )
@@ -727,7 +781,7 @@ def build_report(dataset_dir: Path, models_dir: Path, output: Path, problematic_
         if folder.is_symlink():
             raise fileio.UnsafePathError(f"{folder} is a symbolic link: the report never writes through one")
     catalog = Catalog(dataset_dir, output.parent, thumbs_dir)
-    page = Page(dataset_dir, models_dir, catalog, count_images(dataset_dir))
+    page = Page(dataset_dir, models_dir, catalog, count_images(dataset_dir), crawl=read_crawl(dataset_dir))
     with cli.progress(desc="Images for the report", unit="image") as catalog.bar:
         text = render_page(page, problematic_path or dataset_dir / problematic_report.DEFAULT_NAME)
     with fileio.atomic_write(output, "w") as handle:

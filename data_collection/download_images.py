@@ -13,7 +13,7 @@ Writes (all under --dataset-dir, default dataset/):
     train/<class>/<sha256>.<ext>, val/<class>/<sha256>.<ext>   the images, original bytes
     download_manifest.jsonl     one line per URL tried: class, query, URL, source page, title, size, hash, path,
                                 split, or why it failed and the limit that refused it (appended as it goes; the
-                                latest line for a URL counts; safe with two runs at once)
+                                latest line for a URL in a class counts; safe with two runs at once)
     download_report.json        this run's counts per class, queries that came back short, and every failure
     .search_cache/              search results per query, so a re-run does not search again
 """
@@ -28,6 +28,7 @@ import math
 import os
 import re
 import secrets
+import signal
 import sys
 import time
 import warnings
@@ -43,13 +44,13 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # cli.py and filei
 from download_manifest import (  # noqa: E402 - the siblings import cli and fileio too
     MANIFEST_NAME,
     ManifestWriter,
-    latest_records_by_url,
+    latest_records,
     limit_of,
     new_record,
     read_manifest,
     should_fetch,
 )
-from download_report import REPORT_NAME, ClassStats, RunSummary, format_summary, write_report  # noqa: E402
+from download_report import REPORT_NAME, ClassStats, RunSummary, format_download_table, write_report  # noqa: E402
 from image_fetch import (  # noqa: E402
     DEFAULT_MAX_BYTES,
     DEFAULT_MIN_SIZE,
@@ -92,6 +93,7 @@ from fileio import (  # noqa: E402
     remove_stale_temp_files,
     resolve_inside,
     sha256_file,
+    utc_now,
     writable_folder_reason,
 )
 
@@ -102,6 +104,7 @@ DEFAULT_VAL_FRACTION = 0.2
 DEFAULT_WORKERS = 8  # downloads wait on the network, not the CPU: 8 in flight hide most of the latency
 IN_FLIGHT_PER_WORKER = 2  # keep each worker busy without queuing URLs a finished class will never need
 # Our own half-written images: ".<sha256>.<ext>.<pid>.<random>.part" (older versions wrote no random part).
+OWN_NAME_PATTERN = re.compile(r"^[0-9a-f]{64}\.[a-z]+$")  # the name we save an image under: its sha256, extension
 TEMP_NAME_PATTERN = re.compile(r"^\.[0-9a-f]{64}\.[a-z]+\.(\d+)(?:\.[0-9a-f]+)?\.part$")
 SEARCH_NO_NETWORK_HINT = "connect, or pass --urls-file FILE with image URLs"
 
@@ -206,14 +209,14 @@ def remove_stale_files(dataset_dir: Path, report_path: Path) -> None:
     remove_stale_temp_files(dataset_dir / SEARCH_CACHE_DIR, "*.json")
 
 
-def scan_existing_images(dataset_dir: Path) -> tuple[dict[str, str], dict[str, Counter]]:
-    """Hashes of the files already in ``train|val/<class>/`` (hash -> relative path) and counts per class and split.
+def scan_existing_images(dataset_dir: Path) -> tuple[dict[str, dict[str, str]], dict[str, Counter]]:
+    """The files already in ``train|val/<class>/`` (sha256 -> class -> relative path) and counts per class and split.
 
     Files from earlier runs and files the user put there are treated alike: counted, never touched, and a download
-    with the same bytes is a duplicate. Only regular files are read (a FIFO is never opened); a name that is not
-    UTF-8 is kept as it is. Our own half-written files from a killed run are removed.
+    with the same bytes in the same class is a duplicate. Only regular files are read (a FIFO is never opened); a name
+    that is not UTF-8 is kept as it is. Our own half-written files from a killed run are removed.
     """
-    hashes: dict[str, str] = {}
+    hashes: dict[str, dict[str, str]] = {}
     counts: dict[str, Counter] = {}
     for split in SPLITS:
         for class_name in class_folders(dataset_dir / split):
@@ -234,7 +237,7 @@ def scan_existing_images(dataset_dir: Path) -> tuple[dict[str, str], dict[str, C
                 counts[class_name][split] += 1
                 relative = relative_posix(path, dataset_dir)
                 try:
-                    hashes.setdefault(sha256_file(path), relative)
+                    hashes.setdefault(sha256_file(path), {}).setdefault(class_name, relative)
                 except OSError as error:
                     logger.warning(
                         "cannot read %s (%s): it cannot be checked for duplicates", cli.printable(relative), error
@@ -266,6 +269,22 @@ def save_new_file(data: bytes, path: Path) -> bool:
         temp.unlink(missing_ok=True)
 
 
+def move_new_name(source: Path, target: Path) -> bool:
+    """Move ``source`` to ``target`` unless a file is already there (or ``source`` is gone); True when moved."""
+    target.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        os.link(source, target)
+    except (FileExistsError, FileNotFoundError):
+        return False
+    except OSError:  # a file system without hard links: rename after a last look
+        if os.path.lexists(target):
+            return False
+        os.replace(source, target)
+        return True
+    source.unlink()
+    return True
+
+
 # -------------------------------------------------------------------------------------------------------- the run
 
 
@@ -280,18 +299,20 @@ class DownloadRun:
         self.fetcher = fetcher
         self.search = search
         dataset_dir = config.dataset_dir
-        self.known_hashes, counts = scan_existing_images(dataset_dir)  # sha256 -> relative path
-        self.on_disk_hashes = set(self.known_hashes)
+        # sha256 -> class -> relative path: the same bytes in two classes are a label conflict, kept in both
+        self.known_paths, counts = scan_existing_images(dataset_dir)
+        self.on_disk = {(digest, name) for digest, paths in self.known_paths.items() for name in paths}
         records = read_manifest(dataset_dir / MANIFEST_NAME)
-        self.recorded_hashes: set[str] = set()  # hashes with a "saved" manifest line, from earlier runs or this one
+        self.recorded: set[tuple[str, str]] = set()  # (sha256, class) with a "saved" manifest line, from any run
         self.worked_before: list[str] = []  # URLs saved by earlier runs: their hosts answer, or did
         for record in records:  # images saved by earlier runs and removed since still count as seen
-            digest, path = record.get("sha256"), record.get("path")
+            digest, path, name = record.get("sha256"), record.get("path"), record.get("class")
             if record.get("status") == "saved" and isinstance(digest, str) and isinstance(path, str):
-                self.known_hashes.setdefault(digest, path)
-                self.recorded_hashes.add(digest)
+                if isinstance(name, str):
+                    self.known_paths.setdefault(digest, {}).setdefault(name, path)
+                    self.recorded.add((digest, name))
                 self.worked_before.append(str(record.get("url", "")))
-        self.latest = latest_records_by_url(records)
+        self.latest = latest_records(records)  # (class, url) -> its latest manifest line
         self.manifest = ManifestWriter(dataset_dir / MANIFEST_NAME)
         self.stats = {
             name: ClassStats(asked=config.per_class, on_disk=Counter(counts.get(name, Counter())))
@@ -299,7 +320,7 @@ class DownloadRun:
         }
         self.short_queries: list[ShortQuery] = []
         self.errors: list[dict[str, Any]] = []
-        self.claimed_urls: dict[str, str] = {}  # url -> class that fetches it in this run
+        self.claimed: set[tuple[str, str]] = set()  # (class, url) fetched in this run
         self.is_network_confirmed = False  # a server answered, or the network check found one that would
 
     def run(self) -> RunSummary:
@@ -308,11 +329,60 @@ class DownloadRun:
         try:
             for class_name in self.config.classes:
                 self.download_class(class_name, self.class_candidates(class_name))
+                self.ensure_val_image(class_name)  # not after a cut-off class: a later run completes it first
         except NoNetworkError as error:
             no_network = str(error)
         finally:
             self.manifest.close()
-        return RunSummary(self.stats, self.short_queries, self.errors, no_network)
+        return RunSummary(self.stats, self.short_queries, self.errors, no_network, self.label_conflicts())
+
+    def ensure_val_image(self, class_name: str) -> None:
+        """Move one train image of a class with 2 or more images and none in val/ there, so every class is checked.
+
+        The one moved is our own download (named by its hash) with the smallest hash, not a label-conflict copy if
+        another will do: the same choice on every run.
+        Once in val/ it stays (later runs find a val image and move nothing); new images follow the hash rule.
+        """
+        stats = self.stats[class_name]
+        if self.config.val_fraction <= 0 or stats.on_disk["val"] or stats.total_on_disk < 2:
+            return
+        ours = sorted(  # a label-conflict copy last: moving it alone would also make a train/val leak
+            (len(paths) > 1, digest, path)
+            for digest, paths in self.known_paths.items()
+            if (path := paths.get(class_name)) is not None
+            and OWN_NAME_PATTERN.match(path.rpartition("/")[2])
+            and path.startswith(f"train/{class_name}/{digest}.")
+            and (digest, class_name) in self.on_disk
+            and (digest, class_name) in self.recorded
+        )
+        if not ours:
+            logger.warning("%s has no image in val/ and none of ours to move there: move one yourself", class_name)
+            return
+        _, digest, source = ours[0]
+        target = f"val/{source.removeprefix('train/')}"
+        dataset_dir = self.config.dataset_dir
+        if not move_new_name(resolve_inside(dataset_dir, source), resolve_inside(dataset_dir, target)):
+            return  # a parallel run moved it, or a file took the name: nothing of ours to overwrite
+        stats.on_disk["train"] -= 1
+        stats.on_disk["val"] += 1
+        self.known_paths[digest][class_name] = target
+        logger.info("%s: moved %s to val/, the class had no val image", class_name, cli.printable(source))
+        for record in [r for r in self.latest.values() if r.get("path") == source and r.get("status") == "saved"]:
+            self.write_record(record | {"time": utc_now(), "path": target, "split": "val"})
+
+    def label_conflicts(self) -> list[dict[str, Any]]:
+        """Images in two or more class folders (same bytes): each with its files, classes and URLs, by hash."""
+        urls: dict[str, list[str]] = {}
+        for record in self.latest.values():
+            if record.get("status") == "saved" and isinstance(record.get("sha256"), str):
+                urls.setdefault(record["sha256"], []).append(str(record.get("url")))
+        conflicts = []
+        for digest, paths in sorted(self.known_paths.items()):
+            on_disk = {name: path for name, path in paths.items() if (digest, name) in self.on_disk}
+            if len(on_disk) > 1:
+                files, urls_of = sorted(on_disk.values()), urls.get(digest, [])
+                conflicts.append({"sha256": digest, "classes": sorted(on_disk), "files": files, "urls": urls_of})
+        return conflicts
 
     def class_candidates(self, class_name: str) -> list[Candidate]:
         config = self.config
@@ -331,17 +401,16 @@ class DownloadRun:
         stats = self.stats[class_name]
         jobs = []
         for candidate in candidates:
-            previous = self.latest.get(candidate.url)
+            key = (class_name, candidate.url)  # a URL offered under another class too is fetched for each
+            previous = self.latest.get(key)
             if previous is not None and not should_fetch(previous, self.fetcher.limits, self.config.retry_failed):
-                if previous.get("class") != class_name:
-                    stats.duplicates += 1  # the same URL, settled under another class
-                else:
-                    stats.already_done += 1
-                    if previous.get("status") == "failed":
-                        stats.failed_before[str(previous.get("reason"))] += 1
-            elif self.claimed_urls.setdefault(candidate.url, class_name) != class_name:
-                stats.duplicates += 1  # the same URL, fetched for another class in this run
+                stats.already_done += 1
+                if previous.get("status") == "failed":
+                    stats.failed_before[str(previous.get("reason"))] += 1
+            elif key in self.claimed:
+                stats.duplicates += 1  # the same URL twice in the class's candidates
             else:
+                self.claimed.add(key)
                 jobs.append(candidate)
         return jobs
 
@@ -384,7 +453,8 @@ class DownloadRun:
                             bar.update(1)
                         elif needed is None:
                             bar.update(1)
-        except BaseException:
+        except BaseException:  # Ctrl-C: downloads in flight end now, so the process ends within a second or so
+            self.fetcher.cancel()
             pool.shutdown(wait=False, cancel_futures=True)
             raise
         finally:
@@ -424,22 +494,40 @@ class DownloadRun:
             return False
         assert result.sha256 is not None and result.facts is not None and result.data is not None
         facts, digest = result.facts, result.sha256
-        split = split_for_hash(digest, self.config.val_fraction)
-        relative = f"{split}/{result.candidate.class_name}/{digest}{FORMAT_EXTENSIONS[facts.image_format]}"
+        class_name = result.candidate.class_name
+        name = f"{digest}{FORMAT_EXTENSIONS[facts.image_format]}"
         record.update(width=facts.width, height=facts.height, format=facts.image_format, bytes=len(result.data))
         record.update(sha256=digest)
-        existing = self.known_hashes.get(digest)
+        paths = self.known_paths.get(digest, {})
+        existing = paths.get(class_name)
+        elsewhere = {
+            other: path for other, path in paths.items() if other != class_name and (digest, other) in self.on_disk
+        }
+
         # In place already: our own file whose manifest line is missing (a kill, or the manifest was deleted).
-        is_in_place = existing == relative and digest in self.on_disk_hashes and digest not in self.recorded_hashes
+        is_in_place = (
+            existing in {f"{split}/{class_name}/{name}" for split in SPLITS}
+            and (digest, class_name) in self.on_disk
+            and (digest, class_name) not in self.recorded
+        )
         if existing is not None and not is_in_place:
-            where = existing if digest in self.on_disk_hashes else f"{existing}, removed since"
+            where = existing if (digest, class_name) in self.on_disk else f"{existing}, removed since"
             record.update(status="duplicate", duplicate_of=where)
             stats.duplicates += 1
             logger.debug("%s: same image as %s", cli.printable(result.candidate.url), cli.printable(where))
-            self.manifest.write(record)
+            self.write_record(record)
             return False
         if not is_in_place and not has_room:
             return False
+        if elsewhere:  # a label conflict: a copy here too, in the split of the first, so it leaks nothing
+            record["label_conflict_with"] = sorted(elsewhere.values())
+            logger.warning(
+                "%s: the same image is already in %s: kept in both classes, a label conflict to decide",
+                cli.printable(result.candidate.url),
+                cli.printable(", ".join(sorted(elsewhere.values()))),
+            )
+        split = min(elsewhere.values()).split("/")[0] if elsewhere else split_for_hash(digest, self.config.val_fraction)
+        relative = existing if is_in_place else f"{split}/{class_name}/{name}"
         is_new = False
         if is_in_place:
             stats.found_on_disk += 1
@@ -450,12 +538,17 @@ class DownloadRun:
                 stats.downloaded += 1
             else:
                 stats.found_on_disk += 1
-        self.known_hashes[digest] = relative
-        self.on_disk_hashes.add(digest)
-        self.recorded_hashes.add(digest)
-        record.update(status="saved", path=relative, split=split)
-        self.manifest.write(record)
+        self.known_paths.setdefault(digest, {})[class_name] = relative
+        self.on_disk.add((digest, class_name))
+        self.recorded.add((digest, class_name))
+        record.update(status="saved", path=relative, split=relative.split("/")[0])
+        self.write_record(record)
         return is_new
+
+    def write_record(self, record: dict[str, Any]) -> None:
+        """Append a manifest line; it is the URL's state from now on."""
+        self.manifest.write(record)
+        self.latest[record["class"], record["url"]] = record
 
     def record_failure(self, record: dict[str, Any], result: FetchResult, stats: ClassStats) -> None:
         assert result.reason is not None
@@ -468,7 +561,7 @@ class DownloadRun:
         stats.failures[reason] += 1
         self.errors.append({key: record[key] for key in ("class", "url", "reason", "detail")})
         logger.warning("%s: %s (%s)", cli.printable(record["url"]), reason, cli.printable(result.detail))
-        self.manifest.write(record)
+        self.write_record(record)
 
 
 # ------------------------------------------------------------------------------------------------- command line
@@ -532,7 +625,9 @@ def get_args_parser(add_help: bool = True) -> argparse.ArgumentParser:
         "--timeout",
         type=float,
         default=DEFAULT_TIMEOUT_S,
-        help=f"seconds to wait for a server to connect or send data (default: {DEFAULT_TIMEOUT_S:g})",
+        help="seconds one download may take in all (connect, headers, body; half a second of grace), however slowly "
+        "the server sends; a silent server is retried at once, one cut mid-answer on the next run "
+        f"(default: {DEFAULT_TIMEOUT_S:g})",
     )
     parser.add_argument(
         "--max-bytes",
@@ -623,7 +718,7 @@ def check_args(args: argparse.Namespace) -> str | None:
 
 
 def read_urls_file(path: Path) -> tuple[list[Candidate], list[str]]:
-    """Candidates from a ``class,url`` file (repeated URLs kept once) and one message per malformed line.
+    """Candidates from a ``class,url`` file (a repeated line kept once) and one message per malformed line.
 
     Raises ValueError with one sentence when the file cannot be used at all.
     """
@@ -642,21 +737,23 @@ def read_urls_file(path: Path) -> tuple[list[Candidate], list[str]]:
         logger.warning("%s: skipped", cli.printable(problem))
     if not entries:
         raise ValueError(f"--urls-file {shown}: no 'class,url' line with an http(s) URL")
-    first_class: dict[str, tuple[int, str]] = {}
+    first_line: dict[tuple[str, str], int] = {}  # (class, url) -> its first line
+    first_class: dict[str, tuple[int, str]] = {}  # url -> (line, class) where it was first listed
     candidates = []
     for line_number, class_name, url in entries:
-        if url in first_class:
-            first_line, first_name = first_class[url]
-            if first_name != class_name:
-                logger.warning(
-                    "%s line %d: URL already listed as %r on line %d: kept there only",
-                    shown,
-                    line_number,
-                    first_name,
-                    first_line,
-                )
+        if (class_name, url) in first_line:
             continue
-        first_class[url] = (line_number, class_name)
+        first_line[class_name, url] = line_number
+        if url in first_class:
+            line, name = first_class[url]
+            logger.warning(
+                "%s line %d: URL also listed as %r on line %d: downloaded for both, a label conflict to decide",
+                shown,
+                line_number,
+                name,
+                line,
+            )
+        first_class.setdefault(url, (line_number, class_name))
         candidates.append(Candidate(class_name, url, source="urls-file"))
     return candidates, problems
 
@@ -702,7 +799,7 @@ def build_config(args: argparse.Namespace) -> DownloadConfig:
 
 
 def main(
-    argv: Sequence[str] | None = None, *, search_backend: SearchBackend = ddgs_search, sleep: SleepFn = time.sleep
+    argv: Sequence[str] | None = None, *, search_backend: SearchBackend = ddgs_search, sleep: SleepFn | None = None
 ) -> int:
     """Run the downloader; ``search_backend`` and ``sleep`` are for tests (a fake search, no real waiting)."""
     args = get_args_parser().parse_args(argv)
@@ -725,7 +822,8 @@ def main(
     search = None
     if config.queries is not None:
         options = SearchOptions(args.safesearch, args.size, args.type_image, args.license)
-        search = ImageSearch(search_backend, options, config.dataset_dir / SEARCH_CACHE_DIR, args.refresh_search, sleep)
+        search_dir = config.dataset_dir / SEARCH_CACHE_DIR
+        search = ImageSearch(search_backend, options, search_dir, args.refresh_search, sleep or time.sleep)
     remove_stale_files(config.dataset_dir, config.report_path)
     try:
         summary = DownloadRun(config, fetcher, search).run()
@@ -738,7 +836,7 @@ def main(
         return cli.EXIT_INTERRUPTED
     except (UnsafePathError, OSError) as error:  # a folder swapped for a symlink, a full disk, ...
         return cli.error(f"stopped: {error}; every image and manifest line written so far is complete")
-    print(format_summary(summary, limits))
+    print(format_download_table(summary, limits))
     new_images = sum(stats.downloaded for stats in summary.stats.values())
     if summary.no_network is not None:
         hint = (
@@ -760,4 +858,7 @@ def main(
 
 
 if __name__ == "__main__":
-    raise SystemExit(main())
+    status = main()
+    if status == cli.EXIT_INTERRUPTED:  # a second Ctrl-C while the last connections close ends at once, quietly
+        signal.signal(signal.SIGINT, signal.SIG_DFL)
+    raise SystemExit(status)

@@ -4,7 +4,8 @@ Imported by download_images.py and download_report.py; not a script.
 
 ``dataset/download_manifest.jsonl`` is appended to as a run goes, by any number of runs at once: each record is one
 ``write`` of a whole line to a file opened with O_APPEND, under an exclusive ``flock``, so lines never interleave, and
-a line cut off by a killed run is ended before the next one. The latest line for a URL is its state.
+a line cut off by a killed run is ended before the next one. The latest line for a URL in a class is its state: a URL
+offered under two classes is fetched for each (the same bytes in two class folders are a label conflict, kept).
 
 A failure that a command-line limit decided (``too small``, ``too large``, ``timeout``, ``wrong content type``)
 records the limit as ``"limit": {"flag": "--min-size", "value": 128}``; a re-run retries it when that limit changed
@@ -31,7 +32,7 @@ except ImportError:  # Windows: O_APPEND single writes alone keep lines whole
     fcntl = None  # type: ignore[assignment]
 
 MANIFEST_NAME = "download_manifest.jsonl"
-SCHEMA_VERSION = 2  # of a manifest line; 2 added "limit" (version 1 lines are read as they are)
+SCHEMA_VERSION = 3  # of a manifest line; 2 added "limit", 3 "label_conflict_with" (older lines are read as they are)
 # Failure reasons a command-line limit decided, and that limit's flag.
 LIMIT_FLAGS = {
     "too small": "--min-size",
@@ -70,6 +71,7 @@ def new_record(candidate: Candidate) -> dict[str, Any]:
         "detail": None,
         "retryable": False,
         "limit": None,
+        "label_conflict_with": None,  # saved, and the same bytes are in these other class folders: a label conflict
     }
 
 
@@ -138,13 +140,14 @@ def should_fetch(record: dict[str, Any] | None, limits: FetchLimits, retry_faile
     return retry_failed
 
 
-def latest_records_by_url(records: Iterable[dict[str, Any]]) -> dict[str, dict[str, Any]]:
-    """The last manifest record of each URL: a URL retried by a later run has several lines."""
-    latest: dict[str, dict[str, Any]] = {}
+def latest_records(records: Iterable[dict[str, Any]]) -> dict[tuple[str, str], dict[str, Any]]:
+    """The last manifest record of each (class, URL): a URL retried by a later run has several lines, and a URL
+    offered under two classes has its own state in each."""
+    latest: dict[tuple[str, str], dict[str, Any]] = {}
     for record in records:
-        url = record.get("url")
-        if isinstance(url, str):
-            latest[url] = record
+        url, class_name = record.get("url"), record.get("class")
+        if isinstance(url, str) and isinstance(class_name, str):
+            latest[class_name, url] = record
     return latest
 
 

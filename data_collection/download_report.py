@@ -21,7 +21,8 @@ import cli
 from fileio import write_json
 
 REPORT_NAME = "download_report.json"
-REPORT_SCHEMA_VERSION = 2  # 2: "downloaded" counts only files this run saved; "found_on_disk", "failed_before" added
+REPORT_SCHEMA_VERSION = 3  # 2: "downloaded" counts only files this run saved; "found_on_disk", "failed_before" added
+# 3: "label_conflicts" (per class, and the list: the same bytes in two class folders)
 # What changes the outcome of a failure that a limit decided, for the summary.
 LIMIT_HINTS = {
     "--min-size": "lower --min-size to retry",
@@ -58,6 +59,12 @@ class RunSummary:
     short_queries: list[ShortQuery]
     errors: list[dict[str, Any]]
     no_network: str | None = None  # "cannot reach <host>" when the network is really missing
+    # The same bytes in two or more class folders after the run: {"sha256", "classes", "files", "urls"} each
+    label_conflicts: list[dict[str, Any]] = field(default_factory=list)
+
+    def conflicts_in(self, class_name: str) -> int:
+        """How many of the class's images are also in another class folder."""
+        return sum(class_name in conflict["classes"] for conflict in self.label_conflicts)
 
 
 def failure_label(reason: str, limits: FetchLimits) -> str:
@@ -101,16 +108,24 @@ def format_table(rows: Sequence[Sequence[str]]) -> list[str]:
     ]
 
 
-def format_summary(summary: RunSummary, limits: FetchLimits) -> str:
-    """The end-of-run table per class, the failures by reason with the flag that would change each, and the
-    queries that came back short."""
-    header = ("class", "URLs", "already done", "found on disk", "downloaded", "duplicates", "failed", "train", "val")
-    rows = [(*header, "asked")]
+def format_download_table(summary: RunSummary, limits: FetchLimits) -> str:
+    """The downloader's end-of-run text: the table per class, the failures by reason with the flag that would change
+    each, the label conflicts, and the queries that came back short."""
+    header = ("class", "URLs", "already done", "found on disk", "downloaded", "duplicates", "label conflicts")
+    rows = [(*header, "failed", "train", "val", "asked")]
     for class_name, stats in summary.stats.items():
         counts = (stats.found, stats.already_done, stats.found_on_disk, stats.downloaded, stats.duplicates)
-        counts += (sum(stats.failures.values()), stats.on_disk["train"], stats.on_disk["val"])
+        counts += (summary.conflicts_in(class_name), sum(stats.failures.values()))
+        counts += (stats.on_disk["train"], stats.on_disk["val"])
         rows.append((class_name, *map(str, counts), "all" if stats.asked is None else str(stats.asked)))
     lines = format_table(rows)
+    if summary.label_conflicts:
+        lines.append(
+            f"Label conflicts ({len(summary.label_conflicts)}): the same image in two classes, kept in each; the "
+            "duplicate detectors and the report page show them, and only you can decide (remove_duplicates.py "
+            "--strategy interactive, or the page's review):"
+        )
+        lines.extend(f"  {', '.join(map(cli.printable, conflict['files']))}" for conflict in summary.label_conflicts)
     failure_lines = []
     for class_name, stats in summary.stats.items():
         for reason in sorted(set(stats.failures) | set(stats.failed_before)):
@@ -134,7 +149,7 @@ def format_summary(summary: RunSummary, limits: FetchLimits) -> str:
 
 
 def write_report(path: Path, summary: RunSummary, mode: str, input_errors: Sequence[str]) -> None:
-    """This run's counts per class, the short queries and every failure, as JSON (``schema_version`` 2)."""
+    """This run's counts per class, the short queries, every failure and the label conflicts, as JSON."""
     classes = {
         name: {
             "asked": stats.asked,
@@ -148,6 +163,7 @@ def write_report(path: Path, summary: RunSummary, mode: str, input_errors: Seque
             "failed_before_by_reason": dict(sorted(stats.failed_before.items())),
             "train": stats.on_disk["train"],
             "val": stats.on_disk["val"],
+            "label_conflicts": summary.conflicts_in(name),
             "is_short": stats.is_short,
         }
         for name, stats in summary.stats.items()
@@ -155,6 +171,7 @@ def write_report(path: Path, summary: RunSummary, mode: str, input_errors: Seque
     errors = [{"input": message} for message in input_errors] + summary.errors
     report = {"schema_version": REPORT_SCHEMA_VERSION, "mode": mode, "manifest": MANIFEST_NAME}
     report |= {"classes": classes, "short_queries": [vars(short) for short in summary.short_queries], "errors": errors}
+    report["label_conflicts"] = summary.label_conflicts
     write_json(path, report)
 
 

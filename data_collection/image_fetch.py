@@ -4,28 +4,39 @@ Imported by download_images.py and its other sibling modules; not a script. A ``
 URL in a worker thread (size cap, Content-Type check, retries with backoff for answers that may pass), then decodes
 the bytes fully with Pillow (bombs refused from the header). It writes nothing: the caller decides what to keep.
 ``network_reachable`` is the honest "is there a network at all" check: it tries to open a connection.
+
+Each request has one deadline for all of it (connect, headers, body, redirects): a socket read waits for a whole
+chunk, so a server that drips one byte a second would never let a check between reads run. A watchdog thread shuts the
+request's socket down when its time is up (every connection a request uses is registered through ``DeadlineAdapter``),
+and ``Fetcher.cancel`` does the same to every request in flight, so Ctrl-C never waits on a slow server.
 """
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import io
 import random
 import socket
 import threading
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import ThreadPoolExecutor, as_completed
 from dataclasses import dataclass
-from typing import NamedTuple
+from typing import Any, NamedTuple
 from urllib.parse import urlsplit
 
 import requests
 from PIL import Image, UnidentifiedImageError
+from requests.adapters import HTTPAdapter
+from urllib3.connectionpool import HTTPConnectionPool, HTTPSConnectionPool
 from urllib3.exceptions import ReadTimeoutError
 
-DEFAULT_TIMEOUT_S = 10.0
-TOTAL_TIME_FACTOR = 4  # one download may take at most 4x --timeout in all, so a server dripping bytes cannot stall it
+DEFAULT_TIMEOUT_S = 10.0  # for one whole download: a 5 MB photo at 4 Mbit/s, with room to connect
+# The whole-request deadline is --timeout plus this: a silent server meets the per-read --timeout first (a plain
+# timeout, retried at once); only a server that keeps sending, too slowly, meets the deadline (retried next run).
+DEADLINE_GRACE_S = 0.5
+WATCHDOG_POLL_S = 0.05  # how late past its deadline a request may end; the watchdog sleeps only while requests run
 DEFAULT_MAX_BYTES = 20_000_000  # a photo worth training on is well under 20 MB
 DEFAULT_MIN_SIZE = 100  # pixels on the shorter side; smaller ones are thumbnails or icons, useless at 224 px
 MAX_PIXELS = 50_000_000  # refuse to decode more: no training photo needs it, and a bomb would eat the memory
@@ -122,6 +133,7 @@ class Answer(NamedTuple):
     detail: str = ""
     has_response: bool = True
     declared_bytes: int | None = None
+    is_worth_retrying_now: bool = True  # False when a server was cut at the deadline mid-answer: it would be again
 
 
 # ---------------------------------------------------------------------------------------------------------- pure
@@ -242,16 +254,139 @@ def network_reachable(hosts: Iterable[tuple[str, int]], timeout_s: float = PROBE
     return False
 
 
+_current_request = threading.local()  # .deadline: the RequestDeadline of the request this thread is making
+
+
+class RequestDeadline:
+    """The end time of one request and the connections it uses; ``expire`` shuts their sockets down."""
+
+    def __init__(self, seconds: float) -> None:
+        self.expires_at = time.monotonic() + seconds
+        self.is_expired = False
+        self.was_connected = False  # a socket was open when it expired: the server was slow, not unreachable
+        self._connections: list[Any] = []
+        self._lock = threading.Lock()
+
+    def watch(self, connection: Any) -> None:
+        """Add a connection the request uses (a redirect may use several); shut at once if already late."""
+        with self._lock:
+            self._connections.append(connection)
+        if self.is_expired:
+            self.expire()
+
+    def expire(self) -> None:
+        """Mark the request late and shut down every socket it opened: a read blocked on one returns at once."""
+        with self._lock:
+            self.is_expired = True
+            sockets = [getattr(connection, "sock", None) for connection in self._connections]
+            self.was_connected = self.was_connected or any(sock is not None for sock in sockets)
+        for sock in sockets:
+            if sock is not None:
+                with contextlib.suppress(OSError):
+                    socket.socket.shutdown(sock, socket.SHUT_RDWR)  # the plain socket's call: under TLS too
+
+
+class Watchdog:
+    """Expires late requests from one daemon thread, which runs only while requests are in flight."""
+
+    def __init__(self) -> None:
+        self.cancelled = threading.Event()
+        self._active: set[RequestDeadline] = set()
+        self._lock = threading.Lock()
+        self._thread: threading.Thread | None = None
+
+    @contextlib.contextmanager
+    def guard(self, seconds: float) -> Iterator[RequestDeadline]:
+        """The deadline of the request made inside the block, in this thread (connections register themselves)."""
+        deadline = RequestDeadline(seconds)
+        with self._lock:
+            self._active.add(deadline)
+            if self._thread is None:
+                self._thread = threading.Thread(target=self._run, name="download-deadlines", daemon=True)
+                self._thread.start()
+        if self.cancelled.is_set():
+            deadline.expire()
+        _current_request.deadline = deadline
+        try:
+            yield deadline
+        finally:
+            _current_request.deadline = None
+            with self._lock:
+                self._active.discard(deadline)
+
+    def cancel(self) -> None:
+        """End every request in flight now, and every later one at its start (Ctrl-C)."""
+        self.cancelled.set()
+        with self._lock:
+            active = list(self._active)
+        for deadline in active:
+            deadline.expire()
+
+    def _run(self) -> None:
+        while True:
+            with self._lock:
+                if not self._active:
+                    self._thread = None
+                    return
+                now = time.monotonic()
+                late = [d for d in self._active if d.expires_at <= now or self.cancelled.is_set()]
+            for deadline in late:  # again on each pass: a socket still connecting at the first one has none yet
+                deadline.expire()
+            time.sleep(WATCHDOG_POLL_S)
+
+
+class _DeadlinePoolMixin:
+    """Hands each connection a request takes from the pool to that request's deadline."""
+
+    def _get_conn(self, timeout: float | None = None) -> Any:
+        connection = super()._get_conn(timeout)  # type: ignore[misc]
+        deadline = getattr(_current_request, "deadline", None)
+        if deadline is not None:
+            deadline.watch(connection)
+        return connection
+
+
+class _DeadlineHTTPPool(_DeadlinePoolMixin, HTTPConnectionPool):
+    pass
+
+
+class _DeadlineHTTPSPool(_DeadlinePoolMixin, HTTPSConnectionPool):
+    pass
+
+
+DEADLINE_POOLS = {"http": _DeadlineHTTPPool, "https": _DeadlineHTTPSPool}
+
+
+class DeadlineAdapter(HTTPAdapter):
+    """requests' transport, with connection pools that register every connection with the request's deadline."""
+
+    def init_poolmanager(self, *args: Any, **kwargs: Any) -> None:
+        super().init_poolmanager(*args, **kwargs)
+        self.poolmanager.pool_classes_by_scheme = DEADLINE_POOLS
+
+    def proxy_manager_for(self, proxy: str, **proxy_kwargs: Any) -> Any:
+        manager = super().proxy_manager_for(proxy, **proxy_kwargs)
+        if not proxy.lower().startswith("socks"):  # a SOCKS manager needs its own pools (and keeps --timeout only)
+            manager.pool_classes_by_scheme = DEADLINE_POOLS
+        return manager
+
+
 class Fetcher:
     """Downloads and verifies URLs, one per call, from any number of worker threads; writes nothing.
 
-    Timeouts and 5xx answers are retried with backoff (``sleep`` waits; tests pass one that does not).
+    Timeouts and 5xx answers are retried with backoff (``sleep`` waits; tests pass one that does not; by default the
+    wait ends early on ``cancel``). Each try must end within ``--timeout`` in all.
     """
 
-    def __init__(self, limits: FetchLimits, sleep: SleepFn = time.sleep) -> None:
+    def __init__(self, limits: FetchLimits, sleep: SleepFn | None = None) -> None:
         self.limits = limits
-        self.sleep = sleep
+        self.watchdog = Watchdog()
+        self.sleep: Callable[[float], object] = sleep or self.watchdog.cancelled.wait
         self._local = threading.local()
+
+    def cancel(self) -> None:
+        """Stop: requests in flight end now (as timeouts), retries and new fetches do not start. For Ctrl-C."""
+        self.watchdog.cancel()
 
     def fetch(self, candidate: Candidate) -> FetchResult:
         """Download one URL, then verify the bytes are a usable image; never raises for a bad URL or image."""
@@ -261,9 +396,14 @@ class Fetcher:
             for attempt in range(limits.retries + 1):
                 if attempt:
                     self.sleep(backoff_delay(attempt - 1, DOWNLOAD_BACKOFF_S, random.random()))
+                if self.watchdog.cancelled.is_set():
+                    result.reason, result.detail = "interrupted", "the run was stopped before this download ended"
+                    return result
                 answer = self._get(candidate.url)
                 result.has_response = result.has_response or answer.has_response
                 if answer.reason is None or answer.reason == "connection error" or not is_retryable(answer.reason):
+                    break
+                if not answer.is_worth_retrying_now:  # a later run tries it again (a "timeout" stays retryable)
                     break
             if answer.reason is not None:
                 result.reason, result.detail, result.declared_bytes = (
@@ -289,13 +429,36 @@ class Fetcher:
             session.max_redirects = MAX_REDIRECTS
             session.headers["User-Agent"] = USER_AGENT
             session.headers["Accept"] = "image/avif,image/webp,image/*,*/*;q=0.8"
+            adapter = DeadlineAdapter()
+            session.mount("http://", adapter)
+            session.mount("https://", adapter)
             self._local.session = session
         return session
 
     def _get(self, url: str) -> Answer:
-        """One GET within the limits."""
+        """One GET that ends within --timeout (and DEADLINE_GRACE_S) in all, whatever the server does; a late one is
+        a "timeout", not retried at once when the server was connected (dripping): it would be cut again."""
+        timeout_s = self.limits.timeout_s
+        answer = None
+        with self.watchdog.guard(timeout_s + DEADLINE_GRACE_S) as deadline:
+            try:
+                answer = self._get_within_limits(url)
+            except Exception:
+                if not deadline.is_expired:
+                    raise
+        if not deadline.is_expired:
+            assert answer is not None
+            return answer
+        session, self._local.session = getattr(self._local, "session", None), None  # its sockets were shut down
+        if session is not None:
+            session.close()
+        has_response = answer.has_response if answer is not None else False
+        detail = f"not complete within --timeout {timeout_s:g} s"
+        return Answer(None, "timeout", detail, has_response, is_worth_retrying_now=not deadline.was_connected)
+
+    def _get_within_limits(self, url: str) -> Answer:
+        """One GET: status, Content-Type and size checked; the caller's deadline ends it when it is late."""
         limits = self.limits
-        deadline = time.monotonic() + limits.timeout_s * TOTAL_TIME_FACTOR
         has_response = False
         try:
             with self._session().get(url, timeout=limits.timeout_s, stream=True) as response:
@@ -314,10 +477,6 @@ class Fetcher:
                     received += len(chunk)
                     if received > limits.max_bytes:
                         return Answer(None, "too large", f"over --max-bytes {limits.max_bytes}")
-                    if time.monotonic() > deadline:
-                        return Answer(
-                            None, "timeout", f"still downloading after {limits.timeout_s * TOTAL_TIME_FACTOR:g} s"
-                        )
                     chunks.append(chunk)
                 return Answer(b"".join(chunks))
         except requests.TooManyRedirects:

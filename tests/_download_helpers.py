@@ -46,6 +46,8 @@ class Route:
     delay_s: float = 0.0  # before answering: longer than the client's timeout makes a timeout
     location: str | None = None  # answer a 302 redirect to here
     send_length: bool = True  # False: no Content-Length, the body ends when the connection closes
+    drip_s: float = 0.0  # > 0: send the body one byte per drip_s seconds (a server that never quite answers)
+    drip_headers: bool = False  # with drip_s: drip the status line and headers too
 
 
 def encode_good_image(kind: str, class_index: int, seed: int, size: tuple[int, int] = (64, 64)) -> bytes:
@@ -182,6 +184,9 @@ class ImageServer:
                 owner._count(path)
                 route = owner.routes.get(path, Route(b"no such path", status=404, content_type="text/plain"))
                 time.sleep(owner.latency_s + route.delay_s)
+                if route.drip_s:
+                    self._drip(route)
+                    return
                 try:
                     self.send_response(route.status)
                     if route.location is not None:
@@ -194,6 +199,21 @@ class ImageServer:
                     self.wfile.write(route.body)
                 except (BrokenPipeError, ConnectionResetError):
                     pass  # the client gave up (a timeout test): nothing to answer
+
+            def _drip(self, route: Route) -> None:
+                head = f"HTTP/1.1 {route.status} OK\r\nContent-Type: {route.content_type}\r\n"
+                head += f"Content-Length: {len(route.body)}\r\n\r\n"
+                dripped = head.encode() + route.body if route.drip_headers else route.body
+                try:
+                    if not route.drip_headers:
+                        self.wfile.write(head.encode())
+                    for index in range(len(dripped)):
+                        self.wfile.write(dripped[index : index + 1])
+                        self.wfile.flush()
+                        time.sleep(route.drip_s)
+                except OSError:
+                    pass  # the client hung up: what a deadline does
+                self.close_connection = True
 
             def log_message(self, format: str, *args: object) -> None:  # noqa: A002 - http.server's signature
                 pass

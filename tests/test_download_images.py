@@ -23,7 +23,7 @@ import search_queries
 from _download_helpers import FakeSearch, ImageServer, Route, bad_routes, encode_good_image, good_routes
 from conftest import IS_ROOT, ROOT
 from download_images import REPORT_NAME, parse_url_lines, split_for_hash
-from download_manifest import MANIFEST_NAME, ManifestWriter, latest_records_by_url, read_manifest, should_fetch
+from download_manifest import MANIFEST_NAME, ManifestWriter, latest_records, read_manifest, should_fetch
 from image_fetch import (
     FORMAT_EXTENSIONS,
     FetchLimits,
@@ -77,8 +77,13 @@ def image_files(dataset: Path) -> dict[str, bytes]:
     }
 
 
+def by_url(records: list[dict]) -> dict[str, dict]:
+    """The latest record of each URL (for URLs offered under one class: the last class's otherwise)."""
+    return {url: record for (_, url), record in latest_records(records).items()}
+
+
 def latest_manifest(dataset: Path) -> dict[str, dict]:
-    return latest_records_by_url(read_manifest(dataset / MANIFEST_NAME))
+    return by_url(read_manifest(dataset / MANIFEST_NAME))
 
 
 def write_queries(path: Path, queries: dict[str, list[str]]) -> Path:
@@ -104,7 +109,7 @@ def web(tmp_path: Path):
     a fake search returning them (bad cases first, so all are tried before the class is full)."""
     bad = bad_routes(MAX_BYTES, slow_s=1.0)
     bird_good = good_routes("bird", 0, 15)
-    other_good = good_routes("other", 3, 15)
+    other_good = good_routes("other", 3, 14)  # + the hidden one + the one shared with bird = 16
     copy = encode_good_image("png", 0, 500)
     hidden = encode_good_image("jpeg", 3, 501)
     routes = {path: route for path, (route, _) in bad.items()} | bird_good | other_good
@@ -115,7 +120,7 @@ def web(tmp_path: Path):
     bird_bad = ["missing", "server-error", "slow", "loop", "big", "big-unannounced", "page"]
     bird_paths = [f"/bad/{name}.jpg" for name in bird_bad] + ["/bird/copy-a.png", "/bird/copy-b.png", *bird_good]
     other_bad = ["/bad/served-as-html.png", "/bad/truncated.jpg", "/bad/bomb.png", "/bad/tiny.png", "/bad/empty.jpg"]
-    shared_path = next(iter(bird_good))  # also found by the "other" search: must be fetched once only
+    shared_path = next(iter(bird_good))  # also found by the "other" search: a label conflict, kept in both
     other_paths = [*other_bad, shared_path, "/other/moved.jpg", *other_good]
     with ImageServer(routes) as server:
         search = FakeSearch(
@@ -126,7 +131,8 @@ def web(tmp_path: Path):
             search=search,
             bad=bad,
             bird_good={route.body for route in bird_good.values()} | {copy},
-            other_good={route.body for route in other_good.values()} | {hidden},
+            other_good={route.body for route in other_good.values()} | {hidden, bird_good[shared_path].body},
+            shared=shared_path,
             queries=write_queries(tmp_path / "queries.json", {"bird": ["bird q"], "other": ["other q"]}),
             dataset=tmp_path / "dataset",
         )
@@ -139,10 +145,11 @@ def test_download_saves_exactly_the_good_images_and_records_every_url(web, capsy
 
     files = image_files(web.dataset)
     saved = {data for data in files.values()}
-    assert len(files) == len(saved) == 32  # each good image once, nothing else, no temporary files left
-    assert saved == web.bird_good | web.other_good
+    assert len(files) == 32 and len(saved) == 31  # each good image once per class, no temporary files left
+    for class_name, expected in (("bird", web.bird_good), ("other", web.other_good)):
+        assert {data for relative, data in files.items() if relative.split("/")[1] == class_name} == expected
     for relative, data in files.items():
-        check_saved_file(web.dataset, relative, data, "bird" if data in web.bird_good else "other")
+        check_saved_file(web.dataset, relative, data, relative.split("/")[1])
 
     latest = latest_manifest(web.dataset)
     for url in web.search.urls_by_query["bird q"] + web.search.urls_by_query["other q"]:
@@ -172,15 +179,17 @@ def test_download_saves_exactly_the_good_images_and_records_every_url(web, capsy
     for url in web.search.urls_by_query["bird q"] + web.search.urls_by_query["other q"]:
         path = "/" + url.split("/", 3)[3]
         if not path.startswith("/bad/"):
-            assert hits[path] == 1, f"{path} fetched {hits[path]} times"
+            expected = 2 if path == web.shared else 1  # once for each class it was offered under
+            assert hits[path] == expected, f"{path} fetched {hits[path]} times"
     assert hits["/bad/server-error.jpg"] == hits["/bad/slow.jpg"] == 2  # --retries 1
     assert hits["/bad/missing.jpg"] == 1  # a 404 is not retried
 
     report = json.loads((web.dataset / REPORT_NAME).read_text())
-    assert report["schema_version"] == 2
+    assert report["schema_version"] == 3
     assert {error["url"] for error in report["errors"]} == {web.server.url(path) for path in web.bad}
     assert report["classes"]["bird"]["downloaded"] == report["classes"]["other"]["downloaded"] == 16
-    assert report["classes"]["bird"]["duplicates"] == 1 and report["classes"]["other"]["duplicates"] == 1
+    assert report["classes"]["bird"]["duplicates"] == 1 and report["classes"]["other"]["duplicates"] == 0
+    assert report["classes"]["bird"]["label_conflicts"] == report["classes"]["other"]["label_conflicts"] == 1
     assert report["classes"]["bird"]["failures_by_reason"]["too large"] == 2
     assert "bird" in output.out and "other" in output.out
     assert "bird: too large (> --max-bytes 200000): 2 — raise --max-bytes to retry" in output.out
@@ -410,37 +419,6 @@ def test_no_network_for_url_list_leaves_nothing_behind(tmp_path: Path, capsys) -
     assert not dataset.exists()
 
 
-def test_urls_file_names_malformed_lines_and_downloads_the_rest(tmp_path: Path, capsys) -> None:
-    routes = good_routes("cat", 0, 3)
-    with ImageServer(routes) as server:
-        good = [server.url(path) for path in routes]
-        lines = [
-            "class,url",
-            "# my own list",
-            f"cat,{good[0]}",
-            "cat no comma here",
-            f"cat,{good[1]}",
-            "cat,ftp://example.com/x.jpg",
-            f"../up,{good[2]}",
-            "",
-            f'"cat","{good[2]}"',
-            f"dog,{good[0]}",  # the same URL again: fetched once, kept under the first class
-        ]
-        urls = tmp_path / "urls.csv"
-        urls.write_text("\n".join(lines) + "\n")
-        dataset = tmp_path / "dataset"
-        assert run(["--urls-file", str(urls), "--dataset-dir", str(dataset), *FAST]) == 1
-    err = capsys.readouterr().err
-    for line_number in (4, 6, 7):
-        assert f"urls.csv line {line_number}:" in err
-    assert "line 10: URL already listed as 'cat' on line 3" in err
-    files = image_files(dataset)
-    assert sorted(Path(relative).parent.name for relative in files) == ["cat"] * 3
-    assert all(server.hits[path] == 1 for path in routes)
-    report = json.loads((dataset / REPORT_NAME).read_text())
-    assert sum("line" in error.get("input", "") for error in report["errors"]) == 3
-
-
 def test_existing_images_are_respected(tmp_path: Path) -> None:
     routes = good_routes("bird", 0, 4)
     paths = list(routes)
@@ -489,8 +467,10 @@ def test_leftovers_of_a_killed_run_are_cleaned_up_or_adopted(tmp_path: Path) -> 
     assert not half.exists() and landed.read_bytes() == data
     assert len(image_files(dataset)) == 3
     records = read_manifest(manifest)
-    assert [record["status"] for record in records] == ["saved"] * 3
-    assert records[-1]["path"] == landed.relative_to(dataset).as_posix()
+    assert {record["status"] for record in records} == {"saved"}
+    latest = by_url(records)
+    assert len(latest) == 3 and {record["path"] for record in latest.values()} == set(image_files(dataset))
+    assert latest[server.url(paths[2])]["path"] == landed.relative_to(dataset).as_posix()
 
 
 # ------------------------------------------------------------------------------------------------ re-runs and limits
@@ -817,9 +797,12 @@ def test_small_pure_helpers() -> None:
     entries, problems = parse_url_lines(["bird,http://a/x.jpg?a=1,2", "bad", "bird,file:///etc/passwd"], "f")
     assert entries == [(1, "bird", "http://a/x.jpg?a=1,2")]
     assert problems[0].startswith("f line 2:") and problems[1].startswith("f line 3:")
-    records = [{"url": "u", "status": "failed", "retryable": True}, {"url": "u", "status": "saved"}]
+    records = [{"url": "u", "class": "c", "status": "failed", "retryable": True}]
+    records += [{"url": "u", "class": "c", "status": "saved"}, {"url": "u", "class": "d", "status": "failed"}]
     limits = FetchLimits()
-    assert not should_fetch(latest_records_by_url(records)["u"], limits)
+    latest = latest_records(records)
+    assert latest["c", "u"] == records[1] and latest["d", "u"] == records[2] and len(latest) == 2
+    assert not should_fetch(latest["c", "u"], limits)
     assert should_fetch(records[0], limits) and should_fetch(None, limits)
     assert not should_fetch({"status": "failed", "reason": "http 404", "retryable": False}, limits)
     assert should_fetch({"status": "failed", "reason": "http 404", "retryable": False}, limits, retry_failed=True)

@@ -6,6 +6,7 @@ The browser tests skip (saying why) where Chromium, its driver or selenium is mi
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import re
@@ -18,8 +19,10 @@ from pathlib import Path
 from typing import Any
 
 import detect_duplicates_by_filesize
+import download_manifest
 import pytest
 from conftest import ROOT, make_dataset, refused_bad_files, tree_snapshot, write_bad_files
+from image_fetch import Candidate
 from PIL import Image
 
 import fileio
@@ -506,3 +509,90 @@ def test_browser_screenshot_at_1280_px(browser, setup, tmp_path: Path) -> None:
         assert image.width == 1280 and image.height >= 900
     SCREENSHOT.parent.mkdir(parents=True, exist_ok=True)
     shutil.copyfile(shot, SCREENSHOT)
+
+
+# ------------------------------------------------------------------------------------------------ the crawl
+
+
+def add_crawl(setup: dict[str, Any]) -> dict[str, Any]:
+    """What download_images.py leaves: hash-named images (64-character names) with their manifest lines, and URLs it
+    refused (a 404, two too small, one with markup in its URL); the exact-copy report written again."""
+    dataset = setup["dataset"]
+    data = (dataset / "train" / "plane" / "plane_002.jpg").read_bytes()
+    named = f"train/plane/{hashlib.sha256(data).hexdigest()}.jpg"  # a plain copy of plane_002 under its hash
+    (dataset / named).write_bytes(data)
+    assert detect_duplicates_by_filesize.main(["--dataset-dir", str(dataset), "--no-progress"]) == 0
+    found = Candidate("plane", "https://img.example/planes/a380.jpg", "duckduckgo", query="airliner landing")
+    refused = {
+        Candidate("bird", "https://img.example/gone.jpg", "urls-file"): ("http 404", "Not Found"),
+        Candidate("bird", "https://img.example/thumb.jpg", "urls-file"): ("too small", "40x30, under 100 pixels"),
+        Candidate("plane", "https://img.example/icon.png", "urls-file"): ("too small", "16x16, under 100 pixels"),
+        Candidate("plane", 'https://x.example/"><script>alert(1)</script>', "urls-file"): ("not an image", "<b>hi"),
+    }
+    writer = download_manifest.ManifestWriter(dataset / download_manifest.MANIFEST_NAME)
+    writer.write(download_manifest.new_record(found) | {"status": "saved", "path": named, "split": "train"})
+    for candidate, (reason, detail) in refused.items():
+        writer.write(download_manifest.new_record(candidate) | {"status": "failed", "reason": reason, "detail": detail})
+    writer.close()
+    return {"named": named, "found": found}
+
+
+def test_the_page_shows_what_the_crawl_refused_and_where_images_came_from(setup) -> None:
+    crawl = add_crawl(setup)
+    assert make_page(setup) == 0
+    page = setup["page"].read_text(encoding="utf-8")
+    section = page[page.index('<section id="refused">') : page.index('<section id="duplicates">')]
+    rows = dict(re.findall(r"<tr><th>([^<]+)</th>((?:<td>\d+</td>)+)</tr>", section))
+    assert rows["too small"] == "<td>1</td><td>1</td><td>2</td>"  # bird, plane, total
+    assert rows["http 404"] == "<td>1</td><td>0</td><td>1</td>"
+    assert "<details><summary>too small: 2</summary>" in section and "<details open" not in section
+    assert "https://img.example/gone.jpg" in section and "https://img.example/icon.png" in section
+    assert "<script>alert" not in page and "&lt;script&gt;alert(1)&lt;/script&gt;" in section  # escaped
+    assert "&lt;b&gt;hi" in section
+    assert "4 URLs refused" in page  # the line at the top
+    card = page[page.index(f'<div class="path">{crawl["named"]}</div>') :][:600]
+    assert f'from <a href="{crawl["found"].url}"' in card and "(query airliner landing)" in card
+
+
+def test_browser_page_fits_a_390_px_phone_without_sideways_scrolling(browser, setup) -> None:
+    add_crawl(setup)
+    open_page(browser, setup)
+    browser.set_window_size(390, 844)
+    try:
+        width = browser.execute_script("return window.innerWidth")
+        browser.set_window_size(390 + (390 - width), 844)  # the viewport is 390 wide
+        assert browser.execute_script("return window.innerWidth") == 390
+        for details in browser.find_elements("css selector", "details"):
+            browser.execute_script("arguments[0].open = true", details)  # the long names inside count too
+        scroll_width = browser.execute_script("return document.documentElement.scrollWidth")
+        wide = browser.execute_script(
+            "return Array.from(document.querySelectorAll('body *')).filter(function (e) {"
+            " return e.getBoundingClientRect().right > 391; }).slice(0, 5).map(function (e) {"
+            " return e.tagName + '.' + e.className + ' ' + Math.round(e.getBoundingClientRect().right); })"
+        )
+        assert scroll_width <= 390, f"the page is {scroll_width} px wide; widest: {wide}"
+    finally:
+        browser.set_window_size(1280, 900)
+    assert severe_messages(browser) == []
+
+
+def test_a_crafted_or_odd_download_manifest_never_breaks_the_page(setup) -> None:
+    manifest = setup["dataset"] / download_manifest.MANIFEST_NAME
+    lines = [
+        '{"url": 5, "status": "failed"}',
+        "[1, 2]",
+        '{"url": "https://a.example/x", "status": "saved", "path": 7}',
+        '{"url": "javascript:alert(1)", "class": "bird", "status": "saved", "path": "train/bird/bird_000.jpg", '
+        '"query": ["q"]}',
+        '{"url": "https://a.example/y", "status": "failed", "reason": ["odd"], "class": "<i>b"}',
+        "{cut",
+    ]
+    manifest.write_text("\n".join(lines) + "\n", encoding="utf-8")
+    assert make_page(setup) == 0
+    page = setup["page"].read_text(encoding="utf-8")
+    assert 'href="javascript:' not in page and "from javascript:alert(1)" in page  # shown, never a link
+    assert "https://a.example/y" in page and "&lt;i&gt;b" in page and "<i>b" not in page
+    manifest.unlink()
+    os.mkfifo(manifest)  # a read would block forever
+    assert make_page(setup) == 1
+    assert "download_manifest.jsonl is a named pipe" in setup["page"].read_text(encoding="utf-8")

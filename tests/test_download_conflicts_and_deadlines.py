@@ -1,0 +1,260 @@
+"""download_images.py against hostile and unlucky inputs: a server that drips, Ctrl-C mid-download, the same photo
+offered under two labels (two URLs, or one URL on two lines of a URL file with malformed lines), and classes too small
+for the hash split to give them a val image."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import detect_duplicates_by_filesize
+import download_images
+import remove_duplicates
+from _download_helpers import FakeSearch, ImageServer, Route, encode_good_image, good_routes
+from conftest import ROOT
+from download_images import REPORT_NAME, split_for_hash
+from download_manifest import MANIFEST_NAME, latest_records, read_manifest
+from image_fetch import DEADLINE_POOLS, DeadlineAdapter, Fetcher, FetchLimits
+
+FAST = ["--workers", "4", "--retries", "0", "--min-size", "32", "--no-progress"]
+SLACK_S = 2.0  # what a loaded 2-core machine may add to a deadline: start-up, the watchdog's poll, the thread switch
+
+
+def latest_by_url(dataset: Path) -> dict[str, dict]:
+    return {url: record for (_, url), record in latest_records(read_manifest(dataset / MANIFEST_NAME)).items()}
+
+
+def run(argv: list[str]) -> int:
+    return download_images.main(argv, search_backend=FakeSearch({}), sleep=lambda seconds: None)
+
+
+def image_files(dataset: Path) -> dict[str, bytes]:
+    return {
+        path.relative_to(dataset).as_posix(): path.read_bytes()
+        for split in ("train", "val")
+        for path in sorted((dataset / split).rglob("*"))
+        if path.is_file()
+    }
+
+
+def write_urls(path: Path, lines: list[tuple[str, str]]) -> Path:
+    path.write_text("".join(f"{name},{url}\n" for name, url in lines), encoding="utf-8")
+    return path
+
+
+def png(class_index: int, seed: int) -> bytes:
+    return encode_good_image("png", class_index, seed)
+
+
+def train_only_images(class_index: int, count: int, val_fraction: float = 0.2) -> list[bytes]:
+    """``count`` distinct images that the hash rule alone would all put in train/ (so no val image by chance)."""
+    images, seed = [], 0
+    while len(images) < count:
+        data = png(class_index, seed)
+        if split_for_hash(hashlib.sha256(data).hexdigest(), val_fraction) == "train":
+            images.append(data)
+        seed += 1
+    return images
+
+
+# ------------------------------------------------------------------------------------------------ deadlines
+
+
+def test_a_server_dripping_body_or_headers_is_cut_at_the_timeout(tmp_path: Path, capsys) -> None:
+    good = png(0, 1)
+    drip = png(0, 2) * 4  # a Content-Length that would take minutes at one byte per 0.05 s
+    routes = {
+        "/good.png": Route(good, content_type="image/png"),
+        "/drip-body.png": Route(drip, content_type="image/png", drip_s=0.05),
+        "/drip-headers.png": Route(drip, content_type="image/png", drip_s=0.05, drip_headers=True),
+    }
+    dataset = tmp_path / "dataset"
+    with ImageServer(routes) as server:
+        urls = write_urls(tmp_path / "urls.csv", [("bird", server.url(path)) for path in routes])
+        started = time.monotonic()
+        argv = ["--urls-file", str(urls), "--dataset-dir", str(dataset), "--timeout", "1", *FAST, "--retries", "2"]
+        status = run(argv)  # a server cut mid-answer is not retried in the same run: the next run tries it
+        elapsed = time.monotonic() - started
+    assert status == 1  # two URLs unusable
+    assert server.hits["/drip-body.png"] == server.hits["/drip-headers.png"] == 1
+    assert elapsed < 1 + SLACK_S, f"took {elapsed:.1f} s with --timeout 1"
+    latest = latest_by_url(dataset)
+    assert latest[server.url("/good.png")]["status"] == "saved"
+    for path in ("/drip-body.png", "/drip-headers.png"):
+        record = latest[server.url(path)]
+        assert (record["status"], record["reason"], record["retryable"]) == ("failed", "timeout", True)
+    assert list(image_files(dataset).values()) == [good]  # nothing half-received was kept
+    assert "timeout (--timeout 1 s): 2" in capsys.readouterr().out
+
+
+def test_https_and_proxied_requests_get_the_same_deadline() -> None:
+    fetcher = Fetcher(FetchLimits())
+    adapter = fetcher._session().get_adapter("https://img.example/a.jpg")
+    assert isinstance(adapter, DeadlineAdapter)
+    for url in ("https://img.example/a.jpg", "http://img.example/a.jpg"):
+        assert type(adapter.poolmanager.connection_from_url(url)) is DEADLINE_POOLS[url.split(":")[0]]
+        proxied = adapter.proxy_manager_for("http://proxy.example:3128").connection_from_url(url)
+        assert type(proxied) is DEADLINE_POOLS[url.split(":")[0]]
+
+
+def test_ctrl_c_ends_the_run_within_seconds_and_keeps_what_finished(tmp_path: Path) -> None:
+    good = {f"/good-{number}.png": Route(png(1, number), content_type="image/png") for number in range(3)}
+    forever = {
+        f"/drip-{number}.png": Route(png(1, 9) * 50, content_type="image/png", drip_s=0.5) for number in range(2)
+    }
+    dataset = tmp_path / "dataset"
+    with ImageServer(good | forever) as server:
+        urls = write_urls(tmp_path / "urls.csv", [("plane", server.url(path)) for path in [*good, *forever]])
+        argv = [sys.executable, str(ROOT / "data_collection" / "download_images.py"), "--urls-file", str(urls)]
+        argv += ["--dataset-dir", str(dataset), "--timeout", "60", *FAST]
+        process = subprocess.Popen(argv, cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        try:
+            manifest = dataset / MANIFEST_NAME
+            waited = time.monotonic()
+            while not (manifest.exists() and len(read_manifest(manifest)) == len(good)):
+                assert process.poll() is None and time.monotonic() - waited < 60, "the good images never arrived"
+                time.sleep(0.05)
+            while sum(server.hits[path] for path in forever) < len(forever):  # both drips in flight
+                time.sleep(0.05)
+            interrupted = time.monotonic()
+            process.send_signal(signal.SIGINT)
+            _, stderr = process.communicate(timeout=30)
+            elapsed = time.monotonic() - interrupted
+        finally:
+            if process.poll() is None:
+                process.kill()
+    assert process.returncode == 130, stderr
+    assert elapsed < 3.0, f"the run took {elapsed:.1f} s to end after Ctrl-C"
+    assert "re-run the same command to resume" in stderr and "Traceback" not in stderr
+    assert sorted(image_files(dataset).values()) == sorted(route.body for route in good.values())
+    records = read_manifest(dataset / MANIFEST_NAME)  # whole lines, one per finished image
+    assert len(records) == len(good) and {record["status"] for record in records} == {"saved"}
+    assert not [path for path in dataset.rglob("*.part")]
+
+
+# ------------------------------------------------------------------------------------------------ label conflicts
+
+
+def test_the_same_photo_under_two_labels_is_kept_in_both_and_reported_as_a_conflict(tmp_path: Path, capsys) -> None:
+    shared = png(2, 77)
+    routes = {"/bird/shared.png": Route(shared, content_type="image/png")}
+    routes |= {f"/bird/{n}.png": Route(png(0, n), content_type="image/png") for n in range(3)}
+    routes |= {f"/plane/{n}.png": Route(png(1, n), content_type="image/png") for n in range(3)}
+    routes["/plane/also-shared.png"] = Route(shared, content_type="image/png")
+    dataset = tmp_path / "dataset"
+    with ImageServer(routes) as server:
+        urls = write_urls(tmp_path / "urls.csv", [(path.split("/")[1], server.url(path)) for path in routes])
+        argv = ["--urls-file", str(urls), "--dataset-dir", str(dataset), "--timeout", "5", *FAST]
+        assert run(argv) == 0
+        first = image_files(dataset)
+        assert run(argv) == 0  # a re-run changes nothing and still counts the conflict
+    assert image_files(dataset) == first
+    digest = hashlib.sha256(shared).hexdigest()
+    copies = sorted(path for path, data in first.items() if data == shared)
+    assert [path.split("/")[1] for path in copies] == ["bird", "plane"]  # visible under both labels
+    assert len({path.split("/")[0] for path in copies}) == 1  # one split: a conflict, not also a leak
+    out = capsys.readouterr().out
+    assert "label conflicts" in out.splitlines()[0]
+    report = json.loads((dataset / REPORT_NAME).read_text(encoding="utf-8"))
+    assert report["label_conflicts"] == [
+        {
+            "sha256": digest,
+            "classes": ["bird", "plane"],
+            "files": copies,
+            "urls": [server.url("/bird/shared.png"), server.url("/plane/also-shared.png")],
+        }
+    ]
+    assert report["classes"]["bird"]["label_conflicts"] == report["classes"]["plane"]["label_conflicts"] == 1
+    latest = latest_by_url(dataset)
+    assert latest[server.url("/plane/also-shared.png")]["label_conflict_with"] == [copies[0]]
+
+    # The exact-copy detector sees a label conflict; the remover's automatic strategies leave it alone.
+    assert detect_duplicates_by_filesize.main(["--dataset-dir", str(dataset), "--no-progress"]) == 0
+    duplicates = json.loads((dataset / "duplicate_report_filesize.json").read_text(encoding="utf-8"))
+    groups = duplicates["duplicate_groups"]
+    assert [sorted(entry["path"] for entry in group["files"]) for group in groups["diff_class_same_set"]] == [copies]
+    report_path = str(dataset / "duplicate_report_filesize.json")
+    assert remove_duplicates.main(["--report", report_path, "--strategy", "all", "--apply", "--yes"]) in (0, 1)
+    assert all((dataset / path).read_bytes() == shared for path in copies)
+
+
+def test_urls_file_names_malformed_lines_and_downloads_the_rest(tmp_path: Path, capsys) -> None:
+    routes = good_routes("cat", 0, 3)
+    with ImageServer(routes) as server:
+        good = [server.url(path) for path in routes]
+        lines = [
+            "class,url",
+            "# my own list",
+            f"cat,{good[0]}",
+            "cat no comma here",
+            f"cat,{good[1]}",
+            "cat,ftp://example.com/x.jpg",
+            f"../up,{good[2]}",
+            "",
+            f'"cat","{good[2]}"',
+            f"dog,{good[0]}",  # the same URL under another class: fetched for both, a label conflict
+            f"cat,{good[0]}",  # the same line again: once
+        ]
+        urls = tmp_path / "urls.csv"
+        urls.write_text("\n".join(lines) + "\n")
+        dataset = tmp_path / "dataset"
+        assert run(["--urls-file", str(urls), "--dataset-dir", str(dataset), *FAST]) == 1
+    err = capsys.readouterr().err
+    for line_number in (4, 6, 7):
+        assert f"urls.csv line {line_number}:" in err
+    assert "line 10: URL also listed as 'cat' on line 3: downloaded for both, a label conflict" in err
+    files = image_files(dataset)
+    assert sorted(Path(relative).parent.name for relative in files) == ["cat"] * 3 + ["dog"]
+    assert [server.hits[path] for path in routes] == [2, 1, 1]
+    report = json.loads((dataset / REPORT_NAME).read_text())
+    assert sum("line" in error.get("input", "") for error in report["errors"]) == 3
+    assert [conflict["classes"] for conflict in report["label_conflicts"]] == [["cat", "dog"]]
+
+
+# ------------------------------------------------------------------------------------------------ small classes
+
+
+def test_every_class_with_two_or_more_images_gets_a_val_image_stably(tmp_path: Path) -> None:
+    sizes = {"bird": 10, "superman": 3, "lonely": 1}
+    images = {name: train_only_images(index, count) for index, (name, count) in enumerate(sizes.items())}
+    routes = {
+        f"/{name}/{n}.png": Route(data, content_type="image/png")
+        for name in sizes
+        for n, data in enumerate(images[name])
+    }
+    with ImageServer(routes) as server:
+        urls = write_urls(tmp_path / "urls.csv", [(path.split("/")[1], server.url(path)) for path in routes])
+        trees = []
+        for dataset in (tmp_path / "one", tmp_path / "two"):
+            argv = ["--urls-file", str(urls), "--dataset-dir", str(dataset), "--timeout", "5", *FAST]
+            assert run(argv) == 0
+            trees.append(image_files(dataset))
+            assert run(argv) == 0  # a re-run moves nothing
+            assert image_files(dataset) == trees[-1]
+        assert trees[0] == trees[1]  # the same choice from scratch
+    tree = trees[0]
+    for name, data in images.items():
+        val = [path for path in tree if path.startswith(f"val/{name}/")]
+        if len(data) >= 2:  # the one with the smallest hash went to val
+            smallest = min(hashlib.sha256(item).hexdigest() for item in data)
+            assert val == [f"val/{name}/{smallest}.png"]
+        else:
+            assert val == []
+    latest = latest_by_url(tmp_path / "one")
+    assert {record["path"] for record in latest.values()} == set(tree)  # the manifest follows the move
+    report = json.loads((tmp_path / "one" / REPORT_NAME).read_text(encoding="utf-8"))
+    assert report["classes"]["superman"]["val"] == 1 and report["classes"]["superman"]["train"] == 2
+
+
+def test_val_fraction_zero_asks_for_no_val_images(tmp_path: Path) -> None:
+    routes = {f"/bird/{n}.png": Route(png(0, n), content_type="image/png") for n in range(3)}
+    dataset = tmp_path / "dataset"
+    with ImageServer(routes) as server:
+        urls = write_urls(tmp_path / "urls.csv", [("bird", server.url(path)) for path in routes])
+        assert run(["--urls-file", str(urls), "--dataset-dir", str(dataset), "--val-fraction", "0", *FAST]) == 0
+    assert all(path.startswith("train/") for path in image_files(dataset))
