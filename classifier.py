@@ -1,13 +1,16 @@
 """Classify images with a trained birdplane model: one self-contained file to copy into any project.
 
-Copy it with ``models/best_model.pth``: it needs torch, torchvision, Pillow and numpy, imports nothing of ours, and
-``import classifier`` loads no torch (the functions that need it do). It is the one definition of how images are
-found and read (``find_image_files``, ``open_image``, ``load_image``), the preprocessing (``image_to_uint8``,
-``normalize_batch``), the model (``build_model``) and the checkpoint format (``make_checkpoint``, ``load_checkpoint``).
+Copy it with ``models/best_model.pth`` (needs torch, torchvision, Pillow and numpy) or with the ``.onnx`` file it
+exports (needs only onnxruntime, Pillow and numpy). It imports nothing of ours, and ``import classifier`` loads no
+torch (the functions that need it do). It is the one definition of how images are found and read
+(``find_image_files``, ``open_image``, ``load_image``), the preprocessing (``image_to_uint8``, ``normalize_batch``),
+the model (``build_model``) and the model file formats (``make_checkpoint``, ``load_checkpoint``, ``export_onnx``).
 
     python classifier.py models/best_model.pth test_image.jpg
     python classifier.py --model models/best_model.pth test_images/ --recursive --top-k 3
     python classifier.py models/best_model.pth test_images/ --json > predictions.jsonl
+    python classifier.py models/best_model.pth --export-onnx models/best_model.onnx
+    python classifier.py models/best_model.onnx test_images/              # onnxruntime, no torch needed
     python classifier.py models/best_model.pth --set-threshold 0.5   # store the trainer's recommended threshold
 
     from classifier import BirdPlaneSupermanClassifier
@@ -15,7 +18,7 @@ found and read (``find_image_files``, ``open_image``, ``load_image``), the prepr
     pred_class, confidence, probs = clf.predict("img.jpg")
     results = clf.predict_batch(paths)  # a list: (path, class, confidence, probs) per path, in order
 
-Writes nothing unless ``--csv FILE`` (or ``--set-threshold``: the model file) is given; predictions go to stdout,
+Writes only the model files --export-onnx and --set-threshold name and the --csv file; predictions go to stdout,
 warnings and errors to stderr.
 Exit codes: 0 done, 1 done but some images unusable, 2 usage error or unusable model/input, 130 interrupted.
 """
@@ -26,6 +29,8 @@ import argparse
 import collections
 import contextlib
 import csv
+import importlib.util
+import io
 import json
 import logging
 import math
@@ -69,8 +74,13 @@ RESIZE_RATIO = 256 / 224  # resize the shorter side to this times the crop, then
 IMAGE_SIZE_RANGE = (16, 1024)  # pixels; 1024 is 4.6x the ResNet default and a batch of 32 still fits in a few GB
 MAX_RESIZE_RATIO = 2.0  # resize_size lies between image_size and twice it (the trainer writes 256/224 of it)
 MAX_CLASSES = 10_000  # a head for 10,000 classes is 80 MB for resnet50; more is not a birdplane model
-TEMPERATURE_RANGE = (0.01, 100.0)  # the trainer fits within 0.25-20; outside this range softmax loses all meaning
+VALID_TEMPERATURE_RANGE = (0.01, 100.0)  # the trainer fits within 0.25-20; outside it softmax loses all meaning
 EXPECTED_MODEL = "expected a checkpoint file written by train_classifier.py"  # ends every "this is not a model" error
+EXPECTED_ONNX = "expected an ONNX file written by classifier.py --export-onnx"
+ONNX_INPUT, ONNX_LOGITS, ONNX_EMBEDDING = "pixels", "logits", "embedding"  # the exported graph's names
+SETTINGS = ("image_size", "resize_size", "mean", "std", "confidence_threshold", "temperature")  # beside arch, classes
+ONNX_METADATA = ("format_version", "arch", "classes", *SETTINGS)  # each value JSON text in the file's metadata_props
+ONNX_THREADS = max(1, (os.cpu_count() or 1) // 2)  # onnxruntime's intra-op threads: the rest decode (BENCHMARKS.md)
 IMAGE_EXTENSIONS = frozenset({".jpg", ".jpeg", ".jpe", ".png", ".gif", ".webp", ".bmp", ".tif", ".tiff"})
 MAX_IMAGE_PIXELS = 89_478_485  # Pillow's own bomb limit; larger images are refused instead of decoded
 BACKGROUND = (255, 255, 255)  # transparent pixels are composited onto white, as a browser shows them
@@ -130,7 +140,24 @@ def _is_number(value: Any, whole: bool = False) -> bool:
 
 def checkpoint_problem(checkpoint: dict[str, Any]) -> str | None:
     """Why a loaded checkpoint is unusable, ending a sentence that starts with its path; None if usable (reads only)."""
-    arch, classes = checkpoint.get("arch"), checkpoint.get("classes")
+    if problem := settings_problem(checkpoint):
+        return problem
+    state = checkpoint["model_state_dict"]
+    if not isinstance(state, dict):
+        return "holds no model weights (model_state_dict is not a dict of tensors)"
+    head, classes = state.get("fc.weight"), len(checkpoint["classes"])
+    if head is not None and (getattr(head, "ndim", 0) != 2 or head.shape[0] != classes):
+        outputs = head.shape[0] if getattr(head, "ndim", 0) else "?"
+        return f"has weights with {outputs} outputs but the checkpoint lists {classes} classes"
+    return None
+
+
+def settings_problem(checkpoint: dict[str, Any]) -> str | None:
+    """checkpoint_problem's part for the settings (an ONNX file's metadata holds the same); None if usable."""
+    arch, classes, version = checkpoint.get("arch"), checkpoint.get("classes"), checkpoint.get("format_version")
+    if not _is_number(version, whole=True) or version != CHECKPOINT_FORMAT_VERSION:
+        this = f"this classifier.py reads version {CHECKPOINT_FORMAT_VERSION}; use the classifier.py that came with it"
+        return f"has checkpoint format version {version!r}, but {this}"
     if arch not in SUPPORTED_ARCHS:
         return f"names an unknown architecture {arch!r} (known: {', '.join(SUPPORTED_ARCHS)})"
     if not isinstance(classes, list) or not classes or not all(isinstance(c, str) and c for c in classes):
@@ -141,10 +168,10 @@ def checkpoint_problem(checkpoint: dict[str, Any]) -> str | None:
         return "lists the same class name twice"
     if checkpoint.get("num_classes", len(classes)) != len(classes):
         return f"says {checkpoint['num_classes']!r} classes but lists {len(classes)}"
-    for key in ("image_size", "resize_size", "mean", "std", "confidence_threshold", "temperature"):
+    for key in SETTINGS:
         if key not in checkpoint:
             return f"lacks the field {key!r} of the checkpoint format"
-    (low, high), (low_t, high_t) = IMAGE_SIZE_RANGE, TEMPERATURE_RANGE
+    (low, high), (low_t, high_t) = IMAGE_SIZE_RANGE, VALID_TEMPERATURE_RANGE
     image_size, resize_size = checkpoint["image_size"], checkpoint["resize_size"]
     if not _is_number(image_size, whole=True) or not low <= image_size <= high:
         return f"has an invalid image_size {image_size!r} (a whole number of pixels from {low} to {high} is needed)"
@@ -164,13 +191,6 @@ def checkpoint_problem(checkpoint: dict[str, Any]) -> str | None:
         return f"has an invalid confidence_threshold {threshold!r} (a number from 0 to 1 is needed)"
     if not _is_number(temperature) or not low_t <= temperature <= high_t:
         return f"has an invalid temperature {temperature!r} (a number from {low_t} to {high_t:g} is needed)"
-    state = checkpoint["model_state_dict"]
-    if not isinstance(state, dict):
-        return "holds no model weights (model_state_dict is not a dict of tensors)"
-    head = state.get("fc.weight")
-    if head is not None and (getattr(head, "ndim", 0) != 2 or head.shape[0] != len(classes)):
-        outputs = head.shape[0] if getattr(head, "ndim", 0) else "?"
-        return f"has weights with {outputs} outputs but the checkpoint lists {len(classes)} classes"
     return None
 
 
@@ -364,11 +384,21 @@ def decode_image(image: Image.Image, draft_size: tuple[int, int] | None = None, 
 
 
 def load_image(source: ImageSource, draft_size: tuple[int, int] | None = None, mode: str = "RGB") -> Image.Image:
-    """A fully decoded, upright image in ``mode`` ("RGB" or "L"), ``draft_size`` as in decode_image; ImageLoadError."""
-    if isinstance(source, Image.Image):
+    """A fully decoded, upright image in ``mode`` ("RGB" or "L"), ``draft_size`` as in decode_image; ImageLoadError.
+
+    A JPEG from ``Image.open`` not yet decoded is read again from its bytes, so it decodes exactly as its path does
+    (the caller's image is left as it was); an image already decoded is used at its full size."""
+    if not isinstance(source, Image.Image):
+        with open_image(source) as image:
+            return decode_image(image, draft_size, mode)
+    handle = getattr(source, "fp", None)
+    if draft_size is None or source.format != "JPEG" or not source.tile or handle is None:
         return decode_image(source, None, mode)
-    with open_image(source) as image:
-        return decode_image(image, draft_size, mode)
+    with _image_errors("data"):
+        position = handle.tell()
+        handle.seek(0)  # Image.open reads a file object from its start, so the JPEG starts there
+        data, _ = handle.read(), handle.seek(position)
+        return decode_image(Image.open(io.BytesIO(data)), draft_size, mode)  # bytes in memory: nothing to close
 
 
 # -- Preprocessing: the model input, exactly as the trainer evaluates it ------------------------------------------
@@ -409,6 +439,19 @@ def softmax_with_temperature(logits: torch.Tensor, temperature: float) -> torch.
     return torch.softmax(logits.float() / float(temperature), dim=-1)
 
 
+def normalize_array(batch_hwc: np.ndarray, mean: Sequence[float], std: Sequence[float]) -> np.ndarray:
+    """normalize_batch in numpy (for onnxruntime): NHWC uint8 -> NCHW float32, the same float32 operations."""
+    batch = (batch_hwc.astype(np.float32) / np.float32(255.0) - np.float32(mean)) / np.float32(std)
+    return np.ascontiguousarray(batch.transpose(0, 3, 1, 2))
+
+
+def softmax_array(logits: np.ndarray, temperature: float) -> np.ndarray:
+    """softmax_with_temperature in numpy: softmax(logits / T) over the last dimension, in float32."""
+    scaled = logits.astype(np.float32) / np.float32(temperature)
+    exp = np.exp(scaled - scaled.max(axis=-1, keepdims=True))
+    return exp / exp.sum(axis=-1, keepdims=True)
+
+
 # -- Model -----------------------------------------------------------------------------------------------------------
 def build_model(arch: str, num_classes: int, weights: str | None = None) -> nn.Module:
     """A torchvision ResNet with a fresh ``num_classes`` head; ``weights``: None or "none" (random), "imagenet"
@@ -435,6 +478,14 @@ def build_model(arch: str, num_classes: int, weights: str | None = None) -> nn.M
             _load_backbone_weights(model, Path(weights), arch)
     model.fc = nn.Linear(model.fc.in_features, num_classes)
     return model
+
+
+def pooled_features(model: nn.Module, x: torch.Tensor) -> torch.Tensor:
+    """torchvision's ResNet.forward stopped before the head: (N, features) pooled features."""
+    import torch
+
+    x = model.maxpool(model.relu(model.bn1(model.conv1(x))))
+    return torch.flatten(model.avgpool(model.layer4(model.layer3(model.layer2(model.layer1(x))))), 1)
 
 
 def _load_backbone_weights(model: nn.Module, path: Path, arch: str) -> None:
@@ -511,10 +562,8 @@ def make_checkpoint(
     }
 
 
-def _read_torch_file(path: Path, what: str, expected: str, map_location: str | torch.device = "cpu") -> Any:
-    """``torch.load(weights_only=True)`` of a regular file (a FIFO is never opened); else CheckpointError naming it."""
-    import torch
-
+def _model_file_head(path: Path, what: str, expected: str) -> bytes:
+    """The first bytes of a model file that is a regular, non-empty, readable file; else CheckpointError naming it."""
     try:
         status = os.stat(path)
     except (FileNotFoundError, NotADirectoryError):
@@ -533,6 +582,14 @@ def _read_torch_file(path: Path, what: str, expected: str, map_location: str | t
             head = handle.read(SNIFF_BYTES)
     except OSError as error:
         raise CheckpointError(f"The {what} {path} is not readable ({error.strerror or error}).") from None
+    return head
+
+
+def _read_torch_file(path: Path, what: str, expected: str, map_location: str | torch.device = "cpu") -> Any:
+    """``torch.load(weights_only=True)`` of a regular file (a FIFO is never opened); else CheckpointError naming it."""
+    import torch
+
+    head = _model_file_head(path, what, expected)
     is_zip = head.startswith(b"PK\x03\x04")  # torch.save's two containers: a zip archive or a bare pickle
     if not (is_zip or head[:1] == b"\x80"):
         raise CheckpointError(f"{path} is {_describe_bytes(head)}, not a {what} ({expected}).")
@@ -574,21 +631,121 @@ def load_checkpoint(path: str | os.PathLike, map_location: str | torch.device = 
             f"{path} is a PyTorch file holding {held}, not a birdplane checkpoint (no format_version and "
             f"model_state_dict; {EXPECTED_MODEL})."
         )
-    version = checkpoint["format_version"]
-    if not _is_number(version, whole=True) or version != CHECKPOINT_FORMAT_VERSION:
-        raise CheckpointError(
-            f"{path} has checkpoint format version {version!r}, but this classifier.py reads version "
-            f"{CHECKPOINT_FORMAT_VERSION}; use the classifier.py that came with the model."
-        )
     problem = checkpoint_problem(checkpoint)
     if problem:
         raise CheckpointError(f"{path} {problem}.")
     return checkpoint
 
 
+# -- ONNX: export_onnx writes the model for onnxruntime (needs torch), load_onnx reads it (needs onnxruntime only) --
+def is_onnx_path(path: str | os.PathLike) -> bool:
+    return Path(path).suffix.lower() == ".onnx"  # how BirdPlaneSupermanClassifier tells the two formats apart
+
+
+def onnx_export_problem() -> str | None:
+    """Why export_onnx cannot run here (a missing package, with the install line); None when it can."""
+    missing = [name for name in ("torch", "onnx", "onnxscript", "onnxruntime") if not importlib.util.find_spec(name)]
+    return f"exporting to ONNX needs {' and '.join(missing)}: pip install {' '.join(missing)}" if missing else None
+
+
+def export_onnx(model_path: str | os.PathLike, onnx_path: str | os.PathLike) -> float:
+    """Write the checkpoint's model as one ONNX file (atomically): input ``pixels`` (N, 3, size, size) normalised,
+    outputs ``logits`` and the unit-length ``embedding``, any batch size; its settings in ``metadata_props`` as JSON
+    text. Returns the largest probability difference between onnxruntime and torch on random images; CheckpointError
+    for an unusable checkpoint."""
+    import onnx
+    import torch
+
+    clf = BirdPlaneSupermanClassifier(model_path, device="cpu")
+
+    class LogitsAndEmbedding(torch.nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.model = clf.model
+
+        def forward(self, pixels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+            features = pooled_features(self.model, pixels)
+            return self.model.fc(features), torch.nn.functional.normalize(features, dim=1)
+
+    example = (torch.zeros(2, 3, clf.image_size, clf.image_size),)
+    names = {"input_names": [ONNX_INPUT], "output_names": [ONNX_LOGITS, ONNX_EMBEDDING], "dynamo": True}
+    with warnings.catch_warnings(), contextlib.redirect_stdout(io.StringIO()):  # the exporter's chatter is not ours
+        warnings.simplefilter("ignore")
+        batch = {"pixels": {0: torch.export.Dim("batch")}}  # any batch size
+        proto = torch.onnx.export(LogitsAndEmbedding().eval(), example, dynamic_shapes=batch, **names).model_proto
+    onnx.helper.set_model_props(proto, {key: json.dumps(clf.checkpoint[key]) for key in ONNX_METADATA})
+    with _atomic_file(onnx_path, "wb") as handle:
+        handle.write(proto.SerializeToString())
+    images = list(np.random.default_rng(0).integers(0, 256, (3, clf.image_size, clf.image_size, 3), dtype=np.uint8))
+    exported = BirdPlaneSupermanClassifier(onnx_path, device="cpu")
+    return float(np.abs(exported._forward(images) - clf._forward(images)).max())
+
+
+def _onnx_providers(device: str | None, available: Sequence[str]) -> list[Any]:
+    """onnxruntime's execution providers for ``device`` (None: CUDA when onnxruntime has it, else CPU); ValueError."""
+    kind, _, index = (device or "").partition(":")
+    if kind in ("", "cuda") and "CUDAExecutionProvider" in available and (index.isdigit() or not index):
+        return [("CUDAExecutionProvider", {"device_id": int(index or 0)}), "CPUExecutionProvider"]
+    if kind in ("", "cpu") and not index:
+        return ["CPUExecutionProvider"]
+    raise ValueError(f"device {device!r}: this onnxruntime runs on {', '.join(available)}; use cpu")
+
+
+def load_onnx(path: str | os.PathLike, device: str | None = None) -> tuple[Any, dict[str, Any], str]:
+    """(onnxruntime session, the settings from its metadata, device name) for an exported model, checked like a
+    checkpoint (``settings_problem``); CheckpointError naming the file otherwise, ValueError for ``device``."""
+    path = Path(path)
+    head = _model_file_head(path, "birdplane ONNX model", EXPECTED_ONNX)
+    if head[:1] != b"\x08":  # an ONNX file is a protobuf that starts with its ir_version field
+        raise CheckpointError(f"{path} is {_describe_bytes(head)}, not an ONNX model ({EXPECTED_ONNX}).")
+    try:
+        import onnxruntime
+    except ImportError:
+        raise CheckpointError(f"{path} is an ONNX model, which needs onnxruntime: pip install onnxruntime.") from None
+    providers = _onnx_providers(device, onnxruntime.get_available_providers())
+    options = onnxruntime.SessionOptions()
+    options.log_severity_level = 3  # errors only: warnings about the graph are not the user's business
+    options.intra_op_num_threads = ONNX_THREADS
+    try:  # from bytes, so an "external data" reference can never make onnxruntime open another file
+        session = onnxruntime.InferenceSession(path.read_bytes(), options, providers=providers)
+    except Exception as error:  # noqa: BLE001 - any garbage must end in one sentence, never a traceback
+        detail = str(error).splitlines()[0][:120] if str(error) else type(error).__name__
+        damaged = f"is truncated or damaged: onnxruntime cannot load it ({detail})"
+        raise CheckpointError(f"{path} {damaged}; {EXPECTED_ONNX}.") from None
+    metadata = session.get_modelmeta().custom_metadata_map
+    missing = ", ".join(key for key in ONNX_METADATA if key not in metadata)
+    if missing:
+        raise CheckpointError(f"{path} is an ONNX model whose metadata lacks {missing}; {EXPECTED_ONNX}.")
+    settings = {key: metadata[key] for key in ONNX_METADATA}
+    for key, text in settings.items():  # each the JSON of a number or a list; what is not JSON stays text
+        with contextlib.suppress(ValueError, RecursionError):  # JSON is plain data: reading it runs no code
+            settings[key] = json.loads(text)
+    problem = settings_problem(settings) or _onnx_graph_problem(session, settings)
+    if problem:
+        raise CheckpointError(f"{path} {problem}.")
+    on_cuda = session.get_providers()[0].startswith("CUDA")
+    return session, settings, f"cuda:{providers[0][1]['device_id']}" if on_cuda else "cpu"
+
+
+def _onnx_graph_problem(session: Any, settings: dict[str, Any]) -> str | None:
+    """Why the graph does not fit its settings (input shape, number of outputs); None when it does."""
+    inputs, outputs = session.get_inputs(), {output.name: output.shape for output in session.get_outputs()}
+    size = settings["image_size"]
+    if len(inputs) != 1 or inputs[0].type != "tensor(float)" or list(inputs[0].shape[1:]) != [3, size, size]:
+        found = ", ".join(f"{i.type} {i.shape}" for i in inputs)
+        return f"takes inputs {found}, not the one float input [N, 3, {size}, {size}] its metadata describes"
+    logits = outputs.get(ONNX_LOGITS)
+    if logits is None or len(logits) != 2 or ONNX_EMBEDDING not in outputs:
+        return f"lacks the outputs {ONNX_LOGITS!r} [N, classes] and {ONNX_EMBEDDING!r} [N, features] of an export"
+    if logits[1] != len(settings["classes"]):  # the sentence checkpoint_problem says of a checkpoint's weights
+        return f"has weights with {logits[1]} outputs but its metadata lists {len(settings['classes'])} classes"
+    return None
+
+
 # -- The classifier --------------------------------------------------------------------------------------------------
 class BirdPlaneSupermanClassifier:
-    """Loads a birdplane checkpoint and classifies images (paths or PIL images), one at a time or in batches.
+    """Loads a birdplane model (a ``.pth`` checkpoint with torch, or a ``.onnx`` export with onnxruntime alone) and
+    classifies images (paths or PIL images), one at a time or in batches; both formats give the same results.
 
     On CUDA the batch methods decode JPEGs on the GPU (``choose_decoder``); ``decode_on_gpu = False`` keeps the CPU's.
     """
@@ -599,31 +756,32 @@ class BirdPlaneSupermanClassifier:
         confidence_threshold: float | None = None,
         device: str | None = None,
     ) -> None:
-        import torch
-
         self.model_path = Path(model_path)
-        checkpoint = load_checkpoint(self.model_path)
-        self.device = pick_device(device)
+        self.model, self.session = None, None  # the torch model of a .pth file, or onnxruntime's session of a .onnx
+        if is_onnx_path(self.model_path):
+            self.session, checkpoint, self.device = load_onnx(self.model_path, device)
+        else:
+            import torch
+
+            checkpoint = load_checkpoint(self.model_path)
+            self.device, model = pick_device(device), build_model(checkpoint["arch"], len(checkpoint["classes"]))
+            try:
+                model.load_state_dict(checkpoint["model_state_dict"], strict=True)
+            except (RuntimeError, TypeError, AttributeError) as error:
+                lines = str(error).splitlines() or [type(error).__name__]
+                detail = (lines[1].strip() if len(lines) > 1 else lines[0])[:160]
+                fit = f"a {checkpoint['arch']} with {len(checkpoint['classes'])} classes ({detail})"
+                raise CheckpointError(f"The weights in {model_path} do not match {fit}.") from None
+            self.model = model.to(self.device).to(memory_format=torch.channels_last).eval()
         self.arch: str = checkpoint["arch"]
         self.classes: list[str] = list(checkpoint["classes"])
-        model = build_model(self.arch, len(self.classes), weights=None)
-        try:
-            model.load_state_dict(checkpoint["model_state_dict"], strict=True)
-        except (RuntimeError, TypeError, AttributeError) as error:
-            lines = str(error).splitlines() or [type(error).__name__]
-            detail = lines[1].strip() if len(lines) > 1 else lines[0]
-            raise CheckpointError(
-                f"The weights in {model_path} do not match a {self.arch} with {len(self.classes)} classes "
-                f"({detail[:160]})."
-            ) from None
         self.checkpoint = {k: v for k, v in checkpoint.items() if k != "model_state_dict"}
         self.image_size, self.resize_size = int(checkpoint["image_size"]), int(checkpoint["resize_size"])
         self.mean, self.std = (tuple(float(v) for v in checkpoint[key]) for key in ("mean", "std"))
         self.temperature = float(checkpoint["temperature"])
         threshold = checkpoint["confidence_threshold"] if confidence_threshold is None else confidence_threshold
         self.confidence_threshold = validate_threshold(threshold)
-        self.model = model.to(self.device).to(memory_format=torch.channels_last).eval()
-        self.decode_on_gpu = self.device.type == "cuda"
+        self.decode_on_gpu = self.model is not None and self.device.type == "cuda"
 
     def set_confidence_threshold(self, value: float) -> None:
         """Set the threshold below which predictions become FALLBACK_LABEL; ValueError outside [0, 1]."""
@@ -663,6 +821,8 @@ class BirdPlaneSupermanClassifier:
 
     def _forward(self, pixels: Sequence[Any], embed: bool = False) -> np.ndarray:
         """Calibrated probabilities of HWC uint8 inputs; with ``embed``, L2-normalised pooled features (no head)."""
+        if self.session is not None:
+            return self._forward_onnx(pixels, embed)
         import torch
 
         with torch.inference_mode():
@@ -670,9 +830,15 @@ class BirdPlaneSupermanClassifier:
             x = normalize_batch(batch, self.mean, self.std)
             if not embed:
                 return softmax_with_temperature(self.model(x), self.temperature).cpu().numpy()
-            m = self.model  # torchvision's ResNet.forward, stopped before the head
-            x = m.layer4(m.layer3(m.layer2(m.layer1(m.maxpool(m.relu(m.bn1(m.conv1(x))))))))
-            return torch.nn.functional.normalize(torch.flatten(m.avgpool(x), 1).float(), dim=1).cpu().numpy()
+            return torch.nn.functional.normalize(pooled_features(self.model, x).float(), dim=1).cpu().numpy()
+
+    def _forward_onnx(self, pixels: Sequence[np.ndarray], embed: bool) -> np.ndarray:
+        """_forward with onnxruntime; CheckpointError when the outputs are not what load_onnx checked (crafted)."""
+        name = ONNX_EMBEDDING if embed else ONNX_LOGITS  # load_onnx checked that the model has both
+        output = self.session.run([name], {ONNX_INPUT: normalize_array(np.stack(pixels), self.mean, self.std)})[0]
+        if np.shape(output)[:1] != (len(pixels),) or not embed and np.shape(output) != (len(pixels), len(self.classes)):
+            raise CheckpointError(f"{self.model_path} gave outputs of shape {np.shape(output)}; {EXPECTED_ONNX}.")
+        return np.asarray(output, np.float32) if embed else softmax_array(output, self.temperature)
 
     def _result(self, probabilities: np.ndarray) -> Result:
         best = int(np.argmax(probabilities))
@@ -818,6 +984,29 @@ def classify_and_print(clf: BirdPlaneSupermanClassifier, inputs: Sequence[str], 
     return EXIT_PARTIAL if any(row["error"] for row in rows) else EXIT_OK
 
 
+def export_command(model_path: str, inputs: Sequence[str], onnx_path: str) -> int:
+    """--export-onnx: check, write the ONNX file, say how closely onnxruntime follows torch; the exit code."""
+    usage_errors = (
+        inputs and "--export-onnx writes a model file and classifies nothing: name only the .pth model",
+        is_onnx_path(model_path) and f"--export-onnx needs a .pth checkpoint to export, not {model_path}",
+        not is_onnx_path(onnx_path) and f"--export-onnx: the file name must end in .onnx, got {onnx_path}",
+        not Path(onnx_path).resolve().parent.is_dir() and f"--export-onnx: the folder of {onnx_path} does not exist",
+        onnx_export_problem(),
+    )
+    if any(usage_errors):
+        return _error(next(message for message in usage_errors if message))
+    try:
+        difference = export_onnx(model_path, onnx_path)
+    except (CheckpointError, OSError) as error:
+        return _error(str(error))
+    except KeyboardInterrupt:
+        print("Interrupted; nothing written.", file=sys.stderr)
+        return EXIT_INTERRUPTED
+    check = f"onnxruntime's probabilities are within {difference:.1g} of torch's"
+    print(f"Wrote {_printable(onnx_path)} ({Path(onnx_path).stat().st_size / 1e6:.1f} MB); {check}.")
+    return EXIT_OK
+
+
 def store_threshold(model_path: str, threshold: float) -> int:
     """--set-threshold: the model file as it was, with ``threshold`` stored as its confidence threshold."""
     import torch
@@ -856,6 +1045,8 @@ def get_args_parser(add_help: bool = True) -> argparse.ArgumentParser:
     add("--top-k", type=int, default=1, help="how many classes to show per image (default: 1)")
     add("--json", action="store_true", help="print one JSON object per image instead of a table")
     add("--csv", metavar="FILE", help="also write the predictions to a CSV file")
+    onnx = "write the .pth model as this ONNX file for onnxruntime (needs onnx, onnxscript), classify nothing"
+    add("--export-onnx", metavar="FILE.onnx", help=f"{onnx} (default: off)")
     add("-v", "--verbose", action="store_true", help="also log the model's settings (default: off)")
     add("--no-progress", action="store_true", help="accepted as in every script; classifier.py draws no progress bars")
     return parser
@@ -868,6 +1059,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     if not args.model and not args.paths:
         return _error("no model given: python classifier.py MODEL IMAGE... (or --model MODEL IMAGE...)")
     model_path, inputs = (args.model, args.paths) if args.model else (args.paths[0], args.paths[1:])
+    if args.export_onnx:
+        return export_command(model_path, inputs, args.export_onnx)
     if args.set_threshold is not None:
         if inputs:
             return _error("--set-threshold changes the model file only: give no images with it")
@@ -890,17 +1083,13 @@ def main(argv: Sequence[str] | None = None) -> int:
         if failed:
             return _error(message)
     try:
-        pick_device(args.device)
-    except ValueError as error:
-        return _error(f"--device: {error}")
-    try:
         clf = BirdPlaneSupermanClassifier(model_path, confidence_threshold=args.threshold, device=args.device)
         settings = f"{clf.arch}, classes {', '.join(clf.classes)}, {clf.image_size} px, threshold "
         settings += f"{clf.confidence_threshold:.2f}, temperature {clf.temperature:.2f}, on {clf.device}"
         logger.info("Model %s: %s", _printable(model_path), _printable(settings))
         return classify_and_print(clf, inputs, args)
-    except CheckpointError as error:
-        return _error(str(error))
+    except ValueError as error:  # a CheckpointError says it all; another is pick_device's or onnxruntime's refusal
+        return _error(str(error) if isinstance(error, CheckpointError) else f"--device: {error}")
     except KeyboardInterrupt:
         print("Interrupted.", file=sys.stderr)
         return EXIT_INTERRUPTED

@@ -704,6 +704,7 @@ def get_args_parser(add_help: bool = True) -> argparse.ArgumentParser:
     )
     add("--amp", action=argparse.BooleanOptionalAction, help="mixed precision (default: on with CUDA, off elsewhere)")
     add("--channels-last", action=argparse.BooleanOptionalAction, help="channels_last memory format (default: on)")
+    add("--export-onnx", action="store_true", help="at the end also write best_model.onnx (onnxruntime) (default: off)")
     cli.add_output_flags(parser)
     training_data.add_arguments(parser)
     problematic_analysis.add_arguments(parser)
@@ -722,6 +723,8 @@ def argument_problem(args: argparse.Namespace, ranks: distributed.Ranks = distri
         return f"--learning-rate must be positive, got {args.learning_rate}"
     if args.weight_decay < 0:
         return f"--weight-decay must not be negative, got {args.weight_decay}"
+    if args.export_onnx and classifier.onnx_export_problem():  # said before training, not after it
+        return f"--export-onnx: {classifier.onnx_export_problem()}"
     data_problem = training_data.argument_problem(args)  # --workers, --cache-max-gb
     if data_problem:
         return data_problem
@@ -832,6 +835,10 @@ def train(
         finish_run(run)
         if not is_analysis_run:
             training_report.print_summary(run.metadata, run.best_model_path, run.output_dir / METADATA_NAME)
+            if args.export_onnx and ranks.is_main:  # classifier.py --export-onnx, beside best_model.pth
+                onnx_path = run.output_dir / Path(BEST_MODEL_NAME).with_suffix(".onnx")
+                difference = classifier.export_onnx(run.output_dir / BEST_MODEL_NAME, onnx_path)
+                print(f"ONNX model: {cli.printable(onnx_path)} (probabilities within {difference:.1g} of the .pth's)")
     except distributed.SHARED_ERRORS as error:  # one sentence: unusable data, checkpoint or weights; nothing trained
         return fail(cli.printable(error))
     except KeyboardInterrupt as interruption:

@@ -35,7 +35,7 @@ import classifier
 from classifier import BirdPlaneSupermanClassifier, CheckpointError, ImageLoadError
 
 CLASSES = ["bird", "plane", "superman", "other"]
-ALLOWED_IMPORTS = {"torch", "torchvision", "PIL", "numpy"}
+ALLOWED_IMPORTS = {"torch", "torchvision", "PIL", "numpy", "onnx", "onnxruntime"}
 
 
 def save_tiny_model(path: Path, *, classes=CLASSES, arch="resnet18", image_size=64, **fields) -> torch.nn.Module:
@@ -699,3 +699,24 @@ def test_ctrl_c_exits_130_and_writes_no_csv(model_path, bad_files, tmp_path, mon
     out_csv = tmp_path / "out.csv"
     assert classifier.main([str(model_path), str(bad_files["IMG.JPG"]), "--csv", str(out_csv)]) == 130
     assert not out_csv.exists() and "Interrupted" in capsys.readouterr().err
+
+
+def test_printable_is_the_same_as_cli_printable():
+    import cli  # classifier.py imports nothing of ours, so it keeps the one deliberate copy; this keeps them equal
+
+    nasty = ["plain.jpg", "a\nb.jpg", "tab\there", "\x1b[31mred\x1b[0m", "evil\u202egpj.exe", "zero\u200bwidth"]
+    nasty += ["bad\udcff\udc80name", "line\u2028sep\u2029para", "\x00\x7f\x85\x9f", "鳥 fötö.png", "\ufeffbom"]
+    nasty += [Path("dir/a\rb.png"), 42, "\ud800lone", "\U0001f426"]
+    for text in nasty:
+        assert classifier._printable(text) == cli.printable(text), repr(text)
+
+
+def test_predict_of_a_path_and_of_the_opened_image_agree_and_leave_it_untouched(clf, tmp_path):
+    path = save_image(make_class_image(2, 9, (1000, 750)), tmp_path / "big.jpg", quality=90)  # decoded in draft mode
+    by_path = clf.predict(path)[2]
+    image = Image.open(path)
+    assert clf.predict(image)[2] == by_path  # the same decoding as training's, not a full-size decode
+    assert image.size == (1000, 750) and image.tile  # the caller's image is still the whole, undecoded file
+    assert np.asarray(image).shape == (750, 1000, 3)
+    decoded = clf.predict(Image.open(path).convert("RGB"))[2]  # already decoded: used at full size (README says so)
+    assert decoded != by_path and decoded == pytest.approx(by_path, abs=0.05)
