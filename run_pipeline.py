@@ -218,6 +218,7 @@ def train_command(args: argparse.Namespace, dataset_dir: Path, models_dir: Path)
             ("--cross-val-folds", args.cross_val_folds),
             ("--top-n-problematic", args.top_n_problematic),
             ("--patience", args.patience),
+            ("--export-onnx", args.export_onnx),
         ]
     )
     return Command("train_classifier", tuple(argv))
@@ -748,6 +749,11 @@ def get_args_parser(add_help: bool = True) -> argparse.ArgumentParser:
     )
     train.add_argument(
         "--patience", type=int, default=None, help="epochs without a better val macro F1 before stopping (default: 5)"
+    )
+    train.add_argument(
+        "--export-onnx",
+        action="store_true",
+        help=f"also write <models-dir>/{ONNX_MODEL_NAME} for onnxruntime (the trainer's --export-onnx) (default: off)",
     )
     cli.add_output_flags(parser)
     return parser

@@ -399,9 +399,9 @@ def test_the_downloaders_limits_reach_it_and_small_classes_are_named_with_their_
     assert code == 0 and collect[collect.index("--min-size") + 1] == "30" and "--retry-failed" in collect
     parsed = __import__("download_images").get_args_parser().parse_args(collect[1:])
     assert (parsed.min_size, parsed.max_bytes, parsed.timeout, parsed.workers) == (30, 1000, 2.5, 3)
-    args = run_pipeline.get_args_parser().parse_args(["--patience", "0"])  # the analysis' refusal suggests it
-    train = run_pipeline.train_command(args, dataset, models).argv
-    assert train_classifier.get_args_parser().parse_args(train).patience == 0
+    args = run_pipeline.get_args_parser().parse_args(["--patience", "0", "--export-onnx"])  # passed on as given
+    trainer = train_classifier.get_args_parser().parse_args(run_pipeline.train_command(args, dataset, models).argv)
+    assert trainer.patience == 0 and trainer.export_onnx  # --patience: the analysis' refusal suggests it
 
     def trains(argv: list[str]) -> int:  # the trainer's outputs, without the training
         models.mkdir(exist_ok=True)
