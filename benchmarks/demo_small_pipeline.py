@@ -4,7 +4,7 @@ Three classes of 6 generated photos each, one photo also offered (same bytes, an
 one URL that answers 404, listed in a ``class,url`` file and downloaded by ``run_pipeline.py --urls-file`` from a
 local HTTP server; then a 2-epoch resnet18 at 64 px without ImageNet weights. It checks what the issue asks for: the
 run ends with a model, every class has val images, the label conflict and the 404 are on the page, and the exit code
-and last line say that an input was unusable. Nothing leaves the machine; about a minute on 2 cores.
+and last line say that an input was unusable. Nothing leaves the machine; about 25 s on 2 cores.
 
     python benchmarks/demo_small_pipeline.py                 # in a temporary folder, removed at the end
     python benchmarks/demo_small_pipeline.py --keep demo     # keep demo/dataset, demo/models (open the page)
