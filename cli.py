@@ -5,7 +5,8 @@ tqdm only.
 
 - Exit codes (one table for every script): 0 done, 1 done but some inputs unusable (reported), 2 usage error or
   unusable input (one sentence), 130 interrupted.
-- One error printer: ``error(message)`` writes ``error: <message>`` on stderr and returns EXIT_USAGE.
+- One error printer: ``error(message)`` writes ``error: <message>`` on stderr and returns EXIT_USAGE; a sibling module
+  run as a script ends with ``refuse_running_as_script`` (one such line, exit 2).
 - One verbosity flag and one progress switch: ``add_output_flags(parser)`` adds ``-v/--verbose`` and
   ``--no-progress``; ``apply_output_flags(args)`` acts on them (only scripts' ``main`` calls it).
 - Progress on stderr: ``progress(iterable, ...)`` draws a tqdm bar on a terminal; into a log file or a pipe it writes
@@ -26,7 +27,7 @@ import os
 import sys
 import unicodedata
 from collections.abc import Iterable, Sequence
-from typing import Any, TypeVar
+from typing import Any, NoReturn, TypeVar
 
 EXIT_OK = 0  # done
 EXIT_PARTIAL = 1  # done, but some inputs were unusable (each reported by path with the reason)
@@ -71,6 +72,13 @@ def error(message: str) -> int:
     """Print ``error: <message>`` on stderr (the one format every script uses) and return EXIT_USAGE."""
     print(f"error: {message}", file=sys.stderr)
     return EXIT_USAGE
+
+
+def refuse_running_as_script(module_file: str, instead: str, imported_by: str = "the birdplane scripts") -> NoReturn:
+    """What a sibling module does when run as ``python module.py``: one ``error:`` line saying what it is and what to
+    run ``instead``, exit EXIT_USAGE (2: a usage error). Called from its ``if __name__ == "__main__":`` block."""
+    name = os.path.basename(module_file)
+    raise SystemExit(error(f"{name} is a module imported by {imported_by}, not a script; {instead}"))
 
 
 def add_output_flags(parser: argparse.ArgumentParser) -> None:
@@ -179,4 +187,4 @@ def confirm(question: str) -> bool:
 
 
 if __name__ == "__main__":
-    raise SystemExit("cli.py is a module imported by the birdplane scripts, not a script; see README.md")
+    refuse_running_as_script(__file__, "see README.md")

@@ -352,4 +352,4 @@ def share_buffers(model: nn.Module, ranks: Ranks) -> None:
 
 
 if __name__ == "__main__":
-    raise SystemExit("distributed.py is imported by train_classifier.py, not a script; see README.md")
+    cli.refuse_running_as_script(__file__, "run train_classifier.py")

@@ -176,7 +176,7 @@ def group_counts(report: dict[str, Any]) -> dict[str, int]:
 
 
 if __name__ == "__main__":
-    raise SystemExit(
-        "duplicate_report.py is a module (the duplicate report's format), not a script; run one of "
-        + ", ".join(f"data_collection/detect_duplicates_by_{method}.py" for method in METHODS)
-    )
+    import cli
+
+    run_instead = "run one of " + ", ".join(f"data_collection/detect_duplicates_by_{method}.py" for method in METHODS)
+    cli.refuse_running_as_script(__file__, run_instead, "the duplicate detectors and remove_duplicates.py")

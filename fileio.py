@@ -10,7 +10,8 @@ One meaning per helper:
 - ``is_safe_relative`` is lexical (no absolute path, no '..'); ``resolve_inside`` resolves symlinks and checks the
   real path against the real folder. Use the second right before touching a file.
 - ``utc_now``: every timestamp the project writes is UTC, ISO 8601, to the second.
-- ``read_json``: parsed JSON, or ``ReportError`` with one sentence.
+- ``read_json``: parsed JSON of a bounded size (``MAX_*_BYTES`` per kind of file), or ``ReportError`` with one
+  sentence; ``parse_json`` is its parser for text read otherwise (a JSONL line), failing the same way.
 - ``hold_lock``: one run at a time on a folder (an O_EXCL lock file naming its owner; a dead owner's is taken over);
   ``is_process_alive`` says whether a pid recorded in a lock or a temp file name still runs.
 """
@@ -18,14 +19,17 @@ One meaning per helper:
 from __future__ import annotations
 
 import contextlib
+import fnmatch
 import hashlib
 import json
 import os
+import secrets
 import socket
 import stat
+import sys
 import tempfile
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from datetime import datetime, timezone
 from pathlib import Path, PurePosixPath
 from typing import Any
@@ -35,6 +39,15 @@ TEMP_SUFFIX = ".tmp"  # every temp file the project writes is ".<name>.<random>.
 STALE_TEMP_SECONDS = 3600  # a temp file of our kind older than this belongs to a killed run and may be removed
 UNREADABLE_LOCK_STALE_S = 60.0  # a lock file with no readable owner (killed while writing it) is stale after this
 LOCK_READ_LIMIT = 65536  # a lock record is about 100 bytes; a lock file is never read beyond this
+# The most bytes read_json reads of each kind of file: far above what a 100,000-image dataset writes, far below what
+# would exhaust memory once parsed (a JSON text takes several times its size as Python objects).
+MAX_REPORT_BYTES = 256 << 20  # duplicate report ~30 MB, problematic report ~100 MB at 100k images (300 B / 1 KB each)
+MAX_LOG_BYTES = 256 << 20  # a trash log: ~45 MB for 100k moves (450 B a move)
+MAX_DECISIONS_BYTES = 64 << 20  # a decisions file: ~15 MB for 100k decisions
+MAX_SMALL_JSON_BYTES = 16 << 20  # pipeline state, --queries, a search cache: a few KB each
+MAX_JSON_LINE_BYTES = 1 << 20  # one line of a JSONL file (the download manifest): ~400 B a record
+CLOEXEC = getattr(os, "O_CLOEXEC", 0)  # descriptors never leak into a child process
+SPLITS = ("train", "val")  # a dataset's two folders of class folders: <dataset>/<split>/<class>/<image>
 
 
 class ReportError(ValueError):
@@ -113,6 +126,29 @@ def resolve_inside(root: str | os.PathLike, relative: str) -> Path:
     return real_parent / candidate.name
 
 
+def open_folder_below(start: int, names: Sequence[str], create: bool = False) -> int:
+    """A new descriptor of the folder ``start/names[0]/names[1]/...``, each name opened with O_NOFOLLOW|O_DIRECTORY
+    relative to the one before (``start`` is an open folder), made first when ``create``.
+
+    What is reached is a real folder below ``start`` whatever any name points to: a folder swapped for a symlink after
+    a check makes the open fail (OSError ELOOP, or ENOTDIR for a file in its place), it never leads elsewhere; and a
+    folder once open stays the one that was checked. FileNotFoundError when one is missing and not ``create``.
+    """
+    descriptor = os.dup(start)
+    try:
+        for name in names:
+            if create:
+                with contextlib.suppress(FileExistsError):
+                    os.mkdir(name, dir_fd=descriptor)
+            child = os.open(name, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | CLOEXEC, dir_fd=descriptor)
+            os.close(descriptor)
+            descriptor = child
+    except BaseException:
+        os.close(descriptor)
+        raise
+    return descriptor
+
+
 def regular_file_reason(path: str | os.PathLike) -> str | None:
     """None for a regular file (not followed through a symlink); else why not, as words for the user."""
     try:
@@ -186,96 +222,166 @@ def sha256_file(path: str | os.PathLike) -> str:
 
 
 @contextlib.contextmanager
-def atomic_write(path: str | os.PathLike, mode: str = "wb") -> Iterator[Any]:
+def atomic_write(
+    path: str | os.PathLike, mode: str = "wb", fsync: bool = True, dir_fd: int | None = None
+) -> Iterator[Any]:
     """A handle on a temp file beside ``path``; on success it is fsynced and renamed over ``path``, else removed.
 
-    Text mode writes UTF-8; a lone surrogate (a non-UTF-8 file name) is written as the JSON escape ``\\udcXX``.
+    The temp file is created exclusively (a link planted at a guessable name is never written through) and the rename
+    replaces whatever is at ``path``, a symlink included, without following it. With ``dir_fd`` (a descriptor of an
+    open folder) ``path`` is a name in that folder and every step is taken relative to it, so the folder cannot be
+    swapped for a symlink between a check and the write. ``fsync=False`` for a cache that is made again if lost
+    (thumbnails). Text mode writes UTF-8; a lone surrogate (a non-UTF-8 file name) is written as ``\\udcXX``.
     """
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp_name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=TEMP_SUFFIX, dir=path.parent)
-    try:
+    if dir_fd is None:
+        path = Path(path)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp_name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=TEMP_SUFFIX, dir=path.parent)
         umask = os.umask(0)
         os.umask(umask)
         os.chmod(tmp_name, 0o666 & ~umask)  # mkstemp makes 0600; the result is an ordinary file
+    else:
+        tmp_name = f".{os.fspath(path)}.{secrets.token_hex(4)}{TEMP_SUFFIX}"
+        flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | CLOEXEC
+        fd = os.open(tmp_name, flags, 0o666, dir_fd=dir_fd)  # 0666 minus the umask: an ordinary file
+    try:
         text_options = {"encoding": "utf-8", "errors": "backslashreplace", "newline": ""}
         with os.fdopen(fd, mode, **({} if "b" in mode else text_options)) as handle:
             yield handle
             handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(tmp_name, path)
+            if fsync:
+                os.fsync(handle.fileno())
+        os.replace(tmp_name, path, src_dir_fd=dir_fd, dst_dir_fd=dir_fd)
     except BaseException:
-        Path(tmp_name).unlink(missing_ok=True)
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(tmp_name, dir_fd=dir_fd)
         raise
 
 
-def write_json(path: str | os.PathLike, data: Any, indent: int | None = 2) -> None:
+def write_json(path: str | os.PathLike, data: Any, indent: int | None = 2, dir_fd: int | None = None) -> None:
     """Strict JSON (no NaN), UTF-8, written atomically: the way every birdplane report and log reaches the disk.
 
     Strings holding a non-UTF-8 file name (lone surrogates) are written as ``\\udcXX`` escapes, so the file stays valid
     UTF-8 and ``read_json`` gives back the same string (``os.fsencode`` then gives back the same bytes).
     """
-    with atomic_write(path, "w") as handle:
+    with atomic_write(path, "w", dir_fd=dir_fd) as handle:  # dir_fd: see atomic_write
         json.dump(data, handle, indent=indent, ensure_ascii=False, allow_nan=False)
         handle.write("\n")
 
 
-def read_json(path: str | os.PathLike, what: str) -> Any:
-    """Parsed JSON; ReportError with one sentence when the file is missing, not a file, unreadable or not JSON."""
-    path = Path(path)
-    if not path.exists():
-        raise ReportError(f"the {what} {path} does not exist")
-    reason = regular_file_reason(path.resolve())
-    if reason:
-        raise ReportError(f"the {what} {path} {reason}")
-    try:
-        text = path.read_text(encoding="utf-8")
-    except (OSError, UnicodeDecodeError) as error:
-        raise ReportError(f"the {what} {path} cannot be read ({error})") from None
+def parse_json(text: str | bytes, where: str) -> Any:
+    """``json.loads(text)``, every way it can fail turned into ReportError with one sentence that starts with ``where``.
+
+    Besides malformed text: nesting deeper than Python's recursion limit (``'[' * 1000``, 2 KB) and an integer of more
+    than 4,300 digits (``sys.get_int_max_str_digits``) fail inside the parser; both are named, never a traceback.
+    """
     try:
         return json.loads(text)
     except json.JSONDecodeError as error:
         raise ReportError(
-            f"the {what} {path} is not valid JSON (truncated or corrupted? {error.msg} at line {error.lineno})"
+            f"{where} is not valid JSON (line {error.lineno}: {error.msg}; truncated or corrupted?)"
         ) from None
+    except RecursionError:
+        raise ReportError(f"{where} is nested too deeply to be read (lists or objects inside each other)") from None
+    except ValueError as error:  # "Exceeds the limit (4300 digits) for integer string conversion"
+        if "digits" in str(error):
+            raise ReportError(f"{where} holds a number of more than {sys.get_int_max_str_digits()} digits") from None
+        raise ReportError(f"{where} holds a value that cannot be read ({error})") from None
+    except MemoryError:
+        raise ReportError(f"{where} is too large to be read in memory") from None
 
 
-def create_exclusive(folder: str | os.PathLike, stem: str, suffix: str, limit: int = 100_000) -> Path:
+def read_bounded(path: str | os.PathLike, what: str, max_bytes: int) -> bytes:
+    """The bytes of the regular file ``path`` (through a symlink), at most ``max_bytes``; else ReportError (a sentence).
+
+    Opened without blocking (a FIFO swapped in cannot hang) and checked on the open file; never reads past the limit,
+    so memory stays bounded whatever the file claims or grows to.
+    """
+    path = Path(path)
+    if not path.exists():
+        raise ReportError(f"the {what} {path} does not exist")
+    try:
+        descriptor = os.open(path, os.O_RDONLY | os.O_NONBLOCK | CLOEXEC)
+    except OSError as error:
+        raise ReportError(f"the {what} {path} cannot be read ({error.strerror or error})") from None
+    with os.fdopen(descriptor, "rb") as handle:
+        info = os.fstat(descriptor)
+        if not stat.S_ISREG(info.st_mode):
+            raise ReportError(f"the {what} {path} {describe_kind(info.st_mode)}")
+        try:
+            data = b"" if info.st_size > max_bytes else handle.read(max_bytes + 1)  # too big: refused unread
+        except OSError as error:
+            raise ReportError(f"the {what} {path} cannot be read ({error.strerror or error})") from None
+    if info.st_size > max_bytes or len(data) > max_bytes:
+        raise ReportError(
+            f"the {what} {path} is larger than {max_bytes / 2**20:.0f} MiB, more than a {what} can be: not read"
+        )
+    return data
+
+
+def read_json(path: str | os.PathLike, what: str, max_bytes: int = MAX_REPORT_BYTES) -> Any:
+    """Parsed JSON of at most ``max_bytes`` (one of the MAX_*_BYTES); ReportError with one sentence when the file is
+    missing, not a file, unreadable, too large, not UTF-8 or not JSON (malformed, nested too deeply, a huge number)."""
+    data = read_bounded(path, what, max_bytes)
+    try:
+        text = data.decode("utf-8")
+    except UnicodeDecodeError as error:
+        raise ReportError(f"the {what} {path} cannot be read ({error})") from None
+    return parse_json(text, f"the {what} {path}")
+
+
+def create_exclusive(
+    folder: str | os.PathLike, stem: str, suffix: str, limit: int = 100_000, dir_fd: int | None = None
+) -> Path:
     """Create and return a new empty file ``stem<suffix>``, ``stem_1<suffix>``, ... that did not exist (O_EXCL).
 
-    Two runs started in the same second never get the same name, so one never overwrites the other's file.
+    Two runs started in the same second never get the same name, so one never overwrites the other's file. With
+    ``dir_fd`` (a descriptor of ``folder``, open) the file is created relative to it, whatever ``folder`` now names.
     """
     folder = Path(folder)
-    folder.mkdir(parents=True, exist_ok=True)
+    if dir_fd is None:
+        folder.mkdir(parents=True, exist_ok=True)
     for number in range(limit):
-        candidate = folder / (f"{stem}{suffix}" if number == 0 else f"{stem}_{number}{suffix}")
+        name = f"{stem}{suffix}" if number == 0 else f"{stem}_{number}{suffix}"
+        candidate = folder / name
         try:
-            os.close(os.open(candidate, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666))
+            flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW
+            os.close(os.open(candidate if dir_fd is None else name, flags, 0o666, dir_fd=dir_fd))
         except FileExistsError:
             continue
         return candidate
     raise OSError(f"no free name for {stem}{suffix} in {folder}")
 
 
-def remove_stale_temp_files(folder: str | os.PathLike, name: str, max_age_s: float = STALE_TEMP_SECONDS) -> int:
+def remove_stale_temp_files(
+    folder: str | os.PathLike, name: str, max_age_s: float = STALE_TEMP_SECONDS, dir_fd: int | None = None
+) -> int:
     """Remove ``.<name>.*.tmp`` files that a killed run left in ``folder`` (older than ``max_age_s``); returns count.
 
-    Only temp files of the given target name are touched, so other tools' files and live writers are left alone.
+    Only regular temp files of the given target name (a glob pattern allowed) are touched, so other tools' files and
+    live writers are left alone. Listed and removed relative to one descriptor of the folder (``dir_fd``, or opened
+    here), so a folder swapped for a symlink meanwhile cannot lead the removal elsewhere.
     """
     removed = 0
     cutoff = time.time() - max_age_s
     try:
-        candidates = list(Path(folder).glob(f".{name}.*{TEMP_SUFFIX}"))
+        descriptor = os.open(folder, os.O_RDONLY | os.O_DIRECTORY) if dir_fd is None else dir_fd
     except OSError:
         return 0
+    try:
+        candidates = fnmatch.filter(os.listdir(descriptor), f".{name}.*{TEMP_SUFFIX}")
+    except OSError:
+        candidates = []
     for candidate in candidates:
         try:
-            info = candidate.lstat()
+            info = os.stat(candidate, dir_fd=descriptor, follow_symlinks=False)
             if stat.S_ISREG(info.st_mode) and info.st_mtime < cutoff:
-                candidate.unlink()
+                os.unlink(candidate, dir_fd=descriptor)
                 removed += 1
         except OSError:
             continue
+    if dir_fd is None:
+        os.close(descriptor)
     return removed
 
 
@@ -297,14 +403,15 @@ def is_process_alive(pid: int) -> bool:
     return True
 
 
-def lock_owner(path: str | os.PathLike) -> tuple[dict[str, Any] | None, str]:
+def lock_owner(path: str | os.PathLike, dir_fd: int | None = None) -> tuple[dict[str, Any] | None, str]:
     """(the owner a lock file records, or None when it is unreadable, the file's raw text).
 
     Only a regular file is read, never through a symlink and at most LOCK_READ_LIMIT bytes, so a FIFO, a device or a
-    link to one at the lock's place cannot hang or exhaust memory: it counts as a lock with no readable owner.
+    link to one at the lock's place cannot hang or exhaust memory: it counts as a lock with no readable owner. With
+    ``dir_fd`` (an open folder), ``path`` is a name in it.
     """
     try:
-        descriptor = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK)
+        descriptor = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK, dir_fd=dir_fd)
     except OSError:
         return None, ""
     try:
@@ -316,17 +423,17 @@ def lock_owner(path: str | os.PathLike) -> tuple[dict[str, Any] | None, str]:
     finally:
         os.close(descriptor)
     try:
-        owner = json.loads(text)
-    except json.JSONDecodeError:
+        owner = parse_json(text, "the lock")
+    except ReportError:  # damaged, or crafted (deeply nested, a huge number): no readable owner
         return None, text
     return (owner if isinstance(owner, dict) else None), text
 
 
-def _is_stale_lock(path: Path, owner: dict[str, Any] | None) -> bool:
+def _is_stale_lock(path: str | os.PathLike, owner: dict[str, Any] | None, dir_fd: int | None = None) -> bool:
     """True when the run that wrote the lock is gone: its pid is dead on this host, or it died while writing it."""
     if owner is None:
         try:
-            return time.time() - path.lstat().st_mtime > UNREADABLE_LOCK_STALE_S
+            return time.time() - os.stat(path, dir_fd=dir_fd, follow_symlinks=False).st_mtime > UNREADABLE_LOCK_STALE_S
         except FileNotFoundError:
             return True
     pid = owner.get("pid")
@@ -335,17 +442,19 @@ def _is_stale_lock(path: Path, owner: dict[str, Any] | None) -> bool:
     return not is_process_alive(pid)
 
 
-def _take_over_lock(path: Path, stale_text: str) -> None:
+def _take_over_lock(path: Path, stale_text: str, dir_fd: int | None = None) -> None:
     """Set a stale lock aside; if another run replaced it meanwhile (a live lock), put that one back untouched."""
     aside = path.with_name(f"{path.name}.stale.{os.getpid()}.{time.monotonic_ns()}")
+    fds = {"src_dir_fd": dir_fd, "dst_dir_fd": dir_fd}
     try:
-        os.rename(path, aside)
+        os.rename(path, aside, **fds)
     except FileNotFoundError:
         return  # another run took it over first: the next attempt sees its lock
-    if lock_owner(aside)[1] != stale_text:
+    if lock_owner(aside, dir_fd)[1] != stale_text:
         with contextlib.suppress(OSError):
-            os.link(aside, path)  # a hard link never replaces a lock created meanwhile
-    aside.unlink(missing_ok=True)
+            os.link(aside, path, **fds, follow_symlinks=False)  # a hard link never replaces a lock created meanwhile
+    with contextlib.suppress(FileNotFoundError):
+        os.unlink(aside, dir_fd=dir_fd)
 
 
 def _lock_held_message(path: Path, owner: dict[str, Any] | None, doing: str) -> str:
@@ -360,23 +469,25 @@ def _lock_held_message(path: Path, owner: dict[str, Any] | None, doing: str) -> 
 
 
 @contextlib.contextmanager
-def hold_lock(path: str | os.PathLike, tool: str, doing: str) -> Iterator[Path]:
+def hold_lock(path: str | os.PathLike, tool: str, doing: str, dir_fd: int | None = None) -> Iterator[Path]:
     """Hold the lock file ``path`` while the block runs: a second run that asks for it refuses.
 
     Created with O_EXCL, it records pid, host, ``tool`` and start time. A lock whose process is dead (same host), or
     that has had no readable owner for UNREADABLE_LOCK_STALE_S, is stale and taken over, so a killed run never leaves
     it stuck. Removed on exit if it is still this run's. LockHeldError (one sentence: who is ``doing`` what, e.g.
-    "changing dataset") when another run holds it or it cannot be created.
+    "changing dataset") when another run holds it or it cannot be created. With ``dir_fd`` (a descriptor of the
+    lock's folder, open) every step uses the name ``path.name`` in that folder; ``path`` only names it in messages.
     """
     path = Path(path)
+    name = path if dir_fd is None else Path(path.name)
     record = json.dumps({"pid": os.getpid(), "host": socket.gethostname(), "tool": tool, "started": utc_now()}).encode()
     for _ in range(5):
         try:
-            descriptor = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)
+            descriptor = os.open(name, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o666, dir_fd=dir_fd)
         except FileExistsError:
-            owner, text = lock_owner(path)
-            if _is_stale_lock(path, owner):
-                _take_over_lock(path, text)
+            owner, text = lock_owner(name, dir_fd)
+            if _is_stale_lock(name, owner, dir_fd):
+                _take_over_lock(name, text, dir_fd)
                 continue
             raise LockHeldError(_lock_held_message(path, owner, doing)) from None
         except OSError as error:
@@ -387,13 +498,16 @@ def hold_lock(path: str | os.PathLike, tool: str, doing: str) -> Iterator[Path]:
             os.fsync(handle.fileno())
         break
     else:
-        raise LockHeldError(_lock_held_message(path, lock_owner(path)[0], doing))
+        raise LockHeldError(_lock_held_message(path, lock_owner(name, dir_fd)[0], doing))
     try:
         yield path
     finally:
-        if lock_owner(path)[1].encode() == record:
-            path.unlink(missing_ok=True)
+        if lock_owner(name, dir_fd)[1].encode() == record:
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(name, dir_fd=dir_fd)
 
 
 if __name__ == "__main__":
-    raise SystemExit("fileio.py is a module imported by the birdplane scripts, not a script; see README.md")
+    import cli
+
+    cli.refuse_running_as_script(__file__, "see README.md")

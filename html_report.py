@@ -62,7 +62,7 @@ FILTER_CATEGORIES = (
     ("leak", "train/val leaks"),
     ("conflict", "label conflicts"),
     ("label-issue", "likely label issues"),
-    ("hard", "hard images"),
+    ("hard", "hard examples"),
     ("error", "confident val mistakes"),
 )
 CHART_COLOURS = ("#1f77b4", "#d62728", "#2ca02c", "#9467bd")
@@ -171,9 +171,28 @@ def line_chart_svg(title: str, epochs: Sequence[int], series: dict[str, Sequence
 
 
 def problem_order(entry: dict[str, Any]) -> tuple:
-    """Largest problems first: likely label issues, then the highest mean loss, then the path."""
+    """Largest problems first: likely label issues by how much more probable the suggested class is, then the
+    highest mean loss, then the path."""
     loss = float(entry["mean_loss"]) if is_number(entry.get("mean_loss")) else 0.0
-    return (not entry.get("is_label_issue"), -loss, str(entry.get("path")))
+    margin = float(entry["margin"]) if is_number(entry.get("margin")) else 0.0
+    return (not problematic_report.is_label_issue(entry), -margin, -loss, str(entry.get("path")))
+
+
+def problem_caption(entry: dict[str, Any]) -> str:
+    """A card's words: a label issue names the class the evidence prefers, with both probabilities; a hard example
+    names only its own class (a suggestion appears only when that class is more probable than the given one)."""
+    given, probability = entry.get("class"), fmt(problematic_report.label_probability(entry), 2)
+    suggested = problematic_report.suggested_class(entry)
+    losses = f"mean loss {fmt(entry.get('mean_loss'))}"
+    if problematic_report.is_label_issue(entry) and suggested is not None:
+        other = fmt((entry.get("probabilities") or {}).get(suggested), 2)
+        return (
+            f'<div><span class="badge issue">likely label issue</span> labelled {esc(given)}, more likely '
+            f"<b>{esc(suggested)}</b></div><div>p({esc(suggested)}) {other} &gt; p({esc(given)}) {probability}, "
+            f"{losses}</div>"
+        )
+    badge = '<span class="badge">hard example</span>'
+    return f"<div>{badge} {esc(given)}</div><div>p({esc(given)}) {probability}, {losses}</div>"
 
 
 def duplicate_groups(data: Any) -> tuple[list[dict[str, Any]], str | None]:
@@ -514,40 +533,44 @@ def render_problematic(page: Page, path: Path) -> tuple[str, dict[str, Any] | No
         f"{esc(report.get('num_images', '?'))} train images scored. "
         f'<span class="muted">{esc(problematic_report.report_evidence_note(report))}</span></p>'
     )
+    per_class = report["problematic_images"]
     summary = report.get("summary_by_class") if isinstance(report.get("summary_by_class"), dict) else {}
     rows = "".join(
-        f"<tr><th>{esc(name)}</th><td>{len(report['problematic_images'].get(name, []))}</td>"
-        f'<td data-issues="{esc(name)}">'
-        f"{sum(bool(entry.get('is_label_issue')) for entry in report['problematic_images'].get(name, []))}</td>"
+        f'<tr><th>{esc(name)}</th><td data-issues="{esc(name)}">'
+        f"{sum(problematic_report.is_label_issue(entry) for entry in per_class.get(name, []))}</td>"
+        f"<td>{sum(not problematic_report.is_label_issue(entry) for entry in per_class.get(name, []))}</td>"
         f"<td>{fmt((summary.get(name) or {}).get('average_mean_loss'))}</td></tr>"
         for name in classes
     )
     parts.append(
-        '<table class="small"><tr><th>class</th><th>listed</th><th>likely label issues</th>'
+        '<table class="small"><tr><th>class</th><th>likely label issues</th><th>hard examples listed</th>'
         f"<th>average mean loss</th></tr>{rows}</table>"
     )
-    cards, missing = [], 0
+    rule = report.get("label_issue_rule", "confident learning")
+    issue_cards, hard_cards, missing = [], [], 0
     for entry in entries:
         shown = page.catalog.add(entry["path"])
         missing += shown.problem == "no longer on disk"
-        is_issue = bool(entry.get("is_label_issue"))
-        tags = ("label-issue",) if is_issue else ("hard",)
-        badge = '<span class="badge issue">likely label issue</span>' if is_issue else '<span class="badge">hard</span>'
-        caption = (
-            f"<div>{badge} {esc(entry.get('class'))} \u2192 suggested <b>{esc(entry.get('suggested_class') or '?')}</b>"
-            f"</div><div>mean loss {fmt(entry.get('mean_loss'))}, p({esc(entry.get('class'))}) "
-            f"{fmt(problematic_report.label_probability(entry), 2)}</div>"
-        )
-        spark = sparkline_svg(entry.get("losses") or [], reference)
-        cards.append(render_card(page, shown, caption, tags, f'<div class="sparkwrap">{spark}</div>'))
+        is_issue = problematic_report.is_label_issue(entry)
+        spark = f'<div class="sparkwrap">{sparkline_svg(entry.get("losses") or [], reference)}</div>'
+        card = render_card(page, shown, problem_caption(entry), ("label-issue",) if is_issue else ("hard",), spark)
+        (issue_cards if is_issue else hard_cards).append(card)
     if missing:
         parts.append(
             f'<p class="note stale">Stale: {missing} listed images are no longer on disk (moved or deleted since the '
             "report was written); the train stage writes a current one.</p>"
         )
-    parts.append(f'<div class="cards" id="problem-cards">{"".join(cards)}</div></section>')
-    issues = sum(bool(entry.get("is_label_issue")) for entry in entries)
-    page.glance["problematic"] = f"{plural(len(entries), 'problematic image')} ({plural(issues, 'likely label issue')})"
+    parts.append(
+        f'<h3>Likely label issues ({len(issue_cards)})</h3><p class="muted">The rule ({esc(rule)}) '
+        "fired: the evidence prefers another class. Relabel, delete or keep each.</p>"
+        f'<div class="cards" id="problem-cards">{"".join(issue_cards)}</div>'
+        f'<details id="hard-examples"><summary>Hard examples ({len(hard_cards)}): the highest losses whose label is '
+        "probably right; not counted as problems</summary>"
+        f'<div class="cards" id="hard-cards">{"".join(hard_cards)}</div></details></section>'
+    )
+    page.glance["problematic"] = (
+        f"{plural(len(issue_cards), 'likely label issue')} ({plural(len(hard_cards), 'hard example')} listed apart)"
+    )
     return "".join(parts), report
 
 

@@ -14,7 +14,6 @@ import hashlib
 import json
 import logging
 import os
-import sys
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -28,7 +27,6 @@ STATE_NAME = "pipeline_state.json"  # in the dataset folder: it describes that d
 STATE_SCHEMA_VERSION = 1
 STATE_TYPE = "birdplane_pipeline_state"
 STATE_STATUSES = ("started", "done", "incomplete")  # what a stage's record says
-MAX_JSON_BYTES = 4 * 2**20  # a state file is a few KB, the reports the pipeline counts from a few MB at most
 SPLITS = ("train", "val")  # the folders download_images.py fills and train_classifier.py reads
 
 
@@ -80,18 +78,15 @@ def files_below(folder: Path, pattern: str) -> list[Path]:
         return []
 
 
-def read_optional_json(path: Path, what: str) -> Any:
+def read_optional_json(path: Path, what: str, max_bytes: int = fileio.MAX_REPORT_BYTES) -> Any:
     """A JSON file the pipeline only reads for what it prints or decides to skip; None (with a warning when it exists
     but is unusable: not a file, too big, not JSON, nested too deep) instead of an exception."""
     if not os.path.lexists(path):
         return None
     try:
-        if path.stat().st_size > MAX_JSON_BYTES:
-            raise fileio.ReportError(f"the {what} {path} is over {MAX_JSON_BYTES // 2**20} MiB")
-        return fileio.read_json(path, what)
-    except (OSError, fileio.ReportError, RecursionError, ValueError) as error:  # deep nesting, a 5,000-digit number
-        message = error if isinstance(error, fileio.ReportError) else f"the {what} {path} is unusable ({error})"
-        logger.warning("%s: ignored", cli.printable(str(message)[:300]))
+        return fileio.read_json(path, what, max_bytes)
+    except fileio.ReportError as error:
+        logger.warning("%s: ignored", cli.printable(error))
         return None
 
 
@@ -127,7 +122,7 @@ def load_state(dataset_dir: Path, stage_names: Sequence[str]) -> dict[str, Any]:
     path = dataset_dir / STATE_NAME
     shown = cli.printable(path)
     empty = {"schema_version": STATE_SCHEMA_VERSION, "state_type": STATE_TYPE, "stages": {}}
-    data = read_optional_json(path, "pipeline state")
+    data = read_optional_json(path, "pipeline state", fileio.MAX_SMALL_JSON_BYTES)
     if data is None:
         return empty
     if (
@@ -157,6 +152,5 @@ def save_state(dataset_dir: Path, state: dict[str, Any]) -> None:
     fileio.write_json(dataset_dir / STATE_NAME, state)
 
 
-if __name__ == "__main__":  # a module, not a script: a usage error (exit 2)
-    print("error: pipeline_state.py is imported by run_pipeline.py, not a script; see README.md", file=sys.stderr)
-    raise SystemExit(cli.EXIT_USAGE)
+if __name__ == "__main__":
+    cli.refuse_running_as_script(__file__, "run python run_pipeline.py", "run_pipeline.py")

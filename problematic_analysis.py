@@ -1,47 +1,67 @@
-"""The problematic-images analysis of the trainer (--detect-problematic): which training images are hardest and
-which are likely mislabelled, from one loss per image per analysis epoch.
+"""The problematic-images analysis of the trainer (--detect-problematic): which training images are likely
+mislabelled, and which are merely hard, from out-of-sample probabilities and one loss per image per analysis epoch.
 
-Imported by train_classifier.py, not a script. The trainer calls it directly: ``ProblematicImageTracker.after_epoch``
-with the scores of the training images after each of the first --analysis-epochs epochs (in-sample), whose state
-goes into last_checkpoint.pth so --resume continues an interrupted analysis; or, with --cross-val-folds K,
-``cross_validate``, which trains K fold models with the trainer's own make_model / make_optimizer / train_one_epoch /
-evaluate (passed in, so this module never imports the trainer) and keeps their held-out scores (out-of-fold). Under
-torchrun the scores reach it already gathered from all processes by train_classifier.evaluate (each image once, in
-index order). Pure functions (loss statistics, confident learning, stratified folds, the report dict) come first,
-then the tracker and the cross-validation, then writing and printing the report (schema: problematic_report.py,
-read by review_problematic_images.py).
+Imported by train_classifier.py, not a script; it never imports the trainer. The default analysis: the trainer
+scores the training images after each of the first --analysis-epochs epochs (``ProblematicImageTracker``: one loss
+per image, state in last_checkpoint.pth for --resume); at the last one an ``AnalysisScorer`` also returns each
+image's features that do not depend on the labels (the pretrained backbone's embedding when --weights gives one,
+and ``pixel_features``: HOG, a tiny image and a colour histogram). A logistic
+regression fitted by scikit-learn's cross_val_predict on the other folds gives each image its probabilities
+(``out_of_fold_probabilities``), and cleanlab's rule (``find_label_issues``, written here with numpy and checked
+against cleanlab by a test) flags the likely label issues. With --cross-val-folds K the trainer's
+``cross_validate`` trains K fold networks instead and their held-out probabilities are used. Under torchrun the
+scores reach this module already gathered from all processes (each image once, in index order).
+
+``label_issues_from_features(feature_blocks, labels)`` is the analysis on plain arrays (features in, flags out), for
+benchmarks. Pure functions first, then the scorer and the tracker, then building, writing and printing the report
+(schema: problematic_report.py, read by review_problematic_images.py and html_report.py).
 """
 
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import logging
-from collections.abc import Callable, Sequence
+import math
+import warnings
+from collections.abc import Collection, Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import numpy as np
+import torch
+import torch.nn.functional as F
+from sklearn.exceptions import ConvergenceWarning
 from torch import nn
 
+import classifier
 import cli
-import distributed
 import fileio
 import problematic_report
-import training_data
 from training_report import Predictions
-
-if TYPE_CHECKING:
-    from train_classifier import TrainingRun  # not imported at run time: the trainer imports this module
 
 logger = logging.getLogger(__name__)
 
-IN_SAMPLE = "in-sample"  # report "method": the model being trained scored the images it trains on (weak evidence)
-OUT_OF_FOLD = "out-of-fold"  # each image scored by a fold model that never trained on it (--cross-val-folds)
+OUT_OF_FOLD = "out-of-fold"  # --cross-val-folds K: each image scored by a fold network that never trained on it
+LINEAR_OUT_OF_FOLD = problematic_report.LINEAR_OUT_OF_FOLD  # the default: a logistic regression's out-of-fold scores
 ANALYSIS_OUTPUT_SUBDIR = "problematic_analysis"  # --stop-after-analysis: the short run's model goes here, never over
 # <output-dir>/best_model.pth of a full training
 REPORT_PREVIEW_PER_CLASS = 3  # images per class printed after the report is written
-RECOMMENDED_FOLDS = 5  # what the in-sample warning recommends: each fold model trains on 80 % of the images
-SMALL_DATASET_IMAGES = 2_000  # up to here, --cross-val-folds costs minutes on a GPU: the warning says so plainly
+
+LABEL_ISSUE_RULES = ("prune_by_noise_rate", "confident_learning")  # cleanlab's names; the first is its default
+DEFAULT_RULE = LABEL_ISSUE_RULES[0]
+MIN_EXAMPLES_PER_CLASS = 1  # cleanlab's default: a class of one image is never emptied
+ABSENT_CLASS_THRESHOLD = 2.0  # cleanlab's: above any probability, so nothing is counted towards a class nobody carries
+THRESHOLD_FLOOR = 2e-6  # cleanlab's lower bound on a threshold
+TOLERANCE = 1e-6  # cleanlab's floating-point slack: in the threshold test, the rounding loop and the argmax tie-break
+TINY = 1e-100  # cleanlab's guard against dividing by an empty row
+LINEAR_FOLDS = 5  # the logistic regression of the default analysis: each fit sees 80 % of the images
+REGULARISATION = 0.1  # inverse L2 strength of that regression on standardised features: against scikit-learn's 1.0,
+# higher precision at about the same recall on generated sets with 5 % flips (USAGE_EXAMPLES.md, "How it works")
+LOGISTIC_ITERATIONS = 300  # lbfgs iterations; more change the flags of the test sets by nothing
+PIXEL_FEATURE_SIZE = 64  # px the label-independent pixel features are computed at: 8 x 8 HOG cells of 8 px
+ORIENTATIONS = 9  # HOG's unsigned gradient orientation bins (Dalal and Triggs)
+PIXEL_FEATURE_WIDTH = ORIENTATIONS * 8 * 8 + 8 * 8 * 3 + 4 * 4 * 4  # HOG cells, tiny RGB image, colour histogram
 
 
 # ---------------------------------------------------------------------------------------------------------------------
@@ -58,42 +78,185 @@ def loss_statistics(loss_history: np.ndarray) -> dict[str, np.ndarray]:
     }
 
 
-def class_thresholds(probabilities: np.ndarray, labels: np.ndarray, num_classes: int) -> np.ndarray:
-    """Confident learning's per-class threshold: the mean probability of class j over the images labelled j (its
-    average self-confidence); NaN for a class without images, so no image is ever at or above it."""
-    thresholds = np.full(num_classes, np.nan)
-    for class_index in range(num_classes):
-        mask = labels == class_index
-        if mask.any():
-            thresholds[class_index] = probabilities[mask, class_index].mean()
-    return thresholds
+def confident_thresholds(probabilities: np.ndarray, labels: np.ndarray) -> np.ndarray:
+    """Per class, the mean probability of that class over the images labelled with it (its average
+    self-confidence); ABSENT_CLASS_THRESHOLD for a class no image carries, so no probability reaches it."""
+    thresholds = np.full(probabilities.shape[1], ABSENT_CLASS_THRESHOLD)
+    for class_index in np.unique(labels):
+        thresholds[class_index] = probabilities[labels == class_index, class_index].mean()
+    return np.clip(thresholds, THRESHOLD_FLOOR, None)
+
+
+def round_keeping_total(values: np.ndarray) -> np.ndarray:
+    """``values`` rounded to integers whose sum is the rounded sum of ``values``: the ones rounded furthest from
+    their value move first, one step each, until the total matches."""
+    floats = np.asarray(values, dtype=np.float64)
+    ints = floats.round()
+    target, total = floats.sum().round(), ints.sum().round()
+    while abs(total - target) > TOLERANCE:
+        step = 1 if target > total else -1
+        changes = min(int(abs(np.round(target - total))), len(floats))
+        ints[np.argsort(floats - ints)[::-step][:changes]] += step
+        total = ints.sum().round()
+    return ints.astype(np.int64)
+
+
+def confident_joint(probabilities: np.ndarray, labels: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """(joint, counted_elsewhere): the calibrated confident joint, a (given label, likely true class) count matrix
+    whose rows sum to the class counts, and the images counted off its diagonal.
+
+    An image counts towards the class whose threshold its probability reaches (the most probable such class when
+    several do; not at all when none does); every diagonal cell is at least 1. Calibration rescales each row to the
+    class's image count, then the whole matrix to the number of images, and rounds each row keeping its total.
+    """
+    num_classes = probabilities.shape[1]
+    is_confident = probabilities >= confident_thresholds(probabilities, labels) - TOLERANCE
+    confident_count = is_confident.sum(axis=1)
+    guess = np.where(confident_count > 1, probabilities.argmax(axis=1), is_confident.argmax(axis=1))
+    counted = confident_count > 0
+    by_guess = np.zeros((num_classes, num_classes), dtype=np.int64)
+    np.add.at(by_guess, (guess[counted], labels[counted]), 1)
+    joint = by_guess.T  # (given, guess); the transposed layout, like cleanlab's, makes np.sum below add in its order
+    np.fill_diagonal(joint, joint.diagonal().clip(min=1))
+    class_sizes = np.bincount(labels, minlength=num_classes)
+    # Scaled through the transpose, as cleanlab does, so a row that lands on x.5 rounds the same way: a last-bit
+    # difference in the total flips it.
+    calibrated = (joint.T / np.clip(joint.sum(axis=1), TINY, None) * class_sizes).T
+    calibrated = calibrated / np.clip(np.sum(calibrated), TINY, None) * class_sizes.sum()
+    calibrated = np.stack([round_keeping_total(row) for row in calibrated])
+    counted_elsewhere = np.flatnonzero(counted)[guess[counted] != labels[counted]]
+    return calibrated, counted_elsewhere
+
+
+def removal_counts(joint: np.ndarray, min_examples_per_class: int) -> np.ndarray:
+    """(likely true class, given label) -> how many images to flag: the confident joint transposed, each column's
+    diagonal raised to ``min_examples_per_class`` by taking the difference evenly from its non-zero off-diagonal
+    cells (never below 0), then truncated to integers."""
+    counts = joint.T.astype(np.float64)
+    diagonal = counts.diagonal().copy()
+    kept = np.maximum(diagonal, min_examples_per_class)
+    spread_over = np.maximum(np.count_nonzero(counts, axis=0) - 1.0, 1.0)
+    counts = np.clip(counts - (kept - diagonal) / spread_over, 0, None)
+    np.fill_diagonal(counts, kept)
+    return counts.astype(np.int64)
 
 
 def find_label_issues(
-    probabilities: np.ndarray, labels: np.ndarray, thresholds: np.ndarray
-) -> tuple[np.ndarray, np.ndarray]:
-    """(is_label_issue, other_class) per image: the confident-learning rule of cleanlab's find_label_issues.
+    probabilities: np.ndarray,
+    labels: np.ndarray,
+    rule: str = DEFAULT_RULE,
+    min_examples_per_class: int = MIN_EXAMPLES_PER_CLASS,
+) -> np.ndarray:
+    """True per image whose label is likely wrong; the same flags as cleanlab 2.x's
+    ``cleanlab.filter.find_label_issues(labels, probabilities, filter_by=rule)`` (a test keeps them equal).
 
-    An image is a likely label issue when the probability of its given label is below that class's threshold while
-    another class is at or above its own threshold; other_class is the most probable such class (-1 when none).
+    ``probabilities`` should be out of sample. "confident_learning" flags the images the confident joint counts
+    off its diagonal: the given class's probability is below its threshold and another class's reaches its own.
+    "prune_by_noise_rate" (cleanlab's default) takes the confident joint's estimate of how many images of given
+    label k truly belong to class j and flags that many of the images labelled k, those with the largest margin
+    p(j) - p(k); a class of at most ``min_examples_per_class`` images is never flagged. Either way an image whose
+    most probable class is its given label (ties go to the label) is never flagged.
     """
-    rows = np.arange(len(labels))
-    with np.errstate(invalid="ignore"):  # NaN thresholds of empty classes compare False
-        above = probabilities >= thresholds[None, :]
-        below_own = probabilities[rows, labels] < thresholds[labels]
-    above[rows, labels] = False
-    has_other = above.any(axis=1)
-    other_class = np.where(has_other, np.where(above, probabilities, -1.0).argmax(axis=1), -1)
-    return below_own & has_other, other_class
+    if rule not in LABEL_ISSUE_RULES:
+        raise ValueError(f"unknown label-issue rule {rule!r}; choose one of {', '.join(LABEL_ISSUE_RULES)}")
+    joint, counted_elsewhere = confident_joint(probabilities, labels)
+    is_issue = np.zeros(len(labels), dtype=bool)
+    if rule == "confident_learning":
+        is_issue[counted_elsewhere] = True
+    else:
+        to_flag = removal_counts(joint, min_examples_per_class)
+        for given in range(probabilities.shape[1]):
+            members = np.flatnonzero(labels == given)
+            if len(members) <= max(min_examples_per_class, 1):
+                continue
+            for other in np.flatnonzero(to_flag[:, given]):
+                if other != given:
+                    margin = probabilities[members, other] - probabilities[members, given]
+                    is_issue[members[np.argsort(-margin)[: to_flag[other, given]]]] = True
+    nudged = probabilities.copy()
+    nudged[np.arange(len(labels)), labels] += TOLERANCE
+    return is_issue & (nudged.argmax(axis=1) != labels)
 
 
-def assign_folds(labels: np.ndarray, folds: int, seed: int) -> np.ndarray:
-    """A fold index per image, stratified (each class spread evenly over the folds), the same for the same seed."""
+def pixel_features(images: torch.Tensor) -> torch.Tensor:
+    """(N, 3, H, W) floats in [0, 1] -> (N, 832) float32 features that do not depend on any label: at
+    PIXEL_FEATURE_SIZE px, a histogram of oriented gradients (8 px cells, 9 unsigned orientations, each cell
+    L2-normalised), the image shrunk to 8 x 8 RGB, and a 4 x 4 x 4 colour histogram."""
+    with torch.autocast(device_type=images.device.type, enabled=False):
+        x = F.interpolate(images.float(), size=(PIXEL_FEATURE_SIZE, PIXEL_FEATURE_SIZE), mode="area").clamp(0, 1)
+        tiny = F.adaptive_avg_pool2d(x, 8).flatten(1)
+        levels = (x * 3.999).long()  # 4 levels per channel
+        colour = levels[:, 0] * 16 + levels[:, 1] * 4 + levels[:, 2]
+        histogram = F.one_hot(colour.flatten(1), 64).float().mean(dim=1)
+        grey = (0.299 * x[:, 0] + 0.587 * x[:, 1] + 0.114 * x[:, 2]).unsqueeze(1)
+        dx = F.pad(grey, (1, 1, 0, 0), mode="replicate")
+        dy = F.pad(grey, (0, 0, 1, 1), mode="replicate")
+        gx, gy = dx[..., 2:] - dx[..., :-2], dy[..., 2:, :] - dy[..., :-2, :]
+        angle = torch.remainder(torch.atan2(gy, gx), math.pi)
+        orientation = (angle / math.pi * ORIENTATIONS).long().clamp(max=ORIENTATIONS - 1).squeeze(1)
+        weighted = F.one_hot(orientation, ORIENTATIONS).permute(0, 3, 1, 2) * torch.hypot(gx, gy)
+        cells = F.avg_pool2d(weighted, 8)
+        cells = cells / (cells.norm(dim=1, keepdim=True) + 1e-6)
+        return torch.cat([cells.flatten(1), tiny, histogram], dim=1)
+
+
+def standardised_blocks(blocks: Sequence[np.ndarray]) -> np.ndarray:
+    """The feature blocks side by side, each column standardised and each block scaled to the same total weight,
+    so a 2,048-wide embedding does not drown an 832-wide pixel block; one block is plainly standardised."""
+    total_width, scaled = sum(block.shape[1] for block in blocks), []
+    for block in blocks:
+        block = np.asarray(block, dtype=np.float64)
+        spread = block.std(axis=0)
+        block = (block - block.mean(axis=0)) / np.where(spread > 0, spread, 1.0)
+        scaled.append(block * math.sqrt(total_width / len(blocks) / block.shape[1]))
+    return np.hstack(scaled)
+
+
+def out_of_fold_probabilities(features: np.ndarray, labels: np.ndarray, folds: int, seed: int) -> np.ndarray:
+    """(N, classes) probabilities of each image from a logistic regression fitted on the other folds only
+    (scikit-learn's cross_val_predict over stratified folds); classes are the columns 0..labels.max(). Fewer folds
+    when a class has fewer images than ``folds``; a class absent from a fold's training part gets probability 0."""
+    from sklearn.linear_model import LogisticRegression
+    from sklearn.model_selection import StratifiedKFold, cross_val_predict
+
+    smallest = np.bincount(labels)[np.bincount(labels) > 0].min()
+    splitter = StratifiedKFold(n_splits=int(max(2, min(folds, smallest))), shuffle=True, random_state=seed)
+    model = LogisticRegression(C=REGULARISATION, max_iter=LOGISTIC_ITERATIONS)
+    with warnings.catch_warnings():  # a class smaller than the folds, or lbfgs stopping at max_iter: still usable
+        warnings.simplefilter("ignore", UserWarning)
+        warnings.simplefilter("ignore", ConvergenceWarning)
+        return cross_val_predict(model, features, labels, cv=splitter, method="predict_proba")
+
+
+def label_issues_from_features(
+    feature_blocks: Sequence[np.ndarray],
+    labels: np.ndarray,
+    *,
+    rule: str = DEFAULT_RULE,
+    folds: int = LINEAR_FOLDS,
+    seed: int = 0,
+) -> tuple[np.ndarray, np.ndarray]:
+    """(is_label_issue, out-of-fold probabilities): the default analysis on arrays, for the trainer and benchmarks.
+
+    ``feature_blocks``: (N, d_i) arrays per image, such as ``pixel_features`` and a pretrained network's embeddings;
+    ``labels``: (N,) given class indices 0..K-1 (every class present). A logistic regression on the standardised
+    blocks scores each image out of fold; ``find_label_issues`` applies ``rule`` to those probabilities.
+    """
+    labels = np.asarray(labels, dtype=np.int64)
+    probabilities = out_of_fold_probabilities(standardised_blocks(feature_blocks), labels, folds, seed)
+    return find_label_issues(probabilities, labels, rule), probabilities
+
+
+def assign_folds(labels: np.ndarray, folds: int, seed: int, excluded: Collection[int] = ()) -> np.ndarray:
+    """A fold index per image, stratified (each class spread evenly over the folds), the same for the same seed;
+    -1 for the ``excluded`` indices (images that failed to decode)."""
     rng = np.random.default_rng(seed)
-    fold_of = np.empty(len(labels), dtype=np.int64)
+    fold_of = np.full(len(labels), -1, dtype=np.int64)
+    is_usable = np.ones(len(labels), dtype=bool)
+    is_usable[list(excluded)] = False
     position = 0
-    for class_index in np.unique(labels):
-        members = np.flatnonzero(labels == class_index)
+    for class_index in np.unique(labels[is_usable]):
+        members = np.flatnonzero((labels == class_index) & is_usable)
         rng.shuffle(members)
         fold_of[members] = (np.arange(len(members)) + position) % folds
         position += len(members)  # the next class starts where this one stopped, so the fold sizes stay balanced
@@ -111,27 +274,31 @@ def build_problematic_report(
     method: str,
     arguments: dict[str, Any],
     dataset_dir: str,
+    rule: str = DEFAULT_RULE,
     folds: np.ndarray | None = None,
     errors: Sequence[dict[str, str]] = (),
 ) -> dict[str, Any]:
-    """The problematic-images report (schema 1) in plain types.
+    """The problematic-images report (problematic_report.py's schema) in plain types.
 
-    ``loss_history`` is (images, analysis epochs); ``probabilities`` (images, classes) is from the last analysis epoch
-    or out of fold. Within a class images are ranked by mean loss, highest first (ties by path); the report keeps the
-    top ``top_n`` plus every other image the confident-learning rule flags, so no likely label issue is left out.
-    ``method``: IN_SAMPLE or OUT_OF_FOLD. ``folds``: the fold that scored each image (cross-validation), written
-    per entry. ``errors``: {path, reason} of the training images that could not be read.
+    ``loss_history`` is (images, analysis epochs) of the network's per-image losses; ``probabilities`` (images,
+    classes) the out-of-fold ones the label-issue ``rule`` reads (``method`` says whose). Per class the report keeps
+    every likely label issue and, as hard examples, the other images among the ``top_n`` highest mean losses
+    (ranked by mean loss, ties by path); ``all_images`` keeps every image's probabilities. ``suggested_class`` is set
+    only when that class is more probable than the given one. ``folds``: the fold that scored each image
+    (--cross-val-folds). ``errors``: {path, reason} of the training images that could not be read.
     """
     stats = loss_statistics(loss_history)
-    thresholds = class_thresholds(probabilities, labels, len(classes))
-    is_issue, issue_class = find_label_issues(probabilities, labels, thresholds)
+    thresholds = confident_thresholds(probabilities, labels)
+    joint, _ = confident_joint(probabilities, labels)
+    is_issue = find_label_issues(probabilities, labels, rule)
     rows = np.arange(len(labels))
     others = probabilities.copy()
     others[rows, labels] = -np.inf
-    suggested, predicted = others.argmax(axis=1), probabilities.argmax(axis=1)
+    best_other, predicted = others.argmax(axis=1), probabilities.argmax(axis=1)
+    margin = others.max(axis=1) - probabilities[rows, labels] if len(classes) > 1 else np.full(len(labels), -1.0)
 
     def entry(index: int, rank: int) -> dict[str, Any]:
-        own = int(labels[index])
+        own, other = int(labels[index]), int(best_other[index])
         item = {
             "rank": rank,
             "path": relative_paths[index],
@@ -140,17 +307,18 @@ def build_problematic_report(
             "losses": [float(value) for value in loss_history[index]],
             "predicted_class": classes[int(predicted[index])],
             "given_label_probability": float(probabilities[index, own]),
-            "suggested_class": classes[int(suggested[index])] if len(classes) > 1 else None,
+            "suggested_class": classes[other] if margin[index] > 0 else None,
+            "margin": float(margin[index]),
             "probabilities": {name: float(probabilities[index, j]) for j, name in enumerate(classes)},
             "is_label_issue": bool(is_issue[index]),
+            "is_hard_example": not is_issue[index],
             "label_issue_reason": None,
         }
         if is_issue[index]:
-            other = int(issue_class[index])
             item["label_issue_reason"] = (
-                f"p({classes[own]})={probabilities[index, own]:.2f} < {classes[own]} threshold {thresholds[own]:.2f} "
-                f"while p({classes[other]})={probabilities[index, other]:.2f} >= {classes[other]} threshold "
-                f"{thresholds[other]:.2f}"
+                f"p({classes[other]})={probabilities[index, other]:.2f} > p({classes[own]})="
+                f"{probabilities[index, own]:.2f}, and {rule} counts it among the {joint[own, other]} images labelled "
+                f"{classes[own]} that are likely {classes[other]}"
             )
         if folds is not None:
             item["fold"] = int(folds[index])
@@ -170,6 +338,7 @@ def build_problematic_report(
             "count": len(members),
             "reported": len(problematic[class_name]),
             "label_issues": int(is_issue[members].sum()),
+            "hard_examples": sum(item["is_hard_example"] for item in problematic[class_name]),
             "highest_mean_loss": float(means.max()) if members else None,
             "lowest_mean_loss": float(means.min()) if members else None,
             "average_mean_loss": float(means.mean()) if members else None,
@@ -184,11 +353,17 @@ def build_problematic_report(
         "analysis_epochs": int(loss_history.shape[1]),
         "method": method,
         "evidence_note": problematic_report.evidence_note(method),
+        "label_issue_rule": rule,
         "cross_val_folds": int(folds.max()) + 1 if folds is not None and len(folds) else None,
         "num_images": len(labels),
-        "class_thresholds": {name: None if np.isnan(t) else float(t) for name, t in zip(classes, thresholds)},
+        "class_thresholds": {name: float(t) if t <= 1 else None for name, t in zip(classes, thresholds)},
+        "confident_joint": joint.tolist(),
         "summary_by_class": summary,
         "problematic_images": problematic,
+        "all_images": [
+            {"path": path, "class": classes[int(label)], "probabilities": [round(float(p), 6) for p in row]}
+            for path, label, row in zip(relative_paths, labels, probabilities)
+        ],
         "errors": list(errors),
     }
 
@@ -197,8 +372,42 @@ def build_problematic_report(
 # Collecting the scores
 
 
+class AnalysisScorer(nn.Module):
+    """What the trainer's ``evaluate`` runs at the last analysis epoch: per image the model's logits, then the
+    features that do not depend on the labels, side by side in one row (``ScoreTable.add`` takes them apart): the
+    pretrained backbone's pooled features (when --weights gives one) and ``pixel_features``. The trained model's own
+    embeddings are left out on purpose: it has fitted the noisy labels, and with them the flags found fewer of the
+    planted mislabels (USAGE_EXAMPLES.md, "How it works"). ``widths``: the feature blocks' widths, in order."""
+
+    def __init__(self, model: nn.Module, backbone: nn.Module | None = None) -> None:
+        super().__init__()
+        self.model, self.backbone = model, backbone
+        self.widths = ([backbone.fc.in_features] if backbone is not None else []) + [PIXEL_FEATURE_WIDTH]
+        self.register_buffer("mean", torch.tensor(classifier.IMAGENET_MEAN).view(1, 3, 1, 1), persistent=False)
+        self.register_buffer("std", torch.tensor(classifier.IMAGENET_STD).view(1, 3, 1, 1), persistent=False)
+
+    def forward(self, inputs: torch.Tensor) -> torch.Tensor:
+        parts = [self.model(inputs)]
+        if self.backbone is not None:
+            parts.append(classifier.pooled_features(self.backbone, inputs))
+        parts.append(pixel_features(inputs.float() * self.std + self.mean))  # back to [0, 1] pixels
+        return torch.cat([part.float() for part in parts], dim=1)
+
+
+def pretrained_backbone(arch: str, num_classes: int, weights: str, device: torch.device) -> nn.Module | None:
+    """The network as --weights gives it, before any training (None for --weights none), in eval mode on
+    ``device``: its embeddings join the default analysis's features. The global RNG states are left as they were
+    (its new head is drawn from a forked generator), so the training that follows is unchanged."""
+    if str(weights).lower() == "none":
+        return None
+    with torch.random.fork_rng(devices=[]):
+        backbone = classifier.build_model(arch, num_classes, weights=weights)
+    return backbone.requires_grad_(False).eval().to(device)
+
+
 class ScoreTable:
-    """One loss per training image per analysis epoch, and the probabilities of the last one; NaN where unscored.
+    """One loss per training image per analysis epoch, the probabilities of the last one and, from an
+    ``AnalysisScorer``, the feature blocks of the last one; NaN where unscored.
 
     Rows follow the training samples (dataset indices), so an image that failed to decode keeps a NaN row and is
     left out of the report.
@@ -207,32 +416,54 @@ class ScoreTable:
     def __init__(self, num_images: int, num_classes: int, epochs: int) -> None:
         self.losses = np.full((num_images, epochs), np.nan)
         self.probabilities = np.full((num_images, num_classes), np.nan)
+        self.features: np.ndarray | None = None  # (images, sum of widths) float32
+        self.widths: list[int] = []
 
-    def add(self, epoch_index: int, scores: Predictions) -> None:
-        """The per-image losses of one analysis epoch (0-based); the probabilities are kept from the last one."""
-        rows = scores.indices.numpy()
+    def add(self, epoch_index: int, scores: Predictions, widths: Sequence[int] = ()) -> None:
+        """The per-image losses of one analysis epoch (0-based); the probabilities are kept from the last one, and
+        the features when ``scores`` came from an AnalysisScorer whose blocks are ``widths`` wide."""
+        rows, num_classes = scores.indices.numpy(), self.probabilities.shape[1]
+        if widths:
+            if self.features is None:
+                self.features = np.full((len(self.losses), sum(widths)), np.nan, dtype=np.float32)
+            self.features[rows] = scores.logits[:, num_classes:].numpy()
+            self.widths = list(widths)
+            scores = dataclasses.replace(scores, logits=scores.logits[:, :num_classes])
         self.losses[rows, epoch_index] = scores.losses.double().numpy()
         if epoch_index == self.losses.shape[1] - 1:
             self.probabilities[rows] = scores.probabilities()
 
     def scored_rows(self) -> np.ndarray:
-        """The images with a loss in every analysis epoch and final probabilities."""
-        return np.flatnonzero(np.isfinite(self.losses).all(axis=1) & np.isfinite(self.probabilities).all(axis=1))
+        """The images with a loss in every analysis epoch, final probabilities and (when kept) features."""
+        is_scored = np.isfinite(self.losses).all(axis=1) & np.isfinite(self.probabilities).all(axis=1)
+        if self.features is not None:
+            is_scored &= np.isfinite(self.features).all(axis=1)
+        return np.flatnonzero(is_scored)
+
+    def feature_blocks(self, rows: np.ndarray) -> list[np.ndarray]:
+        """The kept features of ``rows``, one array per block (embeddings, backbone embeddings, pixel features)."""
+        assert self.features is not None, "no AnalysisScorer scored these images"
+        return np.split(self.features[rows], np.cumsum(self.widths)[:-1], axis=1)
 
 
 class ProblematicImageTracker:
-    """The in-sample analysis: the training images' scores after each of the first ``analysis_epochs`` epochs.
+    """The default analysis: the training images' scores after each of the first ``analysis_epochs`` epochs.
 
     The trainer asks ``wants(epoch)`` after an epoch, scores the training images as classifier.py sees them (no
-    augmentation, eval mode) and passes the scores to ``after_epoch``. ``state_dict`` / ``load_state_dict`` carry the
-    scores so far through last_checkpoint.pth; a resumed run whose dataset changed, or whose checkpoint lacks the
-    earlier epochs, writes no report (a warning says so) rather than one built from a partial record.
+    augmentation, eval mode) with ``scorer(model, epoch)`` and passes the scores to ``after_epoch``; the last
+    analysis epoch also keeps the images' features for the out-of-fold logistic regression. ``state_dict`` /
+    ``load_state_dict`` carry the losses so far through last_checkpoint.pth; a resumed run whose dataset changed,
+    or whose checkpoint lacks the earlier epochs, writes no report (a warning says so) rather than one built from a
+    partial record. ``backbone``: the pretrained network before training, whose embeddings join the features.
     """
 
-    def __init__(self, relpaths: Sequence[str], num_classes: int, analysis_epochs: int) -> None:
+    def __init__(
+        self, relpaths: Sequence[str], num_classes: int, analysis_epochs: int, backbone: nn.Module | None = None
+    ) -> None:
         self.relpaths = list(relpaths)
         self.analysis_epochs = analysis_epochs
         self.scores = ScoreTable(len(relpaths), num_classes, analysis_epochs)
+        self.backbone = backbone
         self.epochs: list[int] = []  # 1-based epochs scored so far
         self.report_path: str | None = None  # set once the report is written
         self.is_broken = False  # epochs are missing: no report this run
@@ -256,10 +487,19 @@ class ProblematicImageTracker:
             return False
         return True
 
-    def after_epoch(self, epoch: int, scores: Predictions) -> None:
-        """Record the training images' scores of the 1-based ``epoch`` (one loss per image)."""
-        self.scores.add(len(self.epochs), scores)
+    def scorer(self, model: nn.Module, epoch: int) -> nn.Module:
+        """What scores the images after the 1-based ``epoch``: the model, or at the last analysis epoch an
+        AnalysisScorer around it (and the backbone)."""
+        return AnalysisScorer(model, self.backbone) if epoch == self.analysis_epochs else model
+
+    def after_epoch(self, epoch: int, scores: Predictions, scorer: nn.Module | None = None) -> None:
+        """Record the training images' scores of the 1-based ``epoch`` (one loss per image; features when
+        ``scorer`` is an AnalysisScorer)."""
+        widths = scorer.widths if isinstance(scorer, AnalysisScorer) else ()
+        self.scores.add(len(self.epochs), scores, widths)
         self.epochs.append(epoch)
+        if self.is_complete:
+            self.backbone = None  # its memory is not needed any more
 
     def state_dict(self) -> dict[str, Any]:
         """Plain types and arrays for last_checkpoint.pth (loadable with weights_only=True)."""
@@ -293,53 +533,22 @@ def saved_state(checkpoint: dict[str, Any] | None) -> dict[str, Any] | None:
     return checkpoint.get("problematic_analysis") or (checkpoint.get("hook_state") or {}).get("problematic_analysis")
 
 
-def cross_validate(
-    run: TrainingRun,
-    folds: int,
-    make_model: Callable[..., nn.Module],
-    make_optimizer: Callable[..., Any],
-    train_one_epoch: Callable[..., dict[str, Any]],
-    evaluate: Callable[..., Predictions],
-) -> tuple[ScoreTable, np.ndarray]:
-    """Out-of-fold scores of every usable training image, and the fold that scored it (-1: not scored).
-
-    The images are split into ``folds`` stratified folds; for each, a fresh model (the trainer's ``make_model`` and
-    ``make_optimizer``, passed in: the main run's arch, weights, freezing, optimizer and schedule) trains on the
-    other folds for --analysis-epochs epochs with the trainer's ``train_one_epoch``, and its ``evaluate`` scores the
-    held-out fold after every epoch. The global RNG states are restored afterwards, so the main training that may
-    follow is unchanged. Under torchrun each fold model trains like the main one (DistributedDataParallel, a share
-    of each epoch per process) and the scores are gathered.
-    """
-    args, train = run.args, run.train_dataset
-    num_samples, num_classes = len(train.samples), len(run.classes)
-    usable = np.array([i for i in range(num_samples) if i not in train.excluded], dtype=np.int64)
-    fold_of = np.full(num_samples, -1, dtype=np.int64)
-    labels = np.array([train.samples[i].label for i in usable], dtype=np.int64)
-    fold_of[usable] = assign_folds(labels, folds, args.seed)
-    scores = ScoreTable(num_samples, num_classes, args.analysis_epochs)
-    saved_rng = training_data.rng_states()
-    for fold in range(folds):
-        held_out = set(np.flatnonzero(fold_of == fold).tolist())
-        fold_train = train.with_view("train", set(train.excluded) | held_out)
-        fold_seed = training_data.epoch_seed(args.seed, fold + 1)
-        model = make_model(args, num_classes, run.device, seed=fold_seed, weights=args.weights)
-        train_model = distributed.wrap_for_training(model, run.ranks, run.device)
-        loader = run.epoch_loader(fold_train, fold_seed)
-        optimization = make_optimizer(model, args, len(loader), run.device, run.amp_dtype)
-        held_out_loader = run.loader(train.with_view("eval", set(range(num_samples)) - held_out))
-        for epoch in range(args.analysis_epochs):
-            stats = train_one_epoch(run, train_model, loader, optimization, epoch)
-            training_data.record_failures(run.skipped_files, train, "train", stats["failures"])
-            fold_scores = evaluate(model, held_out_loader, run, f"fold {fold + 1}/{folds} epoch {epoch + 1}")
-            training_data.record_failures(run.skipped_files, train, "train", fold_scores.failures)
-            scores.add(epoch, fold_scores)
-        print(
-            f"fold {fold + 1}/{folds}: trained {args.analysis_epochs} epoch(s) on "
-            f"{num_samples - len(fold_train.excluded)} images, scored {len(held_out)} held-out images"
-        )
-        del model, train_model, optimization, loader
-    training_data.restore_rng_states(saved_rng)
-    return scores, fold_of
+def start_tracker(
+    samples: Sequence[Any], classes: Sequence[str], args: argparse.Namespace, device: torch.device, resume: Any
+) -> ProblematicImageTracker:
+    """The default analysis's tracker for the training ``samples``, carrying on from a ``resume`` checkpoint, with
+    the pretrained backbone while the analysis still needs it. Backbone weights that cannot be loaded now (a resumed
+    run whose --weights file is gone, ImageNet weights without network) leave the analysis to the pixel features,
+    with a warning: the training itself does not need them."""
+    relpaths = [sample.relpath for sample in samples]
+    tracker = ProblematicImageTracker(relpaths, len(classes), args.analysis_epochs)
+    tracker.load_state_dict(saved_state(resume))
+    if not tracker.is_complete:
+        try:
+            tracker.backbone = pretrained_backbone(args.arch, len(classes), args.weights, device)
+        except (classifier.WeightsUnavailableError, ValueError, OSError) as error:
+            logger.warning("The analysis goes on without the pretrained backbone's features: %s", error)
+    return tracker
 
 
 # ---------------------------------------------------------------------------------------------------------------------
@@ -356,6 +565,20 @@ def analysis_output_dir(output_dir: str | Path) -> Path:
     return Path(output_dir) / ANALYSIS_OUTPUT_SUBDIR
 
 
+def linear_probabilities(blocks: Sequence[np.ndarray], labels: np.ndarray, num_classes: int, seed: int) -> np.ndarray:
+    """``out_of_fold_probabilities`` of the standardised ``blocks`` with a column per class of the model: a class
+    none of these images carries gets probability 0."""
+    present = np.unique(labels)
+    widths = "+".join(str(block.shape[1]) for block in blocks)
+    print(f"Fitting the label-issue logistic regression: {len(labels)} images, {widths} features, {LINEAR_FOLDS} folds")
+    partial = out_of_fold_probabilities(
+        standardised_blocks(blocks), np.searchsorted(present, labels), LINEAR_FOLDS, seed
+    )
+    probabilities = np.zeros((len(labels), num_classes))
+    probabilities[:, present] = partial
+    return probabilities
+
+
 def make_report(
     scores: ScoreTable,
     samples: Sequence[Any],
@@ -366,29 +589,41 @@ def make_report(
     skipped_files: Sequence[dict[str, str]],
     folds: np.ndarray | None = None,
 ) -> dict[str, Any]:
-    """The report of the training ``samples`` scored in ``scores``; unscored images are listed under errors."""
+    """The report of the training ``samples`` scored in ``scores``; unscored images are listed under errors.
+
+    LINEAR_OUT_OF_FOLD: the probabilities the rule reads come from ``linear_probabilities`` over the kept feature
+    blocks; OUT_OF_FOLD: from the fold networks.
+    """
     scored = scores.scored_rows()
+    labels = np.array([samples[i].label for i in scored], dtype=np.int64)
+    probabilities = scores.probabilities[scored]
+    if method == LINEAR_OUT_OF_FOLD and len(np.unique(labels)) > 1:
+        probabilities = linear_probabilities(scores.feature_blocks(scored), labels, len(classes), args.seed)
     return build_problematic_report(
         relative_paths=[samples[i].relpath for i in scored],
-        labels=np.array([samples[i].label for i in scored], dtype=np.int64),
+        labels=labels,
         classes=classes,
         loss_history=scores.losses[scored],
-        probabilities=scores.probabilities[scored],
+        probabilities=probabilities,
         top_n=args.top_n_problematic,
         method=method,
         arguments=arguments,
         dataset_dir=str(args.dataset_dir),
+        rule=args.label_issue_rule,
         folds=folds[scored] if folds is not None else None,
         errors=[{"path": item["path"], "reason": item["reason"]} for item in skipped_files if item["split"] == "train"],
     )
 
 
-def write_report(path: Path, report: dict[str, Any]) -> dict[str, Any]:
-    """Write the report (validated against the schema) and return the summary the training metadata keeps."""
+def write_report(args: argparse.Namespace, report: dict[str, Any]) -> dict[str, Any]:
+    """Write the report (validated against the schema) where ``report_path`` says, and return the summary the
+    training metadata keeps."""
+    path = report_path(args)
     problematic_report.write_report(path, report)
     return {
         "report": str(path),
         "method": report["method"],
+        "label_issue_rule": report["label_issue_rule"],
         "analysis_epochs": report["analysis_epochs"],
         "label_issues": {name: stats["label_issues"] for name, stats in report["summary_by_class"].items()},
     }
@@ -400,21 +635,17 @@ def print_report(report: dict[str, Any], path: Path, dataset_dir: str) -> None:
         f"\nProblematic-images report ({report['method']}, {report['analysis_epochs']} analysis epoch(s), "
         f"{report['num_images']} train images): {cli.printable(path)}"
     )
-    print(f"{'class':<16}{'images':>7}{'label issues':>14}   highest mean losses")
+    print(f"{'class':<16}{'images':>7}{'label issues':>14}   likely label issues first, then the hardest examples")
     for name, stats in report["summary_by_class"].items():
         print(f"{name:<16}{stats['count']:>7}{stats['label_issues']:>14}")
-        for item in report["problematic_images"][name][:REPORT_PREVIEW_PER_CLASS]:
-            flag = f"  (likely label issue: {item['suggested_class']}?)" if item["is_label_issue"] else ""
-            print(f"{'':<37}   {item['mean_loss']:.3f} {cli.printable(item['path'])}{flag}")
-    if report["method"] == IN_SAMPLE:
-        size = "small enough that it costs little" if report["num_images"] <= SMALL_DATASET_IMAGES else "large"
-        print(
-            f"Note: {report['evidence_note']}. With {report['num_images']} images the dataset is {size}: "
-            f"add --cross-val-folds {RECOMMENDED_FOLDS} (about {RECOMMENDED_FOLDS - 1}x the analysis epochs of "
-            "training) before relabelling or deleting anything."
-        )
-    else:
-        print(f"Note: {report['evidence_note']}.")
+        entries = sorted(report["problematic_images"][name], key=lambda item: not item["is_label_issue"])
+        for item in entries[:REPORT_PREVIEW_PER_CLASS]:
+            if item["is_label_issue"]:
+                flag = f"label issue: more likely {item['suggested_class']}"
+            else:
+                flag = f"hard example, mean loss {item['mean_loss']:.3f}"
+            print(f"{'':<37}   {cli.printable(item['path'])}  ({flag})")
+    print(f"Note: {report['evidence_note']}.")
     review = ["python review_problematic_images.py"]
     if path.resolve().parent != Path(dataset_dir).resolve():
         review += ["--report", str(path), "--dataset-dir", str(dataset_dir)]
@@ -433,11 +664,21 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     group.add_argument(
         "--detect-problematic",
         action="store_true",
-        help="score every training image in the first --analysis-epochs epochs and write a report of the hardest and "
-        "likely mislabeled ones (default: off)",
+        help="score every training image in the first --analysis-epochs epochs, then flag likely label issues from "
+        "out-of-fold probabilities (a logistic regression over features that do not depend on the labels: pixel "
+        "gradients and colours, and the pretrained backbone's embeddings) and list the hardest examples "
+        "(default: off)",
     )
     group.add_argument(
         "--analysis-epochs", type=int, default=3, help="epochs whose per-image losses are recorded (default: 3)"
+    )
+    group.add_argument(
+        "--label-issue-rule",
+        choices=LABEL_ISSUE_RULES,
+        default=DEFAULT_RULE,
+        help="cleanlab's rule that flags an image: prune_by_noise_rate flags as many images per class pair as the "
+        "confident joint estimates are mislabelled, largest margin first; confident_learning flags every image the "
+        f"confident joint counts off its diagonal (default: {DEFAULT_RULE})",
     )
     group.add_argument(
         "--top-n-problematic",
@@ -456,9 +697,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         type=int,
         default=None,
         metavar="K",
-        help="score each image out of sample: K models each train --analysis-epochs epochs on K-1 folds and score "
-        "the fold they never saw, before the main training; costs about K-1 times the analysis epochs of training; "
-        "recommended (K=5), as in-sample flags are weak evidence (default: off, in-sample scores from the main run)",
+        help="the expensive alternative: K networks each train --analysis-epochs epochs on K-1 folds and score the "
+        "fold they never saw, before the main training (about K-1 times the analysis epochs of training) "
+        "(default: off, the logistic regression's out-of-fold probabilities)",
     )
     cli.add_report_flag(
         group,
@@ -498,4 +739,4 @@ def argument_problem(args: argparse.Namespace) -> str | None:
 
 
 if __name__ == "__main__":
-    raise SystemExit("problematic_analysis.py is imported by train_classifier.py, not a script; see README.md")
+    cli.refuse_running_as_script(__file__, "run train_classifier.py")

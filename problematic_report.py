@@ -6,26 +6,36 @@ numpy), so the reviewer's summary mode and the HTML report stay fast. Also the w
 fields (``is_out_of_fold``, ``report_evidence_note``, ``label_probability``) and the names of the decisions file a
 review produces (made by the reviewer or the HTML page, applied by ``review_problematic_images.py``).
 
-Schema version 1, a JSON object:
-    schema_version     1
+Schema version 2, a JSON object (version 1, written before label issues and hard examples were told apart and
+before every image's probabilities were kept, is still read):
+    schema_version     2
     report_type        "problematic_images"
     created            UTC time, ISO 8601
     dataset_dir        the dataset folder the trainer read (paths below are relative to it, POSIX form)
     arguments          the trainer's arguments (plain JSON values)
     classes            class names, in the model's order
     analysis_epochs    how many epochs contributed a loss per image
-    method             "in-sample" (the model being trained scored the images it trains on: weak evidence) or
-                       "out-of-fold" (--cross-val-folds K: each image scored by a model that never trained on it;
-                       older trainers wrote "cross_validation")
-    evidence_note      one sentence saying how much weight the label-issue flags carry (in-sample: weak)
+    method             whose probabilities the label-issue rule read: "linear-out-of-fold" (the default: a logistic
+                       regression fitted on the other folds, over features that do not depend on the labels: pixel
+                       gradients and colours, the pretrained backbone's embeddings), "out-of-fold"
+                       (--cross-val-folds K: a network that never trained on the image; older trainers wrote
+                       "cross_validation") or "in-sample" (version 1 only: the network itself)
+    evidence_note      one sentence saying how much weight the label-issue flags carry
+    label_issue_rule   "prune_by_noise_rate" or "confident_learning" (cleanlab's rules; version 2)
     cross_val_folds    K or null
     num_images         images analysed
     class_thresholds   {class: confident-learning threshold or null}
-    summary_by_class   {class: {count, reported, label_issues, highest/lowest/average_mean_loss}}
-    problematic_images {class: [entry, ...]} with entry = {path, class, mean_loss, losses[], rank, is_label_issue,
-                       suggested_class, probabilities{}, given_label_probability, ...}; ``mean_loss`` is the mean over
-                       analysis epochs, ``given_label_probability`` the probability of the labelled class at the last
-                       analysis epoch, or out of fold (``last_probability`` in drafts of this schema)
+    confident_joint    [[count]]: images of given label (row) likely of class (column) (version 2)
+    summary_by_class   {class: {count, reported, label_issues, hard_examples, highest/lowest/average_mean_loss}}
+    problematic_images {class: [entry, ...]}: every likely label issue and the hardest other examples, entry =
+                       {path, class, mean_loss, losses[], rank, is_label_issue, is_hard_example, suggested_class,
+                       margin, probabilities{}, given_label_probability, label_issue_reason, ...}; ``mean_loss`` is
+                       the network's mean loss over the analysis epochs (``rank`` orders by it within the class),
+                       ``given_label_probability`` the probability of the labelled class the rule read
+                       (``last_probability`` in drafts of version 1); ``suggested_class`` is null unless that class
+                       is more probable than the given one
+    all_images         [{path, class, probabilities[]}] every analysed image, probabilities in ``classes`` order
+                       (version 2)
     errors             [{path, reason}] images that could not be read
 """
 
@@ -36,16 +46,22 @@ from typing import Any
 
 from fileio import ReportError, is_safe_relative, read_json, write_json
 
-SCHEMA_VERSION = 1  # bump when the layout above changes; the reviewer refuses versions it does not know
+SCHEMA_VERSION = 2  # bump when the layout above changes; the reviewer refuses versions it does not know
+READABLE_VERSIONS = (1, 2)  # version 1 lacks label_issue_rule, confident_joint, all_images and is_hard_example
 REPORT_TYPE = "problematic_images"  # other JSON files are refused by name
 DEFAULT_NAME = "problematic_images_report.json"  # inside the dataset folder, where the reviewer looks by default
 REQUIRED_ENTRY_KEYS = ("path", "class", "mean_loss", "losses")  # what every reviewer mode needs from an entry
 IN_SAMPLE_NOTE = (
     "in-sample flags are weak evidence: the model scored images it was trained on, so it may have memorised a wrong "
-    "label or flag a hard but correct one; re-run with --cross-val-folds 5 for out-of-fold scores"
+    "label or flag a hard but correct one; re-run train_classifier.py --detect-problematic for out-of-fold scores"
 )
 OUT_OF_FOLD_NOTE = "out-of-fold flags: each image was scored by a model that never trained on it"
-OUT_OF_FOLD_METHODS = ("out-of-fold", "cross_validation")  # the schema's name, and the name older trainers wrote
+LINEAR_NOTE = (
+    "out-of-fold flags: each image's probabilities come from a logistic regression fitted on the other folds' "
+    "images (features that do not depend on the labels); a flag means the evidence prefers another class"
+)
+LINEAR_OUT_OF_FOLD = "linear-out-of-fold"  # the default analysis: a logistic regression's out-of-fold probabilities
+OUT_OF_FOLD_METHODS = ("out-of-fold", "cross_validation", LINEAR_OUT_OF_FOLD)  # "cross_validation": older trainers
 
 DECISIONS_TYPE = "problematic_review_decisions"  # what review_problematic_images.py --apply-decisions reads
 DECISIONS_SCHEMA_VERSION = 1  # bump when the decisions layout changes; other versions are refused
@@ -54,6 +70,8 @@ DECISIONS_FILE_NAME = "problematic_review_decisions.json"  # beside the report (
 
 def evidence_note(method: str) -> str:
     """The sentence a report, the reviewer's grid and summary print about how far to trust its flags."""
+    if method == LINEAR_OUT_OF_FOLD:
+        return LINEAR_NOTE
     return OUT_OF_FOLD_NOTE if method in OUT_OF_FOLD_METHODS else IN_SAMPLE_NOTE
 
 
@@ -72,6 +90,25 @@ def label_probability(entry: dict[str, Any]) -> Any:
     return entry.get("given_label_probability", entry.get("last_probability"))
 
 
+def suggested_class(entry: dict[str, Any]) -> str | None:
+    """The class a reader may offer instead of the given one: only for a likely label issue, and only one more
+    probable than the given class (a version-1 entry named one for every image, even when its own class was the
+    most probable), so no card says "hard example" and "suggested X" at once."""
+    suggested, probabilities = entry.get("suggested_class"), entry.get("probabilities")
+    if suggested is None or not is_label_issue(entry):
+        return None
+    if isinstance(probabilities, dict):
+        given, other = probabilities.get(entry.get("class")), probabilities.get(suggested)
+        if _is_number(given) and _is_number(other) and other <= given:
+            return None
+    return suggested
+
+
+def is_label_issue(entry: dict[str, Any]) -> bool:
+    """True when the label-issue rule fired for the entry (the evidence prefers another class)."""
+    return bool(entry.get("is_label_issue"))
+
+
 def _is_number(value: Any) -> bool:
     return isinstance(value, (int, float)) and not isinstance(value, bool)
 
@@ -82,10 +119,11 @@ def validate_report(data: Any) -> dict[str, Any]:
         raise ReportError("it is not a JSON object")
     if data.get("report_type") != REPORT_TYPE:
         raise ReportError(f"its report_type is {data.get('report_type')!r}, not {REPORT_TYPE!r}")
-    if data.get("schema_version") != SCHEMA_VERSION:
+    if data.get("schema_version") not in READABLE_VERSIONS:
         raise ReportError(
-            f"it has schema_version {data.get('schema_version')!r} but this script reads version "
-            f"{SCHEMA_VERSION}; re-run train_classifier.py --detect-problematic to write a current one"
+            f"it has schema_version {data.get('schema_version')!r} but this script reads versions "
+            f"{' and '.join(map(str, READABLE_VERSIONS))}; re-run train_classifier.py --detect-problematic to write "
+            "a current one"
         )
     classes = data.get("classes")
     if not isinstance(classes, list) or not classes or not all(isinstance(name, str) for name in classes):
@@ -112,6 +150,12 @@ def validate_report(data: Any) -> dict[str, Any]:
             suggested = entry.get("suggested_class")
             if suggested is not None and suggested not in classes:
                 raise ReportError(f"{where} has 'suggested_class' {suggested!r}, which is not in 'classes'")
+    if data["schema_version"] >= 2:
+        all_images = data.get("all_images")
+        if not isinstance(all_images, list) or not all(
+            isinstance(item, dict) and isinstance(item.get("probabilities"), list) for item in all_images
+        ):
+            raise ReportError("its 'all_images' is not a list of {path, class, probabilities}")
     dataset_dir = data.get("dataset_dir")
     if dataset_dir is not None and not isinstance(dataset_dir, str):
         raise ReportError("its 'dataset_dir' is not text")
@@ -139,7 +183,8 @@ def write_report(path: str | Path, report: dict[str, Any]) -> None:
 
 
 if __name__ == "__main__":
-    raise SystemExit(
-        "problematic_report.py is a module (the report's schema), not a script; "
-        "run train_classifier.py --detect-problematic or review_problematic_images.py"
+    import cli
+
+    cli.refuse_running_as_script(
+        __file__, "run train_classifier.py --detect-problematic or review_problematic_images.py"
     )

@@ -68,4 +68,6 @@ def read_crawl(dataset_dir: Path) -> Crawl:
 
 
 if __name__ == "__main__":
-    raise SystemExit("report_downloads.py is imported by html_report.py, not a script; see README.md")
+    import cli
+
+    cli.refuse_running_as_script(__file__, "run html_report.py")

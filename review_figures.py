@@ -20,7 +20,7 @@ from typing import Any
 import cli
 import fileio
 from fileio import ReportError
-from problematic_report import is_out_of_fold, label_probability, report_evidence_note
+from problematic_report import is_out_of_fold, label_probability, report_evidence_note, suggested_class
 
 THUMBNAIL_SIZE = 160  # pixels of the longer side in the grid: enough to judge a label, small enough for 40 a page
 GRID_COLUMNS = 8  # thumbnails per grid row
@@ -59,11 +59,20 @@ def short_name(path: str, characters: int = CAPTION_NAME_CHARACTERS) -> str:
     return name if len(name) <= characters else name[: characters - 3] + "..."
 
 
+def title_of(entry: dict[str, Any]) -> str:
+    """What an image is in a word or two: "bird -> plane?" for a likely label issue (the evidence prefers plane),
+    "bird (hard example)" otherwise; a suggestion only when that class is more probable than the given one."""
+    label, suggested = cli.printable(entry["class"]), suggested_class(entry)
+    if entry.get("is_label_issue") and suggested is not None:
+        return f"{label} -> {cli.printable(suggested)}?"
+    return f"{label} (hard example)"
+
+
 def grid_caption(entry: dict[str, Any], out_of_fold: bool) -> str:
     """The lines under a thumbnail: each figure says what it is (a mean over epochs, or one epoch's probability)."""
     label = cli.printable(entry["class"])
     return (
-        f"{label} -> {cli.printable(entry.get('suggested_class') or '?')}\n"
+        f"{title_of(entry)}\n"
         f"mean loss {float(entry['mean_loss']):.2f} ({len(entry['losses'])} ep)\n"
         f"p({label}) {format_number(label_probability(entry), 2)} {'out of fold' if out_of_fold else 'last epoch'}\n"
         f"{short_name(entry['path'])}"
@@ -249,7 +258,4 @@ class ImageViewer:
 
 
 if __name__ == "__main__":
-    raise SystemExit(
-        "review_figures.py is a module imported by review_problematic_images.py, not a script; "
-        "run review_problematic_images.py"
-    )
+    cli.refuse_running_as_script(__file__, "run review_problematic_images.py")

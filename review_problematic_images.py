@@ -48,15 +48,17 @@ from problematic_report import (
     DECISIONS_SCHEMA_VERSION,
     DECISIONS_TYPE,
     DEFAULT_NAME,
+    is_label_issue,
     is_out_of_fold,
     label_probability,
     load_report,
     report_evidence_note,
+    suggested_class,
 )
 from problematic_report import validate_report as validate_report  # re-exported: older callers import it from here
 from review_figures import format_number
 
-LOGGER = logging.getLogger(__name__)
+logger = logging.getLogger(__name__)
 
 TOOL = "review_problematic_images.py"  # how trash.py names this tool's lock, logs and trash folders
 DEFAULT_REPORT_PATH = f"dataset/{DEFAULT_NAME}"  # where the trainer writes it by default
@@ -80,12 +82,16 @@ HELP_TEXT = (
 def select_entries(
     report: dict[str, Any], classes: Sequence[str] | None = None, only_label_issues: bool = False
 ) -> list[dict[str, Any]]:
-    """The report's entries of the chosen classes (all if None), class by class in report order, highest rank first."""
+    """The report's entries of the chosen classes (all if None), class by class in report order: first the class's
+    likely label issues, the most probable other class first, then (unless ``only_label_issues``) its hard
+    examples, highest rank first."""
     selected = []
     for class_name in [name for name in report["classes"] if classes is None or name in classes]:
         entries = report["problematic_images"].get(class_name, [])
-        ordered = sorted(enumerate(entries), key=lambda pair: (pair[1].get("rank", pair[0] + 1), pair[0]))
-        selected.extend(entry for _, entry in ordered if not only_label_issues or entry.get("is_label_issue"))
+        ordered = [entry for _, entry in sorted(enumerate(entries), key=lambda p: (p[1].get("rank", p[0] + 1), p[0]))]
+        issues = [entry for entry in ordered if is_label_issue(entry)]
+        selected += sorted(issues, key=lambda entry: -float(entry.get("margin") or 0.0))
+        selected += [] if only_label_issues else [entry for entry in ordered if not is_label_issue(entry)]
     return selected
 
 
@@ -99,10 +105,11 @@ def limit_per_class(entries: Iterable[dict[str, Any]], limit: int | None) -> lis
     return kept
 
 
-def format_summary(
+def summary_mode_text(
     report: dict[str, Any], entries: Sequence[dict[str, Any]], report_path: str, notes: Sequence[str]
 ) -> str:
-    """The text of ``--mode summary``: the report's header, the per-class summary and one line per chosen image."""
+    """The text of ``--mode summary``: the report's header, the per-class summary, then one line per chosen image,
+    the likely label issues and the hard examples (label probably right; not counted as problems) apart."""
     get, classes = report.get, report["classes"]
     folds = f" ({report['cross_val_folds']} folds)" if get("cross_val_folds") else ""
     lines = [
@@ -124,24 +131,30 @@ def format_summary(
     if entries:
         when = "out of fold" if is_out_of_fold(report) else "at the last analysis epoch"
         lines += ["", f"mean loss: mean over the analysis epochs; p(label): probability of the labelled class {when}"]
-    for class_name in dict.fromkeys(entry["class"] for entry in entries):
-        class_entries = [entry for entry in entries if entry["class"] == class_name]
-        lines += ["", f"{cli.printable(class_name)}: {len(class_entries)} image(s)"]
-        lines.append(
-            f"{'rank':>5} {'mean loss':>10} {'p(label)':>9} {'predicted':<12} {'suggested':<12} {'flag':<12} "
-            f"{'loss per epoch':<24} path"
-        )
-        for entry in class_entries:
-            losses = " ".join(format_number(value, 2) for value in entry["losses"])
-            flag = "LABEL ISSUE" if entry.get("is_label_issue") else ""
+    for title, section in (
+        ("Likely label issues (the evidence prefers another class)", [e for e in entries if is_label_issue(e)]),
+        ("Hard examples (high loss, label probably right; not counted as problems)",
+         [e for e in entries if not is_label_issue(e)]),
+    ):  # fmt: skip
+        if section:
+            lines += ["", f"{title}: {len(section)}"]
+        for class_name in dict.fromkeys(entry["class"] for entry in section):
+            class_entries = [entry for entry in section if entry["class"] == class_name]
+            lines += ["", f"{cli.printable(class_name)}: {len(class_entries)} image(s)"]
             lines.append(
-                f"{entry.get('rank', '-')!s:>5} {format_number(entry['mean_loss']):>10} "
-                f"{format_number(label_probability(entry)):>9} {cli.printable(entry.get('predicted_class', '-')):<12} "
-                f"{cli.printable(entry.get('suggested_class', '-')):<12} {flag:<12} {losses:<24} "
-                f"{cli.printable(entry['path'])}"
+                f"{'rank':>5} {'mean loss':>10} {'p(label)':>9} {'predicted':<12} {'suggested':<12} "
+                f"{'loss per epoch':<24} path"
             )
-            if entry.get("is_label_issue") and entry.get("label_issue_reason"):
-                lines.append(f"{'':>6}{cli.printable(entry['label_issue_reason'])}")
+            for entry in class_entries:
+                losses = " ".join(format_number(value, 2) for value in entry["losses"])
+                lines.append(
+                    f"{entry.get('rank', '-')!s:>5} {format_number(entry['mean_loss']):>10} "
+                    f"{format_number(label_probability(entry)):>9} "
+                    f"{cli.printable(entry.get('predicted_class', '-')):<12} "
+                    f"{cli.printable(suggested_class(entry) or '-'):<12} {losses:<24} {cli.printable(entry['path'])}"
+                )
+                if is_label_issue(entry) and entry.get("label_issue_reason"):
+                    lines.append(f"{'':>6}{cli.printable(entry['label_issue_reason'])}")
     if not entries:
         lines += ["", "No images match the chosen classes and filters."]
     if notes:
@@ -150,18 +163,22 @@ def format_summary(
 
 
 def describe_entry(entry: dict[str, Any], position: int, total: int) -> str:
-    """The lines shown above the interactive prompt for one image."""
-    label, text = cli.printable(entry["class"]), lambda key: cli.printable(entry.get(key, "-"))
+    """The lines shown above the interactive prompt for one image: a label issue names the class the evidence
+    prefers; a hard example says its label is probably right."""
+    label, suggested = cli.printable(entry["class"]), suggested_class(entry)
+    offer = f", suggested {cli.printable(suggested)}" if suggested is not None else ""
     lines = [
         f"[{position}/{total}] {cli.printable(entry['path'])}",
-        f"  class {label} (rank {entry.get('rank', '-')}), predicted {text('predicted_class')}, "
-        f"p({label})={format_number(label_probability(entry), 2)}, suggested {text('suggested_class')}",
+        f"  class {label} (rank {entry.get('rank', '-')}), predicted {cli.printable(entry.get('predicted_class', '-'))}"
+        f", p({label})={format_number(label_probability(entry), 2)}{offer}",
         f"  mean loss {format_number(entry['mean_loss'])} (min {format_number(entry.get('min_loss'))}, "
         f"max {format_number(entry.get('max_loss'))}); per epoch: "
         + " ".join(format_number(value, 2) for value in entry["losses"]),
     ]
-    if entry.get("is_label_issue"):
+    if is_label_issue(entry):
         lines.append(f"  LIKELY LABEL ISSUE: {cli.printable(entry.get('label_issue_reason') or '')}".rstrip())
+    else:
+        lines.append("  hard example: high loss, but the label is probably right")
     return "\n".join(lines)
 
 
@@ -178,7 +195,7 @@ def parse_answer(text: str, entry: dict[str, Any], valid_targets: Sequence[str])
         return ANSWERS[words[0].lower()], None
     if words[0].lower() not in {"r", "relabel"}:
         raise ValueError(f"unknown answer {cli.printable(text.strip())!r}")
-    target = words[1] if len(words) > 1 else entry.get("suggested_class")
+    target = words[1] if len(words) > 1 else suggested_class(entry)
     if not target:
         raise ValueError("say which class: r CLASS")
     if target == entry["class"]:
@@ -311,6 +328,22 @@ def relabel_refusal(dataset_dir: Path, path: str, target: str) -> str | None:
     return None
 
 
+def not_a_dataset_image(dataset_dir: Path, path: str, real: Path) -> str | None:
+    """Why ``path`` is not an image in a class folder of train/ or val/ (the only files a decision moves), or None.
+
+    So a decisions file cannot trash pipeline_state.json, a report or a model beside the class folders. An image is
+    what the trainer and detectors read (classifier.find_image_files): a known extension, or image bytes.
+    """
+    import classifier  # no torch on import
+
+    parts = PurePosixPath(path).parts
+    if len(parts) != 3 or parts[0] not in fileio.SPLITS or parts[1] not in fileio.class_folders(dataset_dir / parts[0]):
+        return f"{path} is not in a class folder of train/ or val/: a decision only moves the images there"
+    if Path(parts[2]).suffix.lower() not in classifier.IMAGE_EXTENSIONS and not classifier.is_image_file(real):
+        return f"{path} is not an image: a decision only moves the images of the class folders"
+    return None
+
+
 def decision_refusal(dataset_dir: Path, path: str, decision: dict[str, Any]) -> str | None:
     """Why ``decision`` about ``path`` cannot be carried out in this dataset now (naming the path), or None.
 
@@ -329,6 +362,8 @@ def decision_refusal(dataset_dir: Path, path: str, decision: dict[str, Any]) -> 
     reason = fileio.regular_file_reason(real)
     if reason:
         return f"{path} {reason}"
+    if reason := not_a_dataset_image(dataset_dir, path, real):
+        return reason
     if fileio.writable_folder_reason(real.parent):
         return f"{path}: its folder is read-only"
     if decision["action"] == "relabel" and (reason := relabel_refusal(dataset_dir, path, decision["target_class"])):
@@ -353,7 +388,7 @@ def refused_decisions(dataset_dir: Path, decisions: dict[str, dict[str, Any]]) -
 
 def load_decisions_file(path: Path, dataset_dir: Path) -> dict[str, Any]:
     """A decisions file checked for its shape and for the dataset it was made on; else ReportError (one sentence)."""
-    data = fileio.read_json(path, "decisions file")
+    data = fileio.read_json(path, "decisions file", fileio.MAX_DECISIONS_BYTES)
     try:
         validate_decisions(data)
     except ReportError as error:
@@ -387,7 +422,7 @@ def forget_restored_decisions(decisions_path: Any, dataset_dir: Path, restored: 
     try:
         data = load_decisions_file(Path(decisions_path), dataset_dir)
     except ReportError as error:
-        LOGGER.warning("%s; delete it to review the restored images again", cli.printable(error))
+        logger.warning("%s; delete it to review the restored images again", cli.printable(error))
         return
     decisions = data["decisions"]
     for source, destination in restored.items():  # a later decision about the same path (moved elsewhere) stays
@@ -449,7 +484,7 @@ def decide(
             split = PurePosixPath(entry["path"]).parts[0]
             print(f"\n{describe_entry(entry, position, len(pending))}")
             if viewer is not None:
-                viewer.show(dataset_dir / entry["path"], f"{entry['class']} -> {entry.get('suggested_class', '?')}")
+                viewer.show(dataset_dir / entry["path"], review_figures.title_of(entry))
             targets = [  # only class folders a relabel may move into: not the own class, none leading outside
                 c
                 for c in fileio.class_folders(dataset_dir / split)
@@ -488,7 +523,7 @@ def carry_out(
         return cli.EXIT_OK, {}
     refusals = refused_decisions(dataset_dir, decisions)
     for reason in refusals:
-        LOGGER.warning("refused %s", cli.printable(reason))
+        logger.warning("refused %s", cli.printable(reason))
     if refusals:
         more = f" (and {len(refusals) - 1} more, listed above)" if len(refusals) > 1 else ""
         return cli.error(
@@ -510,7 +545,7 @@ def carry_out(
     moved = {move["source"]: move["destination"] for move in log["moves"] if move["status"] == "done"}
     refused = [move for move in log["moves"] if move["status"] == "refused"]
     for move in refused:
-        LOGGER.warning("not moved %s: %s", cli.printable(move["source"]), cli.printable(move["reason"]))
+        logger.warning("not moved %s: %s", cli.printable(move["source"]), cli.printable(move["reason"]))
     print(f"Moved {len(moved)} file(s); log {cli.printable(log_path)}")
     print(f"To undo: python review_problematic_images.py --undo {cli.printable(log_path)}")
     if interrupted:
@@ -546,7 +581,7 @@ def review_interactively(
             if earlier.get("report_created") == report.get("created"):
                 decisions = earlier["decisions"]
             else:
-                LOGGER.warning("%s belongs to another report; starting afresh", cli.printable(decisions_path))
+                logger.warning("%s belongs to another report; starting afresh", cli.printable(decisions_path))
 
         def record(decisions: dict[str, dict[str, Any]]) -> None:
             write_decisions(decisions_path, dataset_dir, report_path, report, decisions)
@@ -581,7 +616,7 @@ def apply_decisions_file(path: Path, dataset_dir: Path, assume_yes: bool) -> int
 def undo_run(log_path: Path, dataset_dir: Path | None) -> int:
     """--undo: put back every file of one of this tool's trash logs, then forget the restored images' decisions."""
     try:
-        old = fileio.read_json(log_path, "log")
+        old = fileio.read_json(log_path, "log", fileio.MAX_LOG_BYTES)
     except ReportError:
         old = None  # trash.load_log says what is wrong with it
     if isinstance(old, dict) and old.get("log_type") == OLD_MOVE_LOG_TYPE:
@@ -601,8 +636,11 @@ def undo_run(log_path: Path, dataset_dir: Path | None) -> int:
         except KeyboardInterrupt:
             print("\nInterrupted; run the same --undo again to finish.", file=sys.stderr)
             return cli.EXIT_INTERRUPTED
+    if result.is_already_undone:
+        print(f"{cli.printable(log_path)}: {trash.ALREADY_UNDONE} (on {result.undone_before}); nothing changed.")
+        return cli.EXIT_OK
     for source, reason in result.errors:
-        LOGGER.warning("not restored %s: %s", cli.printable(source), cli.printable(reason))
+        logger.warning("not restored %s: %s", cli.printable(source), cli.printable(reason))
     restored = {move["source"]: move["destination"] for move in log["moves"] if move["source"] in result.done}
     forget_restored_decisions(log["extra"].get("decisions_path"), dataset_dir, restored)
     problems = f"; {len(result.errors)} problem(s)" if result.errors else ""
@@ -629,7 +667,11 @@ def get_args_parser(add_help: bool = True) -> argparse.ArgumentParser:
     add("--mode", choices=MODES, default="grid", help="what to show (default: grid)")
     add("--class", dest="classes", action="append", metavar="CLASS", help="only this class; repeat (default: all)")
     add("--limit", type=int, help="at most this many images per class (default: all)")
-    add("--label-issues-only", action="store_true", help="only likely label issues (confident learning; default: off)")
+    add(
+        "--label-issues-only",
+        action="store_true",
+        help="only likely label issues, not the hard examples listed after them (default: off)",
+    )
     add(
         "--save",
         metavar="FILE",
@@ -680,13 +722,13 @@ def main(argv: Sequence[str] | None = None) -> int:
         entries, notes = split_present(entries, dataset_dir, movable_only=args.mode == "interactive")
         entries = limit_per_class(entries, args.limit)
         for note in notes:
-            LOGGER.warning("skipped %s", cli.printable(note))
+            logger.warning("skipped %s", cli.printable(note))
         save_path = Path(args.save) if args.save else None
         if args.mode == "interactive":
             decisions_path = Path(args.decisions) if args.decisions else report_path.with_name(DECISIONS_FILE_NAME)
             code = review_interactively(entries, dataset_dir, report_path, report, decisions_path, args.yes)
         elif args.mode == "summary":
-            text = format_summary(report, entries, report_path.as_posix(), notes)
+            text = summary_mode_text(report, entries, report_path.as_posix(), notes)
             sys.stdout.write(text)
             if save_path is not None:
                 with fileio.atomic_write(save_path, "w") as handle:
@@ -701,7 +743,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                 save_path = report_path.with_name(f"{report_path.stem}_{args.mode}.png")
             errors = review_figures.draw(args.mode, entries, dataset_dir, report, save_path)
             for line in errors:
-                LOGGER.warning("%s", cli.printable(line))
+                logger.warning("%s", cli.printable(line))
             code = cli.EXIT_PARTIAL if errors else cli.EXIT_OK
     except ReportError as error:  # trash.TrashError is one too
         return cli.error(f"{cli.printable(error)}.")

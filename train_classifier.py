@@ -26,7 +26,8 @@ With --detect-problematic, the report goes to <dataset-dir>/problematic_images_r
 This file is the story: arguments, set-up, the train/evaluate loop, checkpoints and resume. Beside it:
 training_data.py (scan, cached copies, augmentation, sampling), training_report.py (metrics, calibration, plots,
 tables), training_checkpoint.py (the output folder's lock, what --resume restores), problematic_analysis.py
-(--detect-problematic, cross-validation) and distributed.py (torchrun).
+(--detect-problematic: the label-issue rule, features, report; the fold networks of --cross-val-folds train here, in
+``cross_validate``) and distributed.py (torchrun).
 
 Under torchrun each process trains a DistributedDataParallel copy of the model on its share of every epoch (of
 --batch-size images a step), ``evaluate`` gathers the per-image results of all processes, so metrics, the best model,
@@ -70,6 +71,7 @@ logger = logging.getLogger(__name__)
 BEST_MODEL_NAME = "best_model.pth"
 PENDING_BEST_NAME = "best_model.pending.pth"  # a new run's best while an earlier run's best_model.pth stays in place
 LAST_CHECKPOINT_NAME = "last_checkpoint.pth"
+MAX_SEED = 2**63 - 1  # torch.manual_seed and the epoch seeds take a signed 64-bit integer
 METADATA_NAME = "training_metadata.json"
 OWN_FILE_NAMES = (BEST_MODEL_NAME, PENDING_BEST_NAME, LAST_CHECKPOINT_NAME, METADATA_NAME, "training_curves.png",
                   "confusion_matrix.png")  # fmt: skip  # their stale temp files (a killed run's) are removed at start
@@ -382,20 +384,6 @@ def save_checkpoint(
         torch.save(checkpoint, handle)
 
 
-def run_summary(run: TrainingRun, record: dict[str, Any]) -> dict[str, Any]:
-    """The extras stored in best_model.pth: enough to know how the model was made and how good it is."""
-    return {
-        "epoch": record["epoch"],
-        "metrics": {k: v for k, v in record.items() if k != "confusion_matrix"},
-        "confusion_matrix": record["confusion_matrix"],
-        "arguments": plain_arguments(run.args),
-        "class_counts": run.metadata["class_counts"],
-        "augmentation_policy": run.metadata["augmentation"]["policy"],
-        "created": fileio.utc_now(),
-        "trainer": "train_classifier.py",
-    }
-
-
 def save_last_checkpoint(
     run: TrainingRun,
     optimization: Optimization,
@@ -521,7 +509,7 @@ def save_epoch_outputs(run: TrainingRun, record: dict[str, Any], predictions: tr
     epoch = record["epoch"] - 1
     training_report.write_error_analysis(run.output_dir, predictions, run.val_dataset, run.classes, epoch)
     if record["is_best"]:
-        save_checkpoint(run.best_model_path, run.model, run, run_summary(run, record))
+        save_checkpoint(run.best_model_path, run.model, run, training_report.best_model_extras(record, run.metadata))
         training_report.plot_confusion_matrix(
             record["confusion_matrix"],
             run.classes,
@@ -543,14 +531,11 @@ def write_analysis_report(
     run: TrainingRun, scores: problematic_analysis.ScoreTable, method: str, folds: np.ndarray | None = None
 ) -> tuple[dict[str, Any], Path]:
     """Build and write (rank 0) the problematic-images report; the training metadata keeps where it went."""
-    path = problematic_analysis.report_path(run.args)
-    report = problematic_analysis.make_report(
-        scores, run.train_dataset.samples, run.classes, run.args, plain_arguments(run.args), method,
-        run.skipped_files, folds,
-    )  # fmt: skip
+    dataset, arguments = (run.train_dataset.samples, run.classes, run.args), run.metadata["arguments"]
+    report = problematic_analysis.make_report(scores, *dataset, arguments, method, run.skipped_files, folds)
     if run.ranks.is_main:
-        run.metadata["problematic_analysis"] = problematic_analysis.write_report(path, report)
-    return report, path
+        run.metadata["problematic_analysis"] = problematic_analysis.write_report(run.args, report)
+    return report, problematic_analysis.report_path(run.args)
 
 
 def run_epochs(
@@ -602,11 +587,13 @@ def run_epochs(
 
         report = None
         if tracker is not None and tracker.wants(epoch + 1):  # one loss per training image, as classifier.py sees it
-            scores = evaluate(model, score_loader, run, f"epoch {epoch + 1} scoring train images")
+            scorer = tracker.scorer(model, epoch + 1)  # at the last analysis epoch also the images' features
+            scores = evaluate(scorer, score_loader, run, f"epoch {epoch + 1} scoring train images")
             training_data.record_failures(run.skipped_files, run.train_dataset, "train", scores.failures)
-            tracker.after_epoch(epoch + 1, scores)
+            tracker.after_epoch(epoch + 1, scores, scorer)
             if tracker.is_complete:
-                report, report_file = write_analysis_report(run, tracker.scores, problematic_analysis.IN_SAMPLE)
+                method = problematic_analysis.LINEAR_OUT_OF_FOLD
+                report, report_file = write_analysis_report(run, tracker.scores, method)
                 tracker.report_path, score_loader = str(report_file), None  # its workers are not needed any more
         save_epoch_outputs(run, record, predictions)
         save_last_checkpoint(run, optimization, epoch, tracker)
@@ -619,6 +606,35 @@ def run_epochs(
         if args.patience and epochs_without_improvement >= args.patience:
             print(f"Stopping early: no better val macro F1 for {args.patience} epochs.")
             break
+
+
+def cross_validate(run: TrainingRun) -> tuple[problematic_analysis.ScoreTable, np.ndarray]:
+    """--cross-val-folds K: per stratified fold a fresh model (the run's settings) trains --analysis-epochs epochs on
+    the other folds and scores the held-out one after each; the scores, and the fold of each image (-1: unscored).
+    The global RNG states are restored afterwards, so the main training is unchanged; torchrun as for the main run."""
+    args, train, folds = run.args, run.train_dataset, run.args.cross_val_folds
+    num_samples, labels = len(train.samples), np.array([sample.label for sample in train.samples])
+    fold_of = problematic_analysis.assign_folds(labels, folds, args.seed, excluded=train.excluded)
+    scores = problematic_analysis.ScoreTable(num_samples, len(run.classes), args.analysis_epochs)
+    saved_rng = training_data.rng_states()
+    for fold in range(folds):
+        held_out = set(np.flatnonzero(fold_of == fold).tolist())
+        fold_train = train.with_view("train", set(train.excluded) | held_out)
+        fold_seed = training_data.epoch_seed(args.seed, fold + 1)
+        model = make_model(args, len(run.classes), run.device, seed=fold_seed, weights=args.weights)
+        train_model = distributed.wrap_for_training(model, run.ranks, run.device)
+        loader = run.epoch_loader(fold_train, fold_seed)
+        optimization = make_optimizer(model, args, len(loader), run.device, run.amp_dtype)
+        held_out_loader = run.loader(train.with_view("eval", set(range(num_samples)) - held_out))
+        for epoch in range(args.analysis_epochs):
+            stats = train_one_epoch(run, train_model, loader, optimization, epoch)
+            fold_scores = evaluate(model, held_out_loader, run, f"fold {fold + 1}/{folds} epoch {epoch + 1}")
+            for failures in (stats["failures"], fold_scores.failures):
+                training_data.record_failures(run.skipped_files, train, "train", failures)
+            scores.add(epoch, fold_scores)
+        print(f"fold {fold + 1}/{folds}: trained on {num_samples - len(fold_train.excluded)}, scored {len(held_out)}")
+    training_data.restore_rng_states(saved_rng)
+    return scores, fold_of
 
 
 def calibrate_best_model(run: TrainingRun) -> dict[str, Any] | None:
@@ -719,10 +735,12 @@ def argument_problem(args: argparse.Namespace, ranks: distributed.Ranks = distri
     low, high = classifier.IMAGE_SIZE_RANGE
     if not low <= args.image_size <= high:
         return f"--image-size must be {low} to {high} pixels (classifier.py refuses other sizes), got {args.image_size}"
-    if not args.learning_rate > 0:
-        return f"--learning-rate must be positive, got {args.learning_rate}"
-    if args.weight_decay < 0:
-        return f"--weight-decay must not be negative, got {args.weight_decay}"
+    if not 0 < args.learning_rate < math.inf:  # inf or nan would train NaN weights and break the JSON metadata
+        return f"--learning-rate must be a positive number, got {args.learning_rate}"
+    if not 0 <= args.weight_decay < math.inf:
+        return f"--weight-decay must be a number that is not negative, got {args.weight_decay}"
+    if not 0 <= args.seed <= MAX_SEED:
+        return f"--seed must be from 0 to {MAX_SEED} (torch's seed range), got {args.seed}"
     if args.export_onnx and classifier.onnx_export_problem():  # said before training, not after it
         return f"--export-onnx: {classifier.onnx_export_problem()}"
     data_problem = training_data.argument_problem(args)  # --workers, --cache-max-gb
@@ -818,17 +836,15 @@ def train(
         tracker = None
         if args.detect_problematic and args.cross_val_folds:
             if resume is None:  # a resumed run did its cross-validation before its first epoch
-                scores, folds = problematic_analysis.cross_validate(
-                    run, args.cross_val_folds, make_model, make_optimizer, train_one_epoch, evaluate
-                )
+                scores, folds = cross_validate(run)
                 report, path = write_analysis_report(run, scores, problematic_analysis.OUT_OF_FOLD, folds)
                 problematic_analysis.print_report(report, path, args.dataset_dir)
             if args.stop_after_analysis:
                 return cli.EXIT_PARTIAL if run.skipped_files else cli.EXIT_OK
         elif args.detect_problematic:
-            relpaths = [sample.relpath for sample in run.train_dataset.samples]
-            tracker = problematic_analysis.ProblematicImageTracker(relpaths, len(run.classes), args.analysis_epochs)
-            tracker.load_state_dict(problematic_analysis.saved_state(resume))
+            tracker = problematic_analysis.start_tracker(
+                run.train_dataset.samples, run.classes, args, run.device, resume
+            )
         run_epochs(run, resume, tracker)
         if not is_analysis_run:
             calibrate_best_model(run)

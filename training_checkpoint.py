@@ -16,6 +16,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import logging
+import math
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -25,6 +26,7 @@ import cli
 import fileio
 import problematic_analysis
 import training_data
+import training_report
 
 logger = logging.getLogger(__name__)
 
@@ -101,6 +103,10 @@ def claim_output_folder(
         reason = fileio.writable_folder_reason(folder)
         if reason:
             return reason + hint
+    analysis = output_dir / training_report.ERROR_ANALYSIS_NAME  # written per epoch: a planted link would lead out
+    for folder in (analysis, *([] if analysis.is_symlink() else sorted(analysis.glob("epoch_*")))):
+        if folder.is_symlink():
+            return f"{folder} is a symbolic link: the trainer never writes through one; remove it or pick another"
     try:
         created = [folder for folder in (output_dir, *output_dir.parents) if not folder.exists()]  # innermost first
         output_dir.mkdir(parents=True, exist_ok=True)
@@ -137,15 +143,21 @@ def is_epoch_record(record: Any) -> bool:
     """An epoch of the stored history as the trainer reads and prints it: whole epoch, is_best, numbers."""
     if not isinstance(record, dict) or not is_whole(record.get("epoch")) or not isinstance(record.get("is_best"), bool):
         return False
-    return all(isinstance(record.get(key), int | float) and not isinstance(record.get(key), bool) for key in FIGURES)
+    figures = [record.get(key) for key in FIGURES]  # finite: a NaN or inf cannot be written to the JSON metadata
+    return all(
+        isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value) for value in figures
+    )
 
 
 def checked_state(checkpoint: dict[str, Any], path: Path) -> None:
     """CheckpointError (one sentence) when the training state a resume reads is missing or of the wrong kind."""
     missing = [key for key in RESUME_KEYS if key not in checkpoint]
-    if missing or not isinstance(checkpoint["arguments"], dict) or not isinstance(checkpoint["history"], list):
+    missing += [
+        key for key, kind in (("arguments", dict), ("history", list)) if not isinstance(checkpoint.get(key), kind)
+    ]
+    if missing:
         raise classifier.CheckpointError(
-            f"{path} holds a model but not the training state --resume needs (no {(missing or ['arguments'])[0]}): "
+            f"{path} holds a model but not the training state --resume needs (no {missing[0]}): "
             "it is a copy of a best model or from another program; run without --resume to start a new training."
         )
     epoch, history, skipped = checkpoint["epoch"], checkpoint["history"], checkpoint.get("skipped_files", [])
@@ -230,4 +242,4 @@ def resume_settings(
 
 
 if __name__ == "__main__":
-    raise SystemExit("training_checkpoint.py is imported by train_classifier.py, not a script; see README.md")
+    cli.refuse_running_as_script(__file__, "run train_classifier.py")

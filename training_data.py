@@ -45,6 +45,7 @@ CROP_RATIO = (3 / 4, 4 / 3)  # aspect ratios of random crops, torchvision's Rand
 TRAINING_COPY_MAX_ASPECT = 2.0  # cached training copies keep at most a 2:1 centre band of a panorama
 ROTATION_FILL = (124, 116, 104)  # ImageNet mean colour: corners uncovered by a rotation normalise to about zero
 DEFAULT_CACHE_MAX_GB = 4.0  # downsized copies kept in memory; a 4:3 photo at 224 px takes 0.26 MB
+MAX_WORKERS = 64  # loader processes; more only cost memory (each a Python with the dataset), never speed
 PREPARE_THREADS = max(1, min(8, os.cpu_count() or 1))  # Pillow releases the GIL while decoding and resizing
 
 
@@ -118,10 +119,15 @@ def class_counts(labels: Sequence[int], num_classes: int) -> list[int]:
     return np.bincount(np.asarray(labels, dtype=np.int64), minlength=num_classes).astype(int).tolist()
 
 
+def class_sampling_weights(counts: Sequence[int]) -> list[float]:
+    """The weighted sampler's per-class weight (``draw_epoch``): 1/count, 0 for an empty class; the training metadata
+    records these."""
+    return [1.0 / count if count else 0.0 for count in counts]
+
+
 def inverse_frequency_weights(labels: Sequence[int], num_classes: int) -> tuple[list[float], list[float]]:
     """(per-class weight 1/count, per-sample weight): sampling by these gives every class the same expected share."""
-    counts = class_counts(labels, num_classes)
-    class_weights = [1.0 / count if count else 0.0 for count in counts]
+    class_weights = class_sampling_weights(class_counts(labels, num_classes))
     return class_weights, [class_weights[label] for label in labels]
 
 
@@ -807,12 +813,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def argument_problem(args: argparse.Namespace) -> str | None:
     """One sentence for values of these flags no run can use, or None."""
-    if args.workers is not None and args.workers < 0:
-        return f"--workers must not be negative, got {args.workers}"
-    if args.cache_max_gb < 0:
-        return f"--cache-max-gb must not be negative, got {args.cache_max_gb}"
+    if args.workers is not None and not 0 <= args.workers <= MAX_WORKERS:
+        return f"--workers must be from 0 to {MAX_WORKERS}, got {args.workers}"
+    if not 0 <= args.cache_max_gb < math.inf:
+        return f"--cache-max-gb must be a number that is not negative, got {args.cache_max_gb}"
     return None
 
 
 if __name__ == "__main__":
-    raise SystemExit("training_data.py is imported by train_classifier.py, not a script; see README.md")
+    cli.refuse_running_as_script(__file__, "run train_classifier.py")

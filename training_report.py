@@ -25,12 +25,14 @@ from PIL import Image, ImageDraw, ImageFont
 import classifier
 import cli
 import fileio
+import training_data
 from training_data import Datasets, ImageDataset
 
 logger = logging.getLogger(__name__)
 
 SCHEMA_VERSION = 1  # of training_metadata.json and the error-analysis files
 ERRORS_PER_CLASS = 10  # most confident mistakes kept per true class and epoch
+ERROR_ANALYSIS_NAME = "error_analysis"  # the folder in the output folder with each epoch's most confident mistakes
 THRESHOLDS = tuple(round(0.50 + 0.05 * i, 2) for i in range(10))  # 0.50 ... 0.95, the confidence thresholds tried
 ECE_BINS = 15  # the usual number of equal-width confidence bins for the expected calibration error
 TEMPERATURE_SEARCH_RANGE = (0.25, 20.0)  # T tried by the fit; a val set with no mistakes would push T towards 0
@@ -369,7 +371,7 @@ def write_error_analysis(
     output_dir: Path, predictions: Predictions, val_dataset: ImageDataset, classes: Sequence[str], epoch: int
 ) -> dict[str, list[dict[str, Any]]]:
     """error_analysis/epoch_XX/<true_class>_errors.json and contact_sheet.png for one epoch (0-based ``epoch``)."""
-    folder = output_dir / "error_analysis" / f"epoch_{epoch + 1:02d}"
+    folder = output_dir / ERROR_ANALYSIS_NAME / f"epoch_{epoch + 1:02d}"
     mistakes = top_confident_mistakes(
         predictions.probabilities(), predictions.labels.tolist(), predictions.relpaths(val_dataset), classes
     )
@@ -386,6 +388,21 @@ def write_error_analysis(
         mistakes, val_dataset, f"epoch {epoch + 1}: most confident mistakes", folder / "contact_sheet.png"
     )
     return mistakes
+
+
+def best_model_extras(record: dict[str, Any], metadata: dict[str, Any]) -> dict[str, Any]:
+    """The extras stored in best_model.pth beside classifier.py's fields: how the model was made (the run's
+    arguments, class counts and augmentation from ``metadata``) and how good it is (the epoch's ``record``)."""
+    return {
+        "epoch": record["epoch"],
+        "metrics": {k: v for k, v in record.items() if k != "confusion_matrix"},
+        "confusion_matrix": record["confusion_matrix"],
+        "arguments": metadata["arguments"],
+        "class_counts": metadata["class_counts"],
+        "augmentation_policy": metadata["augmentation"]["policy"],
+        "created": fileio.utc_now(),
+        "trainer": "train_classifier.py",
+    }
 
 
 def new_metadata(
@@ -433,7 +450,7 @@ def new_metadata(
         "torch": torch.__version__,
     }
     usable_train = counts["train"]
-    class_weights = [1.0 / count for count in usable_train]  # what draw_epoch uses (no class is empty by now)
+    class_weights = training_data.class_sampling_weights(usable_train)
     shares = [(1 / len(classes)) if is_weighted else count / sum(usable_train) for count in usable_train]
     now = fileio.utc_now()
     return {
@@ -603,4 +620,4 @@ def print_threshold_advice(metadata: dict[str, Any], model_path: Path) -> None:
 
 
 if __name__ == "__main__":
-    raise SystemExit("training_report.py is imported by train_classifier.py, not a script; see README.md")
+    cli.refuse_running_as_script(__file__, "run train_classifier.py")

@@ -41,6 +41,8 @@ and a file already back counts as restored.
 from __future__ import annotations
 
 import contextlib
+import errno
+import hashlib
 import os
 import re
 import stat
@@ -63,6 +65,8 @@ LOG_WRITE_INTERVAL_S = 1.0  # rewrite the log at most this often while moving: e
 # reads the disk rather than the statuses, so a kill between two writes loses nothing
 TOOL_NAME = re.compile(r"[A-Za-z0-9_-]+")  # tool names become file names
 SHA256_HEX = re.compile(r"[0-9a-f]{64}")
+FILE_FLAGS = os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | fileio.CLOEXEC  # never a link; a FIFO cannot hang
+ALREADY_UNDONE = "nothing to restore: already undone"  # what --undo of an undone log says (both tools)
 
 ProgressWrapper = Callable[[Iterable[Any]], Iterable[Any]]  # e.g. lambda items: cli.progress(items, desc="Moving")
 
@@ -92,6 +96,13 @@ class Result:
 
     done: list[str] = field(default_factory=list)
     errors: list[tuple[str, str]] = field(default_factory=list)
+    moved: int = 0  # undo: files this call put back (the rest of ``done`` were back already)
+    undone_before: str | None = None  # undo: when an earlier undo of the same log finished, if one did
+
+    @property
+    def is_already_undone(self) -> bool:
+        """An undo that found the log undone before and had nothing left to put back: say ALREADY_UNDONE."""
+        return self.undone_before is not None and self.moved == 0 and not self.errors
 
 
 # ---------------------------------------------------------------------------------------------------------------------
@@ -226,18 +237,27 @@ def lock(dataset_dir: str | os.PathLike, tool: str) -> Iterator[Path]:
 
     fileio.hold_lock's lock file (O_EXCL; pid, host, tool and start time; a dead process's lock is taken over, so a
     killed run never leaves the dataset locked). Creates ``.trash`` when needed and removes it again on exit if it is
-    still empty. TrashError (one sentence) when the lock is held or cannot be created.
+    still empty. TrashError (one sentence) when the lock is held or cannot be created. The lock and the clean-up of
+    stale temp files act relative to a descriptor of ``.trash`` opened without following a link, like every move.
     """
     existed = os.path.lexists(Path(dataset_dir) / TRASH_FOLDER)
     folder = trash_folder(dataset_dir, create=True)
     try:
         with contextlib.ExitStack() as stack:
+            with _Tree(Path(dataset_dir)) as tree:
+                try:
+                    trash_fd = tree.open_folder((TRASH_FOLDER,))
+                except (fileio.UnsafePathError, FileNotFoundError):
+                    raise TrashError(f"{folder} was replaced while the run started: nothing was changed") from None
+            stack.callback(os.close, trash_fd)
             try:
-                path = stack.enter_context(fileio.hold_lock(folder / LOCK_NAME, tool, f"changing {dataset_dir}"))
+                lock_file = fileio.hold_lock(folder / LOCK_NAME, tool, f"changing {dataset_dir}", dir_fd=trash_fd)
+                path = stack.enter_context(lock_file)
             except fileio.LockHeldError as error:
                 raise TrashError(str(error)) from None
-            for log in folder.glob("*.json"):  # temp files of log writes a killed run left behind
-                fileio.remove_stale_temp_files(folder, log.name)
+            for name in os.listdir(trash_fd):  # temp files of log writes a killed run left behind
+                if name.endswith(".json"):
+                    fileio.remove_stale_temp_files(folder, name, dir_fd=trash_fd)
             yield path
     finally:
         if not existed:
@@ -246,7 +266,19 @@ def lock(dataset_dir: str | os.PathLike, tool: str) -> Iterator[Path]:
 
 
 def _require_lock(dataset_dir: str | os.PathLike) -> None:
-    owner, _ = fileio.lock_owner(Path(dataset_dir) / TRASH_FOLDER / LOCK_NAME)
+    """RuntimeError unless this process holds the lock (a programming error); TrashError when .trash is not a folder."""
+    with _Tree(Path(dataset_dir)) as tree:
+        try:
+            folder = tree.open_folder((TRASH_FOLDER,))  # never through a link, even one swapped in meanwhile
+        except fileio.UnsafePathError:
+            raise TrashError(f"{Path(dataset_dir) / TRASH_FOLDER} was replaced while the run started") from None
+        except FileNotFoundError:
+            folder = None
+        try:
+            owner = None if folder is None else fileio.lock_owner(LOCK_NAME, dir_fd=folder)[0]
+        finally:
+            if folder is not None:
+                os.close(folder)
     if owner is None or owner.get("pid") != os.getpid():
         raise RuntimeError("trash.new_log, apply and undo must run inside trash.lock(dataset_dir, tool)")
 
@@ -260,6 +292,7 @@ def _inside(root: str | os.PathLike, relative: str, within: Path) -> Path:
     """``root / relative`` with its folders resolved, after checking that real folder lies in ``within`` (real).
 
     Raises UnsafePathError with the reason. The last component is not followed (callers check it is a regular file).
+    A missing folder on the way is allowed (resolved as far as it exists): ``_Tree.open_folder`` creates or refuses it.
     """
     if not fileio.is_safe_relative(relative):
         raise fileio.UnsafePathError("is not a relative path inside the dataset (absolute or '..')")
@@ -272,41 +305,96 @@ def _inside(root: str | os.PathLike, relative: str, within: Path) -> Path:
     return path
 
 
-def _make_parent(root: str | os.PathLike, relative: str, within: Path) -> Path:
-    """Create the folder of ``root / relative`` (inside ``within``, real) and return the checked path."""
-    candidate = Path(root) / relative
-    existing = candidate.parent
-    while not os.path.lexists(existing) and existing != existing.parent:
-        existing = existing.parent
-    real_existing = existing.resolve()
-    if not real_existing.is_relative_to(within):
-        raise fileio.UnsafePathError("leads outside the dataset through a symlinked folder")
-    if not real_existing.is_dir():
-        raise fileio.UnsafePathError(f"cannot create its folder: {existing} is not a folder")
-    (real_existing / candidate.parent.relative_to(existing)).mkdir(parents=True, exist_ok=True)
-    return _inside(root, relative, within)
+class _Tree:
+    """The dataset folder opened once; every file moved, removed or hashed relative to a descriptor of its folder.
+
+    A path is checked by resolving its folders (``_inside``: a symlinked class folder that stays inside the dataset is
+    read through), then reached from the dataset's descriptor one real name at a time with O_NOFOLLOW|O_DIRECTORY, and
+    the file is renamed or unlinked relative to the folder's descriptor. So what was checked is what is moved: a folder
+    swapped for a symlink to outside after the check (``renameat2(RENAME_EXCHANGE)`` in a loop) makes the open fail
+    and the move is refused; it never redirects the move, and a folder already open stays the one that was checked.
+    """
+
+    def __init__(self, dataset_dir: Path) -> None:
+        self.dataset_dir, self.real = dataset_dir, dataset_dir.resolve()
+        self.fd = os.open(self.real, os.O_RDONLY | os.O_DIRECTORY | fileio.CLOEXEC)  # the folder the user named
+
+    def __enter__(self) -> _Tree:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        os.close(self.fd)
+
+    def parts(self, relative: str, in_trash: bool = False) -> tuple[str, ...]:
+        """The real names from the dataset down to ``relative`` (checked inside it, or its trash when ``in_trash``)."""
+        path = _inside(self.dataset_dir, relative, self.real / TRASH_FOLDER if in_trash else self.real)
+        return path.relative_to(self.real).parts
+
+    def open_folder(self, parts: Sequence[str], create: bool = False) -> int:
+        """A descriptor of the folder ``parts`` (real names below the dataset), each opened without following a link.
+
+        ``create`` makes the missing ones (the trash's run folders, an undo's class folder). FileNotFoundError when one
+        is missing; UnsafePathError when one is a symlink or a file (it took the folder's place after the check).
+        """
+        try:
+            return fileio.open_folder_below(self.fd, parts, create)
+        except OSError as error:
+            if error.errno not in (errno.ELOOP, errno.ENOTDIR):
+                raise
+            raise fileio.UnsafePathError(
+                f"a folder of {'/'.join(parts)} is not a real folder now (a symbolic link or a file took its place): "
+                "not followed"
+            ) from None
 
 
-def _file_problem(path: Path, sha256: str | None) -> str | None:
-    """Why ``path`` is not the regular file the log recorded (a link, gone, changed), or None."""
-    reason = fileio.regular_file_reason(path)
-    if reason:
-        return reason
+def _exists(folder: int, name: str) -> bool:
+    """Whether anything (a link too) has the name ``name`` in the folder ``folder`` (a descriptor)."""
     try:
-        if fileio.sha256_file(path) != sha256:
-            return "changed since the log was written (its SHA-256 differs)"
+        os.stat(name, dir_fd=folder, follow_symlinks=False)
+    except FileNotFoundError:
+        return False
+    return True
+
+
+def _read_regular(folder: int, name: str) -> tuple[os.stat_result, str]:
+    """(stat, SHA-256) of the regular file ``name`` in ``folder``, never through a link and never opening a FIFO.
+
+    UnsafePathError(why not) for anything else; OSError when it cannot be read.
+    """
+    try:
+        info = os.stat(name, dir_fd=folder, follow_symlinks=False)
+    except FileNotFoundError:
+        raise fileio.UnsafePathError("does not exist") from None
+    if not stat.S_ISREG(info.st_mode):
+        raise fileio.UnsafePathError(fileio.describe_kind(info.st_mode))
+    with open(os.open(name, FILE_FLAGS, dir_fd=folder), "rb") as handle:
+        opened = os.fstat(handle.fileno())
+        if (opened.st_dev, opened.st_ino) != (info.st_dev, info.st_ino):
+            raise fileio.UnsafePathError("was replaced while being checked")
+        return opened, hashlib.file_digest(handle, "sha256").hexdigest()
+
+
+def _file_problem(folder: int, name: str, sha256: str | None) -> str | None:
+    """Why ``name`` in ``folder`` is not the regular file the log recorded (a link, gone, changed), or None."""
+    try:
+        _, digest = _read_regular(folder, name)
+    except fileio.UnsafePathError as error:
+        return str(error)
     except OSError as error:
         return f"cannot be read ({error.strerror or error})"
-    return None
+    return None if digest == sha256 else "changed since the log was written (its SHA-256 differs)"
 
 
-def _kept_problem(dataset_dir: Path, source: Path, kept: Sequence[str], real_dataset: Path) -> str | None:
-    """Why removing ``source`` would remove the last copy (a kept file gone, or the same file on disk), or None."""
-    source_id = os.lstat(source)
+def _kept_problem(tree: _Tree, source_id: os.stat_result, kept: Sequence[str]) -> str | None:
+    """Why removing the file ``source_id`` would remove the last copy (a kept file gone, or the same file), or None."""
     for other in kept:
         try:
-            kept_path = _inside(dataset_dir, other, real_dataset)
-            kept_id = os.stat(kept_path)  # a kept symlink counts through its target
+            parts = tree.parts(other)
+            folder = tree.open_folder(parts[:-1])
+            try:
+                kept_id = os.stat(parts[-1], dir_fd=folder)  # a kept symlink counts through its target
+            finally:
+                os.close(folder)
         except fileio.UnsafePathError as error:
             return f"its kept copy {other} {error}"
         except OSError:
@@ -322,21 +410,33 @@ def _kept_problem(dataset_dir: Path, source: Path, kept: Sequence[str], real_dat
 
 
 class _LogWriter:
-    """Rewrites a log atomically (fileio.write_json), at most every LOG_WRITE_INTERVAL_S unless forced."""
+    """Rewrites a log atomically (fileio.write_json), at most every LOG_WRITE_INTERVAL_S unless forced.
 
-    def __init__(self, path: Path, data: dict[str, Any]) -> None:
-        self.path, self.data, self.written_at = path, data, time.monotonic()
+    Written relative to a descriptor of the log's folder, opened once from the dataset down like every folder a move
+    uses: a ``.trash`` swapped for a symlink to outside mid-run never receives a log write.
+    """
+
+    def __init__(self, tree: _Tree, path: Path, data: dict[str, Any]) -> None:
+        try:  # load_log checked the log lies in the real trash: it can only fail if a folder was swapped since
+            parts = path.resolve().relative_to(tree.real).parts
+            self.folder, self.name = tree.open_folder(parts[:-1]), parts[-1]
+        except (ValueError, OSError, fileio.UnsafePathError):
+            raise TrashError(f"the folder of {path} was replaced while the run started; nothing was moved") from None
+        self.data, self.written_at = data, time.monotonic()
 
     def changed(self) -> None:
         if time.monotonic() - self.written_at >= LOG_WRITE_INTERVAL_S:
             self.flush()
 
     def flush(self) -> None:
-        fileio.write_json(self.path, self.data)
+        fileio.write_json(self.name, self.data, dir_fd=self.folder)
         self.written_at = time.monotonic()
 
+    def close(self) -> None:
+        os.close(self.folder)
 
-def _planned(dataset_dir: str | os.PathLike, real_dataset: Path, run_id: str, move: Move) -> dict[str, Any]:
+
+def _planned(tree: _Tree, run_id: str, move: Move) -> dict[str, Any]:
     """The log record of one move, hashed now; "refused" with the reason when it can never be carried out."""
     destination = move.destination
     if move.action == "trash" and not destination:
@@ -354,17 +454,22 @@ def _planned(dataset_dir: str | os.PathLike, real_dataset: Path, run_id: str, mo
     }
     if record["reason"] is None:
         try:
-            source = _inside(dataset_dir, move.source, real_dataset)
-            record["reason"] = fileio.regular_file_reason(source)
-            if record["reason"] is None:
-                record["size"] = source.lstat().st_size
-                record["sha256"] = fileio.sha256_file(source)
+            parts = tree.parts(move.source)
+            folder = tree.open_folder(parts[:-1])
+            try:
+                info, record["sha256"] = _read_regular(folder, parts[-1])
+            finally:
+                os.close(folder)
+            record["size"] = info.st_size
         except fileio.UnsafePathError as error:
             record["reason"] = str(error)
+        except FileNotFoundError:
+            record["reason"] = "does not exist"
         except OSError as error:
             record["reason"] = f"cannot be read ({error.strerror or error})"
     if record["reason"] is not None:
         record["status"] = "refused"
+        record["sha256"] = None
     return record
 
 
@@ -386,27 +491,35 @@ def new_log(
     if unknown:
         raise ValueError(f"unknown action {unknown[0]!r}; choose one of {', '.join(ACTIONS)}")
     folder = trash_folder(dataset_dir, create=True)
-    log_path = fileio.create_exclusive(folder, f"{tool_stem(tool)}_{fileio.utc_stamp()}", ".json")
-    run_id = log_path.stem  # also the run's trash folder: unique because logs are never removed
-    real_dataset = Path(dataset_dir).resolve()
-    try:
-        records = [_planned(dataset_dir, real_dataset, run_id, move) for move in (progress or list)(moves)]
-        data = {
-            "schema_version": SCHEMA_VERSION,
-            "log_type": LOG_TYPE,
-            "tool": tool_stem(tool),
-            "run_id": run_id,
-            "created": fileio.utc_now(),
-            "dataset_dir": str(real_dataset),
-            "extra": dict(extra or {}),
-            "moves": records,
-            "undone": None,
-        }
-        fileio.write_json(log_path, data)
-    except BaseException:
-        log_path.unlink(missing_ok=True)  # an empty log (Ctrl-C while hashing) would only confuse a later undo
-        raise
+    with _Tree(Path(dataset_dir)) as tree, contextlib.ExitStack() as stack:
+        trash_fd = tree.open_folder((TRASH_FOLDER,))  # the log is created and written here, never through a link
+        stack.callback(os.close, trash_fd)
+        log_path = fileio.create_exclusive(folder, f"{tool_stem(tool)}_{fileio.utc_stamp()}", ".json", dir_fd=trash_fd)
+        try:
+            records = [_planned(tree, log_path.stem, move) for move in (progress or list)(moves)]
+            fileio.write_json(log_path.name, _log_data(tree, tool, log_path.stem, records, extra), dir_fd=trash_fd)
+        except BaseException:
+            with contextlib.suppress(OSError):  # an empty log (Ctrl-C while hashing) would only confuse a later undo
+                os.unlink(log_path.name, dir_fd=trash_fd)
+            raise
     return log_path
+
+
+def _log_data(
+    tree: _Tree, tool: str, run_id: str, records: list[dict[str, Any]], extra: dict[str, Any] | None
+) -> dict[str, Any]:
+    """A new log's fields; ``run_id`` (the log's name) is also the run's trash folder: unique, as logs are kept."""
+    return {
+        "schema_version": SCHEMA_VERSION,
+        "log_type": LOG_TYPE,
+        "tool": tool_stem(tool),
+        "run_id": run_id,
+        "created": fileio.utc_now(),
+        "dataset_dir": str(tree.real),
+        "extra": dict(extra or {}),
+        "moves": records,
+        "undone": None,
+    }
 
 
 def dataset_of_log(log_path: str | os.PathLike) -> Path:
@@ -418,7 +531,16 @@ def load_log(dataset_dir: str | os.PathLike, log_path: str | os.PathLike) -> dic
     """The validated log; TrashError (one sentence) unless it is a well-formed log of this dataset in its trash."""
     log_path = Path(log_path)
     try:
-        data = fileio.read_json(log_path, "trash log")
+        info = os.stat(log_path)  # one look: the name may change meanwhile
+    except OSError:
+        info = None  # read_json says what is wrong
+    if info is not None and stat.S_ISREG(info.st_mode) and info.st_size == 0:  # new_log names the log before hashing
+        raise TrashError(
+            f"the trash log {log_path} is empty: its run was stopped while it was hashing files, before anything "
+            "moved; nothing was moved by that run, so there is nothing to undo"
+        )
+    try:
+        data = fileio.read_json(log_path, "trash log", fileio.MAX_LOG_BYTES)
     except fileio.ReportError as error:
         raise TrashError(str(error)) from None
     data = validate_log(data, f"the trash log {log_path}")
@@ -441,34 +563,37 @@ def load_log(dataset_dir: str | os.PathLike, log_path: str | os.PathLike) -> dic
 # ---------------------------------------------------------------------------------------------------------------------
 
 
-def _carry_out(dataset_dir: Path, move: dict[str, Any], real_dataset: Path, real_trash: Path) -> None:
+def _carry_out(tree: _Tree, move: dict[str, Any]) -> None:
     """Perform one planned move after every check; raises UnsafePathError(reason) when it must not happen."""
-    source = _inside(dataset_dir, move["source"], real_dataset)
-    if source.is_relative_to(real_trash):
+    source = tree.parts(move["source"])
+    if source[0] == TRASH_FOLDER:
         raise fileio.UnsafePathError("lies in the trash folder")
-    problem = _file_problem(source, move["sha256"]) or _kept_problem(dataset_dir, source, move["kept"], real_dataset)
-    if problem:
-        raise fileio.UnsafePathError(problem)
-    if move["action"] == "delete":
-        os.unlink(source)
-        return
-    within = real_trash if move["action"] == "trash" else real_dataset
-    destination = _inside_or_created(dataset_dir, move, within)
-    if move["action"] == "relabel" and destination.parent.is_relative_to(real_trash):
-        raise fileio.UnsafePathError("a relabel destination lies in the trash folder")
-    if os.path.lexists(destination):
-        raise fileio.UnsafePathError(f"{move['destination']} already exists: nothing is ever overwritten")
-    os.rename(source, destination)
-
-
-def _inside_or_created(dataset_dir: Path, move: dict[str, Any], within: Path) -> Path:
-    """The checked destination path; the trash creates its folders, a relabel needs an existing class folder."""
-    if move["action"] == "trash":
-        return _make_parent(dataset_dir, move["destination"], within)
-    destination = _inside(dataset_dir, move["destination"], within)
-    if not destination.parent.is_dir():
-        raise fileio.UnsafePathError(f"the folder of {move['destination']} does not exist")
-    return destination
+    with contextlib.ExitStack() as stack:
+        try:
+            source_folder = tree.open_folder(source[:-1])
+        except FileNotFoundError:
+            raise fileio.UnsafePathError("does not exist") from None
+        stack.callback(os.close, source_folder)
+        problem = _file_problem(source_folder, source[-1], move["sha256"])
+        if not problem:
+            source_id = os.stat(source[-1], dir_fd=source_folder, follow_symlinks=False)
+            problem = _kept_problem(tree, source_id, move["kept"])
+        if problem:
+            raise fileio.UnsafePathError(problem)
+        if move["action"] == "delete":
+            os.unlink(source[-1], dir_fd=source_folder)
+            return
+        destination = tree.parts(move["destination"], in_trash=move["action"] == "trash")
+        if move["action"] == "relabel" and destination[0] == TRASH_FOLDER:
+            raise fileio.UnsafePathError("a relabel destination lies in the trash folder")
+        try:  # the trash creates its folders; a relabel needs an existing class folder
+            destination_folder = tree.open_folder(destination[:-1], create=move["action"] == "trash")
+        except FileNotFoundError:
+            raise fileio.UnsafePathError(f"the folder of {move['destination']} does not exist") from None
+        stack.callback(os.close, destination_folder)
+        if _exists(destination_folder, destination[-1]):
+            raise fileio.UnsafePathError(f"{move['destination']} already exists: nothing is ever overwritten")
+        os.rename(source[-1], destination[-1], src_dir_fd=source_folder, dst_dir_fd=destination_folder)
 
 
 def apply(
@@ -482,66 +607,90 @@ def apply(
     _require_lock(dataset_dir)
     dataset_dir = Path(dataset_dir)
     data = load_log(dataset_dir, log_path)
-    real_dataset, real_trash = dataset_dir.resolve(), trash_folder(dataset_dir).resolve()
-    writer, result = _LogWriter(Path(log_path), data), Result()
-    try:
-        for move in progress(data["moves"]) if progress else data["moves"]:
-            if move["status"] == "refused":
-                result.errors.append((move["source"], move["reason"] or "refused"))
-            if move["status"] != "planned":
-                continue
-            try:
-                problem = lexical_problem(move)
-                if problem:
-                    raise fileio.UnsafePathError(problem)
-                _carry_out(dataset_dir, move, real_dataset, real_trash)
-            except (fileio.UnsafePathError, OSError) as error:
-                reason = str(error) if isinstance(error, fileio.UnsafePathError) else (error.strerror or str(error))
-                move.update(status="refused", reason=reason)
-                result.errors.append((move["source"], reason))
-            else:
-                move["status"] = "done"
-                result.done.append(move["source"])
-            writer.changed()
-    finally:
-        writer.flush()
+    result = Result()
+    with _Tree(dataset_dir) as tree:
+        writer = _LogWriter(tree, Path(log_path), data)
+        try:
+            for move in progress(data["moves"]) if progress else data["moves"]:
+                if move["status"] == "refused":
+                    result.errors.append((move["source"], move["reason"] or "refused"))
+                if move["status"] != "planned":
+                    continue
+                try:
+                    problem = lexical_problem(move)
+                    if problem:
+                        raise fileio.UnsafePathError(problem)
+                    _carry_out(tree, move)
+                except (fileio.UnsafePathError, OSError) as error:
+                    reason = str(error) if isinstance(error, fileio.UnsafePathError) else (error.strerror or str(error))
+                    move.update(status="refused", reason=reason)
+                    result.errors.append((move["source"], reason))
+                else:
+                    move["status"] = "done"
+                    result.done.append(move["source"])
+                writer.changed()
+        finally:
+            writer.flush()
+            writer.close()
     return result
 
 
-def _restore(dataset_dir: Path, move: dict[str, Any], real_dataset: Path, real_trash: Path) -> bool:
-    """Put one move back; True when the file is back in place (now or already). UnsafePathError(reason) otherwise."""
+def _open_if_there(tree: _Tree, parts: Sequence[str], stack: contextlib.ExitStack) -> int | None:
+    """A descriptor of the folder ``parts`` (closed with ``stack``), or None when it does not exist."""
+    try:
+        folder = tree.open_folder(parts)
+    except FileNotFoundError:
+        return None
+    stack.callback(os.close, folder)
+    return folder
+
+
+def _restore(tree: _Tree, move: dict[str, Any]) -> str:
+    """Put one move back: "moved" (now), "back" (already in place) or "never" (never moved, changed since).
+
+    UnsafePathError(reason) when it cannot be put back.
+    """
     problem = lexical_problem(move)
     if problem:
         raise fileio.UnsafePathError(problem)
-    source = _inside(dataset_dir, move["source"], real_dataset)
-    if move["action"] == "delete":
-        if os.path.lexists(source):
-            return _file_problem(source, move["sha256"]) is None  # never deleted (the run stopped before it)
-        raise fileio.UnsafePathError("was deleted for good (delete): it cannot be restored")
-    within = real_trash if move["action"] == "trash" else real_dataset
-    destination = _inside(dataset_dir, move["destination"], within)
-    if not os.path.lexists(destination):
-        if _file_problem(source, move["sha256"]) is None:
-            return True  # already back (an earlier undo, or never moved)
-        if move["status"] == "planned" and os.path.lexists(source):
-            return False  # never moved: it was changed or replaced before the run reached it
-        where = "in the trash" if move["action"] == "trash" else "at"
-        if os.path.lexists(source):
-            raise fileio.UnsafePathError(f"not found {where} {move['destination']}; a different file is at its place")
-        raise fileio.UnsafePathError(f"not found {where} {move['destination']}, and not back in place")
-    problem = _file_problem(destination, move["sha256"])
-    if problem:
-        raise fileio.UnsafePathError(f"{move['destination']} {problem}; left where it is")
-    if os.path.lexists(source):
-        raise fileio.UnsafePathError(f"a file is already at {move['source']}; {move['destination']} left where it is")
-    source = _make_parent(dataset_dir, move["source"], real_dataset)
-    if source.is_relative_to(real_trash) or os.path.lexists(source):
-        raise fileio.UnsafePathError("the place it came from is not free")
-    os.rename(destination, source)
-    return True
+    source = tree.parts(move["source"])
+    with contextlib.ExitStack() as stack:
+        source_folder = _open_if_there(tree, source[:-1], stack)
+        is_at_source = source_folder is not None and _exists(source_folder, source[-1])
+        is_source_intact = is_at_source and _file_problem(source_folder, source[-1], move["sha256"]) is None
+        if move["action"] == "delete":
+            if is_at_source:  # never deleted (the run stopped before it)
+                return "back" if is_source_intact else "never"
+            raise fileio.UnsafePathError("was deleted for good (delete): it cannot be restored")
+        destination_text = move["destination"]
+        destination = tree.parts(destination_text, in_trash=move["action"] == "trash")
+        destination_folder = _open_if_there(tree, destination[:-1], stack)
+        if destination_folder is None or not _exists(destination_folder, destination[-1]):
+            if is_source_intact:
+                return "back"  # an earlier undo, or never moved
+            if move["status"] == "planned" and is_at_source:
+                return "never"  # it was changed or replaced before the run reached it
+            where = "in the trash" if move["action"] == "trash" else "at"
+            if is_at_source:
+                raise fileio.UnsafePathError(f"not found {where} {destination_text}; a different file is at its place")
+            raise fileio.UnsafePathError(f"not found {where} {destination_text}, and not back in place")
+        problem = _file_problem(destination_folder, destination[-1], move["sha256"])
+        if problem:
+            raise fileio.UnsafePathError(f"{destination_text} {problem}; left where it is")
+        if is_at_source:
+            raise fileio.UnsafePathError(f"a file is already at {move['source']}; {destination_text} left where it is")
+        if source[0] == TRASH_FOLDER:
+            raise fileio.UnsafePathError("the place it came from is not free")
+        if source_folder is None:
+            source_folder = tree.open_folder(source[:-1], create=True)
+            stack.callback(os.close, source_folder)
+        if _exists(source_folder, source[-1]):
+            raise fileio.UnsafePathError("the place it came from is not free")
+        os.rename(destination[-1], source[-1], src_dir_fd=destination_folder, dst_dir_fd=source_folder)
+        return "moved"
 
 
-def _remove_empty_trash_folders(moves: Sequence[dict[str, Any]], dataset_dir: Path, real_trash: Path) -> None:
+def _remove_empty_trash_folders(tree: _Tree, moves: Sequence[dict[str, Any]]) -> None:
     """Remove the empty folders below .trash on the way to each trash destination (the ones the run created)."""
     folders = set()
     for move in moves:
@@ -551,10 +700,12 @@ def _remove_empty_trash_folders(moves: Sequence[dict[str, Any]], dataset_dir: Pa
                 folders.add(parent)
                 parent = parent.parent
     for folder in sorted(folders, key=lambda item: -len(item.parts)):
-        path = dataset_dir / folder
-        with contextlib.suppress(OSError):
-            if stat.S_ISDIR(path.lstat().st_mode) and path.resolve().is_relative_to(real_trash):
-                path.rmdir()  # fails (and is left) unless empty
+        with contextlib.suppress(OSError, fileio.UnsafePathError):
+            parent = tree.open_folder(folder.parts[:-1])  # lexical names, none followed: stays in the real trash
+            try:
+                os.rmdir(folder.name, dir_fd=parent)  # fails (and is left) unless an empty real folder
+            finally:
+                os.close(parent)
 
 
 def undo(
@@ -565,30 +716,40 @@ def undo(
     The disk decides, not the statuses: a file found at its destination with the logged SHA-256 goes back (never over
     another file); a file already at its source with that SHA-256 counts as restored, so a re-run after a killed undo
     is quiet and succeeds. Files deleted for good are reported. Empty folders the run made in the trash are removed.
+    ``result.moved`` counts the files this call put back and ``result.undone_before`` is the time of an earlier
+    complete undo, so a tool can say ALREADY_UNDONE instead of "restored" again.
     """
     _require_lock(dataset_dir)
     dataset_dir = Path(dataset_dir)
     data = load_log(dataset_dir, log_path)
-    real_dataset, real_trash = dataset_dir.resolve(), trash_folder(dataset_dir).resolve()
-    writer, result = _LogWriter(Path(log_path), data), Result()
-    try:
-        for move in progress(list(reversed(data["moves"]))) if progress else reversed(data["moves"]):
-            if move["status"] == "refused":
-                continue
-            try:
-                if _restore(dataset_dir, move, real_dataset, real_trash):
-                    result.done.append(move["source"])
-                    move["status"] = "undone" if move["action"] != "delete" else move["status"]
-            except (fileio.UnsafePathError, OSError) as error:
-                reason = str(error) if isinstance(error, fileio.UnsafePathError) else (error.strerror or str(error))
-                result.errors.append((move["source"], reason))
-            writer.changed()
-        data["undone"] = fileio.utc_now()
-    finally:
-        writer.flush()
-    _remove_empty_trash_folders(data["moves"], dataset_dir, real_trash)
+    trash_folder(dataset_dir)
+    result = Result(undone_before=data["undone"])
+    with _Tree(dataset_dir) as tree:
+        writer = _LogWriter(tree, Path(log_path), data)
+        try:
+            for move in progress(list(reversed(data["moves"]))) if progress else reversed(data["moves"]):
+                if move["status"] == "refused":
+                    continue
+                try:
+                    outcome = _restore(tree, move)
+                except (fileio.UnsafePathError, OSError) as error:
+                    reason = str(error) if isinstance(error, fileio.UnsafePathError) else (error.strerror or str(error))
+                    result.errors.append((move["source"], reason))
+                else:
+                    if outcome != "never":
+                        result.done.append(move["source"])
+                        move["status"] = "undone" if move["action"] != "delete" else move["status"]
+                    result.moved += outcome == "moved"
+                writer.changed()
+            data["undone"] = fileio.utc_now()
+        finally:
+            writer.flush()
+            writer.close()
+        _remove_empty_trash_folders(tree, data["moves"])
     return result
 
 
 if __name__ == "__main__":
-    raise SystemExit("trash.py is a module imported by the birdplane scripts, not a script; see README.md")
+    import cli
+
+    cli.refuse_running_as_script(__file__, "see README.md")

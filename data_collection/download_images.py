@@ -101,6 +101,7 @@ SPLITS = ("train", "val")
 DEFAULT_PER_CLASS = 500  # 4 default classes x 500 = about 2000 images
 CANDIDATE_FACTOR = 1.5  # search for 1.5x the images wanted: a quarter to a third of image-search URLs fail
 DEFAULT_VAL_FRACTION = 0.2
+MAX_URLS_FILE_BYTES = 256 * 1024 * 1024  # a million URLs fit in ~200 MB; more is not a URL list (read whole)
 DEFAULT_WORKERS = 8  # downloads wait on the network, not the CPU: 8 in flight hide most of the latency
 IN_FLIGHT_PER_WORKER = 2  # keep each worker busy without queuing URLs a finished class will never need
 # Our own half-written images: ".<sha256>.<ext>.<pid>.<random>.part" (older versions wrote no random part).
@@ -152,7 +153,12 @@ def parse_url_lines(lines: Iterable[str], source: str) -> tuple[list[tuple[int, 
         text = line.strip()
         if not text or text.startswith("#"):
             continue
-        fields = next(csv.reader([text]))
+        try:  # a field over csv's limit, or a URL urlsplit refuses ("http://[::1"), costs its line, not the run
+            fields = next(csv.reader([text]))
+            parts = urlsplit(",".join(fields[1:]).strip())
+        except (csv.Error, ValueError) as error:
+            problems.append(f"{source} line {line_number}: cannot be read as 'class,url' ({str(error)[:80]})")
+            continue
         if [value.strip().lower() for value in fields] == ["class", "url"]:
             continue
         if len(fields) < 2:
@@ -162,7 +168,6 @@ def parse_url_lines(lines: Iterable[str], source: str) -> tuple[list[tuple[int, 
         if not CLASS_NAME_PATTERN.match(class_name):
             problems.append(f"{source} line {line_number}: class name {class_name!r} cannot be a folder name")
             continue
-        parts = urlsplit(url)
         if parts.scheme not in ("http", "https") or not parts.netloc:
             problems.append(f"{source} line {line_number}: {url[:80]!r} is not an http(s) URL")
             continue
@@ -728,6 +733,8 @@ def read_urls_file(path: Path) -> tuple[list[Candidate], list[str]]:
         reason = "no such file"
     if reason:
         raise ValueError(f"--urls-file {shown}: {reason}")
+    if (size := path.stat().st_size) > MAX_URLS_FILE_BYTES:
+        raise ValueError(f"--urls-file {shown}: {size} bytes, more than a URL list needs ({MAX_URLS_FILE_BYTES})")
     try:
         lines = path.read_text(encoding="utf-8-sig").splitlines()
     except (OSError, UnicodeDecodeError) as error:

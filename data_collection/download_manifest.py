@@ -18,13 +18,15 @@ import contextlib
 import json
 import logging
 import os
+import sys
 from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import Any
 
 from image_fetch import Candidate, FetchLimits, is_retryable
 
-from fileio import utc_now
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # cli.py and fileio.py: the project root
+from fileio import MAX_JSON_LINE_BYTES, ReportError, parse_json, utc_now  # noqa: E402
 
 try:
     import fcntl
@@ -165,12 +167,13 @@ def read_manifest(path: Path) -> list[dict[str, Any]]:
         return []
     records = []
     with open(path, encoding="utf-8", errors="replace") as file:
-        for line_number, line in enumerate(file, start=1):
+        lines = iter(lambda: file.readline(MAX_JSON_LINE_BYTES), "")  # a line of hundreds of MB is read in pieces
+        for line_number, line in enumerate(lines, start=1):
             if not line.strip():
                 continue
             try:
-                record = json.loads(line)
-            except json.JSONDecodeError:
+                record = parse_json(line, "a manifest line")  # malformed, nested too deeply, a huge number
+            except ReportError:
                 logger.warning("%s line %d is not a JSON record (cut off?): ignored", path.name, line_number)
                 continue
             if isinstance(record, dict):
@@ -219,4 +222,6 @@ class ManifestWriter:
 
 
 if __name__ == "__main__":
-    raise SystemExit("download_manifest.py is imported by download_images.py, not a script; see README.md")
+    import cli
+
+    cli.refuse_running_as_script(__file__, "run data_collection/download_images.py")

@@ -7,6 +7,7 @@ names, for each failure reason, the flag that would change the outcome ("too sma
 
 from __future__ import annotations
 
+import sys
 from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -17,8 +18,9 @@ from download_manifest import LIMIT_FLAGS, MANIFEST_NAME
 from image_fetch import FetchLimits, is_retryable
 from image_search import ShortQuery
 
-import cli
-from fileio import write_json
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # cli.py and fileio.py: the project root
+import cli  # noqa: E402
+from fileio import write_json  # noqa: E402
 
 REPORT_NAME = "download_report.json"
 REPORT_SCHEMA_VERSION = 3  # 2: "downloaded" counts only files this run saved; "found_on_disk", "failed_before" added
@@ -176,4 +178,4 @@ def write_report(path: Path, summary: RunSummary, mode: str, input_errors: Seque
 
 
 if __name__ == "__main__":
-    raise SystemExit("download_report.py is imported by download_images.py, not a script; see README.md")
+    cli.refuse_running_as_script(__file__, "run data_collection/download_images.py")

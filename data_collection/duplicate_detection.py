@@ -52,12 +52,8 @@ DETECTORS = (
     "detect_duplicates_by_embedding.py",
 )
 if __name__ == "__main__":  # answer at once, before the slow import below (classifier.py imports torch)
-    raise SystemExit(
-        cli.error(
-            "duplicate_detection.py is a module imported by the duplicate detectors, not a script; run one of "
-            + ", ".join(f"data_collection/{name}" for name in DETECTORS)
-        )
-    )
+    run_instead = "run one of " + ", ".join(f"data_collection/{name}" for name in DETECTORS)
+    cli.refuse_running_as_script(__file__, run_instead, "the duplicate detectors")
 import classifier  # noqa: E402
 
 logger = logging.getLogger(__name__)

@@ -130,20 +130,21 @@ def save(path: Path, settings: str, cache: dict[Key, dict[str, Any]]) -> None:
     keys = sorted(cache)
     names = sorted(cache[keys[0]]) if keys else []
     fileio.remove_stale_temp_files(path.parent, path.name)
-    with fileio.atomic_write(path) as handle:
-        np.savez(
-            handle,
-            version=np.int64(CACHE_VERSION),
-            settings=np.str_(settings),
-            paths=np.array([os.fsencode(key[0]) for key in keys] or [b""])[: len(keys)],
-            sizes=np.array([key[1] for key in keys], dtype=np.int64),
-            mtimes=np.array([key[2] for key in keys], dtype=np.int64),
-            **{f"column_{name}": np.array([cache[key][name] for key in keys]) for name in names},
-        )
+    try:  # a folder in the cache's place, a full disk: the report is what matters, the cache is only an optimisation
+        with fileio.atomic_write(path) as handle:
+            np.savez(
+                handle,
+                version=np.int64(CACHE_VERSION),
+                settings=np.str_(settings),
+                paths=np.array([os.fsencode(key[0]) for key in keys] or [b""])[: len(keys)],
+                sizes=np.array([key[1] for key in keys], dtype=np.int64),
+                mtimes=np.array([key[2] for key in keys], dtype=np.int64),
+                **{f"column_{name}": np.array([cache[key][name] for key in keys]) for name in names},
+            )
+    except OSError as error:
+        logger.warning("Cache not saved: %s cannot be replaced (%s)", cli.printable(path), error.strerror or error)
 
 
 if __name__ == "__main__":
-    raise SystemExit(
-        "file_cache.py is a module (the duplicate detectors' per-file cache), not a script; run one of "
-        "data_collection/detect_duplicates_by_phash.py or detect_duplicates_by_embedding.py"
-    )
+    run_instead = "run data_collection/detect_duplicates_by_phash.py or detect_duplicates_by_embedding.py"
+    cli.refuse_running_as_script(__file__, run_instead, "the duplicate detectors")

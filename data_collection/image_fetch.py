@@ -498,4 +498,10 @@ class Fetcher:
 
 
 if __name__ == "__main__":
-    raise SystemExit("image_fetch.py is imported by download_images.py, not a script; see README.md")
+    import sys
+    from pathlib import Path
+
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # cli.py: the project root
+    import cli
+
+    cli.refuse_running_as_script(__file__, "run data_collection/download_images.py")

@@ -17,6 +17,7 @@ import logging
 import math
 import random
 import re
+import sys
 import time
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
@@ -26,8 +27,9 @@ from urllib.parse import urlsplit
 
 from image_fetch import Candidate, NoNetworkError, backoff_delay, can_connect
 
-from cli import printable
-from fileio import write_json
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # cli.py and fileio.py: the project root
+from cli import printable  # noqa: E402
+from fileio import MAX_SMALL_JSON_BYTES, ReportError, read_json, write_json  # noqa: E402
 
 SEARCH_CACHE_DIR = ".search_cache"
 CACHE_SCHEMA_VERSION = 1  # of a cached query's JSON file
@@ -165,12 +167,12 @@ def ddgs_search(query: str, page: int, options: SearchOptions) -> list[dict[str,
 
 
 def read_search_cache(path: Path, query: str) -> dict[str, Any] | None:
-    try:
-        cached = json.loads(path.read_text(encoding="utf-8"))
-    except FileNotFoundError:
+    if not path.exists():
         return None
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as error:
-        logger.warning("search cache %s unreadable (%s): searching again", printable(path.name), error)
+    try:
+        cached = read_json(path, "search cache", MAX_SMALL_JSON_BYTES)
+    except ReportError as error:
+        logger.warning("%s: searching again", printable(str(error)))
         return None
     if (
         not isinstance(cached, dict)
@@ -294,4 +296,6 @@ class ImageSearch:
 
 
 if __name__ == "__main__":
-    raise SystemExit("image_search.py is imported by download_images.py, not a script; see README.md")
+    import cli
+
+    cli.refuse_running_as_script(__file__, "run data_collection/download_images.py")

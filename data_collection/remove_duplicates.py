@@ -39,6 +39,7 @@ TOOL = "remove_duplicates.py"  # names the lock holder and the logs (.trash/remo
 STRATEGIES = ("safe", "prefer-train", "prefer-val", "first-alpha", "shortest-path", "keep-best", "all", "interactive")
 DEFAULT_STRATEGY = "safe"  # the only one that cannot remove anything but byte-identical copies
 TRAIN_SET, VAL_SET = "train", "val"
+WHOLE_FOLDER_SET = "."  # duplicate_detection.WHOLE_FOLDER_SET: a dataset without set folders, scanned whole
 
 
 class StopAsking(Exception):
@@ -348,15 +349,35 @@ def file_problem(dataset_dir: Path, path: str) -> str | None:
     return f"{path} {reason}" if reason else None
 
 
+def is_place_of(entry: dict[str, Any], parts: Sequence[str]) -> bool:
+    """Whether the entry's "set" and "class" are those of a file at ``parts`` (set/class/.../name, set/name, or in a
+    dataset scanned as one set ".": class/.../name, name), as the detectors write them."""
+    if len(parts) >= 2 and entry["set"] == parts[0]:
+        return entry["class"] == (parts[1] if len(parts) > 2 else "")
+    is_whole_folder = entry["set"] == WHOLE_FOLDER_SET and parts[0] not in (TRAIN_SET, VAL_SET)
+    return is_whole_folder and entry["class"] == (parts[0] if len(parts) > 1 else "")
+
+
+def place_problem(entry: dict[str, Any], dataset_dir: Path) -> str | None:
+    """Why the report's "set" or "class" of an entry is not where the file is, or None. Strategies decide by them
+    (a label conflict is never removed, prefer-train removes val copies): a report never says what a file is."""
+    real_root, full = os.path.realpath(dataset_dir), dataset_dir / entry["path"]
+    real = PurePosixPath(Path(os.path.relpath(os.path.realpath(full.parent), real_root)).as_posix(), full.name)
+    if is_place_of(entry, PurePosixPath(entry["path"]).parts) or is_place_of(entry, real.parts):
+        return None
+    return f"{entry['path']}: the report's set {entry['set']!r} and class {entry['class']!r} do not match its path"
+
+
 def group_problem(group: dict[str, Any], dataset_dir: Path, seen: set[str]) -> str | None:
-    """Why a group cannot be acted on (a file gone or changed since the report, a path outside), or None."""
+    """Why a group cannot be acted on (a file gone or changed since the report, a path outside, a set or class that
+    is not the file's), or None."""
     for entry in group["files"]:
         path = entry["path"]
         if not fileio.is_safe_relative(path):
             return f"{path!r} is not a path inside the dataset"
         if path in seen:
             return f"{path} is also in another group of the report"
-        problem = file_problem(dataset_dir, path)
+        problem = file_problem(dataset_dir, path) or place_problem(entry, dataset_dir)
         if problem:
             return problem
         full = dataset_dir / path
@@ -745,6 +766,9 @@ def run_undo(args: argparse.Namespace) -> int:
     except KeyboardInterrupt:
         print(f"\nInterrupted: run --undo {cli.printable(log_path)} again to finish; nothing is lost.")
         return cli.EXIT_INTERRUPTED
+    if result.is_already_undone:
+        print(f"{cli.printable(log_path)}: {trash.ALREADY_UNDONE} (on {result.undone_before}); nothing changed.")
+        return cli.EXIT_OK
     for path, problem in result.errors:
         logger.warning("%s: %s", cli.printable(path), cli.printable(problem))
     problems = f"; {len(result.errors)} not restored (see above)" if result.errors else ""

@@ -22,6 +22,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # cli.py lives in the project root
 import cli  # noqa: E402 - needs the line above
+import fileio  # noqa: E402
 
 # A class name becomes a folder name: no path separators, no leading dot, nothing a shell or Windows chokes on.
 CLASS_NAME_PATTERN = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_ .-]*$")
@@ -157,16 +158,10 @@ def load_queries(path: Path | None = None) -> dict[str, list[str]]:
     """
     if path is None:
         return {class_name: list(class_queries) for class_name, class_queries in QUERIES.items()}
-    try:
-        text = Path(path).read_text(encoding="utf-8")
-    except OSError as error:
-        raise ValueError(f"{path}: cannot read the query file ({error.strerror or error})") from error
-    except UnicodeDecodeError as error:
-        raise ValueError(f"{path}: the query file is not UTF-8 text") from error
-    try:
-        data = json.loads(text)
-    except json.JSONDecodeError as error:
-        raise ValueError(f"{path}: not valid JSON (line {error.lineno}: {error.msg})") from error
+    try:  # bounded, and deep nesting or a huge number is a sentence too (fileio.ReportError is a ValueError)
+        data = fileio.read_json(path, "query file", fileio.MAX_SMALL_JSON_BYTES)
+    except fileio.ReportError as error:
+        raise ValueError(str(error)) from None
     return validate_queries(data, str(path))
 
 

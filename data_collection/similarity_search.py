@@ -449,6 +449,7 @@ def cosine_pairs(
 
 
 if __name__ == "__main__":
-    raise SystemExit(
-        "similarity_search.py is imported by the duplicate detectors, not a script; run detect_duplicates_by_phash.py"
-    )
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # cli.py: the project root
+    import cli
+
+    cli.refuse_running_as_script(__file__, "run data_collection/detect_duplicates_by_phash.py")

@@ -17,7 +17,7 @@ import download_images
 import remove_duplicates
 from _download_helpers import FakeSearch, ImageServer, Route, encode_good_image, good_routes
 from conftest import ROOT
-from download_images import REPORT_NAME, split_for_hash
+from download_images import REPORT_NAME, parse_url_lines, split_for_hash
 from download_manifest import MANIFEST_NAME, latest_records, read_manifest
 from image_fetch import DEADLINE_POOLS, DeadlineAdapter, Fetcher, FetchLimits
 
@@ -258,3 +258,30 @@ def test_val_fraction_zero_asks_for_no_val_images(tmp_path: Path) -> None:
         urls = write_urls(tmp_path / "urls.csv", [("bird", server.url(path)) for path in routes])
         assert run(["--urls-file", str(urls), "--dataset-dir", str(dataset), "--val-fraction", "0", *FAST]) == 0
     assert all(path.startswith("train/") for path in image_files(dataset))
+
+
+def test_a_url_line_python_cannot_parse_is_one_skipped_line_not_the_end_of_the_run() -> None:
+    lines = ["bird,http://[::1:80/x.jpg", "bird,http://a/" + "a" * 300_000, "bird,http://a/ok.jpg"]
+    entries, problems = parse_url_lines(lines, "urls.csv")
+    assert entries == [(3, "bird", "http://a/ok.jpg")]
+    assert [problem.split(":")[0] for problem in problems] == ["urls.csv line 1", "urls.csv line 2"]
+    assert all(len(problem) < 300 for problem in problems)
+
+
+def test_a_manifest_line_json_cannot_hold_is_skipped_like_a_cut_one(tmp_path: Path, caplog) -> None:
+    manifest = tmp_path / MANIFEST_NAME
+    good = {"class": "bird", "url": "http://a/x.jpg", "status": "failed", "reason": "http 404"}
+    lines = ["[" * 100_000 + "]" * 100_000, '{"n": ' + "9" * 5000 + "}", json.dumps(good)]
+    manifest.write_text("\n".join(lines) + "\n", encoding="utf-8")
+    assert read_manifest(manifest) == [good]
+    assert caplog.text.count("is not a JSON record") == 2
+
+
+def test_a_urls_file_of_gigabytes_is_refused_before_it_is_read(tmp_path: Path, capsys) -> None:
+    urls = tmp_path / "urls.csv"
+    with open(urls, "wb") as handle:
+        handle.truncate(4 << 30)  # sparse: costs no disk, but read whole it would take 4 GB of memory
+    assert run(["--urls-file", str(urls), "--dataset-dir", str(tmp_path / "dataset"), *FAST]) == 2
+    error = capsys.readouterr().err.strip()
+    assert error.startswith("error: --urls-file") and "bytes, more than a URL list needs" in error
+    assert len(error.splitlines()) == 1 and not (tmp_path / "dataset").exists()

@@ -638,3 +638,16 @@ def test_a_bad_cache_is_ignored_with_one_warning_and_rebuilt(
 
 def resource_peak_mb() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+def test_a_cache_path_that_is_a_folder_costs_one_warning_not_the_report(
+    tmp_path: Path, capsys: pytest.CaptureFixture
+) -> None:
+    dataset = make_dataset(tmp_path / "dataset", train_per_class=1, val_per_class=1)
+    (dataset / ".phash_cache.npz" / "mine").mkdir(parents=True)  # a folder where the cache goes, not ours to replace
+    assert by_phash.main(["--dataset-dir", str(dataset), "--workers", "1"]) == 0
+    err = capsys.readouterr().err
+    assert "Cache not saved" in err and "Traceback" not in err
+    assert load(dataset / "duplicate_report_phash.json")["images_read"] == 8
+    assert (dataset / ".phash_cache.npz" / "mine").is_dir()
+    assert not [path for path in dataset.iterdir() if path.name.endswith(".tmp")]  # no temp file left behind

@@ -146,6 +146,11 @@ def test_page_shows_every_section_with_the_reports_counts(setup) -> None:
     assert paths == ["train/bird/bird_002.jpg", "train/superman/superman_000.jpg", "train/bird/bird_003.jpg",
                      "train/plane/plane_001.jpg", "train/superman/superman_001.jpg"]  # fmt: skip # issues, then loss
     assert problems.count("<polyline") == len(PROBLEMS)  # a loss sparkline each
+    issues, hard = problems.split('id="hard-examples"')
+    assert issues.count('<figure class="card"') == 2 and hard.count('<figure class="card"') == 3  # apart
+    assert "<details" in problems and "<details open" not in problems  # hard examples collapsed by default
+    assert "suggested" not in hard and "more likely" not in hard  # a hard example names no other class
+    assert "labelled bird, more likely <b>plane</b>" in issues and "p(plane) 0.70 &gt; p(bird) 0.20" in issues
     assert '<b id="recommended">0.60</b>' in page and "<tr class=recommended><td>0.60</td>" in page
     assert 'id="confusion"' in page and "val/plane/plane_001.jpg" in page  # a confident mistake of the best epoch
     assert page.count('<svg class="chart"') == 3
@@ -153,7 +158,7 @@ def test_page_shows_every_section_with_the_reports_counts(setup) -> None:
     assert re.findall(r">([^<]+)</a>", glance) == [
         "21 images in 3 classes",
         "filesize: 3 duplicate groups (1 label conflict, 1 train/val leak)",
-        "5 problematic images (2 likely label issues)",
+        "2 likely label issues (3 hard examples listed apart)",
         "val macro F1 0.600, recommended threshold 0.60",
     ]
 
@@ -316,6 +321,26 @@ def test_a_symlinked_thumbnail_folder_is_refused(setup, tmp_path: Path, capsys) 
     assert list(elsewhere.iterdir()) == [] and not setup["page"].exists()
 
 
+def test_a_thumbnail_planted_as_a_symlink_is_replaced_never_shown(setup, tmp_path: Path) -> None:
+    """Thumbnail names are predictable (path, size, mtime): a link planted at one must not put an outside picture
+    on the page, and the picture it points to stays as it was."""
+    assert make_page(setup) == 0
+    thumbs = setup["dataset"] / "report_files" / "thumbs"
+    secret = tmp_path / "private.jpg"
+    Image.new("RGB", (300, 100), (0, 0, 0)).save(secret)
+    before = secret.read_bytes()
+    for thumb in thumbs.glob("*.jpg"):
+        thumb.unlink()
+        thumb.symlink_to(secret)
+        (thumbs / f".{thumb.name}.{os.getpid()}.tmp").symlink_to(secret)  # and at its temp name (pid is guessable)
+    assert make_page(setup) == 0
+    assert secret.read_bytes() == before
+    for thumb in thumbs.glob("*.jpg"):
+        assert not thumb.is_symlink()
+        with Image.open(thumb) as image:
+            assert image.size != (160, 53)  # a thumbnail of the dataset's image, not of the planted one
+
+
 def test_sparkline_and_chart_read_values_defensively() -> None:
     line = html_report.sparkline_svg([1.0, "x", None, 0.5, float("nan"), 0.25], reference=0.69)
     assert len(re.search(r'points="([^"]*)"', line).group(1).split()) == 3 and 'class="ref"' in line
@@ -383,7 +408,8 @@ def card_of(browser, path: str) -> Any:
         "return d.images.findIndex(function (i) { return i.path === wanted; });",
         path,
     )
-    card = browser.find_element("css selector", f'#problem-cards .card[data-i="{index}"]')
+    browser.execute_script("document.getElementById('hard-examples').open = true")  # as a person opens it
+    card = browser.find_element("css selector", f'#problematic .card[data-i="{index}"]')
     browser.execute_script("arguments[0].scrollIntoView({block: 'center'})", card)
     return card
 
@@ -399,7 +425,10 @@ def test_browser_page_opens_without_console_errors_and_counts_match(browser, set
         len(groups) for groups in report["duplicate_groups"].values()
     )
     entries = [entry for items in setup["problems"]["problematic_images"].values() for entry in items]
-    assert len(browser.find_elements("css selector", "#problem-cards .card")) == len(entries)
+    issues = [entry for entry in entries if entry["is_label_issue"]]
+    assert len(browser.find_elements("css selector", "#problem-cards .card")) == len(issues)
+    assert len(browser.find_elements("css selector", "#hard-cards .card")) == len(entries) - len(issues)
+    assert visible(browser, "#hard-cards .card") == []  # collapsed until opened
     for name in CLASSES:
         issues = sum(entry["is_label_issue"] for entry in setup["problems"]["problematic_images"][name])
         assert browser.find_element("css selector", f'#problematic [data-issues="{name}"]').text == str(issues)
@@ -419,7 +448,7 @@ def test_browser_filters_by_class_and_by_category(browser, setup) -> None:
     everything = len(visible(browser, "#problem-cards .card"))
     Select(browser.find_element("id", "filter-class")).select_by_value("superman")
     cards = visible(browser, "#problem-cards .card")
-    assert len(cards) == 2 < everything
+    assert len(cards) == 1 < everything  # superman's label issue; its hard example stays collapsed
     assert all("train/superman/" in card.find_element("css selector", ".path").text for card in cards)
     assert visible(browser, ".group") == []  # no duplicate group has a superman image
     Select(browser.find_element("id", "filter-class")).select_by_value("")

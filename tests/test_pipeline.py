@@ -22,6 +22,7 @@ import remove_duplicates
 from _download_helpers import ImageServer, Route, encode_good_image
 from conftest import ROOT, make_class_image, make_dataset, save_image
 
+import fileio
 import pipeline_state
 import run_pipeline
 import train_classifier
@@ -358,7 +359,8 @@ def test_help_runs_as_a_script() -> None:
 def test_deep_or_huge_json_in_the_state_file_is_ignored_with_a_warning(tmp_path: Path, capsys) -> None:
     dataset = make_dataset(tmp_path / "dataset", CLASSES, train_per_class=1, val_per_class=1)
     argv = ["--dataset-dir", str(dataset), "--no-collect", "--dry-run"]
-    for text in ("[" * 100_000 + "]" * 100_000, '{"schema_version": 1' + "1" * 5000 + "}", " " * (5 * 2**20)):
+    huge = " " * (fileio.MAX_SMALL_JSON_BYTES + 1)
+    for text in ("[" * 100_000 + "]" * 100_000, '{"schema_version": 1' + "1" * 5000 + "}", huge):
         (dataset / pipeline_state.STATE_NAME).write_text(text, encoding="utf-8")
         assert run_pipeline.main(argv) == 0
         captured = capsys.readouterr()

@@ -307,11 +307,11 @@ def test_ctrl_c_during_removal_leaves_an_exact_log_and_undo_works(
     before = tree_snapshot(copies_dataset)
     real_rename, calls = os.rename, []
 
-    def rename_then_interrupt(source, destination) -> None:
+    def rename_then_interrupt(source, destination, **options) -> None:
         calls.append(source)
         if len(calls) == 2:
             raise KeyboardInterrupt
-        real_rename(source, destination)
+        real_rename(source, destination, **options)
 
     monkeypatch.setattr(os, "rename", rename_then_interrupt)
     assert rd.main(["--report", report_of(copies_dataset), "--strategy", "all", "--apply", "--yes"]) == 130
@@ -346,10 +346,10 @@ def test_undo_after_a_kill_reads_the_disk(copies_dataset: Path, capsys: pytest.C
 def test_a_failing_move_is_reported_and_the_rest_goes_on(copies_dataset: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     real_rename = os.rename
 
-    def refuse_leaked(source, destination) -> None:
+    def refuse_leaked(source, destination, **options) -> None:
         if Path(source).name == "leaked.jpg":
             raise PermissionError(13, "Permission denied")
-        real_rename(source, destination)
+        real_rename(source, destination, **options)
 
     monkeypatch.setattr(os, "rename", refuse_leaked)
     assert rd.main(["--report", report_of(copies_dataset), "--strategy", "all", "--apply", "--yes"]) == 1
@@ -869,3 +869,24 @@ def test_a_copy_changed_between_the_plan_and_the_removal_is_left_alone(
     out = capsys.readouterr().out
     assert "Nothing to remove" in out and (copies_dataset / "train/bird/bird_copy.jpg").exists()
     assert not (copies_dataset / trash.TRASH_FOLDER).exists() or not list((copies_dataset / ".trash").glob("*.json"))
+
+
+@pytest.mark.parametrize("strategy", ["safe", "prefer-train", "all"])
+def test_a_report_that_lies_about_a_files_class_or_set_never_decides_a_removal(
+    copies_dataset: Path, strategy: str, capsys: pytest.CaptureFixture
+) -> None:
+    report = load(Path(report_of(copies_dataset)))
+    groups = report["duplicate_groups"]
+    conflict = groups.pop("diff_class_same_set")[0]  # train/superman and train/other: the same picture, two labels
+    for file in conflict["files"]:
+        file["class"] = "superman"  # passed off as plain copies, so a strategy would remove one
+    leak = groups["same_class_diff_set"][0]  # train/plane/plane_001.jpg and its val copies
+    for file in leak["files"]:
+        file["set"] = "val" if file["set"] == "train" else "train"  # prefer-train would remove the train copy
+    groups["same_class_and_set"].append({**conflict, "category": "same_class_and_set"})
+    groups["diff_class_same_set"] = []
+    Path(report_of(copies_dataset)).write_text(json.dumps(report), encoding="utf-8")
+    conflict_paths = [file["path"] for file in conflict["files"]]
+    assert rd.main(["--report", report_of(copies_dataset), "--strategy", strategy, "--apply", "--yes"]) == 1
+    assert all((copies_dataset / path).is_file() for path in [*conflict_paths, "train/plane/plane_001.jpg"])
+    assert "do not match its path" in capsys.readouterr().out

@@ -127,8 +127,8 @@ def is_png(path: Path) -> bool:
 def test_validate_report_accepts_generated_report_and_names_what_is_wrong(tmp_path: Path) -> None:
     report = make_report(make_dataset(tmp_path / "d", classes=CLASSES, train_per_class=3, val_per_class=0))
     assert review.validate_report(report) is report
-    bad_version = {**report, "schema_version": 2}
-    with pytest.raises(review.ReportError, match="schema_version 2"):
+    bad_version = {**report, "schema_version": 3}
+    with pytest.raises(review.ReportError, match="schema_version 3 but this script reads versions 1 and 2"):
         review.validate_report(bad_version)
     with pytest.raises(review.ReportError, match="report_type"):
         review.validate_report({**report, "report_type": "duplicates"})
@@ -153,10 +153,31 @@ def test_select_and_limit_follow_class_order_and_rank(tmp_path: Path) -> None:
     ]
     issues = review.select_entries(report, None, only_label_issues=True)
     assert [entry["class"] for entry in issues] == CLASSES and all(entry["is_label_issue"] for entry in issues)
+    report["problematic_images"]["plane"][2]["is_label_issue"] = True  # a label issue ranked below a hard example
+    planes = review.select_entries(report, ["plane"])
+    assert [entry["is_label_issue"] for entry in planes] == [True, True, False]  # label issues first
+
+
+def test_only_a_label_issue_is_offered_another_class_and_only_a_more_probable_one(tmp_path: Path) -> None:
+    report = make_report(make_dataset(tmp_path / "d", classes=CLASSES, train_per_class=3, val_per_class=0))
+    issue, hard = report["problematic_images"]["bird"][:2]  # a version-1 report names a suggestion for both
+    less_probable = {**issue, "probabilities": {**issue["probabilities"], "bird": 0.95}}
+    assert problematic_report.suggested_class(less_probable) is None  # p(bird) is higher: nothing to suggest
+    assert "suggested" not in review.describe_entry(hard, 2, 3) and "label is probably right" in review.describe_entry(
+        hard, 2, 3
+    )
+    assert f"suggested {issue['suggested_class']}" in review.describe_entry(issue, 1, 3)
+    with pytest.raises(ValueError, match="say which class"):  # a bare r has nothing to relabel to
+        review.parse_answer("r", hard, CLASSES)
+    assert review.parse_answer("r", issue, CLASSES) == ("relabel", issue["suggested_class"])
+    assert (
+        figures.title_of(hard) == "bird (hard example)"
+        and figures.title_of(issue) == f"bird -> {issue['suggested_class']}?"
+    )
 
 
 def test_parse_answer_refuses_relabel_to_missing_or_same_class() -> None:
-    entry = {"class": "bird", "suggested_class": "plane"}
+    entry = {"class": "bird", "suggested_class": "plane", "is_label_issue": True}
     targets = ["other", "plane"]
     assert review.parse_answer("k", entry, targets) == ("keep", None)
     assert review.parse_answer(" d ", entry, targets) == ("delete", None)
@@ -221,7 +242,12 @@ def test_summary_is_text_only_and_respects_class_and_limit(
     assert all(path in text for path in shown)
     assert report["problematic_images"]["plane"][2]["path"] not in text  # beyond --limit
     assert "train/bird/" not in text  # other class
-    assert "LABEL ISSUE" in text and "p(plane)=0.05" in text
+    assert "Likely label issues" in text and "p(plane)=0.05" in text
+    issues, hard = text.index("Likely label issues"), text.index("Hard examples")
+    first, second = report["problematic_images"]["plane"][:2]  # rank 1 a label issue, rank 2 a hard example
+    assert issues < text.index(first["path"]) < hard < text.index(second["path"])  # label issues first, apart
+    hard_line = next(line for line in text.splitlines() if line.endswith(second["path"]))
+    assert second["suggested_class"] not in hard_line  # p(plane) is higher: no suggestion on a hard example
     for class_name in CLASSES:  # the per-class summary lists every class
         assert f"\n{class_name} " in text
 
@@ -248,14 +274,6 @@ def test_help_runs_as_a_script() -> None:
     )
     assert result.returncode == 0
     assert "--mode" in result.stdout and "--undo" in result.stdout
-
-
-def test_figures_module_refuses_to_run_as_a_script() -> None:
-    result = subprocess.run(
-        [sys.executable, str(ROOT / "review_figures.py")], capture_output=True, text=True, timeout=60
-    )
-    assert result.returncode == 1
-    assert "not a script; run review_problematic_images.py" in result.stderr
 
 
 @pytest.mark.parametrize(
@@ -418,12 +436,12 @@ def test_interrupt_while_moving_leaves_no_half_moved_file_and_undo_restores(
     before = tree_snapshot(dataset / "train")
     real_rename, calls = os.rename, []
 
-    def rename_then_interrupt(source: Any, destination: Any) -> None:
+    def rename_then_interrupt(source: Any, destination: Any, **options: Any) -> None:
         if str(destination).endswith((".jpg", ".png")):  # an image move, not a lock or log write
             calls.append(source)
             if len(calls) == 2:
                 raise KeyboardInterrupt
-        real_rename(source, destination)
+        real_rename(source, destination, **options)
 
     monkeypatch.setattr(os, "rename", rename_then_interrupt)
     code, _ = run_interactive(monkeypatch, report_path, ["d", "d", "d", "q", "y"])
@@ -517,9 +535,9 @@ def test_undo_drops_restored_decisions_so_a_rerun_shows_them_again(
 
 def test_grid_caption_says_what_each_figure_is() -> None:
     entry = {"path": "train/bird/x.jpg", "class": "bird", "suggested_class": "plane", "mean_loss": 1.2391}
-    entry |= {"losses": [1.0, 1.3, 1.4171], "given_label_probability": 0.8612}
+    entry |= {"losses": [1.0, 1.3, 1.4171], "given_label_probability": 0.8612, "is_label_issue": True}
     assert figures.grid_caption(entry, out_of_fold=False).splitlines() == [
-        "bird -> plane",
+        "bird -> plane?",
         "mean loss 1.24 (3 ep)",
         "p(bird) 0.86 last epoch",
         "x.jpg",
@@ -542,14 +560,14 @@ def test_grid_and_summary_print_the_evidence_note(
     _, report_path, report = reviewed
     assert review.main(["--report", str(report_path), "--mode", "summary"]) == 0
     assert "Note: in-sample flags are weak evidence" in capsys.readouterr().out
-    assert "--cross-val-folds" in problematic_report.report_evidence_note(report)
+    assert "--detect-problematic for out-of-fold" in problematic_report.report_evidence_note(report)
     plt = figures.import_pyplot(headless=True)
     entries = review.select_entries(report)[:2]
     figure = figures.build_grid_figure(plt, entries, [(None, "unreadable")] * 2, report, "t")
     texts = " ".join(text.get_text() for text in figure.texts)
     plt.close(figure)
-    assert "in-sample flags are weak evidence" in texts and "--cross-val-folds" in texts
-    for method in ("out-of-fold", "cross_validation"):  # the schema's name and the one older trainers wrote
+    assert "in-sample flags are weak evidence" in texts and "--detect-problematic" in texts
+    for method in ("out-of-fold", "cross_validation", "linear-out-of-fold"):  # "cross_validation": older trainers
         assert problematic_report.report_evidence_note({**report, "method": method}).startswith("out-of-fold flags")
         assert problematic_report.evidence_note(method).startswith("out-of-fold flags")
 

@@ -15,6 +15,7 @@ from pathlib import Path, PurePosixPath
 from typing import Any
 
 import pytest
+from _race_helpers import race_every_move
 from conftest import IS_ROOT, ROOT, make_class_image, make_dataset, save_image, tree_snapshot
 from test_review_problematic_images import CLASSES, make_reviewed, run_interactive, trash_logs
 
@@ -247,6 +248,10 @@ def test_apply_decisions_moves_three_marked_images_and_undo_restores_the_tree(
     assert review.main(["--undo", str(log)]) == 0
     after = tree_snapshot(dataset)
     assert {name: data for name, data in after.items() if not name.startswith(".trash/")} == before
+    capsys.readouterr()
+    assert review.main(["--undo", str(log)]) == 0  # again: says so, instead of "Restored 3 file(s)" a second time
+    out = capsys.readouterr().out
+    assert "nothing to restore: already undone" in out and "Restored" not in out and tree_snapshot(dataset) == after
 
 
 def test_apply_decisions_asks_first_and_no_changes_nothing(
@@ -447,3 +452,58 @@ def test_undo_refuses_a_log_whose_dataset_dir_is_another_folder(
     assert review.main(["--undo", str(log)]) == 2
     assert f"was written for {victim.resolve()}" in one_error_line(capsys)
     assert tree_snapshot(dataset) == before and tree_snapshot(victim) == victim_before
+
+
+# --------------------------------------------------------------------------------------------------- races (issue 17)
+
+
+def test_a_class_folder_swapped_for_a_link_to_outside_while_applying_and_undoing_moves_nothing_outside(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A thread exchanges train/bird with a symlink to outside thousands of times while the files move and come back."""
+    dataset, outside = tmp_path / "dataset", tmp_path / "outside"
+    names = [f"img{number:03d}.jpg" for number in range(80)]
+    for name in names:  # the same names outside: a redirected rename would find a file to move
+        for folder, text in ((dataset / "train/bird", "dataset"), (outside, "outside")):
+            folder.mkdir(parents=True, exist_ok=True)
+            (folder / name).write_bytes(f"{text} {name}".encode() * 20)
+    (dataset / "train/plane").mkdir()
+    os.symlink(outside, dataset / "train/evil")
+    before_outside, before_dataset = tree_snapshot(outside), tree_snapshot(dataset)
+    decisions = {f"train/bird/{name}": {"action": "delete"} for name in names[::2]}
+    decisions |= {f"train/bird/{name}": {"action": "relabel", "target_class": "plane"} for name in names[1::2]}
+    path = decisions_file(tmp_path / "decisions.json", dataset, decisions)
+    swaps = race_every_move(monkeypatch, dataset / "train/bird", dataset / "train/evil")
+    assert apply(path, dataset, "--yes") in (0, 1)  # 1: some moves refused because the folder was a link just then
+    [log] = trash_logs(dataset)
+    assert review.main(["--undo", str(log)]) in (0, 1)
+    assert tree_snapshot(outside) == before_outside and sorted(os.listdir(outside)) == names
+    monkeypatch.undo()  # no race now: whatever the race made undo refuse comes back
+    review.main(["--undo", str(log)])
+    assert {name: data for name, data in tree_snapshot(dataset).items() if not name.startswith(".trash/")} == (
+        before_dataset
+    )
+    assert sum(swaps) >= 10, swaps  # the race really ran
+
+
+@pytest.mark.parametrize(
+    ("path", "expected"),
+    [
+        ("pipeline_state.json", "is not in a class folder of train/ or val/"),
+        ("train/notes.txt", "is not in a class folder of train/ or val/"),
+        ("models/best_model.pth", "is not in a class folder of train/ or val/"),
+        ("train/bird/readme.txt", "is not an image"),
+    ],
+)
+def test_a_decision_only_moves_images_of_the_class_folders(
+    reviewed: Reviewed, tmp_path: Path, capsys: pytest.CaptureFixture[str], path: str, expected: str
+) -> None:
+    dataset, _, _ = reviewed
+    (dataset / path).parent.mkdir(parents=True, exist_ok=True)
+    (dataset / path).write_text('{"stages": {}}')
+    before = tree_snapshot(dataset)
+    decisions = decisions_file(tmp_path / "d.json", dataset, {path: {"action": "delete"}})
+    assert apply(decisions, dataset, "--yes") == 2
+    error = one_error_line(capsys)
+    assert f"{path} {expected}" in error and "nothing was moved" in error
+    assert tree_snapshot(dataset) == before

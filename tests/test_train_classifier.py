@@ -472,6 +472,34 @@ def test_a_damaged_training_state_is_one_sentence(
     assert f"stores an unusable {key}" in error or "does not fit this run" in error
 
 
+@pytest.mark.parametrize(
+    ("flag", "value"),
+    [
+        ("--learning-rate", "inf"),
+        ("--weight-decay", "nan"),
+        ("--seed", str(2**80)),
+        ("--cache-max-gb", "nan"),
+        ("--workers", str(10**6)),
+    ],  # a million loader processes from a crafted checkpoint would exhaust the machine
+)
+def test_values_no_run_can_use_are_one_sentence_typed_or_stored(
+    trained: dict, tmp_path: Path, capsys: pytest.CaptureFixture, flag: str, value: str
+) -> None:
+    argv = ["--dataset-dir", str(trained["dataset"]), "--output-dir", str(tmp_path / "models")]
+    assert train_classifier.main([*argv, flag, value]) == 2  # typed
+    stored = float(value) if "." in value or value.isalpha() else int(value)
+    crafted_checkpoint(trained, tmp_path / "models", **{flag[2:].replace("-", "_"): stored})
+    assert train_classifier.main([*argv, "--resume"]) == 2  # stored in a crafted checkpoint
+    errors = [line for line in capsys.readouterr().err.splitlines() if line.startswith("error: ")]
+    assert len(errors) == 2 and all(flag in error for error in errors)
+    training_history = torch.load(trained["output"] / "last_checkpoint.pth", weights_only=True)["history"]
+    damaged = [{**record, "val_loss": float("nan")} for record in training_history]  # NaN cannot go into JSON
+    path = crafted_checkpoint(trained, tmp_path / "nan_history")
+    torch.save({**torch.load(path, weights_only=True), "history": damaged}, path)
+    assert train_classifier.main([*argv[:2], "--output-dir", str(tmp_path / "nan_history"), "--resume"]) == 2
+    assert "stores an unusable history" in capsys.readouterr().err
+
+
 def test_a_second_trainer_on_the_same_output_folder_is_refused(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
     dataset = make_dataset(tmp_path / "dataset", TWO_CLASSES, train_per_class=2, val_per_class=1, size=(32, 32))
     output = tmp_path / "models"
@@ -484,6 +512,22 @@ def test_a_second_trainer_on_the_same_output_folder_is_refused(tmp_path: Path, c
     assert len(error.splitlines()) == 1 and error.startswith("error: another run (train_classifier.py, pid ")
     assert f"is training into {output}" in error
     assert sorted(path.name for path in output.iterdir()) == [killed.name]  # nothing written, nothing removed
+
+
+@pytest.mark.parametrize("planted", ["error_analysis", "error_analysis/epoch_01"])
+def test_a_symlinked_error_analysis_folder_is_refused_before_any_work(
+    tmp_path: Path, capsys: pytest.CaptureFixture, planted: str
+) -> None:
+    dataset = make_dataset(tmp_path / "dataset", TWO_CLASSES, train_per_class=2, val_per_class=1, size=(32, 32))
+    outside = tmp_path / "elsewhere"
+    outside.mkdir()
+    link = tmp_path / "models" / planted
+    link.parent.mkdir(parents=True)
+    link.symlink_to(outside, target_is_directory=True)
+    assert run_trainer(dataset, tmp_path / "models", "--weights", "none") == 2
+    error = capsys.readouterr().err.strip()
+    assert len(error.splitlines()) == 1 and "is a symbolic link" in error and planted in error
+    assert list(outside.iterdir()) == []
 
 
 def test_fifos_and_non_utf8_names_are_skipped_with_their_reasons(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:

@@ -2,16 +2,19 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import socket
 import subprocess
 import sys
 import threading
+import time
 from pathlib import Path
 from typing import Any
 
 import pytest
+from _race_helpers import FolderSwapper, race_every_move
 from conftest import IS_ROOT, ROOT, tree_snapshot
 
 import fileio
@@ -110,10 +113,10 @@ def log_field_at_each_rename(dataset: Path, monkeypatch: pytest.MonkeyPatch, key
     """Trash two files; for each os.rename, ``key`` of every move as the log on disk says just before it."""
     seen, real_rename = [], os.rename
 
-    def rename(source, destination):
+    def rename(source, destination, **options):
         (log_path,) = (dataset / ".trash").glob("*.json")
         seen.append([move[key] for move in load(log_path)["moves"]])
-        real_rename(source, destination)
+        real_rename(source, destination, **options)
 
     monkeypatch.setattr(os, "rename", rename)
     run(dataset, [trash.Move("train/bird/a.jpg"), trash.Move("train/bird/b.jpg")])
@@ -426,11 +429,11 @@ sys.path.insert(0, {str(ROOT)!r})
 import trash
 dataset = {str(dataset)!r}
 real_rename, count = os.rename, [0]
-def rename(a, b):
+def rename(a, b, **options):
     count[0] += 1
     if count[0] == 3:
         os.kill(os.getpid(), 9)
-    real_rename(a, b)
+    real_rename(a, b, **options)
 os.rename = rename
 moves = [trash.Move(p) for p in ("train/bird/a.jpg", "train/bird/b.jpg", "train/plane/c.jpg", "val/bird/d.jpg")]
 with trash.lock(dataset, "killed.py"):
@@ -532,3 +535,154 @@ def test_a_file_missing_from_the_trash_is_reported(dataset: Path) -> None:
     result = undo(dataset, log_path)
     assert result.errors == [("train/bird/a.jpg", f"not found in the trash {destination}, and not back in place")]
     assert result.done == ["train/bird/b.jpg"] and (dataset / "train/bird/b.jpg").is_file()
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# A folder swapped for a symlink while files move (issue 17 item 2, BAD_INPUTS 27)
+
+
+def test_a_folder_swapped_for_a_link_to_outside_during_apply_and_undo_moves_nothing_outside(tmp_path: Path) -> None:
+    dataset, outside = tmp_path / "dataset", tmp_path / "outside"
+    names = [f"img{number:03d}.jpg" for number in range(120)]
+    for name in names:  # the same names on both sides: a redirected rename would find its file
+        write(dataset / "train/bird" / name, f"dataset {name}".encode() * 20)
+        write(outside / name, f"outside {name}".encode() * 20)
+    os.symlink(outside, dataset / "train/evil")
+    before_outside, before_dataset = tree_snapshot(outside), tree_snapshot(dataset)
+    swaps = 0
+    for round_number in range(3):
+        with FolderSwapper(dataset / "train/bird", dataset / "train/evil") as swapper:
+            log_path, _ = run(dataset, [trash.Move(f"train/bird/{name}") for name in names])
+            undo(dataset, log_path)
+        swaps += swapper.swaps
+        assert tree_snapshot(outside) == before_outside, f"round {round_number}"
+        undo(dataset, log_path)  # no race now: whatever the race made it refuse comes back
+        assert without_trash(tree_snapshot(dataset)) == before_dataset
+    assert swaps >= 10  # the race really ran
+
+
+def test_remove_duplicates_through_a_swapping_class_folder_moves_nothing_outside(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import detect_duplicates_by_filesize as by_filesize
+    import remove_duplicates as rd
+    from conftest import make_dataset
+
+    dataset, outside = make_dataset(tmp_path / "dataset", ("bird", "plane"), 1, 1), tmp_path / "outside"
+    image = (dataset / "train/bird/bird_000.jpg").read_bytes()
+    names = [f"copy_{number:03d}.jpg" for number in range(40)]
+    for name in names:
+        write(dataset / "train/bird" / name, image)
+        write(outside / name, b"outside " + name.encode())
+    assert by_filesize.main(["--dataset-dir", str(dataset)]) == 0
+    os.symlink(outside, dataset / "train/evil")
+    before_outside, before_dataset = tree_snapshot(outside), tree_snapshot(dataset)
+    report = str(dataset / "duplicate_report_filesize.json")
+    swaps = race_every_move(monkeypatch, dataset / "train/bird", dataset / "train/evil")
+    assert rd.main(["--report", report, "--strategy", "all", "--apply", "--yes"]) in (0, 1)
+    (log_path,) = (dataset / ".trash").glob("remove_duplicates_*.json")
+    assert rd.main(["--undo", str(log_path)]) in (0, 1)
+    assert tree_snapshot(outside) == before_outside and sorted(os.listdir(outside)) == names
+    monkeypatch.undo()
+    rd.main(["--undo", str(log_path)])
+    assert without_trash(tree_snapshot(dataset)) == before_dataset and sum(swaps) >= 10
+
+
+def test_a_kill_9_while_hashing_leaves_an_empty_log_that_undo_explains(
+    dataset: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    import remove_duplicates as rd
+
+    before = tree_snapshot(dataset)
+    code = f"""
+import hashlib, os, sys
+sys.path.insert(0, {str(ROOT)!r})
+import trash
+real_digest, count = hashlib.file_digest, [0]
+def digest(*args, **options):
+    count[0] += 1
+    if count[0] == 2:
+        os.kill(os.getpid(), 9)
+    return real_digest(*args, **options)
+hashlib.file_digest = digest
+with trash.lock({str(dataset)!r}, "remove_duplicates.py"):
+    trash.new_log({str(dataset)!r}, "remove_duplicates", [trash.Move(f"train/bird/{{n}}.jpg") for n in "ab"])
+"""
+    assert subprocess.run([sys.executable, "-c", code]).returncode == -9
+    (log_path,) = (dataset / ".trash").glob("*.json")
+    assert log_path.stat().st_size == 0
+    assert rd.main(["--undo", str(log_path)]) == 2
+    err = capsys.readouterr().err
+    assert "nothing was moved by that run" in err and len(err.splitlines()) == 1
+    assert without_trash(tree_snapshot(dataset)) == before
+
+
+def test_remove_duplicates_undo_of_an_undone_log_says_already_undone(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    import detect_duplicates_by_filesize as by_filesize
+    import remove_duplicates as rd
+    from conftest import make_dataset
+
+    dataset = make_dataset(tmp_path / "dataset", ("bird", "plane"), 2, 1)
+    write(dataset / "train/bird/copy.jpg", (dataset / "train/bird/bird_000.jpg").read_bytes())
+    assert by_filesize.main(["--dataset-dir", str(dataset)]) == 0
+    before = tree_snapshot(dataset)
+    report = str(dataset / "duplicate_report_filesize.json")
+    assert rd.main(["--report", report, "--strategy", "all", "--apply", "--yes"]) == 0
+    (log_path,) = (dataset / ".trash").glob("remove_duplicates_*.json")
+    assert rd.main(["--undo", str(log_path)]) == 0 and "Restored 1 files" in capsys.readouterr().out
+    assert rd.main(["--undo", str(log_path)]) == 0
+    out = capsys.readouterr().out
+    assert "nothing to restore: already undone" in out and "Restored" not in out
+    assert without_trash(tree_snapshot(dataset)) == before
+
+
+def test_a_trash_folder_swapped_for_a_link_to_outside_during_apply_and_undo_receives_nothing_outside(
+    dataset: Path, outside: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(trash, "LOG_WRITE_INTERVAL_S", 0.0)  # a log write after every move: many chances to escape
+    names = [f"img{number:03d}.jpg" for number in range(60)]
+    for name in names:
+        write(dataset / "train/bird" / name, f"dataset {name}".encode() * 20)
+    before_outside, before_dataset = tree_snapshot(outside), tree_snapshot(dataset)
+    os.symlink(outside, dataset / "evil_trash")
+    swaps = 0
+    with trash.lock(dataset, "t.py"):
+        log_path = trash.new_log(dataset, "t", [trash.Move(f"train/bird/{name}") for name in names])
+        for step in (trash.apply, trash.undo):
+            for _ in range(20):  # until one starts while .trash is the real folder (else: "is a symbolic link")
+                swapper = FolderSwapper(dataset / ".trash", dataset / "evil_trash")
+                with swapper, contextlib.suppress(trash.TrashError):
+                    step(dataset, log_path)
+                    break
+                swaps += swapper.swaps
+            swaps += swapper.swaps
+            assert tree_snapshot(outside) == before_outside and sorted(os.listdir(outside)) == ["precious.jpg", "sub"]
+        trash.undo(dataset, log_path)  # no race now
+    assert without_trash(tree_snapshot(dataset)) == before_dataset and swaps >= 10
+
+
+def test_taking_the_lock_while_the_trash_folder_is_swapped_creates_nothing_outside(
+    dataset: Path, outside: Path
+) -> None:
+    (dataset / ".trash").mkdir()
+    (dataset / ".trash" / ".t_1.json.x.tmp").write_bytes(b"a stale temp file of ours")
+    os.utime(dataset / ".trash" / ".t_1.json.x.tmp", (1, 1))
+    (dataset / ".trash" / "t_1.json").write_text("{}")
+    for folder in (dataset / ".trash", outside):  # the same names outside: a redirected clean-up would remove it
+        (folder / ".t_1.json.y.tmp").write_bytes(b"precious")
+        os.utime(folder / ".t_1.json.y.tmp", (1, 1))
+    (outside / "t_1.json").write_text("{}")
+    before = tree_snapshot(outside)
+    os.symlink(outside, dataset / "evil_trash")
+    taken = 0
+    deadline = time.monotonic() + 3
+    with FolderSwapper(dataset / ".trash", dataset / "evil_trash") as swapper:
+        while taken < 30 and time.monotonic() < deadline:  # most attempts start while it is a link: refused
+            with contextlib.suppress(trash.TrashError), trash.lock(dataset, "t.py"):
+                taken += 1
+            time.sleep(0.0005)  # let the swapper run between attempts
+    assert tree_snapshot(outside) == before  # no lock created there, no temp file of its removed
+    assert sorted(os.listdir(outside)) == [".t_1.json.y.tmp", "precious.jpg", "sub", "t_1.json"]
+    assert taken > 0 and swapper.swaps >= 10
