@@ -304,10 +304,11 @@ def read_bounded(path: str | os.PathLike, what: str, max_bytes: int) -> bytes:
         descriptor = os.open(path, os.O_RDONLY | os.O_NONBLOCK | CLOEXEC)
     except OSError as error:
         raise ReportError(f"the {what} {path} cannot be read ({error.strerror or error})") from None
+    info = os.fstat(descriptor)
+    if not stat.S_ISREG(info.st_mode):  # checked before fdopen, which refuses a folder with a traceback of its own
+        os.close(descriptor)
+        raise ReportError(f"the {what} {path} {describe_kind(info.st_mode)}")
     with os.fdopen(descriptor, "rb") as handle:
-        info = os.fstat(descriptor)
-        if not stat.S_ISREG(info.st_mode):
-            raise ReportError(f"the {what} {path} {describe_kind(info.st_mode)}")
         try:
             data = b"" if info.st_size > max_bytes else handle.read(max_bytes + 1)  # too big: refused unread
         except OSError as error:

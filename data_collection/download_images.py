@@ -88,6 +88,7 @@ from fileio import (  # noqa: E402
     is_inside,
     is_process_alive,
     is_regular_file,
+    open_folder_below,
     regular_file_reason,
     relative_posix,
     remove_stale_temp_files,
@@ -274,19 +275,48 @@ def save_new_file(data: bytes, path: Path) -> bool:
         temp.unlink(missing_ok=True)
 
 
-def move_new_name(source: Path, target: Path) -> bool:
-    """Move ``source`` to ``target`` unless a file is already there (or ``source`` is gone); True when moved."""
-    target.parent.mkdir(parents=True, exist_ok=True)
+def move_new_name(dataset_dir: Path, source: str, target: str) -> bool:
+    """Move the file ``source`` to ``target`` (POSIX paths relative to ``dataset_dir``) unless a file is already there
+    (or ``source`` is gone); True when moved.
+
+    Both folders are opened below the dataset with O_NOFOLLOW (``fileio.open_folder_below``) and the move is made
+    relative to them: a class folder swapped for a symlink to elsewhere makes the move fail, never lead outside.
+    """
+    *source_folders, source_name = source.split("/")
+    *target_folders, target_name = target.split("/")
+    root = os.open(dataset_dir, os.O_RDONLY | os.O_DIRECTORY)
     try:
-        os.link(source, target)
+        source_fd = open_folder_below(root, source_folders)
+        try:
+            target_fd = open_folder_below(root, target_folders, create=True)
+            try:
+                return move_between(source_fd, source_name, target_fd, target_name)
+            finally:
+                os.close(target_fd)
+        finally:
+            os.close(source_fd)
+    except OSError as error:  # a folder swapped for a link or a file: leave the image where it is
+        logger.warning("could not move %s to %s (%s)", cli.printable(source), cli.printable(target), error)
+        return False
+    finally:
+        os.close(root)
+
+
+def move_between(source_fd: int, source_name: str, target_fd: int, target_name: str) -> bool:
+    """``move_new_name`` within two open folders: a hard link then unlink, so an existing target is never replaced."""
+    try:
+        os.link(source_name, target_name, src_dir_fd=source_fd, dst_dir_fd=target_fd, follow_symlinks=False)
     except (FileExistsError, FileNotFoundError):
         return False
     except OSError:  # a file system without hard links: rename after a last look
-        if os.path.lexists(target):
+        try:
+            os.stat(target_name, dir_fd=target_fd, follow_symlinks=False)
             return False
-        os.replace(source, target)
+        except FileNotFoundError:
+            pass
+        os.rename(source_name, target_name, src_dir_fd=source_fd, dst_dir_fd=target_fd)
         return True
-    source.unlink()
+    os.unlink(source_name, dir_fd=source_fd)
     return True
 
 
@@ -365,8 +395,7 @@ class DownloadRun:
             return
         _, digest, source = ours[0]
         target = f"val/{source.removeprefix('train/')}"
-        dataset_dir = self.config.dataset_dir
-        if not move_new_name(resolve_inside(dataset_dir, source), resolve_inside(dataset_dir, target)):
+        if not move_new_name(self.config.dataset_dir, source, target):
             return  # a parallel run moved it, or a file took the name: nothing of ours to overwrite
         stats.on_disk["train"] -= 1
         stats.on_disk["val"] += 1

@@ -14,6 +14,7 @@ from pathlib import Path
 
 import detect_duplicates_by_filesize
 import download_images
+import pytest
 import remove_duplicates
 from _download_helpers import FakeSearch, ImageServer, Route, encode_good_image, good_routes
 from conftest import ROOT
@@ -285,3 +286,22 @@ def test_a_urls_file_of_gigabytes_is_refused_before_it_is_read(tmp_path: Path, c
     error = capsys.readouterr().err.strip()
     assert error.startswith("error: --urls-file") and "bytes, more than a URL list needs" in error
     assert len(error.splitlines()) == 1 and not (tmp_path / "dataset").exists()
+
+
+@pytest.mark.parametrize("linked", ["train", "val"])
+def test_the_val_move_never_goes_through_a_class_folder_that_became_a_link(tmp_path: Path, linked: str) -> None:
+    dataset, outside = tmp_path / "dataset", tmp_path / "outside"
+    outside.mkdir()
+    (outside / "a.jpg").write_bytes(b"outside")
+    (dataset / "train").mkdir(parents=True)
+    (dataset / "val").mkdir()
+    real = dataset / linked / "bird"
+    if linked == "train":
+        real.symlink_to(outside, target_is_directory=True)  # train/bird/a.jpg is the outside file
+    else:
+        (dataset / "train/bird").mkdir()
+        (dataset / "train/bird/a.jpg").write_bytes(b"ours")
+        real.symlink_to(outside, target_is_directory=True)
+    before = sorted((path.name, path.read_bytes()) for path in outside.iterdir())
+    assert download_images.move_new_name(dataset, "train/bird/a.jpg", "val/bird/b.jpg") is False
+    assert sorted((path.name, path.read_bytes()) for path in outside.iterdir()) == before

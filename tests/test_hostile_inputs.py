@@ -248,3 +248,14 @@ def test_a_class_folder_swapped_after_the_check_never_puts_an_outside_image_on_t
     shown = Catalog(dataset, tmp_path / "page", tmp_path / "page/report_files/thumbs").add("train/bird/a.jpg")
     assert shown.sha256 is None and shown.thumb is None and "changed while the page was built" in shown.problem
     assert not list((tmp_path / "page").rglob("*.jpg"))  # no thumbnail of the outside picture
+
+
+def test_a_folder_given_where_a_json_file_belongs_is_one_sentence(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    folder = tmp_path / "report.json"
+    folder.mkdir()
+    assert remove_duplicates.main(["--report", str(folder), "--strategy", "all"]) == 2
+    assert "is a folder" in one_error_line(capsys)
+    assert search_queries.main(["--queries", str(folder)]) == 2
+    one_error_line(capsys)
