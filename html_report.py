@@ -211,19 +211,19 @@ def category_tags(category: str) -> tuple[str, ...]:
 
 
 def strategy_previews(group: dict[str, Any]) -> list[tuple[str, list[str]]] | None:
-    """(strategy, paths it would remove) for each removal strategy, from remove_duplicates.py's own planner.
+    """(strategy, paths it would remove) for each removal strategy, from removal_plan.py, the remover's own planner.
 
     None when the planner cannot be imported (it is a separate script): the page then says previews are missing.
     """
     try:
-        import remove_duplicates  # lazy: it imports the image stack; only needed when there are duplicate groups
+        import removal_plan  # lazy: only needed when there are duplicate groups
     except Exception as error:  # noqa: BLE001 - any import problem means "no previews", never a broken page
         logger.debug("no strategy previews: %s", error)
         return None
     previews = []
     for strategy in PREVIEW_STRATEGIES:
         try:
-            plan = remove_duplicates.plan_group(group, strategy)
+            plan = removal_plan.plan_group(group, strategy)
             previews.append((strategy, [str(entry["path"]) for entry, _ in plan.remove]))
         except Exception:  # noqa: BLE001 - a group the planner refuses shows as "cannot plan"
             previews.append((strategy, ["?"]))
@@ -451,7 +451,7 @@ def render_duplicate_report(page: Page, path: Path) -> str:
             cards.append(render_card(page, shown, caption, tags, is_filtered=False))
         previews = strategy_previews(group)
         if previews is None:
-            plan = '<p class="muted">Strategy previews unavailable (remove_duplicates.py could not be imported).</p>'
+            plan = '<p class="muted">Strategy previews unavailable (removal_plan.py could not be imported).</p>'
         else:
             rows = "".join(
                 f"<tr><th>{esc(strategy)}</th><td>"

@@ -717,7 +717,8 @@ def get_args_parser(add_help: bool = True) -> argparse.ArgumentParser:
         "--phash-threshold",
         type=int,
         default=None,
-        help="largest Hamming distance of 64-bit perceptual hashes counted as a near copy (default: the script's, 5)",
+        help="largest Hamming distance of 64-bit perceptual hashes that makes a candidate near copy, each then checked "
+        "on its pixels (default: the script's, 12)",
     )
 
     train = parser.add_argument_group("train (train_classifier.py; given once, used by every stage that trains)")
