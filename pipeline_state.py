@@ -1,11 +1,12 @@
 """The pipeline's state file (``<dataset>/pipeline_state.json``) and the fingerprints it records.
 
-Imported by run_pipeline.py; not a script; standard library, cli and fileio only. The state says, per stage, whether
-it last finished (``done``), was interrupted (``started``) or left nothing usable (``incomplete``), a fingerprint of
-what its result depended on, and its exit code; plus the undo logs of what the dedupe stage removed. A state file is
-read as untrusted input: it only decides which stages are skipped, whether an interrupted training resumes, and which
-undo logs (inside the dataset) are listed; every path and flag value a stage uses comes from the command line and the
-defaults. A record this module would not have written is dropped with a warning, so that stage runs.
+Imported by run_pipeline.py and html_report.py (the undo logs it lists); not a script; standard library, cli and fileio
+only. The state says, per stage, whether it last finished (``done``), was interrupted (``started``) or left nothing
+usable (``incomplete``), a fingerprint of what its result depended on, and its exit code; plus the undo logs of what
+the dedupe stage removed. A state file is read as untrusted input: it only decides which stages are skipped, whether
+an interrupted training resumes, and which undo logs (inside the dataset) are listed; every path and flag value a
+stage uses comes from the command line and the defaults. A record this module would not have written is dropped with
+a warning, so that stage runs.
 """
 
 from __future__ import annotations
@@ -112,12 +113,13 @@ def stage_record_problem(record: Any) -> str | None:
     return None
 
 
-def load_state(dataset_dir: Path, stage_names: Sequence[str]) -> dict[str, Any]:
+def load_state(dataset_dir: Path, stage_names: Sequence[str] | None) -> dict[str, Any]:
     """The state file, or an empty state (every stage runs) when it is missing or unusable; never raises.
 
     The state only decides which stages are skipped, whether an interrupted training resumes, and which undo logs the
     page lists: every path and flag value a stage uses comes from the command line and the defaults. A stage record
     that is not one run_pipeline.py wrote is dropped (that stage runs), as is an undo log outside the dataset.
+    ``stage_names`` None (the page, which only wants the undo logs): no stage records are read.
     """
     path = dataset_dir / STATE_NAME
     shown = cli.printable(path)
@@ -134,7 +136,7 @@ def load_state(dataset_dir: Path, stage_names: Sequence[str]) -> dict[str, Any]:
         logger.warning("%s is not a pipeline state file of this version; every stage will run", shown)
         return empty
     stages = {}
-    for name, record in data["stages"].items():
+    for name, record in data["stages"].items() if stage_names is not None else ():
         problem = "not a stage" if name not in stage_names else stage_record_problem(record)
         if problem:
             logger.warning("%s: stage %s ignored (%s); it will run", shown, cli.printable(str(name)[:40]), problem)
