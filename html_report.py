@@ -44,6 +44,7 @@ for _folder in (ROOT, ROOT / "data_collection"):
 import cli  # noqa: E402 - needs the lines above when run from another folder
 import duplicate_report  # noqa: E402
 import fileio  # noqa: E402
+import pipeline_state  # noqa: E402
 import problematic_report  # noqa: E402
 from problematic_report import DECISIONS_FILE_NAME, DECISIONS_SCHEMA_VERSION, DECISIONS_TYPE  # noqa: E402
 from report_downloads import Crawl, is_web_link, read_crawl  # noqa: E402
@@ -54,7 +55,6 @@ logger = logging.getLogger(__name__)
 SPLITS = ("train", "val")
 ASSETS_DIR = ROOT / "report_assets"  # the page's report.css and report.js, inlined at build time (no file is loaded)
 DEFAULT_NAME = "report.html"
-PIPELINE_STATE_NAME = "pipeline_state.json"  # run_pipeline.py's record, in the dataset folder: its undo logs
 MAX_ERRORS_SHOWN = 60  # most confident val mistakes on the page, across classes
 PREVIEW_STRATEGIES = ("safe", "prefer-train", "prefer-val", "keep-best", "shortest-path", "first-alpha", "all")
 FILTER_CATEGORIES = (
@@ -211,19 +211,19 @@ def category_tags(category: str) -> tuple[str, ...]:
 
 
 def strategy_previews(group: dict[str, Any]) -> list[tuple[str, list[str]]] | None:
-    """(strategy, paths it would remove) for each removal strategy, from remove_duplicates.py's own planner.
+    """(strategy, paths it would remove) for each removal strategy, from removal_plan.py, the remover's own planner.
 
     None when the planner cannot be imported (it is a separate script): the page then says previews are missing.
     """
     try:
-        import remove_duplicates  # lazy: it imports the image stack; only needed when there are duplicate groups
+        import removal_plan  # lazy: only needed when there are duplicate groups
     except Exception as error:  # noqa: BLE001 - any import problem means "no previews", never a broken page
         logger.debug("no strategy previews: %s", error)
         return None
     previews = []
     for strategy in PREVIEW_STRATEGIES:
         try:
-            plan = remove_duplicates.plan_group(group, strategy)
+            plan = removal_plan.plan_group(group, strategy)
             previews.append((strategy, [str(entry["path"]) for entry, _ in plan.remove]))
         except Exception:  # noqa: BLE001 - a group the planner refuses shows as "cannot plan"
             previews.append((strategy, ["?"]))
@@ -451,7 +451,7 @@ def render_duplicate_report(page: Page, path: Path) -> str:
             cards.append(render_card(page, shown, caption, tags, is_filtered=False))
         previews = strategy_previews(group)
         if previews is None:
-            plan = '<p class="muted">Strategy previews unavailable (remove_duplicates.py could not be imported).</p>'
+            plan = '<p class="muted">Strategy previews unavailable (removal_plan.py could not be imported).</p>'
         else:
             rows = "".join(
                 f"<tr><th>{esc(strategy)}</th><td>"
@@ -496,9 +496,8 @@ def render_duplicates(page: Page) -> str:
 
 def render_removals(dataset_dir: Path) -> str:
     """What run_pipeline.py removed automatically (its state file lists the undo logs), with the undo commands."""
-    state, _ = read_optional(dataset_dir / PIPELINE_STATE_NAME, "pipeline state")
-    logs = state.get("deletion_logs") if isinstance(state, dict) else None
-    logs = [log for log in logs if isinstance(log, str) and os.path.lexists(log)] if isinstance(logs, list) else []
+    logs = pipeline_state.load_state(dataset_dir, None).get("deletion_logs", [])  # only logs inside the dataset
+    logs = [log for log in logs if os.path.lexists(log)]
     if not logs:
         return ""
     commands = "".join(

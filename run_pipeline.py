@@ -15,29 +15,31 @@ so any stage can be rerun by hand:
     python run_pipeline.py --only report          # rebuild just the report;  --from train  retrains, then reports
     python run_pipeline.py --dry-run              # which stages are up to date, and the commands the others run
     python run_pipeline.py --no-collect --dataset-dir photos    # your own images in photos/train|val/<class>/
+    python run_pipeline.py --urls-file my_urls.csv --min-size 30   # the downloader's limits are pipeline flags too
 
 A stage whose inputs (the dataset's file list with sizes and times, its own arguments, the reports it reads) are
 unchanged since it last finished is skipped, so a re-run after Ctrl-C or after adding images carries on where it
 stopped; an interrupted training resumes from its last checkpoint. Label conflicts and near copies are never removed:
-they go to the report for a person.
+they go to the report for a person. The exit code is the worst stage's; the last line counts the unusable inputs and
+names the reports that list them. Each stage is one ``Stage`` record in ``STAGE_TABLE``.
 
 Writes what the stages write (dataset/train|val/<class>/, dataset/duplicate_report_{filesize,phash}.json, the
 removed copies and their undo logs in dataset/.trash/, models/, dataset/problematic_images_report.json,
 dataset/report.html and dataset/report_files/) and dataset/pipeline_state.json, the record of what each stage last
-did (dataset/.pipeline.lock while it runs: a second run on the same dataset refuses).
+did (pipeline_state.py; it never chooses a path or flag value), and dataset/.pipeline.lock while it runs (a second
+run on the same dataset refuses).
 """
 
 from __future__ import annotations
 
 import argparse
 import contextlib
-import hashlib
 import importlib
-import json
 import logging
 import os
 import shlex
 import sys
+from collections import Counter
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -48,31 +50,37 @@ for _folder in (ROOT, ROOT / "data_collection"):  # the scripts run in-process, 
     if str(_folder) not in sys.path:
         sys.path.insert(0, str(_folder))
 
+import download_images  # noqa: E402 - the collect stage's script: its defaults, its reading of a URLs file
+import download_report  # noqa: E402 - its report's name, and the hint that names the flag to change
+import search_queries  # noqa: E402
+
 import cli  # noqa: E402 - needs the lines above when run from another folder
 import duplicate_report  # noqa: E402
 import fileio  # noqa: E402
+import pipeline_state  # noqa: E402
 from duplicate_report import CONFLICT_CATEGORIES, COPY_CATEGORY, LEAK_CATEGORY  # noqa: E402
+from pipeline_state import content_digest, dataset_listing, digest, file_stamp, files_below, read_optional_json  # noqa: E402
 from problematic_report import DEFAULT_NAME as PROBLEMATIC_REPORT_NAME  # noqa: E402
 from trash import TRASH_FOLDER  # noqa: E402
 
 logger = logging.getLogger(__name__)
 
-STAGES = ("collect", "detect", "dedupe", "train", "report")
-STAGE_HELP = {
-    "collect": "download images (DuckDuckGo, or --urls-file)",
-    "detect": "find exact copies (file size + SHA-256) and near copies (perceptual hash)",
-    "dedupe": "remove only certain copies: byte-identical within one class and split, train/val leaks (train kept)",
-    "train": "train, score problematic images, calibrate",
-    "report": "write the HTML report",
-}
-STATE_NAME = "pipeline_state.json"  # in the dataset folder: it describes that dataset's stages
-STATE_SCHEMA_VERSION = 1
-STATE_TYPE = "birdplane_pipeline_state"
 LOCK_NAME = ".pipeline.lock"  # in the dataset folder: one pipeline run per dataset at a time (hidden: never scanned)
-SPLITS = ("train", "val")  # the folders download_images.py fills and train_classifier.py reads
 EXACT_METHOD, NEAR_METHOD = "filesize", "phash"
 DEFAULT_ANALYSIS_EPOCHS = 3  # the trainer's default; lowered to --epochs when fewer epochs are asked for
 DEFAULT_HTML_NAME = "report.html"
+ONNX_MODEL_NAME = "best_model.onnx"  # classifier.py --export-onnx / the trainer's --export-onnx, in the models folder
+MIN_CLASS_IMAGES = 20  # fewer training images than this and a class is learnt poorly and its val metrics are noise
+MIN_CLASS_SHARE = 5  # a class under a fifth of the largest one: each image is sampled 5 times as often, memorised
+DOWNLOAD_FLAGS = {  # download_images.py's own flags, passed on as given: its messages suggest them
+    "--min-size": "smallest width and height in pixels; lowering it retries the images refused as too small",
+    "--max-bytes": "largest download in bytes; raising it retries the URLs refused as too large",
+    "--timeout": "seconds to wait for a server",
+    "--retries": "retries of a download that timed out or got a 5xx answer",
+    "--workers": "parallel downloads",
+    "--ignore-content-type": "download even when the server says it is not an image (the bytes are still verified)",
+    "--retry-failed": "also try again URLs that failed in earlier runs (404, not an image, ...)",
+}
 SCRIPTS = {  # module name -> script path relative to the project root
     "download_images": "data_collection/download_images.py",
     "detect_duplicates_by_filesize": "data_collection/detect_duplicates_by_filesize.py",
@@ -112,7 +120,7 @@ class Run:
     models_dir: Path
     html_path: Path
     state: dict[str, Any]
-    worst_code: int = cli.EXIT_OK
+    codes: dict[str, int] = field(default_factory=dict)  # stage -> exit code (a skipped stage's, as it last ran)
     deletion_logs: list[str] = field(default_factory=list)
 
 
@@ -147,10 +155,13 @@ def analysis_epochs(args: argparse.Namespace) -> int | None:
 
 
 def optional_flags(pairs: Sequence[tuple[str, Any]]) -> list[str]:
-    """``--flag value`` for every value that is not None (lists become several values)."""
+    """``--flag value`` for every value that is not None (lists become several values); ``--flag`` for True."""
     argv: list[str] = []
     for flag, value in pairs:
-        if value is None:
+        if value is None or value is False:
+            continue
+        if value is True:
+            argv.append(flag)
             continue
         argv.append(flag)
         argv.extend(str(item) for item in value) if isinstance(value, (list, tuple)) else argv.append(str(value))
@@ -168,6 +179,7 @@ def collect_command(args: argparse.Namespace, dataset_dir: Path) -> Command:
             ("--val-fraction", args.val_fraction),
         ]
     )
+    argv += optional_flags([(flag, getattr(args, flag[2:].replace("-", "_"))) for flag in DOWNLOAD_FLAGS])
     return Command("download_images", tuple(argv))
 
 
@@ -205,6 +217,8 @@ def train_command(args: argparse.Namespace, dataset_dir: Path, models_dir: Path)
             ("--analysis-epochs", analysis_epochs(args)),
             ("--cross-val-folds", args.cross_val_folds),
             ("--top-n-problematic", args.top_n_problematic),
+            ("--patience", args.patience),
+            ("--export-onnx", args.export_onnx),
         ]
     )
     return Command("train_classifier", tuple(argv))
@@ -215,74 +229,48 @@ def report_command(dataset_dir: Path, models_dir: Path, html_path: Path) -> Comm
     return Command("html_report", argv)
 
 
-def digest(value: Any) -> str:
-    """SHA-256 of a JSON-able value (sorted keys): equal inputs, equal digest, whatever the order they were built in."""
-    text = json.dumps(value, sort_keys=True, ensure_ascii=True, default=str)
-    return hashlib.sha256(text.encode("ascii")).hexdigest()
+def training_counts(listing: Sequence[Sequence[Any]]) -> dict[str, int]:
+    """Files per class folder under train/, from ``dataset_listing``."""
+    counts: Counter = Counter()
+    for entry in listing:
+        parts = str(entry[0]).split("/")
+        if len(parts) == 3 and parts[0] == "train":
+            counts[parts[1]] += 1
+    return dict(sorted(counts.items()))
 
 
-# ---------------------------------------------------------------------------------------------------------------------
-# Disk: fingerprints, the state file, running a script in-process
-# ---------------------------------------------------------------------------------------------------------------------
+def small_classes(counts: dict[str, int]) -> list[str]:
+    """Classes with fewer than MIN_CLASS_IMAGES training images, or under 1/MIN_CLASS_SHARE of the largest class."""
+    largest = max(counts.values(), default=0)
+    return [name for name, count in counts.items() if count < MIN_CLASS_IMAGES or count * MIN_CLASS_SHARE < largest]
 
 
-def file_stamp(path: Path) -> list[Any]:
-    """[name, size, mtime_ns] of a file (following links), or [name, None, None] when it is absent or unreadable."""
-    try:
-        info = path.stat()
-    except OSError:
-        return [str(path), None, None]
-    return [str(path), info.st_size, info.st_mtime_ns]
-
-
-def dataset_listing(dataset_dir: Path) -> list[list[Any]]:
-    """Sorted [relative path, size, mtime_ns] of every file under the split folders; hidden files and folders skipped.
-
-    Never opens a file, so a FIFO cannot hang it; what it names changes when images are added, removed or rewritten.
-    """
-    listing = []
-    for split in SPLITS:
-        top = dataset_dir / split
-        for folder, subfolders, names in os.walk(top):
-            subfolders[:] = sorted(name for name in subfolders if not name.startswith("."))
-            for name in names:
-                if not name.startswith("."):
-                    path = Path(folder) / name
-                    listing.append([path.relative_to(dataset_dir).as_posix(), *file_stamp(path)[1:]])
-    return sorted(listing)
-
-
-def files_below(folder: Path, pattern: str) -> list[Path]:
-    try:
-        return sorted(folder.glob(pattern))
-    except OSError:
+def small_class_lines(counts: dict[str, int], refusals: dict[str, Counter], hint: Callable[[str], str]) -> list[str]:
+    """One line per small class: its count and, from the download report, why URLs of it were refused."""
+    small = small_classes(counts)
+    if not small:
         return []
+    largest = max(counts, key=lambda name: counts[name])
+    lines = [
+        f"Few training images (under {MIN_CLASS_IMAGES}, or under a fifth of the largest class, "
+        f"{cli.printable(largest)} with {counts[largest]}): such a class is learnt poorly, its val metrics are noise."
+    ]
+    for name in small:
+        causes = refusals.get(name, Counter())
+        why = "; ".join(
+            f"{count} refused as {cli.printable(reason)} ({hint(reason)})" for reason, count in causes.most_common()
+        )
+        lines.append(f"  {cli.printable(name)}: {counts[name]} training images" + (f"; {why}" if why else ""))
+    return lines
 
 
-def load_state(path: Path) -> dict[str, Any]:
-    """The state file, or an empty state (every stage runs) when it is missing or unusable; never raises."""
-    empty = {"schema_version": STATE_SCHEMA_VERSION, "state_type": STATE_TYPE, "stages": {}}
-    if not path.exists():
-        return empty
-    try:
-        data = fileio.read_json(path, "pipeline state", fileio.MAX_SMALL_JSON_BYTES)
-    except fileio.ReportError as error:
-        logger.warning("%s; every stage will run", error)
-        return empty
-    if (
-        not isinstance(data, dict)
-        or data.get("state_type") != STATE_TYPE
-        or data.get("schema_version") != STATE_SCHEMA_VERSION
-        or not isinstance(data.get("stages"), dict)
-    ):
-        logger.warning("%s is not a pipeline state file of this version; every stage will run", path)
-        return empty
-    data["stages"] = {name: value for name, value in data["stages"].items() if isinstance(value, dict)}
-    return data
+# ---------------------------------------------------------------------------------------------------------------------
+# Disk: the state file, the lock, running a script in-process
+# ---------------------------------------------------------------------------------------------------------------------
 
 
 def save_state(run: Run) -> None:
-    fileio.write_json(run.dataset_dir / STATE_NAME, run.state)
+    pipeline_state.save_state(run.dataset_dir, run.state)
 
 
 @contextlib.contextmanager
@@ -301,22 +289,12 @@ def import_main(module: str) -> Callable[[list[str]], int]:
     return importlib.import_module(module).main
 
 
-def accepts_flag(module: str, flag: str) -> bool:
-    """Whether a script's parser knows ``flag`` (the output switches reach every script as the others adopt them)."""
-    try:
-        parser = importlib.import_module(module).get_args_parser()
-    except Exception:  # noqa: BLE001 - a script that cannot build its parser fails visibly when it runs
-        return False
-    return flag in getattr(parser, "_option_string_actions", {})
-
-
 def with_output_flags(command: Command, args: argparse.Namespace) -> Command:
-    """The command plus --no-progress / --verbose when given to the pipeline and known to the script.
+    """The command plus --no-progress / --verbose when given to the pipeline (every script has both: cli.py).
 
     They change what is shown, not what is made, so they are left out of the stage fingerprints.
     """
-    wanted = [flag for flag, is_on in (("--verbose", args.verbose), ("--no-progress", args.no_progress)) if is_on]
-    extra = tuple(flag for flag in wanted if accepts_flag(command.module, flag))
+    extra = tuple(flag for flag, is_on in (("--verbose", args.verbose), ("--no-progress", args.no_progress)) if is_on)
     return Command(command.module, command.argv + extra) if extra else command
 
 
@@ -358,33 +336,34 @@ def problematic_report(run: Run) -> Path:
     return run.dataset_dir / PROBLEMATIC_REPORT_NAME
 
 
-def content_digest(path: Path | None) -> str | None:
-    if path is None:
-        return None
-    try:
-        return fileio.sha256_file(path)
-    except OSError:
-        return "unreadable"
+def collect_inputs(run: Run) -> Any:
+    args = run.args
+    argv = collect_command(args, run.dataset_dir).argv
+    return {
+        "argv": argv,
+        "urls_file": content_digest(args.urls_file),
+        "queries": content_digest(args.queries),
+    }
 
 
-def stage_inputs(run: Run, stage: str) -> Any:
-    """What a stage's result depends on; the stage is up to date while this is what it was when it last finished."""
-    args, dataset = run.args, run.dataset_dir
-    if stage == "collect":
-        return {
-            "argv": collect_command(args, dataset).argv,
-            "urls_file": content_digest(args.urls_file),
-            "queries": content_digest(args.queries),
-        }
-    if stage == "detect":
-        return {
-            "argv": [command.argv for command in detect_commands(args, dataset)],
-            "dataset": dataset_listing(dataset),
-        }
-    if stage == "dedupe":
-        return {"dataset": dataset_listing(dataset), "report": file_stamp(exact_report(run))}
-    if stage == "train":
-        return {"argv": train_command(args, dataset, run.models_dir).argv, "dataset": dataset_listing(dataset)}
+def detect_inputs(run: Run) -> Any:
+    argv = [command.argv for command in detect_commands(run.args, run.dataset_dir)]
+    return {"argv": argv, "dataset": dataset_listing(run.dataset_dir)}
+
+
+def dedupe_inputs(run: Run) -> Any:
+    return {"dataset": dataset_listing(run.dataset_dir), "report": file_stamp(exact_report(run))}
+
+
+def train_inputs(run: Run) -> Any:
+    return {
+        "argv": train_command(run.args, run.dataset_dir, run.models_dir).argv,
+        "dataset": dataset_listing(run.dataset_dir),
+    }
+
+
+def report_inputs(run: Run) -> Any:
+    dataset = run.dataset_dir
     reports = files_below(dataset, "duplicate_report_*.json") + [problematic_report(run)]
     models = [run.models_dir / "training_metadata.json", *files_below(run.models_dir, "error_analysis/*/*.json")]
     return {
@@ -394,29 +373,19 @@ def stage_inputs(run: Run, stage: str) -> Any:
     }
 
 
-def stage_outputs(run: Run, stage: str) -> list[Path]:
-    """Files a finished stage leaves; if one is gone the stage runs again."""
-    return {
-        "collect": [run.dataset_dir / "train"],
-        "detect": [exact_report(run), near_report(run)],
-        "dedupe": [],
-        "train": [run.models_dir / "best_model.pth", problematic_report(run)],
-        "report": [run.html_path],
-    }[stage]
-
-
-def is_up_to_date(run: Run, stage: str) -> bool:
-    record = run.state["stages"].get(stage, {})
-    if record.get("status") != "done" or record.get("fingerprint") != digest(stage_inputs(run, stage)):
+def is_up_to_date(run: Run, stage: Stage) -> bool:
+    """Finished, with the inputs it had then, and every output still there."""
+    record = run.state["stages"].get(stage.name, {})
+    if record.get("status") != "done" or record.get("fingerprint") != digest(stage.inputs(run)):
         return False
-    return all(path.exists() for path in stage_outputs(run, stage))
+    return all(path.exists() for path in stage.outputs(run))
 
 
 def record_stage(run: Run, stage: str, status: str, commands: Sequence[Command], code: int | None = None) -> None:
     """Write the stage's fingerprint (of its inputs as they are now) into the state file."""
     run.state["stages"][stage] = {
         "status": status,
-        "fingerprint": digest(stage_inputs(run, stage)),
+        "fingerprint": digest(STAGE_BY_NAME[stage].inputs(run)),
         "updated": fileio.utc_now(),
         "exit_code": code,
         "commands": [command_line(command, Path.cwd()) for command in commands],
@@ -424,29 +393,80 @@ def record_stage(run: Run, stage: str, status: str, commands: Sequence[Command],
     save_state(run)
 
 
-def run_collect(run: Run) -> int:
-    command = collect_command(run.args, run.dataset_dir)
-    code = run_command(run, "collect", command)
-    record_stage(run, "collect", "done", [command], code)
+def warn_about_small_classes(run: Run) -> None:
+    """Before training: name each class too small to learn well, with the download refusals that made it so."""
+    counts = training_counts(dataset_listing(run.dataset_dir))
+    refusals = download_refusals(run)
+    for line in small_class_lines(counts, refusals, download_report.failure_hint):
+        print(line)
+
+
+def run_commands(run: Run, stage: Stage) -> int:
+    """Run the stage's commands in order and record it; the worst exit code."""
+    commands = stage.commands(run)
+    code = max(run_command(run, stage.name, command) for command in commands)
+    record_stage(run, stage.name, "done", commands, code)
     return code
 
 
-def run_detect(run: Run) -> int:
-    commands = detect_commands(run.args, run.dataset_dir)
-    code = max(run_command(run, "detect", command) for command in commands)
-    record_stage(run, "detect", "done", commands, code)
-    return code
+def listed_inputs(report: Any, key: str, field: str) -> set[str]:
+    """The ``field`` of each entry in the list under ``key`` of a report: what a stage could not use."""
+    listed = report.get(key) if isinstance(report, dict) else None
+    entries = listed if isinstance(listed, list) else []
+    return {str(entry[field]) for entry in entries if isinstance(entry, dict) and field in entry}
+
+
+def download_refusals(run: Run) -> dict[str, Counter]:
+    """From download_report.json: failed URLs per class and reason, this run's and earlier runs' not tried again."""
+    report = read_optional_json(run.dataset_dir / download_report.REPORT_NAME, "download report")
+    classes = report.get("classes") if isinstance(report, dict) else None
+    refusals: dict[str, Counter] = {}
+    for name, entry in (classes if isinstance(classes, dict) else {}).items():
+        counts: Counter = Counter()
+        for key in ("failures_by_reason", "failed_before_by_reason"):
+            by_reason = entry.get(key) if isinstance(entry, dict) else None
+            for reason, count in (by_reason if isinstance(by_reason, dict) else {}).items():
+                counts[str(reason)] += count if type(count) is int and count > 0 else 0
+        refusals[str(name)] = +counts
+    return refusals
+
+
+def collect_unusable(run: Run) -> tuple[set[str], list[Path]]:
+    path = run.dataset_dir / download_report.REPORT_NAME
+    report = read_optional_json(path, "download report")
+    return listed_inputs(report, "errors", "url") | listed_inputs(report, "errors", "input"), [path]
+
+
+def detect_unusable(run: Run) -> tuple[set[str], list[Path]]:
+    paths = [exact_report(run), near_report(run)]
+    return set().union(*(listed_inputs(load_duplicate_report(path), "errors", "path") for path in paths)), paths
+
+
+def train_unusable(run: Run) -> tuple[set[str], list[Path]]:
+    path = run.models_dir / "training_metadata.json"
+    return listed_inputs(read_optional_json(path, "training metadata"), "skipped_files", "path"), [path]
+
+
+def no_list(run: Run) -> tuple[set[str], list[Path]]:
+    """A stage whose unusable inputs are only in what it printed."""
+    return set(), []
+
+
+def load_duplicate_report(path: Path) -> dict[str, Any] | None:
+    """A duplicate report checked by its format's one validator; None when it is missing or unusable (a warning)."""
+    if not path.exists():
+        return None
+    try:
+        return duplicate_report.load_report(path, "duplicate report")
+    except fileio.ReportError as error:
+        logger.warning("%s", error)
+        return None
 
 
 def read_groups(path: Path) -> dict[str, int] | None:
     """Groups per category of a duplicate report; None when it is missing or unusable (named in a warning)."""
-    if not path.exists():
-        return None
-    try:
-        return duplicate_report.group_counts(duplicate_report.load_report(path, "duplicate report"))
-    except fileio.ReportError as error:
-        logger.warning("%s", error)
-        return None
+    report = load_duplicate_report(path)
+    return None if report is None else duplicate_report.group_counts(report)
 
 
 def conflicts(counts: dict[str, int]) -> int:
@@ -468,7 +488,7 @@ def remove_certain(run: Run, category: str, strategy: str, commands: list[Comman
     return code
 
 
-def run_dedupe(run: Run) -> int:
+def run_dedupe(run: Run, stage: Stage) -> int:
     """Leaks first (a group with two train copies and one val copy becomes a plain-copy group), then plain copies.
 
     When anything was removed the detectors run again, so the reports (and the HTML page) describe the dataset as it
@@ -489,7 +509,7 @@ def run_dedupe(run: Run) -> int:
         code = max(code, remove_certain(run, COPY_CATEGORY, "safe", commands))
     if dataset_listing(run.dataset_dir) != start:
         print("Copies were removed: finding duplicates again so the reports match the dataset.")
-        code = max(code, run_detect(run))
+        code = max(code, run_commands(run, STAGE_BY_NAME["detect"]))
     else:
         print("Nothing certain to remove: no byte-identical copy within one class and split, no exact train/val leak.")
     exact, near = read_groups(exact_report(run)) or {}, read_groups(near_report(run)) or {}
@@ -505,11 +525,12 @@ def run_dedupe(run: Run) -> int:
     return code
 
 
-def run_train(run: Run) -> int:
+def run_train(run: Run, stage: Stage) -> int:
     """Train with the analysis; a run interrupted with these same inputs resumes from its last checkpoint."""
     command = train_command(run.args, run.dataset_dir, run.models_dir)
     previous = run.state["stages"].get("train", {})
-    fingerprint = digest(stage_inputs(run, "train"))
+    fingerprint = digest(stage.inputs(run))
+    warn_about_small_classes(run)
     resumable = (run.models_dir / "last_checkpoint.pth").is_file()
     if previous.get("status") == "started" and previous.get("fingerprint") == fingerprint and resumable:
         print("The last training with these settings was interrupted: resuming it.")
@@ -520,53 +541,96 @@ def run_train(run: Run) -> int:
     return code
 
 
-def run_report(run: Run) -> int:
-    command = report_command(run.dataset_dir, run.models_dir, run.html_path)
-    code = run_command(run, "report", command)
-    record_stage(run, "report", "done", [command], code)
+def run_report(run: Run, stage: Stage) -> int:
+    code = run_commands(run, stage)
     print(f"Open {run.html_path} in a browser (no server needed).")
+    onnx = run.models_dir / ONNX_MODEL_NAME
+    if onnx.is_file():
+        print(f"ONNX model (runs with onnxruntime, no PyTorch): {onnx}")
     return code
 
 
-STAGE_BODIES: dict[str, Callable[[Run], int]] = {
-    "collect": run_collect,
-    "detect": run_detect,
-    "dedupe": run_dedupe,
-    "train": run_train,
-    "report": run_report,
-}
+@dataclass(frozen=True)
+class Stage:
+    """One stage of the pipeline, described once: the table below is the only place that lists them."""
+
+    name: str
+    help: str  # the header line printed when it runs
+    commands: Callable[[Run], list[Command]]  # what it runs (dedupe: each only when such groups exist)
+    inputs: Callable[[Run], Any]  # what its result depends on: skipped while this is as it was when it finished
+    outputs: Callable[[Run], list[Path]]  # what it must leave for the next stages; one missing and it runs again
+    body: Callable[[Run, Stage], int]  # runs the commands, records the stage; the worst exit code
+    unusable: Callable[[Run], tuple[set[str], list[Path]]] = no_list  # what it could not use, and where it is listed
+    note: str = ""  # printed after each command in --dry-run
 
 
-def planned_commands(run: Run, stage: str) -> list[str]:
-    """The commands a stage would run, for --dry-run (dedupe's depend on what detect finds)."""
-    cwd = Path.cwd()
-    if stage == "collect":
-        return [command_line(collect_command(run.args, run.dataset_dir), cwd)]
-    if stage == "detect":
-        return [command_line(command, cwd) for command in detect_commands(run.args, run.dataset_dir)]
-    if stage == "dedupe":
-        return [
-            command_line(removal_command(exact_report(run), strategy, category), cwd) + "   (if such groups exist)"
+STAGE_TABLE = (
+    Stage(
+        "collect",
+        "download images (DuckDuckGo, or --urls-file)",
+        commands=lambda run: [collect_command(run.args, run.dataset_dir)],
+        inputs=collect_inputs,
+        outputs=lambda run: [run.dataset_dir / "train"],
+        body=run_commands,
+        unusable=collect_unusable,
+    ),
+    Stage(
+        "detect",
+        "find exact copies (file size + SHA-256) and near copies (perceptual hash)",
+        commands=lambda run: detect_commands(run.args, run.dataset_dir),
+        inputs=detect_inputs,
+        outputs=lambda run: [exact_report(run), near_report(run)],
+        body=run_commands,
+        unusable=detect_unusable,
+    ),
+    Stage(
+        "dedupe",
+        "remove only certain copies: byte-identical within one class and split, train/val leaks (train kept)",
+        commands=lambda run: [
+            removal_command(exact_report(run), strategy, category)
             for category, strategy in ((LEAK_CATEGORY, "prefer-train"), (COPY_CATEGORY, "safe"))
-        ]
-    if stage == "train":
-        return [command_line(train_command(run.args, run.dataset_dir, run.models_dir), cwd)]
-    return [command_line(report_command(run.dataset_dir, run.models_dir, run.html_path), cwd)]
+        ],
+        inputs=dedupe_inputs,
+        outputs=lambda run: [],
+        body=run_dedupe,
+        note="   (if such groups exist)",
+    ),
+    Stage(
+        "train",
+        "train, score problematic images, calibrate",
+        commands=lambda run: [train_command(run.args, run.dataset_dir, run.models_dir)],
+        inputs=train_inputs,
+        outputs=lambda run: [run.models_dir / "best_model.pth", problematic_report(run)],
+        body=run_train,
+        unusable=train_unusable,
+    ),
+    Stage(
+        "report",
+        "write the HTML report",
+        commands=lambda run: [report_command(run.dataset_dir, run.models_dir, run.html_path)],
+        inputs=report_inputs,
+        outputs=lambda run: [run.html_path],
+        body=run_report,
+    ),
+)
+STAGES = tuple(stage.name for stage in STAGE_TABLE)
+STAGE_BY_NAME = {stage.name: stage for stage in STAGE_TABLE}
 
 
-def run_stage(run: Run, stage: str, position: str, is_forced: bool) -> None:
-    """Run one stage unless it is up to date (and not forced); keep the worst exit code."""
-    header = f"{position} {stage}: {STAGE_HELP[stage]}"
+def run_stage(run: Run, stage: Stage, position: str, is_forced: bool) -> None:
+    """Run one stage unless it is up to date (and not forced); note its exit code (a skipped one's as it last ran)."""
+    header = f"{position} {stage.name}: {stage.help}"
     if not is_forced and is_up_to_date(run, stage):
-        print(f"{header}\n  up to date (inputs unchanged since it last ran): skipped; --from {stage} reruns it")
+        print(f"{header}\n  up to date (inputs unchanged since it last ran): skipped; --from {stage.name} reruns it")
+        run.codes[stage.name] = run.state["stages"][stage.name].get("exit_code") or cli.EXIT_OK
         return
     print(f"\n{header}", flush=True)
-    run.worst_code = max(run.worst_code, STAGE_BODIES[stage](run))
-    missing = [str(path) for path in stage_outputs(run, stage) if not path.exists()]
+    run.codes[stage.name] = stage.body(run, stage)
+    missing = [str(path) for path in stage.outputs(run) if not path.exists()]
     if missing:  # e.g. every URL failed (no train/), or no model: the later stages have nothing to work on
-        run.state["stages"][stage]["status"] = "incomplete"
+        run.state["stages"][stage.name]["status"] = "incomplete"
         save_state(run)
-        raise StageFailed(stage, f"it finished without writing {', '.join(missing)} (see above)")
+        raise StageFailed(stage.name, f"it finished without writing {', '.join(missing)} (see above)")
 
 
 def chosen_stages(args: argparse.Namespace) -> tuple[list[str], set[str]]:
@@ -639,6 +703,13 @@ def get_args_parser(add_help: bool = True) -> argparse.ArgumentParser:
         "--per-class", type=int, default=None, help="images wanted per class (default: 500 searched, every URL listed)"
     )
     collect.add_argument("--queries", type=Path, default=None, help="JSON {class: [query, ...]} (default: built-in)")
+    downloader = download_images.get_args_parser()
+    for flag, about in DOWNLOAD_FLAGS.items():
+        default = downloader.get_default(flag[2:].replace("-", "_"))
+        if isinstance(default, bool):
+            collect.add_argument(flag, action="store_true", help=f"{about} (default: off)")
+        else:
+            collect.add_argument(flag, type=type(default), default=None, help=f"{about} (default: {default})")
     collect.add_argument("--val-fraction", type=float, default=None, help="share put in val/ (default: 0.2)")
 
     detect = parser.add_argument_group("detect (data_collection/detect_duplicates_by_phash.py)")
@@ -677,6 +748,14 @@ def get_args_parser(add_help: bool = True) -> argparse.ArgumentParser:
     train.add_argument(
         "--top-n-problematic", type=int, default=None, help="images per class in the analysis (default: 50)"
     )
+    train.add_argument(
+        "--patience", type=int, default=None, help="epochs without a better val macro F1 before stopping (default: 5)"
+    )
+    train.add_argument(
+        "--export-onnx",
+        action="store_true",
+        help=f"also write <models-dir>/{ONNX_MODEL_NAME} for onnxruntime (the trainer's --export-onnx) (default: off)",
+    )
     cli.add_output_flags(parser)
     return parser
 
@@ -696,6 +775,50 @@ def check_args(parser: argparse.ArgumentParser, args: argparse.Namespace) -> Non
         parser.error(f"--dataset-dir: {reason}")
 
 
+def collect_classes(args: argparse.Namespace) -> list[str] | None:
+    """The classes the collect stage would download (--classes, else the URLs file's, else the queries'); None when
+    the file cannot be read, which the downloader then says in its own sentence."""
+    if args.classes:
+        return list(dict.fromkeys(args.classes))
+    try:
+        if args.urls_file is not None:
+            lines = args.urls_file.read_text(encoding="utf-8-sig").splitlines()
+            entries, _ = download_images.parse_url_lines(lines, str(args.urls_file))
+            return list(dict.fromkeys(name for _, name, _ in entries))
+        return list(search_queries.load_queries(args.queries))
+    except (OSError, UnicodeDecodeError, ValueError, RecursionError):
+        return None
+
+
+def one_class_problem(args: argparse.Namespace) -> str | None:
+    """One sentence when the collect stage would make a dataset of a single class (no classifier can learn it)."""
+    classes = collect_classes(args)
+    if classes is None or len(classes) != 1:
+        return None
+    source = "--classes" if args.classes else f"--urls-file {args.urls_file}" if args.urls_file else "--queries"
+    return (
+        f"{source} names one class only ({classes[0]}): a classifier needs two or more; add another class "
+        "(its URLs or queries, and list it in --classes)"
+    )
+
+
+def summary_line(run: Run) -> str:
+    """The last line: done, or done with N unusable inputs and where they are listed."""
+    partial = [STAGE_BY_NAME[name] for name, code in run.codes.items() if code == cli.EXIT_PARTIAL]
+    if not partial:
+        return "Pipeline done."
+    inputs: set[str] = set()  # URLs and dataset paths: an image two stages skipped counts once
+    lists = []
+    for stage in partial:
+        found, paths = stage.unusable(run)
+        inputs |= found
+        lists += [cli.printable(path) for path in paths if path.is_file()]
+    names = ", ".join(stage.name for stage in partial)
+    where = f"see {', '.join(lists)} and the {names} output above" if lists else f"see the {names} output above"
+    count = len(inputs)
+    return f"Pipeline done, {count or 'some'} input{'' if count == 1 else 's'} unusable ({where})."
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     parser = get_args_parser()
     args = parser.parse_args(argv)
@@ -703,23 +826,26 @@ def main(argv: Sequence[str] | None = None) -> int:
     check_args(parser, args)
     dataset_dir = args.dataset_dir
     html_path = args.report if args.report is not None else dataset_dir / DEFAULT_HTML_NAME
-    run = Run(args, dataset_dir, args.models_dir, html_path, load_state(dataset_dir / STATE_NAME))
     stages, forced = chosen_stages(args)
+    problem = one_class_problem(args) if "collect" in stages else None
+    if problem:
+        return cli.error(problem)
+    run = Run(args, dataset_dir, args.models_dir, html_path, pipeline_state.load_state(dataset_dir, STAGES))
 
     if args.dry_run:
-        for number, stage in enumerate(stages, start=1):
-            skip = stage not in forced and is_up_to_date(run, stage)
-            print(f"[{number}/{len(stages)}] {stage}: {'up to date, would be skipped' if skip else 'would run'}")
-            if not skip:
-                for line in planned_commands(run, stage):
-                    print(f"  $ {line}")
+        for number, name in enumerate(stages, start=1):
+            step = STAGE_BY_NAME[name]
+            skip = name not in forced and is_up_to_date(run, step)
+            print(f"[{number}/{len(stages)}] {name}: {'up to date, would be skipped' if skip else 'would run'}")
+            for command in [] if skip else step.commands(run):
+                print(f"  $ {command_line(command, Path.cwd())}{step.note}")
         return cli.EXIT_OK
 
     stage = stages[0]
     try:
         with pipeline_lock(dataset_dir):
             for number, stage in enumerate(stages, start=1):
-                run_stage(run, stage, f"[{number}/{len(stages)}]", stage in forced)
+                run_stage(run, STAGE_BY_NAME[stage], f"[{number}/{len(stages)}]", stage in forced)
     except fileio.ReportError as error:
         return cli.error(str(error))
     except StageFailed as failure:
@@ -733,9 +859,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             file=sys.stderr,
         )
         return cli.EXIT_INTERRUPTED
-    summary = "done" if run.worst_code == cli.EXIT_OK else "done, but some inputs were unusable (see above)"
-    print(f"\nPipeline {summary}." + (f" Report: {html_path}" if html_path.exists() else ""))
-    return run.worst_code
+    print(f"\n{summary_line(run)}" + (f" Report: {html_path}" if html_path.exists() else ""))
+    return max(run.codes.values(), default=cli.EXIT_OK)
 
 
 if __name__ == "__main__":

@@ -21,6 +21,7 @@ from image_search import read_search_cache
 
 import fileio
 import html_report
+import pipeline_state
 import review_problematic_images as review
 import run_pipeline
 import trash
@@ -78,7 +79,8 @@ def test_every_module_reader_turns_hostile_json_into_a_sentence_or_a_fresh_start
     assert EXPECTED[kind] in html_report.read_optional(path, "duplicate report")[1]  # shown on the page
     with pytest.raises(trash.TrashError, match=EXPECTED[kind]):
         trash.load_log(tmp_path, path)
-    state = run_pipeline.load_state(path)  # unusable state: a warning, and every stage runs
+    (tmp_path / pipeline_state.STATE_NAME).write_text(HOSTILE[kind])
+    state = pipeline_state.load_state(tmp_path, run_pipeline.STAGES)  # unusable state: a warning, every stage runs
     assert state["stages"] == {} and EXPECTED[kind] in caplog.text
     assert read_search_cache(path, "birds") is None  # searched again
     assert fileio.lock_owner(path) == (None, HOSTILE[kind])  # a lock with no readable owner, never a crash

@@ -625,3 +625,21 @@ def test_a_crafted_or_odd_download_manifest_never_breaks_the_page(setup) -> None
     os.mkfifo(manifest)  # a read would block forever
     assert make_page(setup) == 1
     assert "download_manifest.jsonl is a named pipe" in setup["page"].read_text(encoding="utf-8")
+
+
+def test_the_page_lists_only_undo_logs_inside_the_dataset_whatever_the_state_file_says(setup, tmp_path) -> None:
+    outside = tmp_path / "outside_log.json"
+    outside.write_text("{}", encoding="utf-8")
+    inside = setup["dataset"] / ".trash" / "remove_duplicates_20261206T000000Z.json"
+    inside.parent.mkdir(exist_ok=True)
+    inside.write_text("{}", encoding="utf-8")
+    state = {
+        "schema_version": 1,
+        "state_type": "birdplane_pipeline_state",
+        "stages": {},
+        "deletion_logs": [str(outside), str(inside), "../../etc/passwd", 7],
+    }
+    (setup["dataset"] / "pipeline_state.json").write_text(json.dumps(state), encoding="utf-8")
+    make_page(setup)
+    page = setup["page"].read_text(encoding="utf-8")
+    assert f"--undo {inside}" in page and "outside_log.json" not in page and "passwd" not in page

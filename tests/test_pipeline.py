@@ -22,6 +22,8 @@ import remove_duplicates
 from _download_helpers import ImageServer, Route, encode_good_image
 from conftest import ROOT, make_class_image, make_dataset, save_image
 
+import fileio
+import pipeline_state
 import run_pipeline
 import train_classifier
 
@@ -44,7 +46,8 @@ def run(argv: list[str]) -> tuple[int, str]:
 
 def printed_commands(output: str) -> list[list[str]]:
     """The '$ python SCRIPT ARGS' lines a run printed, split as a shell would."""
-    return [shlex.split(line[2:])[1:] for line in output.splitlines() if line.startswith("$ python ")]
+    lines = [line.strip() for line in output.splitlines()]  # --dry-run indents them
+    return [shlex.split(line[2:])[1:] for line in lines if line.startswith("$ python ")]
 
 
 def mtime(path: Path) -> int:
@@ -65,6 +68,7 @@ def pipeline(tmp_path_factory: pytest.TempPathFactory):
         for index, name in enumerate(CLASSES)
         for number in range(2)
     }
+    routes["/plane/gone.jpg"] = Route(b"not here", status=404, content_type="text/html")  # exit 1, named at the end
     with ImageServer(routes) as server:
         urls = root / "urls.csv"
         urls.write_text("".join(f"{path.split('/')[1]},{server.url(path)}\n" for path in routes), encoding="utf-8")
@@ -75,7 +79,9 @@ def pipeline(tmp_path_factory: pytest.TempPathFactory):
 
 
 def test_whole_run_prints_each_standalone_command_and_writes_every_output(pipeline) -> None:
-    assert pipeline["code"] == 0, pipeline["output"]
+    assert pipeline["code"] == 1, pipeline["output"]  # the worst stage's: collect met a 404
+    report = pipeline["dataset"] / "download_report.json"
+    assert f"Pipeline done, 1 input unusable (see {report} and the collect output above)." in pipeline["output"]
     dataset, models = pipeline["dataset"], pipeline["models"]
     commands = printed_commands(pipeline["output"])
     scripts = [Path(argv[0]).resolve() for argv in commands]
@@ -86,9 +92,7 @@ def test_whole_run_prints_each_standalone_command_and_writes_every_output(pipeli
     for argv in commands:  # each printed line is a valid command of its script, as a user would paste it
         module = next(name for name, path in SCRIPT_OF_MODULE.items() if path == Path(argv[0]).resolve())
         __import__(module).get_args_parser().parse_args(argv[1:])
-    for argv in commands:  # the output switch reaches every script that has it (all do, by the CLI convention)
-        assert "--no-progress" in argv or not run_pipeline.accepts_flag(Path(argv[0]).stem, "--no-progress")
-    assert sum("--no-progress" in argv for argv in commands) >= 2
+    assert all("--no-progress" in argv for argv in commands)  # every script has the output switches (cli.py)
     train = next(argv for argv in commands if Path(argv[0]).name == "train_classifier.py")
     for flag, value in zip(TINY[::2], TINY[1::2]):  # the training settings reach the trainer as given
         assert train[train.index(flag) + 1] == value
@@ -128,7 +132,7 @@ def test_rerun_skips_every_stage(pipeline) -> None:
     dataset, models = pipeline["dataset"], pipeline["models"]
     before = {path: mtime(path) for path in (dataset / "report.html", models / "best_model.pth")}
     code, output = run(pipeline["argv"])  # without --no-progress: output switches do not make a stage stale
-    assert code == 0
+    assert code == 1 and "Pipeline done, 1 input unusable" in output  # the skipped collect's 404 still counts
     assert output.count("up to date (inputs unchanged since it last ran): skipped") == len(run_pipeline.STAGES)
     assert printed_commands(output) == []
     assert {path: mtime(path) for path in before} == before
@@ -138,8 +142,14 @@ def test_only_report_reruns_just_the_report(pipeline) -> None:
     dataset, models = pipeline["dataset"], pipeline["models"]
     model_time, page_time = mtime(models / "best_model.pth"), mtime(dataset / "report.html")
     code, output = run([*pipeline["argv"], "--only", "report"])
-    assert code == 0
+    assert code == 0 and "Pipeline done." in output and "ONNX" not in output
     assert [Path(argv[0]).name for argv in printed_commands(output)] == ["html_report.py"]
+    (models / "best_model.onnx").write_bytes(b"exported")  # the trainer's or classifier.py's --export-onnx
+    try:
+        code, output = run([*pipeline["argv"], "--only", "report"])
+        assert f"ONNX model (runs with onnxruntime, no PyTorch): {models / 'best_model.onnx'}" in output
+    finally:
+        (models / "best_model.onnx").unlink()
     assert mtime(models / "best_model.pth") == model_time and mtime(dataset / "report.html") != page_time
 
 
@@ -175,14 +185,14 @@ def test_interrupted_training_resumes_from_its_checkpoint(pipeline, monkeypatch)
     assert code == 130 and len(calls) == 1 and "--resume" not in calls[0]
     monkeypatch.setattr(train_classifier, "main", lambda argv: calls.append(argv) or 0)
     code, output = run(pipeline["argv"])
-    assert code == 0
+    assert code == 1  # collect's 404, as it last ran
     assert calls[1] == [*calls[0], "--resume"]  # the same settings, carried on from models/last_checkpoint.pth
     assert "resuming it" in output
 
 
 def test_undo_of_the_removal_log_restores_the_files_byte_for_byte(pipeline) -> None:
     dataset = pipeline["dataset"]
-    state = json.loads((dataset / run_pipeline.STATE_NAME).read_text(encoding="utf-8"))
+    state = json.loads((dataset / pipeline_state.STATE_NAME).read_text(encoding="utf-8"))
     logs = state["deletion_logs"]
     assert len(logs) == 2  # one for the leak, one for the plain copy
     page = (dataset / "report.html").read_text(encoding="utf-8")
@@ -191,6 +201,46 @@ def test_undo_of_the_removal_log_restores_the_files_byte_for_byte(pipeline) -> N
         assert remove_duplicates.main(["--undo", str(log)]) == 0
     for path, data in pipeline["planted"].items():
         assert (dataset / path).read_bytes() == data
+
+
+def test_a_crafted_state_file_and_checkpoint_change_nothing_outside_the_dataset(pipeline, tmp_path, capsys) -> None:
+    """The state may say 'resume the interrupted training', never where a run writes; bad records are dropped."""
+    import torch
+
+    dataset = shutil.copytree(pipeline["dataset"], tmp_path / "dataset", symlinks=True)
+    models, outside = tmp_path / "models", tmp_path / "outside"
+    models.mkdir()
+    outside.mkdir()
+    victim = outside / "victim.json"
+    victim.write_text("precious", encoding="utf-8")
+    checkpoint = torch.load(pipeline["models"] / "last_checkpoint.pth", weights_only=True)
+    stored = {"report": str(victim), "cache_dir": str(outside / "cache"), "output_dir": str(outside)}
+    checkpoint["arguments"].update(stored, dataset_dir=str(outside))
+    torch.save(checkpoint, models / "last_checkpoint.pth")
+    shutil.copyfile(pipeline["models"] / "best_model.pth", models / "best_model.pth")  # as an interrupted run left it
+    argv = ["--dataset-dir", str(dataset), "--models-dir", str(models), *TINY, "--no-progress", "--only", "train"]
+    probe = run_pipeline.Run(run_pipeline.get_args_parser().parse_args(argv), dataset, models, tmp_path / "r", {})
+    train_fingerprint = pipeline_state.digest(run_pipeline.STAGE_BY_NAME["train"].inputs(probe))
+    state = {
+        "schema_version": 1,
+        "state_type": "birdplane_pipeline_state",
+        "stages": {
+            "train": {"status": "started", "fingerprint": train_fingerprint, "exit_code": None},
+            "detect": {"status": "done", "fingerprint": ["x"], "exit_code": "0"},
+            "../../etc": {"status": "done", "fingerprint": "x"},
+        },
+        "deletion_logs": [str(victim), 7, {"path": str(victim)}, "\x00"],
+    }
+    (dataset / pipeline_state.STATE_NAME).write_text(json.dumps(state), encoding="utf-8")
+    code, output = run(argv)
+    err = capsys.readouterr().err
+    assert code in (0, 1), output + err
+    assert "resuming it" in output  # what the state may decide
+    assert victim.read_text(encoding="utf-8") == "precious" and sorted(outside.iterdir()) == [victim]
+    assert (models / "best_model.pth").is_file() and (dataset / "problematic_images_report.json").is_file()
+    assert "stage detect ignored (fingerprint must be a string)" in err and "4 undo log(s)" in err
+    saved = json.loads((dataset / pipeline_state.STATE_NAME).read_text(encoding="utf-8"))
+    assert saved["deletion_logs"] == [] and sorted(saved["stages"]) == ["train"]
 
 
 # ------------------------------------------------------------------------------------------------ bad input
@@ -256,7 +306,7 @@ def test_training_that_does_nothing_stops_the_pipeline_and_says_how_to_rerun(tmp
     err = capsys.readouterr().err
     assert code == 2 and "error: stage train stopped: it finished without writing" in err and "best_model.pth" in err
     assert not (dataset / "report.html").exists()
-    state = json.loads((dataset / run_pipeline.STATE_NAME).read_text(encoding="utf-8"))
+    state = json.loads((dataset / pipeline_state.STATE_NAME).read_text(encoding="utf-8"))
     assert state["stages"]["train"]["status"] == "incomplete"  # not skipped as up to date next time
 
 
@@ -271,7 +321,7 @@ def test_dedupe_without_a_report_removes_nothing_and_says_why(tmp_path: Path) ->
 
 def test_an_unusable_state_file_means_every_stage_runs(tmp_path: Path, capsys) -> None:
     dataset = make_dataset(tmp_path / "dataset", CLASSES, train_per_class=1, val_per_class=1)
-    (dataset / run_pipeline.STATE_NAME).write_text('{"truncated', encoding="utf-8")
+    (dataset / pipeline_state.STATE_NAME).write_text('{"truncated', encoding="utf-8")
     assert run_pipeline.main(["--dataset-dir", str(dataset), "--no-collect", "--dry-run"]) == 0
     captured = capsys.readouterr()
     assert captured.out.count("would run") == 4 and "not valid JSON" in captured.err
@@ -304,3 +354,70 @@ def test_help_runs_as_a_script() -> None:
     )  # fmt: skip
     assert result.returncode == 0
     assert "--from {collect,detect,dedupe,train,report}" in result.stdout and "exit codes" in result.stdout
+
+
+def test_deep_or_huge_json_in_the_state_file_is_ignored_with_a_warning(tmp_path: Path, capsys) -> None:
+    dataset = make_dataset(tmp_path / "dataset", CLASSES, train_per_class=1, val_per_class=1)
+    argv = ["--dataset-dir", str(dataset), "--no-collect", "--dry-run"]
+    huge = " " * (fileio.MAX_SMALL_JSON_BYTES + 1)
+    for text in ("[" * 100_000 + "]" * 100_000, '{"schema_version": 1' + "1" * 5000 + "}", huge):
+        (dataset / pipeline_state.STATE_NAME).write_text(text, encoding="utf-8")
+        assert run_pipeline.main(argv) == 0
+        captured = capsys.readouterr()
+        assert captured.out.count("would run") == 4 and "pipeline state" in captured.err and "ignored" in captured.err
+
+
+def test_a_one_class_dataset_is_refused_before_anything_is_downloaded(tmp_path: Path, capsys) -> None:
+    urls = tmp_path / "urls.csv"
+    urls.write_text("class,url\nbird,http://127.0.0.1:9/a.jpg\nbird,http://127.0.0.1:9/b.jpg\n", encoding="utf-8")
+    queries = tmp_path / "queries.json"
+    queries.write_text('{"bird": ["a bird"]}', encoding="utf-8")
+    dataset = tmp_path / "dataset"
+    for extra, named in (
+        (["--urls-file", str(urls)], f"--urls-file {urls} names one class only (bird)"),
+        (["--classes", "plane"], "--classes names one class only (plane)"),
+        (["--queries", str(queries)], "--queries names one class only (bird)"),
+    ):
+        assert run_pipeline.main(["--dataset-dir", str(dataset), *extra]) == 2
+        err = capsys.readouterr().err
+        assert err.count("error:") == 1 and named in err and "needs two or more" in err
+    assert sorted(path.name for path in tmp_path.iterdir()) == ["queries.json", "urls.csv"]  # nothing made
+
+
+def test_the_downloaders_limits_reach_it_and_small_classes_are_named_with_their_cause(tmp_path, monkeypatch) -> None:
+    dataset = make_dataset(tmp_path / "dataset", CLASSES, train_per_class=3, val_per_class=1)
+    for number in range(3, 16):
+        save_image(make_class_image(0, number), dataset / f"train/bird/bird_{number:03d}.jpg")
+    refused = {"failures_by_reason": {"too small": 258}, "failed_before_by_reason": {"http 404": 2}}
+    report = {"schema_version": 2, "classes": {"plane": refused, "bird": {}}, "errors": []}
+    (dataset / "download_report.json").write_text(json.dumps(report), encoding="utf-8")
+    urls = tmp_path / "urls.csv"
+    urls.write_text("bird,http://127.0.0.1:9/a.jpg\nplane,http://127.0.0.1:9/b.jpg\n", encoding="utf-8")
+    models = tmp_path / "models"
+    limits = ["--min-size", "30", "--max-bytes", "1000", "--timeout", "2.5", "--workers", "3", "--retry-failed"]
+    argv = ["--dataset-dir", str(dataset), "--models-dir", str(models), "--urls-file", str(urls), *limits]
+    code, output = run([*argv, "--dry-run", "--only", "collect"])
+    (collect,) = printed_commands(output)
+    assert code == 0 and collect[collect.index("--min-size") + 1] == "30" and "--retry-failed" in collect
+    parsed = __import__("download_images").get_args_parser().parse_args(collect[1:])
+    assert (parsed.min_size, parsed.max_bytes, parsed.timeout, parsed.workers) == (30, 1000, 2.5, 3)
+    args = run_pipeline.get_args_parser().parse_args(["--patience", "0", "--export-onnx"])  # passed on as given
+    trainer = train_classifier.get_args_parser().parse_args(run_pipeline.train_command(args, dataset, models).argv)
+    assert trainer.patience == 0 and trainer.export_onnx  # --patience: the analysis' refusal suggests it
+
+    def trains(argv: list[str]) -> int:  # the trainer's outputs, without the training
+        models.mkdir(exist_ok=True)
+        (models / "best_model.pth").write_bytes(b"model")
+        (dataset / "problematic_images_report.json").write_text("{}", encoding="utf-8")
+        return 0
+
+    monkeypatch.setattr(train_classifier, "main", trains)
+    code, output = run([*argv, "--only", "train"])
+    lines = output.splitlines()
+    assert code == 0
+    assert (
+        "  plane: 3 training images; 258 refused as too small (lower --min-size to retry); 2 refused as http 404"
+        in (output)
+    )
+    assert "  bird: 16 training images" in lines  # under 20, no download refusal recorded
+    assert lines.index("  bird: 16 training images") < next(i for i, line in enumerate(lines) if line.startswith("$"))

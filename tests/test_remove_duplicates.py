@@ -15,6 +15,7 @@ import detect_duplicates_by_filesize as by_filesize
 import detect_duplicates_by_phash as by_phash
 import numpy as np
 import pytest
+import removal_plan
 import remove_duplicates as rd
 from conftest import IS_ROOT, ROOT, make_class_image, make_dataset, make_near_duplicates, save_image, tree_snapshot
 
@@ -119,7 +120,7 @@ def test_no_strategy_ever_removes_a_whole_group() -> None:
         ]  # fmt: skip
         group = {"id": trial, "category": dr.categorize(files), "files": files}
         for strategy in rd.STRATEGIES:
-            plan = rd.plan_group(group, strategy, choose=lambda g: [int(rng.integers(0, len(g["files"])))])
+            plan = removal_plan.plan_group(group, strategy, choose=lambda g: [int(rng.integers(0, len(g["files"])))])
             kept, removed = {e["path"] for e in plan.keep}, {e["path"] for e, _ in plan.remove}
             assert kept and not kept & removed and kept | removed == {e["path"] for e in files}
 
