@@ -704,9 +704,10 @@ def load_onnx(path: str | os.PathLike, device: str | None = None) -> tuple[Any, 
         raise CheckpointError(f"{path} is an ONNX model, which needs onnxruntime: pip install onnxruntime.") from None
     providers = _onnx_providers(device, onnxruntime.get_available_providers())
     options = onnxruntime.SessionOptions()
-    options.log_severity_level = 3  # errors only: warnings about the graph are not the user's business
-    options.intra_op_num_threads = ONNX_THREADS
-    try:  # from bytes, so an "external data" reference can never make onnxruntime open another file
+    options.log_severity_level, options.intra_op_num_threads = 3, ONNX_THREADS  # errors only; threads: see constant
+    # from bytes, external data looked up "in" the model file itself: a crafted reference can never open another file
+    options.add_session_config_entry("session.model_external_initializers_file_folder_path", str(path.resolve()))
+    try:
         session = onnxruntime.InferenceSession(path.read_bytes(), options, providers=providers)
     except Exception as error:  # noqa: BLE001 - any garbage must end in one sentence, never a traceback
         detail = str(error).splitlines()[0][:120] if str(error) else type(error).__name__

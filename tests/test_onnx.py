@@ -236,3 +236,28 @@ def test_trainer_export_onnx_exports_the_finished_best_model(
     assert train_classifier.main([*argv, "--export-onnx"]) == 2  # said before any training
     expected = "error: --export-onnx: exporting to ONNX needs onnxscript: pip install onnxscript\n"
     assert capsys.readouterr().err == expected
+
+
+def test_external_data_is_never_read_from_the_working_folder(
+    exported: dict, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture
+) -> None:
+    """A crafted .onnx whose weights name "external data" ("w.bin"): onnxruntime, loading bytes, looked for it in the
+    working folder, so a model could read any file there (the probe: it did). Refused; the file is never opened."""
+    model = onnx.load_from_string(
+        tiny_graph({p.key: p.value for p in onnx.load(exported["models"] / "best_model.onnx").metadata_props})
+    )
+    weights = model.graph.initializer[0]
+    raw = np.ones(12, dtype=np.float32).tobytes()
+    weights.ClearField("float_data")
+    weights.data_location = TensorProto.EXTERNAL
+    for key, value in {"location": "w.bin", "offset": "0", "length": str(len(raw))}.items():
+        weights.external_data.add(key=key, value=value)
+    (tmp_path / "models").mkdir()
+    (tmp_path / "models" / "evil.onnx").write_bytes(model.SerializeToString())
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    (elsewhere / "w.bin").write_bytes(raw)  # an outside file the model names, in the folder the user runs from
+    monkeypatch.chdir(elsewhere)
+    assert classifier.main([str(tmp_path / "models" / "evil.onnx"), str(exported["paths"][1])]) == 2
+    error = capsys.readouterr().err
+    assert error.startswith("error: ") and len(error.splitlines()) == 1, error
