@@ -51,6 +51,7 @@ READABLE_VERSIONS = (1, 2)  # version 1 lacks label_issue_rule, confident_joint,
 REPORT_TYPE = "problematic_images"  # other JSON files are refused by name
 DEFAULT_NAME = "problematic_images_report.json"  # inside the dataset folder, where the reviewer looks by default
 REQUIRED_ENTRY_KEYS = ("path", "class", "mean_loss", "losses")  # what every reviewer mode needs from an entry
+MAX_LOSSES = 1_000  # one per analysis epoch; a crafted million held the trajectory figure for hours
 IN_SAMPLE_NOTE = (
     "in-sample flags are weak evidence: the model scored images it was trained on, so it may have memorised a wrong "
     "label or flag a hard but correct one; re-run train_classifier.py --detect-problematic for out-of-fold scores"
@@ -143,8 +144,8 @@ def validate_report(data: Any) -> dict[str, Any]:
                 raise ReportError(f"{where} lacks {', '.join(missing)}")
             if not isinstance(entry["path"], str) or not is_safe_relative(entry["path"]):
                 raise ReportError(f"{where} has 'path' {entry['path']!r}, not a relative path inside the dataset")
-            if not isinstance(entry["losses"], list):
-                raise ReportError(f"{where} has 'losses' that is not a list")
+            if not isinstance(entry["losses"], list) or len(entry["losses"]) > MAX_LOSSES:
+                raise ReportError(f"{where} has 'losses' that is not a list of at most {MAX_LOSSES:,} values")
             if not all(_is_number(value) for value in [entry["mean_loss"], *entry["losses"]]):
                 raise ReportError(f"{where} has a 'mean_loss' or 'losses' value that is not a number")
             suggested = entry.get("suggested_class")

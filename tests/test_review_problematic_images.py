@@ -581,3 +581,16 @@ def test_png_is_written_with_ordinary_permissions(reviewed: tuple[Path, Path, di
         os.umask(umask)
     assert (tmp_path / "g.png").stat().st_mode & 0o777 == 0o644  # not mkstemp's 0600
     assert [path.name for path in tmp_path.iterdir() if path.name.endswith(".tmp")] == []
+
+
+def test_a_report_with_millions_of_losses_is_refused_not_plotted_for_hours(
+    reviewed: tuple[Path, Path, dict[str, Any]], tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """The probe: 2 million 'losses' in one entry held --mode trajectory over 5 minutes (one x tick per epoch)."""
+    _, report_path, report = reviewed
+    next(iter(report["problematic_images"].values()))[0]["losses"] = [1.0] * 2_000_000
+    report_path.write_text(json.dumps(report), encoding="utf-8")
+    args = ["--report-path", str(report_path), "--mode", "trajectory", "--save", str(tmp_path / "t.png")]
+    assert review.main(args) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("error:") and "losses" in err and len(err.splitlines()) == 1, err
