@@ -145,7 +145,7 @@ def line_chart_svg(title: str, epochs: Sequence[int], series: dict[str, Sequence
         return round(left + (epoch - first) / ((last - first) or 1) * (width - left - 8), 1)
 
     def y(value: float) -> float:
-        return round(top + (high - value) / (high - low) * (height - top - bottom), 1)
+        return round(top + (high - value) / ((high - low) or 1.0) * (height - top - bottom), 1)  # 1e308 +- 0.5
 
     parts = [f'<svg class="chart" width="{width}" height="{height}" viewBox="0 0 {width} {height}" role="img">']
     parts.append(f'<text x="{left}" y="14" class="ct">{esc(title)}</text>')

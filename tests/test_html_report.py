@@ -348,6 +348,10 @@ def test_sparkline_and_chart_read_values_defensively() -> None:
     chart = html_report.line_chart_svg("loss", [1, 2, 3], {"train": [1.0, None, 0.5], "val": ["?", "?", "?"]})
     assert chart.count("<polyline") == 1 and chart.count("<circle") == 2
     assert "no values" in html_report.line_chart_svg("loss", [], {})
+    # crafted training metadata: every number 1e308, where "flat +- 0.5" rounds back to a zero range (a traceback)
+    huge = html_report.line_chart_svg("loss", [1e308, 1e308], {"train": [1e308, 1e308]})
+    assert huge.count("<polyline") == 1 and "1e+308" in huge
+    html_report.sparkline_svg([1e308, 1e308], reference=1e308)
 
 
 def test_help_runs_as_a_script() -> None:
