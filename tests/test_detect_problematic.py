@@ -231,6 +231,7 @@ def test_analysis_flags_need_detect_problematic_and_sane_values(capsys: pytest.C
         (["--detect-problematic", "--cross-val-folds", "1"], "--cross-val-folds must be at least 2"),
         (["--detect-problematic", "--analysis-epochs", "5", "--epochs", "3"], "needs --epochs of at least 5"),
         (["--detect-problematic", "--analysis-epochs", "4", "--patience", "1"], "could stop training before"),
+        (["--detect-problematic", "--report", str(Path(__file__).parent)], "is a folder"),  # was a traceback at the end
     ):
         assert train_classifier.main(argv) == 2
         assert message in capsys.readouterr().err
