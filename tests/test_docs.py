@@ -18,13 +18,13 @@ README_MAX_BYTES = 16_000  # the developers' guide's limit: explanations go to U
 SHELL_END = re.compile(r"\s(?:#|\||>|2>|&&|;)")  # a comment, pipe, redirection or next command ends the arguments
 
 
-def shell_blocks(text: str) -> list[str]:
-    """The bodies of the ```bash (or unlabelled) fenced blocks, line continuations joined."""
+def shell_blocks(text: str) -> list[tuple[str, str]]:
+    """(body, language) of the ```bash, ```text and unlabelled fenced blocks, line continuations joined."""
     blocks, body, language, inside = [], [], "", False
     for line in text.splitlines():
         if line.startswith("```"):
-            if inside and language in ("", "bash", "sh"):
-                blocks.append("\n".join(body).replace("\\\n", " "))
+            if inside and language in ("", "bash", "sh", "text"):
+                blocks.append(("\n".join(body).replace("\\\n", " "), language))
             body, language, inside = [], line[3:].strip(), not inside
         elif inside:
             body.append(line)
@@ -32,12 +32,13 @@ def shell_blocks(text: str) -> list[str]:
 
 
 def documented_commands() -> list[tuple[str, str, str]]:
-    """(doc, script path, argument text) of each `python SCRIPT.py ...` line of our own scripts."""
+    """(doc, script path, argument text) of each `python SCRIPT.py ...` command of our own scripts."""
     found = []
     for doc in DOCS:
-        for block in shell_blocks((ROOT / doc).read_text(encoding="utf-8")):
-            for line in block.splitlines():
-                match = re.match(r"(?:\$ )?python3? (\S+\.py)(.*)", line.strip())
+        for block, language in shell_blocks((ROOT / doc).read_text(encoding="utf-8")):
+            for line in block.splitlines():  # in a ```text block (a transcript) only the "$ python" lines
+                prompt = r"\$ " if language == "text" else r"(?:\$ )?"
+                match = re.match(prompt + r"python3? (\S+\.py)(.*)", line.strip())
                 if match and (ROOT / match.group(1)).is_file() and not match.group(1).startswith("benchmarks/"):
                     found.append((doc, match.group(1), SHELL_END.split(" " + match.group(2))[0]))
     return found
@@ -48,7 +49,7 @@ def test_readme_stays_within_its_size() -> None:
 
 
 def test_the_docs_show_many_commands() -> None:
-    assert len(documented_commands()) >= 50  # the extraction still finds them
+    assert len(documented_commands()) >= 90  # the extraction still finds them
 
 
 @pytest.mark.parametrize("doc, script, arguments", documented_commands(), ids=lambda value: str(value)[:60])
