@@ -1054,7 +1054,7 @@ def get_args_parser(add_help: bool = True) -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    args = get_args_parser().parse_args(argv)
+    args = get_args_parser().parse_intermixed_args(argv)  # MODEL --threshold 0.5 IMAGE... works too
     level = logging.INFO if args.verbose else logging.WARNING
     logging.basicConfig(level=level, format="%(levelname)s: %(message)s", force=True)
     if not args.model and not args.paths:
@@ -1063,8 +1063,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.export_onnx:
         return export_command(model_path, inputs, args.export_onnx)
     if args.set_threshold is not None:
-        if inputs:
-            return _error("--set-threshold changes the model file only: give no images with it")
+        if inputs or is_onnx_path(model_path):
+            fix = "set it in the .pth and rerun --export-onnx" if is_onnx_path(model_path) else "give no images with it"
+            return _error(f"--set-threshold changes the model file only: {fix}")
         try:
             return store_threshold(model_path, args.set_threshold)
         except (CheckpointError, OSError) as error:

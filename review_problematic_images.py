@@ -660,8 +660,8 @@ def get_args_parser(add_help: bool = True) -> argparse.ArgumentParser:
         epilog=cli.EXIT_CODES_HELP,
         add_help=add_help,
     )
-    report_help = f"the trainer's problematic-images report (default: {DEFAULT_REPORT_PATH})"
-    cli.add_report_flag(parser, report_help, aliases=["--report-path"], default=DEFAULT_REPORT_PATH)
+    report_help = f"the trainer's problematic-images report (default: <dataset-dir>/{DEFAULT_NAME})"
+    cli.add_report_flag(parser, report_help, aliases=["--report-path"], default=None)
     add = parser.add_argument
     add("--dataset-dir", help="the dataset (default: the report's folder; with --undo: the one whose .trash holds LOG)")
     add("--mode", choices=MODES, default="grid", help="what to show (default: grid)")
@@ -703,7 +703,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         parser.error("--limit must be at least 1")
     if args.undo is not None and args.apply_decisions is not None:
         parser.error("--undo and --apply-decisions cannot be combined")
-    report_path = Path(args.report)
+    report_path = Path(args.report or Path(args.dataset_dir or Path(DEFAULT_REPORT_PATH).parent) / DEFAULT_NAME)
     dataset_dir = Path(args.dataset_dir) if args.dataset_dir else report_path.parent
     notes: list[str] = []
     try:

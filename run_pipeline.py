@@ -802,6 +802,15 @@ def one_class_problem(args: argparse.Namespace) -> str | None:
     )
 
 
+def existing_one_class_problem(dataset_dir: Path) -> str | None:
+    """The trainer's one-class refusal, said before the detect and dedupe stages work on a dataset that cannot train."""
+    train = dataset_dir / "train"
+    classes = sorted(path.name for path in train.iterdir() if path.is_dir()) if train.is_dir() else []
+    if len(classes) != 1:
+        return None  # none or several: the stages say what they find
+    return f"{cli.printable(train)} has only the class {cli.printable(classes[0])!r}; a classifier needs two or more"
+
+
 def summary_line(run: Run) -> str:
     """The last line: done, or done with N unusable inputs and where they are listed."""
     partial = [STAGE_BY_NAME[name] for name, code in run.codes.items() if code == cli.EXIT_PARTIAL]
@@ -828,6 +837,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     html_path = args.report if args.report is not None else dataset_dir / DEFAULT_HTML_NAME
     stages, forced = chosen_stages(args)
     problem = one_class_problem(args) if "collect" in stages else None
+    if "collect" not in stages and "train" in stages:  # a dataset that is there already
+        problem = existing_one_class_problem(dataset_dir)
     if problem:
         return cli.error(problem)
     run = Run(args, dataset_dir, args.models_dir, html_path, pipeline_state.load_state(dataset_dir, STAGES))

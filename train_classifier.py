@@ -108,8 +108,11 @@ def threshold_setting(text: str) -> float | str:
     """--confidence-threshold: a number from 0 to 1, or "auto" (the threshold the val sweep recommends)."""
     if text.strip().lower() == "auto":
         return "auto"
-    value = float(text)
-    if not 0.0 <= value <= 1.0:  # NaN fails this too
+    try:
+        value = float(text)
+    except ValueError:
+        value = math.nan
+    if not 0.0 <= value <= 1.0:  # NaN (or not a number) fails this too
         raise argparse.ArgumentTypeError(f"a number from 0 to 1, or auto, is needed, got {text}")
     return value
 

@@ -50,6 +50,8 @@ sys.path[:0] = [str(ROOT), str(ROOT / "data_collection")]
 import detect_duplicates_by_phash as by_phash  # noqa: E402 - found through the line above
 from bench_duplicates import make_photo  # noqa: E402 - photo-like generated images, shared with the speed benchmark
 
+import duplicate_report  # noqa: E402
+
 OUT_DIR = ROOT / "benchmarks" / "_out" / "quality"
 IMAGE_EXTENSIONS = {".jpg", ".jpeg", ".png", ".webp", ".bmp"}
 VARIANT_KINDS = ("exact", "resize50", "jpeg40", "bright20", "crop5", "mirror", "border10", "watermark", "png", "grey")
@@ -185,10 +187,8 @@ def run_ours(folder: Path, arguments: Sequence[str], workers: int) -> tuple[set[
     wall, cpu = time.perf_counter() - wall, cpu_seconds() - cpu
     if code not in (0, 1):
         raise RuntimeError(f"detect_duplicates_by_phash.py {' '.join(arguments)} exited with {code}")
-    data = json.loads(report.read_text(encoding="utf-8"))
-    groups = [
-        [entry["path"] for entry in group["files"]] for groups in data["duplicate_groups"].values() for group in groups
-    ]
+    data = duplicate_report.load_report(report, "duplicate report")  # the one reader: validated, as every reader does
+    groups = [[entry["path"] for entry in group["files"]] for group in duplicate_report.iter_groups(data)]
     settings = data["search_settings"]
     checked = f"{settings['rejected_pairs']} of {settings['checked_pairs']}" if "checked_pairs" in settings else "-"
     return group_pairs(groups), wall, cpu, checked

@@ -17,7 +17,6 @@ from __future__ import annotations
 import argparse
 import contextlib
 import io
-import json
 import sys
 import tempfile
 from collections.abc import Sequence
@@ -29,6 +28,7 @@ for _path in (ROOT, ROOT / "data_collection", ROOT / "tests"):
 
 from _download_helpers import ImageServer, Route, encode_good_image  # noqa: E402
 
+import duplicate_report  # noqa: E402 - the one reader of the duplicate report
 import run_pipeline  # noqa: E402
 
 CLASSES = ("bird", "plane", "other")
@@ -68,8 +68,8 @@ def checks(root: Path, code: int, output: str, missing_url: str) -> list[tuple[s
     counts = val_counts(dataset)
     images = sum(1 for split in ("train", "val") for path in (dataset / split).glob("*/*") if path.is_file())
     exact = dataset / "duplicate_report_filesize.json"
-    groups = json.loads(exact.read_text(encoding="utf-8")).get("duplicate_groups", {}) if exact.is_file() else {}
-    conflicts = [group for name in ("diff_class_same_set", "diff_class_diff_set") for group in groups.get(name, [])]
+    groups = duplicate_report.load_report(exact, "duplicate report")["duplicate_groups"] if exact.is_file() else {}
+    conflicts = [group for name in duplicate_report.CONFLICT_CATEGORIES for group in groups.get(name, [])]
     conflict_files = [entry["path"] for group in conflicts for entry in group["files"]]
     return [
         ("a model", (models / "best_model.pth").is_file(), str(models / "best_model.pth")),

@@ -177,11 +177,13 @@ def get_args_parser(add_help: bool = True) -> argparse.ArgumentParser:
         default=None,
         help="JSON file mapping class names to lists of queries, to check and print (default: the built-in queries)",
     )
+    cli.add_output_flags(parser)  # the same switches as every script; nothing here is long enough for progress
     return parser
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = get_args_parser().parse_args(argv)
+    cli.apply_output_flags(args)
     try:
         queries = load_queries(args.queries)
     except ValueError as error:

@@ -675,6 +675,14 @@ def test_model_flag_verbose_and_no_progress(model_path, bad_files, capsys):
     assert capsys.readouterr().err.startswith("error: no images given")
 
 
+def test_options_may_come_between_the_model_and_the_images(model_path, bad_files, capsys):
+    image = str(bad_files["IMG.JPG"])  # `classifier.py MODEL --threshold 0.5 IMAGE` is how people type it
+    assert classifier.main([str(model_path), "--threshold", "0.5", "--json", image]) == 0
+    assert json.loads(capsys.readouterr().out)["path"] == image
+    assert classifier.main([str(model_path), "--set-threshold", "0.5", image]) == 2  # our sentence, not argparse's
+    assert capsys.readouterr().err == "error: --set-threshold changes the model file only: give no images with it\n"
+
+
 def test_missing_model_exits_2_with_one_error_line(tmp_path, bad_files, capsys):
     missing = tmp_path / "models" / "best_model.pth"
     assert classifier.main([str(missing), str(bad_files["IMG.JPG"])]) == 2

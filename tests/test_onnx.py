@@ -206,6 +206,7 @@ def test_cli_export_refuses_what_it_cannot_do(exported: dict, tmp_path: Path, ca
         ([pth, "img.jpg", "--export-onnx", str(tmp_path / "x.onnx")], "classifies nothing"),
         ([pth, "--export-onnx", str(tmp_path / "no" / "x.onnx")], "does not exist"),
         ([str(tmp_path / "missing.pth"), "--export-onnx", str(tmp_path / "x.onnx")], "does not exist"),
+        ([onnx_file, "--set-threshold", "0.6"], "set it in the .pth and rerun --export-onnx"),  # not "binary data"
     ]
     for argv, message in cases:
         assert classifier.main(argv) == 2

@@ -20,7 +20,7 @@ from pathlib import Path
 import pytest
 import remove_duplicates
 from _download_helpers import ImageServer, Route, encode_good_image
-from conftest import ROOT, make_class_image, make_dataset, save_image
+from conftest import ROOT, make_class_image, make_dataset, save_image, tree_snapshot
 
 import fileio
 import pipeline_state
@@ -382,6 +382,11 @@ def test_a_one_class_dataset_is_refused_before_anything_is_downloaded(tmp_path: 
         err = capsys.readouterr().err
         assert err.count("error:") == 1 and named in err and "needs two or more" in err
     assert sorted(path.name for path in tmp_path.iterdir()) == ["queries.json", "urls.csv"]  # nothing made
+    make_dataset(dataset, ("bird",), train_per_class=2, val_per_class=1)  # --no-collect: the dataset that is there
+    before = tree_snapshot(dataset)
+    assert run_pipeline.main(["--dataset-dir", str(dataset), "--no-collect"]) == 2  # before detect and dedupe run
+    assert "has only the class 'bird'; a classifier needs two or more" in capsys.readouterr().err
+    assert tree_snapshot(dataset) == before
 
 
 def test_the_downloaders_limits_reach_it_and_small_classes_are_named_with_their_cause(tmp_path, monkeypatch) -> None:

@@ -252,6 +252,17 @@ def test_summary_is_text_only_and_respects_class_and_limit(
         assert f"\n{class_name} " in text
 
 
+def test_dataset_dir_alone_reads_that_datasets_report(
+    reviewed: tuple[Path, Path, dict[str, Any]], tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys
+) -> None:
+    dataset, _, _ = reviewed  # the trainer writes <dataset-dir>/problematic_images_report.json; the reviewer reads it
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    monkeypatch.chdir(elsewhere)  # no ./dataset: the old default, dataset/..., was read whatever --dataset-dir said
+    assert review.main(["--dataset-dir", str(dataset), "--mode", "summary"]) == 0
+    assert "plane" in capsys.readouterr().out
+
+
 def test_summary_imports_neither_matplotlib_nor_torch(reviewed: tuple[Path, Path, dict[str, Any]]) -> None:
     _, report_path, _ = reviewed
     code = (

@@ -40,3 +40,13 @@ def test_no_module_but_the_pipeline_imports_a_script(path: Path) -> None:
 def test_no_module_is_longer_than_one_reading(path: Path) -> None:
     lines = len(path.read_text(encoding="utf-8").splitlines())
     assert lines <= MAX_LINES.get(path.name, 900), f"{path.name} has {lines} lines"
+
+
+@pytest.mark.parametrize("name", sorted(SCRIPTS), ids=str)
+def test_every_script_has_the_switches_the_readme_promises(name: str) -> None:
+    # README "Command-line convention": every script takes -v/--verbose and --no-progress
+    import importlib
+
+    parser = importlib.import_module(name).get_args_parser()
+    options = {option for action in parser._actions for option in action.option_strings}
+    assert {"-v", "--verbose", "--no-progress"} <= options, f"{name}.py lacks one of them"

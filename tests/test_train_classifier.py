@@ -738,6 +738,15 @@ def test_threshold_table_sends_unsure_predictions_to_other() -> None:
     assert training_report.recommend_threshold(list(table.values())) == 0.65  # ties go to the lowest threshold
 
 
+def test_confidence_threshold_refusals_say_what_is_needed(capsys: pytest.CaptureFixture) -> None:
+    parser = train_classifier.get_args_parser()
+    for value in ("1.5", "foo", "nan"):  # "foo" said "invalid threshold_setting value"
+        with pytest.raises(SystemExit):
+            parser.parse_args(["--confidence-threshold", value])
+        assert f"a number from 0 to 1, or auto, is needed, got {value}" in capsys.readouterr().err
+    assert parser.parse_args(["--confidence-threshold", " AUTO"]).confidence_threshold == "auto"
+
+
 def test_learning_rate_warms_up_then_decays_to_zero() -> None:
     factors = [train_classifier.learning_rate_factor(step, 10, 100) for step in range(100)]
     assert factors[0] == pytest.approx(0.1) and factors[9] == pytest.approx(1.0)
