@@ -705,9 +705,8 @@ def load_onnx(path: str | os.PathLike, device: str | None = None) -> tuple[Any, 
     providers = _onnx_providers(device, onnxruntime.get_available_providers())
     options = onnxruntime.SessionOptions()
     options.log_severity_level, options.intra_op_num_threads = 3, ONNX_THREADS  # errors only; threads: see constant
-    # from bytes, external data looked up "in" the model file itself: a crafted reference can never open another file
     options.add_session_config_entry("session.model_external_initializers_file_folder_path", str(path.resolve()))
-    try:
+    try:  # bytes, and external data looked up "inside" the model file: a crafted .onnx can never open another file
         session = onnxruntime.InferenceSession(path.read_bytes(), options, providers=providers)
     except Exception as error:  # noqa: BLE001 - any garbage must end in one sentence, never a traceback
         detail = str(error).splitlines()[0][:120] if str(error) else type(error).__name__
