@@ -94,9 +94,10 @@ SCRIPTS = {  # module name -> script path relative to the project root
 class StageFailed(Exception):
     """A stage did nothing usable (its script exited with 2, or left no output): the pipeline stops, saying why."""
 
-    def __init__(self, stage: str, reason: str) -> None:
+    def __init__(self, stage: str, reason: str, is_reported_above: bool = False) -> None:
         super().__init__(reason)
         self.stage = stage
+        self.is_reported_above = is_reported_above  # the script printed its own error: line; ours is then plain
 
 
 @dataclass(frozen=True)
@@ -315,7 +316,7 @@ def run_command(run: Run, stage: str, command: Command) -> int:
     if code == cli.EXIT_INTERRUPTED:
         raise KeyboardInterrupt
     if code not in (cli.EXIT_OK, cli.EXIT_PARTIAL):
-        raise StageFailed(stage, f"{command.script} exited with {code} (its reason is above)")
+        raise StageFailed(stage, f"{command.script} exited with {code} (its reason is above)", is_reported_above=True)
     return code
 
 
@@ -860,10 +861,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     except fileio.ReportError as error:
         return cli.error(str(error))
     except StageFailed as failure:
-        return cli.error(
+        message = (
             f"stage {failure.stage} stopped: {failure}; nothing after it ran. Fix that and run the same command again: "
             f"finished stages are skipped, so it starts at {failure.stage}"
         )
+        if not failure.is_reported_above:
+            return cli.error(message)
+        print(message[0].upper() + message[1:], file=sys.stderr)  # one error: line per failure, the script's own
+        return cli.EXIT_USAGE
     except KeyboardInterrupt:
         print(
             f"\nInterrupted during stage {stage}: what is finished stays finished. {cli.CARRY_ON_ADVICE}",

@@ -182,6 +182,7 @@ def validate_log(data: Any, where: str) -> dict[str, Any]:
         raise refuse("undone", "null or a time", data["undone"])
     if not isinstance(data.get("moves"), list):
         raise refuse("moves", "a list", data.get("moves"))
+    sources: set[str] = set()
     for index, move in enumerate(data["moves"]):
         name = f"moves[{index}]"
         if not isinstance(move, dict):
@@ -189,6 +190,9 @@ def validate_log(data: Any, where: str) -> dict[str, Any]:
         for key in ("source", "destination", "note"):
             if not isinstance(move.get(key), str):
                 raise refuse(f"{name}.{key}", "text", move.get(key))
+        if move["source"] in sources:  # new_log lists each file once: a repeat would be counted (and undone) twice
+            raise refuse(f"{name}.source", "a file not listed before", move["source"])
+        sources.add(move["source"])
         if move.get("action") not in ACTIONS:
             raise refuse(f"{name}.action", f"one of {', '.join(ACTIONS)}", move.get("action"))
         if move.get("status") not in STATUSES:
@@ -490,6 +494,8 @@ def new_log(
     unknown = sorted({move.action for move in moves} - set(ACTIONS))
     if unknown:
         raise ValueError(f"unknown action {unknown[0]!r}; choose one of {', '.join(ACTIONS)}")
+    seen: set[str] = set()  # each file once (a crafted report may list one file in two groups): the first move kept
+    moves = [move for move in moves if not (move.source in seen or seen.add(move.source))]
     folder = trash_folder(dataset_dir, create=True)
     with _Tree(Path(dataset_dir)) as tree, contextlib.ExitStack() as stack:
         trash_fd = tree.open_folder((TRASH_FOLDER,))  # the log is created and written here, never through a link

@@ -268,7 +268,8 @@ def test_a_stage_that_cannot_work_stops_the_pipeline_with_one_sentence(tmp_path:
     code = run_pipeline.main(["--dataset-dir", str(tmp_path / "dataset"), "--no-collect", *TINY])
     err = capsys.readouterr().err
     assert code == 2
-    assert "error: stage detect stopped" in err and "run the same command again" in err
+    assert "Stage detect stopped" in err and "run the same command again" in err
+    assert len([line for line in err.splitlines() if line.startswith("error: ")]) == 1  # the detector's own
     assert not (tmp_path / "dataset" / "report.html").exists()
 
 
@@ -297,7 +298,7 @@ def test_training_that_does_nothing_stops_the_pipeline_and_says_how_to_rerun(tmp
     code, output = run([*argv, "--from", "train"])
     err = capsys.readouterr().err
     assert code == 2 and "error: the trainer's own sentence" in err
-    assert "error: stage train stopped: train_classifier.py exited with 2" in err
+    assert "\nStage train stopped: train_classifier.py exited with 2" in err and err.count("error: ") == 1
     assert "run the same command again" in err and "it starts at train" in err
     assert "report:" not in output and not (dataset / "report.html").exists()  # the report stage never ran
 

@@ -686,3 +686,14 @@ def test_taking_the_lock_while_the_trash_folder_is_swapped_creates_nothing_outsi
     assert tree_snapshot(outside) == before  # no lock created there, no temp file of its removed
     assert sorted(os.listdir(outside)) == [".t_1.json.y.tmp", "precious.jpg", "sub", "t_1.json"]
     assert taken > 0 and swapper.swaps >= 10
+
+
+def test_a_file_listed_twice_is_moved_once_and_a_log_repeating_it_is_refused(dataset: Path) -> None:
+    moves = [trash.Move("train/bird/b.jpg"), trash.Move("train/bird/b.jpg", note="again"), trash.Move("val/bird/d.jpg")]
+    log_path, result = run(dataset, moves, {})
+    assert result.errors == [] and result.done == ["train/bird/b.jpg", "val/bird/d.jpg"]  # the repeat dropped
+    data = load(log_path)
+    data["moves"] = data["moves"] * 1000  # a crafted log: restore counts would lie (2,000 "restored")
+    fileio.write_json(log_path, data)
+    with pytest.raises(trash.TrashError, match=r"moves\[2\]\.source' must be a file not listed before"):
+        undo(dataset, log_path)
