@@ -225,19 +225,33 @@ def group_problem(group: dict[str, Any], dataset_dir: Path, seen: set[str]) -> s
     return None
 
 
-def usable_groups(
-    groups: Sequence[dict[str, Any]], dataset_dir: Path
+def split_groups(
+    groups: Sequence[dict[str, Any]], problem_of: Callable[[dict[str, Any]], str | None], desc: str
 ) -> tuple[list[dict[str, Any]], list[tuple[dict[str, Any], str]]]:
-    """(groups whose files are all as the report says, [(group, why skipped)])."""
-    usable, skipped, seen = [], [], set()
-    for group in cli.progress(groups, desc="Checking", unit="group"):
-        problem = group_problem(group, dataset_dir, seen)
+    """(groups ``problem_of`` finds nothing wrong with, [(group, its problem)]), in order, with a progress bar."""
+    good, skipped = [], []
+    for group in cli.progress(groups, desc=desc, unit="group"):
+        problem = problem_of(group)
         if problem:
             skipped.append((group, problem))
         else:
-            usable.append(group)
+            good.append(group)
+    return good, skipped
+
+
+def usable_groups(
+    groups: Sequence[dict[str, Any]], dataset_dir: Path
+) -> tuple[list[dict[str, Any]], list[tuple[dict[str, Any], str]]]:
+    """(groups whose files are all as the report says, [(group, why skipped)]); a file listed in an earlier group
+    makes a later group unusable."""
+    seen: set[str] = set()
+
+    def problem_of(group: dict[str, Any]) -> str | None:
+        problem = group_problem(group, dataset_dir, seen)
         seen.update(entry["path"] for entry in group["files"])
-    return usable, skipped
+        return problem
+
+    return split_groups(groups, problem_of, "Checking")
 
 
 def claims_identical(args: argparse.Namespace, report: dict[str, Any]) -> bool:
@@ -260,20 +274,6 @@ def content_problem(group: dict[str, Any], dataset_dir: Path, is_identical_claim
     if is_identical_claimed and len({entry["sha256"] for entry in group["files"]}) > 1:
         return "its files are not byte-identical, as the report says they are: not copies"
     return None
-
-
-def check_contents(
-    groups: Sequence[dict[str, Any]], dataset_dir: Path, is_identical_claimed: bool
-) -> tuple[list[dict[str, Any]], list[tuple[dict[str, Any], str]]]:
-    """(groups whose files hash as the report says, [(group, why skipped)])."""
-    good, skipped = [], []
-    for group in cli.progress(groups, desc="Hashing", unit="group"):
-        problem = content_problem(group, dataset_dir, is_identical_claimed)
-        if problem:
-            skipped.append((group, problem))
-        else:
-            good.append(group)
-    return good, skipped
 
 
 def entry_location(full: Path) -> str:
@@ -365,7 +365,10 @@ def make_run_plan(args: argparse.Namespace, report: dict[str, Any], dataset_dir:
     usable, unusable = usable_groups(groups, dataset_dir)
     skipped += unusable
     if claims_identical(args, report):
-        usable, not_identical = check_contents(usable, dataset_dir, report.get("method") == "filesize")
+        is_filesize = report.get("method") == "filesize"
+        usable, not_identical = split_groups(
+            usable, lambda group: content_problem(group, dataset_dir, is_filesize), "Hashing"
+        )
         skipped += not_identical
 
     def choose(group: dict[str, Any]) -> list[int] | None:
