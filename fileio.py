@@ -331,6 +331,17 @@ def read_json(path: str | os.PathLike, what: str, max_bytes: int = MAX_REPORT_BY
     return parse_json(text, f"the {what} {path}")
 
 
+def read_optional_json(path: str | os.PathLike, what: str, max_bytes: int = MAX_REPORT_BYTES) -> tuple[Any, str | None]:
+    """(parsed JSON, None); (None, None) when nothing is at ``path``; (None, read_json's one sentence) when unusable.
+    For files a tool only shows or consults (the page's reports, the pipeline's records)."""
+    if not os.path.lexists(path):
+        return None, None
+    try:
+        return read_json(path, what, max_bytes), None
+    except ReportError as error:
+        return None, str(error)
+
+
 def create_exclusive(
     folder: str | os.PathLike, stem: str, suffix: str, limit: int = 100_000, dir_fd: int | None = None
 ) -> Path:

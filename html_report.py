@@ -259,16 +259,6 @@ def count_images(dataset_dir: Path) -> dict[str, dict[str, int]]:
     }
 
 
-def read_optional(path: Path, what: str) -> tuple[Any, str | None]:
-    """(parsed JSON, None), (None, None) when the file does not exist, or (None, the one-sentence problem)."""
-    if not os.path.lexists(path):
-        return None, None
-    try:
-        return fileio.read_json(path, what), None
-    except fileio.ReportError as error:
-        return None, str(error)
-
-
 # ---------------------------------------------------------------------------------------------------------------------
 # Rendering: each section is a function of what was read; every report value passes through esc()
 # ---------------------------------------------------------------------------------------------------------------------
@@ -418,7 +408,7 @@ def stale_entries(dataset_dir: Path, files: Sequence[dict[str, Any]]) -> int:
 
 def render_duplicate_report(page: Page, path: Path) -> str:
     method = path.stem.removeprefix("duplicate_report_")
-    data, problem = read_optional(path, "duplicate report")
+    data, problem = fileio.read_optional_json(path, "duplicate report")
     groups, unusable = duplicate_groups(data) if problem is None else ([], problem)
     title = f"<h3>{esc(method)} <span class=muted>({esc(path.name)})</span></h3>"
     if unusable:
@@ -576,7 +566,7 @@ def render_problematic(page: Page, path: Path) -> tuple[str, dict[str, Any] | No
 def render_training(page: Page) -> str:
     head = '<section id="training"><h2>Training</h2>'
     path = page.models_dir / "training_metadata.json"
-    metadata, problem = read_optional(path, "training metadata")
+    metadata, problem = fileio.read_optional_json(path, "training metadata")
     if problem is None and metadata is not None and not isinstance(metadata, dict):
         problem = f"the training metadata {path} is not a JSON object"
     if problem:
@@ -710,7 +700,7 @@ def render_errors(page: Page, metadata: dict[str, Any], best: dict[str, Any] | N
         return f'{head}<p class="note">No error analysis in {esc(page.models_dir / "error_analysis")}.</p>'
     errors = []
     for path in sorted(folder.glob("*_errors.json")):
-        data, problem = read_optional(path, "error analysis")
+        data, problem = fileio.read_optional_json(path, "error analysis")
         items = data.get("errors") if isinstance(data, dict) else None
         if problem or not isinstance(items, list):
             page.unusable.append(problem or f"{path} has no 'errors' list")

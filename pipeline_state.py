@@ -82,13 +82,10 @@ def files_below(folder: Path, pattern: str) -> list[Path]:
 def read_optional_json(path: Path, what: str, max_bytes: int = fileio.MAX_REPORT_BYTES) -> Any:
     """A JSON file the pipeline only reads for what it prints or decides to skip; None (with a warning when it exists
     but is unusable: not a file, too big, not JSON, nested too deep) instead of an exception."""
-    if not os.path.lexists(path):
-        return None
-    try:
-        return fileio.read_json(path, what, max_bytes)
-    except fileio.ReportError as error:
-        logger.warning("%s: ignored", cli.printable(error))
-        return None
+    data, problem = fileio.read_optional_json(path, what, max_bytes)
+    if problem:
+        logger.warning("%s: ignored", cli.printable(problem))
+    return data
 
 
 def is_inside(path: str, folder: Path) -> bool:

@@ -29,7 +29,7 @@ from image_fetch import Candidate, NoNetworkError, backoff_delay, can_connect
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # cli.py and fileio.py: the project root
 from cli import printable  # noqa: E402
-from fileio import MAX_SMALL_JSON_BYTES, ReportError, read_json, write_json  # noqa: E402
+from fileio import MAX_SMALL_JSON_BYTES, read_optional_json, write_json  # noqa: E402
 
 SEARCH_CACHE_DIR = ".search_cache"
 CACHE_SCHEMA_VERSION = 1  # of a cached query's JSON file
@@ -167,12 +167,10 @@ def ddgs_search(query: str, page: int, options: SearchOptions) -> list[dict[str,
 
 
 def read_search_cache(path: Path, query: str) -> dict[str, Any] | None:
-    if not path.exists():
-        return None
-    try:
-        cached = read_json(path, "search cache", MAX_SMALL_JSON_BYTES)
-    except ReportError as error:
-        logger.warning("%s: searching again", printable(str(error)))
+    cached, problem = read_optional_json(path, "search cache", MAX_SMALL_JSON_BYTES)
+    if problem:
+        logger.warning("%s: searching again", printable(problem))
+    if cached is None:
         return None
     if (
         not isinstance(cached, dict)

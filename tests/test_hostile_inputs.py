@@ -20,7 +20,6 @@ from download_manifest import read_manifest
 from image_search import read_search_cache
 
 import fileio
-import html_report
 import pipeline_state
 import review_problematic_images as review
 import run_pipeline
@@ -76,7 +75,7 @@ def test_every_module_reader_turns_hostile_json_into_a_sentence_or_a_fresh_start
 ) -> None:
     path = tmp_path / "hostile.json"
     path.write_text(HOSTILE[kind])
-    assert EXPECTED[kind] in html_report.read_optional(path, "duplicate report")[1]  # shown on the page
+    assert EXPECTED[kind] in fileio.read_optional_json(path, "duplicate report")[1]  # shown on the page
     with pytest.raises(trash.TrashError, match=EXPECTED[kind]):
         trash.load_log(tmp_path, path)
     (tmp_path / pipeline_state.STATE_NAME).write_text(HOSTILE[kind])
