@@ -148,9 +148,18 @@ def validate_report(data: Any) -> dict[str, Any]:
                 raise ReportError(f"{where} has 'losses' that is not a list of at most {MAX_LOSSES:,} values")
             if not all(_is_number(value) for value in [entry["mean_loss"], *entry["losses"]]):
                 raise ReportError(f"{where} has a 'mean_loss' or 'losses' value that is not a number")
+            if entry["class"] not in classes:
+                raise ReportError(f"{where} has 'class' {entry['class']!r}, which is not in 'classes'")
             suggested = entry.get("suggested_class")
             if suggested is not None and suggested not in classes:
                 raise ReportError(f"{where} has 'suggested_class' {suggested!r}, which is not in 'classes'")
+            if entry.get("margin") is not None and not _is_number(entry["margin"]):
+                raise ReportError(f"{where} has a 'margin' that is not a number")
+            probabilities = entry.get("probabilities")
+            if probabilities is not None and not (
+                isinstance(probabilities, dict) and all(_is_number(value) for value in probabilities.values())
+            ):
+                raise ReportError(f"{where} has 'probabilities' that is not an object of numbers")
     if data["schema_version"] >= 2:
         all_images = data.get("all_images")
         if not isinstance(all_images, list) or not all(

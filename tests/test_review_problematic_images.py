@@ -136,6 +136,16 @@ def test_validate_report_accepts_generated_report_and_names_what_is_wrong(tmp_pa
     del broken["problematic_images"]["plane"][1]["losses"]
     with pytest.raises(review.ReportError, match="entry 1 of class 'plane' lacks losses"):
         review.validate_report(broken)
+    wrong_types = {  # each was a traceback in the reviewer's ordering or the page's card before
+        "margin": ("big", "'margin' that is not a number"),
+        "probabilities": ([0.5, 0.5], "'probabilities' that is not an object of numbers"),
+        "class": ("<other>", "has 'class' '<other>', which is not in 'classes'"),
+    }
+    for key, (value, message) in wrong_types.items():
+        crafted = json.loads(json.dumps(report))
+        crafted["problematic_images"]["plane"][0][key] = value
+        with pytest.raises(review.ReportError, match=message):
+            review.validate_report(crafted)
 
 
 def test_select_and_limit_follow_class_order_and_rank(tmp_path: Path) -> None:
