@@ -52,7 +52,6 @@ from report_images import Catalog, Shown, locate, remove_stale_thumbs  # noqa: E
 
 logger = logging.getLogger(__name__)
 
-SPLITS = ("train", "val")
 ASSETS_DIR = ROOT / "report_assets"  # the page's report.css and report.js, inlined at build time (no file is loaded)
 DEFAULT_NAME = "report.html"
 MAX_ERRORS_SHOWN = 60  # most confident val mistakes on the page, across classes
@@ -255,7 +254,7 @@ def count_images(dataset_dir: Path) -> dict[str, dict[str, int]]:
             name: len(classifier.find_image_files(dataset_dir / split / name))
             for name in fileio.class_folders(dataset_dir / split)
         }
-        for split in SPLITS
+        for split in fileio.SPLITS
     }
 
 
@@ -307,7 +306,7 @@ def render_card(
         f'<figcaption><div class="path">{esc(shown.path)}</div>{render_source(page, shown.path)}{caption}'
         f"</figcaption>{extra}"
     )
-    if shown.thumb and shown.split in SPLITS and shown.class_name:
+    if shown.thumb and shown.split in fileio.SPLITS and shown.class_name:
         targets = [name for name in page.counts.get(shown.split, {}) if name != shown.class_name]
         options = "".join(f'<option value="{esc(name)}">{esc(name)}</option>' for name in targets)
         parts.append(
@@ -370,11 +369,11 @@ def render_refusals(page: Page) -> str:
 def render_counts(page: Page) -> str:
     rows = []
     for name in page.classes:
-        cells = [page.counts[split].get(name) for split in SPLITS]
+        cells = [page.counts[split].get(name) for split in fileio.SPLITS]
         total = sum(value or 0 for value in cells)
         shown = "".join(
             f'<td id="count-{split}-{esc(name)}">{value if value is not None else "missing"}</td>'
-            for split, value in zip(SPLITS, cells)
+            for split, value in zip(fileio.SPLITS, cells)
         )
         warn = ' class="warn"' if any(value in (None, 0) for value in cells) else ""
         rows.append(f"<tr{warn}><th>{esc(name)}</th>{shown}<td>{total}</td></tr>")
@@ -383,9 +382,9 @@ def render_counts(page: Page) -> str:
             f'<p class="note">No class folders in {esc(page.dataset_dir)}/train or /val yet: run the collect stage.</p>'
         )
     else:
-        head = "".join(f"<th>{split}</th>" for split in SPLITS)
+        head = "".join(f"<th>{split}</th>" for split in fileio.SPLITS)
         body = f'<table class="counts"><tr><th>class</th>{head}<th>total</th></tr>{"".join(rows)}</table>'
-        if any(page.counts[split].get(name) in (None, 0) for name in page.classes for split in SPLITS):
+        if any(page.counts[split].get(name) in (None, 0) for name in page.classes for split in fileio.SPLITS):
             body += '<p class="note">A class with no images in a split (highlighted) cannot be trained or checked.</p>'
     images = sum(sum(split.values()) for split in page.counts.values())
     page.glance["counts"] = f"{plural(images, 'image')} in {plural(len(page.classes), 'class')}"

@@ -28,7 +28,6 @@ STATE_NAME = "pipeline_state.json"  # in the dataset folder: it describes that d
 STATE_SCHEMA_VERSION = 1
 STATE_TYPE = "birdplane_pipeline_state"
 STATE_STATUSES = ("started", "done", "incomplete")  # what a stage's record says
-SPLITS = ("train", "val")  # the folders download_images.py fills and train_classifier.py reads
 
 
 def digest(value: Any) -> str:
@@ -61,7 +60,7 @@ def dataset_listing(dataset_dir: Path) -> list[list[Any]]:
     Never opens a file, so a FIFO cannot hang it; what it names changes when images are added, removed or rewritten.
     """
     listing = []
-    for split in SPLITS:
+    for split in fileio.SPLITS:
         top = dataset_dir / split
         for folder, subfolders, names in os.walk(top):
             subfolders[:] = sorted(name for name in subfolders if not name.startswith("."))

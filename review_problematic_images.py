@@ -414,7 +414,8 @@ def write_decisions(
 def forget_restored_decisions(decisions_path: Any, dataset_dir: Path, restored: dict[str, str]) -> None:
     """Drop the decisions of images an undo put back ({source: where it had gone}), so a rerun shows them again.
 
-    The path comes from a log, so it is used only when it is a decisions file of this dataset; it is never created.
+    The path comes from the command line (undo_run checks the log agrees); used only when it is a decisions file of
+    this dataset; it is never created.
     """
     dropped: list[dict[str, Any]] = []
     if not isinstance(decisions_path, str) or not restored or not Path(decisions_path).is_file():
@@ -613,8 +614,10 @@ def apply_decisions_file(path: Path, dataset_dir: Path, assume_yes: bool) -> int
         return carry_out(data["decisions"], dataset_dir, f"the decisions file {path}", assume_yes, None)[0]
 
 
-def undo_run(log_path: Path, dataset_dir: Path | None) -> int:
-    """--undo: put back every file of one of this tool's trash logs, then forget the restored images' decisions."""
+def undo_run(log_path: Path, dataset_dir: Path | None, decisions_path: Path | None) -> int:
+    """--undo: put back every file of one of this tool's trash logs, then forget the restored images' decisions in
+    ``decisions_path`` (from the command line; default: the dataset's own). The log's record of its decisions file
+    only has to agree: a file a log names is never written."""
     try:
         old = fileio.read_json(log_path, "log", fileio.MAX_LOG_BYTES)
     except ReportError:
@@ -642,7 +645,15 @@ def undo_run(log_path: Path, dataset_dir: Path | None) -> int:
     for source, reason in result.errors:
         logger.warning("not restored %s: %s", cli.printable(source), cli.printable(reason))
     restored = {move["source"]: move["destination"] for move in log["moves"] if move["source"] in result.done}
-    forget_restored_decisions(log["extra"].get("decisions_path"), dataset_dir, restored)
+    decisions_path = decisions_path or dataset_dir / DECISIONS_FILE_NAME
+    logged = log["extra"].get("decisions_path")
+    if isinstance(logged, str) and os.path.realpath(logged) == os.path.realpath(decisions_path):
+        forget_restored_decisions(str(decisions_path), dataset_dir, restored)
+    elif isinstance(logged, str) and restored:
+        logger.warning(
+            "decisions of the restored images are kept: this undo updates only %s (--decisions names another file)",
+            cli.printable(decisions_path),
+        )
     problems = f"; {len(result.errors)} problem(s)" if result.errors else ""
     print(f"Restored {len(result.done)} file(s) from {cli.printable(log_path)}{problems}")
     return cli.EXIT_PARTIAL if result.errors else cli.EXIT_OK
@@ -708,7 +719,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     notes: list[str] = []
     try:
         if args.undo is not None:
-            return undo_run(Path(args.undo), Path(args.dataset_dir) if args.dataset_dir else None)
+            decisions = Path(args.decisions) if args.decisions else None
+            if decisions is None and args.report:
+                decisions = report_path.with_name(DECISIONS_FILE_NAME)
+            return undo_run(Path(args.undo), Path(args.dataset_dir) if args.dataset_dir else None, decisions)
         if args.apply_decisions is not None:
             return apply_decisions_file(Path(args.apply_decisions), dataset_dir, args.yes)
         report = load_report(report_path)

@@ -83,6 +83,7 @@ from tqdm.contrib.logging import logging_redirect_tqdm  # noqa: E402
 
 import cli  # noqa: E402 - needs the line above
 from fileio import (  # noqa: E402
+    SPLITS,
     UnsafePathError,
     class_folders,
     is_inside,
@@ -98,7 +99,6 @@ from fileio import (  # noqa: E402
     writable_folder_reason,
 )
 
-SPLITS = ("train", "val")
 DEFAULT_PER_CLASS = 500  # 4 default classes x 500 = about 2000 images
 CANDIDATE_FACTOR = 1.5  # search for 1.5x the images wanted: a quarter to a third of image-search URLs fail
 DEFAULT_VAL_FRACTION = 0.2

@@ -551,6 +551,22 @@ def test_undo_drops_restored_decisions_so_a_rerun_shows_them_again(
     assert "[1/" in capsys.readouterr().out.split(birds[1])[0].splitlines()[-1]
 
 
+def test_undo_never_writes_a_decisions_file_that_only_the_log_names(
+    reviewed: tuple[Path, Path, dict[str, Any]], monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    dataset, report_path, _ = reviewed
+    assert run_interactive(monkeypatch, report_path, ["d", "q", "y"])[0] == 0
+    outside = tmp_path / "outside_decisions.json"  # a valid decisions file of this dataset, outside it
+    outside.write_bytes(report_path.with_name(review.DECISIONS_FILE_NAME).read_bytes())
+    log_path = trash_logs(dataset)[0]
+    log = json.loads(log_path.read_text(encoding="utf-8"))
+    log["extra"]["decisions_path"] = str(outside)  # crafted: the log chooses which file undo rewrites
+    log_path.write_text(json.dumps(log), encoding="utf-8")
+    before = outside.read_bytes()
+    assert review.main(["--undo", str(log_path)]) == 0
+    assert outside.read_bytes() == before
+
+
 # ------------------------------------------------------------------------------------------------ what the figures say
 
 
