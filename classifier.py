@@ -255,8 +255,7 @@ def find_image_files(folder: str | os.PathLike, recursive: bool = True) -> list[
 
     Hidden files and folders are skipped. A name with an image extension is listed whatever it is (empty, HTML, a
     FIFO), never opened here, so its reader can say why it fails. Symlinked folders are followed, each real folder
-    once: the tree's own folders first (a folder also reached through a link keeps its own path; a loop ends).
-    """
+    once: the tree's own folders first (a folder also reached through a link keeps its own path; a loop ends)."""
     found: list[Path] = []
     seen: set[str] = set()
     direct, linked = [os.fspath(folder)], []  # linked folders wait until every folder of the tree itself is listed
@@ -746,7 +745,6 @@ def _onnx_graph_problem(session: Any, settings: dict[str, Any]) -> str | None:
 class BirdPlaneSupermanClassifier:
     """Loads a birdplane model (a ``.pth`` checkpoint with torch, or a ``.onnx`` export with onnxruntime alone) and
     classifies images (paths or PIL images), one at a time or in batches; both formats give the same results.
-
     On CUDA the batch methods decode JPEGs on the GPU (``choose_decoder``); ``decode_on_gpu = False`` keeps the CPU's.
     """
 
@@ -835,7 +833,10 @@ class BirdPlaneSupermanClassifier:
     def _forward_onnx(self, pixels: Sequence[np.ndarray], embed: bool) -> np.ndarray:
         """_forward with onnxruntime; CheckpointError when the outputs are not what load_onnx checked (crafted)."""
         name = ONNX_EMBEDDING if embed else ONNX_LOGITS  # load_onnx checked that the model has both
-        output = self.session.run([name], {ONNX_INPUT: normalize_array(np.stack(pixels), self.mean, self.std)})[0]
+        try:  # a crafted graph that loads may still fail to run; onnxruntime raises plain Exceptions
+            output = self.session.run([name], {ONNX_INPUT: normalize_array(np.stack(pixels), self.mean, self.std)})[0]
+        except Exception as error:  # noqa: BLE001 - any failure of the graph is the model file's: one sentence
+            raise CheckpointError(f"{self.model_path} does not run ({error.__class__.__name__})") from None
         if np.shape(output)[:1] != (len(pixels),) or not embed and np.shape(output) != (len(pixels), len(self.classes)):
             raise CheckpointError(f"{self.model_path} gave outputs of shape {np.shape(output)}; {EXPECTED_ONNX}.")
         return np.asarray(output, np.float32) if embed else softmax_array(output, self.temperature)
@@ -1070,13 +1071,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         except (CheckpointError, OSError) as error:
             return _error(str(error))
     missing = [item for item in inputs if not os.path.lexists(item)]
-    bad_threshold = args.threshold is not None and not 0.0 <= args.threshold <= 1.0
     no_csv_folder = args.csv and not Path(args.csv).resolve().parent.is_dir()
     usage_errors = (  # (failed, what to say), in this order
         (not inputs, "no images given: name the model file, then the image files and/or folders to classify"),
         (args.batch_size < 1, "--batch-size must be at least 1"),
         (args.top_k < 1, "--top-k must be at least 1"),
-        (bad_threshold, f"--threshold must be between 0 and 1, got {args.threshold}"),
+        (not 0 <= (args.threshold or 0) <= 1, f"--threshold must be between 0 and 1, got {args.threshold}"),
         (missing, f"no such file or folder: {', '.join(missing)}"),
         (no_csv_folder, f"--csv: the folder of {args.csv} does not exist"),
     )

@@ -262,3 +262,18 @@ def test_external_data_is_never_read_from_the_working_folder(
     assert classifier.main([str(tmp_path / "models" / "evil.onnx"), str(exported["paths"][1])]) == 2
     error = capsys.readouterr().err
     assert error.startswith("error: ") and len(error.splitlines()) == 1, error
+
+
+def test_a_crafted_graph_that_loads_but_fails_to_run_is_one_sentence(
+    exported: dict, tmp_path: Path, capsys: pytest.CaptureFixture
+) -> None:
+    metadata = {p.key: p.value for p in onnx.load(exported["models"] / "best_model.onnx").metadata_props}
+    model = onnx.load_from_string(tiny_graph(metadata))
+    model.graph.node[-1].output[0] = "raw"  # logits = Reshape(raw, [7, -1]): fails for a batch of one at run time
+    model.graph.initializer.append(helper.make_tensor("shape", TensorProto.INT64, [2], [7, -1]))
+    model.graph.node.append(helper.make_node("Reshape", ["raw", "shape"], ["logits"]))
+    path = tmp_path / "reshape.onnx"
+    path.write_bytes(model.SerializeToString())
+    assert classifier.main([str(path), str(exported["paths"][0])]) == 2
+    err = capsys.readouterr().err
+    assert "Traceback" not in err and err.count("error: ") == 1 and "does not run" in err
