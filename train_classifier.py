@@ -74,7 +74,7 @@ LAST_CHECKPOINT_NAME = "last_checkpoint.pth"
 MAX_SEED = 2**63 - 1  # torch.manual_seed and the epoch seeds take a signed 64-bit integer
 METADATA_NAME = "training_metadata.json"
 OWN_FILE_NAMES = (BEST_MODEL_NAME, PENDING_BEST_NAME, LAST_CHECKPOINT_NAME, METADATA_NAME, "training_curves.png",
-                  "confusion_matrix.png")  # fmt: skip  # their stale temp files (a killed run's) are removed at start
+                  "confusion_matrix.png", "best_model.onnx")  # fmt: skip  # a killed run's temp files go at start
 FREEZE_CHOICES = ("layer1", "layer2", "layer3", "none")  # freeze the stem and every stage up to this one
 BACKBONE_BLOCKS = ("conv1", "bn1", "layer1", "layer2", "layer3", "layer4")  # ResNet stem and stages, input first
 
@@ -856,8 +856,15 @@ def train(
             training_report.print_summary(run.metadata, run.best_model_path, run.output_dir / METADATA_NAME)
             if args.export_onnx and ranks.is_main:  # classifier.py --export-onnx, beside best_model.pth
                 onnx_path = run.output_dir / Path(BEST_MODEL_NAME).with_suffix(".onnx")
-                difference = classifier.export_onnx(run.output_dir / BEST_MODEL_NAME, onnx_path)
-                print(f"ONNX model: {cli.printable(onnx_path)} (probabilities within {difference:.1g} of the .pth's)")
+                try:
+                    difference = classifier.export_onnx(run.output_dir / BEST_MODEL_NAME, onnx_path)
+                except Exception as error:  # noqa: BLE001 - the trained model stands; only its export failed
+                    command = f"python classifier.py {run.best_model_path} --export-onnx {onnx_path}"
+                    logger.warning("ONNX export failed (%s); best_model.pth is fine: %s", error, cli.printable(command))
+                else:
+                    print(
+                        f"ONNX model: {cli.printable(onnx_path)} (within {difference:.1g} of the .pth's probabilities)"
+                    )
     except distributed.SHARED_ERRORS as error:  # one sentence: unusable data, checkpoint or weights; nothing trained
         return fail(cli.printable(error))
     except KeyboardInterrupt as interruption:
