@@ -259,9 +259,7 @@ def lock(dataset_dir: str | os.PathLike, tool: str) -> Iterator[Path]:
                 path = stack.enter_context(lock_file)
             except fileio.LockHeldError as error:
                 raise TrashError(str(error)) from None
-            for name in os.listdir(trash_fd):  # temp files of log writes a killed run left behind
-                if name.endswith(".json"):
-                    fileio.remove_stale_temp_files(folder, name, dir_fd=trash_fd)
+            fileio.remove_stale_temp_files(folder, "*.json", dir_fd=trash_fd)  # a killed run's log-write temp files
             yield path
     finally:
         if not existed:
@@ -728,7 +726,6 @@ def undo(
     _require_lock(dataset_dir)
     dataset_dir = Path(dataset_dir)
     data = load_log(dataset_dir, log_path)
-    trash_folder(dataset_dir)
     result = Result(undone_before=data["undone"])
     with _Tree(dataset_dir) as tree:
         writer = _LogWriter(tree, Path(log_path), data)

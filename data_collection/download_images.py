@@ -84,12 +84,14 @@ from tqdm.contrib.logging import logging_redirect_tqdm  # noqa: E402
 import cli  # noqa: E402 - needs the line above
 from fileio import (  # noqa: E402
     SPLITS,
+    ReportError,
     UnsafePathError,
     class_folders,
     is_inside,
     is_process_alive,
     is_regular_file,
     open_folder_below,
+    read_bounded,
     regular_file_reason,
     relative_posix,
     remove_stale_temp_files,
@@ -303,19 +305,13 @@ def move_new_name(dataset_dir: Path, source: str, target: str) -> bool:
 
 
 def move_between(source_fd: int, source_name: str, target_fd: int, target_name: str) -> bool:
-    """``move_new_name`` within two open folders: a hard link then unlink, so an existing target is never replaced."""
+    """``move_new_name`` within two open folders: a hard link then unlink, so an existing target is never replaced.
+    A file system without hard links raises OSError: the image stays where it is (a stat-then-rename could
+    overwrite a file that appeared in between)."""
     try:
         os.link(source_name, target_name, src_dir_fd=source_fd, dst_dir_fd=target_fd, follow_symlinks=False)
     except (FileExistsError, FileNotFoundError):
         return False
-    except OSError:  # a file system without hard links: rename after a last look
-        try:
-            os.stat(target_name, dir_fd=target_fd, follow_symlinks=False)
-            return False
-        except FileNotFoundError:
-            pass
-        os.rename(source_name, target_name, src_dir_fd=source_fd, dst_dir_fd=target_fd)
-        return True
     os.unlink(source_name, dir_fd=source_fd)
     return True
 
@@ -757,16 +753,16 @@ def read_urls_file(path: Path) -> tuple[list[Candidate], list[str]]:
     Raises ValueError with one sentence when the file cannot be used at all.
     """
     shown = cli.printable(path)
-    reason = regular_file_reason(path.resolve()) if os.path.lexists(path) else "no such file"
-    if reason == "does not exist":
-        reason = "no such file"
+    reason = regular_file_reason(path.resolve()) if path.exists() else "no such file"  # a dangling link too
     if reason:
         raise ValueError(f"--urls-file {shown}: {reason}")
     if (size := path.stat().st_size) > MAX_URLS_FILE_BYTES:
         raise ValueError(f"--urls-file {shown}: {size} bytes, more than a URL list needs ({MAX_URLS_FILE_BYTES})")
-    try:
-        lines = path.read_text(encoding="utf-8-sig").splitlines()
-    except (OSError, UnicodeDecodeError) as error:
+    try:  # bounded and checked on the open file: a FIFO swapped in or a file grown since the checks is refused
+        lines = read_bounded(path, "--urls-file", MAX_URLS_FILE_BYTES).decode("utf-8-sig").splitlines()
+    except ReportError as error:
+        raise ValueError(str(error)) from None
+    except UnicodeDecodeError as error:
         raise ValueError(f"--urls-file {shown}: cannot read it as UTF-8 text ({error})") from None
     entries, problems = parse_url_lines(lines, str(path))
     for problem in problems:
