@@ -167,6 +167,14 @@ def cache_settings(model_path: Path, dataset_dir: Path) -> str:
     return f"model sha256 {fileio.sha256_file(model_path)}; dataset {Path(dataset_dir).resolve()}"
 
 
+def embedding_width(model: classifier.BirdPlaneSupermanClassifier) -> int | None:
+    """The length of the model's embeddings (None: not known, any width): a .pth's pooled features, a .onnx's output."""
+    if model.model is not None:
+        return int(model.model.fc.in_features)
+    shapes = [output.shape for output in model.session.get_outputs() if output.name == classifier.ONNX_EMBEDDING]
+    return shapes[0][1] if shapes and isinstance(shapes[0][1], int) else None
+
+
 def embed_items(
     model: classifier.BirdPlaneSupermanClassifier, items: Sequence[dd.ScanItem], batch_size: int
 ) -> Iterator[tuple[dict[str, np.ndarray] | None, str | None]]:
@@ -280,7 +288,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         scan.items,
         dd.cache_path(args, METHOD),
         cache_settings(args.model, args.dataset_dir),
-        {"embedding": ("f", (None,))},
+        {"embedding": ("f", (embedding_width(model),))},  # a cache of another width is ignored and rebuilt
         lambda items: embed_items(model, items, args.batch_size),
         "embeddings",
     )
