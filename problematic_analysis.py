@@ -245,7 +245,7 @@ def label_issues_from_features(
     blocks scores each image out of fold; ``find_label_issues`` applies ``rule`` to those probabilities.
     """
     labels = np.asarray(labels, dtype=np.int64)
-    probabilities = out_of_fold_probabilities(standardised_blocks(feature_blocks), labels, folds, seed)
+    probabilities = linear_probabilities(feature_blocks, labels, int(labels.max()) + 1, seed, folds)
     return find_label_issues(probabilities, labels, rule), probabilities
 
 
@@ -567,17 +567,24 @@ def analysis_output_dir(output_dir: str | Path) -> Path:
     return Path(output_dir) / ANALYSIS_OUTPUT_SUBDIR
 
 
-def linear_probabilities(blocks: Sequence[np.ndarray], labels: np.ndarray, num_classes: int, seed: int) -> np.ndarray:
+def linear_probabilities(
+    blocks: Sequence[np.ndarray], labels: np.ndarray, num_classes: int, seed: int, folds: int = LINEAR_FOLDS
+) -> np.ndarray:
     """``out_of_fold_probabilities`` of the standardised ``blocks`` with a column per class of the model: a class
-    none of these images carries gets probability 0."""
-    present = np.unique(labels)
-    widths = "+".join(str(block.shape[1]) for block in blocks)
-    print(f"Fitting the label-issue logistic regression: {len(labels)} images, {widths} features, {LINEAR_FOLDS} folds")
-    partial = out_of_fold_probabilities(
-        standardised_blocks(blocks), np.searchsorted(present, labels), LINEAR_FOLDS, seed
-    )
+    none of these images carries gets probability 0. A class of one image has nothing to be compared with out of
+    fold: it is left out of the regression and its image keeps its label (probability 1, never flagged)."""
+    counts = np.bincount(labels, minlength=num_classes)
+    present, is_fitted = np.flatnonzero(counts >= 2), counts[labels] >= 2
     probabilities = np.zeros((len(labels), num_classes))
-    probabilities[:, present] = partial
+    probabilities[~is_fitted, labels[~is_fitted]] = 1.0
+    if len(present) < 2:  # nothing to tell apart
+        probabilities[is_fitted, labels[is_fitted]] = 1.0
+        return probabilities
+    widths = "+".join(str(block.shape[1]) for block in blocks)
+    print(f"Fitting the label-issue logistic regression: {len(labels)} images, {widths} features, {folds} folds")
+    fitted = standardised_blocks([np.asarray(block)[is_fitted] for block in blocks])
+    partial = out_of_fold_probabilities(fitted, np.searchsorted(present, labels[is_fitted]), folds, seed)
+    probabilities[np.ix_(is_fitted, present)] = partial
     return probabilities
 
 

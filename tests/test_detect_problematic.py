@@ -170,6 +170,17 @@ def test_the_default_analysis_finds_planted_mislabels_from_pixels_alone() -> Non
     assert precision >= naive_precision + 0.1, (precision, naive_precision)  # the naive rule: 0.43
 
 
+def test_a_class_of_one_image_is_never_flagged_and_warns_nothing(recwarn: pytest.WarningsRecorder) -> None:
+    rng = np.random.default_rng(0)
+    labels = np.array([0] * 12 + [1] * 12 + [2])  # class 2 has one image: no fold can learn it out of fold
+    features = rng.normal(size=(len(labels), 6)) + labels[:, None] * 3.0
+    for rule in problematic_analysis.LABEL_ISSUE_RULES:
+        is_issue, probabilities = problematic_analysis.label_issues_from_features([features], labels, rule=rule)
+        assert not is_issue[-1] and probabilities[-1, 2] == 1.0
+        np.testing.assert_allclose(probabilities.sum(axis=1), 1.0, atol=1e-6)
+    assert not [w for w in recwarn if issubclass(w.category, RuntimeWarning)]
+
+
 def test_folds_are_stratified_disjoint_and_reproducible() -> None:
     labels = np.array([0] * 7 + [1] * 5 + [2] * 4)
     folds = problematic_analysis.assign_folds(labels, 3, seed=4)
