@@ -63,7 +63,7 @@ def read_crawl(dataset_dir: Path) -> Crawl:
         return Crawl(problem=f"{MANIFEST_NAME} {reason}: not read")
     try:
         return summarize(read_manifest(path))
-    except (OSError, ValueError, RecursionError) as error:
+    except (OSError, ValueError) as error:  # ValueError: fileio.ReportError too
         return Crawl(problem=f"cannot read {MANIFEST_NAME}: {error}")
 
 

@@ -18,6 +18,7 @@ import contextlib
 import json
 import logging
 import os
+import stat
 import sys
 from collections.abc import Iterable, Iterator
 from pathlib import Path
@@ -26,7 +27,7 @@ from typing import Any
 from image_fetch import Candidate, FetchLimits, is_retryable
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # cli.py and fileio.py: the project root
-from fileio import MAX_JSON_LINE_BYTES, ReportError, parse_json, utc_now  # noqa: E402
+from fileio import CLOEXEC, MAX_JSON_LINE_BYTES, ReportError, describe_kind, parse_json, utc_now  # noqa: E402
 
 try:
     import fcntl
@@ -162,17 +163,32 @@ def encode_line(record: dict[str, Any]) -> bytes:
 
 
 def read_manifest(path: Path) -> list[dict[str, Any]]:
-    """The manifest's records in order; unreadable lines (a run killed mid-write) are skipped with a warning."""
-    if not path.exists():
+    """The manifest's records in order; unreadable lines (a run killed mid-write) are skipped with a warning.
+
+    Opened without blocking and checked on the open file (a FIFO swapped in cannot hang a run: ReportError); a line
+    longer than any record (MAX_JSON_LINE_BYTES) is one warning and skipped whole, whatever its length.
+    """
+    if not os.path.lexists(path):
         return []
-    records = []
-    with open(path, encoding="utf-8", errors="replace") as file:
-        lines = iter(lambda: file.readline(MAX_JSON_LINE_BYTES), "")  # a line of hundreds of MB is read in pieces
-        for line_number, line in enumerate(lines, start=1):
-            if not line.strip():
+    descriptor = os.open(path, os.O_RDONLY | os.O_NONBLOCK | CLOEXEC)
+    if not stat.S_ISREG(mode := os.fstat(descriptor).st_mode):
+        os.close(descriptor)
+        raise ReportError(f"{path.name} {describe_kind(mode)}: not read")
+    records, line_number, is_in_long_line = [], 0, False
+    with os.fdopen(descriptor, encoding="utf-8", errors="replace") as file:
+        for piece in iter(lambda: file.readline(MAX_JSON_LINE_BYTES), ""):  # a huge line comes in pieces
+            if is_in_long_line:  # the rest of a line already warned about
+                is_in_long_line = not piece.endswith("\n")
+                continue
+            line_number += 1
+            if len(piece) >= MAX_JSON_LINE_BYTES and not piece.endswith("\n"):
+                logger.warning("%s line %d is longer than any record: ignored", path.name, line_number)
+                is_in_long_line = True
+                continue
+            if not piece.strip():
                 continue
             try:
-                record = parse_json(line, "a manifest line")  # malformed, nested too deeply, a huge number
+                record = parse_json(piece, "a manifest line")  # malformed, nested too deeply, a huge number
             except ReportError:
                 logger.warning("%s line %d is not a JSON record (cut off?): ignored", path.name, line_number)
                 continue

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 import signal
 import subprocess
 import sys
@@ -21,6 +22,8 @@ from conftest import ROOT
 from download_images import REPORT_NAME, parse_url_lines, split_for_hash
 from download_manifest import MANIFEST_NAME, latest_records, read_manifest
 from image_fetch import DEADLINE_POOLS, DeadlineAdapter, Fetcher, FetchLimits
+
+from fileio import ReportError
 
 FAST = ["--workers", "4", "--retries", "0", "--min-size", "32", "--no-progress"]
 SLACK_S = 2.0  # what a loaded 2-core machine may add to a deadline: start-up, the watchdog's poll, the thread switch
@@ -276,6 +279,16 @@ def test_a_manifest_line_json_cannot_hold_is_skipped_like_a_cut_one(tmp_path: Pa
     manifest.write_text("\n".join(lines) + "\n", encoding="utf-8")
     assert read_manifest(manifest) == [good]
     assert caplog.text.count("is not a JSON record") == 2
+    caplog.clear()
+    huge = '{"url": "' + "x" * (3 * 2**20) + '"}'  # a line of 3 MiB: longer than any record
+    manifest.write_text("\n".join([huge, json.dumps(good), "{cut"]) + "\n", encoding="utf-8")
+    assert read_manifest(manifest) == [good]
+    assert caplog.text.count("line 1 is longer than any record") == 1 and caplog.text.count("WARNING") == 2
+    assert "line 3 is not a JSON record" in caplog.text  # the line numbers after the long line stay right
+    manifest.unlink()
+    os.mkfifo(manifest)  # swapped in after a check: refused on the open file, never a hang
+    with pytest.raises(ReportError, match="is a named pipe"):
+        read_manifest(manifest)
 
 
 def test_a_urls_file_of_gigabytes_is_refused_before_it_is_read(tmp_path: Path, capsys) -> None:
