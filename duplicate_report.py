@@ -48,6 +48,7 @@ CATEGORY_NOTES = {  # what each category means for the user, printed and shown n
     "diff_class_diff_set": "label conflict and leakage",
 }
 PROBLEMS_FIRST = CATEGORIES[::-1]  # the order to show groups in: what harms training most first
+WHOLE_FOLDER_SET = "."  # the "set" of every file when the dataset folder has neither train/ nor val/ (scanned whole)
 ENTRY_TEXT_FIELDS = ("path", "set", "class")  # every file entry has these as text ("" class: no class folder)
 ENTRY_COUNT_FIELDS = ("size", "mtime_ns")  # ... and these as whole numbers >= 0
 ENTRY_OPTIONAL_COUNTS = ("width", "height")  # whole numbers >= 0 where present
@@ -65,6 +66,15 @@ def categorize(entries: Sequence[dict[str, Any]]) -> str:
     if same_class:
         return COPY_CATEGORY if same_set else LEAK_CATEGORY
     return "diff_class_same_set" if same_set else "diff_class_diff_set"
+
+
+def is_place_of(entry: dict[str, Any], parts: Sequence[str]) -> bool:
+    """Whether the entry's "set" and "class" are those of a file at ``parts`` (set/class/.../name, set/name, or in a
+    dataset scanned whole: class/.../name, name), as the detectors write them."""
+    if len(parts) >= 2 and entry["set"] == parts[0]:
+        return entry["class"] == (parts[1] if len(parts) > 2 else "")
+    is_whole_folder = entry["set"] == WHOLE_FOLDER_SET and parts[0] not in ("train", "val")
+    return is_whole_folder and entry["class"] == (parts[0] if len(parts) > 1 else "")
 
 
 def must_be(name: str, expected: str, value: Any) -> str:

@@ -406,7 +406,7 @@ def stale_entries(dataset_dir: Path, files: Sequence[dict[str, Any]]) -> int:
 
 
 def render_duplicate_report(page: Page, path: Path) -> str:
-    method = path.stem.removeprefix("duplicate_report_")
+    method = path.stem.removeprefix(duplicate_report.REPORT_PREFIX)
     data, problem = fileio.read_optional_json(path, "duplicate report")
     groups, unusable = duplicate_groups(data) if problem is None else ([], problem)
     title = f"<h3>{esc(method)} <span class=muted>({esc(path.name)})</span></h3>"
@@ -466,7 +466,7 @@ def render_duplicate_report(page: Page, path: Path) -> str:
 
 
 def render_duplicates(page: Page) -> str:
-    reports = sorted(page.dataset_dir.glob("duplicate_report_*.json"))
+    reports = sorted(page.dataset_dir.glob(f"{duplicate_report.REPORT_PREFIX}*.json"))
     intro = (
         "<p>Groups from every detector report, worst first: label conflicts, then train/val leaks, then plain "
         "copies; larger groups first. Label conflicts and near copies are never removed "

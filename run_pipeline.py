@@ -365,7 +365,7 @@ def train_inputs(run: Run) -> Any:
 
 def report_inputs(run: Run) -> Any:
     dataset = run.dataset_dir
-    reports = files_below(dataset, "duplicate_report_*.json") + [problematic_report(run)]
+    reports = files_below(dataset, f"{duplicate_report.REPORT_PREFIX}*.json") + [problematic_report(run)]
     models = [run.models_dir / "training_metadata.json", *files_below(run.models_dir, "error_analysis/*/*.json")]
     return {
         "argv": report_command(dataset, run.models_dir, run.html_path).argv,

@@ -38,6 +38,7 @@ from duplicate_report import (  # noqa: E402 - the report's format
     CATEGORY_NOTES,
     REPORT_PREFIX,
     SCHEMA_VERSION,
+    WHOLE_FOLDER_SET,
     categorize,
     iter_groups,
     problems_first,
@@ -60,7 +61,6 @@ logger = logging.getLogger(__name__)
 
 DEFAULT_DATASET_DIR = "dataset"
 DEFAULT_SETS = ("train", "val")  # the sub-folders a dataset made by download_images.py has
-WHOLE_FOLDER_SET = "."  # the set name of images when the dataset folder has none of the set folders
 TAIL_BYTES = 65536  # a complete JPEG normally ends with its end marker within this many bytes of the end
 GALLERY_MAX_GROUPS = 12  # rows of the contact sheet
 GALLERY_MAX_FILES = 8  # columns: files shown per group

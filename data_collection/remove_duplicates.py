@@ -31,8 +31,6 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # cli.py, duplicat
 from removal_plan import (  # noqa: E402 - the strategies themselves (pure; the page previews them too)
     DEFAULT_STRATEGY,
     STRATEGIES,
-    TRAIN_SET,
-    VAL_SET,
     GroupPlan,
     StopAsking,
     all_key,
@@ -48,7 +46,6 @@ import trash  # noqa: E402
 
 logger = logging.getLogger(__name__)
 
-WHOLE_FOLDER_SET = "."  # duplicate_detection.WHOLE_FOLDER_SET: a dataset without set folders, scanned whole
 TOOL = "remove_duplicates.py"  # names the lock holder and the logs (.trash/remove_duplicates_<UTC stamp>.json)
 
 
@@ -179,21 +176,12 @@ def file_problem(dataset_dir: Path, path: str) -> str | None:
     return f"{path} {reason}" if reason else None
 
 
-def is_place_of(entry: dict[str, Any], parts: Sequence[str]) -> bool:
-    """Whether the entry's "set" and "class" are those of a file at ``parts`` (set/class/.../name, set/name, or in a
-    dataset scanned as one set ".": class/.../name, name), as the detectors write them."""
-    if len(parts) >= 2 and entry["set"] == parts[0]:
-        return entry["class"] == (parts[1] if len(parts) > 2 else "")
-    is_whole_folder = entry["set"] == WHOLE_FOLDER_SET and parts[0] not in (TRAIN_SET, VAL_SET)
-    return is_whole_folder and entry["class"] == (parts[0] if len(parts) > 1 else "")
-
-
 def place_problem(entry: dict[str, Any], dataset_dir: Path) -> str | None:
     """Why the report's "set" or "class" of an entry is not where the file is, or None. Strategies decide by them
     (a label conflict is never removed, prefer-train removes val copies): a report never says what a file is."""
     real_root, full = os.path.realpath(dataset_dir), dataset_dir / entry["path"]
     real = PurePosixPath(Path(os.path.relpath(os.path.realpath(full.parent), real_root)).as_posix(), full.name)
-    if is_place_of(entry, PurePosixPath(entry["path"]).parts) or is_place_of(entry, real.parts):
+    if dr.is_place_of(entry, PurePosixPath(entry["path"]).parts) or dr.is_place_of(entry, real.parts):
         return None
     return f"{entry['path']}: the report's set {entry['set']!r} and class {entry['class']!r} do not match its path"
 
