@@ -163,9 +163,15 @@ def validate_report(data: Any) -> dict[str, Any]:
     if data["schema_version"] >= 2:
         all_images = data.get("all_images")
         if not isinstance(all_images, list) or not all(
-            isinstance(item, dict) and isinstance(item.get("probabilities"), list) for item in all_images
+            isinstance(item, dict)
+            and isinstance(item.get("path"), str)
+            and is_safe_relative(item["path"])
+            and item.get("class") in classes
+            and isinstance(item.get("probabilities"), list)
+            and all(_is_number(value) for value in item["probabilities"])
+            for item in all_images
         ):
-            raise ReportError("its 'all_images' is not a list of {path, class, probabilities}")
+            raise ReportError("its 'all_images' is not a list of {path inside the dataset, class, probabilities}")
     dataset_dir = data.get("dataset_dir")
     if dataset_dir is not None and not isinstance(dataset_dir, str):
         raise ReportError("its 'dataset_dir' is not text")

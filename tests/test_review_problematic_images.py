@@ -146,6 +146,13 @@ def test_validate_report_accepts_generated_report_and_names_what_is_wrong(tmp_pa
         crafted["problematic_images"]["plane"][0][key] = value
         with pytest.raises(review.ReportError, match=message):
             review.validate_report(crafted)
+    entry = report["problematic_images"]["plane"][0]
+    version_2 = {**report, "schema_version": 2, "all_images": [{**entry, "probabilities": [0.5, 0.5]}]}
+    assert review.validate_report(json.loads(json.dumps(version_2)))
+    for change in ({"path": "../../outside.jpg"}, {"class": "<other>"}, {"probabilities": ["x", 0.5]}):
+        crafted = {**version_2, "all_images": [{**version_2["all_images"][0], **change}]}
+        with pytest.raises(review.ReportError, match="'all_images' is not a list of"):
+            review.validate_report(crafted)
 
 
 def test_select_and_limit_follow_class_order_and_rank(tmp_path: Path) -> None:
