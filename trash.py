@@ -88,6 +88,7 @@ class Move:
     action: str = "trash"
     kept: tuple[str, ...] = ()
     note: str = ""
+    sha256: str | None = None  # the content the plan was made for: a file that no longer has it is refused
 
 
 @dataclass
@@ -463,6 +464,8 @@ def _planned(tree: _Tree, run_id: str, move: Move) -> dict[str, Any]:
             finally:
                 os.close(folder)
             record["size"] = info.st_size
+            if move.sha256 is not None and record["sha256"] != move.sha256:
+                record["reason"] = "changed since the plan (another SHA-256)"
         except fileio.UnsafePathError as error:
             record["reason"] = str(error)
         except FileNotFoundError:

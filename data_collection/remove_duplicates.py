@@ -406,6 +406,7 @@ def remove(args: argparse.Namespace, report: dict[str, Any], dataset_dir: Path, 
             action=action,
             kept=tuple(kept["path"] for kept in plan.keep),
             note=f"group {plan.group_id} ({plan.category}): {reason}",
+            sha256=entry.get("sha256") or None,  # hashed when the plan was checked: the log refuses another content
         )
         for plan in run_plan.plans
         for entry, reason in plan.remove

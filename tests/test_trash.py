@@ -697,3 +697,11 @@ def test_a_file_listed_twice_is_moved_once_and_a_log_repeating_it_is_refused(dat
     fileio.write_json(log_path, data)
     with pytest.raises(trash.TrashError, match=r"moves\[2\]\.source' must be a file not listed before"):
         undo(dataset, log_path)
+
+
+def test_a_move_planned_for_other_content_is_refused_when_the_log_is_written(dataset: Path) -> None:
+    before = tree_snapshot(dataset)
+    planned_for = fileio.sha256_file(dataset / "val/bird/d.jpg")  # the plan saw d.jpg's bytes, b.jpg has others now
+    log_path, result = run(dataset, [trash.Move("train/bird/b.jpg", sha256=planned_for)], {})
+    assert result.done == [] and result.errors == [("train/bird/b.jpg", "changed since the plan (another SHA-256)")]
+    assert without_trash(tree_snapshot(dataset)) == before
