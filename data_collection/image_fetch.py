@@ -8,7 +8,9 @@ the bytes fully with Pillow (bombs refused from the header). It writes nothing: 
 Each request has one deadline for all of it (connect, headers, body, redirects): a socket read waits for a whole
 chunk, so a server that drips one byte a second would never let a check between reads run. A watchdog thread shuts the
 request's socket down when its time is up (every connection a request uses is registered through ``DeadlineAdapter``),
-and ``Fetcher.cancel`` does the same to every request in flight, so Ctrl-C never waits on a slow server.
+and ``Fetcher.cancel`` does the same to every request in flight, so Ctrl-C never waits on a slow server. A DNS lookup
+has no socket to shut and cannot be interrupted, so ``resolve`` runs it in a daemon thread and stops waiting for it
+within the connect timeout: a hung resolver costs one "connection error", then the network check, never a silent wait.
 """
 
 from __future__ import annotations
@@ -16,6 +18,7 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import io
+import ipaddress
 import random
 import socket
 import threading
@@ -29,8 +32,9 @@ from urllib.parse import urlsplit
 import requests
 from PIL import Image, UnidentifiedImageError
 from requests.adapters import HTTPAdapter
+from urllib3.connection import HTTPConnection, HTTPSConnection
 from urllib3.connectionpool import HTTPConnectionPool, HTTPSConnectionPool
-from urllib3.exceptions import ReadTimeoutError
+from urllib3.exceptions import NameResolutionError, NewConnectionError, ReadTimeoutError
 
 DEFAULT_TIMEOUT_S = 10.0  # for one whole download: a 5 MB photo at 4 Mbit/s, with room to connect
 # The whole-request deadline is --timeout plus this: a silent server meets the per-read --timeout first (a plain
@@ -226,13 +230,50 @@ def host_and_port(url: str) -> tuple[str, int] | None:
 # ------------------------------------------------------------------------------------------------------ network
 
 
+def resolve(host: str, port: int, timeout_s: float, is_cancelled: Callable[[], bool] = lambda: False) -> list[Any]:
+    """``socket.getaddrinfo`` for a TCP connection to ``host:port``, given up after ``timeout_s`` or on cancel.
+
+    The system resolver may wait far longer than any timeout asked for (several servers, retries), and a lookup cannot
+    be interrupted: it runs in a daemon thread, which is left to finish on its own when the caller stops waiting.
+    Raises ``socket.gaierror`` for a name that does not resolve, ``TimeoutError`` for a lookup that did not answer.
+    """
+    with contextlib.suppress(ValueError):
+        ipaddress.ip_address(host.strip("[]"))
+        return socket.getaddrinfo(host.strip("[]"), port, type=socket.SOCK_STREAM)  # a literal address: no lookup
+    outcome: list[Any] = []
+    done = threading.Event()
+
+    def lookup() -> None:
+        try:
+            outcome.append(socket.getaddrinfo(host, port, type=socket.SOCK_STREAM))
+        except Exception as error:  # noqa: BLE001 - handed to the caller whatever it is
+            outcome.append(error)
+        finally:
+            done.set()
+
+    threading.Thread(target=lookup, name="dns-lookup", daemon=True).start()
+    give_up_at = time.monotonic() + timeout_s
+    while not done.wait(min(WATCHDOG_POLL_S, max(0.0, give_up_at - time.monotonic()))):
+        if time.monotonic() >= give_up_at or is_cancelled():
+            raise TimeoutError(f"the DNS lookup of {host} did not answer within {timeout_s:g} s")
+    if isinstance(outcome[0], Exception):
+        raise outcome[0]
+    return outcome[0]
+
+
 def can_connect(host: str, port: int, timeout_s: float = PROBE_TIMEOUT_S) -> bool:
-    """Whether a TCP connection to ``host:port`` opens (DNS resolves and something listens)."""
+    """Whether a TCP connection to ``host:port`` opens within ``timeout_s`` for the lookup and as much for each
+    address (DNS resolves and something listens)."""
     try:
-        with socket.create_connection((host, port), timeout=timeout_s):
-            return True
+        addresses = resolve(host, port, timeout_s)
     except OSError:
         return False
+    for family, kind, protocol, _, address in addresses:
+        with contextlib.suppress(OSError), socket.socket(family, kind, protocol) as sock:
+            sock.settimeout(timeout_s)
+            sock.connect(address)
+            return True
+    return False
 
 
 def network_reachable(hosts: Iterable[tuple[str, int]], timeout_s: float = PROBE_TIMEOUT_S) -> bool:
@@ -335,6 +376,45 @@ class Watchdog:
             time.sleep(WATCHDOG_POLL_S)
 
 
+class _DeadlineConnectionMixin:
+    """Looks the host up through ``resolve`` before connecting, within the connect timeout and the request's deadline,
+    then lets urllib3 connect to each address in turn (its errors, socket options and TLS name stay as they were)."""
+
+    def _new_conn(self) -> socket.socket:
+        deadline = getattr(_current_request, "deadline", None)
+        host = self._dns_host  # type: ignore[has-type]
+        if deadline is None:
+            return super()._new_conn()  # type: ignore[misc]
+        limit = max(0.0, deadline.expires_at - time.monotonic())
+        if isinstance(self.timeout, (int, float)):  # type: ignore[attr-defined]
+            limit = min(limit, float(self.timeout))  # type: ignore[attr-defined]
+        try:
+            addresses = resolve(host, self.port, limit, lambda: deadline.is_expired)  # type: ignore[attr-defined]
+        except socket.gaierror as error:
+            raise NameResolutionError(self.host, self, error) from error  # type: ignore[attr-defined,arg-type]
+        except TimeoutError as error:
+            raise NewConnectionError(self, str(error)) from error  # type: ignore[arg-type]
+        failure: Exception | None = None
+        try:
+            for address in dict.fromkeys(entry[4][0] for entry in addresses):
+                self._dns_host = address
+                try:
+                    return super()._new_conn()  # type: ignore[misc]
+                except NewConnectionError as error:  # a timeout or a refusal: try the next address, as urllib3 does
+                    failure = error
+        finally:
+            self._dns_host = host
+        raise failure or NewConnectionError(self, f"no address for {host}")  # type: ignore[arg-type]
+
+
+class _DeadlineHTTPConnection(_DeadlineConnectionMixin, HTTPConnection):
+    pass
+
+
+class _DeadlineHTTPSConnection(_DeadlineConnectionMixin, HTTPSConnection):
+    pass
+
+
 class _DeadlinePoolMixin:
     """Hands each connection a request takes from the pool to that request's deadline."""
 
@@ -347,11 +427,11 @@ class _DeadlinePoolMixin:
 
 
 class _DeadlineHTTPPool(_DeadlinePoolMixin, HTTPConnectionPool):
-    pass
+    ConnectionCls = _DeadlineHTTPConnection
 
 
 class _DeadlineHTTPSPool(_DeadlinePoolMixin, HTTPSConnectionPool):
-    pass
+    ConnectionCls = _DeadlineHTTPSConnection
 
 
 DEADLINE_POOLS = {"http": _DeadlineHTTPPool, "https": _DeadlineHTTPSPool}

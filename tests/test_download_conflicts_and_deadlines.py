@@ -8,9 +8,12 @@ import hashlib
 import json
 import os
 import signal
+import socket
 import subprocess
 import sys
+import threading
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import detect_duplicates_by_filesize
@@ -21,7 +24,7 @@ from _download_helpers import FakeSearch, ImageServer, Route, encode_good_image,
 from conftest import ROOT
 from download_images import REPORT_NAME, parse_url_lines, split_for_hash
 from download_manifest import MANIFEST_NAME, latest_records, read_manifest
-from image_fetch import DEADLINE_POOLS, DeadlineAdapter, Fetcher, FetchLimits
+from image_fetch import DEADLINE_POOLS, Candidate, DeadlineAdapter, Fetcher, FetchLimits
 
 from fileio import ReportError
 
@@ -94,6 +97,65 @@ def test_a_server_dripping_body_or_headers_is_cut_at_the_timeout(tmp_path: Path,
         assert (record["status"], record["reason"], record["retryable"]) == ("failed", "timeout", True)
     assert list(image_files(dataset).values()) == [good]  # nothing half-received was kept
     assert "timeout (--timeout 1 s): 2" in capsys.readouterr().out
+
+
+@pytest.fixture
+def hung_dns(monkeypatch: pytest.MonkeyPatch) -> Iterator[list[str]]:
+    """socket.getaddrinfo never answers for names ending in ``.hung`` (until the test ends), like a resolver that
+    waits on a dead name server; "localhost" resolves as usual. Yields the names looked up."""
+    real, release, asked = socket.getaddrinfo, threading.Event(), []
+
+    def getaddrinfo(host: str, *args: object, **options: object) -> object:
+        asked.append(host)
+        if str(host).endswith(".hung"):
+            release.wait(60)
+            raise socket.gaierror(socket.EAI_AGAIN, "the name server gave up")
+        return real(host, *args, **options)
+
+    monkeypatch.setattr(socket, "getaddrinfo", getaddrinfo)
+    yield asked
+    release.set()
+
+
+def test_a_dns_lookup_that_never_answers_costs_one_url_within_the_timeout(tmp_path: Path, hung_dns: list[str]) -> None:
+    routes = {f"/good-{number}.png": Route(png(0, number), content_type="image/png") for number in range(2)}
+    dataset = tmp_path / "dataset"
+    with ImageServer(routes) as server:
+        by_name = server.url("/good-1.png").replace("127.0.0.1", "localhost")  # a name: looked up through resolve
+        lines = [("bird", server.url("/good-0.png")), ("bird", by_name), ("bird", "http://images.hung/a.png")]
+        urls = write_urls(tmp_path / "urls.csv", lines)
+        started = time.monotonic()
+        status = run(["--urls-file", str(urls), "--dataset-dir", str(dataset), "--timeout", "1", *FAST])
+        elapsed = time.monotonic() - started
+    assert status == 1 and "images.hung" in hung_dns and "localhost" in hung_dns
+    assert elapsed < 2 + SLACK_S, f"took {elapsed:.1f} s with --timeout 1"  # the lookup, then the network check
+    record = latest_by_url(dataset)["http://images.hung/a.png"]
+    assert (record["status"], record["reason"], record["retryable"]) == ("failed", "connection error", True)
+    assert "DNS lookup of images.hung did not answer within 1 s" in record["detail"]
+    assert sorted(image_files(dataset).values()) == sorted(route.body for route in routes.values())
+
+
+def test_a_resolver_that_never_answers_is_no_network_in_one_sentence_within_seconds(
+    tmp_path: Path, hung_dns: list[str], capsys: pytest.CaptureFixture[str]
+) -> None:
+    urls = write_urls(tmp_path / "urls.csv", [("bird", f"http://img{number}.hung/a.png") for number in range(3)])
+    started = time.monotonic()
+    status = run(["--urls-file", str(urls), "--dataset-dir", str(tmp_path / "dataset"), "--timeout", "1", *FAST])
+    elapsed = time.monotonic() - started
+    err = capsys.readouterr().err.strip()
+    assert status == 2 and elapsed < 2 + SLACK_S, f"took {elapsed:.1f} s with --timeout 1"
+    assert (
+        err
+        == f"error: no network: cannot reach img0.hung or any of 2 other hosts; connect, or check the URLs in {urls}"
+    )
+
+
+def test_cancel_ends_a_download_waiting_on_a_dns_lookup_at_once(hung_dns: list[str]) -> None:
+    fetcher = Fetcher(FetchLimits(timeout_s=60))
+    threading.Timer(0.3, fetcher.cancel).start()  # Ctrl-C
+    started = time.monotonic()
+    result = fetcher.fetch(Candidate("bird", "http://images.hung/a.png", "urls-file"))
+    assert time.monotonic() - started < 0.3 + SLACK_S and result.reason in ("timeout", "interrupted")
 
 
 def test_https_and_proxied_requests_get_the_same_deadline() -> None:
