@@ -138,6 +138,15 @@ def _is_number(value: Any, whole: bool = False) -> bool:
     return isinstance(value, int if whole else int | float) and not isinstance(value, bool) and math.isfinite(value)
 
 
+def short_repr(value: Any, limit: int = 200) -> str:
+    """repr(value) cut to ``limit`` characters, for messages: a crafted model file may put megabytes in one field."""
+    try:
+        text = repr(value)
+    except ValueError:  # an int of more digits than Python converts to text
+        text = "an integer too long to show"
+    return text if len(text) <= limit else f"{text[:limit]}… ({len(text):,} characters)"
+
+
 def checkpoint_problem(checkpoint: dict[str, Any]) -> str | None:
     """Why a loaded checkpoint is unusable, ending a sentence that starts with its path; None if usable (reads only)."""
     if problem := settings_problem(checkpoint):
@@ -157,9 +166,9 @@ def settings_problem(checkpoint: dict[str, Any]) -> str | None:
     arch, classes, version = checkpoint.get("arch"), checkpoint.get("classes"), checkpoint.get("format_version")
     if not _is_number(version, whole=True) or version != CHECKPOINT_FORMAT_VERSION:
         this = f"this classifier.py reads version {CHECKPOINT_FORMAT_VERSION}; use the classifier.py that came with it"
-        return f"has checkpoint format version {version!r}, but {this}"
+        return f"has checkpoint format version {short_repr(version)}, but {this}"
     if arch not in SUPPORTED_ARCHS:
-        return f"names an unknown architecture {arch!r} (known: {', '.join(SUPPORTED_ARCHS)})"
+        return f"names an unknown architecture {short_repr(arch)} (known: {', '.join(SUPPORTED_ARCHS)})"
     if not isinstance(classes, list) or not classes or not all(isinstance(c, str) and c for c in classes):
         return "has no list of class names"
     if len(classes) > MAX_CLASSES:
@@ -167,30 +176,31 @@ def settings_problem(checkpoint: dict[str, Any]) -> str | None:
     if len(set(classes)) != len(classes):
         return "lists the same class name twice"
     if checkpoint.get("num_classes", len(classes)) != len(classes):
-        return f"says {checkpoint['num_classes']!r} classes but lists {len(classes)}"
+        return f"says {short_repr(checkpoint['num_classes'])} classes but lists {len(classes)}"
     for key in SETTINGS:
         if key not in checkpoint:
             return f"lacks the field {key!r} of the checkpoint format"
     (low, high), (low_t, high_t) = IMAGE_SIZE_RANGE, VALID_TEMPERATURE_RANGE
     image_size, resize_size = checkpoint["image_size"], checkpoint["resize_size"]
     if not _is_number(image_size, whole=True) or not low <= image_size <= high:
-        return f"has an invalid image_size {image_size!r} (a whole number of pixels from {low} to {high} is needed)"
+        needed = f"a whole number of pixels from {low} to {high} is needed"
+        return f"has an invalid image_size {short_repr(image_size)} ({needed})"
     if not _is_number(resize_size, whole=True) or not image_size <= resize_size <= MAX_RESIZE_RATIO * image_size:
         needed = f"a whole number from image_size {image_size} to {int(MAX_RESIZE_RATIO * image_size)} is needed"
-        return f"has an invalid resize_size {resize_size!r} ({needed})"
+        return f"has an invalid resize_size {short_repr(resize_size)} ({needed})"
     for key in ("mean", "std"):
         value = checkpoint[key]
         if not isinstance(value, list | tuple) or len(value) != 3 or not all(_is_number(v) for v in value):
-            return f"has an invalid {key} {value!r} (three numbers, one per colour channel, are needed)"
+            return f"has an invalid {key} {short_repr(value)} (three numbers, one per colour channel, are needed)"
     if not all(0.0 <= v <= 1.0 for v in checkpoint["mean"]):
         return f"has an invalid mean {checkpoint['mean']!r} (pixel values run from 0 to 1, so must their means)"
     if not all(0.0 < v <= 1.0 for v in checkpoint["std"]):
         return f"has an invalid std {checkpoint['std']!r} (each must be above 0 and at most 1)"
     threshold, temperature = checkpoint["confidence_threshold"], checkpoint["temperature"]
     if not _is_number(threshold) or not 0.0 <= threshold <= 1.0:
-        return f"has an invalid confidence_threshold {threshold!r} (a number from 0 to 1 is needed)"
+        return f"has an invalid confidence_threshold {short_repr(threshold)} (a number from 0 to 1 is needed)"
     if not _is_number(temperature) or not low_t <= temperature <= high_t:
-        return f"has an invalid temperature {temperature!r} (a number from {low_t} to {high_t:g} is needed)"
+        return f"has an invalid temperature {short_repr(temperature)} (a number from {low_t} to {high_t:g} is needed)"
     return None
 
 
@@ -335,10 +345,8 @@ def open_image(path: str | os.PathLike) -> Image.Image:
         image = Image.open(path)
     if image.width * image.height > MAX_IMAGE_PIXELS:
         image.close()
-        raise ImageLoadError(
-            f"refused: {image.width}x{image.height} pixels is over the {MAX_IMAGE_PIXELS} pixel limit "
-            "(possible decompression bomb)"
-        )
+        size = f"{image.width}x{image.height} pixels is over the {MAX_IMAGE_PIXELS} pixel limit"
+        raise ImageLoadError(f"refused: {size} (possible decompression bomb)")
     return image
 
 
@@ -467,10 +475,9 @@ def build_model(arch: str, num_classes: int, weights: str | None = None) -> nn.M
         try:
             model = constructor(weights=torchvision.models.get_model_weights(arch).DEFAULT)
         except (OSError, RuntimeError, ConnectionError) as error:  # URLError is an OSError
-            raise WeightsUnavailableError(
-                f"Could not download the ImageNet weights for {arch} ({type(error).__name__}); pass "
-                "--weights FILE with a local weights file or --weights none to train from scratch."
-            ) from None
+            failed = f"Could not download the ImageNet weights for {arch} ({type(error).__name__})"
+            instead = "pass --weights FILE with a local weights file or --weights none to train from scratch"
+            raise WeightsUnavailableError(f"{failed}; {instead}.") from None
     else:
         model = constructor(weights=None)
         if weights is not None and str(weights).lower() != "none":
@@ -501,10 +508,8 @@ def _load_backbone_weights(model: nn.Module, path: Path, arch: str) -> None:
     usable = {k: v for k, v in state.items() if k in own and own[k].shape == v.shape}
     missing = [k for k in own if k not in usable and not k.startswith("fc.")]
     if missing:
-        raise CheckpointError(
-            f"The weights in {path} do not fit a {arch} ({len(missing)} tensors missing or of another shape, "
-            f"e.g. {missing[0]})."
-        )
+        unfit = f"{len(missing)} tensors missing or of another shape, e.g. {short_repr(missing[0])}"
+        raise CheckpointError(f"The weights in {path} do not fit a {arch} ({unfit}).")
     model.load_state_dict(usable, strict=False)
 
 
@@ -567,9 +572,8 @@ def _model_file_head(path: Path, what: str, expected: str) -> bytes:
         status = os.stat(path)
     except (FileNotFoundError, NotADirectoryError):
         broken = " (a broken symlink)" if os.path.islink(path) else ""
-        raise CheckpointError(
-            f"The {what} {path} does not exist{broken}; train one with train_classifier.py or pass its path."
-        ) from None
+        train = "train one with train_classifier.py or pass its path"
+        raise CheckpointError(f"The {what} {path} does not exist{broken}; {train}.") from None
     except OSError as error:
         raise CheckpointError(f"The {what} {path} cannot be examined ({error.strerror or error}).") from None
     if not stat.S_ISREG(status.st_mode):
@@ -603,10 +607,8 @@ def _read_torch_file(path: Path, what: str, expected: str, map_location: str | t
     except pickle.UnpicklingError as error:
         if "weights only" not in str(error).lower():
             raise CheckpointError(f"{path} is truncated or damaged (unreadable pickle data); {expected}.") from None
-        raise CheckpointError(
-            f"Refusing {path}: loading it needs more than weights_only=True (it could run code), so it is not a "
-            f"safe {what} ({expected})."
-        ) from None
+        unsafe = "loading it needs more than weights_only=True (it could run code), so it is not a safe"
+        raise CheckpointError(f"Refusing {path}: {unsafe} {what} ({expected}).") from None
     except Exception as error:  # noqa: BLE001 - any garbage must end in one sentence, never a traceback
         detail = str(error).splitlines()[0][:100] if str(error) else type(error).__name__
         raise CheckpointError(
@@ -626,10 +628,8 @@ def load_checkpoint(path: str | os.PathLike, map_location: str | torch.device = 
     checkpoint = _read_torch_file(path, "birdplane checkpoint", EXPECTED_MODEL, map_location)
     if not isinstance(checkpoint, dict) or "model_state_dict" not in checkpoint or "format_version" not in checkpoint:
         held = "a bare state dict (weights without classes and settings)" if _is_state_dict(checkpoint) else "data"
-        raise CheckpointError(
-            f"{path} is a PyTorch file holding {held}, not a birdplane checkpoint (no format_version and "
-            f"model_state_dict; {EXPECTED_MODEL})."
-        )
+        lacking = f"no format_version and model_state_dict; {EXPECTED_MODEL}"
+        raise CheckpointError(f"{path} is a PyTorch file holding {held}, not a birdplane checkpoint ({lacking}).")
     problem = checkpoint_problem(checkpoint)
     if problem:
         raise CheckpointError(f"{path} {problem}.")

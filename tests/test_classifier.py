@@ -485,6 +485,12 @@ def test_csv_and_json_error_field_holds_the_reason(model_path, bad_files, tmp_pa
         ("temperature", 1e-30, "invalid temperature"),
         ("classes", ["bird", "bird", "plane", "other"], "the same class name twice"),
         ("classes", [f"c{i}" for i in range(20_000)], "20000 classes, more than the 10000"),
+        pytest.param(
+            "arch", "x" * 3_000_000, r"architecture 'x{199}… \(3,000,002 characters\) \(known: resnet18", id="long"
+        ),
+        pytest.param(
+            "mean", [0.5] * 100_000, r"mean \[0\.5, 0\.5, .{189}… \(500,000 characters\) \(three numbers", id="many"
+        ),
     ],
 )
 def test_absurd_settings_are_refused_before_anything_is_built(tmp_path, monkeypatch, field, value, message):
@@ -501,6 +507,7 @@ def test_absurd_settings_are_refused_before_anything_is_built(tmp_path, monkeypa
     with pytest.raises(CheckpointError, match=message) as refused:
         BirdPlaneSupermanClassifier(path, device="cpu")
     assert str(refused.value).startswith(str(path)) and str(refused.value).count(". ") == 0
+    assert len(str(refused.value)) < len(str(path)) + 400  # a crafted field is cut, not echoed whole
 
 
 def test_cli_refuses_an_absurd_model_with_exit_2_and_one_line(tmp_path, bad_files, capsys):

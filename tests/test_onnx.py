@@ -178,6 +178,8 @@ def test_a_crafted_tiny_graph_with_good_metadata_runs(exported: dict, tmp_path: 
         ("size.onnx", {"image_size": "32", "resize_size": "36"}, "takes inputs tensor(float)"),
         ("deep.onnx", {"classes": "[" * 100_000 + "]" * 100_000}, "has no list of class names"),
         ("arch.onnx", {"arch": "\"__import__('os')\""}, "unknown architecture"),
+        ("digits.onnx", {"image_size": "9" * 5_000}, "invalid image_size '99999"),  # too long for int(): text
+        ("long.onnx", {"arch": '"' + "x" * 3_000_000 + '"'}, "… (3,000,002 characters) (known: resnet18"),
     ],
 )
 def test_bad_and_crafted_onnx_files_are_one_sentence(
@@ -196,6 +198,7 @@ def test_bad_and_crafted_onnx_files_are_one_sentence(
     assert classifier.main([str(path), str(exported["paths"][1])]) == 2
     error = capsys.readouterr().err
     assert error.startswith(f"error: {path}") and len(error.splitlines()) == 1 and message in error, error
+    assert len(error) < len(str(path)) + 400  # a crafted field is cut, not echoed whole
 
 
 def test_cli_export_refuses_what_it_cannot_do(exported: dict, tmp_path: Path, capsys: pytest.CaptureFixture) -> None:

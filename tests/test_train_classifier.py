@@ -455,6 +455,20 @@ def test_wrong_types_in_stored_arguments_are_one_sentence(
         assert train_classifier.main([*argv, flag, "4"]) == 0
 
 
+def test_a_megabyte_in_a_stored_argument_is_cut_in_the_error_and_the_notice(
+    trained: dict, tmp_path: Path, capsys: pytest.CaptureFixture
+) -> None:
+    crafted_checkpoint(trained, tmp_path / "models", epochs="x" * 3_000_000)
+    argv = ["--resume", "--dataset-dir", str(trained["dataset"]), "--output-dir", str(tmp_path / "models")]
+    assert train_classifier.main(argv) == 2
+    error = capsys.readouterr().err.strip()
+    assert len(error) < 1000 and "--epochs 'xxxx" in error and "(3,000,002 characters)" in error
+    crafted_checkpoint(trained, tmp_path / "models", report="/" + "x" * 3_000_000)  # a path: never used, named once
+    assert train_classifier.main([*argv, "--epochs", "1"]) == 0
+    notice = [line for line in capsys.readouterr().err.splitlines() if "Not taken from" in line]
+    assert len(notice) == 1 and len(notice[0]) < 1000 and "--report '/xxxx" in notice[0]
+
+
 @pytest.mark.parametrize(
     ("key", "value"),
     [("epoch", "abc"), ("history", [{"epoch": 1, "is_best": True, "macro_f1": "x"}]), ("rng_states", {"torch": 1})],
