@@ -170,11 +170,12 @@ def line_chart_svg(title: str, epochs: Sequence[int], series: dict[str, Sequence
 
 
 def problem_order(entry: dict[str, Any]) -> tuple:
-    """Largest problems first: likely label issues by how much more probable the suggested class is, then the
+    """Largest problems first: likely label issues the most likely mislabelled first (``issue_rank_key``), then the
     highest mean loss, then the path."""
     loss = float(entry["mean_loss"]) if is_number(entry.get("mean_loss")) else 0.0
-    margin = float(entry["margin"]) if is_number(entry.get("margin")) else 0.0
-    return (not problematic_report.is_label_issue(entry), -margin, -loss, str(entry.get("path")))
+    is_issue = problematic_report.is_label_issue(entry)
+    rank = problematic_report.issue_rank_key(entry) if is_issue else (0.0, 0.0)
+    return (not is_issue, *rank, -loss, str(entry.get("path")))
 
 
 def problem_caption(entry: dict[str, Any]) -> str:
@@ -519,8 +520,10 @@ def render_problematic(page: Page, path: Path) -> tuple[str, dict[str, Any] | No
     parts.append(
         f"<p>Created {esc(report.get('created', '?'))}, method {esc(report.get('method', '?'))}, "
         f"{esc(report.get('num_images', '?'))} train images scored. "
-        f'<span class="muted">{esc(problematic_report.report_evidence_note(report))}</span></p>'
+        f'<span class="muted">{esc(problematic_report.evidence_note(str(report.get("method"))))}</span></p>'
     )
+    if weak := problematic_report.report_weak_check_note(report):
+        parts.append(f'<p class="note" id="weak-check">{esc(weak)}.</p>')
     per_class = report["problematic_images"]
     summary = report.get("summary_by_class") if isinstance(report.get("summary_by_class"), dict) else {}
     rows = "".join(

@@ -355,6 +355,7 @@ def build_problematic_report(
         "analysis_epochs": int(loss_history.shape[1]),
         "method": method,
         "evidence_note": problematic_report.evidence_note(method),
+        "check_agreement": float((probabilities.argmax(axis=1) == labels).mean()) if len(labels) else None,
         "label_issue_rule": rule,
         "cross_val_folds": int(folds.max()) + 1 if folds is not None and len(folds) else None,
         "num_images": len(labels),
@@ -654,7 +655,7 @@ def print_report(report: dict[str, Any], path: Path, dataset_dir: str) -> None:
             else:
                 flag = f"hard example, mean loss {item['mean_loss']:.3f}"
             print(f"{'':<37}   {cli.printable(item['path'])}  ({flag})")
-    print(f"Note: {report['evidence_note']}.")
+    print(f"Note: {problematic_report.report_evidence_note(report)}.")
     review = ["python review_problematic_images.py"]
     if path.resolve().parent != Path(dataset_dir).resolve():
         review += ["--report", str(path), "--dataset-dir", str(dataset_dir)]

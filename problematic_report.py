@@ -21,6 +21,9 @@ before every image's probabilities were kept, is still read):
                        (--cross-val-folds K: a network that never trained on the image; older trainers wrote
                        "cross_validation") or "in-sample" (version 1 only: the network itself)
     evidence_note      one sentence saying how much weight the label-issue flags carry
+    check_agreement    the share of images whose most probable class, in the probabilities the rule read, is the
+                       given one (0 to 1; optional: older reports lack it); under WEAK_CHECK_AGREEMENT the readers say
+                       the check is weak (``weak_check_note``)
     label_issue_rule   "prune_by_noise_rate" or "confident_learning" (cleanlab's rules; version 2)
     cross_val_folds    K or null
     num_images         images analysed
@@ -64,6 +67,10 @@ LINEAR_NOTE = (
 LINEAR_OUT_OF_FOLD = "linear-out-of-fold"  # the default analysis: a logistic regression's out-of-fold probabilities
 OUT_OF_FOLD_METHODS = ("out-of-fold", "cross_validation", LINEAR_OUT_OF_FOLD)  # "cross_validation": older trainers
 
+# Under this out-of-fold agreement with the given labels the label check is weak: with 5% of labels planted wrong,
+# every check measured (real photos agreeing 0.49 to 0.80, generated images 0.64 to 0.65) found most planted mislabels
+# (recall 0.67 to 0.98), but only 11% to 27% of what it flagged was mislabelled (BENCHMARKS.md, "Label issues").
+WEAK_CHECK_AGREEMENT = 0.9
 DECISIONS_TYPE = "problematic_review_decisions"  # what review_problematic_images.py --apply-decisions reads
 DECISIONS_SCHEMA_VERSION = 1  # bump when the decisions layout changes; other versions are refused
 DECISIONS_FILE_NAME = "problematic_review_decisions.json"  # beside the report (a rerun resumes it); the page's download
@@ -81,14 +88,51 @@ def is_out_of_fold(report: dict[str, Any]) -> bool:
     return report.get("method") in OUT_OF_FOLD_METHODS
 
 
+def weak_check_note(agreement: Any, flagged: int, images: int) -> str | None:
+    """The caution shown beside the flags when the check is weak (``agreement`` under WEAK_CHECK_AGREEMENT), with
+    its numbers; None when it is not, or when ``agreement`` is unknown (a report from before it was kept)."""
+    if not _is_number(agreement) or not 0 <= agreement < WEAK_CHECK_AGREEMENT:
+        return None
+    share = f" ({flagged / images:.0%} of {images:,})" if images > 0 else ""
+    return (
+        f"the check is weak here: its classifier agrees with only {agreement:.0%} of the given labels, so many of the "
+        f"{flagged:,} flagged images{share} are probably labelled right (measured with 5% of labels planted wrong: "
+        "checks under 90% agreement flagged 3 to 8 correctly labelled images for each mislabelled one); look at them "
+        "in the order shown, most likely first; pretrained features (--weights imagenet or FILE) sharpen the check"
+    )
+
+
+def report_weak_check_note(report: dict[str, Any]) -> str | None:
+    """``weak_check_note`` of a loaded report, as a sentence of its own (capitalised); None for a sharp check."""
+    summary = report.get("summary_by_class")
+    flagged = sum(
+        stats.get("label_issues", 0)
+        for stats in (summary.values() if isinstance(summary, dict) else ())
+        if isinstance(stats, dict) and _is_number(stats.get("label_issues"))
+    )
+    images = report.get("num_images") if _is_number(report.get("num_images")) else 0
+    weak = weak_check_note(report.get("check_agreement"), int(flagged), int(images))
+    return f"{weak[0].upper()}{weak[1:]}" if weak else None
+
+
 def report_evidence_note(report: dict[str, Any]) -> str:
-    """``evidence_note`` of a loaded report: how far its label-issue flags can be trusted."""
-    return evidence_note(str(report.get("method")))
+    """``evidence_note`` of a loaded report: how far its label-issue flags can be trusted, with the weak-check
+    caution when its classifier agreed with too few of the given labels."""
+    note, weak = evidence_note(str(report.get("method"))), report_weak_check_note(report)
+    return f"{note}. {weak}" if weak else note
 
 
 def label_probability(entry: dict[str, Any]) -> Any:
     """An entry's probability of its labelled class: at the last analysis epoch, or out of fold (None when absent)."""
     return entry.get("given_label_probability", entry.get("last_probability"))
+
+
+def issue_rank_key(entry: dict[str, Any]) -> tuple[float, float]:
+    """The order label issues are shown in, the most likely mislabelled first: the lowest probability of the given
+    class (cleanlab's default ranking, self-confidence: as many or more mislabels among the first flags than the
+    largest margin first in every run measured, BENCHMARKS.md), then the largest margin over it."""
+    given, margin = label_probability(entry), entry.get("margin")
+    return (float(given) if _is_number(given) else 1.0, -float(margin) if _is_number(margin) else 0.0)
 
 
 def suggested_class(entry: dict[str, Any]) -> str | None:
@@ -175,6 +219,9 @@ def validate_report(data: Any) -> dict[str, Any]:
     dataset_dir = data.get("dataset_dir")
     if dataset_dir is not None and not isinstance(dataset_dir, str):
         raise ReportError("its 'dataset_dir' is not text")
+    agreement = data.get("check_agreement")
+    if agreement is not None and not (_is_number(agreement) and 0 <= agreement <= 1):
+        raise ReportError("its 'check_agreement' is not a number from 0 to 1")
     return data
 
 

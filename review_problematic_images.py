@@ -50,6 +50,7 @@ from problematic_report import (
     DEFAULT_NAME,
     is_label_issue,
     is_out_of_fold,
+    issue_rank_key,
     label_probability,
     load_report,
     report_evidence_note,
@@ -83,14 +84,14 @@ def select_entries(
     report: dict[str, Any], classes: Sequence[str] | None = None, only_label_issues: bool = False
 ) -> list[dict[str, Any]]:
     """The report's entries of the chosen classes (all if None), class by class in report order: first the class's
-    likely label issues, the most probable other class first, then (unless ``only_label_issues``) its hard
-    examples, highest rank first."""
+    likely label issues, the most likely mislabelled first (``issue_rank_key``), then (unless ``only_label_issues``)
+    its hard examples, highest rank first."""
     selected = []
     for class_name in [name for name in report["classes"] if classes is None or name in classes]:
         entries = report["problematic_images"].get(class_name, [])
         ordered = [entry for _, entry in sorted(enumerate(entries), key=lambda p: (p[1].get("rank", p[0] + 1), p[0]))]
         issues = [entry for entry in ordered if is_label_issue(entry)]
-        selected += sorted(issues, key=lambda entry: -float(entry.get("margin") or 0.0))
+        selected += sorted(issues, key=issue_rank_key)
         selected += [] if only_label_issues else [entry for entry in ordered if not is_label_issue(entry)]
     return selected
 

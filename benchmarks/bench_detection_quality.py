@@ -224,9 +224,13 @@ class LabelledSet(NamedTuple):
     is_flipped: np.ndarray
 
 
-def labelled_photos(folder: Path, per_class: int, seed: int) -> tuple[list[Path], list[str], np.ndarray]:
-    """Up to ``per_class`` photos from each class folder of ``folder`` (seeded choice), their classes, labels."""
+def labelled_photos(
+    folder: Path, per_class: int, seed: int, only: Sequence[str] | None = None
+) -> tuple[list[Path], list[str], np.ndarray]:
+    """Up to ``per_class`` photos from each class folder of ``folder`` (seeded choice; the ``only`` classes when
+    given), their classes, labels."""
     classes = sorted(path.name for path in folder.iterdir() if path.is_dir() and not path.name.startswith("."))
+    classes = [name for name in classes if not only or name in only]
     rng = random.Random(seed)
     paths, labels = [], []
     for index, name in enumerate(classes):
@@ -307,16 +311,16 @@ def peer_label_issues(pixels: np.ndarray, given: np.ndarray, seed: int) -> np.nd
     return find_label_issues(given, probabilities)
 
 
-def ours_by_analysis(pixels: np.ndarray, given: np.ndarray, seed: int) -> np.ndarray:
+def ours_by_analysis(pixels: np.ndarray, given: np.ndarray, seed: int) -> tuple[np.ndarray, np.ndarray]:
     """Our out-of-fold analysis as the trainer runs it without pretrained weights: problematic_analysis's label
-    issues from its label-independent pixel features."""
+    issues from its label-independent pixel features, and the out-of-fold probabilities they came from."""
     import torch  # noqa: PLC0415
 
     import problematic_analysis  # noqa: PLC0415 - imports torch
 
     images = torch.from_numpy(pixels).permute(0, 3, 1, 2).contiguous()
     features = problematic_analysis.pixel_features(images).numpy()
-    return problematic_analysis.label_issues_from_features([features], given, seed=seed)[0]
+    return problematic_analysis.label_issues_from_features([features], given, seed=seed)
 
 
 def ours_by_trainer(
@@ -431,8 +435,9 @@ def bench_label_issues(
 
         method = "analysis" if hasattr(problematic_analysis, "label_issues_from_features") else "trainer"
     wall, cpu = time.perf_counter(), cpu_seconds()
+    probabilities = None
     if method == "analysis":
-        flagged = ours_by_analysis(pixels, given, args.seed)
+        flagged, probabilities = ours_by_analysis(pixels, given, args.seed)
         label = "ours: out-of-fold analysis (problematic_analysis.label_issues_from_features, pixel features)"
     else:
         flagged = ours_by_trainer(paths, classes, given, args.seed, args.epochs)
@@ -453,6 +458,29 @@ def bench_label_issues(
     for label, flagged, wall, cpu in rows:
         count, precision, recall = precision_recall(flagged, is_flipped)
         print(f"| {label} | {count} | {precision:.2f} | {recall:.2f} | {wall:.1f} | {cpu:.1f} |")
+    if probabilities is not None:
+        print_check_strength(probabilities, given, flagged_by_ours=rows[0][1], is_flipped=is_flipped)
+
+
+def print_check_strength(
+    probabilities: np.ndarray, given: np.ndarray, flagged_by_ours: np.ndarray, is_flipped: np.ndarray
+) -> None:
+    """The check's out-of-fold agreement with the given labels (what the report keeps as check_agreement), and how
+    many mislabels the first 5% of the flags hold in the readers' order against the largest-margin order."""
+    import problematic_report  # noqa: PLC0415
+
+    agreement = float((probabilities.argmax(axis=1) == given).mean())
+    weak = " (weak: the readers say so)" if agreement < problematic_report.WEAK_CHECK_AGREEMENT else ""
+    print(f"check_agreement {agreement:.3f}{weak}")
+    rows = np.arange(len(given))
+    own = probabilities[rows, given]
+    others = probabilities.copy()
+    others[rows, given] = -np.inf
+    margin = others.max(axis=1) - own
+    flagged, first = np.flatnonzero(flagged_by_ours), max(1, round(0.05 * len(given)))
+    for name, order in (("lowest p(given) first (the readers' order)", own), ("largest margin first", -margin)):
+        chosen = flagged[np.argsort(order[flagged], kind="stable")][:first]
+        print(f"first {len(chosen)} flags, {name}: precision {is_flipped[chosen].mean():.3f}")
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -490,6 +518,7 @@ def get_args_parser(add_help: bool = True) -> argparse.ArgumentParser:
         "--thresholds", type=int, nargs="*", default=[14], help="more thresholds of ours to run (default: 14)"
     )
     parser.add_argument("--per-class", type=int, default=60, help="images per class for the label issues (default: 60)")
+    parser.add_argument("--classes", nargs="+", help="only these class folders of --labelled (default: all)")
     parser.add_argument(
         "--flip-fraction", type=float, default=0.05, help="share of images moved to a wrong class (default: 0.05)"
     )
@@ -528,7 +557,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         bench_near_copies(photos, args)
     if args.only in (None, "labels"):
         if args.labelled and not args.generated:
-            paths, classes, labels = labelled_photos(args.labelled, args.per_class, args.seed)
+            paths, classes, labels = labelled_photos(args.labelled, args.per_class, args.seed, args.classes)
         else:
             paths, classes, labels = generated_labelled(OUT_DIR / "generated_labelled", 6, args.per_class)
         bench_label_issues(paths, classes, labels, args)

@@ -22,6 +22,7 @@ import problematic_analysis
 import problematic_report
 import review_problematic_images
 import train_classifier
+from fileio import ReportError
 
 SIZE = (32, 32)
 CLASSES = ("bird", "plane", "superman")  # colours of conftest.CLASS_COLOURS: red, green, blue
@@ -234,6 +235,22 @@ def test_report_keeps_top_n_plus_every_label_issue_and_reads_back() -> None:
     assert summary["highest_mean_loss"] == pytest.approx(2.5)
     assert summary["average_mean_loss"] == pytest.approx(loss_history[:6].mean())
     assert report["analysis_epochs"] == 3 and report["num_images"] == 12
+    assert report["check_agreement"] == pytest.approx(11 / 12)  # image 5's most probable class is not its label
+    assert "weak" not in problematic_report.report_evidence_note(report)  # 92% agreement: a sharp check
+    for bad in ("high", 1.5, -0.1, True):
+        with pytest.raises(ReportError, match="'check_agreement' is not a number from 0 to 1"):
+            problematic_report.validate_report({**report, "check_agreement": bad})
+
+
+def test_a_weak_check_says_so_with_its_numbers_and_a_sharp_one_says_nothing() -> None:
+    note = problematic_report.weak_check_note(0.523, 564, 1435)
+    assert note is not None and "agrees with only 52% of the given labels" in note
+    assert "564 flagged images (39% of 1,435)" in note and "--weights imagenet" in note
+    assert problematic_report.weak_check_note(0.95, 3, 1435) is None
+    assert problematic_report.weak_check_note(None, 564, 1435) is None  # a report from before the field
+    report = {"method": problematic_analysis.LINEAR_OUT_OF_FOLD, "num_images": 1435, "check_agreement": 0.523,
+              "summary_by_class": {"a": {"label_issues": 500}, "b": {"label_issues": 64}}}  # fmt: skip
+    assert problematic_report.report_evidence_note(report).endswith("another class. " + note[0].upper() + note[1:])
 
 
 def test_analysis_flags_need_detect_problematic_and_sane_values(capsys: pytest.CaptureFixture[str]) -> None:

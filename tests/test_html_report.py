@@ -258,6 +258,20 @@ def test_the_problematic_section_reads_the_report_as_the_reviewer_does(setup) ->
     assert problematic_report.is_out_of_fold(report) and problematic_report.label_probability(entry) == 0.42
 
 
+def test_a_weak_label_check_is_said_beside_its_flags_on_the_page_and_in_the_summary(setup, capsys) -> None:
+    path = setup["dataset"] / problematic_report.DEFAULT_NAME
+    report = json.loads(path.read_text(encoding="utf-8"))
+    report["summary_by_class"] = {"bird": {"label_issues": 2}, "plane": {"label_issues": 1}}
+    for agreement, is_weak in ((0.45, True), (0.97, False)):
+        fileio.write_json(path, {**report, "check_agreement": agreement})
+        assert make_page(setup) == 0
+        page = setup["page"].read_text(encoding="utf-8")
+        assert review_problematic_images.main(["--report-path", str(path), "--mode", "summary"]) == 0
+        summary = capsys.readouterr().out
+        caution = "The check is weak here: its classifier agrees with only 45% of the given labels, so many of the 3"
+        assert (caution in page) is is_weak and (caution in summary) is is_weak
+
+
 def test_paths_outside_the_dataset_are_never_linked_read_or_offered(setup, tmp_path: Path) -> None:
     dataset = setup["dataset"]
     outside = tmp_path / "outside"
