@@ -90,15 +90,16 @@ def is_out_of_fold(report: dict[str, Any]) -> bool:
 
 def weak_check_note(agreement: Any, flagged: int, images: int) -> str | None:
     """The caution shown beside the flags when the check is weak (``agreement`` under WEAK_CHECK_AGREEMENT), with
-    its numbers; None when it is not, or when ``agreement`` is unknown (a report from before it was kept)."""
-    if not _is_number(agreement) or not 0 <= agreement < WEAK_CHECK_AGREEMENT:
+    its numbers; None when it is not, when nothing was flagged, or when ``agreement`` is unknown (a report from before
+    it was kept)."""
+    if not _is_number(agreement) or not 0 <= agreement < WEAK_CHECK_AGREEMENT or flagged <= 0:
         return None
     share = f" ({flagged / images:.0%} of {images:,})" if images > 0 else ""
     return (
-        f"the check is weak here: its classifier agrees with only {agreement:.0%} of the given labels, so many of the "
-        f"{flagged:,} flagged images{share} are probably labelled right (measured with 5% of labels planted wrong: "
-        "checks under 90% agreement flagged 3 to 8 correctly labelled images for each mislabelled one); look at them "
-        "in the order shown, most likely first; pretrained features (--weights imagenet or FILE) sharpen the check"
+        f"the check is weak here: its classifier agrees with only {agreement:.0%} of the given labels, and checks that "
+        "weak flagged 3 to 8 correctly labelled images for each mislabelled one (measured with 5% of labels planted "
+        f"wrong); expect most of the {flagged:,} flagged images{share} to be labelled right, look at them in the order "
+        "shown (most likely first), and use pretrained features (--weights imagenet or FILE) for a sharper check"
     )
 
 

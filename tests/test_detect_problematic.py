@@ -248,6 +248,7 @@ def test_a_weak_check_says_so_with_its_numbers_and_a_sharp_one_says_nothing() ->
     assert "564 flagged images (39% of 1,435)" in note and "--weights imagenet" in note
     assert problematic_report.weak_check_note(0.95, 3, 1435) is None
     assert problematic_report.weak_check_note(None, 564, 1435) is None  # a report from before the field
+    assert problematic_report.weak_check_note(0.523, 0, 1435) is None  # nothing flagged: nothing to caution about
     report = {"method": problematic_analysis.LINEAR_OUT_OF_FOLD, "num_images": 1435, "check_agreement": 0.523,
               "summary_by_class": {"a": {"label_issues": 500}, "b": {"label_issues": 64}}}  # fmt: skip
     assert problematic_report.report_evidence_note(report).endswith("another class. " + note[0].upper() + note[1:])
