@@ -24,6 +24,8 @@ from problematic_report import is_out_of_fold, label_probability, report_evidenc
 
 THUMBNAIL_SIZE = 160  # pixels of the longer side in the grid: enough to judge a label, small enough for 40 a page
 GRID_COLUMNS = 8  # thumbnails per grid row
+NOTE_LINE_INCHES = 0.13  # one line of the 7 pt note under the grid, with its spacing
+CAPTION_INCHES = 0.6  # the four 7 pt caption lines above each thumbnail of the grid
 GRID_IMAGES_PER_PAGE = 48  # more per figure makes the thumbnails too small to judge; extra pages go to more files
 CAPTION_NAME_CHARACTERS = 24  # a longer file name under a thumbnail runs into its neighbour's
 TRAJECTORY_LEGEND_MAX_LINES = 12  # above this a legend of file names hides the lines it labels
@@ -145,7 +147,11 @@ def build_grid_figure(
     num_classes, out_of_fold = len(report["classes"]), is_out_of_fold(report)
     columns = max(1, min(GRID_COLUMNS, len(entries)))
     rows = max(1, math.ceil(len(entries) / columns))
-    figure, axes = plt.subplots(rows, columns, figsize=(columns * 2.2, rows * 2.9 + 0.9), squeeze=False)
+    width = max(columns * 2.2, 6.6)  # inches; never so narrow that the title, legend and note are cut
+    note = textwrap.wrap(f"Note: {report_evidence_note(report)}.", min(150, int(width * 18)))
+    footer = len(note) * NOTE_LINE_INCHES + 0.45  # the note's lines, then the legend above them (inches)
+    height = rows * (2.3 + CAPTION_INCHES) + 0.35 + footer
+    figure, axes = plt.subplots(rows, columns, figsize=(width, height), squeeze=False)
     for axis in axes.flat:
         axis.set_axis_off()
     for axis, entry, (image, reason) in zip(axes.flat, entries, thumbnails):
@@ -161,11 +167,16 @@ def build_grid_figure(
         plt.setp(list(axis.spines.values()), edgecolor=colour, linewidth=4)
         axis.set_title(grid_caption(entry, out_of_fold), fontsize=7, color=colour)
     figure.suptitle(title, fontsize=10)
-    note = "\n".join(textwrap.wrap(f"Note: {report_evidence_note(report)}.", 150))
-    figure.text(0.5, 0.005, note, ha="center", va="bottom", fontsize=7, style="italic")
+    figure.text(0.5, 0.005, "\n".join(note), ha="center", va="bottom", fontsize=7, style="italic")
     legend = figure.legend(handles=severity_handles(num_classes), loc="lower center", ncol=3, fontsize=7)
-    legend.set_bbox_to_anchor((0.5, 0.035), transform=figure.transFigure)
-    figure.tight_layout(rect=(0, 0.08, 1, 0.96))
+    legend.set_bbox_to_anchor((0.5, (len(note) * NOTE_LINE_INCHES + 0.05) / height), transform=figure.transFigure)
+    # Placed by hand, in inches: tight_layout measured the axes before imshow's square aspect shrank them, so a second
+    # row's captions covered the first row's pictures. Each row: its captions, then the picture.
+    top, bottom = 1 - (0.35 + CAPTION_INCHES) / height, footer / height
+    axes_height = ((top - bottom) * height - (rows - 1) * CAPTION_INCHES) / rows
+    figure.subplots_adjust(
+        left=0.01, right=0.99, top=top, bottom=bottom, wspace=0.08, hspace=CAPTION_INCHES / axes_height
+    )
     return figure
 
 

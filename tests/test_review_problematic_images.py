@@ -616,6 +616,27 @@ def test_grid_and_summary_print_the_evidence_note(
         assert problematic_report.evidence_note(method).startswith("out-of-fold flags")
 
 
+@pytest.mark.parametrize("count", [1, 12])
+def test_grid_captions_legend_and_a_long_note_never_cover_a_picture_or_leave_the_figure(
+    reviewed: tuple[Path, Path, dict[str, Any]], count: int
+) -> None:
+    _, _, report = reviewed
+    report = {**report, "method": "linear-out-of-fold", "check_agreement": 0.5, "num_images": 12}  # the weak note
+    entries = (review.select_entries(report) * 4)[:count]
+    plt = figures.import_pyplot(headless=True)
+    figure = figures.build_grid_figure(plt, entries, [(None, "unreadable")] * count, report, "title")
+    figure.canvas.draw()
+    renderer, inside = figure.canvas.get_renderer(), figure.bbox
+    pictures = [axis.get_window_extent() for axis in figure.axes if axis.images]
+    captions = [axis.title.get_window_extent(renderer) for axis in figure.axes if axis.images]
+    words = [text.get_window_extent(renderer) for text in [*figure.texts, figure.legends[0]]]
+    plt.close(figure)
+    assert len(pictures) == count
+    for box in [*captions, *words]:
+        assert inside.x0 - 1 <= box.x0 and box.x1 <= inside.x1 + 1 and inside.y0 - 1 <= box.y0, box
+        assert not any(box.overlaps(picture) for picture in pictures), box
+
+
 def test_png_is_written_with_ordinary_permissions(reviewed: tuple[Path, Path, dict[str, Any]], tmp_path: Path) -> None:
     _, report_path, _ = reviewed
     umask = os.umask(0o022)
