@@ -230,28 +230,40 @@ def host_and_port(url: str) -> tuple[str, int] | None:
 # ------------------------------------------------------------------------------------------------------ network
 
 
+_lookups: dict[tuple[str, int], tuple[threading.Event, list[Any]]] = {}  # (host, port) -> its lookup in flight
+_lookups_lock = threading.Lock()
+
+
 def resolve(host: str, port: int, timeout_s: float, is_cancelled: Callable[[], bool] = lambda: False) -> list[Any]:
     """``socket.getaddrinfo`` for a TCP connection to ``host:port``, given up after ``timeout_s`` or on cancel.
 
     The system resolver may wait far longer than any timeout asked for (several servers, retries), and a lookup cannot
-    be interrupted: it runs in a daemon thread, which is left to finish on its own when the caller stops waiting.
-    Raises ``socket.gaierror`` for a name that does not resolve, ``TimeoutError`` for a lookup that did not answer.
+    be interrupted: it runs in a daemon thread, which is left to finish on its own when the caller stops waiting. A
+    lookup of the same name already in flight is waited for instead of started again, so a name server that never
+    answers holds one thread per name, not one per URL. Raises ``socket.gaierror`` for a name that does not resolve,
+    ``TimeoutError`` for a lookup that did not answer.
     """
     with contextlib.suppress(ValueError):
         ipaddress.ip_address(host.strip("[]"))
         return socket.getaddrinfo(host.strip("[]"), port, type=socket.SOCK_STREAM)  # a literal address: no lookup
-    outcome: list[Any] = []
-    done = threading.Event()
+    key = (host, port)
+    with _lookups_lock:
+        done, outcome = _lookups.get(key) or (threading.Event(), [])
+        is_new = key not in _lookups
+        _lookups[key] = (done, outcome)
 
     def lookup() -> None:
         try:
             outcome.append(socket.getaddrinfo(host, port, type=socket.SOCK_STREAM))
-        except Exception as error:  # noqa: BLE001 - handed to the caller whatever it is
+        except Exception as error:  # noqa: BLE001 - handed to the callers whatever it is
             outcome.append(error)
         finally:
+            with _lookups_lock:
+                _lookups.pop(key, None)
             done.set()
 
-    threading.Thread(target=lookup, name="dns-lookup", daemon=True).start()
+    if is_new:
+        threading.Thread(target=lookup, name="dns-lookup", daemon=True).start()
     give_up_at = time.monotonic() + timeout_s
     while not done.wait(min(WATCHDOG_POLL_S, max(0.0, give_up_at - time.monotonic()))):
         if time.monotonic() >= give_up_at or is_cancelled():

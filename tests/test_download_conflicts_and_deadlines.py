@@ -18,6 +18,7 @@ from pathlib import Path
 
 import detect_duplicates_by_filesize
 import download_images
+import image_fetch
 import pytest
 import remove_duplicates
 from _download_helpers import FakeSearch, ImageServer, Route, encode_good_image, good_routes
@@ -115,6 +116,28 @@ def hung_dns(monkeypatch: pytest.MonkeyPatch) -> Iterator[list[str]]:
     monkeypatch.setattr(socket, "getaddrinfo", getaddrinfo)
     yield asked
     release.set()
+    deadline = time.monotonic() + 5
+    while image_fetch._lookups and time.monotonic() < deadline:  # the abandoned lookups end: none joins the next test
+        time.sleep(0.01)
+
+
+def test_a_hung_name_holds_one_lookup_however_many_downloads_wait_for_it(hung_dns: list[str]) -> None:
+    failures: list[BaseException] = []
+
+    def wait() -> None:
+        try:
+            image_fetch.resolve("same.hung", 80, 0.3)
+        except TimeoutError as error:
+            failures.append(error)
+
+    threads = [threading.Thread(target=wait) for _ in range(10)]
+    started = time.monotonic()
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert len(failures) == 10 and time.monotonic() - started < 0.3 + SLACK_S
+    assert hung_dns.count("same.hung") == 1  # one thread blocked in the resolver, not ten
 
 
 def test_a_dns_lookup_that_never_answers_costs_one_url_within_the_timeout(tmp_path: Path, hung_dns: list[str]) -> None:
