@@ -105,14 +105,17 @@ def weak_check_note(agreement: Any, flagged: int, images: int) -> str | None:
 
 def report_weak_check_note(report: dict[str, Any]) -> str | None:
     """``weak_check_note`` of a loaded report, as a sentence of its own (capitalised); None for a sharp check."""
+
+    def count(value: Any) -> int:  # a count the trainer wrote; anything else (a crafted 1e308, text) counts 0
+        return value if isinstance(value, int) and not isinstance(value, bool) and value >= 0 else 0
+
     summary = report.get("summary_by_class")
     flagged = sum(
-        stats.get("label_issues", 0)
+        count(stats.get("label_issues"))
         for stats in (summary.values() if isinstance(summary, dict) else ())
-        if isinstance(stats, dict) and _is_number(stats.get("label_issues"))
+        if isinstance(stats, dict)
     )
-    images = report.get("num_images") if _is_number(report.get("num_images")) else 0
-    weak = weak_check_note(report.get("check_agreement"), int(flagged), int(images))
+    weak = weak_check_note(report.get("check_agreement"), flagged, count(report.get("num_images")))
     return f"{weak[0].upper()}{weak[1:]}" if weak else None
 
 

@@ -252,6 +252,12 @@ def test_a_weak_check_says_so_with_its_numbers_and_a_sharp_one_says_nothing() ->
     report = {"method": problematic_analysis.LINEAR_OUT_OF_FOLD, "num_images": 1435, "check_agreement": 0.523,
               "summary_by_class": {"a": {"label_issues": 500}, "b": {"label_issues": 64}}}  # fmt: skip
     assert problematic_report.report_evidence_note(report).endswith("another class. " + note[0].upper() + note[1:])
+    crafted = {**report, "num_images": 1e308, "summary_by_class": {"a": {"label_issues": 1e308}, "b": "x", "c": {}}}
+    assert problematic_report.report_weak_check_note(crafted) is None  # counts that are not counts: nothing flagged
+    crafted["summary_by_class"]["d"] = {"label_issues": 7}
+    assert "expect most of the 7 flagged images to be labelled right" in problematic_report.report_weak_check_note(
+        crafted
+    )
 
 
 def test_analysis_flags_need_detect_problematic_and_sane_values(capsys: pytest.CaptureFixture[str]) -> None:
