@@ -169,7 +169,8 @@ def test_a_resolver_that_never_answers_is_no_network_in_one_sentence_within_seco
     assert status == 2 and elapsed < 2 + SLACK_S, f"took {elapsed:.1f} s with --timeout 1"
     first = err.removeprefix("error: no network: cannot reach ")[:9]  # the URL that failed first: any of the three
     assert first in ("img0.hung", "img1.hung", "img2.hung")
-    assert err == f"error: no network: cannot reach {first} or any of 2 other hosts; connect, or check the URLs in {urls}"
+    expected = f"error: no network: cannot reach {first} or any of 2 other hosts; connect, or check the URLs in {urls}"
+    assert err == expected
 
 
 def test_cancel_ends_a_download_waiting_on_a_dns_lookup_at_once(hung_dns: list[str]) -> None:
