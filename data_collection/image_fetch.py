@@ -34,7 +34,7 @@ from PIL import Image, UnidentifiedImageError
 from requests.adapters import HTTPAdapter
 from urllib3.connection import HTTPConnection, HTTPSConnection
 from urllib3.connectionpool import HTTPConnectionPool, HTTPSConnectionPool
-from urllib3.exceptions import NameResolutionError, NewConnectionError, ReadTimeoutError
+from urllib3.exceptions import ConnectTimeoutError, NameResolutionError, NewConnectionError, ReadTimeoutError
 
 DEFAULT_TIMEOUT_S = 10.0  # for one whole download: a 5 MB photo at 4 Mbit/s, with room to connect
 # The whole-request deadline is --timeout plus this: a silent server meets the per-read --timeout first (a plain
@@ -412,7 +412,7 @@ class _DeadlineConnectionMixin:
                 self._dns_host = address
                 try:
                     return super()._new_conn()  # type: ignore[misc]
-                except NewConnectionError as error:  # a timeout or a refusal: try the next address, as urllib3 does
+                except ConnectTimeoutError as error:  # a timeout or a refusal: try the next address, as urllib3 does
                     failure = error
         finally:
             self._dns_host = host

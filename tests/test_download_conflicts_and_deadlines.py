@@ -173,6 +173,21 @@ def test_a_resolver_that_never_answers_is_no_network_in_one_sentence_within_seco
     assert err == expected
 
 
+def test_a_name_with_two_addresses_is_fetched_from_the_one_that_answers(monkeypatch: pytest.MonkeyPatch) -> None:
+    real = socket.getaddrinfo
+
+    def getaddrinfo(host: str, port: object, *args: object, **options: object) -> object:
+        if host == "two.test":  # nothing listens on 127.0.0.2 (refused at once), the server is on 127.0.0.1
+            return [*real("127.0.0.2", port, *args, **options), *real("127.0.0.1", port, *args, **options)]
+        return real(host, port, *args, **options)
+
+    monkeypatch.setattr(socket, "getaddrinfo", getaddrinfo)
+    with ImageServer({"/a.png": Route(png(0, 1), content_type="image/png")}) as server:
+        url = server.url("/a.png").replace("127.0.0.1", "two.test")
+        result = Fetcher(FetchLimits(timeout_s=5, retries=0, min_size=32)).fetch(Candidate("bird", url, "urls-file"))
+    assert result.reason is None and result.data == png(0, 1)
+
+
 def test_cancel_ends_a_download_waiting_on_a_dns_lookup_at_once(hung_dns: list[str]) -> None:
     fetcher = Fetcher(FetchLimits(timeout_s=60))
     threading.Timer(0.3, fetcher.cancel).start()  # Ctrl-C
