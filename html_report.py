@@ -60,7 +60,7 @@ FILTER_CATEGORIES = (
     ("copies", "plain copies"),
     ("leak", "train/val leaks"),
     ("conflict", "label conflicts"),
-    ("label-issue", "likely label issues"),
+    ("label-issue", "label issues"),
     ("hard", "hard examples"),
     ("error", "confident val mistakes"),
 )
@@ -178,16 +178,17 @@ def problem_order(entry: dict[str, Any]) -> tuple:
     return (not is_issue, *rank, -loss, str(entry.get("path")))
 
 
-def problem_caption(entry: dict[str, Any]) -> str:
+def problem_caption(entry: dict[str, Any], likely: str = "likely") -> str:
     """A card's words: a label issue names the class the evidence prefers, with both probabilities; a hard example
-    names only its own class (a suggestion appears only when that class is more probable than the given one)."""
+    names only its own class (a suggestion appears only when that class is more probable than the given one).
+    ``likely``: "possible" for the flags of a weak check (``problematic_report.issue_word``)."""
     given, probability = entry.get("class"), fmt(problematic_report.label_probability(entry), 2)
     suggested = problematic_report.suggested_class(entry)
     losses = f"mean loss {fmt(entry.get('mean_loss'))}"
     if problematic_report.is_label_issue(entry) and suggested is not None:
         other = fmt((entry.get("probabilities") or {}).get(suggested), 2)
         return (
-            f'<div><span class="badge issue">likely label issue</span> labelled {esc(given)}, more likely '
+            f'<div><span class="badge issue">{likely} label issue</span> labelled {esc(given)}, more likely '
             f"<b>{esc(suggested)}</b></div><div>p({esc(suggested)}) {other} &gt; p({esc(given)}) {probability}, "
             f"{losses}</div>"
         )
@@ -524,6 +525,7 @@ def render_problematic(page: Page, path: Path) -> tuple[str, dict[str, Any] | No
     )
     if weak := problematic_report.report_weak_check_note(report):
         parts.append(f'<p class="note" id="weak-check">{esc(weak)}.</p>')
+    likely = problematic_report.issue_word(report)  # "possible" for a weak check's flags
     per_class = report["problematic_images"]
     summary = report.get("summary_by_class") if isinstance(report.get("summary_by_class"), dict) else {}
     rows = "".join(
@@ -534,7 +536,7 @@ def render_problematic(page: Page, path: Path) -> tuple[str, dict[str, Any] | No
         for name in classes
     )
     parts.append(
-        '<table class="small"><tr><th>class</th><th>likely label issues</th><th>hard examples listed</th>'
+        f'<table class="small"><tr><th>class</th><th>{likely} label issues</th><th>hard examples listed</th>'
         f"<th>average mean loss</th></tr>{rows}</table>"
     )
     rule = report.get("label_issue_rule", "confident learning")
@@ -544,7 +546,8 @@ def render_problematic(page: Page, path: Path) -> tuple[str, dict[str, Any] | No
         missing += shown.problem == "no longer on disk"
         is_issue = problematic_report.is_label_issue(entry)
         spark = f'<div class="sparkwrap">{sparkline_svg(entry.get("losses") or [], reference)}</div>'
-        card = render_card(page, shown, problem_caption(entry), ("label-issue",) if is_issue else ("hard",), spark)
+        caption = problem_caption(entry, likely)
+        card = render_card(page, shown, caption, ("label-issue",) if is_issue else ("hard",), spark)
         (issue_cards if is_issue else hard_cards).append(card)
     if missing:
         parts.append(
@@ -552,7 +555,7 @@ def render_problematic(page: Page, path: Path) -> tuple[str, dict[str, Any] | No
             "report was written); the train stage writes a current one.</p>"
         )
     parts.append(
-        f'<h3>Likely label issues ({len(issue_cards)})</h3><p class="muted">The rule ({esc(rule)}) '
+        f'<h3>{likely.capitalize()} label issues ({len(issue_cards)})</h3><p class="muted">The rule ({esc(rule)}) '
         "fired: the evidence prefers another class. Relabel, delete or keep each.</p>"
         f'<div class="cards" id="problem-cards">{"".join(issue_cards)}</div>'
         f'<details id="hard-examples"><summary>Hard examples ({len(hard_cards)}): the highest losses whose label is '
@@ -560,7 +563,7 @@ def render_problematic(page: Page, path: Path) -> tuple[str, dict[str, Any] | No
         f'<div class="cards" id="hard-cards">{"".join(hard_cards)}</div></details></section>'
     )
     page.glance["problematic"] = (
-        f"{plural(len(issue_cards), 'likely label issue')} ({plural(len(hard_cards), 'hard example')} listed apart)"
+        f"{plural(len(issue_cards), f'{likely} label issue')} ({plural(len(hard_cards), 'hard example')} listed apart)"
     )
     return "".join(parts), report
 

@@ -119,6 +119,11 @@ def report_weak_check_note(report: dict[str, Any]) -> str | None:
     return f"{weak[0].upper()}{weak[1:]}" if weak else None
 
 
+def issue_word(report: dict[str, Any]) -> str:
+    """How the readers name a flag: "likely label issue", or "possible label issue" when the check is weak."""
+    return "possible" if report_weak_check_note(report) else "likely"
+
+
 def report_evidence_note(report: dict[str, Any]) -> str:
     """``evidence_note`` of a loaded report: how far its label-issue flags can be trusted, with the weak-check
     caution when its classifier agreed with too few of the given labels."""

@@ -51,6 +51,7 @@ from problematic_report import (
     is_label_issue,
     is_out_of_fold,
     issue_rank_key,
+    issue_word,
     label_probability,
     load_report,
     report_evidence_note,
@@ -133,7 +134,8 @@ def summary_mode_text(
         when = "out of fold" if is_out_of_fold(report) else "at the last analysis epoch"
         lines += ["", f"mean loss: mean over the analysis epochs; p(label): probability of the labelled class {when}"]
     for title, section in (
-        ("Likely label issues (the evidence prefers another class)", [e for e in entries if is_label_issue(e)]),
+        (f"{issue_word(report).capitalize()} label issues (the evidence prefers another class)",
+         [e for e in entries if is_label_issue(e)]),
         ("Hard examples (high loss, label probably right; not counted as problems)",
          [e for e in entries if not is_label_issue(e)]),
     ):  # fmt: skip
@@ -163,9 +165,9 @@ def summary_mode_text(
     return "\n".join(lines) + "\n"
 
 
-def describe_entry(entry: dict[str, Any], position: int, total: int) -> str:
+def describe_entry(entry: dict[str, Any], position: int, total: int, likely: str = "likely") -> str:
     """The lines shown above the interactive prompt for one image: a label issue names the class the evidence
-    prefers; a hard example says its label is probably right."""
+    prefers; a hard example says its label is probably right. ``likely``: "possible" when the check is weak."""
     label, suggested = cli.printable(entry["class"]), suggested_class(entry)
     offer = f", suggested {cli.printable(suggested)}" if suggested is not None else ""
     lines = [
@@ -177,7 +179,8 @@ def describe_entry(entry: dict[str, Any], position: int, total: int) -> str:
         + " ".join(format_number(value, 2) for value in entry["losses"]),
     ]
     if is_label_issue(entry):
-        lines.append(f"  LIKELY LABEL ISSUE: {cli.printable(entry.get('label_issue_reason') or '')}".rstrip())
+        reason = cli.printable(entry.get("label_issue_reason") or "")
+        lines.append(f"  {likely.upper()} LABEL ISSUE: {reason}".rstrip())
     else:
         lines.append("  hard example: high loss, but the label is probably right")
     return "\n".join(lines)
@@ -471,8 +474,10 @@ def decide(
     dataset_dir: Path,
     decisions: dict[str, dict[str, Any]],
     record: Callable[[dict[str, dict[str, Any]]], None],
+    likely: str = "likely",
 ) -> None:
-    """The interactive pass: a prompt per undecided image; ``record(decisions)`` saves them after every answer."""
+    """The interactive pass: a prompt per undecided image; ``record(decisions)`` saves them after every answer.
+    ``likely``: how a flag is named ("possible" when the report's check is weak)."""
     if decided := sum(1 for entry in entries if entry["path"] in decisions):
         print(f"Resuming: {decided} image(s) already decided (delete the decisions file to start over).")
     viewer = review_figures.ImageViewer() if review_figures.has_display() else None
@@ -484,7 +489,7 @@ def decide(
             if entry["class"] in skipped_classes:
                 continue
             split = PurePosixPath(entry["path"]).parts[0]
-            print(f"\n{describe_entry(entry, position, len(pending))}")
+            print(f"\n{describe_entry(entry, position, len(pending), likely)}")
             if viewer is not None:
                 viewer.show(dataset_dir / entry["path"], review_figures.title_of(entry))
             targets = [  # only class folders a relabel may move into: not the own class, none leading outside
@@ -589,7 +594,7 @@ def review_interactively(
             write_decisions(decisions_path, dataset_dir, report_path, report, decisions)
 
         try:
-            decide(entries, dataset_dir, decisions, record)
+            decide(entries, dataset_dir, decisions, record, issue_word(report))
         except KeyboardInterrupt:
             print(
                 f"\nInterrupted; nothing was moved. Decisions so far: {cli.printable(decisions_path)}", file=sys.stderr

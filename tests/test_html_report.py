@@ -271,6 +271,11 @@ def test_a_weak_label_check_is_said_beside_its_flags_on_the_page_and_in_the_summ
         caution = "The check is weak here: its classifier agrees with only 45% of the given labels, and checks that"
         assert (caution in page) is is_weak and (caution in summary) is is_weak
         assert ("expect most of the 3 flagged images" in page) is is_weak
+        word = "possible" if is_weak else "likely"  # a weak check's flags are never called likely
+        assert f"<h3>{word.capitalize()} label issues (" in page and f'badge issue">{word} label issue<' in page
+        assert f"{word.capitalize()} label issues (the evidence prefers another class)" in summary
+        other = "likely" if is_weak else "possible"
+        assert f"{other} label issue" not in page.lower() and f"{other} label issue" not in summary.lower()
 
 
 def test_paths_outside_the_dataset_are_never_linked_read_or_offered(setup, tmp_path: Path) -> None:

@@ -184,6 +184,8 @@ def test_only_a_label_issue_is_offered_another_class_and_only_a_more_probable_on
         hard, 2, 3
     )
     assert f"suggested {issue['suggested_class']}" in review.describe_entry(issue, 1, 3)
+    assert "LIKELY LABEL ISSUE" in review.describe_entry(issue, 1, 3)
+    assert "POSSIBLE LABEL ISSUE" in review.describe_entry(issue, 1, 3, "possible")  # a weak check's flag
     with pytest.raises(ValueError, match="say which class"):  # a bare r has nothing to relabel to
         review.parse_answer("r", hard, CLASSES)
     assert review.parse_answer("r", issue, CLASSES) == ("relabel", issue["suggested_class"])
