@@ -15,12 +15,18 @@ within the connect timeout: a hung resolver costs one "connection error", then t
 
 from __future__ import annotations
 
+import concurrent.futures
 import contextlib
+import errno
 import hashlib
 import io
 import ipaddress
+import math
+import os
 import random
+import selectors
 import socket
+import sys
 import threading
 import time
 from collections.abc import Callable, Iterable, Iterator
@@ -34,7 +40,13 @@ from PIL import Image, UnidentifiedImageError
 from requests.adapters import HTTPAdapter
 from urllib3.connection import HTTPConnection, HTTPSConnection
 from urllib3.connectionpool import HTTPConnectionPool, HTTPSConnectionPool
-from urllib3.exceptions import ConnectTimeoutError, NameResolutionError, NewConnectionError, ReadTimeoutError
+from urllib3.exceptions import (
+    ConnectTimeoutError,
+    LocationParseError,
+    NameResolutionError,
+    NewConnectionError,
+    ReadTimeoutError,
+)
 
 DEFAULT_TIMEOUT_S = 10.0  # for one whole download: a 5 MB photo at 4 Mbit/s, with room to connect
 # The whole-request deadline is --timeout plus this: a silent server meets the per-read --timeout first (a plain
@@ -65,7 +77,6 @@ FORMAT_EXTENSIONS = {
 RETRYABLE_REASONS = {"timeout", "connection error"}  # a later run tries these URLs again; "http 5xx" too
 PROBE_TIMEOUT_S = 3.0  # to open one connection in the network check: a reachable host answers in well under that
 MAX_PROBED_HOSTS = 64  # hosts tried by the network check; one that answers is enough
-PROBE_THREADS = 16  # the network check tries this many hosts at once
 
 SleepFn = Callable[[float], None]
 
@@ -273,18 +284,54 @@ def resolve(host: str, port: int, timeout_s: float, is_cancelled: Callable[[], b
     return outcome[0]
 
 
-def can_connect(host: str, port: int, timeout_s: float = PROBE_TIMEOUT_S) -> bool:
-    """Whether a TCP connection to ``host:port`` opens within ``timeout_s`` for the lookup and as much for each
-    address (DNS resolves and something listens)."""
+def connect_within(
+    address: tuple[Any, ...],
+    timeout_s: float,
+    is_cancelled: Callable[[], bool] = lambda: False,
+    options: Iterable[tuple[int, int, Any]] = (),
+    source: tuple[str, int] | None = None,
+) -> socket.socket:
+    """A TCP socket connected to ``address`` (an entry of ``resolve``'s list), given up after ``timeout_s`` or at once
+    on cancel: ``TimeoutError`` then, ``OSError`` for a refusal. The connect runs non-blocking and is polled every
+    WATCHDOG_POLL_S (a blocking connect cannot be interrupted, and a socket still connecting has nothing the watchdog
+    could shut). ``options``: (level, name, value) for setsockopt; the socket returned blocks, with ``timeout_s``."""
+    family, kind, protocol, _, where = address
+    sock = socket.socket(family, kind, protocol)
     try:
-        addresses = resolve(host, port, timeout_s)
-    except OSError:
-        return False
-    for family, kind, protocol, _, address in addresses:
-        with contextlib.suppress(OSError), socket.socket(family, kind, protocol) as sock:
-            sock.settimeout(timeout_s)
-            sock.connect(address)
-            return True
+        for option in options:
+            sock.setsockopt(*option)
+        if source:
+            sock.bind(source)
+        sock.setblocking(False)
+        give_up_at = time.monotonic() + timeout_s
+        code = sock.connect_ex(where)
+        if code in (errno.EINPROGRESS, errno.EWOULDBLOCK, errno.EAGAIN):
+            with selectors.DefaultSelector() as selector:
+                selector.register(sock, selectors.EVENT_WRITE)
+                while not selector.select(min(WATCHDOG_POLL_S, max(0.0, give_up_at - time.monotonic()))):
+                    if time.monotonic() >= give_up_at or is_cancelled():
+                        raise TimeoutError(f"no connection within {timeout_s:g} s")
+            code = sock.getsockopt(socket.SOL_SOCKET, socket.SO_ERROR)
+        if code:
+            raise OSError(code, os.strerror(code))
+        sock.settimeout(timeout_s)
+        return sock
+    except BaseException:
+        sock.close()
+        raise
+
+
+def can_connect(
+    host: str, port: int, timeout_s: float = PROBE_TIMEOUT_S, is_cancelled: Callable[[], bool] = lambda: False
+) -> bool:
+    """Whether a TCP connection to ``host:port`` opens within ``timeout_s`` for the lookup and as much for each
+    address (DNS resolves and something listens); False at once on cancel, and for a name that cannot be valid."""
+    try:
+        for address in resolve(host, port, timeout_s, is_cancelled):
+            with contextlib.suppress(OSError), connect_within(address, timeout_s, is_cancelled):
+                return True
+    except (OSError, ValueError):  # no answer, no such name, or no valid name at all (UnicodeError: an empty label)
+        pass
     return False
 
 
@@ -292,18 +339,25 @@ def network_reachable(hosts: Iterable[tuple[str, int]], timeout_s: float = PROBE
     """True as soon as one of ``hosts`` (the first MAX_PROBED_HOSTS distinct ones) accepts a connection.
 
     This is the check behind "No network": it is false only when DNS fails or every connection is refused or times
-    out, never because servers answered with something the downloader refused.
+    out, never because servers answered with something the downloader refused. Every host is tried at once, so the
+    check ends within about twice ``timeout_s`` (a lookup, then a connect) however many hang; the probes still running
+    when it ends (an answer, or Ctrl-C) stop at once.
     """
     distinct = list(dict.fromkeys(hosts))[:MAX_PROBED_HOSTS]
     if not distinct:
         return False
-    with ThreadPoolExecutor(max_workers=min(PROBE_THREADS, len(distinct)), thread_name_prefix="probe") as pool:
-        futures = [pool.submit(can_connect, host, port, timeout_s) for host, port in distinct]
-        for future in as_completed(futures):
+    stop = threading.Event()
+    pool = ThreadPoolExecutor(max_workers=len(distinct), thread_name_prefix="probe")
+    try:
+        futures = [pool.submit(can_connect, host, port, timeout_s, stop.is_set) for host, port in distinct]
+        for future in as_completed(futures, timeout=2 * timeout_s + 1):
             if future.result():
-                for other in futures:
-                    other.cancel()
                 return True
+    except concurrent.futures.TimeoutError:
+        pass
+    finally:
+        stop.set()
+        pool.shutdown(wait=False, cancel_futures=True)
     return False
 
 
@@ -389,34 +443,48 @@ class Watchdog:
 
 
 class _DeadlineConnectionMixin:
-    """Looks the host up through ``resolve`` before connecting, within the connect timeout and the request's deadline,
-    then lets urllib3 connect to each address in turn (its errors, socket options and TLS name stay as they were)."""
+    """Opens the connection within the connect timeout and what is left of the request's deadline, lookup included,
+    and ends at once on cancel: the name through ``resolve``, then each address in turn through ``connect_within``
+    (urllib3's socket options, source address and TLS name stay as they were)."""
 
     def _new_conn(self) -> socket.socket:
         deadline = getattr(_current_request, "deadline", None)
-        host = self._dns_host  # type: ignore[has-type]
         if deadline is None:
             return super()._new_conn()  # type: ignore[misc]
-        limit = max(0.0, deadline.expires_at - time.monotonic())
-        if isinstance(self.timeout, (int, float)):  # type: ignore[attr-defined]
-            limit = min(limit, float(self.timeout))  # type: ignore[attr-defined]
+        me: Any = self
+        host, connect_s = me._dns_host, me.timeout if isinstance(me.timeout, int | float) else math.inf
+
+        def limit() -> tuple[float, bool]:  # (seconds allowed, whether the request's deadline is what limits them)
+            left = max(0.0, deadline.expires_at - time.monotonic())
+            return min(left, connect_s), deadline.is_expired or left <= connect_s
+
+        def is_cancelled() -> bool:
+            return deadline.is_expired
+
+        seconds, by_deadline = limit()
         try:
-            addresses = resolve(host, self.port, limit, lambda: deadline.is_expired)  # type: ignore[attr-defined]
+            addresses = resolve(host, me.port, seconds, is_cancelled)
         except socket.gaierror as error:
-            raise NameResolutionError(self.host, self, error) from error  # type: ignore[attr-defined,arg-type]
-        except TimeoutError as error:
-            raise NewConnectionError(self, str(error)) from error  # type: ignore[arg-type]
-        failure: Exception | None = None
-        try:
-            for address in dict.fromkeys(entry[4][0] for entry in addresses):
-                self._dns_host = address
-                try:
-                    return super()._new_conn()  # type: ignore[misc]
-                except ConnectTimeoutError as error:  # a timeout or a refusal: try the next address, as urllib3 does
-                    failure = error
-        finally:
-            self._dns_host = host
-        raise failure or NewConnectionError(self, f"no address for {host}")  # type: ignore[arg-type]
+            raise NameResolutionError(me.host, me, error) from error
+        except ValueError:  # UnicodeError: an empty label or one over 63 characters, as urllib3 says it
+            raise LocationParseError(f"'{host}', label empty or too long") from None
+        except TimeoutError as error:  # the deadline's end is a timeout; a name server that never answers is not
+            raise (ConnectTimeoutError if by_deadline else NewConnectionError)(me, str(error)) from error
+        failure: Exception = NewConnectionError(me, f"no address for {host}")
+        for address in addresses:
+            seconds, by_deadline = limit()
+            try:
+                sock = connect_within(address, seconds, is_cancelled, me.socket_options or (), me.source_address)
+            except TimeoutError:
+                failure = ConnectTimeoutError(me, f"Connection to {me.host} timed out. (connect timeout={seconds:g})")
+                if by_deadline:
+                    break  # no time left for another address
+            except OSError as error:
+                failure = NewConnectionError(me, f"Failed to establish a new connection: {error}")
+            else:
+                sys.audit("http.client.connect", me, me.host, me.port)
+                return sock
+        raise failure
 
 
 class _DeadlineHTTPConnection(_DeadlineConnectionMixin, HTTPConnection):
@@ -581,6 +649,7 @@ class Fetcher:
             requests.exceptions.InvalidURL,
             requests.exceptions.MissingSchema,
             requests.exceptions.InvalidSchema,
+            LocationParseError,  # a host name that cannot be valid (an empty label, one over 63 characters)
         ) as e:
             return Answer(None, "bad url", str(e), has_response)
         except requests.RequestException as error:

@@ -4,6 +4,7 @@ for the hash split to give them a val image."""
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import os
@@ -186,6 +187,86 @@ def test_a_name_with_two_addresses_is_fetched_from_the_one_that_answers(monkeypa
         url = server.url("/a.png").replace("127.0.0.1", "two.test")
         result = Fetcher(FetchLimits(timeout_s=5, retries=0, min_size=32)).fetch(Candidate("bird", url, "urls-file"))
     assert result.reason is None and result.data == png(0, 1)
+
+
+@contextlib.contextmanager
+def unanswering(count: int) -> Iterator[list[str]]:
+    """``count`` local addresses (127.0.0.2, ...) on one port where a connect never completes: listeners whose backlog
+    is full, so Linux drops further SYNs. Skips the test where this kernel answers anyway."""
+    sockets: list[socket.socket] = []
+    try:
+        port = 0
+        for index in range(count):
+            listener = socket.socket()
+            listener.bind((f"127.0.0.{index + 2}", port))
+            port = listener.getsockname()[1]
+            listener.listen(0)
+            sockets.append(listener)
+            for _ in range(3):
+                filler = socket.socket()
+                filler.setblocking(False)
+                filler.connect_ex((f"127.0.0.{index + 2}", port))
+                sockets.append(filler)
+        time.sleep(0.2)
+        try:
+            socket.create_connection(("127.0.0.2", port), timeout=0.3).close()
+            pytest.skip("connects to a full backlog complete on this kernel")
+        except TimeoutError:
+            pass
+        yield [f"127.0.0.{index + 2}:{port}" for index in range(count)]
+    finally:
+        for sock in sockets:
+            sock.close()
+
+
+def test_a_name_whose_addresses_never_answer_a_connect_still_ends_within_the_timeout(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    with unanswering(3) as places:
+        real, port = socket.getaddrinfo, int(places[0].split(":")[1])
+
+        def getaddrinfo(host: str, *args: object, **options: object) -> object:
+            if host == "three.test":
+                return [(socket.AF_INET, socket.SOCK_STREAM, 6, "", (place.split(":")[0], port)) for place in places]
+            return real(host, *args, **options)
+
+        monkeypatch.setattr(socket, "getaddrinfo", getaddrinfo)
+        urls = write_urls(tmp_path / "urls.csv", [("bird", f"http://three.test:{port}/a.png")])
+        started = time.monotonic()
+        status = run(["--urls-file", str(urls), "--dataset-dir", str(tmp_path / "dataset"), "--timeout", "1", *FAST])
+        elapsed = time.monotonic() - started
+        fetcher = Fetcher(FetchLimits(timeout_s=30, retries=0))  # and Ctrl-C ends a connect in progress at once
+        threading.Timer(0.3, fetcher.cancel).start()
+        cancelled = time.monotonic()
+        result = fetcher.fetch(Candidate("bird", f"http://{places[0]}/a.png", "urls-file"))
+        cancelled = time.monotonic() - cancelled
+    assert status == 1 and elapsed < 1.5 + SLACK_S, elapsed  # 1 s on the first address, what was left on the next
+    record = latest_by_url(tmp_path / "dataset")[f"http://three.test:{port}/a.png"]
+    assert (record["reason"], record["retryable"]) == ("timeout", True)
+    assert cancelled < 0.3 + SLACK_S and result.reason in ("timeout", "interrupted")
+
+
+def test_the_network_check_ends_within_its_timeout_however_many_names_hang_and_leaves_no_probe_running(
+    hung_dns: list[str],
+) -> None:
+    hosts = [(f"host{number}.hung", 80) for number in range(64)]
+    started = time.monotonic()
+    assert not image_fetch.network_reachable(hosts, timeout_s=1)
+    assert time.monotonic() - started < 1 + SLACK_S  # every lookup at once; was 4 rounds of 16, each waiting 1 s
+    time.sleep(0.3)
+    assert not [thread for thread in threading.enumerate() if thread.name.startswith("probe")]
+
+
+def test_a_url_whose_name_cannot_be_valid_is_a_bad_url_even_in_the_network_check(tmp_path: Path, capsys) -> None:
+    invalid = ["http://a..b/c.png", f"http://{'x' * 64}.b/"]  # an empty label, a label over 63 characters
+    dataset = tmp_path / "dataset"
+    with ImageServer({"/good.png": Route(png(0, 1), content_type="image/png")}) as server:
+        lines = [("bird", url) for url in ["http://127.0.0.1:1/refused.png", *invalid, server.url("/good.png")]]
+        urls = write_urls(tmp_path / "urls.csv", lines)  # the refusal starts the network check, which probes them all
+        status = run(["--urls-file", str(urls), "--dataset-dir", str(dataset), "--timeout", "1", *FAST])
+    assert status == 1 and "Traceback" not in capsys.readouterr().err
+    assert [latest_by_url(dataset)[url]["reason"] for url in invalid] == ["bad url", "bad url"]
+    assert latest_by_url(dataset)[server.url("/good.png")]["status"] == "saved"
 
 
 def test_cancel_ends_a_download_waiting_on_a_dns_lookup_at_once(hung_dns: list[str]) -> None:
