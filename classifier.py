@@ -138,7 +138,7 @@ def _is_number(value: Any, whole: bool = False) -> bool:
 
 
 def short_repr(value: Any, limit: int = 200) -> str:
-    """repr(value) cut to ``limit`` characters, for messages: a crafted model file may put megabytes in one field."""
+    """cli.short_repr's one allowed copy: repr(value) cut to ``limit`` characters (a model file may be crafted)."""
     try:
         text = repr(value)
     except ValueError:  # an int of more digits than Python converts to text

@@ -68,6 +68,25 @@ def printable(text: Any) -> str:
     return "".join(out)
 
 
+MAX_SHOWN_CHARACTERS = 200  # of a value from a file in a message: enough to recognise it, never megabytes
+
+
+def short_repr(value: Any, limit: int = MAX_SHOWN_CHARACTERS) -> str:
+    """repr(value) for a message, cut to ``limit`` characters with the whole length named: a crafted or damaged file
+    may put megabytes in one field. repr shows control and right-to-left characters escaped."""
+    try:
+        text = repr(value)
+    except ValueError:  # an int of more digits than Python converts to text
+        text = "an integer too long to show"
+    return text if len(text) <= limit else f"{text[:limit]}… ({len(text):,} characters)"
+
+
+def shown(text: Any, limit: int = MAX_SHOWN_CHARACTERS) -> str:
+    """``printable(text)`` cut to ``limit`` characters: text from a file (a tool name, a reason) in a message."""
+    text = printable(text)
+    return text if len(text) <= limit else f"{text[:limit]}… ({len(text):,} characters)"
+
+
 def error(message: str) -> int:
     """Print ``error: <message>`` on stderr (the one format every script uses) and return EXIT_USAGE."""
     print(f"error: {message}", file=sys.stderr)

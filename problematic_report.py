@@ -47,6 +47,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+from cli import short_repr
 from fileio import ReportError, is_finite_number, is_safe_relative, read_json, write_json
 
 SCHEMA_VERSION = 2  # bump when the layout above changes; the reviewer refuses versions it does not know
@@ -66,6 +67,8 @@ LINEAR_NOTE = (
 )
 LINEAR_OUT_OF_FOLD = "linear-out-of-fold"  # the default analysis: a logistic regression's out-of-fold probabilities
 OUT_OF_FOLD_METHODS = ("out-of-fold", "cross_validation", LINEAR_OUT_OF_FOLD)  # "cross_validation": older trainers
+KNOWN_METHODS = ("in-sample", "in_sample", *OUT_OF_FOLD_METHODS)  # "in_sample": older trainers; others are refused
+MAX_CREATED_CHARACTERS = 64  # an ISO 8601 time is 25; readers print it in headers and titles
 
 # Under this out-of-fold agreement with the given labels the label check is weak: with 5% of labels planted wrong,
 # every check measured (real photos agreeing 0.49 to 0.80, generated images 0.64 to 0.65) found most planted mislabels
@@ -171,10 +174,10 @@ def validate_report(data: Any) -> dict[str, Any]:
     if not isinstance(data, dict):
         raise ReportError("it is not a JSON object")
     if data.get("report_type") != REPORT_TYPE:
-        raise ReportError(f"its report_type is {data.get('report_type')!r}, not {REPORT_TYPE!r}")
+        raise ReportError(f"its report_type is {short_repr(data.get('report_type'))}, not {REPORT_TYPE!r}")
     if data.get("schema_version") not in READABLE_VERSIONS:
         raise ReportError(
-            f"it has schema_version {data.get('schema_version')!r} but this script reads versions "
+            f"it has schema_version {short_repr(data.get('schema_version'))} but this script reads versions "
             f"{' and '.join(map(str, READABLE_VERSIONS))}; re-run train_classifier.py --detect-problematic to write "
             "a current one"
         )
@@ -186,25 +189,30 @@ def validate_report(data: Any) -> dict[str, Any]:
         raise ReportError("it has no 'problematic_images' object")
     for class_name, entries in per_class.items():
         if class_name not in classes:
-            raise ReportError(f"'problematic_images' names class {class_name!r}, which is not in 'classes'")
+            raise ReportError(f"'problematic_images' names class {short_repr(class_name)}, which is not in 'classes'")
         if not isinstance(entries, list):
-            raise ReportError(f"'problematic_images' of class {class_name!r} is not a list")
+            raise ReportError(f"'problematic_images' of class {short_repr(class_name)} is not a list")
         for index, entry in enumerate(entries):
-            where = f"entry {index} of class {class_name!r}"
+            where = f"entry {index} of class {short_repr(class_name)}"
             missing = [key for key in REQUIRED_ENTRY_KEYS if not isinstance(entry, dict) or key not in entry]
             if missing:
                 raise ReportError(f"{where} lacks {', '.join(missing)}")
             if not isinstance(entry["path"], str) or not is_safe_relative(entry["path"]):
-                raise ReportError(f"{where} has 'path' {entry['path']!r}, not a relative path inside the dataset")
+                raise ReportError(
+                    f"{where} has 'path' {short_repr(entry['path'])}, not a relative path inside the dataset"
+                )
             if not isinstance(entry["losses"], list) or len(entry["losses"]) > MAX_LOSSES:
                 raise ReportError(f"{where} has 'losses' that is not a list of at most {MAX_LOSSES:,} values")
             if not all(_is_number(value) for value in [entry["mean_loss"], *entry["losses"]]):
                 raise ReportError(f"{where} has a 'mean_loss' or 'losses' value that is not a number")
             if entry["class"] not in classes:
-                raise ReportError(f"{where} has 'class' {entry['class']!r}, which is not in 'classes'")
+                raise ReportError(f"{where} has 'class' {short_repr(entry['class'])}, which is not in 'classes'")
             suggested = entry.get("suggested_class")
             if suggested is not None and suggested not in classes:
-                raise ReportError(f"{where} has 'suggested_class' {suggested!r}, which is not in 'classes'")
+                raise ReportError(f"{where} has 'suggested_class' {short_repr(suggested)}, which is not in 'classes'")
+            rank = entry.get("rank")
+            if rank is not None and not (isinstance(rank, int) and not isinstance(rank, bool)):
+                raise ReportError(f"{where} has a 'rank' that is not a whole number")
             if entry.get("margin") is not None and not _is_number(entry["margin"]):
                 raise ReportError(f"{where} has a 'margin' that is not a number")
             probabilities = entry.get("probabilities")
@@ -227,6 +235,18 @@ def validate_report(data: Any) -> dict[str, Any]:
     dataset_dir = data.get("dataset_dir")
     if dataset_dir is not None and not isinstance(dataset_dir, str):
         raise ReportError("its 'dataset_dir' is not text")
+    if data.get("method") is not None and data["method"] not in KNOWN_METHODS:
+        raise ReportError(f"its 'method' {short_repr(data['method'])} is not one of {', '.join(KNOWN_METHODS)}")
+    created = data.get("created")
+    if created is not None and not (isinstance(created, str) and len(created) <= MAX_CREATED_CHARACTERS):
+        raise ReportError(f"its 'created' {short_repr(created)} is not a date and time")
+    for key in ("analysis_epochs", "num_images", "cross_val_folds"):
+        value = data.get(key)
+        if value is not None and not (isinstance(value, int) and not isinstance(value, bool) and value >= 0):
+            raise ReportError(f"its {key!r} {short_repr(value)} is not a whole number")
+    summary = data.get("summary_by_class")
+    if summary is not None and not (isinstance(summary, dict) and all(isinstance(v, dict) for v in summary.values())):
+        raise ReportError("its 'summary_by_class' is not an object of one object per class")
     agreement = data.get("check_agreement")
     if agreement is not None and not (_is_number(agreement) and 0 <= agreement <= 1):
         raise ReportError("its 'check_agreement' is not a number from 0 to 1")

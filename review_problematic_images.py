@@ -218,20 +218,22 @@ def validate_decisions(data: Any) -> dict[str, dict[str, Any]]:
     if not isinstance(data, dict):
         raise ReportError("it is not a JSON object")
     if data.get("schema_version") != DECISIONS_SCHEMA_VERSION:
-        raise ReportError(f"its 'schema_version' is {data.get('schema_version')!r}; this script reads 1")
+        raise ReportError(f"its 'schema_version' is {cli.short_repr(data.get('schema_version'))}; this script reads 1")
     if data.get("decisions_type", DECISIONS_TYPE) != DECISIONS_TYPE:
-        raise ReportError(f"its 'decisions_type' is {data['decisions_type']!r}, not {DECISIONS_TYPE!r}")
+        raise ReportError(f"its 'decisions_type' is {cli.short_repr(data['decisions_type'])}, not {DECISIONS_TYPE!r}")
     if data.get("dataset_dir") is not None and not isinstance(data["dataset_dir"], str):
         raise ReportError("its 'dataset_dir' is not a path (text)")
     decisions = data.get("decisions")
     if not isinstance(decisions, dict):
         raise ReportError("its 'decisions' is not an object of {image path: decision}")
     for path, decision in decisions.items():
-        where = f"the decision for {cli.printable(path)!r}"
+        where = f"the decision for {cli.short_repr(path)}"
         if not isinstance(decision, dict):
             raise ReportError(f"{where} is not an object")
         if decision.get("action") not in ACTIONS:
-            raise ReportError(f"{where} has 'action' {decision.get('action')!r}; expected keep, delete or relabel")
+            raise ReportError(
+                f"{where} has 'action' {cli.short_repr(decision.get('action'))}; expected keep, delete or relabel"
+            )
         target, sha256 = decision.get("target_class"), decision.get("sha256")
         if decision["action"] == "relabel" and (not isinstance(target, str) or not target):
             raise ReportError(f"{where} is a relabel without a 'target_class' (the name of a class folder)")
@@ -320,9 +322,10 @@ def relabel_refusal(dataset_dir: Path, path: str, target: str) -> str | None:
     classes = fileio.class_folders(dataset_dir / parts[0]) if len(parts) >= 3 else []
     if target not in classes:  # a name from the folder listing, so never a path such as '../../elsewhere'
         known = ", ".join(cli.printable(name) for name in classes) or "none"
-        return f"{path}: target_class {target!r} is not a class folder of {parts[0]}/ (classes there: {known})"
+        shown = cli.short_repr(target)
+        return f"{path}: target_class {shown} is not a class folder of {parts[0]}/ (classes there: {known})"
     if target == parts[1]:
-        return f"{path}: it is already in class {target!r}"
+        return f"{path}: it is already in class {cli.short_repr(target)}"
     try:
         destination = fileio.resolve_inside(dataset_dir, f"{parts[0]}/{target}/{parts[-1]}")
     except UnsafePathError:
@@ -639,7 +642,7 @@ def undo_run(log_path: Path, dataset_dir: Path | None, decisions_path: Path | No
     with trash.lock(dataset_dir, TOOL):
         log = trash.load_log(dataset_dir, log_path)
         if log["tool"] != trash.tool_stem(TOOL):
-            raise ReportError(f"{log_path} was written by {log['tool']}; undo it with that tool")
+            raise ReportError(f"{log_path} was written by {cli.shown(log['tool'])}; undo it with that tool")
         try:
             result = trash.undo(dataset_dir, log_path)
         except KeyboardInterrupt:

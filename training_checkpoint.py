@@ -63,7 +63,9 @@ def restored_value(action: argparse.Action, value: Any) -> Any:
     try:
         parsed = action.type(str(value)) if action.type is not None else str(value)
     except (ValueError, TypeError, argparse.ArgumentTypeError) as error:
-        raise ValueError(str(error) or getattr(action.type, "__name__", "another value")) from None
+        raise ValueError(
+            str(error)[: cli.MAX_SHOWN_CHARACTERS] or getattr(action.type, "__name__", "another value")
+        ) from None
     if action.choices is not None and parsed not in action.choices:
         raise ValueError("one of " + ", ".join(map(str, action.choices)))
     return parsed
@@ -159,7 +161,7 @@ def checked_state(checkpoint: dict[str, Any], path: Path) -> None:
         )
     epoch, history, skipped = checkpoint["epoch"], checkpoint["history"], checkpoint.get("skipped_files", [])
     problems = (
-        (not is_whole(epoch) or epoch < 0, f"epoch {epoch!r}"),
+        (not is_whole(epoch) or epoch < 0, f"epoch {cli.short_repr(epoch)}"),
         (not all(is_epoch_record(record) for record in history), "history"),
         (
             not isinstance(skipped, list)

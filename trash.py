@@ -52,6 +52,7 @@ from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
 from typing import Any
 
+import cli
 import fileio
 
 TRASH_FOLDER = ".trash"  # inside the dataset: hidden from every scanner, and on the dataset's filesystem (os.rename)
@@ -132,19 +133,21 @@ def is_trash_path(relative: str) -> bool:
 def lexical_problem(move: dict[str, Any]) -> str | None:
     """Why a logged move can never be carried out, judged from its text alone (absolute, '..', wrong place), or None."""
     if not fileio.is_safe_relative(move["source"]):
-        return f"source {move['source']!r} is not a relative path inside the dataset (absolute or '..')"
+        return f"source {cli.short_repr(move['source'])} is not a relative path inside the dataset (absolute or '..')"
     if is_trash_path(move["source"]):
         return "the source lies in the trash folder"
     if move["action"] == "delete":
         return None
     destination = move["destination"]
     if not fileio.is_safe_relative(destination):
-        return f"destination {destination!r} is not a relative path inside the dataset (absolute or '..')"
+        return f"destination {cli.short_repr(destination)} is not a relative path inside the dataset (absolute or '..')"
     if (move["action"] == "trash") != is_trash_path(destination):
         where = "inside" if move["action"] == "trash" else "outside"
-        return f"a {move['action']} destination must lie {where} {TRASH_FOLDER}/ (it is {destination!r})"
+        return f"a {move['action']} destination must lie {where} {TRASH_FOLDER}/ (it is {cli.short_repr(destination)})"
     if move["action"] == "trash" and len(PurePosixPath(destination).parts) < 3:
-        return f"a trash destination must lie in a run folder inside {TRASH_FOLDER}/ (it is {destination!r})"
+        return (
+            f"a trash destination must lie in a run folder inside {TRASH_FOLDER}/ (it is {cli.short_repr(destination)})"
+        )
     return None
 
 
@@ -169,9 +172,13 @@ def validate_log(data: Any, where: str) -> dict[str, Any]:
             "'trash_dir': move them back by hand"
         )
     if data.get("log_type") != LOG_TYPE:
-        raise TrashError(f"{where} is not a trash log of birdplane (its log_type is {data.get('log_type')!r})")
+        raise TrashError(
+            f"{where} is not a trash log of birdplane (its log_type is {cli.short_repr(data.get('log_type'))})"
+        )
     if data.get("schema_version") != SCHEMA_VERSION:
-        raise TrashError(f"{where} has schema_version {data.get('schema_version')!r}; this version reads 1")
+        raise TrashError(
+            f"{where} has schema_version {cli.short_repr(data.get('schema_version'))}; this version reads 1"
+        )
     for name in ("tool", "run_id", "created", "dataset_dir"):
         if not isinstance(data.get(name), str) or not data[name]:
             raise refuse(name, "text", data.get(name))

@@ -169,7 +169,9 @@ def parse_url_lines(lines: Iterable[str], source: str) -> tuple[list[tuple[int, 
             continue
         class_name, url = fields[0].strip(), ",".join(fields[1:]).strip()
         if not CLASS_NAME_PATTERN.match(class_name):
-            problems.append(f"{source} line {line_number}: class name {class_name!r} cannot be a folder name")
+            problems.append(
+                f"{source} line {line_number}: class name {cli.short_repr(class_name)} cannot be a folder name"
+            )
             continue
         if parts.scheme not in ("http", "https") or not parts.netloc:
             problems.append(f"{source} line {line_number}: {url[:80]!r} is not an http(s) URL")

@@ -114,6 +114,7 @@ def load(path: Path, settings: str, columns: Columns, max_bytes: int) -> dict[Ke
             return rows or {}
     except Exception as error:  # noqa: BLE001 - a cache is only an optimisation: anything wrong means "rebuild it"
         problem = f"{type(error).__name__}: {error}"
+    problem = cli.shown(problem)  # member names and error texts come from the file: escaped, and cut
     logger.warning("Ignoring unusable cache %s (%s): computing everything again", cli.printable(path), problem)
     return {}
 

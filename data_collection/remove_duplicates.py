@@ -140,7 +140,7 @@ def normalise_group(group: dict[str, Any]) -> tuple[dict[str, Any], str | None]:
     for entry in group["files"]:
         path = normal_path(entry["path"])
         if path is None or path == ".":
-            return group, f"{entry['path']!r} is not a path inside the dataset"
+            return group, f"{cli.short_repr(entry['path'])} is not a path inside the dataset"
         if path in seen:
             logger.warning(
                 "Group %s lists %s twice (also as %r): counted once", group["id"], cli.printable(path), entry["path"]
@@ -183,7 +183,8 @@ def place_problem(entry: dict[str, Any], dataset_dir: Path) -> str | None:
     real = PurePosixPath(Path(os.path.relpath(os.path.realpath(full.parent), real_root)).as_posix(), full.name)
     if dr.is_place_of(entry, PurePosixPath(entry["path"]).parts) or dr.is_place_of(entry, real.parts):
         return None
-    return f"{entry['path']}: the report's set {entry['set']!r} and class {entry['class']!r} do not match its path"
+    claimed = f"set {cli.short_repr(entry['set'])} and class {cli.short_repr(entry['class'])}"
+    return f"{cli.short_repr(entry['path'])}: the report's {claimed} do not match its path"
 
 
 def group_problem(group: dict[str, Any], dataset_dir: Path, seen: set[str]) -> str | None:
@@ -510,8 +511,9 @@ def dataset_in_use(args: argparse.Namespace, report: dict[str, Any]) -> Path:
     if recorded and Path(recorded).resolve() != dataset_dir.resolve():
         named = "--dataset-dir" if args.dataset_dir is not None else "the folder holding the report"
         raise fileio.ReportError(
-            f"the report {args.report} was made for {recorded}, not {dataset_dir} ({named}); pass --dataset-dir "
-            f"{recorded} if that is the dataset you mean, or run the detector on {dataset_dir}"
+            f"the report {args.report} was made for {cli.shown(recorded)}, not {dataset_dir} ({named}); pass "
+            f"--dataset-dir {cli.shown(recorded)} if that is the dataset you mean, or run the detector on "
+            f"{dataset_dir}"
         )
     return dataset_dir
 
@@ -576,7 +578,7 @@ def run_undo(args: argparse.Namespace) -> int:
     dataset_dir = args.dataset_dir if args.dataset_dir is not None else trash.dataset_of_log(log_path)
     data = trash.load_log(dataset_dir, log_path)  # every refusal as a sentence, before anything changes
     if data["tool"] != trash.tool_stem(TOOL):
-        return cli.error(f"{cli.printable(log_path)} was written by {data['tool']}; undo it with that tool")
+        return cli.error(f"{cli.printable(log_path)} was written by {cli.shown(data['tool'])}; undo it with that tool")
     reason = writable_problem(dataset_dir)
     if reason:
         return cli.error(reason)

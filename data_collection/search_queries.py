@@ -139,14 +139,14 @@ def validate_queries(data: object, source: str) -> dict[str, list[str]]:
     for class_name, class_queries in data.items():
         if not isinstance(class_name, str) or not CLASS_NAME_PATTERN.match(class_name):
             raise ValueError(
-                f"{source}: class name {class_name!r} cannot be a folder name "
+                f"{source}: class name {cli.short_repr(class_name)} cannot be a folder name "
                 "(use letters, digits, spaces, '_', '-', '.'; no '/' and no leading '.')"
             )
         if not isinstance(class_queries, list) or not all(isinstance(query, str) for query in class_queries):
-            raise ValueError(f"{source}: class {class_name!r} must map to a list of query strings")
+            raise ValueError(f"{source}: class {cli.short_repr(class_name)} must map to a list of query strings")
         cleaned = list(dict.fromkeys(query.strip() for query in class_queries if query.strip()))
         if not cleaned:
-            raise ValueError(f"{source}: class {class_name!r} has no queries")
+            raise ValueError(f"{source}: class {cli.short_repr(class_name)} has no queries")
         queries[class_name] = cleaned
     return queries
 

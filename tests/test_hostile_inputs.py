@@ -77,6 +77,42 @@ def test_every_script_that_reads_json_refuses_hostile_json_in_one_sentence(
     assert log.read_text() == HOSTILE[kind]  # nothing rewritten
 
 
+def test_a_megabyte_field_is_cut_in_every_refusal(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    import json
+
+    import classifier
+    import cli
+
+    huge = "\x1b[2J" + "A" * 3_000_000  # and an escape sequence that would clear the terminal
+    dataset = tmp_path / "dataset"
+    (dataset / "train/bird").mkdir(parents=True)
+    (dataset / ".trash").mkdir()
+    files = {
+        "report.json": {"report_type": "problematic_images", "schema_version": huge},
+        "decisions.json": {"schema_version": 1, "decisions_type": huge},
+        "queries.json": {huge: ["a query"]},
+    }
+    for name, data in files.items():
+        (tmp_path / name).write_text(json.dumps(data))
+    log = dataset / ".trash" / "review_problematic_images_20261201T000000Z.json"
+    log.write_text(json.dumps({"schema_version": 1, "log_type": huge}))
+    runs = {
+        "review --report": lambda: review.main(["--report", str(tmp_path / "report.json"), "--mode", "summary"]),
+        "review --apply-decisions": lambda: review.main(
+            ["--apply-decisions", str(tmp_path / "decisions.json"), "--dataset-dir", str(dataset)]
+        ),
+        "review --undo": lambda: review.main(["--undo", str(log)]),
+        "remove_duplicates --undo": lambda: remove_duplicates.main(["--undo", str(log)]),
+        "search_queries --queries": lambda: search_queries.main(["--queries", str(tmp_path / "queries.json")]),
+    }
+    for name, run in runs.items():
+        assert run() == 2, name
+        line = one_error_line(capsys)
+        assert len(line) < 1000 and f"{len(repr(huge)):,} characters" in line and "\x1b" not in line, (name, line[:300])
+    for value in (huge, [0.5] * 100_000, 10**400, {"a": huge}):
+        assert classifier.short_repr(value) == cli.short_repr(value)  # the one allowed copy stays the same
+
+
 @pytest.mark.parametrize("kind", sorted(HOSTILE))
 def test_every_module_reader_turns_hostile_json_into_a_sentence_or_a_fresh_start(
     tmp_path: Path, kind: str, caplog: pytest.LogCaptureFixture
