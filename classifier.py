@@ -33,7 +33,6 @@ import importlib.util
 import io
 import json
 import logging
-import math
 import os
 import pickle
 import stat
@@ -134,8 +133,8 @@ def validate_threshold(value: float) -> float:
 
 
 def _is_number(value: Any, whole: bool = False) -> bool:
-    """A finite int or float (only an int when ``whole``), never a bool."""
-    return isinstance(value, int if whole else int | float) and not isinstance(value, bool) and math.isfinite(value)
+    """A finite int or float (only an int when ``whole``), never a bool: NaN, inf and 10**400 all fail the bound."""
+    return isinstance(value, int if whole else int | float) and not isinstance(value, bool) and abs(value) < 1.79e308
 
 
 def short_repr(value: Any, limit: int = 200) -> str:

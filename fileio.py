@@ -22,6 +22,7 @@ import contextlib
 import fnmatch
 import hashlib
 import json
+import math
 import os
 import secrets
 import socket
@@ -269,14 +270,37 @@ def write_json(path: str | os.PathLike, data: Any, indent: int | None = 2, dir_f
         handle.write("\n")
 
 
+class _NotJsonNumber(ValueError):
+    """NaN, Infinity or -Infinity in a JSON text (the message is the constant)."""
+
+
+def _refuse_constant(name: str) -> Any:
+    raise _NotJsonNumber(name)
+
+
+def is_finite_number(value: Any) -> bool:
+    """An int or float (never a bool) that is finite as a float: an integer of hundreds of digits is not, since every
+    reader formats numbers as floats (``float(10**400)`` raises)."""
+    if not isinstance(value, int | float) or isinstance(value, bool):
+        return False
+    try:
+        return math.isfinite(value)
+    except OverflowError:
+        return False
+
+
 def parse_json(text: str | bytes, where: str) -> Any:
     """``json.loads(text)``, every way it can fail turned into ReportError with one sentence that starts with ``where``.
 
     Besides malformed text: nesting deeper than Python's recursion limit (``'[' * 1000``, 2 KB) and an integer of more
     than 4,300 digits (``sys.get_int_max_str_digits``) fail inside the parser; both are named, never a traceback.
+    ``NaN`` and ``Infinity``, which Python's parser accepts but JSON has not (and ``write_json`` never writes), are
+    refused too: no reader has to guard every number against them.
     """
     try:
-        return json.loads(text)
+        return json.loads(text, parse_constant=_refuse_constant)
+    except _NotJsonNumber as error:
+        raise ReportError(f"{where} holds {error}, which is not a JSON number (never written by birdplane)") from None
     except json.JSONDecodeError as error:
         raise ReportError(
             f"{where} is not valid JSON (line {error.lineno}: {error.msg}; truncated or corrupted?)"

@@ -77,8 +77,7 @@ def esc(value: Any) -> str:
     return html.escape(cli.printable("" if value is None else value), quote=True)
 
 
-def is_number(value: Any) -> bool:
-    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+is_number = fileio.is_finite_number  # a number the page can format (no NaN, no integer of hundreds of digits)
 
 
 def fmt(value: Any, digits: int = 3) -> str:

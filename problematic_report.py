@@ -47,7 +47,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from fileio import ReportError, is_safe_relative, read_json, write_json
+from fileio import ReportError, is_finite_number, is_safe_relative, read_json, write_json
 
 SCHEMA_VERSION = 2  # bump when the layout above changes; the reviewer refuses versions it does not know
 READABLE_VERSIONS = (1, 2)  # version 1 lacks label_issue_rule, confident_joint, all_images and is_hard_example
@@ -163,8 +163,7 @@ def is_label_issue(entry: dict[str, Any]) -> bool:
     return bool(entry.get("is_label_issue"))
 
 
-def _is_number(value: Any) -> bool:
-    return isinstance(value, (int, float)) and not isinstance(value, bool)
+_is_number = is_finite_number  # what every reader can format: no NaN, no integer of hundreds of digits
 
 
 def validate_report(data: Any) -> dict[str, Any]:

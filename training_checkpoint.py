@@ -16,7 +16,6 @@ from __future__ import annotations
 import argparse
 import contextlib
 import logging
-import math
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -144,9 +143,7 @@ def is_epoch_record(record: Any) -> bool:
     if not isinstance(record, dict) or not is_whole(record.get("epoch")) or not isinstance(record.get("is_best"), bool):
         return False
     figures = [record.get(key) for key in FIGURES]  # finite: a NaN or inf cannot be written to the JSON metadata
-    return all(
-        isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value) for value in figures
-    )
+    return all(fileio.is_finite_number(value) for value in figures)
 
 
 def checked_state(checkpoint: dict[str, Any], path: Path) -> None:

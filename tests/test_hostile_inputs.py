@@ -1,7 +1,7 @@
 """Every JSON reader against hostile JSON (issue 17 item 6, BAD_INPUTS 30): nested 1,000 deep (2 KB), a 5,000-digit
-number, and a file of hundreds of MB. Each gives one sentence (exit 2 where a script stops), never a traceback, and
-memory stays bounded: a file over its kind's limit is refused unread. A file of many bad lines or records gives a
-few warnings and one count, not one warning each.
+number, NaN and Infinity, and a file of hundreds of MB. Each gives one sentence (exit 2 where a script stops), never a
+traceback, and memory stays bounded: a file over its kind's limit is refused unread. A file of many bad lines or
+records gives a few warnings and one count, not one warning each.
 """
 
 from __future__ import annotations
@@ -33,8 +33,16 @@ HOSTILE = {
     "deep": "[" * 1000 + "]" * 1000,  # 2 KB: RecursionError inside json.loads before
     "deep-object": '{"a": ' * 5000 + "1" + "}" * 5000,
     "huge-number": '{"schema_version": 1, "n": ' + "9" * 5000 + "}",  # ValueError (int max str digits) before
+    "nan": '{"schema_version": 1, "extra": {"report": NaN}}',  # Python reads NaN; an undo then crashed writing it
+    "infinity": '{"schema_version": 1, "n": -Infinity}',
 }
-EXPECTED = {"deep": "nested too deeply", "deep-object": "nested too deeply", "huge-number": "more than 4300 digits"}
+EXPECTED = {
+    "deep": "nested too deeply",
+    "deep-object": "nested too deeply",
+    "huge-number": "more than 4300 digits",
+    "nan": "holds NaN, which is not a JSON number",
+    "infinity": "holds -Infinity, which is not a JSON number",
+}
 
 
 def one_error_line(capsys: pytest.CaptureFixture[str]) -> str:

@@ -279,6 +279,23 @@ def test_a_weak_label_check_is_said_beside_its_flags_on_the_page_and_in_the_summ
         assert f"{other} label issue" not in page.lower() and f"{other} label issue" not in summary.lower()
 
 
+def test_numbers_too_large_for_a_float_are_shown_as_missing_never_a_crash(setup, capsys) -> None:
+    huge = 10**400  # valid JSON, under the 4,300-digit limit, but float(huge) raises
+    metadata_path = setup["models"] / "training_metadata.json"
+    metadata = json.loads(metadata_path.read_text(encoding="utf-8"))
+    metadata["best_macro_f1"] = metadata["calibration"]["temperature"] = huge
+    metadata["epochs"][0]["val_loss"] = metadata["thresholds"][0]["accuracy"] = huge
+    fileio.write_json(metadata_path, metadata)
+    path = setup["dataset"] / problematic_report.DEFAULT_NAME
+    report = json.loads(path.read_text(encoding="utf-8"))
+    report["problematic_images"]["bird"][0]["mean_loss"] = huge
+    fileio.write_json(path, report)
+    assert make_page(setup) in (0, 1)
+    assert "Traceback" not in capsys.readouterr().err
+    assert review_problematic_images.main(["--report-path", str(path), "--mode", "summary"]) == 2  # refused: a sentence
+    assert "'mean_loss' or 'losses' value that is not a number" in capsys.readouterr().err
+
+
 def test_paths_outside_the_dataset_are_never_linked_read_or_offered(setup, tmp_path: Path) -> None:
     dataset = setup["dataset"]
     outside = tmp_path / "outside"

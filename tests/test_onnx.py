@@ -179,6 +179,7 @@ def test_a_crafted_tiny_graph_with_good_metadata_runs(exported: dict, tmp_path: 
         ("deep.onnx", {"classes": "[" * 100_000 + "]" * 100_000}, "has no list of class names"),
         ("arch.onnx", {"arch": "\"__import__('os')\""}, "unknown architecture"),
         ("digits.onnx", {"image_size": "9" * 5_000}, "invalid image_size '99999"),  # too long for int(): text
+        ("float.onnx", {"temperature": "1" + "0" * 400}, "invalid temperature 1000"),  # an int no float holds
         ("long.onnx", {"arch": '"' + "x" * 3_000_000 + '"'}, "… (3,000,002 characters) (known: resnet18"),
     ],
 )
