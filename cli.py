@@ -17,6 +17,8 @@ tqdm only.
 - Everything printed that holds a file name goes through ``printable`` so control and right-to-left characters
   cannot spoof a listing.
 - One yes/no question before a change: ``confirm(question)`` (no unless the answer is y or yes; end of input is no).
+- Warnings about the bad lines or records of one file are capped: ``CappedWarnings`` says the first
+  MAX_WARNINGS_PER_FILE, then one line counting the rest.
 """
 
 from __future__ import annotations
@@ -38,6 +40,8 @@ CARRY_ON_ADVICE = (  # what an interrupted trainer and an interrupted pipeline b
     "itself."
 )
 PROGRESS_LINE_SECONDS = 30.0  # without a terminal, a plain progress line this often: a log shows the run is alive
+MAX_WARNINGS_PER_FILE = 5  # bad lines of one file named one by one; the rest are counted in one line: a damaged or
+# crafted file of a million bad lines would otherwise print a million warnings (about 90 MB)
 EXIT_CODES_HELP = (
     "exit codes: 0 done, 1 done but some inputs unusable, 2 usage error or unusable input, 130 interrupted"
 )
@@ -122,6 +126,30 @@ def add_report_flag(
         parser.add_argument(
             alias, dest="report", help=argparse.SUPPRESS, **{k: v for k, v in options.items() if k != "default"}
         )
+
+
+class CappedWarnings:
+    """The warnings about one file's bad lines or records: the first ``limit`` logged, then one line counting the rest.
+
+    ``with CappedWarnings(logger, "download_manifest.jsonl", "such lines skipped") as warn: warn("line %d ...", n)``
+    ends with ``download_manifest.jsonl: ... and 99995 more such lines skipped`` when there were 100,000.
+    """
+
+    def __init__(self, logger: logging.Logger, where: str, more: str, limit: int = MAX_WARNINGS_PER_FILE) -> None:
+        self.logger, self.where, self.more, self.limit = logger, where, more, limit
+        self.count = 0
+
+    def __call__(self, message: str, *args: Any) -> None:
+        self.count += 1
+        if self.count <= self.limit:
+            self.logger.warning(message, *args)
+
+    def __enter__(self) -> CappedWarnings:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        if self.count > self.limit:
+            self.logger.warning("%s: ... and %d more %s", self.where, self.count - self.limit, self.more)
 
 
 def setup_logging(verbose: bool = False) -> None:

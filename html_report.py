@@ -47,7 +47,7 @@ import fileio  # noqa: E402
 import pipeline_state  # noqa: E402
 import problematic_report  # noqa: E402
 from problematic_report import DECISIONS_FILE_NAME, DECISIONS_SCHEMA_VERSION, DECISIONS_TYPE  # noqa: E402
-from report_downloads import Crawl, is_web_link, read_crawl  # noqa: E402
+from report_downloads import MANIFEST_NAME, Crawl, ReasonRow, is_web_link, read_crawl  # noqa: E402
 from report_images import Catalog, Shown, locate, remove_stale_thumbs  # noqa: E402
 
 logger = logging.getLogger(__name__)
@@ -340,24 +340,20 @@ def render_refusals(page: Page) -> str:
         return f'{head}<p class="note">{esc(crawl.problem)}.</p></section>'
     if not crawl.refusals:
         return f'{head}<p class="muted">No URL refused (or no download manifest).</p></section>'
-    counts = crawl.counts()
-    classes = sorted({name for by_class in counts.values() for name in by_class})
-    cells = "".join(f"<th>{esc(name)}</th>" for name in classes)
+    refused = crawl.table()  # grouped once, and cut: a crafted manifest cannot make the page huge
+    other = "<th>other classes</th>" if refused.other_classes else ""
+    cells = "".join(f"<th>{esc(name)}</th>" for name in refused.classes) + other
     rows = "".join(
-        f"<tr><th>{esc(reason)}</th>{''.join(f'<td>{by_class[name]}</td>' for name in classes)}"
-        f"<td>{sum(by_class.values())}</td></tr>"
-        for reason, by_class in counts.items()
+        f"<tr><th>{esc(row.reason)}</th>{''.join(f'<td>{count}</td>' for count in refused.cells(row))}</tr>"
+        for row in refused.rows
     )
     table = f'<table class="refusals"><tr><th>reason</th>{cells}<th>total</th></tr>{rows}</table>'
-    lists = []
-    for reason, by_class in counts.items():
-        items = "".join(
-            f"<li>{esc(record.get('class'))}: <span class=url>{esc(record.get('url'))}</span> "
-            f"<span class=muted>{esc(record.get('detail'))}</span></li>"
-            for record in crawl.refusals
-            if str(record.get("reason")) == reason
+    lists = [render_refused_list(row) for row in refused.rows]
+    if refused.reasons_left_out:
+        lists.append(
+            f'<p class="note">... and {plural(refused.reasons_left_out, "more reason")} '
+            f"({plural(refused.urls_left_out, 'URL')}) not shown: {MANIFEST_NAME} has them.</p>"
         )
-        lists.append(f"<details><summary>{esc(reason)}: {sum(by_class.values())}</summary><ul>{items}</ul></details>")
     hint = (
         "<p>The latest attempt of each URL (per class) in download_manifest.jsonl. A re-run retries timeouts and "
         "server errors; a changed limit (<code>--min-size</code>, <code>--max-bytes</code>) retries what it refused; "
@@ -365,6 +361,18 @@ def render_refusals(page: Page) -> str:
     )
     page.glance["refused"] = plural(len(crawl.refusals), "URL") + " refused"
     return f"{head}{hint}{table}{''.join(lists)}</section>"
+
+
+def render_refused_list(row: ReasonRow) -> str:
+    """One reason's refused URLs, collapsed; at most report_downloads.MAX_URLS_SHOWN, then how many more."""
+    items = "".join(
+        f"<li>{esc(record.get('class'))}: <span class=url>{esc(record.get('url'))}</span> "
+        f"<span class=muted>{esc(record.get('detail'))}</span></li>"
+        for record in row.records
+    )
+    if row.total > len(row.records):
+        items += f'<li class="muted">... and {row.total - len(row.records)} more in {MANIFEST_NAME}</li>'
+    return f"<details><summary>{esc(row.reason)}: {row.total}</summary><ul>{items}</ul></details>"
 
 
 def render_counts(page: Page) -> str:

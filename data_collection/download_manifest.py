@@ -27,6 +27,7 @@ from typing import Any
 from image_fetch import Candidate, FetchLimits, is_retryable
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # cli.py and fileio.py: the project root
+from cli import CappedWarnings  # noqa: E402
 from fileio import CLOEXEC, MAX_JSON_LINE_BYTES, ReportError, describe_kind, parse_json, utc_now  # noqa: E402
 
 try:
@@ -163,7 +164,8 @@ def encode_line(record: dict[str, Any]) -> bytes:
 
 
 def read_manifest(path: Path) -> list[dict[str, Any]]:
-    """The manifest's records in order; unreadable lines (a run killed mid-write) are skipped with a warning.
+    """The manifest's records in order; unreadable lines (a run killed mid-write) are skipped with a warning (the first
+    few, then one line counting the rest: cli.CappedWarnings).
 
     Opened without blocking and checked on the open file (a FIFO swapped in cannot hang a run: ReportError); a line
     longer than any record (MAX_JSON_LINE_BYTES) is one warning and skipped whole, whatever its length.
@@ -175,14 +177,15 @@ def read_manifest(path: Path) -> list[dict[str, Any]]:
         os.close(descriptor)
         raise ReportError(f"{path.name} {describe_kind(mode)}: not read")
     records, line_number, is_in_long_line = [], 0, False
-    with os.fdopen(descriptor, encoding="utf-8", errors="replace") as file:
+    warnings = CappedWarnings(logger, path.name, "such lines skipped")
+    with os.fdopen(descriptor, encoding="utf-8", errors="replace") as file, warnings as warn:
         for piece in iter(lambda: file.readline(MAX_JSON_LINE_BYTES), ""):  # a huge line comes in pieces
             if is_in_long_line:  # the rest of a line already warned about
                 is_in_long_line = not piece.endswith("\n")
                 continue
             line_number += 1
             if len(piece) >= MAX_JSON_LINE_BYTES and not piece.endswith("\n"):
-                logger.warning("%s line %d is longer than any record: ignored", path.name, line_number)
+                warn("%s line %d is longer than any record: ignored", path.name, line_number)
                 is_in_long_line = True
                 continue
             if not piece.strip():
@@ -190,7 +193,7 @@ def read_manifest(path: Path) -> list[dict[str, Any]]:
             try:
                 record = parse_json(piece, "a manifest line")  # malformed, nested too deeply, a huge number
             except ReportError:
-                logger.warning("%s line %d is not a JSON record (cut off?): ignored", path.name, line_number)
+                warn("%s line %d is not a JSON record (cut off?): ignored", path.name, line_number)
                 continue
             if isinstance(record, dict):
                 records.append(record)

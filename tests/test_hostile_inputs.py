@@ -1,10 +1,12 @@
 """Every JSON reader against hostile JSON (issue 17 item 6, BAD_INPUTS 30): nested 1,000 deep (2 KB), a 5,000-digit
 number, NaN and Infinity, and a file of hundreds of MB. Each gives one sentence (exit 2 where a script stops), never a
-traceback, and memory stays bounded: a file over its kind's limit is refused unread.
+traceback, and memory stays bounded: a file over its kind's limit is refused unread. A file of many bad lines or
+records gives a few warnings and one count, not one warning each.
 """
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
@@ -15,10 +17,11 @@ import pytest
 import remove_duplicates
 import search_queries
 from _race_helpers import FolderSwapper
-from conftest import ROOT, make_class_image, save_image
+from conftest import ROOT, make_class_image, make_dataset, save_image
 from download_manifest import read_manifest
 from image_search import read_search_cache
 
+import cli
 import fileio
 import pipeline_state
 import review_problematic_images as review
@@ -165,6 +168,44 @@ def test_a_lock_file_holding_hostile_json_is_a_damaged_lock_not_a_crash(tmp_path
     (dataset / ".trash" / trash.LOCK_NAME).write_text(HOSTILE["deep"])
     with pytest.raises(trash.TrashError, match="damaged"), trash.lock(dataset, "t.py"):
         pass
+
+
+def warning_lines(text: str) -> list[str]:
+    return [line for line in text.splitlines() if line.startswith("WARNING")]
+
+
+def test_a_manifest_of_200000_bad_lines_gives_a_few_warnings_and_one_count(tmp_path: Path, caplog) -> None:
+    """One warning per line gave 86 MB of log for a million lines; the good lines among them are still read."""
+    manifest = tmp_path / "download_manifest.jsonl"
+    manifest.write_text('{"url": "http://a/1.jpg"}\n' + "x\n" * 200_000 + '{"url": "http://a/2.jpg"}\n')
+    started = time.monotonic()
+    assert [record["url"] for record in read_manifest(manifest)] == ["http://a/1.jpg", "http://a/2.jpg"]
+    assert time.monotonic() - started < 5
+    warnings = [record.getMessage() for record in caplog.records]
+    assert len(warnings) <= 10 and len(warnings) == cli.MAX_WARNINGS_PER_FILE + 1
+    assert warnings[0] == "download_manifest.jsonl line 2 is not a JSON record (cut off?): ignored"
+    assert warnings[-1] == "download_manifest.jsonl: ... and 199995 more such lines skipped"
+
+
+def test_a_state_file_of_200000_bad_stages_and_undo_logs_is_read_quickly_with_a_few_warnings(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """One warning per bad stage gave 90 MB for a million; each undo log was resolved on disk (500k: 15 s)."""
+    dataset = make_dataset(tmp_path / "dataset", ("bird", "plane"), train_per_class=1, val_per_class=1)
+    logs = [f"{number}.json" for number in range(199_000)]  # short: the file must stay under 16 MiB to be read
+    logs += [str(dataset / ".trash" / f"removal_{number:04d}.json") for number in range(1000)]
+    stages = {str(number): 0 for number in range(200_000)}
+    state = {"schema_version": 1, "state_type": "birdplane_pipeline_state", "stages": stages, "deletion_logs": logs}
+    (dataset / pipeline_state.STATE_NAME).write_text(json.dumps(state), encoding="utf-8")
+    started = time.monotonic()
+    assert run_pipeline.main(["--dataset-dir", str(dataset), "--no-collect", "--dry-run"]) == 0
+    assert time.monotonic() - started < 5
+    captured = capsys.readouterr()
+    assert captured.out.count("would run") == 4 and len(warning_lines(captured.err)) <= 10, captured.err
+    assert f"{pipeline_state.STATE_NAME}: ... and 199995 more such stage records ignored" in captured.err
+    assert "199000 undo log(s) before the last 1000 ignored" in captured.err
+    kept = pipeline_state.load_state(dataset, run_pipeline.STAGES)["deletion_logs"]
+    assert kept == logs[-pipeline_state.MAX_DELETION_LOGS :]  # the newest, as run_pipeline.py sorts them
 
 
 # ------------------------------------------------------------------------------------------ page thumbnails (issue 17)
