@@ -15,7 +15,8 @@ tqdm only.
 - Report flags are named the same way everywhere: ``add_report_flag(parser, ...)`` adds ``--report`` and keeps a
   script's old spellings as hidden aliases so existing commands still work.
 - Everything printed that holds a file name goes through ``printable`` so control and right-to-left characters
-  cannot spoof a listing.
+  cannot spoof a listing; a value read from a file goes through ``short_repr`` or ``shown``, cut to
+  MAX_SHOWN_CHARACTERS (a crafted field of megabytes is named by its length, never echoed whole).
 - One yes/no question before a change: ``confirm(question)`` (no unless the answer is y or yes; end of input is no).
 - Warnings about the bad lines or records of one file are capped: ``CappedWarnings`` says the first
   MAX_WARNINGS_PER_FILE, then one line counting the rest.

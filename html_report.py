@@ -232,7 +232,8 @@ def strategy_previews(group: dict[str, Any]) -> list[tuple[str, list[str]]] | No
 
 def best_epoch_record(metadata: dict[str, Any]) -> dict[str, Any] | None:
     """The history record of the best epoch (by best_epoch, else the last marked is_best), or None."""
-    epochs = [record for record in metadata.get("epochs") or [] if isinstance(record, dict)]
+    listed = metadata.get("epochs")
+    epochs = [record for record in listed if isinstance(record, dict)] if isinstance(listed, list) else []
     best = metadata.get("best_epoch")
     for record in reversed(epochs):
         if record.get("epoch") == best and best is not None:
@@ -602,7 +603,8 @@ def render_training(page: Page) -> str:
             '<p class="note stale">Stale: the dataset\'s class counts differ from those this model was trained on; '
             "run the train stage again.</p>"
         )
-    epochs = [record for record in metadata.get("epochs") or [] if isinstance(record, dict)]
+    listed = metadata.get("epochs")
+    epochs = [record for record in listed if isinstance(record, dict)] if isinstance(listed, list) else []
     numbers = [record.get("epoch") for record in epochs]
     if epochs and all(is_number(number) for number in numbers):
 

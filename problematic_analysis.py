@@ -516,16 +516,21 @@ class ProblematicImageTracker:
 
     def load_state_dict(self, state: dict[str, Any] | None) -> None:
         """Continue from a checkpoint's state; one from another dataset (other images) is ignored, with a warning."""
-        if not state or not state.get("epochs"):
+        if not isinstance(state, dict) or not isinstance(state.get("epochs"), list) or not state["epochs"]:
             return
         if state.get("relpaths") != self.relpaths or len(state["epochs"]) > self.analysis_epochs:
             return  # wants() warns at the next epoch: the earlier losses are missing for these images
-        self.epochs = [int(epoch) for epoch in state["epochs"]]
-        per_epoch = np.asarray(state["losses"], dtype=np.float64)  # (epochs, images), as lists or tensors
-        self.scores.losses[:, : len(self.epochs)] = per_epoch.reshape(len(self.epochs), len(self.relpaths)).T
-        if state.get("probabilities") is not None:
-            self.scores.probabilities[:] = np.asarray(state["probabilities"], dtype=np.float64)
-        self.report_path = state.get("report")
+        try:  # a damaged or crafted checkpoint: the same as none (the analysis epochs are scored again)
+            epochs = [int(epoch) for epoch in state["epochs"]]
+            per_epoch = np.asarray(state["losses"], dtype=np.float64)  # (epochs, images), as lists or tensors
+            self.scores.losses[:, : len(epochs)] = per_epoch.reshape(len(epochs), len(self.relpaths)).T
+            if state.get("probabilities") is not None:
+                self.scores.probabilities[:] = np.asarray(state["probabilities"], dtype=np.float64)
+        except (TypeError, ValueError, KeyError, OverflowError):
+            self.scores.losses[:], self.scores.probabilities[:] = np.nan, np.nan
+            return
+        self.epochs = epochs
+        self.report_path = state["report"] if isinstance(state.get("report"), str) else None  # only ever printed
 
 
 def saved_state(checkpoint: dict[str, Any] | None) -> dict[str, Any] | None:

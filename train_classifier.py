@@ -569,7 +569,7 @@ def run_epochs(
         print(f"Early stopping already reached ({args.patience} epochs without a better macro F1).")
         return
     if tracker is not None and tracker.is_complete and args.stop_after_analysis:
-        print(f"The analysis epochs are done and the report written ({cli.printable(tracker.report_path)}).")
+        print(f"The analysis epochs are done and the report written ({cli.shown(tracker.report_path)}).")
         return
     score_loader = run.loader(run.train_dataset.with_view("eval")) if tracker is not None else None
     for epoch in cli.progress(range(start_epoch, args.epochs), desc="epochs"):

@@ -166,11 +166,13 @@ def file_problem(dataset_dir: Path, path: str) -> str | None:
     """
     try:
         full = fileio.resolve_inside(dataset_dir, path)
+        if full.is_symlink():
+            return None if fileio.is_regular_file(full) else f"{path} is a broken link or does not lead to a file"
+        reason = fileio.regular_file_reason(full)
     except fileio.UnsafePathError:
         return f"{path} leads outside the dataset through a symlinked folder: its group is left alone"
-    if full.is_symlink():
-        return None if fileio.is_regular_file(full) else f"{path} is a broken link or does not lead to a file"
-    reason = fileio.regular_file_reason(full)
+    except OSError as error:  # a name too long for the filesystem, a folder not readable
+        return f"{cli.shown(path)} cannot be examined ({error.strerror or error})"
     if reason == "does not exist":
         return f"{path} no longer exists (moved or deleted since the report)"
     return f"{path} {reason}" if reason else None

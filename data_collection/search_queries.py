@@ -24,8 +24,10 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # cli.py lives in 
 import cli  # noqa: E402 - needs the line above
 import fileio  # noqa: E402
 
-# A class name becomes a folder name: no path separators, no leading dot, nothing a shell or Windows chokes on.
-CLASS_NAME_PATTERN = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_ .-]*$")
+# A class name becomes a folder name: no path separators, no leading dot, nothing a shell or Windows chokes on (no
+# trailing dot or space, which Windows drops), at most 100 characters (a file system takes 255 per name), and \Z, not
+# $, so "bird\n" is refused instead of becoming a folder with a newline in its name.
+CLASS_NAME_PATTERN = re.compile(r"^[A-Za-z0-9_]([A-Za-z0-9_ .-]{0,98}[A-Za-z0-9_-])?\Z")
 
 QUERIES: dict[str, list[str]] = {
     "bird": [

@@ -409,3 +409,14 @@ def test_help_lists_the_analysis_flags() -> None:
     for flag in ("--detect-problematic", "--analysis-epochs", "--top-n-problematic", "--stop-after-analysis"):
         assert flag in text
     assert "--cross-val-folds" in text and "--report" in text and "--problematic-report" not in text
+
+
+@pytest.mark.parametrize(
+    "state",
+    ["x", {"epochs": "12"}, {"epochs": [1], "relpaths": ["a.jpg"], "losses": "x"},
+     {"epochs": [1], "relpaths": ["a.jpg"], "losses": [[1.0]], "probabilities": [["x"]], "report": ["/elsewhere"]}],
+)  # fmt: skip
+def test_a_damaged_analysis_state_in_a_checkpoint_is_the_same_as_none(state: Any) -> None:
+    tracker = problematic_analysis.ProblematicImageTracker(["a.jpg"], 2, analysis_epochs=2)
+    tracker.load_state_dict(state)  # was AttributeError or ValueError: a resumed run crashed
+    assert tracker.epochs == [] and tracker.report_path is None and np.isnan(tracker.scores.losses).all()

@@ -836,6 +836,9 @@ def test_default_queries_are_varied_with_hard_negatives_in_other() -> None:
         ('["bird"]', "expected a JSON object"),
         ('{"bird": "one query"}', "must map to a list"),
         ('{"../bird": ["x"]}', "cannot be a folder name"),
+        ('{"bird\\n": ["x"]}', "cannot be a folder name"),  # a newline in a folder name; "$" let it through
+        ('{"bird.": ["x"]}', "cannot be a folder name"),  # Windows drops the dot
+        pytest.param('{"' + "b" * 5000 + '": ["x"]}', "cannot be a folder name", id="5000-characters"),  # was a crash
         ('{"bird": ["  "]}', "has no queries"),
     ],
 )

@@ -292,6 +292,9 @@ def test_numbers_too_large_for_a_float_are_shown_as_missing_never_a_crash(setup,
     fileio.write_json(path, report)
     assert make_page(setup) in (0, 1)
     assert "Traceback" not in capsys.readouterr().err
+    fileio.write_json(metadata_path, {**metadata, "epochs": 1})  # not a list: the curves are left out, no crash
+    assert make_page(setup) in (0, 1)
+    assert "Traceback" not in capsys.readouterr().err
     assert review_problematic_images.main(["--report-path", str(path), "--mode", "summary"]) == 2  # refused: a sentence
     assert "'mean_loss' or 'losses' value that is not a number" in capsys.readouterr().err
 

@@ -891,3 +891,22 @@ def test_a_report_that_lies_about_a_files_class_or_set_never_decides_a_removal(
     assert rd.main(["--report", report_of(copies_dataset), "--strategy", strategy, "--apply", "--yes"]) == 1
     assert all((copies_dataset / path).is_file() for path in [*conflict_paths, "train/plane/plane_001.jpg"])
     assert "do not match its path" in capsys.readouterr().out
+
+
+def test_a_report_path_too_long_for_the_file_system_leaves_its_group_alone_with_a_reason(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    dataset = make_dataset(tmp_path / "dataset", ("bird", "plane"), 2, 1)
+    copy = dataset / "train/bird/copy.jpg"
+    copy.write_bytes((dataset / "train/bird/bird_000.jpg").read_bytes())
+    assert by_filesize.main(["--dataset-dir", str(dataset)]) == 0
+    report_path = dataset / "duplicate_report_filesize.json"
+    report = json.loads(report_path.read_text(encoding="utf-8"))
+    text = json.dumps(report).replace("train/bird/copy.jpg", "train/bird/" + "A" * 300 + ".jpg")
+    report_path.write_text(text, encoding="utf-8")
+    before = tree_snapshot(dataset)
+    code = rd.main(["--report", str(report_path), "--strategy", "all", "--apply", "--yes"])
+    captured = capsys.readouterr()
+    assert code in (0, 1) and "Traceback" not in captured.err  # was OSError ENAMETOOLONG
+    assert "cannot be examined (File name too long)" in captured.out + captured.err
+    assert tree_snapshot(dataset) == before  # its group was left alone
