@@ -71,6 +71,7 @@ DEFAULT_ANALYSIS_EPOCHS = 3  # the trainer's default; lowered to --epochs when f
 DEFAULT_HTML_NAME = "report.html"
 ONNX_MODEL_NAME = "best_model.onnx"  # classifier.py --export-onnx / the trainer's --export-onnx, in the models folder
 MIN_CLASS_IMAGES = 20  # fewer training images than this and a class is learnt poorly and its val metrics are noise
+MAX_REASONS_PER_CLASS = 5  # refusal reasons named per small class (the most frequent); the rest are counted
 MIN_CLASS_SHARE = 5  # a class under a fifth of the largest one: each image is sampled 5 times as often, memorised
 DOWNLOAD_FLAGS = {  # download_images.py's own flags, passed on as given: its messages suggest them
     "--min-size": "smallest width and height in pixels; lowering it retries the images refused as too small",
@@ -258,9 +259,9 @@ def small_class_lines(counts: dict[str, int], refusals: dict[str, Counter], hint
     ]
     for name in small:
         causes = refusals.get(name, Counter())
-        why = "; ".join(
-            f"{count} refused as {cli.printable(reason)} ({hint(reason)})" for reason, count in causes.most_common()
-        )
+        shown = causes.most_common(MAX_REASONS_PER_CLASS)  # a crafted download report may list thousands
+        why = "; ".join(f"{count} refused as {cli.shown(reason)} ({hint(reason)})" for reason, count in shown)
+        why += f"; {len(causes) - len(shown)} more reasons in the download report" if len(causes) > len(shown) else ""
         lines.append(f"  {cli.printable(name)}: {counts[name]} training images" + (f"; {why}" if why else ""))
     return lines
 

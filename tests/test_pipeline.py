@@ -427,3 +427,12 @@ def test_the_downloaders_limits_reach_it_and_small_classes_are_named_with_their_
     )
     assert "  bird: 16 training images" in lines  # under 20, no download refusal recorded
     assert lines.index("  bird: 16 training images") < next(i for i, line in enumerate(lines) if line.startswith("$"))
+
+
+def test_a_small_class_names_its_five_most_frequent_refusals_and_counts_the_rest() -> None:
+    from collections import Counter
+
+    refusals = {"plane": Counter({f"reason {number}": 100 - number for number in range(20)})}
+    lines = run_pipeline.small_class_lines({"bird": 100, "plane": 3}, refusals, lambda reason: "see the report")
+    assert len(lines) == 2 and lines[1].count("refused as") == 5  # a crafted report may list thousands
+    assert "100 refused as reason 0" in lines[1] and lines[1].endswith("; 15 more reasons in the download report")
