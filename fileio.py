@@ -37,6 +37,7 @@ from typing import Any
 
 HASH_CHUNK_BYTES = 1 << 20  # read files in 1 MiB pieces: constant memory, few system calls
 TEMP_SUFFIX = ".tmp"  # every temp file the project writes is ".<name>.<random>.tmp" beside its target
+MAX_WRITTEN_NAME_BYTES = 255 - 16  # NAME_MAX less the temp file's "." + ".<random>" + TEMP_SUFFIX (at most 14 bytes)
 STALE_TEMP_SECONDS = 3600  # a temp file of our kind older than this belongs to a killed run and may be removed
 UNREADABLE_LOCK_STALE_S = 60.0  # a lock file with no readable owner (killed while writing it) is stale after this
 LOCK_READ_LIMIT = 65536  # a lock record is about 100 bytes; a lock file is never read beyond this
@@ -201,10 +202,23 @@ def class_folders(split_dir: str | os.PathLike) -> list[str]:
 def writable_folder_reason(folder: str | os.PathLike) -> str | None:
     """None when files can be created in ``folder`` (or in the nearest existing parent); else one sentence."""
     probe = Path(folder)
-    while not probe.exists() and probe != probe.parent:
-        probe = probe.parent
+    try:
+        while not probe.exists() and probe != probe.parent:
+            probe = probe.parent
+    except OSError as error:  # a name longer than the file system takes, a folder that cannot be listed
+        return f"{folder} cannot be used ({error.strerror or error})"
     if not os.access(probe, os.W_OK | os.X_OK):
         return f"{probe} is read-only: cannot write there"
+    return None
+
+
+def file_name_problem(path: str | os.PathLike) -> str | None:
+    """One sentence when the file name of ``path`` is too long for ``atomic_write`` (its temp file adds a prefix and
+    a suffix to the name, and a file system takes NAME_MAX bytes per name); else None. Checked before any work, so a
+    long --report name fails at once, not after the training."""
+    name = os.fsencode(Path(path).name)
+    if len(name) > MAX_WRITTEN_NAME_BYTES:
+        return f"the file name of {path} is {len(name)} bytes long; at most {MAX_WRITTEN_NAME_BYTES} can be written"
     return None
 
 

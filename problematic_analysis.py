@@ -740,8 +740,16 @@ def argument_problem(args: argparse.Namespace) -> str | None:
             return f"--{name.replace('_', '-')} must be at least {minimum}, got {getattr(args, name)}"
     if args.cross_val_folds is not None and args.cross_val_folds < 2:
         return f"--cross-val-folds must be at least 2, got {args.cross_val_folds}"
-    if report_path(args).is_dir():  # found only when the report is written, after the training, as a traceback
-        return f"--report {cli.printable(report_path(args))} is a folder; name the JSON file to write"
+    report = report_path(args)
+    try:
+        if report.is_dir():  # found only when the report is written, after the training, as a traceback
+            return f"--report {cli.printable(report)} is a folder; name the JSON file to write"
+        if problem := fileio.file_name_problem(report):
+            return f"--report: {problem}"
+        if report.exists() and not problematic_report.is_report_file(report):  # never replace a file of the user's
+            return f"--report {cli.printable(report)} exists and is not a problematic-images report; name another file"
+    except OSError as error:
+        return f"--report {cli.shown(report)} cannot be used ({error.strerror or error})"
     if args.cross_val_folds is None and args.epochs < args.analysis_epochs:
         return (
             f"--analysis-epochs {args.analysis_epochs} needs --epochs of at least {args.analysis_epochs}: the analysis "

@@ -253,6 +253,16 @@ def validate_report(data: Any) -> dict[str, Any]:
     return data
 
 
+def is_report_file(path: str | Path) -> bool:
+    """Whether ``path`` holds a problematic-images report of any version (one the trainer may replace); a file of
+    the user's that is not one is never overwritten."""
+    try:
+        data = read_json(path, "report")
+    except ReportError:
+        return False
+    return isinstance(data, dict) and data.get("report_type") == REPORT_TYPE
+
+
 def load_report(path: str | Path) -> dict[str, Any]:
     """Read and validate; ReportError with one sentence (naming the file) otherwise."""
     path = Path(path)

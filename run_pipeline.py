@@ -70,9 +70,7 @@ EXACT_METHOD, NEAR_METHOD = "filesize", "phash"
 DEFAULT_ANALYSIS_EPOCHS = 3  # the trainer's default; lowered to --epochs when fewer epochs are asked for
 DEFAULT_HTML_NAME = "report.html"
 ONNX_MODEL_NAME = "best_model.onnx"  # classifier.py --export-onnx / the trainer's --export-onnx, in the models folder
-MIN_CLASS_IMAGES = 20  # fewer training images than this and a class is learnt poorly and its val metrics are noise
 MAX_REASONS_PER_CLASS = 5  # refusal reasons named per small class (the most frequent); the rest are counted
-MIN_CLASS_SHARE = 5  # a class under a fifth of the largest one: each image is sampled 5 times as often, memorised
 DOWNLOAD_FLAGS = {  # download_images.py's own flags, passed on as given: its messages suggest them
     "--min-size": "smallest width and height in pixels; lowering it retries the images refused as too small",
     "--max-bytes": "largest download in bytes; raising it retries the URLs refused as too large",
@@ -241,14 +239,11 @@ def training_counts(listing: Sequence[Sequence[Any]]) -> dict[str, int]:
     return dict(sorted(counts.items()))
 
 
-def small_classes(counts: dict[str, int]) -> list[str]:
-    """Classes with fewer than MIN_CLASS_IMAGES training images, or under 1/MIN_CLASS_SHARE of the largest class."""
-    largest = max(counts.values(), default=0)
-    return [name for name, count in counts.items() if count < MIN_CLASS_IMAGES or count * MIN_CLASS_SHARE < largest]
-
-
 def small_class_lines(counts: dict[str, int], refusals: dict[str, Counter], hint: Callable[[str], str]) -> list[str]:
-    """One line per small class: its count and, from the download report, why URLs of it were refused."""
+    """One line per small class (training_data.small_classes) and, from the download report, why URLs of it were
+    refused. training_data imports torch: imported here, when the train stage is about to run anyway."""
+    from training_data import MIN_CLASS_IMAGES, small_classes
+
     small = small_classes(counts)
     if not small:
         return []

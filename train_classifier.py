@@ -452,6 +452,8 @@ def setup_training(
         agree=distributed.skipped_files_agreement(ranks),
     )
     classes, train_dataset, val_dataset = data.classes, data.train, data.val
+    if ranks.is_main and (small := training_data.small_class_warning(dict(zip(classes, data.counts["train"])))):
+        logger.warning(small)
     problem = distributed.rank_count_problem(ranks.world_size, sum(data.counts["train"]), args.batch_size)
     if problem:
         raise training_data.DatasetError(problem)
@@ -761,6 +763,9 @@ def interruption_message(run: TrainingRun | None, output_dir: Path, cause: str) 
     done = len(run.history) if run is not None else 0
     pending = run is not None and run.best_model_path.name != BEST_MODEL_NAME
     kept = f" (the previous {BEST_MODEL_NAME} stays until this run finishes; its best so far: {PENDING_BEST_NAME})"
+    if done == 0:  # no epoch finished, so no last checkpoint: --resume would have nothing to read
+        earlier = f"; the previous {BEST_MODEL_NAME} is untouched" if pending else ""
+        return f"{cause} before the first epoch ended: nothing to resume yet{earlier}. Run the same command again."
     return (
         f"{cause} after {done} finished epoch(s); {cli.printable(output_dir / BEST_MODEL_NAME)} and "
         f"{METADATA_NAME} are intact{kept if pending else ''}. {cli.CARRY_ON_ADVICE}"

@@ -104,6 +104,11 @@ def claim_output_folder(
         reason = fileio.writable_folder_reason(folder)
         if reason:
             return reason + hint
+    splits = [Path(args.dataset_dir) / split for split in ("train", "val")]
+    for flag, folder in (("--output-dir", output_dir), ("--report", report), ("--cache-dir", args.cache_dir)):
+        inside = [split for split in splits if folder and fileio.is_inside(folder, split)]
+        if inside:  # read back as a class folder or a non-image: the next run would train on its own outputs
+            return f"{flag} {folder} is inside {inside[0]}; choose a place outside the dataset's train/ and val/"
     analysis = output_dir / training_report.ERROR_ANALYSIS_NAME  # written per epoch: a planted link would lead out
     for folder in (analysis, *([] if analysis.is_symlink() else sorted(analysis.glob("epoch_*")))):
         if folder.is_symlink():

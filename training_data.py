@@ -46,6 +46,8 @@ TRAINING_COPY_MAX_ASPECT = 2.0  # cached training copies keep at most a 2:1 cent
 ROTATION_FILL = (124, 116, 104)  # ImageNet mean colour: corners uncovered by a rotation normalise to about zero
 DEFAULT_CACHE_MAX_GB = 4.0  # downsized copies kept in memory; a 4:3 photo at 224 px takes 0.26 MB
 MAX_WORKERS = 64  # loader processes; more only cost memory (each a Python with the dataset), never speed
+MIN_CLASS_IMAGES = 20  # fewer training images than this and a class is learnt poorly and its val metrics are noise
+MIN_CLASS_SHARE = 5  # a class under a fifth of the largest one: each image is sampled 5 times as often, memorised
 PREPARE_THREADS = max(1, min(8, os.cpu_count() or 1))  # Pillow releases the GIL while decoding and resizing
 
 
@@ -652,10 +654,32 @@ def make_eval_loader(
 # The two splits, ready to train on
 
 
+def small_classes(counts: dict[str, int]) -> list[str]:
+    """Classes with fewer than MIN_CLASS_IMAGES training images, or under 1/MIN_CLASS_SHARE of the largest class."""
+    largest = max(counts.values(), default=0)
+    return [name for name, count in counts.items() if count < MIN_CLASS_IMAGES or count * MIN_CLASS_SHARE < largest]
+
+
+def small_class_warning(counts: dict[str, int]) -> str | None:
+    """The trainer's one warning naming the classes too small to learn well (the pipeline also says why), or None."""
+    small = small_classes(counts)
+    if not small:
+        return None
+    named = ", ".join(f"{cli.shown(name)} ({counts[name]})" for name in small)
+    return (
+        f"Few training images in {named}: under {MIN_CLASS_IMAGES}, or under a fifth of the largest class, a class is "
+        "learnt poorly and its val metrics are noise; add images to it, or merge it into another"
+    )
+
+
 def load_dataset(dataset_dir: Path) -> tuple[list[str], list[Sample], list[Sample], list[dict[str, str]]]:
     """Classes, train and val samples, and non-image files; DatasetError when the layout cannot be trained on."""
-    if not dataset_dir.is_dir():
-        raise DatasetError(f"The dataset folder {dataset_dir} does not exist; pass --dataset-dir with train/ and val/.")
+    try:
+        if not dataset_dir.is_dir():
+            missing = f"The dataset folder {dataset_dir} does not exist"
+            raise DatasetError(f"{missing}; pass --dataset-dir with train/ and val/.")
+    except OSError as error:  # a name longer than the file system takes, a folder that cannot be examined
+        raise DatasetError(f"The dataset folder {cli.shown(dataset_dir)} cannot be used ({error.strerror}).") from None
     classes = fileio.class_folders(dataset_dir / "train")
     if not classes:
         raise DatasetError(f"{dataset_dir / 'train'} has no class folders; expected train/<class>/ with images.")

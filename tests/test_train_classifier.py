@@ -825,3 +825,48 @@ def test_contact_sheet_names_are_shortened_to_the_thumbnail_width() -> None:
     assert font.getlength(short) <= 120 and "\u2026" in short
     assert short.startswith("a_very") and short.endswith(".jpg")
     assert training_report.fit_text("bird_001.jpg", font, 120) == "bird_001.jpg"
+
+
+def test_ctrl_c_in_the_first_epoch_says_to_run_the_same_command_not_resume(
+    trained: dict, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture
+) -> None:
+    def interrupted(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(train_classifier, "train_one_epoch", interrupted)
+    assert run_trainer(trained["dataset"], tmp_path / "models", *trained["arguments"]) == 130
+    err = capsys.readouterr().err
+    assert "before the first epoch ended: nothing to resume yet" in err and "--resume" not in err  # none to read
+    monkeypatch.undo()
+    assert run_trainer(trained["dataset"], tmp_path / "models", *trained["arguments"][:-6], "--epochs", "1") == 0
+
+
+def test_outputs_inside_the_datasets_splits_and_a_users_file_as_report_are_refused(
+    trained: dict, tmp_path: Path, capsys: pytest.CaptureFixture
+) -> None:
+    dataset = trained["dataset"]
+    mine = tmp_path / "notes.txt"
+    mine.write_text("keep me")
+    long_name = tmp_path / ("r" * 248 + ".json")  # fits the file system, not its temp file beside it
+    for extra, message in (
+        (["--output-dir", str(dataset / "train/bird/models")], "is inside"),
+        (["--output-dir", str(dataset / "val")], "is inside"),
+        (["--detect-problematic", "--report", str(dataset / "train/bird/r.json")], "is inside"),
+        (["--detect-problematic", "--report", str(mine)], "exists and is not a problematic-images report"),
+        (["--detect-problematic", "--report", str(long_name)], "at most 239 can be written"),
+        (["--output-dir", str(tmp_path / ("x" * 300))], "cannot be used (File name too long)"),
+    ):
+        argv = [*TINY, "--dataset-dir", str(dataset), "--output-dir", str(tmp_path / "out"), "--epochs", "1", *extra]
+        argv += ["--analysis-epochs", "1"] if "--detect-problematic" in extra else []
+        assert train_classifier.main(argv) == 2, extra
+        err = capsys.readouterr().err
+        assert message in err and "Traceback" not in err and len(err.strip().splitlines()) == 1, (extra, err)
+    assert mine.read_text() == "keep me" and not (dataset / "train/bird/models").exists()
+    assert not (dataset / "val/error_analysis").exists()
+
+
+def test_the_trainer_names_a_class_too_small_to_learn_well(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    dataset = make_dataset(tmp_path / "dataset", ("bird", "plane"), [1, 3], [1, 2])
+    argv = ["--dataset-dir", str(dataset), "--output-dir", str(tmp_path / "models"), *TINY, "--epochs", "1"]
+    assert train_classifier.main([*argv, "--batch-size", "2", "--weights", "none"]) == 0
+    assert "WARNING: Few training images in bird (1), plane (3): under 20" in capsys.readouterr().err
