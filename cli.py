@@ -83,12 +83,15 @@ def short_repr(value: Any, limit: int = MAX_SHOWN_CHARACTERS) -> str:
         text = repr(value)
     except ValueError:  # an int of more digits than Python converts to text
         text = "an integer too long to show"
-    return text if len(text) <= limit else f"{text[:limit]}… ({len(text):,} characters)"
+    return _cut(text, limit)
 
 
 def shown(text: Any, limit: int = MAX_SHOWN_CHARACTERS) -> str:
     """``printable(text)`` cut to ``limit`` characters: text from a file (a tool name, a reason) in a message."""
-    text = printable(text)
+    return _cut(printable(text), limit)
+
+
+def _cut(text: str, limit: int) -> str:
     return text if len(text) <= limit else f"{text[:limit]}… ({len(text):,} characters)"
 
 

@@ -230,10 +230,15 @@ def strategy_previews(group: dict[str, Any]) -> list[tuple[str, list[str]]] | No
     return previews
 
 
+def epoch_records(metadata: dict[str, Any]) -> list[dict[str, Any]]:
+    """The metadata's per-epoch records that are objects (none when 'epochs' is not a list)."""
+    listed = metadata.get("epochs")
+    return [record for record in listed if isinstance(record, dict)] if isinstance(listed, list) else []
+
+
 def best_epoch_record(metadata: dict[str, Any]) -> dict[str, Any] | None:
     """The history record of the best epoch (by best_epoch, else the last marked is_best), or None."""
-    listed = metadata.get("epochs")
-    epochs = [record for record in listed if isinstance(record, dict)] if isinstance(listed, list) else []
+    epochs = epoch_records(metadata)
     best = metadata.get("best_epoch")
     for record in reversed(epochs):
         if record.get("epoch") == best and best is not None:
@@ -603,8 +608,7 @@ def render_training(page: Page) -> str:
             '<p class="note stale">Stale: the dataset\'s class counts differ from those this model was trained on; '
             "run the train stage again.</p>"
         )
-    listed = metadata.get("epochs")
-    epochs = [record for record in listed if isinstance(record, dict)] if isinstance(listed, list) else []
+    epochs = epoch_records(metadata)
     numbers = [record.get("epoch") for record in epochs]
     if epochs and all(is_number(number) for number in numbers):
 

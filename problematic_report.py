@@ -284,7 +284,7 @@ def write_report(path: str | Path, report: dict[str, Any]) -> None:
 
 
 if __name__ == "__main__":
-    import cli
+    import cli  # only short_repr is imported by name above
 
     cli.refuse_running_as_script(
         __file__, "run train_classifier.py --detect-problematic or review_problematic_images.py"

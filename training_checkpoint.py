@@ -220,16 +220,14 @@ def resume_settings(
         if not is_restorable(dest, stored[dest]):
             now = getattr(args, dest)
             if stored[dest] != (str(now) if now is not None else None):
-                this_run = "none" if now is None else classifier.short_repr(str(now))
-                not_used.append(
-                    f"{action.option_strings[0]} {classifier.short_repr(stored[dest])} (this run: {this_run})"
-                )
+                this_run = "none" if now is None else cli.short_repr(str(now))
+                not_used.append(f"{action.option_strings[0]} {cli.short_repr(stored[dest])} (this run: {this_run})")
             continue
         try:
             setattr(args, dest, restored_value(action, stored[dest]))
         except ValueError as error:
             raise classifier.CheckpointError(
-                f"{path} stores {action.option_strings[0]} {classifier.short_repr(stored[dest])}, which that flag "
+                f"{path} stores {action.option_strings[0]} {cli.short_repr(stored[dest])}, which that flag "
                 f"does not accept (it needs {error}); give {action.option_strings[0]} on the command line or train "
                 "from scratch."
             ) from None

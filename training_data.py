@@ -675,11 +675,11 @@ def small_class_warning(counts: dict[str, int]) -> str | None:
 def load_dataset(dataset_dir: Path) -> tuple[list[str], list[Sample], list[Sample], list[dict[str, str]]]:
     """Classes, train and val samples, and non-image files; DatasetError when the layout cannot be trained on."""
     try:
-        if not dataset_dir.is_dir():
-            missing = f"The dataset folder {dataset_dir} does not exist"
-            raise DatasetError(f"{missing}; pass --dataset-dir with train/ and val/.")
+        is_folder = dataset_dir.is_dir()
     except OSError as error:  # a name longer than the file system takes, a folder that cannot be examined
         raise DatasetError(f"The dataset folder {cli.shown(dataset_dir)} cannot be used ({error.strerror}).") from None
+    if not is_folder:
+        raise DatasetError(f"The dataset folder {dataset_dir} does not exist; pass --dataset-dir with train/ and val/.")
     classes = fileio.class_folders(dataset_dir / "train")
     if not classes:
         raise DatasetError(f"{dataset_dir / 'train'} has no class folders; expected train/<class>/ with images.")

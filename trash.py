@@ -763,6 +763,4 @@ def undo(
 
 
 if __name__ == "__main__":
-    import cli
-
     cli.refuse_running_as_script(__file__, "see README.md")

@@ -482,6 +482,7 @@ class _DeadlineConnectionMixin:
             except OSError as error:
                 failure = NewConnectionError(me, f"Failed to establish a new connection: {error}")
             else:
+                sock.settimeout(None if math.isinf(connect_s) else connect_s)  # urllib3's: not what was left to connect
                 sys.audit("http.client.connect", me, me.host, me.port)
                 return sock
         raise failure

@@ -143,7 +143,10 @@ def normalise_group(group: dict[str, Any]) -> tuple[dict[str, Any], str | None]:
             return group, f"{cli.short_repr(entry['path'])} is not a path inside the dataset"
         if path in seen:
             logger.warning(
-                "Group %s lists %s twice (also as %r): counted once", group["id"], cli.printable(path), entry["path"]
+                "Group %s lists %s twice (also as %s): counted once",
+                group["id"],
+                cli.printable(path),
+                cli.short_repr(entry["path"]),
             )
             continue
         seen.add(path)
